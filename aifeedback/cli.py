@@ -1,0 +1,134 @@
+"""The `aif` command line: one command per stage, whose options are generated from the stage's config dataclass.
+
+Every config field becomes a flag with the field's one-line help, so `--help`, recipes and the dataclass can never
+drift apart. `--recipe` takes a YAML file or a shipped recipe name; flags given on the command line override it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import inspect
+import os
+import sys
+from typing import Any, Callable, Optional
+
+import typer
+
+from aifeedback.config import fields, list_recipes, load_stage_config, type_name, _unwrap_optional
+from aifeedback.errors import AifError
+
+# command -> (module, config class, one-line help). Each module defines the config dataclass and run(cfg).
+STAGE_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "generate": ("aifeedback.generate", "GenerateConfig", "Sample K candidate images per prompt (SDXL / SD1.5)."),
+    "score": ("aifeedback.score", "ScoreConfig", "Score images with reward models and write preference pairs."),
+    "train": ("aifeedback.train", "TrainConfig", "Diffusion-DPO (or SFT) on human or AI-labelled pairs."),
+    "export": ("aifeedback.export", "ExportConfig", "Turn a training checkpoint into a diffusers UNet or LoRA file."),
+    "sample": ("aifeedback.sample", "SampleConfig", "Generate images from a trained model (base + UNet/LoRA)."),
+    "eval": ("aifeedback.evaluate", "EvalConfig", "Win rates of a tuned model against its base, with a report."),
+    "demo": ("aifeedback.demo", "DemoConfig", "The whole loop on the toy model, offline, in minutes on a CPU."),
+}
+
+app = typer.Typer(
+    name="aif",
+    help="aifeedback: align text-to-image diffusion models with human or AI preference pairs (Diffusion-DPO).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _fail(err: Exception) -> None:
+    typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _param(f, tp) -> inspect.Parameter:
+    meta = f.metadata
+    inner, _ = _unwrap_optional(tp)
+    flag = f.name.replace("_", "-")
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    if isinstance(default, list):
+        default = ",".join(map(str, default)) or "(empty)"
+    help_text = f"{meta['help']} [{type_name(tp)}; default: {default}]"
+    if meta.get("positional"):
+        spec = typer.Argument(None, help=help_text, show_default=False)
+        annotation = Optional[str]
+    elif inner is bool:
+        spec = typer.Option(None, f"--{flag}/--no-{flag}", help=help_text, show_default=False)
+        annotation = Optional[bool]
+    else:
+        spec = typer.Option(None, f"--{flag}", help=help_text, show_default=False, metavar=type_name(tp).split(" ")[0].upper())
+        annotation = Optional[str]
+    return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=spec, annotation=annotation)
+
+
+def make_command(stage: str, cls: type, run: Callable[[Any], Any]) -> Callable[..., None]:
+    """A typer command whose options are cls's fields (all optional: unset ones keep the recipe/default)."""
+    recipe = inspect.Parameter(
+        "recipe", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str],
+        default=typer.Option(None, "--recipe", help="YAML recipe file or shipped recipe name (see `aif recipes`); flags override it."),
+    )
+    params = [_param(f, tp) for f, tp in fields(cls)]
+    positional = [p for p in params if p.default.__class__.__name__ == "ArgumentInfo"]
+    others = [p for p in params if p not in positional]
+
+    def command(**kwargs: Any) -> None:
+        recipe_name = kwargs.pop("recipe", None)
+        try:
+            cfg = load_stage_config(cls, stage, recipe_name, kwargs)
+            run(cfg)
+        except AifError as e:
+            _fail(e)
+
+    command.__signature__ = inspect.Signature(positional + [recipe] + others)  # type: ignore[attr-defined]
+    return command
+
+
+def _register_stages() -> None:
+    for stage, (module, cls_name, help_text) in STAGE_COMMANDS.items():
+        if importlib.util.find_spec(module) is None:
+            continue
+        mod = importlib.import_module(module)
+        cls = getattr(mod, cls_name)
+        app.command(stage, help=help_text)(make_command(stage, cls, mod.run))
+
+
+@app.command("models")
+def models_cmd() -> None:
+    """List the offline tiny/toy models and common real models (any hub id or local path also works)."""
+    from aifeedback.models import KNOWN_MODELS, tiny_names
+
+    typer.echo("Offline models (built on first use, cached under $AIF_CACHE):")
+    for name, desc in tiny_names().items():
+        typer.echo(f"  {name:<44} {desc}")
+    typer.echo("Real models (hub ids; any other diffusers SDXL / SD1.5 id or local folder works too):")
+    for name, desc in KNOWN_MODELS.items():
+        typer.echo(f"  {name:<44} {desc}")
+    if importlib.util.find_spec("aifeedback.scorers") is not None:
+        from aifeedback.scorers import list_scorers
+
+        typer.echo("Scorers (--scorer NAME or NAME:MODEL, e.g. pickscore:tiny):")
+        for name, desc in list_scorers().items():
+            typer.echo(f"  {name:<44} {desc}")
+
+
+@app.command("recipes")
+def recipes_cmd() -> None:
+    """List the shipped recipes (use the name with --recipe)."""
+    for name, (path, first) in list_recipes().items():
+        typer.echo(f"  {name:<40} {first}")
+
+
+_register_stages()
+
+
+def main() -> None:
+    """Console entry point."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app(prog_name="aif")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,273 @@
+"""Typed stage configs: dataclass fields with defaults and one-line help, filled from YAML recipes and flags.
+
+A stage config is a plain dataclass whose fields are declared with `option(...)`. `build_config` merges a recipe
+section and command-line overrides into it, coerces strings ("1e-4", "a,b,c", "true"), and checks every value,
+raising one ConfigError that lists *all* problems (unknown keys with a "did you mean", wrong types, out-of-range
+values), so a user fixes a recipe in one go.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from aifeedback.errors import AifError
+
+STAGES = ("generate", "score", "train", "export", "sample", "eval", "demo")
+
+
+class ConfigError(AifError, ValueError):
+    """One or more config problems; the message lists each on its own line."""
+
+    def __init__(self, problems: list[str], source: str = "config"):
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{len(problems)} problem(s) in {source}:\n{lines}")
+
+
+def option(
+    default: Any,
+    help: str,
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    choices: typing.Sequence[str] | None = None,
+    identity: bool = True,
+    positional: bool = False,
+) -> Any:
+    """Declare a config field.
+
+    identity=False marks settings that do not change a stage's results (batch size, device, progress bars), so a
+    rerun that only changes them resumes instead of being refused. positional=True makes it a CLI argument.
+    """
+    meta = dict(help=help, min=min, max=max, choices=choices, identity=identity, positional=positional)
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def fields(cls: type) -> list[tuple[dataclasses.Field, Any]]:
+    """(field, resolved type) pairs of a config dataclass, in declaration order."""
+    hints = typing.get_type_hints(cls)
+    return [(f, hints[f.name]) for f in dataclasses.fields(cls)]
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
+
+
+def type_name(tp: Any) -> str:
+    """A short human name for a field type, for errors and --help."""
+    inner, optional = _unwrap_optional(tp)
+    if typing.get_origin(inner) is Literal:
+        name = "|".join(str(a) for a in typing.get_args(inner))
+    elif typing.get_origin(inner) is list:
+        name = f"list of {type_name(typing.get_args(inner)[0])} (comma-separated)"
+    else:
+        name = getattr(inner, "__name__", str(inner))
+    return f"{name} or null" if optional else name
+
+
+_TRUE = {"true", "yes", "1", "on"}
+_FALSE = {"false", "no", "0", "off"}
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    """Convert value to tp, accepting strings from the command line; raise ValueError with a short reason."""
+    inner, optional = _unwrap_optional(tp)
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "")):
+        if optional:
+            return None
+        raise ValueError("must not be null")
+    origin = typing.get_origin(inner)
+    if origin is Literal:
+        allowed = typing.get_args(inner)
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(map(str, allowed))}")
+        return value
+    if origin is list:
+        (item_tp,) = typing.get_args(inner)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"expected a list, got {type(value).__name__}")
+        return [_coerce(v, item_tp) for v in value]
+    if inner is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+            return value.lower() in _TRUE
+        raise ValueError(f"expected true/false, got {value!r}")
+    if inner is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError(f"expected an integer, got {value!r}")
+        try:
+            return int(value) if not isinstance(value, str) else int(value.replace("_", ""))
+        except ValueError:
+            raise ValueError(f"expected an integer, got {value!r}") from None
+    if inner is float:
+        if isinstance(value, bool):
+            raise ValueError(f"expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected a number, got {value!r}") from None
+    if inner is str:
+        if isinstance(value, (dict, list)):
+            raise ValueError(f"expected a string, got {type(value).__name__}")
+        return str(value)
+    if inner is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a mapping, got {type(value).__name__}")
+        return value
+    raise TypeError(f"unsupported config field type {tp}")
+
+
+def _check_range(value: Any, meta: dict) -> str | None:
+    vals = value if isinstance(value, list) else [value]
+    for v in vals:
+        if v is None:
+            continue
+        if meta.get("min") is not None and v < meta["min"]:
+            return f"must be >= {meta['min']}, got {v}"
+        if meta.get("max") is not None and v > meta["max"]:
+            return f"must be <= {meta['max']}, got {v}"
+        if meta.get("choices") is not None and v not in meta["choices"]:
+            return f"must be one of {', '.join(meta['choices'])}, got {v!r}"
+    return None
+
+
+def build_config(cls: type, values: dict[str, Any] | None = None, source: str = "config") -> Any:
+    """Instantiate cls from a mapping, reporting unknown keys, bad types and bad ranges all at once."""
+    values = dict(values or {})
+    known = {f.name: (f, tp) for f, tp in fields(cls)}
+    problems: list[str] = []
+    kwargs: dict[str, Any] = {}
+    for key, raw in values.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (valid: {', '.join(known)})"
+            problems.append(f"unknown key '{key}'{hint}")
+            continue
+        f, tp = known[name]
+        try:
+            value = _coerce(raw, tp)
+        except ValueError as e:
+            problems.append(f"{name}: {e} (type: {type_name(tp)})")
+            continue
+        err = _check_range(value, f.metadata)
+        if err:
+            problems.append(f"{name}: {err}")
+            continue
+        kwargs[name] = value
+    if problems:
+        raise ConfigError(problems, source)
+    cfg = cls(**kwargs)
+    check = getattr(cfg, "validate", None)
+    if check is not None:
+        problems = list(check())
+        if problems:
+            raise ConfigError(problems, source)
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as a plain dict (what is written next to every output)."""
+    return dataclasses.asdict(cfg)
+
+
+def identity_dict(cfg: Any) -> dict[str, Any]:
+    """Only the settings that change a stage's results: used to tell a resume from a different job."""
+    return {f.name: getattr(cfg, f.name) for f, _ in fields(type(cfg)) if f.metadata.get("identity", True)}
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    from aifeedback.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Recipes: YAML files whose top-level keys are stage names; each stage command reads its own section.
+
+def recipe_dirs() -> list[Path]:
+    """Where shipped recipes live: the checkout's recipes/ folder, or the copy installed with the package."""
+    here = Path(__file__).resolve().parent
+    return [d for d in (here.parent / "recipes", here / "recipes") if d.is_dir()]
+
+
+def list_recipes() -> dict[str, tuple[Path, str]]:
+    """Shipped recipe name -> (path, first comment line)."""
+    out: dict[str, tuple[Path, str]] = {}
+    for d in recipe_dirs():
+        for p in sorted(d.glob("*.yaml")):
+            first = ""
+            for line in p.read_text().splitlines():
+                if line.startswith("#"):
+                    first = line.lstrip("# ").strip()
+                    break
+            out.setdefault(p.stem, (p, first))
+    return out
+
+
+def resolve_recipe(recipe: str) -> Path:
+    """A recipe path, or the name of a shipped recipe."""
+    p = Path(recipe)
+    if p.is_file():
+        return p
+    shipped = list_recipes()
+    name = p.stem if p.suffix in (".yaml", ".yml") else recipe
+    if name in shipped:
+        return shipped[name][0]
+    close = difflib.get_close_matches(name, list(shipped), n=3)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise ConfigError(
+        [f"recipe '{recipe}' is neither a file nor a shipped recipe.{hint} Run `aif recipes` to list them."],
+        "--recipe",
+    )
+
+
+def load_recipe_section(recipe: str, stage: str) -> tuple[dict[str, Any], str]:
+    """The mapping under `stage:` in a recipe, and a label for errors."""
+    path = resolve_recipe(recipe)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError([f"not valid YAML: {e}"], str(path)) from None
+    if not isinstance(data, dict):
+        raise ConfigError(["the top level must be a mapping of stage names to settings"], str(path))
+    unknown = [k for k in data if k not in STAGES]
+    if unknown:
+        raise ConfigError(
+            [f"unknown section '{k}' (sections are stage names: {', '.join(STAGES)})" for k in unknown], str(path)
+        )
+    if stage not in data:
+        have = ", ".join(data) or "none"
+        raise ConfigError([f"no '{stage}' section (this recipe has: {have})"], str(path))
+    section = data[stage] or {}
+    if not isinstance(section, dict):
+        raise ConfigError([f"section '{stage}' must be a mapping"], str(path))
+    return section, f"{path} [{stage}]"
+
+
+def load_stage_config(cls: type, stage: str, recipe: str | None, overrides: dict[str, Any]) -> Any:
+    """Recipe section (if any) with command-line overrides applied on top, validated as one."""
+    values: dict[str, Any] = {}
+    source = "command-line options"
+    if recipe:
+        values, source = load_recipe_section(recipe, stage)
+        source += " + command-line options"
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return build_config(cls, values, source)

@@ -1,0 +1,120 @@
+"""Loading diffusion pipelines by name (tiny zoo, toy world, hub id or local path) and what differs per family.
+
+Every stage loads models through `load_pipeline`, so a tiny offline model and
+`stabilityai/stable-diffusion-xl-base-1.0` take the same code path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from aifeedback.errors import AifError
+
+# Real models users commonly pass; listed by `aif models` (any other hub id or local path works too).
+KNOWN_MODELS: dict[str, str] = {
+    "stabilityai/stable-diffusion-xl-base-1.0": "SDXL base 1.0 (the paper's DPO-SDXL starting point), 1024 px",
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": "Stable Diffusion 1.5 (the paper's DPO-SD1.5 starting point), 512 px",
+    "mhdang/dpo-sdxl-text2image-v1": "the paper's released DPO-SDXL UNet (use as --tuned in eval)",
+    "madebyollin/sdxl-vae-fp16-fix": "SDXL VAE that does not overflow in fp16 (pass as --vae)",
+}
+
+DTYPES = ("float32", "float16", "bfloat16")
+SCHEDULERS = ("default", "ddim", "ddpm", "euler", "euler_a", "dpmpp_2m", "pndm", "lms")
+
+
+class ModelLoadError(AifError):
+    """A model name that is neither a local folder, a cached hub model, nor reachable on the hub."""
+
+
+def tiny_names() -> dict[str, str]:
+    """Offline model names -> description (tiny zoo and toy world)."""
+    from aifeedback.tiny import TINY_PIPELINES
+
+    return {name: desc for name, (_, desc) in TINY_PIPELINES.items()}
+
+
+def resolve_model(name: str) -> str:
+    """A tiny/toy name -> its built folder; anything else is returned unchanged (hub id or path)."""
+    from aifeedback.tiny import TINY_PIPELINES, tiny_pipeline_path
+
+    if name in TINY_PIPELINES:
+        return str(tiny_pipeline_path(name))
+    return name
+
+
+def torch_dtype(name: str):
+    """'float32' | 'float16' | 'bfloat16' (also fp32/fp16/bf16) -> torch dtype."""
+    import torch
+
+    aliases = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "no": "float32"}
+    name = aliases.get(name, name)
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype '{name}'; use one of {', '.join(DTYPES)}")
+    return getattr(torch, name)
+
+
+def _load_error(name: str, what: str, err: Exception) -> ModelLoadError:
+    hint = ", ".join(tiny_names())
+    local = Path(name).exists()
+    where = "is a local folder but could not be loaded" if local else "is not a local folder, not in the Hugging Face cache, and the hub could not be reached (or has no such repo)"
+    return ModelLoadError(
+        f"Could not load {what} '{name}': it {where}.\n"
+        f"  Fix: check the spelling, download it on a machine with network access (`huggingface-cli download {name}`) "
+        f"and set HF_HOME to that cache, or pass a local folder; for an offline test use one of: {hint}.\n"
+        f"  Details: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+    )
+
+
+def load_pipeline(name: str, dtype: str = "float32", device: str = "cpu", vae: str | None = None,
+                  scheduler: str = "default") -> Any:
+    """A diffusers text-to-image pipeline (SDXL or SD1.5 family) by tiny name, hub id or local path."""
+    from diffusers import AutoencoderKL, DiffusionPipeline
+
+    td = torch_dtype(dtype)
+    path = resolve_model(name)
+    kwargs: dict[str, Any] = {"torch_dtype": td}
+    if vae:
+        try:
+            kwargs["vae"] = AutoencoderKL.from_pretrained(resolve_model(vae), torch_dtype=td)
+        except (OSError, ValueError, EnvironmentError) as e:
+            raise _load_error(vae, "VAE", e) from None
+    try:
+        pipe = DiffusionPipeline.from_pretrained(path, **kwargs)
+    except (OSError, ValueError, EnvironmentError) as e:
+        raise _load_error(name, "model", e) from None
+    family(pipe)  # refuse unsupported pipelines early
+    if getattr(pipe, "safety_checker", None) is not None:
+        pipe.safety_checker = None  # scoring and training need the raw images
+    set_scheduler(pipe, scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def family(pipe_or_unet: Any) -> str:
+    """'sdxl' (two text encoders, text_time conditioning) or 'sd15' (one text encoder)."""
+    unet = getattr(pipe_or_unet, "unet", pipe_or_unet)
+    config = getattr(unet, "config", None)
+    if config is None:
+        raise ValueError(f"{type(pipe_or_unet).__name__} has no UNet")
+    if getattr(config, "addition_embed_type", None) == "text_time":
+        return "sdxl"
+    if getattr(config, "addition_embed_type", None) is None:
+        return "sd15"
+    raise ValueError(f"unsupported UNet conditioning '{config.addition_embed_type}': only SDXL and SD1.5 families")
+
+
+def set_scheduler(pipe: Any, name: str) -> None:
+    """Swap the pipeline's sampler by short name, keeping its noise schedule ('default' keeps the model's own)."""
+    import diffusers
+
+    classes = {
+        "ddim": "DDIMScheduler", "ddpm": "DDPMScheduler", "euler": "EulerDiscreteScheduler",
+        "euler_a": "EulerAncestralDiscreteScheduler", "dpmpp_2m": "DPMSolverMultistepScheduler",
+        "pndm": "PNDMScheduler", "lms": "LMSDiscreteScheduler",
+    }
+    if name == "default":
+        return
+    if name not in classes:
+        raise ValueError(f"unknown scheduler '{name}'; use one of {', '.join(SCHEDULERS)}")
+    pipe.scheduler = getattr(diffusers, classes[name]).from_config(pipe.scheduler.config)
