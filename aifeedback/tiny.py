@@ -178,10 +178,17 @@ def build_tiny_sd15(out: Path) -> None:
     pipe.save_pretrained(out)
 
 
+def _build_toy_sd15(out: Path) -> None:
+    from aifeedback.toy import build_toy_sd15  # the toy world lives in its own module (it trains, ~1.5 min)
+
+    build_toy_sd15(out)
+
+
 # name -> (builder, one-line description). Other modules (toy world, tiny scorers) add their own entries.
 TINY_PIPELINES: dict[str, tuple[Callable[[Path], None], str]] = {
     "tiny-sdxl": (build_tiny_sdxl, "tiny random StableDiffusionXLPipeline (2 text encoders, text_time), for tests"),
     "tiny-sd15": (build_tiny_sd15, "tiny random StableDiffusionPipeline, for tests"),
+    "toy-sd15": (_build_toy_sd15, "toy StableDiffusionPipeline pretrained on coloured discs (8x8 px) for `aif demo`"),
 }
 
 
