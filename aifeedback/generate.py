@@ -102,6 +102,15 @@ def run(cfg: GenerateConfig) -> Path:
     if cfg.device == "auto" and state.num_processes > 1:
         device = str(state.device)
     dtype = cfg.dtype if cfg.dtype != "auto" else ("float16" if device.startswith("cuda") else "float32")
+    items = [(p, k) for p in prompts for k in range(cfg.images_per_prompt)]
+    shards = io.chunks(items, cfg.shard_size)
+    # The prompt list itself is part of the job's identity: an edited prompt file must not be mixed into old shards.
+    inputs = {"prompts": io.fingerprint([p.prompt_id for p in prompts]), "n_prompts": len(prompts), "dtype": dtype}
+    out = Path(cfg.out)
+    args = (out, "generate", to_dict(cfg), identity_dict(cfg), cfg.overwrite, inputs)
+    if state.is_main_process:  # refuse a conflicting --out now, before the slow model load (this writes nothing)
+        io.prepare_output(*args, is_main=False)
+
     pipe = load_pipeline(cfg.model, dtype, device, vae=cfg.vae, scheduler=cfg.scheduler, tuned=cfg.tuned)
     optimize_pipeline(pipe, compile=cfg.compile)
     width = cfg.width or cfg.resolution or default_size(pipe)
@@ -109,22 +118,12 @@ def run(cfg: GenerateConfig) -> Path:
     guidance = default_guidance(pipe) if cfg.guidance is None else cfg.guidance
     scheduler = type(pipe.scheduler).__name__
 
-    items = [(p, k) for p in prompts for k in range(cfg.images_per_prompt)]
-    shards = io.chunks(items, cfg.shard_size)
-    # Resolved values and the prompt list itself are part of the job's identity: an edited prompt file or a
-    # different default resolution must not be mixed into old shards.
-    inputs = {"prompts": io.fingerprint([p.prompt_id for p in prompts]), "n_prompts": len(prompts),
-              "width": width, "height": height, "guidance": guidance, "dtype": dtype, "scheduler": scheduler}
-    out = Path(cfg.out)
-    args = (out, "generate", to_dict(cfg), identity_dict(cfg), cfg.overwrite, inputs)
     if state.is_main_process:
         manifest = io.prepare_output(*args, is_main=True)
         for stale in (out / io.SHARD_DIR).glob(".*.tmp"):  # left by a killed run; never a complete shard
             stale.unlink()
         save_config(cfg, out / "config.yaml")
     state.wait_for_everyone()
-    if not state.is_main_process:
-        manifest = io.prepare_output(*args, is_main=False)
 
     todo = [i for i in io.my_shards(len(shards), state.process_index, state.num_processes) if not io.shard_done(out, i)]
     schema = row_schema(cfg.save_latents)
@@ -152,6 +151,7 @@ def run(cfg: GenerateConfig) -> Path:
     state.wait_for_everyone()
     if state.is_main_process:
         files = io.shard_files(out)
+        manifest = dict(manifest, resolved=dict(width=width, height=height, guidance=guidance, scheduler=scheduler))
         io.finish_output(out, manifest, prompts=len(prompts), images=sum(pq.read_metadata(f).num_rows for f in files),
                          shards=len(files), images_per_prompt=cfg.images_per_prompt)
     return out

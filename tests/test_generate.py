@@ -82,7 +82,7 @@ def test_output_layout_rows_and_manifest(baseline):
     assert [p.name for p in io.shard_files(baseline)] == ["train-00000.parquet", "train-00001.parquet", "train-00002.parquet"]
     manifest = io.read_manifest(baseline, "generate")
     assert manifest["complete"] and manifest["counts"]["images"] == 10 and manifest["counts"]["prompts"] == 5
-    assert manifest["inputs"]["width"] == 32 and (baseline / "config.yaml").exists()
+    assert manifest["resolved"]["width"] == 32 and manifest["inputs"]["n_prompts"] == 5 and (baseline / "config.yaml").exists()
     ds = datasets.load_dataset("parquet", data_dir=str(baseline))["train"]
     assert ds.num_rows == 10 and ds[0]["image"] == rows[0]["image"]
 
@@ -157,7 +157,7 @@ def test_parti_source_carries_category(tiny_sdxl, tmp_path):
 
 def test_sigkill_then_rerun_equals_uninterrupted_run(tiny_sdxl, tmp_path):
     prompts = tmp_path / "p.txt"
-    prompts.write_text("\n".join(f"prompt number {i}" for i in range(40)) + "\n")
+    prompts.write_text("\n".join(f"prompt number {i}" for i in range(24)) + "\n")
     args = ["--model", "tiny-sdxl", "--prompts", str(prompts), "--steps", "2", "--images-per-prompt", "1",
             "--shard-size", "1", "--batch-size", "1"]
     killed = tmp_path / "killed"
@@ -169,7 +169,7 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(tiny_sdxl, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = len(io.shard_files(killed))
-    assert 0 < done < 40, f"the kill should land mid-run ({done} of 40 shards written)"
+    assert 0 < done < 24, f"the kill should land mid-run ({done} of 24 shards written)"
     assert not io.read_manifest(killed)["complete"]
     same = {"prompts": str(prompts), "model": "tiny-sdxl", "steps": 2, "images_per_prompt": 1, "shard_size": 1,
             "batch_size": 1}
@@ -177,7 +177,7 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(tiny_sdxl, tmp_path):
     whole = tmp_path / "whole"
     run(build_config(GenerateConfig, dict(same, out=str(whole))))
     assert io.read_rows(killed) == io.read_rows(whole)
-    assert io.read_manifest(killed)["counts"]["images"] == 40
+    assert io.read_manifest(killed)["counts"]["images"] == 24
     assert not list((killed / "data").glob(".*"))  # no temporary files left behind
 
 
