@@ -228,3 +228,14 @@ def test_bad_inputs_are_refused_before_writing(tiny_sdxl, tmp_path):
     assert len(e.value.problems) == 5
     with pytest.raises(ConfigError, match="resolution: must be a multiple of 8, got 30"):
         build_config(GenerateConfig, {"resolution": 30})
+
+
+def test_model_check_needs_no_heavy_imports(tmp_path):
+    from aifeedback.models import ModelLoadError, check_available
+
+    check_available("tiny-sd15")
+    check_available(str(tmp_path))
+    with pytest.raises(ModelLoadError, match=r"'./no/such/folder': no such local folder.*Fix:"):
+        check_available("./no/such/folder")
+    with pytest.raises(ModelLoadError, match=r"VAE 'someone/missing-vae'.*Fix:.*tiny-sdxl"):
+        check_available("someone/missing-vae", "VAE")
