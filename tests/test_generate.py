@@ -235,7 +235,7 @@ def test_model_check_needs_no_heavy_imports(tmp_path):
 
     check_available("tiny-sd15")
     check_available(str(tmp_path))
-    with pytest.raises(ModelLoadError, match=r"'./no/such/folder': no such local folder.*Fix:"):
+    with pytest.raises(ModelLoadError, match=r"(?s)'./no/such/folder': no such local folder.*Fix:"):
         check_available("./no/such/folder")
-    with pytest.raises(ModelLoadError, match=r"VAE 'someone/missing-vae'.*Fix:.*tiny-sdxl"):
+    with pytest.raises(ModelLoadError, match=r"(?s)VAE 'someone/missing-vae'.*Fix:.*tiny-sdxl"):
         check_available("someone/missing-vae", "VAE")
