@@ -1,10 +1,10 @@
 """`aif score`: score images with reward models and write preference pairs in the Pick-a-Pic layout.
 
 Two phases, both resumable shard by shard and split over `accelerate launch` processes:
-  1. score   every image of shard i with every scorer -> OUT/image_scores/data/part-i.parquet (raw scores,
+  1. score   every image of shard i with every scorer -> OUT/image_scores/scores-i.parquet (raw scores,
              or the reason an image could not be read)
   2. pair    per prompt: ensemble the scores (per-prompt normalisation), pick pairs, label them, copy the image
-             bytes (and latents) -> OUT/data/part-i.parquet
+             bytes (and latents) -> OUT/data/train-i.parquet
 Phase 2 waits for all of phase 1, because an ensemble normalises each scorer over all images of a prompt, and in
 a Pick-a-Pic input one caption's pairs can sit in many shards. Rank 0 then writes summary.json and prints it.
 """
@@ -18,7 +18,7 @@ from typing import Any, Literal, Optional
 from aifeedback.config import option
 from aifeedback.errors import AifError
 
-SCORES_DIR = "image_scores"  # per-image raw scores: OUT/image_scores/data/part-NNNNN.parquet
+SCORES_DIR = "image_scores"  # per-image raw scores: OUT/image_scores/scores-NNNNN.parquet
 
 
 @dataclass
@@ -103,12 +103,12 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
     shards = io.chunks(inp.units, cfg.shard_size)
     starts = [i * cfg.shard_size for i in range(len(shards))]
     mine = list(io.my_shards(len(shards), state.process_index, state.num_processes))
-    _score_phase(cfg, inp, shards, starts, [i for i in mine if not io.shard_done(out / SCORES_DIR, i)], out, state)
+    _score_phase(cfg, inp, shards, starts, [i for i in mine if not scores_path(out, i).exists()], out, state)
     state.wait_for_everyone()
 
     from aifeedback import score_pairs
 
-    table = score_pairs.load_scores(out / SCORES_DIR, len(cfg.scorer))
+    table = score_pairs.load_scores(sorted((out / SCORES_DIR).glob("scores-*.parquet")), len(cfg.scorer))
     combined = score_pairs.combined_scores(table, ensemble_weights(cfg), cfg.normalize)
     for i in mine:
         if not io.shard_done(out, i):
@@ -122,6 +122,23 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
         io.finish_output(out, manifest, **summary["counts"])
         print(score_pairs.format_summary(summary, out))
     return summary
+
+
+def scores_path(out: Path, index: int) -> Path:
+    """Per-image scores of shard `index`. Not named train-*, so load_dataset("parquet", data_dir=OUT) skips them."""
+    return out / SCORES_DIR / f"scores-{index:05d}.parquet"
+
+
+def _write_scores(out: Path, index: int, rows: list[dict[str, Any]]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from aifeedback.io import atomic_write_bytes
+    from aifeedback.score_pairs import scores_schema
+
+    buf = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist(rows, schema=scores_schema()), buf)
+    atomic_write_bytes(scores_path(out, index), buf.getvalue().to_pybytes())
 
 
 def _clear_replaced_scores(out: Path, identity: dict, inputs: dict, overwrite: bool) -> None:
@@ -153,9 +170,7 @@ def _score_phase(cfg, inp, shards, starts, todo: list[int], out: Path, state) ->
     import torch
     from tqdm.auto import tqdm
 
-    from aifeedback.io import write_shard
     from aifeedback.score_data import ShardImages, ShardPlan, passthrough
-    from aifeedback.score_pairs import scores_schema
     from aifeedback.scorers import load_scorer
 
     device = cfg.device or str(state.device)
@@ -202,7 +217,7 @@ def _score_phase(cfg, inp, shards, starts, todo: list[int], out: Path, state) ->
                 {"unit": u, "slot": slot, "row": row, "column": col, "prompt_id": pid, "raw": raw, "error": err}
                 for (u, slot, row, col, pid), raw, err in zip(owners[i], res["raw"], res["err"])
             ]
-            write_shard(out / SCORES_DIR, i, rows, schema=scores_schema())
+            _write_scores(out, i, rows)
             del results[i]
     bar.close()
     if results:  # every chunk of every shard must have come back

@@ -40,14 +40,12 @@ def scores_schema():
     ])
 
 
-def load_scores(scores_dir: Path, n_scorers: int) -> dict[int, list[Record]]:
-    """unit index -> its images' records, by slot."""
+def load_scores(files: list[Path], n_scorers: int) -> dict[int, list[Record]]:
+    """unit index -> its images' records, by slot, from the per-image score files."""
     import pyarrow.parquet as pq
 
-    from aifeedback.io import shard_files
-
     table: dict[int, list[Record]] = defaultdict(list)
-    for f in shard_files(scores_dir):
+    for f in files:
         for r in pq.read_table(f).to_pylist():
             if r["raw"] is not None and len(r["raw"]) != n_scorers:
                 raise RuntimeError(f"{f}: {len(r['raw'])} scores per image, expected {n_scorers}")

@@ -80,6 +80,22 @@ def read_pairs(out):
     return aio.read_rows(out)
 
 
+def image_scores(out):
+    return [r for f in sorted((Path(out) / "image_scores").glob("scores-*.parquet")) for r in pq.read_table(f).to_pylist()]
+
+
+def parquet_files(out):
+    """Pair shards and per-image score files of an output."""
+    return sorted((Path(out) / "data").glob("train-*.parquet")) + sorted((Path(out) / "image_scores").glob("*.parquet"))
+
+
+def same_files(a, b):
+    fa, fb = parquet_files(a), parquet_files(b)
+    assert fa and [p.relative_to(a) for p in fa] == [p.relative_to(b) for p in fb]
+    for x, y in zip(fa, fb):
+        assert pq.read_table(x).equals(pq.read_table(y)), x
+
+
 def redness(data):
     x = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.float64) / 255
     return x[..., 0].mean() - (x[..., 1].mean() + x[..., 2].mean()) / 2
@@ -94,14 +110,14 @@ def test_generate_to_pairs_best_worst_with_pickscore_tiny(tmp_path):
     src = make_generate_dir(gen)
     out = tmp_path / "pairs"
     summary = run(cfg(input=str(gen), out=str(out), scorer="pickscore:tiny", shard_size=3, batch_size=5))
-    ds = datasets.load_dataset("parquet", data_dir=str(out / "data"), split="train")
+    ds = datasets.load_dataset("parquet", data_dir=str(out), split="train")
     for c in ("caption", "jpg_0", "jpg_1", "label_0", "label_1", "prompt_id", "score_0", "score_1", "margin",
               "scorer", "seed_0", "seed_1", "scores_0", "scores_1", "latent_0", "latent_1", "latent_shape"):
         assert c in ds.column_names
     assert ds.num_rows == 4 == summary["counts"]["pairs"]  # best-worst: one pair per prompt
     assert set(ds["label_0"]) <= {0.0, 1.0} and all(a + b == 1.0 for a, b in zip(ds["label_0"], ds["label_1"]))
     images = {r["seed"]: r for r in src}
-    per_image = aio.read_rows(out / "image_scores")
+    per_image = image_scores(out)
     for r in ds:
         assert r["scorer"] == "pickscore:tiny"
         assert r["label_0"] == float(r["score_0"] > r["score_1"])
@@ -159,7 +175,7 @@ def test_ensemble_keeps_raw_scores_and_normalises_per_prompt(tmp_path):
     out = tmp_path / "pairs"
     summary = run(cfg(input=str(gen), out=str(out), scorer="redness,brightness,clip:tiny", weights="2,1,1", normalize="rank"))
     rows = read_pairs(out)
-    per_image = aio.read_rows(out / "image_scores")
+    per_image = image_scores(out)
     for r in rows:
         assert r["scorer"] == "rank(2*redness + 1*brightness + 1*clip:tiny)"
         assert set(r["scores_0"]) == {"redness", "brightness", "clip:tiny"}
@@ -180,9 +196,9 @@ def test_bad_images_and_rows_are_counted_reported_and_skipped(tmp_path, capsys):
     summary = run(cfg(input=str(gen), out=str(out), scorer="redness"))
     c = summary["counts"]
     assert c["images_failed"] == 1 and c["bad_rows"] == 1 and c["images_scored"] == 14 and c["pairs"] == 4
-    assert summary["failed_images"][0]["where"].endswith("part-00001.parquet row 1 (image)")  # global row 6
+    assert summary["failed_images"][0]["where"].endswith("train-00001.parquet row 1 (image)")  # global row 6
     assert "cannot decode image" in summary["failed_images"][0]["error"]
-    assert summary["bad_rows"] == [{"where": f"{gen / 'data' / 'part-00002.parquet'} row 3", "error": "prompt_id is null"}]
+    assert summary["bad_rows"] == [{"where": f"{gen / 'data' / 'train-00002.parquet'} row 3", "error": "prompt_id is null"}]
     assert "skipped" in capsys.readouterr().out
     assert all(r["k_0"] != 2 and r["k_1"] != 2 for r in read_pairs(out) if r["prompt_id"] == "p1")
 
@@ -219,11 +235,7 @@ def test_crash_and_rerun_gives_identical_output(tmp_path, monkeypatch):
     assert not aio.read_manifest(crashed, "score")["complete"]
     assert not list(crashed.rglob("*.tmp"))
     run(cfg(out=str(crashed), **kw))
-    for sub in ("data", "image_scores/data"):
-        a, b = sorted((whole / sub).glob("*.parquet")), sorted((crashed / sub).glob("*.parquet"))
-        assert [p.name for p in a] == [p.name for p in b]
-        for x, y in zip(a, b):
-            assert pq.read_table(x).equals(pq.read_table(y)), (sub, x.name)
+    same_files(whole, crashed)
 
 
 def test_a_different_job_is_refused_unless_overwrite(tmp_path):
@@ -236,7 +248,7 @@ def test_a_different_job_is_refused_unless_overwrite(tmp_path):
         run(cfg(input=str(gen), out=str(out), scorer="brightness"))
     run(cfg(input=str(gen), out=str(out), scorer="brightness", overwrite=True))
     assert {x["scorer"] for x in read_pairs(out)} == {"brightness"}
-    assert all(len(x["raw"]) == 1 for x in aio.read_rows(out / "image_scores"))
+    assert all(len(x["raw"]) == 1 for x in image_scores(out)) and len(image_scores(out)) == 16
 
 
 def test_relabel_pickapic_layout_reports_human_agreement(tmp_path):
@@ -328,11 +340,8 @@ def test_worker_processes_and_two_process_accelerate_launch_match_one_process(tm
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "pairs kept 5" in r.stdout and r.stdout.count("aif score:") == 1  # rank 0 reports
-    for sub in ("data", "image_scores/data"):
-        a, b = sorted((one / sub).glob("*.parquet")), sorted((two / sub).glob("*.parquet"))
-        assert len(a) == 3 and [p.name for p in a] == [p.name for p in b]
-        for x, y in zip(a, b):
-            assert pq.read_table(x).equals(pq.read_table(y))
+    assert len(parquet_files(one)) == 6
+    same_files(one, two)
 
 
 def test_cli_reports_a_bad_scorer_without_traceback(tmp_path):
@@ -355,12 +364,30 @@ def test_sigkill_and_rerun_gives_identical_output(tmp_path):
     subprocess.run([sys.executable, "-m", "aifeedback", "score", "--out", str(whole), *args], env=_env(), check=True, timeout=600)
     p = subprocess.Popen([sys.executable, "-m", "aifeedback", "score", "--out", str(killed), *args], env=_env())
     deadline = time.time() + 300
-    while len(list((killed / "image_scores" / "data").glob("*.parquet"))) < 3 and time.time() < deadline:
+    while len(list((killed / "image_scores").glob("*.parquet"))) < 3 and time.time() < deadline:
         time.sleep(0.05)
     p.send_signal(signal.SIGKILL)
     p.wait()
-    assert len(list((killed / "image_scores" / "data").glob("*.parquet"))) < 24
+    assert len(list((killed / "image_scores").glob("*.parquet"))) < 24
     subprocess.run([sys.executable, "-m", "aifeedback", "score", "--out", str(killed), *args], env=_env(), check=True, timeout=600)
-    for sub in ("data", "image_scores/data"):
-        for x in sorted((whole / sub).glob("*.parquet")):
-            assert pq.read_table(x).equals(pq.read_table(killed / sub / x.name))
+    same_files(whole, killed)
+
+
+def test_tiny_generate_then_score(tiny_sd15, tmp_path):
+    import datasets
+
+    from aifeedback import generate
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red apple\na blue sky\n")
+    gen = tmp_path / "gen"
+    generate.run(build_config(generate.GenerateConfig, {
+        "model": "tiny-sd15", "prompts": str(prompts), "out": str(gen), "steps": 2, "images_per_prompt": 3,
+        "resolution": 32, "save_latents": True}))
+    out = tmp_path / "pairs"
+    summary = run(cfg(input=str(gen), out=str(out), scorer="hpsv2:tiny,redness", keep_ties=True))
+    ds = datasets.load_dataset("parquet", data_dir=str(out), split="train")
+    assert ds.num_rows == 2 == summary["counts"]["pairs"]
+    assert {"caption", "jpg_0", "jpg_1", "label_0", "label_1", "latent_0", "latent_shape"} <= set(ds.column_names)
+    assert set(ds["label_0"]) <= {0.0, 0.5, 1.0} and set(ds["caption"]) == {"a red apple", "a blue sky"}
+    assert all(len(r["latent_0"]) == 2 * int(np.prod(r["latent_shape"])) for r in ds)  # float16 bytes
