@@ -287,8 +287,8 @@ class ShardPlan:
 class ShardImages(torch.utils.data.IterableDataset):
     """Iterable over chunks of decoded + transformed images; each worker process takes whole shards.
 
-    Yields dicts: shard, start (offset of the chunk in the shard), items (one list per transform, only for the
-    images that decoded), errors (None or a message per image). Whole shards per worker keep each worker's reads
+    Yields dicts: shard, start (offset of the chunk in the shard), items (one per transform, only for the images
+    that decoded: a stacked tensor, or a list when the outputs are not same-shaped tensors), errors (None or a message per image). Whole shards per worker keep each worker's reads
     of a Parquet file contiguous; chunks are formed inside a shard, so batches never depend on the worker count.
     """
 
@@ -324,6 +324,9 @@ class ShardImages(torch.utils.data.IterableDataset):
             errors.append(None)
             for lst, out in zip(items, outs):
                 lst.append(out)
+        # Stack same-shaped tensors here, in the worker, so the main process only moves one tensor to the device.
+        items = [torch.stack(lst) if lst and all(isinstance(t, torch.Tensor) for t in lst)
+                 and len({t.shape for t in lst}) == 1 else lst for lst in items]
         return {"shard": shard, "start": start, "items": items, "errors": errors}
 
 

@@ -62,11 +62,12 @@ class ClipTransform:
         return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
 
-def normalize(items: list, device, dtype):
-    """Stack uint8 (3, S, S) items and apply the OpenAI mean/std on `device`, in float32, then cast to dtype."""
+def normalize(items, device, dtype):
+    """uint8 (3, S, S) items (a list, or already stacked) -> OpenAI mean/std applied on `device` in float32 -> dtype."""
     import torch
 
-    x = torch.stack(items).to(device, non_blocking=True).float().div_(255.0)
+    x = items if isinstance(items, torch.Tensor) else torch.stack(items)
+    x = x.to(device, non_blocking=True).float().div_(255.0)
     mean = torch.tensor(OPENAI_MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(OPENAI_STD, device=x.device).view(1, 3, 1, 1)
     return ((x - mean) / std).to(dtype)
@@ -83,8 +84,8 @@ class Scorer:
     uses_prompt: bool = True
     transform: Any = None
 
-    def score_items(self, items: list, prompts: list[str]) -> list[float]:
-        """Scores of a batch of transformed items."""
+    def score_items(self, items, prompts: list[str]) -> list[float]:
+        """Scores of a batch of transformed items (a list, or a stacked tensor of same-shaped ones)."""
         raise NotImplementedError
 
     def score(self, images: list, prompts: list[str], batch_size: int = 32) -> list[float]:
