@@ -174,6 +174,8 @@ def _score_phase(cfg, inp, shards, starts, todo: list[int], out: Path, state) ->
     from aifeedback.scorers import load_scorer
 
     device = cfg.device or str(state.device)
+    if device == "cuda" and state.device.type == "cuda":
+        device = str(state.device)  # plain "cuda" under accelerate launch: this process's own GPU, not cuda:0
     dtype = _resolve_dtype(cfg, device)
     scorers = [load_scorer(s, device, dtype) for s in cfg.scorer]
     transforms: list = []

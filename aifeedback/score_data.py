@@ -153,7 +153,7 @@ def open_input(source: str, split: str | None = None, limit: int | None = None) 
     if path.exists():
         files = [path] if path.is_file() else _parquet_files(path, split)
         return _pairs_input(ParquetRows(files, str(path)), limit, {"path": str(path.resolve()), "files": _stat(files)})
-    if source.count("/") == 1 and not source.startswith((".", "/")):
+    if source.count("/") == 1 and not source.startswith((".", "/", "~")) and not source.endswith("/"):
         ds = _load_hub(source, split)
         label = f"{source}[{split or 'default split'}]"
         return _pairs_input(HubRows(ds, label), limit, {"hub": source, "split": split, "dataset": ds._fingerprint})
