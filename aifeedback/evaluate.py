@@ -49,6 +49,8 @@ class EvalConfig:
     dtype: Optional[str] = option(None, "generation dtype: float32, float16, bfloat16 (default: aif generate's)")
     vae: Optional[str] = option(None, "VAE override for both models, e.g. madebyollin/sdxl-vae-fp16-fix")
     batch_size: Optional[int] = option(None, "images per generation batch (default: aif generate's)", min=1, identity=False)
+    device: str = option("auto", "device: auto (the process's GPU under accelerate, else CPU), cuda, cuda:N, cpu",
+                         identity=False)
     scorer_batch_size: int = option(16, "image pairs per scoring batch", min=1, identity=False)
     scorer_dtype: str = option("float32", "scorer dtype", choices=("float32", "float16", "bfloat16"), identity=False)
     examples: int = option(4, "best and worst examples shown in the report", min=1, identity=False)
@@ -108,14 +110,15 @@ def run(cfg: EvalConfig) -> dict[str, Any] | None:
 def generate_config(cfg: EvalConfig, side: str, out: Path):
     """The GenerateConfig of one side ('base' or 'tuned'); unset options keep aif generate's defaults."""
     from aifeedback.generate import GenerateConfig
+    from aifeedback.sample import pin_tuned
 
     values = {
-        "model": cfg.base, "tuned": cfg.tuned if side == "tuned" else None, "prompts": cfg.prompts,
+        "model": cfg.base, "tuned": pin_tuned(cfg.tuned) if side == "tuned" else None, "prompts": cfg.prompts,
         "prompt_column": cfg.prompt_column, "split": cfg.split, "limit": cfg.limit,
         "images_per_prompt": cfg.seeds_per_prompt, "seed": cfg.seed, "steps": cfg.steps, "guidance": cfg.guidance,
         "resolution": cfg.resolution, "negative_prompt": cfg.negative_prompt, "scheduler": cfg.scheduler,
         "dtype": cfg.dtype, "vae": cfg.vae, "batch_size": cfg.batch_size, "image_format": "png",  # lossless
-        "out": str(out / side), "overwrite": cfg.overwrite,
+        "device": cfg.device, "out": str(out / side), "overwrite": cfg.overwrite,
     }
     return build_config(GenerateConfig, {k: v for k, v in values.items() if v is not None}, f"eval -> generate {side}")
 
@@ -206,7 +209,7 @@ def score_twins(cfg: EvalConfig, out: Path, rows: list[dict[str, Any]]) -> dict[
     from aifeedback.scorers import load_scorer
 
     state = PartialState()
-    scorers = [load_scorer(spec, device=str(state.device), dtype=cfg.scorer_dtype) for spec in cfg.scorers]
+    scorers = [load_scorer(spec, device=_device(cfg, state), dtype=cfg.scorer_dtype) for spec in cfg.scorers]
     batches = [list(range(i, min(i + cfg.scorer_batch_size, len(rows))))
                for i in range(0, len(rows), cfg.scorer_batch_size)]
     mine: list[tuple[int, list[float], list[float]]] = []
@@ -230,6 +233,10 @@ def score_twins(cfg: EvalConfig, out: Path, rows: list[dict[str, Any]]) -> dict[
     return {spec: ([b[n] for _, b, _ in every], [t[n] for _, _, t in every]) for n, spec in enumerate(cfg.scorers)}
 
 
+def _device(cfg: EvalConfig, state) -> str:
+    return str(state.device) if cfg.device == "auto" else cfg.device
+
+
 def _decode(data: bytes):
     from PIL import Image
 
@@ -247,12 +254,16 @@ def _empty_cache() -> None:
 
 def report_meta(cfg: EvalConfig, out: Path) -> dict[str, Any]:
     """What the report says about the run: the eval settings and the generation settings actually used."""
-    gen = read_json(out / "base" / "manifest.json").get("config", {})
-    meta = {"base": cfg.base, "tuned": cfg.tuned, "prompts": cfg.prompts, "seeds_per_prompt": cfg.seeds_per_prompt,
-            "seed": cfg.seed}
-    for key in ("steps", "guidance", "resolution", "scheduler", "dtype", "negative_prompt"):
-        if gen.get(key) is not None:
-            meta[key] = gen[key]
+    base = read_json(out / "base" / "manifest.json")
+    tuned = read_json(out / "tuned" / "manifest.json")
+    meta = {"base": cfg.base, "tuned": cfg.tuned, "tuned_weights": tuned["config"].get("tuned"), "prompts": cfg.prompts,
+            "seeds_per_prompt": cfg.seeds_per_prompt, "seed": cfg.seed, "steps": base["config"].get("steps")}
+    # Values generate resolved from the model (guidance, size, sampler) are recorded in its manifest's inputs.
+    for key in ("guidance", "width", "height", "scheduler", "dtype"):
+        if base.get("inputs", {}).get(key) is not None:
+            meta[key] = base["inputs"][key]
+    if base["config"].get("negative_prompt"):
+        meta["negative_prompt"] = base["config"]["negative_prompt"]
     return meta
 
 
@@ -332,7 +343,7 @@ def scorer_accuracy(cfg: EvalConfig) -> dict[str, Any] | None:
     state = PartialState()
     out = Path(cfg.out)
     prepare_output(out, "eval", to_dict(cfg), identity_dict(cfg), cfg.overwrite, is_main=state.is_main_process)
-    scorers = [load_scorer(spec, device=str(state.device), dtype=cfg.scorer_dtype) for spec in cfg.scorers]
+    scorers = [load_scorer(spec, device=_device(cfg, state), dtype=cfg.scorer_dtype) for spec in cfg.scorers]
     mine: list[tuple[int, float, list[tuple[float, float]]]] = []
     batch: list[tuple[int, dict[str, Any]]] = []
 

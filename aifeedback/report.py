@@ -116,7 +116,8 @@ def _num(x: float) -> str:
 
 
 def _setup_items(report: dict[str, Any]) -> list[tuple[str, str]]:
-    keys = ("base", "tuned", "prompts", "seeds_per_prompt", "steps", "guidance", "resolution", "scheduler")
+    keys = ("base", "tuned", "tuned_weights", "prompts", "seed", "steps", "guidance", "width", "height", "scheduler",
+            "dtype", "negative_prompt")
     items = [(k, str(report[k])) for k in keys if report.get(k) is not None]
     items += [("prompts x seeds", f"{report['n_prompts']} x {report['n_comparisons'] // max(report['n_prompts'], 1)}"
                f" = {report['n_comparisons']} comparisons"), ("confidence interval", report["ci_method"])]
