@@ -3,8 +3,10 @@
 Every stage writes into its own output directory:
   manifest.json      stage, schema version, package versions, resolved config, counts (written by rank 0)
   config.yaml        the resolved config
-  data/part-NNNNN.parquet   shards; a shard is written under a temporary name and renamed when complete, so a
-                     killed run leaves only whole shards and a rerun skips them.
+  data/train-NNNNN.parquet  shards; a shard is written under a temporary name and renamed when complete, so a
+                     killed run leaves only whole shards and a rerun skips them. The "train" prefix makes
+                     `datasets.load_dataset("parquet", data_dir=DIR)` read only the shards (as its "train"
+                     split), not manifest.json and config.yaml.
 Shard i always holds the same work items (a pure function of the config), so the output does not depend on how
 many processes ran it or how often it was interrupted.
 """
@@ -82,7 +84,7 @@ def package_versions() -> dict[str, str]:
 
 def shard_path(out_dir: str | Path, index: int) -> Path:
     """Final path of shard `index`."""
-    return Path(out_dir) / SHARD_DIR / f"part-{index:05d}.parquet"
+    return Path(out_dir) / SHARD_DIR / f"train-{index:05d}.parquet"
 
 
 def shard_done(out_dir: str | Path, index: int) -> bool:
@@ -112,7 +114,7 @@ def write_shard(out_dir: str | Path, index: int, rows: list[dict[str, Any]], sch
 
 def shard_files(out_dir: str | Path) -> list[Path]:
     """The complete shards of an output directory, in order."""
-    return sorted((Path(out_dir) / SHARD_DIR).glob("part-*.parquet"))
+    return sorted((Path(out_dir) / SHARD_DIR).glob("train-*.parquet"))
 
 
 def read_rows(out_dir: str | Path, columns: list[str] | None = None) -> list[dict[str, Any]]:
