@@ -173,24 +173,30 @@ def _index(gen_dir: Path) -> dict[tuple[str, int], dict[str, Any]]:
 def read_images(out: Path, keys: set[tuple[str, int]]) -> dict[tuple[str, int], tuple[bytes, bytes]]:
     """(base, tuned) image bytes of the given comparisons."""
     rows = [r for r in twin_rows(out / "base", out / "tuned") if (r["prompt_id"], r["k"]) in keys]
-    return {(r["prompt_id"], r["k"]): pair for r, pair in zip(rows, _load_pairs(rows))}
+    reader = ShardImages()
+    return {(r["prompt_id"], r["k"]): reader.pair(r) for r in rows}
 
 
-def _load_pairs(rows: list[dict[str, Any]]) -> list[tuple[bytes, bytes]]:
-    """Image bytes for rows, reading each shard's image column once."""
-    import pyarrow.parquet as pq
+class ShardImages:
+    """Image bytes by (shard file, row), keeping the last two shards read (the current base and tuned shard):
+    rows are visited in shard order, so each shard's image column is read from disk once."""
 
-    cache: dict[str, list[bytes]] = {}
+    def __init__(self, keep: int = 2):
+        self.keep = keep
+        self.shards: dict[str, list[bytes]] = {}
 
-    def get(at: tuple[str, int]) -> bytes:
-        if at[0] not in cache:
-            cache.clear()  # rows come in shard order: keep only the shards in use
-            cache[at[0]] = pq.read_table(at[0], columns=["image"]).column("image").to_pylist()
-        return cache[at[0]][at[1]]
+    def get(self, at: tuple[str, int]) -> bytes:
+        import pyarrow.parquet as pq
 
-    base = [get(r["base_at"]) for r in rows]
-    tuned = [get(r["tuned_at"]) for r in rows]
-    return list(zip(base, tuned))
+        path, i = at
+        if path not in self.shards:
+            if len(self.shards) >= self.keep:
+                self.shards.pop(next(iter(self.shards)))
+            self.shards[path] = pq.read_table(path, columns=["image"]).column("image").to_pylist()
+        return self.shards[path][i]
+
+    def pair(self, row: dict[str, Any]) -> tuple[bytes, bytes]:
+        return self.get(row["base_at"]), self.get(row["tuned_at"])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -213,11 +219,12 @@ def score_twins(cfg: EvalConfig, out: Path, rows: list[dict[str, Any]]) -> dict[
     batches = [list(range(i, min(i + cfg.scorer_batch_size, len(rows))))
                for i in range(0, len(rows), cfg.scorer_batch_size)]
     mine: list[tuple[int, list[float], list[float]]] = []
+    reader = ShardImages()
     bar = tqdm(batches[state.process_index :: state.num_processes], desc="scoring", unit="batch",
                disable=not state.is_main_process)
     for idx in bar:
         batch = [rows[i] for i in idx]
-        pairs = _load_pairs(batch)
+        pairs = [reader.pair(r) for r in batch]
         texts = [r["prompt"] for r in batch]
         base_imgs = [_decode(b) for b, _ in pairs]
         tuned_imgs = [_decode(t) for _, t in pairs]

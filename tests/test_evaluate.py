@@ -138,7 +138,6 @@ def test_config_errors_name_the_fix():
         build_config(EvalConfig, {"tuned": "x", "out": "o"})
 
 
-@pytest.mark.slow
 def test_eval_under_accelerate_launch_matches_one_process(tmp_path, tiny_sd15):
     tuned = perturbed_unet(tiny_sd15, tmp_path / "tuned_unet")
     one = run(_cfg(tmp_path / "one", tiny_sd15, tuned, batch_size=1))
