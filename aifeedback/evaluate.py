@@ -21,7 +21,8 @@ from typing import Any, Iterator, Optional
 
 from aifeedback.config import build_config, identity_dict, option, save_config, to_dict
 from aifeedback.errors import DataError
-from aifeedback.io import finish_output, prepare_output, read_json, shard_files, write_json, atomic_write_text
+from aifeedback.io import atomic_write_text, finish_output, prepare_output, read_json, shard_files, write_json
+from aifeedback.models import DTYPES, SCHEDULERS
 
 # The paper's Table 2: agreement with human labels on Pick-a-Pic v2 validation (non-tie pairs), in %.
 PAPER_ACCURACY = {"pickscore": 64.2, "hpsv2": 59.3, "clip": 57.1, "aesthetic": 51.4}
@@ -31,10 +32,10 @@ PAPER_ACCURACY = {"pickscore": 64.2, "hpsv2": 59.3, "clip": 57.1, "aesthetic": 5
 class EvalConfig:
     base: str = option("", "base model: tiny name, hub id (stabilityai/stable-diffusion-xl-base-1.0) or local folder")
     tuned: str = option("", "tuned weights: UNet folder, LoRA .safetensors, training checkpoint, or run dir (latest checkpoint)")
-    out: str = option("", "output directory (base/ and tuned/ images, report.json/.md/.html, grids/)")
+    out: str = option("outputs/eval", "output directory (base/ and tuned/ images, report.json/.md/.html, grids/)")
     prompts: str = option("parti", "prompt source: parti, a .txt/.jsonl/.csv/.tsv file, or a datasets dataset")
     prompt_column: Optional[str] = option(None, "column holding the prompt text (files and datasets)")
-    split: Optional[str] = option(None, "dataset split, for --prompts or --scorer-accuracy (default: validation)")
+    split: Optional[str] = option(None, "dataset split to read, for --prompts or --scorer-accuracy (there default: validation)")
     limit: Optional[int] = option(None, "use only the first N prompts (or N pairs with --scorer-accuracy)", min=1)
     seeds_per_prompt: int = option(1, "images per prompt and model; twins share a seed", min=1)
     seed: int = option(0, "base seed; each image's seed derives from it, the prompt and k")
@@ -45,8 +46,8 @@ class EvalConfig:
     guidance: Optional[float] = option(None, "classifier-free guidance scale (default: aif generate's)", min=0)
     resolution: Optional[int] = option(None, "image side in pixels (default: the model's)", min=8)
     negative_prompt: Optional[str] = option(None, "negative prompt for both models")
-    scheduler: Optional[str] = option(None, "sampler, e.g. ddim, euler, dpmpp_2m (default: the model's)")
-    dtype: Optional[str] = option(None, "generation dtype: float32, float16, bfloat16 (default: aif generate's)")
+    scheduler: Optional[str] = option(None, "sampler (default: the model's own)", choices=SCHEDULERS)
+    dtype: Optional[str] = option(None, "generation dtype (default: float16 on GPU, float32 on CPU)", choices=("auto",) + DTYPES)
     vae: Optional[str] = option(None, "VAE override for both models, e.g. madebyollin/sdxl-vae-fp16-fix")
     batch_size: Optional[int] = option(None, "images per generation batch (default: aif generate's)", min=1, identity=False)
     device: str = option("auto", "device: auto (the process's GPU under accelerate, else CPU), cuda, cuda:N, cpu",
@@ -64,8 +65,6 @@ class EvalConfig:
 
     def validate(self) -> list[str]:
         problems = []
-        if not self.out:
-            problems.append("out: required (the directory for images and the report)")
         if not self.scorers:
             problems.append("scorers: name at least one scorer (see `aif models`)")
         if not self.scorer_accuracy:
