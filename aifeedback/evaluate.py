@@ -32,7 +32,8 @@ PAPER_ACCURACY = {"pickscore": 64.2, "hpsv2": 59.3, "clip": 57.1, "aesthetic": 5
 class EvalConfig:
     base: str = option("", "base model: tiny name, hub id (stabilityai/stable-diffusion-xl-base-1.0) or local folder")
     tuned: str = option("", "tuned weights: UNet folder, LoRA .safetensors, training checkpoint, or run dir (latest checkpoint)")
-    out: str = option("outputs/eval", "output directory (base/ and tuned/ images, report.json/.md/.html, grids/)")
+    out: str = option("outputs/eval", "output directory (base/ and tuned/ images, report.json/.md/.html, grids/)",
+                      identity=False)
     prompts: str = option("parti", "prompt source: parti, a .txt/.jsonl/.csv/.tsv file, or a datasets dataset")
     prompt_column: Optional[str] = option(None, "column holding the prompt text (files and datasets)")
     split: Optional[str] = option(None, "dataset split to read, for --prompts or --scorer-accuracy (there default: validation)")
@@ -91,7 +92,7 @@ def run(cfg: EvalConfig) -> dict[str, Any] | None:
 
     generate_both(cfg, out)
     rows = twin_rows(out / "base", out / "tuned")
-    scores = score_twins(cfg, out, rows)
+    scores = score_twins(cfg, rows)
     report = None
     if state.is_main_process:
         report = build_report(rows, scores, report_meta(cfg, out), cfg.bootstrap, cfg.seed, cfg.examples,
@@ -201,7 +202,7 @@ class ShardImages:
 # ---------------------------------------------------------------------------------------------------------------
 # Scoring
 
-def score_twins(cfg: EvalConfig, out: Path, rows: list[dict[str, Any]]) -> dict[str, tuple[list[float], list[float]]]:
+def score_twins(cfg: EvalConfig, rows: list[dict[str, Any]]) -> dict[str, tuple[list[float], list[float]]]:
     """scorer -> (base scores, tuned scores) aligned with rows; each process scores every world-th batch.
 
     Base and tuned images go through each scorer in separate, identically shaped batches, so identical twins get

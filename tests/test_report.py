@@ -129,6 +129,19 @@ def test_report_files(tmp_path):
         assert grid.size == (2 * 64, n * (64 + 16))
 
 
+def test_report_without_categories(tmp_path):
+    rows, scores, images = _synthetic(3, 1)
+    for r in rows:
+        r["category"] = None
+    report = build_report(rows, scores, {}, resamples=100)
+    assert all("by_category" not in s for s in report["scorers"].values())
+    write_report(tmp_path, report, images, thumb=32)
+    assert "By category" not in (tmp_path / "report.md").read_text()
+    page = _Page()
+    page.feed((tmp_path / "report.html").read_text())
+    assert page.tags.count("table") == 2
+
+
 def test_write_report_refuses_missing_images(tmp_path):
     rows, scores, _ = _synthetic(2, 1)
     report = build_report(rows, scores, {}, resamples=100)
