@@ -83,17 +83,20 @@ def resolve_device(device: str) -> str:
 
 def run(cfg: GenerateConfig) -> Path:
     """Generate cfg.images_per_prompt images per prompt into cfg.out; returns the output directory."""
+    from aifeedback.models import check_available, load_pipeline
+    from aifeedback.prompts import load_prompts
+
+    prompts = load_prompts(cfg.prompts, cfg.prompt_column, cfg.split, cfg.limit, cfg.dedupe)
+    check_available(cfg.model)  # a misspelt model fails now, not after torch and diffusers are imported
+
     import pyarrow.parquet as pq
     from accelerate import PartialState
     from tqdm.auto import tqdm
 
     from aifeedback import io
     from aifeedback.config import identity_dict, save_config, to_dict
-    from aifeedback.models import load_pipeline
-    from aifeedback.prompts import load_prompts
     from aifeedback.sampling import default_guidance, default_size, encode_image, image_seed, optimize_pipeline, render
 
-    prompts = load_prompts(cfg.prompts, cfg.prompt_column, cfg.split, cfg.limit, cfg.dedupe)
     device = resolve_device(cfg.device)
     state = PartialState(cpu=device == "cpu")  # under `accelerate launch`: rank, world size and this rank's GPU
     if cfg.device == "auto" and state.num_processes > 1:

@@ -66,6 +66,30 @@ def _load_error(name: str, what: str, err: Exception) -> ModelLoadError:
     )
 
 
+def check_available(name: str, what: str = "model") -> None:
+    """Fail within a second, before torch and diffusers are imported, when `name` cannot be loaded.
+
+    A tiny name or an existing local path passes; a hub id passes when it is in the Hugging Face cache or, when
+    online, when the hub knows it. Anything else raises ModelLoadError naming the model and the fix.
+    """
+    if name in tiny_names() or Path(name).expanduser().exists():
+        return
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelLoadError(f"Could not load {what} '{name}': no such local folder.\n"
+                             f"  Fix: check the path, or pass a hub id such as {next(iter(KNOWN_MODELS))}.")
+    from huggingface_hub import constants, model_info, try_to_load_from_cache
+
+    for file in ("model_index.json", "config.json", "unet/config.json"):
+        if isinstance(try_to_load_from_cache(name, file), str):
+            return
+    if constants.HF_HUB_OFFLINE:
+        raise _load_error(name, what, RuntimeError("HF_HUB_OFFLINE is set and the model is not in the cache"))
+    try:
+        model_info(name, timeout=10)
+    except Exception as e:  # not found, gated, or no network (httpx / requests errors): all mean "cannot load"
+        raise _load_error(name, what, e) from None
+
+
 def load_pipeline(name: str, dtype: str = "float32", device: str = "cpu", vae: str | None = None,
                   scheduler: str = "default", tuned: str | None = None) -> Any:
     """A diffusers text-to-image pipeline (SDXL or SD1.5 family) by tiny name, hub id or local path.
@@ -73,6 +97,12 @@ def load_pipeline(name: str, dtype: str = "float32", device: str = "cpu", vae: s
     `tuned` swaps in fine-tuned weights (see `resolve_tuned`): a LoRA file or folder, a UNet folder, a pipeline
     folder with unet/, or a training run directory (its latest checkpoint).
     """
+    check_available(name)
+    if vae:
+        check_available(vae, "VAE")
+    kind, where = resolve_tuned(tuned) if tuned else (None, None)
+    if kind == "unet" and not Path(where).exists():
+        check_available(where, "tuned UNet")
     from diffusers import AutoencoderKL, DiffusionPipeline
 
     td = torch_dtype(dtype)
@@ -83,7 +113,6 @@ def load_pipeline(name: str, dtype: str = "float32", device: str = "cpu", vae: s
             kwargs["vae"] = AutoencoderKL.from_pretrained(resolve_model(vae), torch_dtype=td)
         except (OSError, ValueError, EnvironmentError) as e:
             raise _load_error(vae, "VAE", e) from None
-    kind, where = resolve_tuned(tuned) if tuned else (None, None)
     if kind == "unet":  # load the tuned UNet instead of (not after) the base one: SDXL's is 5 GB in fp16
         kwargs["unet"] = _load_tuned_unet(where, td)
     try:
