@@ -3,8 +3,10 @@
 Every stage writes into its own output directory:
   manifest.json      stage, schema version, package versions, resolved config, counts (written by rank 0)
   config.yaml        the resolved config
-  data/part-NNNNN.parquet   shards; a shard is written under a temporary name and renamed when complete, so a
-                     killed run leaves only whole shards and a rerun skips them.
+  data/train-NNNNN.parquet  shards; a shard is written under a temporary name and renamed when complete, so a
+                     killed run leaves only whole shards and a rerun skips them. The "train" prefix makes
+                     `datasets.load_dataset("parquet", data_dir=DIR)` read only the shards (as its "train"
+                     split), not manifest.json and config.yaml.
 Shard i always holds the same work items (a pure function of the config), so the output does not depend on how
 many processes ran it or how often it was interrupted.
 """
@@ -21,6 +23,8 @@ from typing import Any, Iterable
 from aifeedback.errors import AifError, DataError
 
 MANIFEST = "manifest.json"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 SHARD_DIR = "data"
 
 
@@ -38,6 +42,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the mode open() would
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -82,7 +87,7 @@ def package_versions() -> dict[str, str]:
 
 def shard_path(out_dir: str | Path, index: int) -> Path:
     """Final path of shard `index`."""
-    return Path(out_dir) / SHARD_DIR / f"part-{index:05d}.parquet"
+    return Path(out_dir) / SHARD_DIR / f"train-{index:05d}.parquet"
 
 
 def shard_done(out_dir: str | Path, index: int) -> bool:
@@ -112,7 +117,7 @@ def write_shard(out_dir: str | Path, index: int, rows: list[dict[str, Any]], sch
 
 def shard_files(out_dir: str | Path) -> list[Path]:
     """The complete shards of an output directory, in order."""
-    return sorted((Path(out_dir) / SHARD_DIR).glob("part-*.parquet"))
+    return sorted((Path(out_dir) / SHARD_DIR).glob("train-*.parquet"))
 
 
 def read_rows(out_dir: str | Path, columns: list[str] | None = None) -> list[dict[str, Any]]:

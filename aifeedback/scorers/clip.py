@@ -1,0 +1,33 @@
+"""CLIP score as in the Diffusion-DPO paper: open_clip ViT-H-14 `laion2b_s32b_b79k`, cosine(image, text).
+
+Preprocessing as HPS (REFERENCE.md section 4): longest side -> 224 bicubic, zero pad to 224x224, OpenAI mean/std.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aifeedback.scorers import openclip
+
+ARCH, TAG = "ViT-H-14", "laion2b_s32b_b79k"
+
+
+def build_tiny(out: Path) -> None:
+    """Tiny random open_clip CLIP (same class as ViT-H-14) as a local-dir folder."""
+    openclip.build_tiny(out, openclip.tiny_config(embed_dim=16), seed=0)
+
+
+def load(name: str, model: str | None, device: str, dtype: str) -> openclip.OpenClipCosine:
+    """`clip`, `clip:tiny`, `clip:HUB_ID` (open_clip hf-hub repo), `clip:FOLDER`, `clip:CHECKPOINT_FILE`, `clip:TAG`."""
+    from aifeedback.scorers import model_error
+    from aifeedback.tiny import cached_build
+
+    if model == "tiny":
+        arch, pretrained = f"local-dir:{cached_build('scorer-clip-tiny', build_tiny)}", None
+    else:
+        arch, pretrained = openclip.resolve(model, ARCH, TAG)
+    try:
+        net, tokenizer = openclip.create(arch, pretrained)
+    except (OSError, RuntimeError, ValueError) as e:
+        raise model_error(name, pretrained or arch, e) from None
+    return openclip.OpenClipCosine(name, net, tokenizer, device, dtype)

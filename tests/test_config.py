@@ -1,0 +1,68 @@
+"""Config validation: unknown keys with suggestions, bad types and ranges, all reported at once; recipes."""
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import pytest
+
+from aifeedback.config import ConfigError, build_config, identity_dict, load_stage_config, option
+
+
+@dataclass
+class DemoCfg:
+    lr: float = option(1e-4, "learning rate", min=0.0)
+    steps: int = option(10, "steps", min=1)
+    name: str = option("x", "a name")
+    mode: Literal["a", "b"] = option("a", "mode")
+    scorers: list[str] = option(["pickscore"], "scorers")
+    weights: list[float] = option([], "weights")
+    vae: Optional[str] = option(None, "vae")
+    flag: bool = option(False, "a flag")
+    batch_size: int = option(4, "batch", min=1, identity=False)
+
+
+def test_defaults_and_coercion():
+    cfg = build_config(DemoCfg, {"lr": "2e-5", "steps": "3", "scorers": "a, b,c", "weights": "1,0.5", "flag": "true",
+                                 "vae": "null", "batch-size": 8})
+    assert cfg.lr == 2e-5 and cfg.steps == 3 and cfg.scorers == ["a", "b", "c"] and cfg.weights == [1.0, 0.5]
+    assert cfg.flag is True and cfg.vae is None and cfg.batch_size == 8
+    assert build_config(DemoCfg, {}).scorers == ["pickscore"]
+    assert build_config(DemoCfg, {}).scorers is not build_config(DemoCfg, {}).scorers  # no shared mutable default
+
+
+def test_all_problems_reported_at_once():
+    with pytest.raises(ConfigError) as exc:
+        build_config(DemoCfg, {"lrr": 1.0, "steps": "many", "mode": "c", "lr": -1, "flag": "maybe"}, "my.yaml")
+    msg = str(exc.value)
+    assert len(exc.value.problems) == 5
+    assert "my.yaml" in msg
+    assert "unknown key 'lrr' (did you mean 'lr'?)" in msg
+    assert "steps: expected an integer" in msg
+    assert "mode: must be one of a, b" in msg
+    assert "lr: must be >= 0.0" in msg
+    assert "flag: expected true/false" in msg
+
+
+def test_int_rejects_fraction_and_bool():
+    for bad in (1.5, True):
+        with pytest.raises(ConfigError, match="steps"):
+            build_config(DemoCfg, {"steps": bad})
+
+
+def test_identity_excludes_runtime_settings():
+    cfg = build_config(DemoCfg, {"batch_size": 2})
+    assert "batch_size" not in identity_dict(cfg) and "lr" in identity_dict(cfg)
+
+
+def test_recipe_sections_and_overrides(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("# test recipe\ntrain:\n  lr: 3.0e-6\n  steps: 5\n")
+    cfg = load_stage_config(DemoCfg, "train", str(recipe), {"steps": "7", "name": None})
+    assert cfg.lr == 3e-6 and cfg.steps == 7 and cfg.name == "x"
+    with pytest.raises(ConfigError, match="no 'score' section"):
+        load_stage_config(DemoCfg, "score", str(recipe), {})
+    recipe.write_text("trian:\n  lr: 1\n")
+    with pytest.raises(ConfigError, match="unknown section 'trian'"):
+        load_stage_config(DemoCfg, "train", str(recipe), {})
+    with pytest.raises(ConfigError, match="neither a file nor a shipped recipe"):
+        load_stage_config(DemoCfg, "train", "no_such_recipe", {})

@@ -1,0 +1,157 @@
+"""`aif eval` on the tiny SD1.5 model with tiny scorers: self-eval ties, a perturbed UNet, resume, HTML, accuracy."""
+
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from aifeedback.config import build_config
+from aifeedback.errors import DataError
+from aifeedback.evaluate import EvalConfig, preference_pairs, run
+from aifeedback.io import OutputConflictError, shard_files
+from tests.test_sample import perturbed_unet
+
+ROOT = Path(__file__).resolve().parents[1]
+SCORERS = "redness,pickscore:tiny,clip:tiny"
+
+
+def _cfg(out, base, tuned, **kw):
+    values = dict(base=str(base), tuned=str(tuned), prompts="parti", limit=3, seeds_per_prompt=2, steps=2,
+                  resolution=16, scorers=SCORERS, examples=2, sample_prompts=2, thumb=32, bootstrap=500,
+                  out=str(out))
+    return build_config(EvalConfig, {**values, **kw})
+
+
+class _Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags, self.srcs = [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        if tag == "img":
+            self.srcs.append(dict(attrs)["src"])
+
+
+def check_html(path: Path, n_images: int) -> None:
+    """The page has its tables and chart, and every image is embedded and decodes."""
+    page = _Page()
+    page.feed(path.read_text())
+    assert page.tags.count("table") == 3 and "svg" in page.tags  # setup, scorers, PartiPrompts categories
+    assert len(page.srcs) == n_images
+    for src in page.srcs:
+        assert src.startswith("data:image/")
+        Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).load()
+
+
+def test_eval_of_a_model_against_itself_is_exactly_even(tmp_path, tiny_sd15):
+    # tuned = the base pipeline's own UNet folder: the same weights through the --tuned loading path.
+    report = run(_cfg(tmp_path / "eval", tiny_sd15, tiny_sd15))
+    assert report["n_prompts"] == 3 and report["n_comparisons"] == 6
+    assert set(report["scorers"]) == set(SCORERS.split(","))
+    for name, s in report["scorers"].items():
+        assert (s["win_rate"], s["ci_low"], s["ci_high"], s["ties"], s["n"]) == (0.5, 0.5, 0.5, 6, 6), name
+        assert s["mean_base"] == s["mean_tuned"]
+        assert all(c["win_rate"] == 0.5 for c in s["by_category"].values())
+    saved = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert saved["scorers"]["redness"]["win_rate"] == 0.5 and saved["ci_method"].startswith("percentile bootstrap")
+    check_html(tmp_path / "eval" / "report.html", 2 * (2 + 2 + 2))
+
+
+def test_eval_against_a_perturbed_unet_and_rerun(tmp_path, tiny_sd15):
+    tuned = perturbed_unet(tiny_sd15, tmp_path / "tuned_unet")
+    out = tmp_path / "eval"
+    report = run(_cfg(out, tiny_sd15, tuned))
+    red = report["scorers"]["redness"]
+    assert red["mean_base"] != red["mean_tuned"] and red["ties"] < red["n"]
+    for s in report["scorers"].values():
+        assert 0 <= s["ci_low"] <= s["win_rate"] <= s["ci_high"] <= 1
+        assert s["wins"] + s["ties"] + s["losses"] == s["n"] == 6
+        assert sum(c["n"] for c in s["by_category"].values()) == 6
+    best, worst = report["examples"]["best"][0], report["examples"]["worst"][0]
+    assert best["margin"] >= worst["margin"]
+    md = (out / "report.md").read_text()
+    assert "| redness |" in md and "## By category" in md
+    for group in ("best", "worst", "sample"):
+        Image.open(out / "grids" / f"{group}.png").load()
+    check_html(out / "report.html", 2 * (2 + 2 + 2))
+
+    # Rerun with other scorers: the images are reused (no shard rewritten), only the scoring runs again.
+    shards = {p: p.stat().st_mtime_ns for side in ("base", "tuned") for p in shard_files(out / side)}
+    again = run(_cfg(out, tiny_sd15, tuned, scorers="redness,brightness"))
+    assert {p: p.stat().st_mtime_ns for p in shards} == shards
+    assert again["scorers"]["redness"] == red and list(again["scorers"]) == ["redness", "brightness"]
+
+    # Other generation settings into the same folder: refused, naming what differs.
+    with pytest.raises(OutputConflictError, match="seed"):
+        run(_cfg(out, tiny_sd15, tuned, seed=3))
+
+
+def _png(rgb) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), rgb).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_scorer_accuracy_against_known_labels(tmp_path):
+    # Image 0 is redder than image 1 in every pair. Humans prefer the redder image in 6 of 8 decisive pairs;
+    # two more pairs are human ties and must be dropped. So redness is right 6/8 = 75%, and its mirror image,
+    # "color:cyan" (closeness to cyan), is right 2/8.
+    labels = [1, 1, 1, 0, 1, 1, 0, 1, 0.5, 0.5]
+    rows = [{"caption": f"pair {i}", "jpg_0": _png((200, 10 * i, 0)), "jpg_1": _png((10 * i, 90, 90)),
+             "label_0": float(lab), "label_1": 1.0 - lab} for i, lab in enumerate(labels)]
+    data = tmp_path / "pickapic" / "data"
+    data.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows[:5]), data / "validation-00000-of-00002.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[5:]), data / "validation-00001-of-00002.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[:1]), data / "train-00000-of-00001.parquet")
+
+    result = run(build_config(EvalConfig, dict(scorer_accuracy=str(tmp_path / "pickapic"), split="validation",
+                                               scorers="redness,color:cyan", bootstrap=200, out=str(tmp_path / "acc"))))
+    assert result["n_pairs"] == 8
+    assert result["scorers"]["redness"]["accuracy"] == 0.75 and result["scorers"]["color:cyan"]["accuracy"] == 0.25
+    assert json.loads((tmp_path / "acc" / "accuracy.json").read_text())["scorers"]["redness"]["n"] == 8
+    assert "| redness | 75.0%" in (tmp_path / "acc" / "accuracy.md").read_text()
+    assert len(list(preference_pairs(str(tmp_path / "pickapic"), "validation", limit=3))) == 3
+    assert len(list(preference_pairs(str(tmp_path / "pickapic")))) == 9  # all splits
+
+    pq.write_table(pa.Table.from_pylist([{"caption": "x", "jpg_0": b""}]), tmp_path / "bad.parquet")
+    with pytest.raises(DataError, match="bad.parquet lacks the Pick-a-Pic column"):
+        list(preference_pairs(str(tmp_path / "bad.parquet")))
+    with pytest.raises(DataError, match="no such file"):
+        list(preference_pairs(str(tmp_path / "missing")))
+
+
+def test_config_errors_name_the_fix():
+    from aifeedback.config import ConfigError
+
+    with pytest.raises(ConfigError, match="base: required"):
+        build_config(EvalConfig, {"tuned": "x", "out": "o"})
+
+
+def test_eval_under_accelerate_launch_matches_one_process(tmp_path, tiny_sd15):
+    tuned = perturbed_unet(tiny_sd15, tmp_path / "tuned_unet")
+    one = run(_cfg(tmp_path / "one", tiny_sd15, tuned, batch_size=1))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "-m", "aifeedback",
+           "eval", "--base", str(tiny_sd15), "--tuned", str(tuned), "--prompts", "parti", "--limit", "3",
+           "--seeds-per-prompt", "2", "--steps", "2", "--resolution", "16", "--scorers", SCORERS,
+           "--scorer-batch-size", "2", "--batch-size", "1", "--bootstrap", "500", "--examples", "2",
+           "--sample-prompts", "2", "--thumb", "32", "--out", str(tmp_path / "two")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "report.json").read_text())
+    for name, s in one["scorers"].items():
+        for key in ("win_rate", "ci_low", "ci_high", "n", "wins", "ties", "losses"):
+            assert two["scorers"][name][key] == s[key], (name, key)
+        assert two["scorers"][name]["mean_tuned"] == pytest.approx(s["mean_tuned"], rel=1e-5)
+    check_html(tmp_path / "two" / "report.html", 2 * (2 + 2 + 2))

@@ -1,0 +1,241 @@
+"""`aif generate` on the tiny models: output layout, determinism, resume after SIGKILL, multi-process, bad input."""
+
+import io as _io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from aifeedback import io
+from aifeedback.config import ConfigError, build_config
+from aifeedback.generate import ROW_FIELDS, GenerateConfig, run
+from aifeedback.io import OutputConflictError
+from aifeedback.prompts import prompt_id
+from aifeedback.sampling import image_seed
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = ["a red cat", "a blue dog", "a green tree", "", "a red cat", "a yellow car", "an old boat"]
+FAST = dict(steps=2, images_per_prompt=2, shard_size=4, batch_size=3)
+
+
+def cfg(out, prompts, **kw):
+    return build_config(GenerateConfig, {"model": "tiny-sdxl", "prompts": str(prompts), "out": str(out), **FAST, **kw})
+
+
+def rows_by_key(out):
+    return {(r["prompt_id"], r["k"]): r for r in io.read_rows(out)}
+
+
+def pixels(row):
+    return np.asarray(Image.open(_io.BytesIO(row["image"])), dtype=np.int16)
+
+
+def same_image(a, b):
+    # Batched kernels differ from unbatched ones by ~1e-5; after quantising to 8 bits that is at most 1 level.
+    return np.abs(pixels(a) - pixels(b)).max() <= 1
+
+
+def cli_env():
+    return dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+
+
+@pytest.fixture(scope="module")
+def prompt_file(tmp_path_factory):
+    f = tmp_path_factory.mktemp("prompts") / "p.txt"
+    f.write_text("\n".join(PROMPTS) + "\n")
+    return f
+
+
+@pytest.fixture(scope="module")
+def baseline(tiny_sdxl, prompt_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("gen") / "base"
+    run(cfg(out, prompt_file, save_latents=True))
+    return out
+
+
+def test_output_layout_rows_and_manifest(baseline):
+    import datasets
+
+    rows = io.read_rows(baseline)
+    texts = ["a red cat", "a blue dog", "a green tree", "a yellow car", "an old boat"]  # empty + repeat dropped
+    assert len(rows) == 10
+    assert set(rows[0]) == set(ROW_FIELDS) | {"latent", "latent_shape"}
+    assert [(r["prompt"], r["k"]) for r in rows] == [(t, k) for t in texts for k in range(2)]
+    for r in rows:
+        assert r["prompt_id"] == prompt_id(r["prompt"]) and r["category"] is None
+        assert r["seed"] == image_seed(0, r["prompt_id"], r["k"])
+        assert (r["width"], r["height"], r["steps"], r["guidance"]) == (32, 32, 2, 5.0)
+        assert r["model"] == "tiny-sdxl" and r["scheduler"] == "EulerDiscreteScheduler"
+        im = Image.open(_io.BytesIO(r["image"]))
+        assert im.format == "JPEG" and im.size == (32, 32)
+        assert r["latent_shape"] == [4, 16, 16] and len(r["latent"]) == 4 * 16 * 16 * 2
+    assert len({r["seed"] for r in rows}) == 10
+    assert len({r["image"] for r in rows}) == 10
+    assert [p.name for p in io.shard_files(baseline)] == ["train-00000.parquet", "train-00001.parquet", "train-00002.parquet"]
+    manifest = io.read_manifest(baseline, "generate")
+    assert manifest["complete"] and manifest["counts"]["images"] == 10 and manifest["counts"]["prompts"] == 5
+    assert manifest["resolved"]["width"] == 32 and manifest["inputs"]["n_prompts"] == 5 and (baseline / "config.yaml").exists()
+    ds = datasets.load_dataset("parquet", data_dir=str(baseline))["train"]
+    assert ds.num_rows == 10 and ds[0]["image"] == rows[0]["image"]
+
+
+def test_latent_decodes_to_the_stored_image(baseline):
+    from aifeedback.models import load_pipeline
+    from aifeedback.sampling import decode_latents, encode_image
+
+    row = io.read_rows(baseline)[3]
+    latent = io.bytes_to_latent(row["latent"], row["latent_shape"])[None]
+    image = decode_latents(load_pipeline("tiny-sdxl"), latent)[0]
+    again = pixels({"image": encode_image(image, "jpeg", 95)})
+    assert np.abs(again - pixels(row)).mean() < 0.5  # the float16 latent moves a few pixels by a level or two
+
+
+def test_images_do_not_depend_on_batch_size_or_other_prompts(baseline, tmp_path):
+    subset = tmp_path / "subset.txt"
+    subset.write_text("a new prompt\nan old boat\na blue dog\n")
+    out = tmp_path / "subset"
+    run(cfg(out, subset, batch_size=1, shard_size=5))
+    base, other = rows_by_key(baseline), rows_by_key(out)
+    shared = [key for key in other if key in base]
+    assert len(shared) == 4 and len(other) == 6
+    for key in shared:
+        assert other[key]["seed"] == base[key]["seed"]
+        assert same_image(other[key], base[key])
+
+
+def test_rerun_resumes_and_different_job_is_refused(baseline, prompt_file):
+    before = {p.name: p.stat().st_mtime_ns for p in io.shard_files(baseline)}
+    run(cfg(baseline, prompt_file, save_latents=True, batch_size=2))  # batch size is not part of the job
+    assert {p.name: p.stat().st_mtime_ns for p in io.shard_files(baseline)} == before
+    with pytest.raises(OutputConflictError, match=r"differs in: steps: 2 -> 3.*--overwrite"):
+        run(cfg(baseline, prompt_file, save_latents=True, steps=3))
+
+
+def test_overwrite_replaces_another_job(tmp_path, prompt_file):
+    out = tmp_path / "o"
+    run(cfg(out, prompt_file, limit=2, images_per_prompt=1))
+    first = io.read_rows(out)
+    run(cfg(out, prompt_file, limit=2, images_per_prompt=1, seed=7, overwrite=True))
+    second = io.read_rows(out)
+    assert [r["seed"] for r in second] == [image_seed(7, r["prompt_id"], 0) for r in first]
+    assert io.read_manifest(out)["identity"]["seed"] == 7
+
+
+def test_sd15_options(tiny_sd15, tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"caption": "a cat", "category": "Animals"}\n{"caption": "a dog"}\n')
+    out = tmp_path / "sd15"
+    run(build_config(GenerateConfig, dict(
+        model="tiny-sd15", prompts=str(prompts), out=str(out), steps=2, images_per_prompt=2, width=48, height=32,
+        negative_prompt="blurry", scheduler="euler_a", guidance=3.0, image_format="png", seed=5, batch_size=4)))
+    rows = io.read_rows(out)
+    assert len(rows) == 4 and [r["category"] for r in rows] == ["Animals", "Animals", None, None]
+    assert {(r["width"], r["height"], r["guidance"], r["scheduler"]) for r in rows} == {(48, 32, 3.0, "EulerAncestralDiscreteScheduler")}
+    assert Image.open(_io.BytesIO(rows[0]["image"])).format == "PNG"
+    # ancestral sampling draws fresh noise every step, from each image's own generator
+    again = tmp_path / "sd15b"
+    run(build_config(GenerateConfig, dict(
+        model="tiny-sd15", prompts=str(prompts), out=str(again), steps=2, images_per_prompt=2, width=48, height=32,
+        negative_prompt="blurry", scheduler="euler_a", guidance=3.0, image_format="png", seed=5, batch_size=1)))
+    assert all(same_image(a, b) for a, b in zip(rows, io.read_rows(again)))
+
+
+def test_parti_source_carries_category(tiny_sdxl, tmp_path):
+    out = tmp_path / "parti"
+    run(cfg(out, "parti", limit=3, images_per_prompt=1))
+    rows = io.read_rows(out)
+    assert [(r["prompt"], r["category"]) for r in rows] == [("bond", "Abstract"), ("element", "Abstract"), ("molecule", "Abstract")]
+
+
+def test_sigkill_then_rerun_equals_uninterrupted_run(tiny_sdxl, tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\n".join(f"prompt number {i}" for i in range(24)) + "\n")
+    args = ["--model", "tiny-sdxl", "--prompts", str(prompts), "--steps", "2", "--images-per-prompt", "1",
+            "--shard-size", "1", "--batch-size", "1"]
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "aifeedback", "generate", *args, "--out", str(killed)]
+    proc = subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not io.shard_files(killed) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(io.shard_files(killed))
+    assert 0 < done < 24, f"the kill should land mid-run ({done} of 24 shards written)"
+    assert not io.read_manifest(killed)["complete"]
+    same = {"prompts": str(prompts), "model": "tiny-sdxl", "steps": 2, "images_per_prompt": 1, "shard_size": 1,
+            "batch_size": 1}
+    run(build_config(GenerateConfig, dict(same, out=str(killed))))  # the rerun (in-process, to save a start-up)
+    whole = tmp_path / "whole"
+    run(build_config(GenerateConfig, dict(same, out=str(whole))))
+    assert io.read_rows(killed) == io.read_rows(whole)
+    assert io.read_manifest(killed)["counts"]["images"] == 24
+    assert not list((killed / "data").glob(".*"))  # no temporary files left behind
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_split_the_work_and_match_one(baseline, prompt_file, tmp_path):
+    out = tmp_path / "two"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(free_port()), "-m", "aifeedback", "generate", "--model", "tiny-sdxl",
+           "--prompts", str(prompt_file), "--out", str(out), "--save-latents", "--device", "cpu",
+           *[x for k, v in FAST.items() for x in (f"--{k.replace('_', '-')}", str(v))]]
+    result = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert io.read_rows(out) == io.read_rows(baseline)
+    manifest = io.read_manifest(out, "generate")
+    assert manifest["complete"] and manifest["counts"]["images"] == 10 and manifest["counts"]["shards"] == 3
+
+
+def test_unknown_model_fails_fast_and_plainly(prompt_file, tmp_path):
+    t = time.time()
+    result = subprocess.run([sys.executable, "-m", "aifeedback", "generate", "--model", "nonexistent/model",
+                             "--prompts", str(prompt_file), "--out", str(tmp_path / "o")],
+                            env=cli_env(), capture_output=True, text=True, timeout=60)
+    assert time.time() - t < 10
+    assert result.returncode == 2
+    assert "nonexistent/model" in result.stderr and "Fix:" in result.stderr and "tiny-sdxl" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "o").exists()  # nothing half-written
+
+
+def test_bad_inputs_are_refused_before_writing(tiny_sdxl, tmp_path):
+    out = tmp_path / "o"
+    with pytest.raises(Exception, match="does not exist"):
+        run(cfg(out, tmp_path / "missing.txt"))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(Exception, match="is empty"):
+        run(cfg(out, empty))
+    assert not out.exists()
+    with pytest.raises(ConfigError) as e:
+        build_config(GenerateConfig, {"steps": 0, "images_per_prompt": -1, "image_format": "gif",
+                                      "jpeg_quality": 101, "scheduler": "nope"})
+    assert len(e.value.problems) == 5
+    with pytest.raises(ConfigError, match="resolution: must be a multiple of 8, got 30"):
+        build_config(GenerateConfig, {"resolution": 30})
+
+
+def test_model_check_needs_no_heavy_imports(tmp_path):
+    from aifeedback.models import ModelLoadError, check_available
+
+    check_available("tiny-sd15")
+    check_available(str(tmp_path))
+    with pytest.raises(ModelLoadError, match=r"(?s)'./no/such/folder': no such local folder.*Fix:"):
+        check_available("./no/such/folder")
+    with pytest.raises(ModelLoadError, match=r"(?s)VAE 'someone/missing-vae'.*Fix:.*tiny-sdxl"):
+        check_available("someone/missing-vae", "VAE")

@@ -1,0 +1,29 @@
+"""Every shipped recipe loads into the config of each stage it has a section for."""
+
+import importlib
+
+import pytest
+import yaml
+
+from aifeedback.cli import STAGE_COMMANDS
+from aifeedback.config import list_recipes, load_stage_config
+
+RECIPES = list_recipes()
+
+
+def test_recipes_are_listed():
+    assert RECIPES, "no shipped recipes found"
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_recipe_loads(name):
+    path, first_line = RECIPES[name]
+    text = path.read_text()
+    assert text.startswith("#") and first_line, f"{path} must open with a comment saying what it does"
+    assert "aif " in text.split("\n\n")[0] or "aif " in "".join(l for l in text.splitlines() if l.startswith("#")), \
+        f"{path} must say in its opening comment the command that runs it"
+    sections = yaml.safe_load(text)
+    for stage in sections:
+        module, cls_name, _ = STAGE_COMMANDS[stage]
+        cls = getattr(importlib.import_module(module), cls_name)
+        load_stage_config(cls, stage, name, {})  # raises ConfigError listing every problem

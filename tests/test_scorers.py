@@ -1,0 +1,324 @@
+"""Scorers: preprocessing equals each reference's, formulas, real architectures (meta device), registry, statistics."""
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from aifeedback.errors import AifError
+from aifeedback.scorers import UnknownScorerError, list_scorers, load_scorer, parse_spec
+from aifeedback.scorers.base import OPENAI_MEAN, OPENAI_STD, ClipTransform, normalize
+
+# Sizes with odd crop margins, upscaling, portrait/landscape, and a square.
+SIZES = [(300, 225), (225, 301), (64, 100), (513, 512), (224, 224), (1024, 777)]
+
+
+def noise_image(w, h, seed=0, mode="RGB"):
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, (h, w, 4 if mode == "RGBA" else 3), dtype=np.uint8)
+    return Image.fromarray(arr, mode)
+
+
+def pixels(transform, image):
+    return normalize([transform(image)], "cpu", torch.float32)[0]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Preprocessing == the reference implementations
+
+@pytest.mark.parametrize("w,h", SIZES)
+def test_pickscore_preprocessing_is_the_laion_clip_processor(w, h):
+    # laion/CLIP-ViT-H-14-laion2B-s32B-b79K preprocessor_config: shortest_edge 224, crop 224, bicubic, OpenAI stats.
+    from transformers.models.clip import CLIPImageProcessorPil
+
+    ref = CLIPImageProcessorPil(
+        size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}, resample=3, do_center_crop=True,
+        image_mean=list(OPENAI_MEAN), image_std=list(OPENAI_STD), do_convert_rgb=True,
+    )
+    image = noise_image(w, h, seed=w)
+    expected = torch.as_tensor(np.asarray(ref(images=image, return_tensors="np")["pixel_values"][0]))
+    got = pixels(ClipTransform(224, "crop", "floor"), image)
+    assert got.shape == (3, 224, 224)
+    torch.testing.assert_close(got, expected.float(), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("w,h", SIZES)
+def test_hps_and_clip_preprocessing_is_open_clip_resize_longest_and_pad(w, h):
+    from open_clip.transform import image_transform
+
+    ref = image_transform(224, is_train=False, mean=OPENAI_MEAN, std=OPENAI_STD, resize_mode="longest",
+                          interpolation="bicubic", fill_color=0)
+    image = noise_image(w, h, seed=h)
+    torch.testing.assert_close(pixels(ClipTransform(224, "pad"), image), ref(image), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("w,h", SIZES)
+def test_aesthetic_preprocessing_is_openai_clip_resize_and_torchvision_crop(w, h):
+    # OpenAI CLIP's preprocess (= open_clip's default eval transform): Resize(224, bicubic), CenterCrop(224).
+    from open_clip.transform import image_transform
+
+    ref = image_transform(224, is_train=False, mean=OPENAI_MEAN, std=OPENAI_STD, resize_mode="shortest",
+                          interpolation="bicubic")
+    image = noise_image(w, h, seed=w + h)
+    torch.testing.assert_close(pixels(ClipTransform(224, "crop", "round"), image), ref(image), atol=1e-5, rtol=0)
+
+
+def test_crop_offsets_differ_where_the_references_differ():
+    # 225 px margin 1 after resize: transformers floors the offset (0), torchvision rounds it (round(0.5) = 0,
+    # round(1.5) = 2): check a size where they disagree so each scorer must use its own.
+    image = noise_image(227, 224, seed=3)  # resized to 227x224 -> margin 3 -> floor 1, round(1.5) = 2
+    a = ClipTransform(224, "crop", "floor")(image)
+    b = ClipTransform(224, "crop", "round")(image)
+    assert not torch.equal(a, b)
+    assert torch.equal(a[:, :, 1:], b[:, :, :-1])
+
+
+def test_pad_keeps_the_whole_image_and_crop_cuts_the_sides():
+    arr = np.full((224, 448, 3), 128, dtype=np.uint8)
+    arr[:, :16] = (255, 0, 0)  # a red band on the left edge
+    image = Image.fromarray(arr)
+    padded = ClipTransform(224, "pad")(image)
+    cropped = ClipTransform(224, "crop")(image)
+    assert padded[:, :56].sum() == 0 and padded[:, -56:].sum() == 0  # zero padding above and below
+    assert padded[0, 112, 2] > 200 and padded[1, 112, 2] < 50  # the red band survives
+    assert int(cropped[0].max()) <= 140  # the crop removed it
+
+
+def test_each_scorer_uses_its_reference_preprocessing():
+    assert load_scorer("pickscore:tiny").transform == ClipTransform(224, "crop", "floor")
+    assert load_scorer("aesthetic:tiny").transform == ClipTransform(224, "crop", "round")
+    assert load_scorer("hpsv2:tiny").transform == ClipTransform(224, "pad")
+    assert load_scorer("clip:tiny").transform == ClipTransform(224, "pad")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Formulas
+
+IMAGES = [noise_image(96, 64, seed=i) for i in range(4)]
+PROMPTS = ["a red fox in snow", "a blue car", "a red fox in snow", "a bowl of soup"]
+
+
+def test_pickscore_is_logit_scale_exp_times_cosine():
+    from transformers.models.clip import CLIPImageProcessorPil
+
+    s = load_scorer("pickscore:tiny")
+    proc = CLIPImageProcessorPil(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}, resample=3,
+                                 image_mean=list(OPENAI_MEAN), image_std=list(OPENAI_STD))
+    px = torch.as_tensor(proc(images=IMAGES, return_tensors="np")["pixel_values"])
+    tok = s.tokenizer(PROMPTS, padding=True, truncation=True, max_length=77, return_tensors="pt")
+    with torch.no_grad():
+        out = s.model(pixel_values=px, **tok)  # CLIPModel: logits_per_image = logit_scale.exp() * cos
+    expected = out.logits_per_image.diagonal()
+    got = torch.tensor(s.score(IMAGES, PROMPTS))
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    assert s.model.logit_scale.exp().item() == pytest.approx(np.exp(2.6592), rel=1e-5)
+
+
+@pytest.mark.parametrize("spec", ["clip:tiny", "hpsv2:tiny"])
+def test_clip_and_hps_are_cosines(spec):
+    s = load_scorer(spec)
+    with torch.no_grad():
+        img = s.model.encode_image(torch.stack([pixels(s.transform, im) for im in IMAGES]), normalize=True)
+        txt = s.model.encode_text(s.tokenizer(PROMPTS), normalize=True)
+    torch.testing.assert_close(torch.tensor(s.score(IMAGES, PROMPTS)), (img * txt).sum(-1), atol=1e-5, rtol=1e-5)
+
+
+def test_hps_tiny_loads_through_the_hps_checkpoint_format(tmp_path):
+    from aifeedback.scorers import hpsv2
+    from aifeedback.tiny import cached_build
+
+    s = load_scorer("hpsv2:tiny")
+    ckpt = torch.load(cached_build("scorer-hpsv2-tiny", hpsv2.build_tiny) / "HPS_tiny.pt", weights_only=True)
+    assert set(ckpt) == {"state_dict"}
+    for k, v in s.model.state_dict().items():
+        torch.testing.assert_close(v, ckpt["state_dict"][k])
+    with pytest.raises(AifError, match="unknown HPS model"):
+        load_scorer(f"hpsv2:{tmp_path / 'missing.pt'}")
+
+
+def test_aesthetic_is_mlp_of_normalised_embedding_and_ignores_prompt():
+    s = load_scorer("aesthetic:tiny")
+    with torch.no_grad():
+        emb = s.model.encode_image(torch.stack([pixels(s.transform, im) for im in IMAGES]))
+        expected = s.head.layers(emb / emb.norm(dim=-1, keepdim=True)).squeeze(-1)
+    got = s.score(IMAGES, PROMPTS)
+    torch.testing.assert_close(torch.tensor(got), expected, atol=1e-5, rtol=1e-5)
+    assert s.score(IMAGES, ["x"] * 4) == got
+    assert not s.uses_prompt
+
+
+def test_scores_do_not_depend_on_batching():
+    s = load_scorer("pickscore:tiny")
+    together = s.score(IMAGES, PROMPTS, batch_size=4)
+    alone = [s.score([im], [p])[0] for im, p in zip(IMAGES, PROMPTS)]
+    np.testing.assert_allclose(together, alone, atol=1e-4)
+
+
+def test_bfloat16_scores_track_float32():
+    a = np.array(load_scorer("clip:tiny").score(IMAGES, PROMPTS))
+    b = np.array(load_scorer("clip:tiny", dtype="bfloat16").score(IMAGES, PROMPTS))
+    np.testing.assert_allclose(a, b, atol=0.05)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Full-size architectures (meta device: shapes only, nothing allocated or downloaded)
+
+def n_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_pickscore_architecture_matches_the_real_checkpoint_layout():
+    from transformers import CLIPConfig, CLIPModel
+
+    from aifeedback.scorers.pickscore import REAL_CONFIG
+
+    with torch.device("meta"):
+        model = CLIPModel(CLIPConfig(**REAL_CONFIG))
+    shapes = {k: tuple(v.shape) for k, v in model.named_parameters()}
+    assert shapes["vision_model.embeddings.patch_embedding.weight"] == (1280, 3, 14, 14)
+    assert shapes["vision_model.embeddings.position_embedding.weight"] == (257, 1280)  # (224/14)^2 + 1
+    assert shapes["vision_model.embeddings.class_embedding"] == (1280,)
+    assert shapes["vision_model.encoder.layers.31.mlp.fc1.weight"] == (5120, 1280)
+    assert shapes["visual_projection.weight"] == (1024, 1280)
+    assert shapes["text_model.embeddings.token_embedding.weight"] == (49408, 1024)
+    assert shapes["text_model.embeddings.position_embedding.weight"] == (77, 1024)
+    assert shapes["text_model.encoder.layers.23.self_attn.q_proj.weight"] == (1024, 1024)
+    assert shapes["text_projection.weight"] == (1024, 1024)
+    assert shapes["logit_scale"] == ()
+    assert "vision_model.encoder.layers.32.mlp.fc1.weight" not in shapes
+    assert "text_model.encoder.layers.24.mlp.fc1.weight" not in shapes
+    # 16 tensors per layer x (24 text + 32 vision) + embeddings/norms/projections/logit_scale
+    assert len(shapes) == 16 * 56 + 14
+    assert n_params(model) == 986_109_441  # CLIP ViT-H/14: 986.11M, the same as open_clip's ViT-H-14
+
+
+def test_open_clip_vit_h_14_matches_the_laion_and_hps_checkpoint_layout():
+    import open_clip
+
+    with torch.device("meta"):
+        model = open_clip.CLIP(**open_clip.get_model_config("ViT-H-14"))
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    expected = {
+        "visual.conv1.weight": (1280, 3, 14, 14), "visual.class_embedding": (1280,),
+        "visual.positional_embedding": (257, 1280), "visual.proj": (1280, 1024),
+        "visual.transformer.resblocks.31.attn.in_proj_weight": (3840, 1280),
+        "visual.transformer.resblocks.31.mlp.c_fc.weight": (5120, 1280),
+        "token_embedding.weight": (49408, 1024), "positional_embedding": (77, 1024),
+        "transformer.resblocks.23.attn.in_proj_weight": (3072, 1024), "text_projection": (1024, 1024),
+        "ln_final.weight": (1024,), "logit_scale": (),
+    }
+    assert {k: shapes.get(k) for k in expected} == expected
+    assert len(shapes) == 12 * (32 + 24) + 14  # 12 tensors per residual block + 14 others
+    assert n_params(model) == 986_109_441
+
+
+def test_open_clip_vit_l_14_matches_the_openai_layout_used_by_aesthetic():
+    import open_clip
+
+    with torch.device("meta"):
+        model = open_clip.CLIP(**open_clip.get_model_config("ViT-L-14-quickgelu"))
+    sd = model.state_dict()
+    assert tuple(sd["visual.proj"].shape) == (1024, 768)  # 768-d embedding = the aesthetic head's input
+    assert tuple(sd["visual.positional_embedding"].shape) == (257, 1024)
+    assert tuple(sd["text_projection"].shape) == (768, 768)
+    assert n_params(model) == 427_616_513  # ViT-L/14: 427.62M
+
+
+def test_shipped_aesthetic_head_weights():
+    from aifeedback.scorers.aesthetic import HEAD, head
+
+    assert hashlib.sha256(HEAD.read_bytes()).hexdigest() == "21dd590f3ccdc646f0d53120778b296013b096a035a2718c9cb0d511bff0f1e0"
+    sd = torch.load(HEAD, map_location="cpu", weights_only=True)
+    assert {k: tuple(v.shape) for k, v in sd.items()} == {
+        "layers.0.weight": (1024, 768), "layers.0.bias": (1024,), "layers.2.weight": (128, 1024),
+        "layers.2.bias": (128,), "layers.4.weight": (64, 128), "layers.4.bias": (64,),
+        "layers.6.weight": (16, 64), "layers.6.bias": (16,), "layers.7.weight": (1, 16), "layers.7.bias": (1,),
+    }
+    mlp = head()
+    assert not mlp.training
+    # Real weights on unit-norm embeddings land on the AVA scale, roughly 1..10.
+    torch.manual_seed(0)
+    x = torch.nn.functional.normalize(torch.randn(8, 768), dim=-1)
+    with torch.no_grad():
+        y = mlp.layers(x)
+    assert torch.all((y > -5) & (y < 15))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Registry
+
+def test_registry_lists_every_scorer():
+    names = list_scorers()
+    for n in ("pickscore", "clip", "aesthetic", "hpsv2", "imagereward", "redness", "brightness", "saturation", "color"):
+        assert n in names and names[n]
+    assert "yuvalkirstain/PickScore_v1" in names["pickscore"]
+
+
+def test_unknown_scorer_lists_the_valid_ones():
+    with pytest.raises(UnknownScorerError) as e:
+        load_scorer("pickscor")
+    msg = str(e.value)
+    assert "Did you mean 'pickscore'" in msg and "hpsv2" in msg and "redness" in msg
+
+
+def test_spec_parsing():
+    assert parse_spec("pickscore") == ("pickscore", None)
+    assert parse_spec("hpsv2:v2.1") == ("hpsv2", "v2.1")
+    assert parse_spec("clip:/models/my clip") == ("clip", "/models/my clip")
+    assert parse_spec("PickScore:tiny") == ("pickscore", "tiny")
+    assert load_scorer("pickscore:tiny").name == "pickscore:tiny"
+
+
+def test_bad_models_give_clear_errors(tmp_path):
+    with pytest.raises(AifError, match="unknown HPS model 'v3'.*v2.0, v2.1"):
+        load_scorer("hpsv2:v3")
+    with pytest.raises(AifError, match="unknown colour 'blurple'"):
+        load_scorer("color:blurple")
+    with pytest.raises(AifError, match="needs a colour"):
+        load_scorer("color")
+    with pytest.raises(AifError, match="takes no model"):
+        load_scorer("redness:tiny")
+    with pytest.raises(AifError, match="(?s)could not load.*NAME:tiny"):  # HF_HUB_OFFLINE=1 in tests
+        load_scorer(f"pickscore:{tmp_path / 'nope'}")
+
+
+def test_imagereward_without_its_package_says_how_to_install():
+    try:
+        import ImageReward  # noqa: F401
+        pytest.skip("image-reward is installed")
+    except ImportError:
+        pass
+    with pytest.raises(AifError, match=r"pip install 'aifeedback\[imagereward\]'"):
+        load_scorer("imagereward")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Image statistics
+
+def solid(rgb, size=(20, 10)):
+    return Image.new("RGB", size, rgb)
+
+
+def test_statistics_on_solid_colours():
+    red, gray, white, black = solid((255, 0, 0)), solid((128, 128, 128)), solid((255, 255, 255)), solid((0, 0, 0))
+    ims = [red, gray, white, black]
+    p = [""] * 4
+    np.testing.assert_allclose(load_scorer("redness").score(ims, p), [1.0, 0.0, 0.0, 0.0], atol=1e-9)
+    np.testing.assert_allclose(load_scorer("brightness").score(ims, p), [0.299, 128 / 255, 1.0, 0.0], atol=1e-9)
+    np.testing.assert_allclose(load_scorer("saturation").score(ims, p), [1.0, 0.0, 0.0, 0.0], atol=1e-9)
+    np.testing.assert_allclose(load_scorer("color:red").score(ims, p)[0], 1.0)
+    np.testing.assert_allclose(load_scorer("color:#ffffff").score(ims, p)[2], 1.0)
+    assert load_scorer("color:black").score(ims, p)[2] == pytest.approx(0.0)
+
+
+def test_redness_is_mean_r_minus_mean_gb_in_unit_range():
+    arr = np.zeros((4, 4, 3), dtype=np.uint8)
+    arr[:2] = (255, 0, 0)  # top half red
+    arr[2:] = (0, 0, 255)  # bottom half blue
+    s = load_scorer("redness").score([Image.fromarray(arr), solid((0, 255, 255))], ["", ""])
+    assert s[0] == pytest.approx(0.5 - (0 + 0.5) / 2)
+    assert s[1] == pytest.approx(-1.0)
+    rgba = Image.fromarray(np.dstack([arr, np.full((4, 4), 7, np.uint8)]), "RGBA")
+    assert load_scorer("redness").score([rgba], [""])[0] == pytest.approx(s[0])  # alpha is dropped

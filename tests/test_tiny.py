@@ -1,0 +1,84 @@
+"""The offline tiny-model zoo: real architectures, deterministic weights, the real CLIP tokenizer."""
+
+import hashlib
+
+import pytest
+import torch
+
+
+def _weights_hash(module: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("name", ["tiny-sdxl", "tiny-sd15"])
+def test_tiny_pipeline_is_deterministic(name, tmp_path):
+    from diffusers import DiffusionPipeline
+
+    from aifeedback.tiny import TINY_PIPELINES
+
+    build, _ = TINY_PIPELINES[name]
+    hashes = []
+    for i in range(2):
+        build(tmp_path / str(i))
+        pipe = DiffusionPipeline.from_pretrained(tmp_path / str(i))
+        hashes.append({k: _weights_hash(m) for k, m in pipe.components.items() if isinstance(m, torch.nn.Module)})
+    assert hashes[0] == hashes[1]
+    assert "unet" in hashes[0] and "vae" in hashes[0]
+
+
+def test_tiny_sdxl_has_sdxl_architecture(tiny_sdxl):
+    from diffusers import StableDiffusionXLPipeline
+
+    from aifeedback.models import family, load_pipeline
+
+    pipe = load_pipeline("tiny-sdxl")
+    assert isinstance(pipe, StableDiffusionXLPipeline)
+    assert family(pipe) == "sdxl"
+    assert pipe.text_encoder_2 is not None and pipe.unet.config.addition_embed_type == "text_time"
+    image = pipe("a red cube", num_inference_steps=2, height=32, width=32,
+                 generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.size == (32, 32)
+
+
+def test_tiny_sd15_loads(tiny_sd15):
+    from diffusers import StableDiffusionPipeline
+
+    from aifeedback.models import family, load_pipeline
+
+    pipe = load_pipeline("tiny-sd15")
+    assert isinstance(pipe, StableDiffusionPipeline) and family(pipe) == "sd15"
+
+
+def test_cached_build_reuses_folder(tiny_sd15):
+    from aifeedback.tiny import tiny_pipeline_path
+
+    assert tiny_pipeline_path("tiny-sd15") == tiny_sd15
+    assert (tiny_sd15 / ".complete").exists() and (tiny_sd15 / "model_index.json").exists()
+
+
+def test_offline_tokenizer_matches_open_clip():
+    import open_clip
+
+    from aifeedback.tiny import clip_tokenizer
+
+    tok = clip_tokenizer()
+    texts = ["a photo of a cat", "An astronaut riding a horse on Mars, 4k!", "naïve café: 123 ~ é", "  spaced   out  "]
+    ref = open_clip.tokenize(texts)
+    ours = tok(texts, padding="max_length", max_length=77, truncation=True).input_ids
+    for r, o in zip(ref.tolist(), ours):
+        n = r.index(49407) + 1  # open_clip pads with 0, HF with the pad token: compare up to end-of-text
+        assert o[:n] == r[:n]
+    assert len(tok) == 49408
+
+
+def test_unknown_model_error_is_actionable():
+    from aifeedback.models import ModelLoadError, load_pipeline
+
+    with pytest.raises(ModelLoadError) as exc:
+        load_pipeline("nonexistent/model")
+    msg = str(exc.value)
+    assert "nonexistent/model" in msg and "tiny-sdxl" in msg and "Fix:" in msg
