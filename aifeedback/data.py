@@ -79,6 +79,9 @@ def open_table(data: str, dataset: str, split: str, streaming: bool = False) -> 
 
     path = Path(dataset)
     try:
+        if data == "ai" and not (path / "manifest.json").exists():
+            raise DataError(f"--data ai needs an `aif score` output folder, but {dataset} has no manifest.json. Fix: run "
+                            "`aif score` first, or use --data human for a Pick-a-Pic-layout dataset")
         if data == "ai" or (path / "manifest.json").exists():
             from aifeedback.io import read_manifest, shard_files
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +98,7 @@ def run(cfg: TrainConfig) -> Path:
 
     import torch
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
     from diffusers import UNet2DConditionModel
     from tqdm.auto import tqdm
@@ -109,13 +111,18 @@ def run(cfg: TrainConfig) -> Path:
     from aifeedback.models import family, load_pipeline
 
     out = Path(cfg.out)
+    # accelerate keeps its mixed-precision state in a process-wide singleton; forget a previous in-process run's
+    # (the distributed environment itself, PartialState, is kept).
+    AcceleratorState._reset_state()
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
+        # On a host without a GPU, processes started by `accelerate launch --multi_gpu` / torchrun join as CPU (gloo).
+        cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
         log_with=None if cfg.trackers == "none" else cfg.trackers,
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
     )
     rank, world, main, device = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process, accelerator.device
-    say = tqdm.write if main else (lambda *_: None)
+    say = (lambda msg: tqdm.write(msg, file=sys.stderr)) if main else (lambda msg: None)
 
     # ---- 1. Run folder: continue a checkpoint or start fresh --------------------------------------------------
     resume_from = _resume_point(cfg, out)

@@ -57,12 +57,28 @@ def write_score_dir(folder: Path, rows: list[dict], latent_shape: list[int] | No
     for i, r in enumerate(rows):
         r = dict(r, prompt_id=f"p{i}", score_0=float(r["label_0"]), score_1=float(r["label_1"]), margin=1.0,
                  scorer="redness", seed_0=0, seed_1=1)
-        if latent_shape is not None:
+        if latent_shape is not None:  # an easy preference to learn: quiet winner latents, loud loser latents
             g = torch.Generator().manual_seed(i)
             for k in (0, 1):
-                r[f"latent_{k}"], shape = latent_to_bytes(torch.randn(latent_shape, generator=g) * (1 + k))
+                scale = 0.1 if r[f"label_{k}"] == 1.0 else 2.0
+                r[f"latent_{k}"], shape = latent_to_bytes(torch.randn(latent_shape, generator=g) * scale)
             r["latent_shape"] = shape
         out.append(r)
     write_shard(folder, 0, out)
     (folder / "manifest.json").write_text(json.dumps({"stage": "score", "fingerprint": "test", "complete": True}))
     return folder
+
+
+def tiny_train(dataset: Path, out: Path, **overrides):
+    """A TrainConfig for a seconds-long CPU run on a tiny model at 16 px."""
+    from aifeedback.config import build_config
+    from aifeedback.train import TrainConfig
+
+    values = dict(dataset=str(dataset), model="tiny-sd15", out=str(out), resolution=16, max_steps=2, batch_size=2,
+                  lr=1e-4, scale_lr=False, checkpoint_every=2, validation_every=0, num_workers=0, trackers="none")
+    values.update(overrides)
+    return build_config(TrainConfig, values)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
