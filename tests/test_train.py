@@ -241,3 +241,28 @@ def test_errors_name_the_problem(human, tmp_path):
 
     with pytest.raises(ConfigError, match="lora_alpha"):
         tiny_train(human, tmp_path / "r4", lora_alpha=4.0)
+
+
+def test_recipes_load_and_tiny_recipe_runs_from_the_cli(human, tmp_path):
+    from typer.testing import CliRunner
+
+    from aifeedback.cli import app
+    from aifeedback.config import list_recipes, load_stage_config
+    from aifeedback.train import TrainConfig
+
+    names = [n for n, (p, _) in list_recipes().items() if "train:" in p.read_text()]
+    assert {"sdxl_dpo_pickapic", "sd15_dpo_pickapic", "sdxl_dpo_pickascore", "sdxl_lora_dpo",
+            "aif_pipeline_sdxl_pickscore", "tiny_dpo_sd15", "tiny_dpo_sdxl_lora"} <= set(names)
+    for name in names:
+        load_stage_config(TrainConfig, "train", name, {})
+    paper = load_stage_config(TrainConfig, "train", "sdxl_dpo_pickapic", {})
+    assert (paper.beta, paper.optimizer, paper.resolution, paper.batch_size * paper.grad_accum * 16) == (5000, "adafactor", 1024, 2048)
+    out = tmp_path / "cli"
+    res = CliRunner().invoke(app, ["train", "--recipe", "tiny_dpo_sdxl_lora", "--dataset", str(human), "--out", str(out),
+                                   "--max-steps", "2"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(app, ["export", str(out), "--out", str(tmp_path / "exp")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "exp" / "pytorch_lora_weights.safetensors").exists()
+    res = CliRunner().invoke(app, ["train", "--recipe", "tiny_dpo_sd15", "--dataset", str(tmp_path / "nope"), "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "could not load dataset" in res.output
