@@ -131,7 +131,7 @@ def run(cfg: TrainConfig) -> Path:
             for name in ("checkpoints", "logs", "validation", "metrics.jsonl", "manifest.json"):
                 p = out / name
                 shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-        manifest = prepare_output(out, "train", to_dict(cfg), identity_dict(cfg), overwrite=cfg.overwrite,
+        prepare_output(out, "train", to_dict(cfg), identity_dict(cfg), overwrite=cfg.overwrite,
                                   inputs=_input_fingerprint(cfg))
         save_config(cfg, out / "config.yaml")
     accelerator.wait_for_everyone()

@@ -266,3 +266,19 @@ def test_recipes_load_and_tiny_recipe_runs_from_the_cli(human, tmp_path):
     assert (tmp_path / "exp" / "pytorch_lora_weights.safetensors").exists()
     res = CliRunner().invoke(app, ["train", "--recipe", "tiny_dpo_sd15", "--dataset", str(tmp_path / "nope"), "--out", str(tmp_path / "x")])
     assert res.exit_code == 2 and "could not load dataset" in res.output
+
+
+def test_targets_follow_the_prediction_type(tiny_sd15):
+    from diffusers import DDPMScheduler
+
+    from aifeedback.diffusion import training_target
+
+    lat, noise, t = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8), torch.tensor([10, 900])
+    eps = DDPMScheduler(prediction_type="epsilon")
+    v = DDPMScheduler(prediction_type="v_prediction")
+    assert torch.equal(training_target(eps, lat, noise, t), noise)
+    a = v.alphas_cumprod[t].sqrt().view(-1, 1, 1, 1)
+    s = (1 - v.alphas_cumprod[t]).sqrt().view(-1, 1, 1, 1)
+    assert torch.allclose(training_target(v, lat, noise, t), a * noise - s * lat, atol=1e-6)
+    with pytest.raises(ValueError, match="prediction_type"):
+        training_target(DDPMScheduler(prediction_type="sample"), lat, noise, t)
