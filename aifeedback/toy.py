@@ -150,9 +150,11 @@ def train_vae(vae, steps: int, generator, batch: int = 64, lr: float = 3e-3) -> 
     """Train the VAE to be near-identity: latent mean ~ image, decode(latent) ~ image. Returns the final loss."""
     import torch
 
+    from tqdm.auto import tqdm
+
     opt = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
-    loss = torch.tensor(float("nan"))
-    for _ in range(steps):
+    loss = torch.tensor(0.0)
+    for _ in tqdm(range(steps), desc="toy-sd15 (first use): pretraining VAE", leave=False, dynamic_ncols=True):
         x, _ = synthetic_batch(batch, generator)
         z = vae.encode(x).latent_dist.mean
         # The decoder also sees slightly perturbed latents, as the UNet's samples are never exact.
@@ -168,6 +170,7 @@ def train_denoiser(unet, text_encoder, tokenizer, vae, scheduler, steps: int, ge
                    lr: float = 1e-3, caption_dropout: float = 0.1) -> float:
     """The ordinary epsilon-prediction denoising loss on toy images, UNet and text encoder together."""
     import torch
+    from tqdm.auto import tqdm
 
     # Tokenise every caption (and "" for dropped captions) once, exactly as the pipeline does.
     texts = all_captions() + [""]
@@ -179,8 +182,9 @@ def train_denoiser(unet, text_encoder, tokenizer, vae, scheduler, steps: int, ge
     # Cosine decay to zero: the last steps at a small learning rate clean up the samples a lot.
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * i / max(steps, 1))))
     alphas = scheduler.alphas_cumprod
-    loss = torch.tensor(float("nan"))
-    for _ in range(steps):
+    loss = torch.tensor(0.0)
+    for _ in tqdm(range(steps), desc="toy-sd15 (first use): pretraining UNet + text encoder", leave=False,
+                  dynamic_ncols=True):
         x, caps = synthetic_batch(batch, generator)
         drop = torch.rand(batch, generator=generator) < caption_dropout
         caps = ["" if d else c for c, d in zip(caps, drop.tolist())]
@@ -205,7 +209,6 @@ def build_toy_sd15(out: Path, steps: int = 600, vae_steps: int = 200, lr: float 
     """Build and pretrain the toy StableDiffusionPipeline into `out` (deterministic for a given seed)."""
     import torch
     from diffusers import StableDiffusionPipeline
-    from tqdm.auto import tqdm
 
     from aifeedback.tiny import clip_tokenizer
 
@@ -213,13 +216,10 @@ def build_toy_sd15(out: Path, steps: int = 600, vae_steps: int = 200, lr: float 
     text_encoder, unet, vae = _text_encoder(), _unet(), _vae()
     scheduler, tokenizer = _scheduler(), clip_tokenizer()
     generator = torch.Generator().manual_seed(seed)
-    with tqdm(total=2, desc="pretraining toy-sd15 (first use only)", leave=False) as bar:
-        vae_loss = train_vae(vae, vae_steps, generator)
-        bar.update()
-        vae.requires_grad_(False)
-        denoise_loss = train_denoiser(unet, text_encoder, tokenizer, vae, scheduler, steps, generator, lr=lr)
-        bar.update()
-    if not (math.isfinite(vae_loss) and math.isfinite(denoise_loss)) and steps:
+    vae_loss = train_vae(vae, vae_steps, generator)
+    vae.requires_grad_(False)
+    denoise_loss = train_denoiser(unet, text_encoder, tokenizer, vae, scheduler, steps, generator, lr=lr)
+    if not (math.isfinite(vae_loss) and math.isfinite(denoise_loss)):
         raise RuntimeError(f"toy pretraining diverged (vae loss {vae_loss}, denoising loss {denoise_loss})")
     pipe = StableDiffusionPipeline(
         vae=vae.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer, unet=unet.eval(), scheduler=scheduler,
