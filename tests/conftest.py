@@ -37,3 +37,11 @@ def tiny_sd15(aif_cache):
     from aifeedback.tiny import tiny_pipeline_path
 
     return tiny_pipeline_path("tiny-sd15")
+
+
+@pytest.fixture(scope="session")
+def toy_sd15(aif_cache):
+    """Path of the pretrained toy SD1.5 pipeline folder (built and pretrained once per cache, ~1.5 min on a CPU)."""
+    from aifeedback.tiny import tiny_pipeline_path
+
+    return tiny_pipeline_path("toy-sd15")

@@ -1,0 +1,70 @@
+"""`aif demo` end to end on the toy model: DPO on redness pairs makes held-out images redder, and the same loop with
+winner and loser swapped makes them less red. This is the test that fails when the training signal is wrong."""
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+from aifeedback.config import ConfigError, build_config
+from aifeedback.demo import DemoConfig, run, stage_configs
+
+# Smaller than the demo's defaults (64 captions, 150 steps) to keep the suite fast; the effect is still large.
+SIZES = dict(prompts=32, eval_prompts=32, eval_seeds=4, train_steps=60)
+
+
+@pytest.fixture(scope="module")
+def demo(toy_sd15, tmp_path_factory):
+    cfg = DemoConfig(out=str(tmp_path_factory.mktemp("demo")), **SIZES)
+    return cfg, run(cfg)
+
+
+def test_demo_aligns_the_toy_model_to_redness(demo, capsys):
+    cfg, report = demo
+    out = stage_configs(cfg)["eval"].out
+    assert report["scorers"]["redness"]["n"] == 32 * 4
+    assert report["scorers"]["redness"]["win_rate"] > 0.65
+    assert report["scorers"]["redness"]["mean_tuned"] > report["scorers"]["redness"]["mean_base"]
+    html = (Path(out) / "report.html").read_text()
+    assert html.count('alt="tuned"') >= 8  # base and tuned side by side
+    metrics = [json.loads(line) for line in (Path(cfg.out) / "dpo" / "metrics.jsonl").open()]
+    assert len(metrics) == SIZES["train_steps"]
+    assert metrics[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # policy == reference at step 1
+
+
+def test_demo_with_swapped_labels_makes_images_less_red(demo, tmp_path):
+    import pyarrow.parquet as pq
+
+    from aifeedback import evaluate, train
+
+    cfg, _ = demo
+    configs = stage_configs(cfg)
+    swapped = tmp_path / "pairs-swapped"
+    shutil.copytree(configs["score"].out, swapped)
+    for shard in sorted((swapped / "data").glob("*.parquet")):
+        t = pq.read_table(shard)
+        l0, l1 = t.column("label_0"), t.column("label_1")
+        t = t.set_column(t.schema.get_field_index("label_0"), "label_0", l1)
+        t = t.set_column(t.schema.get_field_index("label_1"), "label_1", l0)
+        pq.write_table(t, shard)
+    run_dir = train.run(build_config(train.TrainConfig, {**vars(configs["train"]), "dataset": str(swapped),
+                                                         "out": str(tmp_path / "dpo")}))
+    report = evaluate.run(build_config(evaluate.EvalConfig, {**vars(configs["eval"]), "tuned": str(run_dir),
+                                                             "out": str(tmp_path / "eval")}))
+    assert report["scorers"]["redness"]["win_rate"] < 0.35
+
+
+def test_demo_rerun_reuses_every_stage(demo, capsys):
+    cfg, report = demo
+    again = run(cfg)
+    assert again["scorers"]["redness"]["win_rate"] == report["scorers"]["redness"]["win_rate"]
+    printed = capsys.readouterr().out
+    assert "redness" in printed and "report.html" in printed and "(cached)" in printed
+    assert (Path(cfg.out) / "commands.txt").read_text().startswith("aif generate --model toy-sd15")
+
+
+def test_demo_config_refuses_more_captions_than_the_toy_world_has():
+    with pytest.raises(ConfigError, match="132 distinct captions"):
+        build_config(DemoConfig, {"prompts": 100, "eval_prompts": 64})
