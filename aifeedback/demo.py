@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from aifeedback.config import build_config, fields, option
+from aifeedback.errors import AifError
 
 MODEL = "toy-sd15"
 
@@ -109,7 +110,7 @@ def command_line(stage: str, stage_cfg: Any) -> str:
     return f"aif {stage} " + " ".join(args)
 
 
-def run(cfg: DemoConfig) -> dict[str, Any] | None:
+def run(cfg: DemoConfig) -> dict[str, Any]:
     """Run generate -> score -> train -> eval on the toy model; print the win rates; return the eval report."""
     from accelerate import PartialState
 
@@ -117,28 +118,24 @@ def run(cfg: DemoConfig) -> dict[str, Any] | None:
     from aifeedback.io import atomic_write_text
     from aifeedback.models import resolve_model
 
-    state = PartialState()
+    # As in `aif generate`: on a host without a GPU, processes started by `accelerate launch` join as CPU (gloo).
+    if PartialState(cpu=generate.resolve_device("auto") == "cpu").num_processes > 1:
+        # `aif train` ends its accelerate run (and the process group with it), so later stages in the same
+        # processes could not synchronise; the 8 px toy model gains nothing from several processes anyway.
+        raise AifError("aif demo runs in one process: start it without `accelerate launch`. To run the stages on "
+                       "several processes, run the commands in OUT/commands.txt with `accelerate launch -m aifeedback` in place of `aif`.")
     start = time.time()
-    say = print if state.is_main_process else (lambda *a, **k: None)
-    if state.is_main_process:
-        path = resolve_model(MODEL)  # built and pretrained on first use, then cached
-        built = f"built and pretrained in {time.time() - start:.0f}s" if time.time() - start > 5 else "cached"
-        say(f"[demo] toy model {MODEL}: {path} ({built})")
-        write_prompts(cfg)
-    state.wait_for_everyone()
+    path = resolve_model(MODEL)  # built and pretrained on first use, then cached
+    print(f"[demo] toy model {MODEL}: {path} "
+          f"({f'built and pretrained in {time.time() - start:.0f}s' if time.time() - start > 5 else 'cached'})")
+    write_prompts(cfg)
     configs = stage_configs(cfg)
-    if state.is_main_process:
-        atomic_write_text(Path(cfg.out) / "commands.txt",
-                          "\n".join(command_line(s, c) for s, c in configs.items()) + "\n")
+    atomic_write_text(Path(cfg.out) / "commands.txt", "\n".join(command_line(s, c) for s, c in configs.items()) + "\n")
     stages = {"generate": generate.run, "score": score.run, "train": train.run, "eval": evaluate.run}
-    report = None
     for i, (stage, stage_run) in enumerate(stages.items(), 1):
-        say(f"[demo] {i}/4 {stage} ({time.time() - start:.0f}s): {command_line(stage, configs[stage])}")
-        result = stage_run(configs[stage])
-        if stage == "eval":
-            report = result
-    if report is not None:
-        say(summary(report, cfg, Path(cfg.out), time.time() - start))
+        print(f"[demo] {i}/4 {stage} ({time.time() - start:.0f}s): {command_line(stage, configs[stage])}")
+        report = stage_run(configs[stage])  # the last one, eval, returns the report
+    print(summary(report, cfg, Path(cfg.out), time.time() - start))
     return report
 
 
