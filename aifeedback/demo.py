@@ -27,7 +27,7 @@ MODEL = "toy-sd15"
 class DemoConfig:
     out: str = option("runs/demo", "output folder: prompts/, generate/, pairs/, dpo/, eval/ and commands.txt")
     prompts: int = option(64, "training captions (each gets --images-per-prompt candidates)", min=2)
-    images_per_prompt: int = option(8, "candidates per caption (K); its reddest and least red image become a pair", min=2)
+    images_per_prompt: int = option(8, "candidates per caption (K); its best- and worst-scored images become a pair", min=2)
     eval_prompts: int = option(64, "held-out captions for the eval (none of them is a training caption)", min=1)
     eval_seeds: int = option(4, "images per held-out caption and model (base and tuned twins share a seed)", min=1)
     scorer: str = option("redness", "the reward that labels the pairs, e.g. redness, brightness, color:blue")
@@ -123,11 +123,12 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
         # `aif train` ends its accelerate run (and the process group with it), so later stages in the same
         # processes could not synchronise; the 8 px toy model gains nothing from several processes anyway.
         raise AifError("aif demo runs in one process: start it without `accelerate launch`. To run the stages on "
-                       "several processes, run the commands in OUT/commands.txt with `accelerate launch -m aifeedback` in place of `aif`.")
+                       "several processes, run the commands in OUT/commands.txt with `accelerate launch -m "
+                       "aifeedback` in place of `aif`.")
     start = time.time()
     path = resolve_model(MODEL)  # built and pretrained on first use, then cached
-    print(f"[demo] toy model {MODEL}: {path} "
-          f"({f'built and pretrained in {time.time() - start:.0f}s' if time.time() - start > 5 else 'cached'})")
+    took = time.time() - start
+    print(f"[demo] toy model {MODEL}: {path} ({f'built and pretrained in {took:.0f}s' if took > 5 else 'cached'})")
     write_prompts(cfg)
     configs = stage_configs(cfg)
     atomic_write_text(Path(cfg.out) / "commands.txt", "\n".join(command_line(s, c) for s, c in configs.items()) + "\n")

@@ -212,13 +212,18 @@ def build_toy_sd15(out: Path, steps: int = 600, vae_steps: int = 200, lr: float 
 
     from aifeedback.tiny import clip_tokenizer
 
-    torch.manual_seed(seed)
-    text_encoder, unet, vae = _text_encoder(), _unet(), _vae()
-    scheduler, tokenizer = _scheduler(), clip_tokenizer()
-    generator = torch.Generator().manual_seed(seed)
-    vae_loss = train_vae(vae, vae_steps, generator)
-    vae.requires_grad_(False)
-    denoise_loss = train_denoiser(unet, text_encoder, tokenizer, vae, scheduler, steps, generator, lr=lr)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # float sums in a fixed order: the same weights whatever the core count (and no slower)
+    try:
+        torch.manual_seed(seed)
+        text_encoder, unet, vae = _text_encoder(), _unet(), _vae()
+        scheduler, tokenizer = _scheduler(), clip_tokenizer()
+        generator = torch.Generator().manual_seed(seed)
+        vae_loss = train_vae(vae, vae_steps, generator)
+        vae.requires_grad_(False)
+        denoise_loss = train_denoiser(unet, text_encoder, tokenizer, vae, scheduler, steps, generator, lr=lr)
+    finally:
+        torch.set_num_threads(threads)
     if not (math.isfinite(vae_loss) and math.isfinite(denoise_loss)):
         raise RuntimeError(f"toy pretraining diverged (vae loss {vae_loss}, denoising loss {denoise_loss})")
     pipe = StableDiffusionPipeline(
