@@ -1,0 +1,112 @@
+"""Training checkpoints on disk: naming, finding the latest, LoRA files in the diffusers format, pruning.
+
+Layout of one checkpoint (written under a temporary name and renamed when complete, so a killed run never leaves
+a half checkpoint that `--resume latest` would pick up):
+
+  RUN/checkpoints/checkpoint-000500/
+    unet/                               full fine-tune: UNet2DConditionModel.save_pretrained (safetensors)
+    pytorch_lora_weights.safetensors    LoRA: what `pipe.load_lora_weights` reads
+    trainer_state.json                  step, data position, counters
+    optimizer.bin, scheduler.bin, random_states_*.pkl, ...   accelerate.save_state (exact resume)
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from aifeedback.errors import AifError
+
+LORA_FILE = "pytorch_lora_weights.safetensors"
+STATE_FILE = "trainer_state.json"
+_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+class CheckpointError(AifError):
+    """A checkpoint path that does not hold a usable checkpoint."""
+
+
+def checkpoint_name(step: int) -> str:
+    """checkpoint-000500."""
+    return f"checkpoint-{step:06d}"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _NAME.match(p.name)) and (p / STATE_FILE).exists()]
+    return [p for _, p in sorted(found)]
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder, or a run folder (-> its latest checkpoint)."""
+    p = Path(path)
+    if (p / STATE_FILE).exists() or (p / LORA_FILE).exists() or (p / "unet" / "config.json").exists():
+        return p
+    if (p / "checkpoints").is_dir():
+        ckpts = list_checkpoints(p)
+        if not ckpts:
+            raise CheckpointError(f"{p} is a training run without any complete checkpoint yet (see --checkpoint-every)")
+        return ckpts[-1]
+    raise CheckpointError(
+        f"{p} is neither a training checkpoint (checkpoint-NNNNNN/ with unet/ or {LORA_FILE}) nor a run folder "
+        "with checkpoints/. Fix: pass RUN_DIR or RUN_DIR/checkpoints/checkpoint-NNNNNN"
+    )
+
+
+def checkpoint_kind(ckpt: str | Path) -> str:
+    """'lora' or 'full'."""
+    ckpt = Path(ckpt)
+    if (ckpt / LORA_FILE).exists():
+        return "lora"
+    if (ckpt / "unet" / "config.json").exists():
+        return "full"
+    raise CheckpointError(f"{ckpt} holds neither unet/ nor {LORA_FILE}")
+
+
+def prune(run_dir: str | Path, keep: int) -> None:
+    """Delete all but the newest `keep` checkpoints (keep <= 0 keeps all) and leftovers of killed saves."""
+    root = Path(run_dir) / "checkpoints"
+    for tmp in root.glob(".tmp-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+    if keep > 0:
+        for old in list_checkpoints(run_dir)[:-keep]:
+            shutil.rmtree(old)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# LoRA in the diffusers format
+
+def save_lora(unet: Any, out_dir: str | Path, family: str, state_dict: dict | None = None) -> Path:
+    """Write the UNet's LoRA adapter as `pytorch_lora_weights.safetensors`, loadable by `pipe.load_lora_weights`.
+
+    state_dict: the full UNet state dict when it had to be gathered from shards (FSDP, ZeRO-3)."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, state_dict=state_dict))
+    pipeline_cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    pipeline_cls.save_lora_weights(
+        str(out_dir), unet_lora_layers=layers, safe_serialization=True,
+        unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
+    )
+    return Path(out_dir) / LORA_FILE
+
+
+def load_lora_into(unet: Any, lora_file: str | Path) -> None:
+    """Load a LoRA file written by save_lora into a UNet that already has the 'default' adapter (resume)."""
+    from diffusers.utils import convert_unet_state_dict_to_peft
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    sd = {k.removeprefix("unet."): v for k, v in load_file(str(lora_file)).items() if k.startswith("unet.")}
+    result = set_peft_model_state_dict(unet, convert_unet_state_dict_to_peft(sd), adapter_name="default")
+    unexpected = getattr(result, "unexpected_keys", None)
+    if unexpected:
+        raise CheckpointError(f"{lora_file} does not match this model's LoRA layers (e.g. {unexpected[:3]}); "
+                              "was it trained with another --lora-rank or model?")

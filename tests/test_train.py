@@ -1,0 +1,284 @@
+"""`aif train` end to end on tiny models at 16 px: objective at step 0, learning, data paths, LoRA/full, SDXL/SD1.5,
+exact resume after SIGKILL, multi-process accelerate launch, and clear errors."""
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from aifeedback.errors import AifError, DataError
+from tests.pairs_fixtures import pickapic_rows, read_metrics, tiny_train, write_pickapic, write_score_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def human(tmp_path_factory):
+    return write_pickapic(tmp_path_factory.mktemp("human"), pickapic_rows(6))
+
+
+@pytest.fixture(scope="module")
+def ai_latents(tmp_path_factory):
+    return write_score_dir(tmp_path_factory.mktemp("ai"), pickapic_rows(4, seed=1), latent_shape=[4, 8, 8])
+
+
+def _env():
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
+    return env
+
+
+def test_sd15_full_run_folder_and_first_loss_is_ln2(human, tmp_path):
+    from aifeedback.train import run
+
+    out = run(tiny_train(human, tmp_path / "run", validation_every=2, validation_steps=2,
+                         validation_prompts=["a red cat"], validation_seeds=[0, 1], trackers="tensorboard"))
+    m = read_metrics(out)
+    assert [r["step"] for r in m] == [1, 2]
+    assert abs(m[0]["loss"] - math.log(2)) < 1e-6 and m[0]["implicit_acc"] == 0.5
+    for key in ("loss", "implicit_acc", "mse_model_w", "mse_model_l", "mse_ref_w", "mse_ref_l", "reward_margin",
+                "grad_norm", "lr", "pairs_per_s"):
+        assert key in m[1], key
+    ckpt = out / "checkpoints" / "checkpoint-000002"
+    assert (ckpt / "unet" / "diffusion_pytorch_model.safetensors").exists() and (ckpt / "trainer_state.json").exists()
+    assert (out / "validation" / "step-000002.png").exists()
+    assert list((out / "logs").rglob("events.out.tfevents.*")), "tensorboard events"
+    from aifeedback.io import read_manifest
+
+    man = read_manifest(out, "train")
+    assert man["complete"] and man["counts"]["pairs"] == 6
+    assert (out / "config.yaml").exists()
+
+
+def test_sdxl_lora_on_human_pairs_first_loss_is_ln2(human, tmp_path):
+    from aifeedback.train import run
+
+    out = run(tiny_train(human, tmp_path / "run", model="tiny-sdxl", lora_rank=4, lr=1e-3, random_crop=True,
+                         caption_dropout=0.5, mixed_precision="bf16"))
+    m = read_metrics(out)
+    assert abs(m[0]["loss"] - math.log(2)) < 1e-6
+    assert (out / "checkpoints" / "checkpoint-000002" / "pytorch_lora_weights.safetensors").exists()
+    assert not (out / "checkpoints" / "checkpoint-000002" / "unet").exists()
+
+
+@pytest.mark.parametrize("model,rank,lr", [("tiny-sd15", 0, 1e-4), ("tiny-sdxl", 4, 1e-3)])
+def test_short_run_lowers_loss_and_raises_accuracy_on_fixed_set(ai_latents, tmp_path, model, rank, lr):
+    from aifeedback.train import run
+    from tests.fixed_set import fixed_set_metrics
+
+    out = run(tiny_train(ai_latents, tmp_path / "run", data="ai", model=model, lora_rank=rank, lr=lr, beta=500.0,
+                         batch_size=4, max_steps=10, checkpoint_every=10, flip=False))
+    loss, acc = fixed_set_metrics(model, out / "checkpoints" / "checkpoint-000010", "ai", ai_latents, beta=500.0)
+    assert loss < math.log(2) - 0.05 and acc > 0.6  # at step 0 these are ln 2 and 0.5
+
+
+def test_stored_latents_used_only_when_shapes_match(ai_latents):
+    from aifeedback import data as D
+
+    table = D.open_table("ai", str(ai_latents), "train")
+    pairs, stats = D.filter_labels(table)
+    assert stats.kept == 4
+    assert D.stored_latent_shape(table, pairs, (4, 8, 8))[0] == (4, 8, 8)
+    shape, why = D.stored_latent_shape(table, pairs, (4, 16, 16))
+    assert shape is None and "VAE" in why
+
+
+def test_resume_equals_uninterrupted_in_process(human, tmp_path):
+    from safetensors.torch import load_file
+
+    from aifeedback.train import run
+
+    kw = dict(max_steps=4, grad_accum=2, checkpoint_every=2, keep_checkpoints=1)
+    run(tiny_train(human, tmp_path / "a", **kw))
+    run(tiny_train(human, tmp_path / "b", **dict(kw, max_steps=2)))
+    run(tiny_train(human, tmp_path / "b", **kw))  # --resume auto picks up checkpoint-000002
+    wa = load_file(tmp_path / "a/checkpoints/checkpoint-000004/unet/diffusion_pytorch_model.safetensors")
+    wb = load_file(tmp_path / "b/checkpoints/checkpoint-000004/unet/diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert [r["loss"] for r in read_metrics(tmp_path / "a")] == [r["loss"] for r in read_metrics(tmp_path / "b")]
+    assert [p.name for p in (tmp_path / "b" / "checkpoints").iterdir()] == ["checkpoint-000004"]  # keep_checkpoints=1
+
+
+def test_sigkill_and_resume_equals_uninterrupted(human, tmp_path):
+    """A LoRA run SIGKILLed after its first checkpoint, rerun with the same config, ends bitwise equal."""
+    import multiprocessing
+
+    from safetensors.torch import load_file
+
+    from aifeedback.train import run
+
+    kw = dict(model="tiny-sdxl", lora_rank=2, lr=1e-3, max_steps=12, checkpoint_every=2)
+    run(tiny_train(human, tmp_path / "ref", **kw))
+    out = tmp_path / "killed"
+    cfg = tiny_train(human, out, **kw)
+    proc = multiprocessing.get_context("fork").Process(target=run, args=(cfg,))  # a real process, already imported
+    proc.start()
+    deadline = time.time() + 120
+    while not (out / "checkpoints" / "checkpoint-000002").exists() and time.time() < deadline:
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join()
+    assert proc.exitcode == -signal.SIGKILL
+    assert not (out / "checkpoints" / "checkpoint-000012").exists(), "the run finished before it could be killed"
+    run(cfg)  # the same command again: resumes from the latest complete checkpoint
+    name = "checkpoints/checkpoint-000012/pytorch_lora_weights.safetensors"
+    a, b = load_file(tmp_path / "ref" / name), load_file(out / name)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["step"] for r in read_metrics(out)] == list(range(1, 13))
+    assert [r["loss"] for r in read_metrics(out)] == [r["loss"] for r in read_metrics(tmp_path / "ref")]
+
+
+def test_two_process_accelerate_launch(human, tmp_path):
+    out = tmp_path / "ddp"
+    import socket
+
+    with socket.socket() as s:  # a free port, so parallel test runs do not collide on 29500
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # `--cpu` alone starts one process (it needs mpirun for more); torchrun-based `--multi_gpu` on a GPU-less host
+    # runs N CPU processes over gloo.
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+           "-m", "aifeedback",
+           "train", "--dataset", str(human), "--model", "tiny-sd15", "--resolution", "16", "--batch-size", "1",
+           "--max-steps", "2", "--checkpoint-every", "2", "--validation-every", "0", "--num-workers", "0",
+           "--trackers", "none", "--out", str(out)]
+    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    m = read_metrics(out)
+    assert [r["step"] for r in m] == [1, 2] and abs(m[0]["loss"] - math.log(2)) < 1e-6
+    assert "2 pairs/step" in res.stderr and "2 process(es)" in res.stderr
+    assert (out / "checkpoints" / "checkpoint-000002" / "random_states_1.pkl").exists()
+
+
+def test_labels_ties_corrupt_images_and_empty_dataset(tmp_path):
+    from aifeedback import data as D
+
+    rows = pickapic_rows(5)
+    rows[1].update(label_0=0.5, label_1=0.5)  # tie
+    rows[2].update(label_0=float("nan"))  # bad
+    rows[3].update(label_0=1.0, label_1=1.0)  # bad
+    rows[4]["jpg_0"] = rows[4]["jpg_1"] = b"not an image"
+    table = D.open_table("human", str(write_pickapic(tmp_path / "d", rows)), "train")
+    pairs, stats = D.filter_labels(table)
+    assert [r for r, _ in pairs] == [0, 4] and (stats.ties, stats.bad_labels) == (1, 2)
+    assert "row 2" in stats.summary("x") and "row 3" in stats.summary("x")
+    ds = D.PairDataset(table, pairs, D.Transform(16), seed=0, window=2)
+    pos = next(p for p in range(2) if ds.pair_at(p)[0] == 4)
+    item = ds[pos]  # row 4 is corrupt: replaced by the other pair of its window and reported
+    assert item["row"] == 0 and item["skipped"][0][0] == 4 and "UnidentifiedImageError" in item["skipped"][0][1]
+    ties_only = [dict(r, label_0=0.5, label_1=0.5) for r in pickapic_rows(2)]
+    table = D.open_table("human", str(write_pickapic(tmp_path / "t", ties_only)), "train")
+    pairs, stats = D.filter_labels(table)
+    with pytest.raises(DataError, match="no usable preference pairs.*2 ties dropped"):
+        raise D.no_pairs_error("t", stats)
+
+
+def test_order_is_seeded_and_transforms_are_per_position(human):
+    from aifeedback import data as D
+
+    table = D.open_table("human", str(human), "train")
+    pairs, _ = D.filter_labels(table)
+    tr = D.Transform(16, random_crop=True, flip=True, caption_dropout=0.5)
+    a, b = D.PairDataset(table, pairs, tr, 0, 2), D.PairDataset(table, pairs, tr, 0, 2)
+    assert [a.pair_at(p) for p in range(12)] == [b.pair_at(p) for p in range(12)]
+    assert sorted(a.pair_at(p) for p in range(6)) == sorted(pairs)  # an epoch visits every pair once
+    assert torch.equal(a[7]["pixels"], b[7]["pixels"]) and a[7]["caption"] == b[7]["caption"]
+    assert a[7]["pixels"].shape == (2, 3, 16, 16) and a[7]["time_ids"].shape == (2, 6)
+    # processes take disjoint slices of every global micro-batch
+    s0, s1 = iter(D.PositionSampler(2, 0, 2, start=3)), iter(D.PositionSampler(2, 1, 2, start=3))
+    assert next(s0) == [12, 13] and next(s1) == [14, 15]
+
+
+def test_sdxl_time_ids_record_original_size_and_crop():
+    from PIL import Image
+
+    from aifeedback.data import Transform
+
+    img = Image.new("RGB", (40, 20))
+    _, ids = Transform(16).image(img, 0.0, 0.0, flip=False)
+    assert ids == [20, 40, 0, 8, 16, 16]  # resized to 32x16, centre crop starts 8 px from the left
+    _, ids = Transform(16, random_crop=True).image(img, 0.0, 1.0, flip=True)
+    assert ids == [20, 40, 0, 0, 16, 16]  # cropped at the right edge then flipped: nothing cut on the left
+
+
+def test_streaming_batches_resume_at_the_same_position(human):
+    import datasets
+
+    from aifeedback import data as D
+
+    ds = D.open_table("human", str(human), "train", streaming=True)
+    assert isinstance(ds, datasets.IterableDataset)
+    tr = D.Transform(16)
+    full = D.stream_batches(ds, tr, 2, 0, 1, 0, 0, 4, D.PairStats())
+    first = [next(full)["rows"] for _ in range(3)]  # one epoch of 6 pairs
+    assert sorted(r for rows in first for r in rows) == list(range(6))
+    resumed = D.stream_batches(ds, tr, 2, 0, 1, 2, 0, 4, D.PairStats())
+    assert next(resumed)["rows"] == first[2]
+
+
+def test_errors_name_the_problem(human, tmp_path):
+    from aifeedback.train import run
+
+    with pytest.raises(AifError, match="no complete checkpoint"):
+        run(tiny_train(human, tmp_path / "r", resume="latest"))
+    bad = tmp_path / "bad"
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    bad.mkdir()
+    pq.write_table(pa.table({"caption": ["x"], "image": [b""]}), bad / "train.parquet")
+    with pytest.raises(DataError, match="lacks the Pick-a-Pic column"):
+        run(tiny_train(bad, tmp_path / "r2"))
+    with pytest.raises(DataError, match="needs an `aif score` output"):
+        run(tiny_train(human, tmp_path / "r3", data="ai"))
+    from aifeedback.config import ConfigError
+
+    with pytest.raises(ConfigError, match="lora_alpha"):
+        tiny_train(human, tmp_path / "r4", lora_alpha=4.0)
+
+
+def test_recipes_load_and_tiny_recipe_runs_from_the_cli(human, tmp_path):
+    from typer.testing import CliRunner
+
+    from aifeedback.cli import app
+    from aifeedback.config import list_recipes, load_stage_config
+    from aifeedback.train import TrainConfig
+
+    names = [n for n, (p, _) in list_recipes().items() if "train:" in p.read_text()]
+    assert {"sdxl_dpo_pickapic", "sd15_dpo_pickapic", "sdxl_dpo_pickascore", "sdxl_lora_dpo",
+            "aif_pipeline_sdxl_pickscore", "tiny_dpo_sd15", "tiny_dpo_sdxl_lora"} <= set(names)
+    for name in names:
+        load_stage_config(TrainConfig, "train", name, {})
+    paper = load_stage_config(TrainConfig, "train", "sdxl_dpo_pickapic", {})
+    assert (paper.beta, paper.optimizer, paper.resolution, paper.batch_size * paper.grad_accum * 16) == (5000, "adafactor", 1024, 2048)
+    out = tmp_path / "cli"
+    res = CliRunner().invoke(app, ["train", "--recipe", "tiny_dpo_sdxl_lora", "--dataset", str(human), "--out", str(out),
+                                   "--max-steps", "2"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(app, ["export", str(out), "--out", str(tmp_path / "exp")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "exp" / "pytorch_lora_weights.safetensors").exists()
+    res = CliRunner().invoke(app, ["train", "--recipe", "tiny_dpo_sd15", "--dataset", str(tmp_path / "nope"), "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "could not load dataset" in res.output
+
+
+def test_targets_follow_the_prediction_type(tiny_sd15):
+    from diffusers import DDPMScheduler
+
+    from aifeedback.diffusion import training_target
+
+    lat, noise, t = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8), torch.tensor([10, 900])
+    eps = DDPMScheduler(prediction_type="epsilon")
+    v = DDPMScheduler(prediction_type="v_prediction")
+    assert torch.equal(training_target(eps, lat, noise, t), noise)
+    a = v.alphas_cumprod[t].sqrt().view(-1, 1, 1, 1)
+    s = (1 - v.alphas_cumprod[t]).sqrt().view(-1, 1, 1, 1)
+    assert torch.allclose(training_target(v, lat, noise, t), a * noise - s * lat, atol=1e-6)
+    with pytest.raises(ValueError, match="prediction_type"):
+        training_target(DDPMScheduler(prediction_type="sample"), lat, noise, t)
