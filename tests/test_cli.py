@@ -21,7 +21,7 @@ def test_help_lists_every_command():
 
 @pytest.mark.parametrize("cmd", COMMANDS)
 def test_command_help(cmd):
-    result = runner.invoke(app, [cmd, "--help"], terminal_width=200)
+    result = runner.invoke(app, [cmd, "--help"], env={"COLUMNS": "300", "TERMINAL_WIDTH": "300"})
     assert result.exit_code == 0, result.output
     if cmd in STAGE_COMMANDS:
         from aifeedback.config import fields
