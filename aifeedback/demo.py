@@ -27,7 +27,7 @@ MODEL = "toy-sd15"
 class DemoConfig:
     out: str = option("runs/demo", "output folder: prompts/, generate/, pairs/, dpo/, eval/ and commands.txt")
     prompts: int = option(64, "training captions (each gets --images-per-prompt candidates)", min=2)
-    images_per_prompt: int = option(8, "candidates per caption (K); its best- and worst-scored images become a pair", min=2)
+    images_per_prompt: int = option(8, "candidates per caption (K); the best- and worst-scored become a pair", min=2)
     eval_prompts: int = option(64, "held-out captions for the eval (none of them is a training caption)", min=1)
     eval_seeds: int = option(4, "images per held-out caption and model (base and tuned twins share a seed)", min=1)
     scorer: str = option("redness", "the reward that labels the pairs, e.g. redness, brightness, color:blue")
@@ -55,6 +55,7 @@ def stage_configs(cfg: DemoConfig) -> dict[str, Any]:
     from aifeedback.evaluate import EvalConfig
     from aifeedback.generate import GenerateConfig
     from aifeedback.score import ScoreConfig
+    from aifeedback.toy import SIZE
     from aifeedback.train import TrainConfig
 
     out = Path(cfg.out)
@@ -67,7 +68,7 @@ def stage_configs(cfg: DemoConfig) -> dict[str, Any]:
             "input": str(out / "generate"), "scorer": [cfg.scorer], "pairing": "best-worst", "workers": 0,
             "out": str(out / "pairs"), "overwrite": cfg.overwrite}),
         "train": (TrainConfig, {
-            "data": "ai", "dataset": str(out / "pairs"), "model": MODEL, "resolution": 8, "beta": cfg.beta,
+            "data": "ai", "dataset": str(out / "pairs"), "model": MODEL, "resolution": SIZE, "beta": cfg.beta,
             "lr": cfg.lr, "scale_lr": False, "weight_decay": 0.0, "max_grad_norm": 0.0, "max_steps": cfg.train_steps,
             "batch_size": cfg.batch_size, "seed": cfg.seed, "checkpoint_every": cfg.train_steps,
             "keep_checkpoints": 1, "validation_every": 0, "num_workers": 0, "trackers": "none",
@@ -76,7 +77,7 @@ def stage_configs(cfg: DemoConfig) -> dict[str, Any]:
             "base": MODEL, "tuned": str(out / "dpo"), "prompts": str(out / "prompts" / "eval.txt"),
             "seeds_per_prompt": cfg.eval_seeds, "seed": cfg.seed + 1,
             "scorers": list(dict.fromkeys([cfg.scorer, "redness", "brightness", "saturation"])),
-            "sample_prompts": 8, "out": str(out / "eval"), **common}),
+            "out": str(out / "eval"), **common}),
     }
     return {stage: build_config(cls, v, f"demo -> {stage}") for stage, (cls, v) in values.items()}
 
@@ -151,7 +152,8 @@ def summary(report: dict[str, Any], cfg: DemoConfig, out: Path, seconds: float) 
     for name, s in report["scorers"].items():
         ci = f"{100 * s['ci_low']:.1f}-{100 * s['ci_high']:.1f}%"
         role = "  (the reward)" if name == cfg.scorer else ""
-        lines.append(f"  {name:<12} {100 * s['win_rate']:>9.1f}%  {ci:<13} {s['mean_base']:.3f} -> {s['mean_tuned']:.3f}{role}")
+        means = f"{s['mean_base']:.3f} -> {s['mean_tuned']:.3f}"
+        lines.append(f"  {name:<12} {100 * s['win_rate']:>9.1f}%  {ci:<13} {means}{role}")
     lines += [f"Report (base and tuned side by side): {out / 'eval' / 'report.html'}",
               f"Stage commands: {out / 'commands.txt'}; done in {seconds:.0f}s"]
     return "\n".join(lines)
