@@ -59,7 +59,9 @@ def stage_configs(cfg: DemoConfig) -> dict[str, Any]:
     from aifeedback.train import TrainConfig
 
     out = Path(cfg.out)
-    common = {"steps": cfg.sampling_steps, "guidance": cfg.guidance, "batch_size": 64, "overwrite": cfg.overwrite}
+    # float32 everywhere (also on a GPU, where generate would default to float16): the toy model costs nothing.
+    common = {"steps": cfg.sampling_steps, "guidance": cfg.guidance, "dtype": "float32", "batch_size": 64,
+              "overwrite": cfg.overwrite}
     values = {
         "generate": (GenerateConfig, {
             "model": MODEL, "prompts": str(out / "prompts" / "train.txt"), "images_per_prompt": cfg.images_per_prompt,
