@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from aifeedback.config import build_config, fields, option
-from aifeedback.errors import AifError
 
 MODEL = "toy-sd15"
 
@@ -115,31 +114,29 @@ def command_line(stage: str, stage_cfg: Any) -> str:
 
 def run(cfg: DemoConfig) -> dict[str, Any]:
     """Run generate -> score -> train -> eval on the toy model; print the win rates; return the eval report."""
-    from accelerate import PartialState
-
     from aifeedback import evaluate, generate, score, train
+    from aifeedback.dist import process_state
     from aifeedback.io import atomic_write_text
     from aifeedback.models import resolve_model
 
-    # As in `aif generate`: on a host without a GPU, processes started by `accelerate launch` join as CPU (gloo).
-    if PartialState(cpu=generate.resolve_device("auto") == "cpu").num_processes > 1:
-        # `aif train` ends its accelerate run (and the process group with it), so later stages in the same
-        # processes could not synchronise; the 8 px toy model gains nothing from several processes anyway.
-        raise AifError("aif demo runs in one process: start it without `accelerate launch`. To run the stages on "
-                       "several processes, run the commands in OUT/commands.txt with `accelerate launch -m "
-                       "aifeedback` in place of `aif`.")
+    state = process_state()  # under `accelerate launch`, every stage splits its work across the processes
+    main = state.is_main_process
+    say = print if main else (lambda *a, **k: None)
     start = time.time()
-    path = resolve_model(MODEL)  # built and pretrained on first use, then cached
+    path = resolve_model(MODEL)  # built and pretrained on first use (under a lock), then cached
     took = time.time() - start
-    print(f"[demo] toy model {MODEL}: {path} ({f'built and pretrained in {took:.0f}s' if took > 5 else 'cached'})")
-    write_prompts(cfg)
+    say(f"[demo] toy model {MODEL}: {path} ({f'built and pretrained in {took:.0f}s' if took > 5 else 'cached'})")
     configs = stage_configs(cfg)
-    atomic_write_text(Path(cfg.out) / "commands.txt", "\n".join(command_line(s, c) for s, c in configs.items()) + "\n")
+    if main:
+        write_prompts(cfg)
+        atomic_write_text(Path(cfg.out) / "commands.txt", "\n".join(command_line(s, c) for s, c in configs.items()) + "\n")
+    state.wait_for_everyone()
     stages = {"generate": generate.run, "score": score.run, "train": train.run, "eval": evaluate.run}
     for i, (stage, stage_run) in enumerate(stages.items(), 1):
-        print(f"[demo] {i}/4 {stage} ({time.time() - start:.0f}s): {command_line(stage, configs[stage])}")
-        report = stage_run(configs[stage])  # the last one, eval, returns the report
-    print(summary(report, cfg, Path(cfg.out), time.time() - start))
+        say(f"[demo] {i}/4 {stage} ({time.time() - start:.0f}s): {command_line(stage, configs[stage])}")
+        report = stage_run(configs[stage])  # the last one, eval, returns the report (on the main process)
+    if main:
+        print(summary(report, cfg, Path(cfg.out), time.time() - start))
     return report
 
 

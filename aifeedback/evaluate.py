@@ -78,11 +78,11 @@ def run(cfg: EvalConfig) -> dict[str, Any] | None:
     """Run the eval (or the scorer-accuracy check); return the report on the main process."""
     if cfg.scorer_accuracy:
         return scorer_accuracy(cfg)
-    from accelerate import PartialState
+    from aifeedback.dist import process_state
 
     from aifeedback.report import build_report, example_keys, write_report
 
-    state = PartialState()
+    state = process_state()
     out = Path(cfg.out)
     manifest = prepare_output(out, "eval", to_dict(cfg), identity_dict(cfg), cfg.overwrite,
                               is_main=state.is_main_process)
@@ -98,7 +98,7 @@ def run(cfg: EvalConfig) -> dict[str, Any] | None:
         report = build_report(rows, scores, report_meta(cfg, out), cfg.bootstrap, cfg.seed, cfg.examples,
                               cfg.sample_prompts)
         write_report(out, report, read_images(out, example_keys(report)), cfg.thumb)
-        finish_output(out, manifest, comparisons=len(rows), scorers=list(scores))
+        finish_output(out, manifest, comparisons=len(rows), scorers=list(scores), processes=state.num_processes)
         _print_summary(report, out)
     state.wait_for_everyone()
     return report
@@ -125,7 +125,7 @@ def generate_config(cfg: EvalConfig, side: str, out: Path):
 
 def generate_both(cfg: EvalConfig, out: Path) -> None:
     """Generate (or resume) OUT/base and OUT/tuned; every process takes part, as in `aif generate`."""
-    from accelerate import PartialState
+    from aifeedback.dist import process_state
 
     from aifeedback import generate
 
@@ -133,7 +133,7 @@ def generate_both(cfg: EvalConfig, out: Path) -> None:
         generate.run(generate_config(cfg, side, out))
         gc.collect()
         _empty_cache()
-    PartialState().wait_for_everyone()
+    process_state().wait_for_everyone()
 
 
 def twin_rows(base_dir: Path, tuned_dir: Path) -> list[dict[str, Any]]:
@@ -208,13 +208,13 @@ def score_twins(cfg: EvalConfig, rows: list[dict[str, Any]]) -> dict[str, tuple[
     Base and tuned images go through each scorer in separate, identically shaped batches, so identical twins get
     bit-identical scores (a tie) whatever the scorer's batching numerics.
     """
-    from accelerate import PartialState
+    from aifeedback.dist import process_state
     from accelerate.utils import gather_object
     from tqdm.auto import tqdm
 
     from aifeedback.scorers import load_scorer
 
-    state = PartialState()
+    state = process_state()
     scorers = [load_scorer(spec, device=_device(cfg, state), dtype=cfg.scorer_dtype) for spec in cfg.scorers]
     batches = [list(range(i, min(i + cfg.scorer_batch_size, len(rows))))
                for i in range(0, len(rows), cfg.scorer_batch_size)]
@@ -341,14 +341,14 @@ def _pair_rows(source: str, split: str | None) -> Iterator[dict[str, Any]]:
 
 def scorer_accuracy(cfg: EvalConfig) -> dict[str, Any] | None:
     """Accuracy of each scorer against the human labels of cfg.scorer_accuracy; writes accuracy.json / .md."""
-    from accelerate import PartialState
+    from aifeedback.dist import process_state
     from accelerate.utils import gather_object
     from tqdm.auto import tqdm
 
     from aifeedback.scorers import load_scorer
     from aifeedback.winrate import preference_accuracy
 
-    state = PartialState()
+    state = process_state()
     out = Path(cfg.out)
     prepare_output(out, "eval", to_dict(cfg), identity_dict(cfg), cfg.overwrite, is_main=state.is_main_process)
     scorers = [load_scorer(spec, device=_device(cfg, state), dtype=cfg.scorer_dtype) for spec in cfg.scorers]

@@ -90,7 +90,7 @@ def run(cfg: GenerateConfig) -> Path:
     check_available(cfg.model)  # a misspelt model fails now, not after torch and diffusers are imported
 
     import pyarrow.parquet as pq
-    from accelerate import PartialState
+    from aifeedback.dist import process_state
     from tqdm.auto import tqdm
 
     from aifeedback import io
@@ -98,7 +98,7 @@ def run(cfg: GenerateConfig) -> Path:
     from aifeedback.sampling import default_guidance, default_size, encode_image, image_seed, optimize_pipeline, render
 
     device = resolve_device(cfg.device)
-    state = PartialState(cpu=device == "cpu")  # under `accelerate launch`: rank, world size and this rank's GPU
+    state = process_state()  # under `accelerate launch`: rank, world size and this rank's GPU
     if cfg.device == "auto" and state.num_processes > 1:
         device = str(state.device)
     dtype = cfg.dtype if cfg.dtype != "auto" else ("float16" if device.startswith("cuda") else "float32")
@@ -153,5 +153,6 @@ def run(cfg: GenerateConfig) -> Path:
         files = io.shard_files(out)
         manifest = dict(manifest, resolved=dict(width=width, height=height, guidance=guidance, scheduler=scheduler))
         io.finish_output(out, manifest, prompts=len(prompts), images=sum(pq.read_metadata(f).num_rows for f in files),
-                         shards=len(files), images_per_prompt=cfg.images_per_prompt)
+                         shards=len(files), images_per_prompt=cfg.images_per_prompt, processes=state.num_processes)
+    state.wait_for_everyone()  # a stage run next in these processes must see the finished manifest
     return out

@@ -52,7 +52,7 @@ class SampleConfig:
 
 def run(cfg: SampleConfig) -> list[Path]:
     """Render the prompts into cfg.out; return the image paths (all of them, in prompt order)."""
-    from accelerate import PartialState
+    from aifeedback.dist import process_state
     from tqdm.auto import tqdm
 
     from aifeedback.generate import resolve_device
@@ -64,7 +64,7 @@ def run(cfg: SampleConfig) -> list[Path]:
 
     prompts = load_prompts(cfg.prompts, cfg.prompt_column, cfg.split, cfg.limit)
     device = resolve_device(cfg.device)
-    state = PartialState(cpu=device == "cpu")
+    state = process_state()
     if cfg.device == "auto" and state.num_processes > 1:
         device = str(state.device)
     out = Path(cfg.out)

@@ -77,13 +77,13 @@ def ensemble_weights(cfg: ScoreConfig) -> list[float]:
 
 def run(cfg: ScoreConfig) -> dict[str, Any]:
     """Score the input, write the pairs dataset, and return the summary (also saved as OUT/summary.json)."""
-    from accelerate import PartialState
+    from aifeedback.dist import process_state
 
     from aifeedback import io
     from aifeedback.config import identity_dict, save_config, to_dict
     from aifeedback.score_data import open_input
 
-    state = PartialState()
+    state = process_state()
     inp = open_input(cfg.input, cfg.split, cfg.limit)
     if inp.kind == "pairs" and cfg.pairing != "best-worst":
         raise AifError(
@@ -119,8 +119,9 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
     summary = score_pairs.summarize(cfg, inp, table, combined)
     if state.is_main_process:
         io.write_json(out / "summary.json", summary)
-        io.finish_output(out, manifest, **summary["counts"])
+        io.finish_output(out, manifest, **summary["counts"], processes=state.num_processes)
         print(score_pairs.format_summary(summary, out))
+    state.wait_for_everyone()  # a stage run next in these processes must see the finished manifest
     return summary
 
 

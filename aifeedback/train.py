@@ -343,8 +343,13 @@ def run(cfg: TrainConfig) -> Path:
 
     if main:
         finish_output(out, read_json(out / "manifest.json"), steps=step, pairs=stats.kept, rows=stats.rows,
-                      ties_dropped=stats.ties, bad_labels=stats.bad_labels, bad_images=state["bad_images"])
-    accelerator.end_training()
+                      ties_dropped=stats.ties, bad_labels=stats.bad_labels, bad_images=state["bad_images"],
+                      processes=world)
+    # Close the trackers but keep the process group (end_training() would destroy it), so a stage run next in
+    # these processes (eval after train in `aif demo`, a notebook) still works.
+    for tracker in accelerator.trackers:
+        tracker.finish()
+    accelerator.wait_for_everyone()
     return out
 
 

@@ -19,6 +19,7 @@ from aifeedback.errors import DataError
 from aifeedback.evaluate import EvalConfig, preference_pairs, run
 from aifeedback.io import OutputConflictError, shard_files
 from tests.test_sample import perturbed_unet
+from tests.launch import accelerate_launch
 
 ROOT = Path(__file__).resolve().parents[1]
 SCORERS = "redness,pickscore:tiny,clip:tiny"
@@ -142,14 +143,14 @@ def test_eval_under_accelerate_launch_matches_one_process(tmp_path, tiny_sd15):
     tuned = perturbed_unet(tiny_sd15, tmp_path / "tuned_unet")
     one = run(_cfg(tmp_path / "one", tiny_sd15, tuned, batch_size=1))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "-m", "aifeedback",
-           "eval", "--base", str(tiny_sd15), "--tuned", str(tuned), "--prompts", "parti", "--limit", "3",
+    cmd = [*accelerate_launch(2), "eval", "--base", str(tiny_sd15), "--tuned", str(tuned), "--prompts", "parti", "--limit", "3",
            "--seeds-per-prompt", "2", "--steps", "2", "--resolution", "16", "--scorers", SCORERS,
            "--scorer-batch-size", "2", "--batch-size", "1", "--bootstrap", "500", "--examples", "2",
            "--sample-prompts", "2", "--thumb", "32", "--out", str(tmp_path / "two")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = json.loads((tmp_path / "two" / "report.json").read_text())
+    assert json.loads((tmp_path / "two" / "manifest.json").read_text())["counts"]["processes"] == 2
     for name, s in one["scorers"].items():
         for key in ("win_rate", "ci_low", "ci_high", "n", "wins", "ties", "losses"):
             assert two["scorers"][name][key] == s[key], (name, key)

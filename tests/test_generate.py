@@ -4,7 +4,6 @@ import io as _io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from aifeedback.generate import ROW_FIELDS, GenerateConfig, run
 from aifeedback.io import OutputConflictError
 from aifeedback.prompts import prompt_id
 from aifeedback.sampling import image_seed
+from tests.launch import accelerate_launch
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["a red cat", "a blue dog", "a green tree", "", "a red cat", "a yellow car", "an old boat"]
@@ -181,17 +181,9 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(tiny_sdxl, tmp_path):
     assert not list((killed / "data").glob(".*"))  # no temporary files left behind
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_split_the_work_and_match_one(baseline, prompt_file, tmp_path):
     out = tmp_path / "two"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(free_port()), "-m", "aifeedback", "generate", "--model", "tiny-sdxl",
+    cmd = [*accelerate_launch(2), "generate", "--model", "tiny-sdxl",
            "--prompts", str(prompt_file), "--out", str(out), "--save-latents", "--device", "cpu",
            *[x for k, v in FAST.items() for x in (f"--{k.replace('_', '-')}", str(v))]]
     result = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=180)
@@ -199,6 +191,7 @@ def test_two_processes_split_the_work_and_match_one(baseline, prompt_file, tmp_p
     assert io.read_rows(out) == io.read_rows(baseline)
     manifest = io.read_manifest(out, "generate")
     assert manifest["complete"] and manifest["counts"]["images"] == 10 and manifest["counts"]["shards"] == 3
+    assert manifest["counts"]["processes"] == 2
 
 
 def test_unknown_model_fails_fast_and_plainly(prompt_file, tmp_path):

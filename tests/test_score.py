@@ -2,6 +2,7 @@
 bad inputs, resume after a crash, output conflicts, multi-process, and the dataset `datasets` reads back."""
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from aifeedback.config import build_config
 from aifeedback.errors import AifError, DataError
 from aifeedback.io import OutputConflictError
 from aifeedback.score import ScoreConfig, run
+from tests.launch import accelerate_launch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -332,8 +334,7 @@ def test_worker_processes_and_two_process_accelerate_launch_match_one_process(tm
     one, two = tmp_path / "one", tmp_path / "two"
     run(cfg(input=str(gen), out=str(one), scorer="redness,saturation", shard_size=2, workers=2))
     r = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "--cpu", "-m", "aifeedback", "score",
+        [*accelerate_launch(2), "score",
          "--input", str(gen), "--out", str(two), "--scorer", "redness,saturation", "--shard-size", "2",
          "--workers", "0", "--no-progress"],
         env=_env(), capture_output=True, text=True, timeout=300,
@@ -342,6 +343,7 @@ def test_worker_processes_and_two_process_accelerate_launch_match_one_process(tm
     assert "pairs kept 5" in r.stdout and r.stdout.count("aif score:") == 1  # rank 0 reports
     assert len(parquet_files(one)) == 6
     same_files(one, two)
+    assert json.loads((two / "manifest.json").read_text())["counts"]["processes"] == 2
 
 
 def test_cli_reports_a_bad_scorer_without_traceback(tmp_path):

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from aifeedback.errors import AifError, DataError
+from tests.launch import accelerate_launch
 from tests.pairs_fixtures import pickapic_rows, read_metrics, tiny_train, write_pickapic, write_score_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,16 +136,7 @@ def test_sigkill_and_resume_equals_uninterrupted(human, tmp_path):
 
 def test_two_process_accelerate_launch(human, tmp_path):
     out = tmp_path / "ddp"
-    import socket
-
-    with socket.socket() as s:  # a free port, so parallel test runs do not collide on 29500
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    # `--cpu` alone starts one process (it needs mpirun for more); torchrun-based `--multi_gpu` on a GPU-less host
-    # runs N CPU processes over gloo.
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
-           "-m", "aifeedback",
+    cmd = [*accelerate_launch(2),
            "train", "--dataset", str(human), "--model", "tiny-sd15", "--resolution", "16", "--batch-size", "1",
            "--max-steps", "2", "--checkpoint-every", "2", "--validation-every", "0", "--num-workers", "0",
            "--trackers", "none", "--out", str(out)]
