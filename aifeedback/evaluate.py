@@ -21,7 +21,7 @@ from typing import Any, Iterator, Optional
 
 from aifeedback.config import build_config, identity_dict, option, save_config, to_dict
 from aifeedback.errors import DataError
-from aifeedback.io import atomic_write_text, finish_output, prepare_output, read_json, shard_files, write_json
+from aifeedback.io import atomic_write_text, finish_output, prepare_output_synced, read_json, shard_files, write_json
 from aifeedback.models import DTYPES, SCHEDULERS
 
 # The paper's Table 2: agreement with human labels on Pick-a-Pic v2 validation (non-tie pairs), in %.
@@ -84,11 +84,9 @@ def run(cfg: EvalConfig) -> dict[str, Any] | None:
 
     state = process_state()
     out = Path(cfg.out)
-    manifest = prepare_output(out, "eval", to_dict(cfg), identity_dict(cfg), cfg.overwrite,
-                              is_main=state.is_main_process)
+    manifest = prepare_output_synced(state, out, "eval", to_dict(cfg), identity_dict(cfg), cfg.overwrite)
     if state.is_main_process:
         save_config(cfg, out / "config.yaml")
-    state.wait_for_everyone()
 
     generate_both(cfg, out)
     rows = twin_rows(out / "base", out / "tuned")
@@ -350,7 +348,7 @@ def scorer_accuracy(cfg: EvalConfig) -> dict[str, Any] | None:
 
     state = process_state()
     out = Path(cfg.out)
-    prepare_output(out, "eval", to_dict(cfg), identity_dict(cfg), cfg.overwrite, is_main=state.is_main_process)
+    prepare_output_synced(state, out, "eval", to_dict(cfg), identity_dict(cfg), cfg.overwrite)
     scorers = [load_scorer(spec, device=_device(cfg, state), dtype=cfg.scorer_dtype) for spec in cfg.scorers]
     mine: list[tuple[int, float, list[tuple[float, float]]]] = []
     batch: list[tuple[int, dict[str, Any]]] = []

@@ -198,6 +198,20 @@ def prepare_output(
     return manifest
 
 
+def prepare_output_synced(state: Any, out_dir: str | Path, stage: str, config: dict[str, Any],
+                          identity: dict[str, Any], overwrite: bool = False,
+                          inputs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """prepare_output for every process of a run (`state` is accelerate's PartialState).
+
+    The main process checks and writes first; the others read its manifest after a barrier. Checking at the same
+    time would race: another process could see the directory half-prepared and refuse it as a foreign one.
+    """
+    if state.is_main_process:
+        prepare_output(out_dir, stage, config, identity, overwrite, inputs, is_main=True)
+    state.wait_for_everyone()
+    return read_json(Path(out_dir) / MANIFEST)
+
+
 def finish_output(out_dir: str | Path, manifest: dict[str, Any], **counts: Any) -> dict[str, Any]:
     """Mark an output complete and record its counts."""
     manifest = dict(manifest, complete=True, counts=counts)

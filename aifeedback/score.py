@@ -94,11 +94,9 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
     identity, inputs = identity_dict(cfg), inp.fingerprint
     if state.is_main_process:
         _clear_replaced_scores(out, identity, inputs, cfg.overwrite)
-        manifest = io.prepare_output(out, "score", to_dict(cfg), identity, cfg.overwrite, inputs, is_main=True)
+    manifest = io.prepare_output_synced(state, out, "score", to_dict(cfg), identity, cfg.overwrite, inputs)
+    if state.is_main_process:
         save_config(cfg, out / "config.yaml")
-    state.wait_for_everyone()
-    if not state.is_main_process:
-        manifest = io.prepare_output(out, "score", to_dict(cfg), identity, cfg.overwrite, inputs, is_main=False)
 
     shards = io.chunks(inp.units, cfg.shard_size)
     starts = [i * cfg.shard_size for i in range(len(shards))]
