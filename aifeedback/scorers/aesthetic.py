@@ -44,18 +44,9 @@ class Aesthetic(Scorer):
         import torch
 
         from aifeedback.models import torch_dtype
-        from aifeedback.scorers import model_error
-        from aifeedback.tiny import cached_build
 
         self.name, self.device, self.dtype = name, torch.device(device), torch_dtype(dtype)
-        if model == "tiny":
-            arch, pretrained = f"local-dir:{cached_build('scorer-aesthetic-tiny', build_tiny)}", None
-        else:
-            arch, pretrained = openclip.resolve(model, ARCH, TAG)
-        try:
-            net, _ = openclip.create(arch, pretrained)
-        except (OSError, RuntimeError, ValueError) as e:
-            raise model_error(name, pretrained or arch, e) from None
+        net, _ = openclip.load_net(name, model, ARCH, TAG, "scorer-aesthetic-tiny", build_tiny)
         self.model = net.to(self.device, self.dtype)
         self.head = head().to(self.device)  # float32: 1M parameters, no reason to round them
         self.transform = ClipTransform(openclip.image_size(net), "crop", "round")

@@ -19,15 +19,5 @@ def build_tiny(out: Path) -> None:
 
 def load(name: str, model: str | None, device: str, dtype: str) -> openclip.OpenClipCosine:
     """`clip`, `clip:tiny`, `clip:HUB_ID` (open_clip hf-hub repo), `clip:FOLDER`, `clip:CHECKPOINT_FILE`, `clip:TAG`."""
-    from aifeedback.scorers import model_error
-    from aifeedback.tiny import cached_build
-
-    if model == "tiny":
-        arch, pretrained = f"local-dir:{cached_build('scorer-clip-tiny', build_tiny)}", None
-    else:
-        arch, pretrained = openclip.resolve(model, ARCH, TAG)
-    try:
-        net, tokenizer = openclip.create(arch, pretrained)
-    except (OSError, RuntimeError, ValueError) as e:
-        raise model_error(name, pretrained or arch, e) from None
+    net, tokenizer = openclip.load_net(name, model, ARCH, TAG, "scorer-clip-tiny", build_tiny)
     return openclip.OpenClipCosine(name, net, tokenizer, device, dtype)

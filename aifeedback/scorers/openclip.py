@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from aifeedback.scorers.base import ClipTransform, Scorer, normalize, unique_prompts
 
@@ -64,6 +64,22 @@ def resolve(model: str | None, default_arch: str, default_tag: str | None) -> tu
     if "/" in model:
         return f"hf-hub:{model}", None
     return default_arch, model  # an open_clip pretrained tag of the default architecture
+
+
+def load_net(name: str, model: str | None, default_arch: str, default_tag: str | None, tiny_key: str,
+             build_tiny_model: Callable[[Path], None]):
+    """(model, tokenizer) for a scorer spec's MODEL part: `tiny`, hub id, folder, checkpoint file or pretrained tag."""
+    from aifeedback.scorers import model_error
+    from aifeedback.tiny import cached_build
+
+    if model == "tiny":
+        arch, pretrained = f"local-dir:{cached_build(tiny_key, build_tiny_model)}", None
+    else:
+        arch, pretrained = resolve(model, default_arch, default_tag)
+    try:
+        return create(arch, pretrained)
+    except (OSError, RuntimeError, ValueError) as e:
+        raise model_error(name, pretrained or arch, e) from None
 
 
 class OpenClipCosine(Scorer):
