@@ -71,7 +71,7 @@ def run(cfg: ExportConfig) -> Path:
         else:
             from diffusers import UNet2DConditionModel
 
-            unet = UNet2DConditionModel.from_pretrained(ckpt, subfolder="unet", torch_dtype=dtype)
+            unet = UNet2DConditionModel.from_pretrained(ckpt, subfolder="unet", dtype=dtype)
             unet.save_pretrained(tmp / "unet", safe_serialization=True)
         if out.exists():
             shutil.rmtree(out)

@@ -107,10 +107,10 @@ def load_pipeline(name: str, dtype: str = "float32", device: str = "cpu", vae: s
 
     td = torch_dtype(dtype)
     path = resolve_model(name)
-    kwargs: dict[str, Any] = {"torch_dtype": td}
+    kwargs: dict[str, Any] = {"dtype": td}
     if vae:
         try:
-            kwargs["vae"] = AutoencoderKL.from_pretrained(resolve_model(vae), torch_dtype=td)
+            kwargs["vae"] = AutoencoderKL.from_pretrained(resolve_model(vae), dtype=td)
         except (OSError, ValueError, EnvironmentError) as e:
             raise _load_error(vae, "VAE", e) from None
     if kind == "unet":  # load the tuned UNet instead of (not after) the base one: SDXL's is 5 GB in fp16
@@ -216,8 +216,8 @@ def _load_tuned_unet(where: str, td: Any) -> Any:
     local = Path(where).exists()
     try:
         if local:
-            return UNet2DConditionModel.from_pretrained(where, torch_dtype=td)
-        return UNet2DConditionModel.from_pretrained(where, subfolder="unet", torch_dtype=td)
+            return UNet2DConditionModel.from_pretrained(where, dtype=td)
+        return UNet2DConditionModel.from_pretrained(where, subfolder="unet", dtype=td)
     except (OSError, ValueError, EnvironmentError) as e:
         raise _load_error(where, "tuned UNet", e) from None
 
