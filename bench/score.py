@@ -98,6 +98,9 @@ def main() -> None:
     n = args.images or (256 if args.tiny else 8192)
     bs = args.batch_size or (32 if args.tiny else 256)
     workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
+    if n <= args.warmup * bs:
+        ap.error(f"--images {n} leaves nothing to time after {args.warmup} warm-up batches of {bs}; "
+                 f"use more images, a smaller --batch-size or --warmup")
     spec = f"{args.scorer}:tiny" if args.tiny else (f"pickscore:{random_pickscore(dtype)}" if args.random_weights else args.scorer)
     scorer = load_scorer(spec, device, dtype)
 

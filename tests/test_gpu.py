@@ -1,0 +1,55 @@
+"""The stages on a CUDA device in half precision (opt-in: `pytest -m gpu`; skipped without a GPU)."""
+
+import math
+
+import pytest
+import torch
+
+from tests.pairs_fixtures import pickapic_rows, read_metrics, tiny_train, write_pickapic
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+def test_generate_fp16_on_gpu(tmp_path, tiny_sdxl):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from aifeedback.config import build_config
+    from aifeedback.generate import GenerateConfig, run
+    from aifeedback.io import read_rows
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red cube\na blue ball\n")
+    out = run(build_config(GenerateConfig, dict(model="tiny-sdxl", prompts=str(prompts), images_per_prompt=2, steps=2,
+                                                resolution=32, device="cuda", dtype="float16", out=str(tmp_path / "g"))))
+    rows = read_rows(out)
+    assert len(rows) == 4
+    for r in rows:
+        pixels = np.asarray(Image.open(io.BytesIO(r["image"])))
+        assert np.isfinite(pixels).all() and pixels.std() > 0  # fp16 did not produce NaN / flat images
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_lora_dpo_mixed_precision_on_gpu(tmp_path, tiny_sd15, precision):
+    from aifeedback.train import run
+
+    data = write_pickapic(tmp_path / "pairs", pickapic_rows(8))
+    out = tmp_path / "run"
+    run(tiny_train(data, out, lora_rank=4, mixed_precision=precision, max_steps=3, checkpoint_every=3))
+    metrics = read_metrics(out)
+    assert abs(metrics[0]["loss"] - math.log(2)) < 1e-6  # LoRA: the reference is the same weights, exact at step 0
+    assert all(math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"]) for m in metrics)
+
+
+def test_scorer_bf16_on_gpu_matches_cpu():
+    from PIL import Image
+
+    from aifeedback.scorers import load_scorer
+
+    images = [Image.new("RGB", (64, 48), c) for c in ((200, 30, 30), (30, 200, 30), (30, 30, 200))]
+    prompts = ["a red square", "a green square", "a blue square"]
+    cpu = load_scorer("pickscore:tiny", device="cpu", dtype="float32").score(images, prompts)
+    gpu = load_scorer("pickscore:tiny", device="cuda", dtype="bfloat16").score(images, prompts)
+    assert gpu == pytest.approx(cpu, abs=0.05 * max(1.0, max(abs(c) for c in cpu)))
