@@ -70,9 +70,8 @@ def make_command(stage: str, cls: type, run: Callable[[Any], Any]) -> Callable[.
         "recipe", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str],
         default=typer.Option(None, "--recipe", help="YAML recipe file or shipped recipe name (see `aif recipes`); flags override it."),
     )
-    params = [_param(f, tp) for f, tp in fields(cls)]
-    positional = [p for p in params if p.default.__class__.__name__ == "ArgumentInfo"]
-    others = [p for p in params if p not in positional]
+    positional = [_param(f, tp) for f, tp in fields(cls) if f.metadata.get("positional")]
+    others = [_param(f, tp) for f, tp in fields(cls) if not f.metadata.get("positional")]
 
     def command(**kwargs: Any) -> None:
         recipe_name = kwargs.pop("recipe", None)
