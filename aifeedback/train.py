@@ -162,6 +162,13 @@ def run(cfg: TrainConfig) -> Path:
     else:
         unet.to(device)  # fp32 master weights; autocast runs the forward in the compute dtype
         if needs_ref:
+            if weight_dtype != torch.float32:
+                # Start the policy from exactly the weights the compute-dtype reference holds: layers autocast keeps
+                # in fp32 (norms) would otherwise differ by the rounding, beta amplifies it, and the first loss
+                # would not be ln 2.
+                with torch.no_grad():
+                    for p in unet.parameters():
+                        p.copy_(p.to(weight_dtype).float())
             ref = copy.deepcopy(unet).requires_grad_(False).to(weight_dtype)
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
@@ -223,8 +230,11 @@ def run(cfg: TrainConfig) -> Path:
     # ---- 4. Resume ------------------------------------------------------------------------------------------
     state = {"step": 0, "bad_images": 0}
     if resume_from is not None:
-        accelerator.load_state(str(resume_from))
         state = read_json(resume_from / ck.STATE_FILE)
+        if state.get("processes", world) != world:  # data order and per-process RNG states depend on it
+            raise AifError(f"{resume_from} was written by a run with {state['processes']} processes; resume it with "
+                           f"the same number (this one has {world}), or start a new run with another --out.")
+        accelerator.load_state(str(resume_from))
         say(f"resuming from {resume_from} (step {state['step']})")
     step = state["step"]
     metrics_path = out / "metrics.jsonl"
@@ -253,7 +263,8 @@ def run(cfg: TrainConfig) -> Path:
                 ck.save_lora(model, tmp, fam, state_dict=sd)
             else:
                 model.save_pretrained(tmp / "unet", state_dict=sd, safe_serialization=True)
-            write_json(tmp / ck.STATE_FILE, dict(state, step=step, data_position=step * cfg.grad_accum * cfg.batch_size * world))
+            write_json(tmp / ck.STATE_FILE, dict(state, step=step, processes=world,
+                                                 data_position=step * cfg.grad_accum * cfg.batch_size * world))
             if final.exists():
                 shutil.rmtree(final)
             tmp.rename(final)  # atomic: --resume only ever sees complete checkpoints
@@ -425,7 +436,13 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
     if not path.exists():
         return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+    keep = []
+    for ln in path.read_text().splitlines():
+        try:
+            if json.loads(ln)["step"] <= step:
+                keep.append(ln)
+        except (ValueError, KeyError, TypeError):  # a line torn by a kill mid-write: it was never checkpointed
+            continue
     atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
 

@@ -67,6 +67,25 @@ def test_sdxl_lora_on_human_pairs_first_loss_is_ln2(human, tmp_path):
     assert not (out / "checkpoints" / "checkpoint-000002" / "unet").exists()
 
 
+def test_full_finetune_in_bf16_starts_at_ln2_with_nontrivial_weights(human, tmp_path, tiny_sd15):
+    """The reference is a bf16 copy; the policy keeps fp32 master weights. Unless the policy starts from exactly the
+    reference's (rounded) weights, layers that autocast runs in fp32 (norms) differ and beta amplifies it. The tiny
+    model's norm weights are exactly 1 and 0 (exact in bf16), so perturb every weight first."""
+    from diffusers import DiffusionPipeline
+
+    from aifeedback.train import run
+
+    pipe = DiffusionPipeline.from_pretrained(tiny_sd15)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in pipe.unet.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=g))
+    pipe.save_pretrained(tmp_path / "model")
+    out = run(tiny_train(human, tmp_path / "run", model=str(tmp_path / "model"), mixed_precision="bf16", max_steps=1,
+                         checkpoint_every=1))
+    assert abs(read_metrics(out)[0]["loss"] - math.log(2)) < 1e-6
+
+
 @pytest.mark.parametrize("model,rank,lr", [("tiny-sd15", 0, 1e-4), ("tiny-sdxl", 4, 1e-3)])
 def test_short_run_lowers_loss_and_raises_accuracy_on_fixed_set(ai_latents, tmp_path, model, rank, lr):
     from aifeedback.train import run
@@ -274,3 +293,22 @@ def test_targets_follow_the_prediction_type(tiny_sd15):
     assert torch.allclose(training_target(v, lat, noise, t), a * noise - s * lat, atol=1e-6)
     with pytest.raises(ValueError, match="prediction_type"):
         training_target(DDPMScheduler(prediction_type="sample"), lat, noise, t)
+
+
+def test_resume_refuses_another_process_count_and_tolerates_a_torn_metrics_line(human, tmp_path):
+    import json
+
+    from aifeedback.train import run
+
+    out = run(tiny_train(human, tmp_path / "run", max_steps=1, checkpoint_every=1))
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"step": 2, "loss": 0.6')  # a kill in the middle of writing step 2's line
+    state_file = out / "checkpoints" / "checkpoint-000001" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    assert state["processes"] == 1
+    state_file.write_text(json.dumps(dict(state, processes=2)))
+    with pytest.raises(AifError, match="2 processes"):
+        run(tiny_train(human, out, max_steps=2, checkpoint_every=1))
+    state_file.write_text(json.dumps(state))
+    run(tiny_train(human, out, max_steps=2, checkpoint_every=1))
+    assert [r["step"] for r in read_metrics(out)] == [1, 2]
