@@ -88,7 +88,7 @@ def open_table(data: str, dataset: str, split: str, streaming: bool = False) -> 
             read_manifest(path, "score")  # an `aif score` output: refuse anything else with a clear message
             files = [str(p) for p in shard_files(path)]
             if not files:
-                raise DataError(f"{path} has no data/part-*.parquet shards: the `aif score` run did not finish; rerun it")
+                raise DataError(f"{path} has no data/train-*.parquet shards: the `aif score` run did not finish; rerun it")
             ds = datasets.load_dataset("parquet", data_files=files, split="train", streaming=streaming)
         elif path.is_dir():
             ds = _open_local(path, split, streaming)
@@ -237,11 +237,25 @@ def decode_image(value: Any) -> Any:
     return img.convert("RGB")
 
 
-def stored_latent_shape(ds: Any, pairs: list[tuple[int, int]], expected: tuple[int, ...]) -> tuple[tuple[int, ...] | None, str]:
-    """expected if every kept row stores latents of that shape (so the VAE encoder can be skipped), else None and
-    why not."""
+def latent_source(dataset: str) -> dict[str, Any] | None:
+    """The model and VAE that made an `aif score` output's stored latents (recorded from the generate manifest)."""
+    from aifeedback.io import MANIFEST, read_json
+
+    path = Path(dataset) / MANIFEST
+    return read_json(path).get("inputs", {}).get("latents_from") if path.exists() else None
+
+
+def stored_latent_shape(ds: Any, pairs: list[tuple[int, int]], expected: tuple[int, ...],
+                        made_by: dict[str, Any] | None = None,
+                        model: dict[str, Any] | None = None) -> tuple[tuple[int, ...] | None, str]:
+    """expected if every kept row stores latents of that shape, made by this model and VAE (so the VAE encoder can
+    be skipped), else None and why not. made_by / model: {"model": ..., "vae": ...} of the latents / of training."""
     if not all(c in ds.column_names for c in LATENT_COLUMNS):
         return None, "the dataset stores no latents (generate with --save-latents to skip the VAE encoder)"
+    if made_by is not None and model is not None and made_by != model:
+        # Same shape is not enough: SDXL and SD1.5 latents at 512 px are both 4x64x64, in different spaces.
+        return None, (f"the stored latents were made by model {made_by['model']} (vae {made_by.get('vae')}), training "
+                      f"uses {model['model']} (vae {model.get('vae')}); encoding the images with the VAE instead")
     shapes = ds.select_columns(["latent_shape"]).to_dict()["latent_shape"]
     for row, _ in pairs:
         if shapes[row] is None or tuple(shapes[row]) != tuple(expected):

@@ -236,8 +236,11 @@ def _generate_input(path: Path, limit: int | None) -> Input:
         u.meta["k"] = [u.meta["k"][t] for t in order]
         u.meta["seed"] = [u.meta["seed"][t] for t in order]
     units = units[:limit] if limit else units
+    has_latents = "latent" in names and "latent_shape" in names
     fp = {"generate": str(path.resolve()), "fingerprint": manifest.get("fingerprint"), "rows": len(rows)}
-    return Input("generate", rows, units, bad, fp, has_latents="latent" in names and "latent_shape" in names)
+    if has_latents:  # which latent space they live in, so training can tell whether it may use them
+        fp["latents_from"] = {"model": manifest["config"].get("model"), "vae": manifest["config"].get("vae")}
+    return Input("generate", rows, units, bad, fp, has_latents=has_latents)
 
 
 def _pairs_input(rows, limit: int | None, fp: dict[str, Any]) -> Input:

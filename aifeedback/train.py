@@ -220,7 +220,8 @@ def run(cfg: TrainConfig) -> Path:
         if not pairs:
             raise D.no_pairs_error(cfg.dataset, stats)
         f = vae_factor(vae.config)
-        latent_shape, why = D.stored_latent_shape(table, pairs, (unet_config(unet, accelerator).in_channels, res // f, res // f))
+        latent_shape, why = D.stored_latent_shape(table, pairs, (unet_config(unet, accelerator).in_channels, res // f, res // f),
+                                                  D.latent_source(cfg.dataset), {"model": cfg.model, "vae": cfg.vae})
         if any(c in table.column_names for c in D.LATENT_COLUMNS):
             say(why)
         transform.latent_shape = latent_shape

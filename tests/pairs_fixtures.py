@@ -48,7 +48,7 @@ def write_pickapic(folder: Path, rows: list[dict], split: str = "train") -> Path
 
 
 def write_score_dir(folder: Path, rows: list[dict], latent_shape: list[int] | None = None) -> Path:
-    """A minimal `aif score` output: manifest.json (stage score) + data/part-00000.parquet, optional latents."""
+    """A minimal `aif score` output: manifest.json (stage score) + data/train-00000.parquet, optional latents."""
     import torch
 
     from aifeedback.io import latent_to_bytes, write_shard

@@ -134,6 +134,7 @@ def test_generate_to_pairs_best_worst_with_pickscore_tiny(tmp_path):
     manifest = aio.read_manifest(out, "score")
     assert manifest["complete"] and manifest["counts"]["pairs"] == 4
     assert (out / "summary.json").exists() and (out / "config.yaml").exists()
+    assert manifest["inputs"]["latents_from"] == {"model": "tiny-sd15", "vae": None}  # training checks it
 
 
 @pytest.mark.parametrize("pairing,per_prompt", [("all", 6), ("adjacent", 3), ("random", 2)])

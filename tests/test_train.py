@@ -106,6 +106,10 @@ def test_stored_latents_used_only_when_shapes_match(ai_latents):
     assert D.stored_latent_shape(table, pairs, (4, 8, 8))[0] == (4, 8, 8)
     shape, why = D.stored_latent_shape(table, pairs, (4, 16, 16))
     assert shape is None and "VAE" in why
+    made_by = {"model": "tiny-sdxl", "vae": None}
+    assert D.stored_latent_shape(table, pairs, (4, 8, 8), made_by, dict(made_by))[0] == (4, 8, 8)
+    shape, why = D.stored_latent_shape(table, pairs, (4, 8, 8), made_by, {"model": "tiny-sd15", "vae": None})
+    assert shape is None and "made by model tiny-sdxl" in why  # same shape, another model's latent space
 
 
 def test_resume_equals_uninterrupted_in_process(human, tmp_path):
