@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import importlib.util
 import inspect
 import os
 import sys
@@ -87,8 +86,6 @@ def make_command(stage: str, cls: type, run: Callable[[Any], Any]) -> Callable[.
 
 def _register_stages() -> None:
     for stage, (module, cls_name, help_text) in STAGE_COMMANDS.items():
-        if importlib.util.find_spec(module) is None:
-            continue
         mod = importlib.import_module(module)
         cls = getattr(mod, cls_name)
         app.command(stage, help=help_text)(make_command(stage, cls, mod.run))
@@ -105,12 +102,11 @@ def models_cmd() -> None:
     typer.echo("Real models (hub ids; any other diffusers SDXL / SD1.5 id or local folder works too):")
     for name, desc in KNOWN_MODELS.items():
         typer.echo(f"  {name:<44} {desc}")
-    if importlib.util.find_spec("aifeedback.scorers") is not None:
-        from aifeedback.scorers import list_scorers
+    from aifeedback.scorers import list_scorers
 
-        typer.echo("Scorers (--scorer NAME or NAME:MODEL, e.g. pickscore:tiny):")
-        for name, desc in list_scorers().items():
-            typer.echo(f"  {name:<44} {desc}")
+    typer.echo("Scorers (--scorer NAME or NAME:MODEL, e.g. pickscore:tiny):")
+    for name, desc in list_scorers().items():
+        typer.echo(f"  {name:<44} {desc}")
 
 
 @app.command("recipes")

@@ -179,7 +179,9 @@ class Transform:
     def __call__(self, row: dict[str, Any], winner: int, rng: Any) -> dict[str, Any]:
         import torch
 
-        caption = row["caption"] if isinstance(row["caption"], str) else ""
+        caption = row["caption"]
+        if not isinstance(caption, str):  # reported with the row and replaced, like a corrupt image
+            raise ValueError(f"caption is {type(caption).__name__}, not text")
         # Draw every random number up front, in a fixed order, so the stream does not depend on the branch taken.
         drop, u, v, flip = rng.random(), rng.random(), rng.random(), rng.random()
         if drop < self.caption_dropout:

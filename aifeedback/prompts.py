@@ -74,15 +74,17 @@ def load_prompts(source: str, column: str | None = None, split: str | None = Non
 
 def _collect(rows: Iterable[tuple[str, dict]], limit: int | None, dedupe: bool) -> list[Prompt]:
     out: list[Prompt] = []
-    seen: set[str] = set()
+    counts: dict[str, int] = {}
     for text, meta in rows:
         text = (text or "").strip()
         if not text:
             continue
         pid = prompt_id(text)
-        if dedupe and pid in seen:
-            continue
-        seen.add(pid)
+        repeats = counts[pid] = counts.get(pid, 0) + 1
+        if repeats > 1:
+            if dedupe:
+                continue
+            pid = f"{pid}-{repeats - 1}"  # a kept repeat needs its own id, or it would get the same seeds and images
         out.append(Prompt(pid, text, meta))
         if limit is not None and len(out) >= limit:
             break  # stop reading: a streamed dataset may be huge

@@ -321,7 +321,7 @@ class ShardImages(torch.utils.data.IterableDataset):
             except ValueError as e:
                 errors.append(str(e))
                 continue
-            except Exception as e:  # a transform choking on an odd image must not kill the run
+            except (OSError, RuntimeError) as e:  # a transform choking on an odd image must not kill the run
                 errors.append(f"cannot preprocess image: {type(e).__name__}: {e}")
                 continue
             errors.append(None)

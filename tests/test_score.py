@@ -226,7 +226,7 @@ def test_crash_and_rerun_gives_identical_output(tmp_path, monkeypatch):
     calls = []
 
     def dying(out_dir, i, rows, schema=None):
-        if len(calls) == 2:  # two of the three score shards written, then the process "dies"
+        if len(calls) == 2:  # two of the three pair shards (phase 2) written, then the process "dies"
             raise KeyboardInterrupt
         calls.append(i)
         return real(out_dir, i, rows, schema=schema)
