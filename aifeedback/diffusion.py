@@ -65,8 +65,13 @@ def encode_images(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
     Uses a sample of the posterior (as the diffusers and Diffusion-DPO training scripts do); the sample draws from
     the global torch RNG, which checkpoints save, so resumes stay exact.
     """
-    latents = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist.sample()
-    return latents.float() * vae.config.scaling_factor
+    latents = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist.sample().float()
+    # The inverse of sampling.decode_latents: VAEs that declare per-channel latent statistics are normalised by them.
+    mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
+    if mean is not None and std is not None:
+        shape = (1, latents.shape[1], 1, 1)
+        return (latents - torch.tensor(mean).view(shape).to(latents)) * vae.config.scaling_factor / torch.tensor(std).view(shape).to(latents)
+    return latents * vae.config.scaling_factor
 
 
 def noise_scheduler(pipe: Any) -> Any:
