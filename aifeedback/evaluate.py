@@ -292,11 +292,14 @@ def preference_pairs(source: str, split: str | None = None, limit: int | None = 
     source: a local Parquet file or directory (an `aif score` output or downloaded Pick-a-Pic shards; `split`
     then keeps files named `SPLIT-*` or under a `SPLIT/` folder), or a hub dataset id (default split validation).
     """
+    from aifeedback.data import winner_of
+
     n = 0
     for row in _pair_rows(source, split):
-        if row.get("has_label") is False or row["label_0"] == row["label_1"]:
-            continue  # unlabeled or a tie: Table 2 counts decisive human votes only
-        yield {"caption": row["caption"], "jpg_0": row["jpg_0"], "jpg_1": row["jpg_1"], "label_0": float(row["label_0"])}
+        winner = winner_of(row["label_0"], row["label_1"])  # the same label rule as training
+        if row.get("has_label") is False or winner not in (0, 1):
+            continue  # unlabeled, a tie or an unreadable label: Table 2 counts decisive human votes only
+        yield {"caption": row["caption"], "jpg_0": row["jpg_0"], "jpg_1": row["jpg_1"], "label_0": float(winner == 0)}
         n += 1
         if limit is not None and n >= limit:
             return
