@@ -33,12 +33,13 @@ def checkpoint_name(step: int) -> str:
     return f"checkpoint-{step:06d}"
 
 
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first."""
+def list_checkpoints(run_dir: str | Path, require_state: bool = True) -> list[Path]:
+    """Checkpoints of a run, oldest first; require_state=True keeps only those resume can continue from."""
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _NAME.match(p.name)) and (p / STATE_FILE).exists()]
+    found = [(int(m.group(1)), p) for p in root.iterdir()
+             if (m := _NAME.match(p.name)) and p.is_dir() and (not require_state or (p / STATE_FILE).exists())]
     return [p for _, p in sorted(found)]
 
 

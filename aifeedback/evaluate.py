@@ -14,12 +14,12 @@ set (non-tie pairs; the paper's Table 2), so users can pick a scorer before trai
 from __future__ import annotations
 
 import gc
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from aifeedback.config import build_config, identity_dict, option, save_config, to_dict
+from aifeedback.data import decode_image
 from aifeedback.errors import DataError
 from aifeedback.io import atomic_write_text, finish_output, prepare_output_synced, read_json, shard_files, write_json
 from aifeedback.models import DTYPES, SCHEDULERS
@@ -224,8 +224,8 @@ def score_twins(cfg: EvalConfig, rows: list[dict[str, Any]]) -> dict[str, tuple[
         batch = [rows[i] for i in idx]
         pairs = [reader.pair(r) for r in batch]
         texts = [r["prompt"] for r in batch]
-        base_imgs = [_decode(b) for b, _ in pairs]
-        tuned_imgs = [_decode(t) for _, t in pairs]
+        base_imgs = [decode_image(b) for b, _ in pairs]
+        tuned_imgs = [decode_image(t) for _, t in pairs]
         per = [(s.score(base_imgs, texts), s.score(tuned_imgs, texts)) for s in scorers]
         for j, i in enumerate(idx):
             mine.append((i, [float(b[j]) for b, _ in per], [float(t[j]) for _, t in per]))
@@ -240,14 +240,6 @@ def score_twins(cfg: EvalConfig, rows: list[dict[str, Any]]) -> dict[str, tuple[
 
 def _device(cfg: EvalConfig, state) -> str:
     return str(state.device) if cfg.device == "auto" else cfg.device
-
-
-def _decode(data: bytes):
-    from PIL import Image
-
-    img = Image.open(io.BytesIO(data))
-    img.load()
-    return img.convert("RGB")
 
 
 def _empty_cache() -> None:
@@ -358,8 +350,8 @@ def scorer_accuracy(cfg: EvalConfig) -> dict[str, Any] | None:
 
     def flush() -> None:
         texts = [p["caption"] for _, p in batch]
-        im0 = [_decode(p["jpg_0"]) for _, p in batch]
-        im1 = [_decode(p["jpg_1"]) for _, p in batch]
+        im0 = [decode_image(p["jpg_0"]) for _, p in batch]
+        im1 = [decode_image(p["jpg_1"]) for _, p in batch]
         per = [(s.score(im0, texts), s.score(im1, texts)) for s in scorers]
         mine.extend((i, p["label_0"], [(float(a[j]), float(b[j])) for a, b in per]) for j, (i, p) in enumerate(batch))
         batch.clear()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from aifeedback.checkpoints import LORA_FILE
 from aifeedback.errors import AifError
 
 # Real models users commonly pass; listed by `aif models` (any other hub id or local path works too).
@@ -163,20 +164,19 @@ def set_scheduler(pipe: Any, name: str) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # Fine-tuned weights (--tuned): what `aif train` / `aif export` write, or a hub repo such as the paper's DPO UNet.
 
-LORA_FILE = "pytorch_lora_weights.safetensors"
-
-
 class TunedLoadError(ModelLoadError):
     """A --tuned path that holds no LoRA, UNet or checkpoint."""
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path:
     """The highest-numbered `checkpoints/checkpoint-NNNNNN/` of a training run directory."""
-    ckpts = [p for p in (Path(run_dir) / "checkpoints").glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()]
+    from aifeedback.checkpoints import list_checkpoints
+
+    ckpts = list_checkpoints(run_dir, require_state=False)  # a model is enough to sample from
     if not ckpts:
         raise TunedLoadError(f"training run {run_dir} has no checkpoints/checkpoint-NNNNNN/ folder yet. "
                              f"Fix: wait for the first checkpoint, or pass a checkpoint or exported model.")
-    return max(ckpts, key=lambda p: int(p.name[11:]))
+    return ckpts[-1]
 
 
 def resolve_tuned(tuned: str) -> tuple[str, str]:
