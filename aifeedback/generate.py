@@ -15,6 +15,7 @@ from typing import Literal, Optional
 
 from aifeedback.config import option
 from aifeedback.models import DTYPES, SCHEDULERS
+from aifeedback.sampling import COMPILE_MODES
 
 
 @dataclass
@@ -45,6 +46,8 @@ class GenerateConfig:
     batch_size: int = option(4, "images rendered per pipeline call", min=1, identity=False)
     device: str = option("auto", "device: auto (the process's GPU under accelerate, else CPU), cuda, cuda:N, cpu", identity=False)
     compile: bool = option(False, "torch.compile the UNet (worth it for long GPU runs)", identity=False)
+    compile_mode: str = option("max-autotune", "torch.compile mode for --compile (max-autotune tunes kernels for minutes; default compiles faster)",
+                               choices=COMPILE_MODES, identity=False)
     overwrite: bool = option(False, "replace a different job's results in --out instead of refusing", identity=False)
 
     def validate(self) -> list[str]:
@@ -112,7 +115,7 @@ def run(cfg: GenerateConfig) -> Path:
         io.prepare_output(*args, is_main=False)
 
     pipe = load_pipeline(cfg.model, dtype, device, vae=cfg.vae, scheduler=cfg.scheduler, tuned=cfg.tuned)
-    optimize_pipeline(pipe, compile=cfg.compile)
+    optimize_pipeline(pipe, compile=cfg.compile, compile_mode=cfg.compile_mode)
     width = cfg.width or cfg.resolution or default_size(pipe)
     height = cfg.height or cfg.resolution or default_size(pipe)
     guidance = default_guidance(pipe) if cfg.guidance is None else cfg.guidance

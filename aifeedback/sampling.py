@@ -108,7 +108,11 @@ def encode_image(image: Any, fmt: str = "jpeg", quality: int = 95) -> bytes:
     return buf.getvalue()
 
 
-def optimize_pipeline(pipe: Any, channels_last: bool = False, compile: bool = False) -> Any:
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def optimize_pipeline(pipe: Any, channels_last: bool = False, compile: bool = False,
+                      compile_mode: str = "max-autotune") -> Any:
     """Speed options for long GPU runs: channels_last memory format and torch.compile of the UNet."""
     import torch
 
@@ -116,5 +120,5 @@ def optimize_pipeline(pipe: Any, channels_last: bool = False, compile: bool = Fa
         pipe.unet.to(memory_format=torch.channels_last)
         pipe.vae.to(memory_format=torch.channels_last)
     if compile:
-        pipe.unet = torch.compile(pipe.unet, mode="max-autotune", fullgraph=True)
+        pipe.unet = torch.compile(pipe.unet, mode=compile_mode, fullgraph=True)
     return pipe

@@ -5,8 +5,10 @@ one process and splits the wall time into text encoders, UNet, VAE decode, image
 rest (scheduler, latent prep), so "share of time outside the UNet" is measured rather than guessed.
 
   python bench/generate.py --tiny                                   # CPU smoke run on tiny-sdxl
-  python bench/generate.py --dtype float16 --vae madebyollin/sdxl-vae-fp16-fix --compile --channels-last
-      # real size on a GPU: SDXL base, 1024 px, 50 steps, CFG 5.0, batch 4 (goal: <= 1.1 s/image on an H100)
+  python bench/generate.py --random-weights --fp16-vae --compile --channels-last
+      # real size on a GPU, offline: the SDXL base architecture with random weights (same cost as the real
+      # weights), 1024 px, 50 steps, CFG 5.0, batch 4 (goal: <= 1.1 s/image on an H100)
+  python bench/generate.py --dtype float16 --vae madebyollin/sdxl-vae-fp16-fix   # the real weights (hub or cache)
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="tiny-sdxl on CPU at 32 px, 10 steps (overrides the sizes)")
     ap.add_argument("--model", default="stabilityai/stable-diffusion-xl-base-1.0")
+    ap.add_argument("--random-weights", action="store_true",
+                    help="build the real-size --family architecture with random weights instead of loading --model")
+    ap.add_argument("--family", default="sdxl", choices=("sdxl", "sd15"), help="architecture for --random-weights")
+    ap.add_argument("--fp16-vae", action="store_true",
+                    help="--random-weights: an fp16-safe VAE that decodes in --dtype (like madebyollin/sdxl-vae-fp16-fix)")
     ap.add_argument("--resolution", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--guidance", type=float, default=5.0)
@@ -37,6 +44,7 @@ def main() -> None:
     ap.add_argument("--vae", default=None, help="replacement VAE, e.g. madebyollin/sdxl-vae-fp16-fix (decodes in fp16)")
     ap.add_argument("--image-format", default="jpeg", choices=("jpeg", "png"))
     ap.add_argument("--compile", action="store_true", help="torch.compile the UNet (warm-up batch pays the compile)")
+    ap.add_argument("--compile-mode", default="max-autotune", help="torch.compile mode (aif generate --compile-mode)")
     ap.add_argument("--channels-last", action="store_true", help="channels_last memory format for UNet and VAE")
     ap.add_argument("--fuse-qkv", action="store_true", help="fuse attention q/k/v projections (diffusers)")
     ap.add_argument("--json", default=None, help="also write the result as JSON here")
@@ -50,10 +58,18 @@ def main() -> None:
     from aifeedback.models import load_pipeline
     from aifeedback.sampling import encode_image, image_seed, optimize_pipeline, render
 
-    pipe = load_pipeline(args.model, args.dtype, args.device, vae=args.vae)
+    if args.random_weights:
+        from realsize import build_pipeline
+
+        t0 = time.perf_counter()
+        pipe = build_pipeline(args.family, args.device, args.dtype, fp16_vae=args.fp16_vae)
+        args.model = f"{args.family} architecture, random weights"
+        print(f"built {args.model} on {args.device} in {time.perf_counter() - t0:.1f} s", flush=True)
+    else:
+        pipe = load_pipeline(args.model, args.dtype, args.device, vae=args.vae)
     if args.fuse_qkv:
         pipe.fuse_qkv_projections()
-    optimize_pipeline(pipe, channels_last=args.channels_last, compile=args.compile)
+    optimize_pipeline(pipe, channels_last=args.channels_last, compile=args.compile, compile_mode=args.compile_mode)
 
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     spent: dict[str, float] = defaultdict(float)
@@ -95,7 +111,9 @@ def main() -> None:
         t3 = time.perf_counter()
         return t1 - t0, t2 - t1, t3 - t2
 
+    t0 = time.perf_counter()
     batch(prompts[:bs], 0)  # warm-up (and compile)
+    warmup_s = time.perf_counter() - t0
     spent.clear()
     calls.clear()
     t_render = t_encode = t_write = 0.0
@@ -112,20 +130,21 @@ def main() -> None:
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
     result = {
         "date": datetime.date.today().isoformat(), "device": device_name, "model": args.model, "resolution": size,
-        "steps": args.steps, "guidance": args.guidance, "batch_size": bs, "dtype": args.dtype, "vae": args.vae,
-        "compile": args.compile, "channels_last": args.channels_last, "fuse_qkv": args.fuse_qkv, "images": n,
+        "steps": args.steps, "guidance": args.guidance, "batch_size": bs, "dtype": args.dtype, "vae": args.vae, "fp16_vae": args.fp16_vae,
+        "compile": args.compile and args.compile_mode, "warmup_batch_s": warmup_s, "channels_last": args.channels_last, "fuse_qkv": args.fuse_qkv, "images": n,
         "images_per_s": n / total, "s_per_image": total / n, "unet_s_per_forward": spent["unet"] / max(calls["unet"], 1),
         "share_outside_unet": 1 - spent["unet"] / total,
         "s_per_image_by_part": {k: v / n for k, v in parts.items()},
     }
     print(f"{device_name} | {args.model} {size}px {args.steps} steps cfg {args.guidance} batch {bs} {args.dtype}"
-          f"{' compile' if args.compile else ''}{' channels_last' if args.channels_last else ''}")
+          f"{' compile=' + args.compile_mode if args.compile else ''}{' fp16-vae' if args.fp16_vae else ''}{' channels_last' if args.channels_last else ''}")
     print(f"  {result['images_per_s']:.3f} images/s = {result['s_per_image']:.3f} s/image; "
           f"outside the UNet: {100 * result['share_outside_unet']:.1f}%")
     for k, v in parts.items():
         print(f"  {k:<40} {v / n:8.4f} s/image  {100 * v / total:5.1f}%")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result))  # last line: the result, like the other bench scripts
 
 
 if __name__ == "__main__":

@@ -68,7 +68,9 @@ def random_pickscore(dtype: str) -> str:
         from aifeedback.tiny import clip_tokenizer
 
         torch.manual_seed(0)
-        CLIPModel(CLIPConfig(**REAL_CONFIG)).to(torch.float16).save_pretrained(out)
+        with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # GPU init: seconds, not a minute
+            model = CLIPModel(CLIPConfig(**REAL_CONFIG))
+        model.to(torch.float16).save_pretrained(out)
         clip_tokenizer().save_pretrained(out)
 
     return str(cached_build("bench-pickscore-random", build))
@@ -86,6 +88,8 @@ def main() -> None:
     ap.add_argument("--device", default=None, help="default cuda if available, else cpu")
     ap.add_argument("--dtype", default=None, help="default bfloat16 on CUDA, float32 on CPU")
     ap.add_argument("--warmup", type=int, default=2, help="batches excluded from the timing")
+    ap.add_argument("--decode-only", action="store_true",
+                    help="time the input pipeline alone (JPEG decode, resize, crop in the workers): its ceiling")
     args = ap.parse_args()
 
     import torch
@@ -101,7 +105,10 @@ def main() -> None:
     if n <= args.warmup * bs:
         ap.error(f"--images {n} leaves nothing to time after {args.warmup} warm-up batches of {bs}; "
                  f"use more images, a smaller --batch-size or --warmup")
-    spec = f"{args.scorer}:tiny" if args.tiny else (f"pickscore:{random_pickscore(dtype)}" if args.random_weights else args.scorer)
+    if args.tiny or args.decode_only:  # --decode-only needs only the transform, which the tiny model shares
+        spec = f"{args.scorer.split(':')[0]}:tiny"
+    else:
+        spec = f"pickscore:{random_pickscore(dtype)}" if args.random_weights else args.scorer
     scorer = load_scorer(spec, device, dtype)
 
     images = jpeg_images(n, args.image_size)
@@ -124,14 +131,15 @@ def main() -> None:
             sync()
             start, timed = time.perf_counter(), 0
         items = chunk["items"][0]
-        ps = [p for (_, _, p) in plans[chunk["shard"]].images]
-        scorer.score_items(items, ps)
+        if not args.decode_only:
+            scorer.score_items(items, [p for (_, _, p) in plans[chunk["shard"]].images])
         done += len(items)
         timed += len(items)
     sync()
     elapsed = time.perf_counter() - start if start else float("nan")
     result = {
-        "bench": "score", "scorer": spec if not args.random_weights else "pickscore (full size, random weights)",
+        "bench": "score", "scorer": "none (--decode-only: input pipeline alone)" if args.decode_only else
+        spec if not args.random_weights else "pickscore (full size, random weights)",
         "images_per_s": round(timed / elapsed, 1), "timed_images": timed, "total_images": done,
         "input": f"JPEG {args.image_size}x{args.image_size} q95", "batch_size": bs, "workers": workers,
         "device": torch.cuda.get_device_name() if device.startswith("cuda") else f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",

@@ -17,18 +17,7 @@ import time
 
 import torch
 
-SDXL_UNET = dict(
-    sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), transformer_layers_per_block=(1, 2, 10),
-    attention_head_dim=(5, 10, 20), cross_attention_dim=2048, use_linear_projection=True,
-    addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
-)
-SD15_UNET = dict(
-    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, attention_head_dim=8, cross_attention_dim=768,
-)
+from realsize import SD15_UNET, SDXL_UNET  # bench/ is on sys.path as the script folder
 
 
 def main() -> None:
@@ -55,7 +44,8 @@ def main() -> None:
         unet = UNet2DConditionModel.from_pretrained(tiny_pipeline_path(f"tiny-{args.family}"), subfolder="unet")
         res, factor = args.resolution or 32, 2
     else:
-        unet = UNet2DConditionModel(**(SDXL_UNET if args.family == "sdxl" else SD15_UNET))
+        with torch.device(device):  # initialise on the GPU: seconds instead of a minute on its CPU
+            unet = UNet2DConditionModel(**(SDXL_UNET if args.family == "sdxl" else SD15_UNET))
         res, factor = args.resolution or (1024 if args.family == "sdxl" else 512), 8
     dtype = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.mixed_precision]
     ref = None

@@ -3,6 +3,7 @@
 import io as _io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -109,6 +110,18 @@ def test_images_do_not_depend_on_batch_size_or_other_prompts(baseline, tmp_path)
     for key in shared:
         assert other[key]["seed"] == base[key]["seed"]
         assert same_image(other[key], base[key])
+
+
+@pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")), reason="torch.compile on CPU needs a C compiler")
+def test_compiled_unet_gives_the_same_images(baseline, prompt_file, tmp_path):
+    # --compile is a speed option only: the whole UNet compiles as one graph (fullgraph, so a graph break fails
+    # here rather than silently running eager) and the images match the eager ones.
+    out = tmp_path / "compiled"
+    run(cfg(out, prompt_file, save_latents=True, compile=True, compile_mode="default", limit=2))
+    base, compiled = rows_by_key(baseline), rows_by_key(out)
+    assert len(compiled) == 4
+    for key, row in compiled.items():
+        assert same_image(row, base[key])
 
 
 def test_rerun_resumes_and_different_job_is_refused(baseline, prompt_file):

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Every GPU figure of bench/RESULTS.md in one run (about 6 minutes on one H100), for a host without network:
+# real-size architectures with random weights, nothing downloaded.
+#
+#   here:            bash bench/fetch_wheels.sh          # wheels the GPU host lacks -> .whl/ (git-ignored)
+#   on the GPU host: bash bench/gpu.sh                   # results -> $OUT (or ./gpu-results): results.jsonl, log.txt
+#
+# Each step has its own time limit, so one slow or failing step does not cost the others; the first ones answer
+# the open goals (generate <= 1.1 s/image at 1024 px; score >= 2000 img/s PickScore from JPEG).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu-results}
+mkdir -p "$OUT"
+RES="$OUT/results.jsonl"
+LOG="$OUT/log.txt"
+export PYTHONUNBUFFERED=1 AIF_CACHE=${AIF_CACHE:-/tmp/aif-cache} TOKENIZERS_PARALLELISM=false
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/aif-site .whl/*.whl \
+    || { echo "wheel install failed" | tee -a "$LOG"; exit 1; }
+  export PYTHONPATH=/tmp/aif-site:$PWD
+else
+  export PYTHONPATH=$PWD
+fi
+
+step() {  # step SECONDS NAME COMMAND...: run, keep the last JSON line of its output, log everything
+  local limit=$1 name=$2; shift 2
+  echo "=== $name: $*" | tee -a "$LOG"
+  local t0=$SECONDS
+  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$OUT/.step" | grep -v "kept in float32" >>"$LOG"
+  local rc=${PIPESTATUS[0]}
+  local last
+  last=$(grep '^{' "$OUT/.step" | tail -1)
+  if [ "$rc" = 0 ]; then
+    echo "{\"step\": \"$name\", \"result\": ${last:-\"ok\"}}" >>"$RES"
+  else
+    echo "{\"step\": \"$name\", \"failed\": $rc}" >>"$RES"
+  fi
+  echo "--- $name: rc $rc, $((SECONDS - t0)) s; $last" | tee -a "$LOG"
+}
+
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; nproc; date -u
+  python3 -c "import torch, transformers, diffusers, open_clip, datasets; print('torch', torch.__version__, 'transformers', transformers.__version__, 'diffusers', diffusers.__version__, 'open_clip', open_clip.__version__, 'datasets', datasets.__version__)"
+} 2>&1 | tee -a "$LOG"
+
+G="python3 bench/generate.py --random-weights --dtype float16 --fp16-vae --images 8"
+step 150 generate-eager $G
+step 60 score-decode-512 python3 bench/score.py --decode-only --workers 16 --image-size 512
+step 60 score-decode-1024 python3 bench/score.py --decode-only --workers 16 --image-size 1024
+step 120 score-pickscore-512 python3 bench/score.py --random-weights --device cuda --dtype bfloat16 --batch-size 256 --workers 15
+step 90 score-pickscore-1024 python3 bench/score.py --random-weights --device cuda --dtype bfloat16 --batch-size 256 --workers 15 --image-size 1024
+step 240 generate-compiled $G --compile --compile-mode default --channels-last --fuse-qkv
+step 120 train-sdxl-full python3 bench/train.py --family sdxl --batch-size 1 --mixed-precision bf16 --gradient-checkpointing --steps 5
+step 120 train-sdxl-lora python3 bench/train.py --family sdxl --batch-size 4 --lora-rank 64 --mixed-precision bf16 --gradient-checkpointing --steps 5
+step 180 pytest-gpu python3 -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider
+rm -f "$OUT/.step"
+cat "$RES"
