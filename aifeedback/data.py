@@ -15,7 +15,6 @@ every process keeps the same batch size.
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -23,11 +22,17 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from aifeedback.errors import DataError
+from aifeedback.io import decode_image
 
 # What a corrupt image or latent raises (PIL's UnidentifiedImageError is an OSError; bad latent bytes a ValueError).
 CORRUPT = (OSError, ValueError, SyntaxError)
 COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0", "label_1")
 LATENT_COLUMNS = ("latent_0", "latent_1", "latent_shape")
+
+
+def corrupt_reason(e: Exception) -> str:
+    """Why a pair could not be read: decode_image's ValueErrors already say it; other errors get their type."""
+    return str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
 
 
 @dataclass
@@ -224,21 +229,6 @@ class Transform:
         return x, time_ids((h0, w0), (top, left), (r, r))
 
 
-def decode_image(value: Any) -> Any:
-    """Encoded bytes, a {'bytes': ...} dict (datasets Image) or a PIL image -> RGB PIL image; raises on corrupt."""
-    from PIL import Image
-
-    if isinstance(value, dict):
-        value = value.get("bytes")
-    if isinstance(value, Image.Image):
-        return value.convert("RGB")
-    if not isinstance(value, (bytes, bytearray)) or not value:
-        raise ValueError(f"no image bytes (got {type(value).__name__})")
-    img = Image.open(io.BytesIO(value))
-    img.load()
-    return img.convert("RGB")
-
-
 def latent_source(dataset: str) -> dict[str, Any] | None:
     """The model and VAE that made an `aif score` output's stored latents (recorded from the generate manifest)."""
     from aifeedback.io import MANIFEST, read_json
@@ -310,7 +300,7 @@ class PairDataset:
             try:
                 item = self.load(p)
             except CORRUPT as e:  # a corrupt image: report it and use the next pair of the window
-                skipped.append((self.pair_at(p)[0], f"{type(e).__name__}: {e}"))
+                skipped.append((self.pair_at(p)[0], corrupt_reason(e)))
                 continue
             item["skipped"] = skipped
             return item
@@ -412,7 +402,7 @@ def _stream_batch(buf: list, transform: Transform, b: int, rank: int, seed: int)
             try:
                 item = transform(row, w, np.random.default_rng([seed, 1, pos]))
             except CORRUPT as e:
-                skipped.append((pos, f"{type(e).__name__}: {e}"))
+                skipped.append((pos, corrupt_reason(e)))
                 continue
             item["row"], item["skipped"] = pos, skipped
             items.append(item)

@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from aifeedback.config import build_config, identity_dict, option, save_config, to_dict
-from aifeedback.data import decode_image
 from aifeedback.errors import DataError
-from aifeedback.io import atomic_write_text, finish_output, prepare_output_synced, read_json, shard_files, write_json
+from aifeedback.io import atomic_write_text, decode_image, finish_output, prepare_output_synced, read_json, shard_files, write_json
 from aifeedback.models import DTYPES, SCHEDULERS
 
 # The paper's Table 2: agreement with human labels on Pick-a-Pic v2 validation (non-tie pairs), in %.

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable
@@ -253,3 +254,31 @@ def bytes_to_latent(data: bytes, shape: list[int]):
 
     arr = np.frombuffer(data, dtype=np.float16).reshape(shape)
     return torch.from_numpy(arr.astype(np.float32))
+
+
+def decode_image(value: Any) -> Any:
+    """Image bytes (or a datasets {'bytes': ...} dict, or a PIL image) -> a loaded RGB PIL image.
+
+    Raises ValueError with a short reason that is the same on every run when the value is not a readable image.
+    """
+    from io import BytesIO
+
+    from PIL import Image
+
+    if isinstance(value, dict):
+        value = value.get("bytes")
+    if isinstance(value, Image.Image):
+        return value.convert("RGB")
+    if value is None:
+        raise ValueError("image is null")
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        raise ValueError(f"image is a {type(value).__name__}, expected bytes")
+    if not len(value):
+        raise ValueError("image is empty (0 bytes)")
+    try:
+        im = Image.open(BytesIO(value))
+        im.load()
+    except Exception as e:  # PIL raises many types (OSError, SyntaxError, DecompressionBombError, ...)
+        reason = re.sub(r"\s*<[^>]* at 0x[0-9a-f]+>", "", str(e))  # drop object reprs ("<_io.BytesIO object at 0x...>")
+        raise ValueError(f"cannot decode image: {type(e).__name__}: {reason}") from None
+    return im if im.mode == "RGB" else im.convert("RGB")

@@ -10,8 +10,6 @@ ran it or how often it was interrupted.
 from __future__ import annotations
 
 import hashlib
-import io
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from typing import Any
 import torch.utils.data
 
 from aifeedback.errors import DataError
+from aifeedback.io import decode_image
 
 GENERATE_COLUMNS = ("prompt_id", "prompt", "k", "seed", "image")
 PAIR_COLUMNS = ("caption", "jpg_0", "jpg_1")
@@ -261,24 +260,6 @@ def _pairs_input(rows, limit: int | None, fp: dict[str, Any]) -> Input:
 # ---------------------------------------------------------------------------------------------------------------
 # DataLoader side: decode + preprocess in worker processes, shard by shard
 
-def decode(data: Any):
-    """Image bytes -> a loaded PIL image; raises ValueError with a short reason when they are not an image."""
-    from PIL import Image
-
-    if data is None:
-        raise ValueError("image is null")
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise ValueError(f"image is a {type(data).__name__}, expected bytes")
-    try:
-        im = Image.open(io.BytesIO(data))
-        im.load()
-    except Exception as e:  # PIL raises many types (OSError, SyntaxError, DecompressionBombError, ...)
-        # drop object reprs ("<_io.BytesIO object at 0x...>") so the message is the same on every run
-        reason = re.sub(r"\s*<[^>]* at 0x[0-9a-f]+>", "", str(e))
-        raise ValueError(f"cannot decode image: {type(e).__name__}: {reason}") from None
-    return im
-
-
 @dataclass
 class ShardPlan:
     """The images shard `index` scores, in order: (source row, column, prompt)."""
@@ -316,7 +297,7 @@ class ShardImages(torch.utils.data.IterableDataset):
         fetched = dict(zip(rows, self.rows.take(rows, cols)))
         for row, col, _ in part:
             try:
-                image = decode(fetched[row][col])
+                image = decode_image(fetched[row][col])
                 outs = [t(image) for t in self.transforms]
             except ValueError as e:
                 errors.append(str(e))

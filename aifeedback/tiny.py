@@ -42,10 +42,30 @@ def cached_build(name: str, build: Callable[[Path], None]) -> Path:
         tmp = root / f".{name}.building"
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(final, ignore_errors=True)
-        build(tmp)
+        _build_outside_process_group(build, tmp)
         (tmp / ".complete").write_text("ok\n")
         os.replace(tmp, final)
     return final
+
+
+def _build_outside_process_group(build: Callable[[Path], None], out: Path) -> None:
+    """Run build(out) here, or in a fresh process when this one is in a torch.distributed group.
+
+    transformers' save_pretrained writes nothing on a non-zero rank of an initialised process group, so a model
+    built there (whichever process of `accelerate launch` wins the lock builds) would be saved without its weights.
+    """
+    import multiprocessing
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not (dist.is_available() and dist.is_initialized()):
+        build(out)
+        return
+    proc = multiprocessing.get_context("spawn").Process(target=build, args=(out,))
+    proc.start()
+    proc.join()
+    if proc.exitcode != 0:
+        raise RuntimeError(f"building {out.name} in a subprocess failed (exit code {proc.exitcode}); see its output above")
 
 
 # ---------------------------------------------------------------------------------------------------------------

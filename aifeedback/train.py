@@ -282,11 +282,13 @@ def run(cfg: TrainConfig) -> Path:
         t_start = time.perf_counter()
         sums: dict[str, float] = defaultdict(float)
         grad_norm = torch.zeros((), device=device)
+        bad = 0  # this process's unreadable pairs in this step; summed over processes below
         for _ in range(cfg.grad_accum):
             batch = next(batches)
             for row, why in batch["skipped"]:
-                state["bad_images"] += 1
-                say(f"warning: skipped unreadable pair at row {row} of {cfg.dataset}: {why}")
+                bad += 1
+                tqdm.write(f"{'' if world == 1 else f'[process {rank}] '}warning: skipped unreadable pair at row "
+                           f"{row} of {cfg.dataset}: {why}", file=sys.stderr)
             B = len(batch["captions"])
             with torch.no_grad():
                 if "latents" in batch:  # stored latents: already in UNet space
@@ -334,6 +336,7 @@ def run(cfg: TrainConfig) -> Path:
         # Metrics: the mean over micro-steps and processes.
         keys = sorted(sums)
         avg = accelerator.reduce(torch.tensor([sums[k] for k in keys], device=device), reduction="mean").tolist()
+        state["bad_images"] += int(accelerator.reduce(torch.tensor(bad, device=device), reduction="sum"))
         record = {"step": step, **{k: round(v, 8) for k, v in zip(keys, avg)},
                   "grad_norm": float(grad_norm) if grad_norm is not None else None, "lr": lr_sched.get_last_lr()[0],
                   "pairs_per_s": round(pairs_per_step / (time.perf_counter() - t_start), 3),

@@ -5,6 +5,8 @@ import hashlib
 import pytest
 import torch
 
+from aifeedback.tiny import ZOO_VERSION
+
 
 def _weights_hash(module: torch.nn.Module) -> str:
     h = hashlib.sha256()
@@ -82,3 +84,32 @@ def test_unknown_model_error_is_actionable():
         load_pipeline("nonexistent/model")
     msg = str(exc.value)
     assert "nonexistent/model" in msg and "tiny-sdxl" in msg and "Fix:" in msg
+
+
+def _build_on_rank(rank: int, init_file: str, cache: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ["AIF_CACHE"] = cache
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        if rank == 1:  # the non-zero rank wins the build, as it may under `accelerate launch`
+            from aifeedback.scorers.pickscore import build_tiny
+            from aifeedback.tiny import cached_build
+
+            cached_build("scorer-pickscore-tiny", build_tiny)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_model_built_by_a_nonzero_rank_is_complete(tmp_path):
+    # transformers' save_pretrained writes nothing on rank != 0 of a process group; the cache must not end up
+    # with a folder that has a config-less, weight-less model marked complete.
+    import torch.multiprocessing as mp
+
+    cache = tmp_path / "cache"
+    mp.spawn(_build_on_rank, args=(str(tmp_path / "init"), str(cache)), nprocs=2)
+    folder = cache / "models" / f"scorer-pickscore-tiny-v{ZOO_VERSION}"
+    assert (folder / ".complete").exists() and (folder / "model.safetensors").exists() and (folder / "config.json").exists()

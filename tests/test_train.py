@@ -1,8 +1,10 @@
 """`aif train` end to end on tiny models at 16 px: objective at step 0, learning, data paths, LoRA/full, SDXL/SD1.5,
 exact resume after SIGKILL, multi-process accelerate launch, and clear errors."""
 
+import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -157,18 +159,25 @@ def test_sigkill_and_resume_equals_uninterrupted(human, tmp_path):
     assert [r["loss"] for r in read_metrics(out)] == [r["loss"] for r in read_metrics(tmp_path / "ref")]
 
 
-def test_two_process_accelerate_launch(human, tmp_path):
+def test_two_process_accelerate_launch(tmp_path):
+    rows = pickapic_rows(8)
+    for r in (4, 7):  # unreadable pairs (both met by process 1 with this seed): reported and counted once
+        rows[r]["jpg_0"] = b"not an image"
+    data = write_pickapic(tmp_path / "pairs", rows)
     out = tmp_path / "ddp"
     cmd = [*accelerate_launch(2),
-           "train", "--dataset", str(human), "--model", "tiny-sd15", "--resolution", "16", "--batch-size", "1",
-           "--max-steps", "2", "--checkpoint-every", "2", "--validation-every", "0", "--num-workers", "0",
+           "train", "--dataset", str(data), "--model", "tiny-sd15", "--resolution", "16", "--batch-size", "1",
+           "--max-steps", "4", "--checkpoint-every", "2", "--validation-every", "0", "--num-workers", "0",
            "--trackers", "none", "--out", str(out)]
     res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     m = read_metrics(out)
-    assert [r["step"] for r in m] == [1, 2] and abs(m[0]["loss"] - math.log(2)) < 1e-6
+    assert [r["step"] for r in m] == [1, 2, 3, 4] and abs(m[0]["loss"] - math.log(2)) < 1e-6
     assert "2 pairs/step" in res.stderr and "2 process(es)" in res.stderr
     assert (out / "checkpoints" / "checkpoint-000002" / "random_states_1.pkl").exists()
+    # one epoch (4 steps x 2 processes = 8 pairs) meets both bad pairs once; the count is over all processes
+    assert sorted(re.findall(r"skipped unreadable pair at row (\d+)", res.stderr)) == ["4", "7"]
+    assert m[-1]["bad_images"] == 2 and json.loads((out / "manifest.json").read_text())["counts"]["bad_images"] == 2
 
 
 def test_labels_ties_corrupt_images_and_empty_dataset(tmp_path):
