@@ -91,6 +91,7 @@ def test_each_scorer_uses_its_reference_preprocessing():
     assert load_scorer("aesthetic:tiny").transform == ClipTransform(224, "crop", "round")
     assert load_scorer("hpsv2:tiny").transform == ClipTransform(224, "pad")
     assert load_scorer("clip:tiny").transform == ClipTransform(224, "pad")
+    assert load_scorer("imagereward:tiny").transform == ClipTransform(224, "crop", "round")  # CLIP's _transform
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -226,6 +227,42 @@ def test_open_clip_vit_l_14_matches_the_openai_layout_used_by_aesthetic():
     assert n_params(model) == 427_616_513  # ViT-L/14: 427.62M
 
 
+def test_imagereward_architecture_matches_the_upstream_checkpoint_layout():
+    # THUDM/ImageReward's ImageReward.pt: BLIP's timm-style ViT-L/16 (visual_encoder), BLIP's BERT with
+    # cross-attention (text_encoder, names as in BLIP's med.py) and the MLP head, under their upstream names.
+    from aifeedback.scorers import imagereward as ir
+
+    D, W, F, V = 1024, 768, 4096, 30524
+    expected = {"blip.visual_encoder.cls_token": (1, 1, D), "blip.visual_encoder.pos_embed": (1, 197, D),
+                "blip.visual_encoder.patch_embed.proj.weight": (D, 3, 16, 16), "blip.visual_encoder.patch_embed.proj.bias": (D,),
+                "blip.visual_encoder.norm.weight": (D,), "blip.visual_encoder.norm.bias": (D,)}
+    for i in range(24):
+        b = f"blip.visual_encoder.blocks.{i}."
+        expected.update({b + "norm1.weight": (D,), b + "norm1.bias": (D,), b + "attn.qkv.weight": (3 * D, D),
+                         b + "attn.qkv.bias": (3 * D,), b + "attn.proj.weight": (D, D), b + "attn.proj.bias": (D,),
+                         b + "norm2.weight": (D,), b + "norm2.bias": (D,), b + "mlp.fc1.weight": (F, D),
+                         b + "mlp.fc1.bias": (F,), b + "mlp.fc2.weight": (D, F), b + "mlp.fc2.bias": (D,)})
+    t = "blip.text_encoder."
+    expected.update({t + "embeddings.word_embeddings.weight": (V, W), t + "embeddings.position_embeddings.weight": (512, W),
+                     t + "embeddings.LayerNorm.weight": (W,), t + "embeddings.LayerNorm.bias": (W,)})
+    for i in range(12):
+        b = f"{t}encoder.layer.{i}."
+        for att, kv in (("attention", W), ("crossattention", D)):
+            for proj, width in (("query", W), ("key", kv), ("value", kv)):
+                expected.update({f"{b}{att}.self.{proj}.weight": (W, width), f"{b}{att}.self.{proj}.bias": (W,)})
+            expected.update({f"{b}{att}.output.dense.weight": (W, W), f"{b}{att}.output.dense.bias": (W,),
+                             f"{b}{att}.output.LayerNorm.weight": (W,), f"{b}{att}.output.LayerNorm.bias": (W,)})
+        expected.update({b + "intermediate.dense.weight": (3072, W), b + "intermediate.dense.bias": (3072,),
+                         b + "output.dense.weight": (W, 3072), b + "output.dense.bias": (W,),
+                         b + "output.LayerNorm.weight": (W,), b + "output.LayerNorm.bias": (W,)})
+    for j, (o, i) in zip((0, 2, 4, 6, 7), ((1024, W), (128, 1024), (64, 128), (16, 64), (1, 16))):
+        expected.update({f"mlp.layers.{j}.weight": (o, i), f"mlp.layers.{j}.bias": (o,)})
+    with torch.device("meta"):
+        net = ir.build_net(ir.VISION, ir.TEXT)
+    assert {k: tuple(v.shape) for k, v in ir.upstream_state_dict(net).items()} == expected
+    assert net["vision"].config.layer_norm_eps == 1e-6  # BLIP's ViT (transformers' BLIP default is 1e-5)
+
+
 def test_shipped_aesthetic_head_weights():
     from aifeedback.scorers.aesthetic import HEAD, head
 
@@ -284,14 +321,41 @@ def test_bad_models_give_clear_errors(tmp_path):
         load_scorer(f"pickscore:{tmp_path / 'nope'}")
 
 
-def test_imagereward_without_its_package_says_how_to_install():
-    try:
-        import ImageReward  # noqa: F401
-        pytest.skip("image-reward is installed")
-    except ImportError:
-        pass
-    with pytest.raises(AifError, match=r"pip install 'aifeedback\[imagereward\]'"):
-        load_scorer("imagereward")
+def test_imagereward_is_the_normalised_mlp_of_the_image_conditioned_cls_feature():
+    from aifeedback.scorers.imagereward import MAX_LENGTH, MEAN, STD
+
+    s = load_scorer("imagereward:tiny")
+    tok = s.tokenizer(PROMPTS, padding="max_length", truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
+    assert tok.input_ids.shape == (4, 35) and (tok.input_ids[:, 0] == s.tokenizer.cls_token_id).all()
+    assert s.tokenizer.convert_tokens_to_ids(["[DEC]", "[ENC]"]) == [len(s.tokenizer) - 2, len(s.tokenizer) - 1]
+    with torch.no_grad():
+        image = s.net["vision"](pixel_values=torch.stack([pixels(s.transform, im) for im in IMAGES])).last_hidden_state
+        text = s.net["text"](input_ids=tok.input_ids, attention_mask=tok.attention_mask, encoder_hidden_states=image,
+                             is_decoder=False).last_hidden_state
+        expected = (s.net["mlp"](text[:, 0]).squeeze(-1) - MEAN) / STD
+    got = s.score(IMAGES, PROMPTS)
+    torch.testing.assert_close(torch.tensor(got), expected, atol=1e-5, rtol=1e-5)
+    assert s.score(IMAGES, ["a bowl of soup"] * 4) != got  # the prompt matters (through cross-attention)
+    assert s.score(IMAGES, PROMPTS, batch_size=1) == pytest.approx(got, abs=1e-5)
+
+
+def test_imagereward_loads_upstream_checkpoints_and_refuses_other_files(tmp_path):
+    from aifeedback.scorers import imagereward as ir
+    from aifeedback.tiny import cached_build
+
+    folder = cached_build("scorer-imagereward-tiny", ir.build_tiny)
+    state = torch.load(folder / ir.CHECKPOINT, weights_only=True)
+    assert any(k.startswith("blip.visual_encoder.blocks.0.attn.qkv") for k in state)  # stored in upstream names
+    extra = dict(state, **{"blip.vision_proj.weight": torch.zeros(2, 2), "blip.text_encoder.embeddings.position_ids": torch.arange(3)})
+    net = ir.build_net(ir.TINY_VISION, ir.TINY_TEXT)
+    ir.load_weights(net, extra)  # what upstream ignores is ignored; every weight of ours is there
+    del state["mlp.layers.7.weight"]
+    with pytest.raises(ValueError, match="missing.*mlp.7.weight"):
+        ir.load_weights(net, state)
+    bad = tmp_path / "ImageReward.pt"
+    torch.save({"something": torch.zeros(1)}, bad)
+    with pytest.raises(AifError, match="could not load"):
+        load_scorer(f"imagereward:{bad}")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -69,7 +69,7 @@ SCORERS: dict[str, tuple[Callable[..., Scorer], str]] = {
     "hpsv2": (_hpsv2, "HPS v2.0 (hpsv2:v2.1 for v2.1): open_clip ViT-H-14 + xswu/HPSv2 checkpoint; cosine, pad preprocessing"),
     "clip": (_clip, "CLIP score: open_clip ViT-H-14 laion2b_s32b_b79k; cosine, pad preprocessing"),
     "aesthetic": (_aesthetic, "LAION aesthetic predictor v2: OpenAI CLIP ViT-L/14 + shipped MLP head; 1-10, prompt ignored"),
-    "imagereward": (_imagereward, "ImageReward v1.0 (THUDM/ImageReward) via the optional image-reward package"),
+    "imagereward": (_imagereward, "ImageReward v1.0: THUDM/ImageReward ImageReward.pt (BLIP ViT-L/16 + BERT cross-attention + MLP); normalised reward"),
     "redness": (_stat("redness"), "mean R - mean(G,B) of the image in [0,1] (toy reward, no model)"),
     "brightness": (_stat("brightness"), "mean Rec.601 luma in [0,1] (no model)"),
     "saturation": (_stat("saturation"), "mean HSV saturation in [0,1] (no model)"),
