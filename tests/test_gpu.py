@@ -43,13 +43,14 @@ def test_lora_dpo_mixed_precision_on_gpu(tmp_path, tiny_sd15, precision):
     assert all(math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"]) for m in metrics)
 
 
-def test_scorer_bf16_on_gpu_matches_cpu():
+@pytest.mark.parametrize("spec", ["pickscore:tiny", "imagereward:tiny", "hpsv2:tiny", "aesthetic:tiny"])
+def test_scorer_bf16_on_gpu_matches_cpu(spec):
     from PIL import Image
 
     from aifeedback.scorers import load_scorer
 
     images = [Image.new("RGB", (64, 48), c) for c in ((200, 30, 30), (30, 200, 30), (30, 30, 200))]
     prompts = ["a red square", "a green square", "a blue square"]
-    cpu = load_scorer("pickscore:tiny", device="cpu", dtype="float32").score(images, prompts)
-    gpu = load_scorer("pickscore:tiny", device="cuda", dtype="bfloat16").score(images, prompts)
+    cpu = load_scorer(spec, device="cpu", dtype="float32").score(images, prompts)
+    gpu = load_scorer(spec, device="cuda", dtype="bfloat16").score(images, prompts)
     assert gpu == pytest.approx(cpu, abs=0.05 * max(1.0, max(abs(c) for c in cpu)))
