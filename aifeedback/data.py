@@ -24,7 +24,8 @@ from typing import Any, Iterator
 from aifeedback.errors import DataError
 from aifeedback.io import decode_image
 
-# What a corrupt image or latent raises (PIL's UnidentifiedImageError is an OSError; bad latent bytes a ValueError).
+# What a corrupt image or latent raises: io.decode_image's ValueError (bad latent bytes too); OSError and
+# SyntaxError from PIL while transforming a decoded image.
 CORRUPT = (OSError, ValueError, SyntaxError)
 COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0", "label_1")
 LATENT_COLUMNS = ("latent_0", "latent_1", "latent_shape")

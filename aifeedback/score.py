@@ -195,6 +195,7 @@ def _score_phase(cfg, inp, shards, starts, todo: list[int], out: Path, state) ->
     loader = torch.utils.data.DataLoader(
         ShardImages(inp.rows, list(plans.values()), transforms, cfg.batch_size), batch_size=None,
         num_workers=workers, collate_fn=passthrough, prefetch_factor=4 if workers else None,
+        pin_memory=device.startswith("cuda"),  # page-locked batches: the copy to the GPU is asynchronous
     )
     total = sum(len(p.images) for p in plans.values())
     bar = tqdm(total=total, unit="img", desc=f"score [{state.process_index + 1}/{state.num_processes}]",

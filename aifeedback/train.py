@@ -333,10 +333,11 @@ def run(cfg: TrainConfig) -> Path:
         lr_sched.step()
         step += 1
 
-        # Metrics: the mean over micro-steps and processes.
+        # Metrics: the mean over micro-steps and processes; unreadable pairs: the sum. One collective for both.
         keys = sorted(sums)
-        avg = accelerator.reduce(torch.tensor([sums[k] for k in keys], device=device), reduction="mean").tolist()
-        state["bad_images"] += int(accelerator.reduce(torch.tensor(bad, device=device), reduction="sum"))
+        totals = accelerator.reduce(torch.tensor([sums[k] for k in keys] + [bad], device=device), reduction="sum")
+        avg = (totals[:-1] / world).tolist()
+        state["bad_images"] += int(totals[-1])
         record = {"step": step, **{k: round(v, 8) for k, v in zip(keys, avg)},
                   "grad_norm": float(grad_norm) if grad_norm is not None else None, "lr": lr_sched.get_last_lr()[0],
                   "pairs_per_s": round(pairs_per_step / (time.perf_counter() - t_start), 3),
