@@ -59,7 +59,10 @@ def _build_outside_process_group(build: Callable[[Path], None], out: Path) -> No
 
     dist = sys.modules.get("torch.distributed")
     if dist is None or not (dist.is_available() and dist.is_initialized()):
-        build(out)
+        import torch
+
+        with torch.random.fork_rng(devices=[]):  # the builds seed torch: leave the caller's RNG as it was
+            build(out)
         return
     proc = multiprocessing.get_context("spawn").Process(target=build, args=(out,))
     proc.start()

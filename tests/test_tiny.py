@@ -113,3 +113,16 @@ def test_a_model_built_by_a_nonzero_rank_is_complete(tmp_path):
     mp.spawn(_build_on_rank, args=(str(tmp_path / "init"), str(cache)), nprocs=2)
     folder = cache / "models" / f"scorer-pickscore-tiny-v{ZOO_VERSION}"
     assert (folder / ".complete").exists() and (folder / "model.safetensors").exists() and (folder / "config.json").exists()
+
+
+def test_building_a_model_leaves_the_callers_random_state_alone(tmp_path, monkeypatch):
+    # A stage seeds torch, then loads its model: a first run on a fresh cache (which builds the model) must draw
+    # the same noise as every later run.
+    from aifeedback.tiny import tiny_pipeline_path
+
+    monkeypatch.setenv("AIF_CACHE", str(tmp_path))
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    tiny_pipeline_path("tiny-sd15")
+    assert torch.equal(torch.rand(3), expected)
