@@ -191,6 +191,8 @@ def test_each_scorer_uses_its_reference_preprocessing():
     assert load_scorer("imagereward:tiny").transform == ClipTransform(224, "openai")
     assert load_scorer("hpsv2:tiny").transform == ClipTransform(224, "hpsv2")
     assert load_scorer("clip:tiny").transform == ClipTransform(224, "hpsv2")  # one shared preprocessing in aif score
+    with pytest.raises(ValueError, match="use transformers, openai or hpsv2"):
+        ClipTransform(224, "pad")
 
 
 def test_the_score_pipeline_hands_each_transform_the_file_as_stored():

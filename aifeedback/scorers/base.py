@@ -42,6 +42,10 @@ class ClipTransform:
     size: int = 224
     reference: Literal["transformers", "openai", "hpsv2"] = "transformers"
 
+    def __post_init__(self):
+        if self.reference not in ("transformers", "openai", "hpsv2"):
+            raise ValueError(f"ClipTransform reference '{self.reference}': use transformers, openai or hpsv2")
+
     def __call__(self, image) -> Any:
         if self.reference == "hpsv2":
             return _resize_longest_and_pad(image, self.size)
