@@ -223,8 +223,8 @@ def score_twins(cfg: EvalConfig, rows: list[dict[str, Any]]) -> dict[str, tuple[
         batch = [rows[i] for i in idx]
         pairs = [reader.pair(r) for r in batch]
         texts = [r["prompt"] for r in batch]
-        base_imgs = [decode_image(b) for b, _ in pairs]
-        tuned_imgs = [decode_image(t) for _, t in pairs]
+        base_imgs = [decode_image(b, rgb=False) for b, _ in pairs]
+        tuned_imgs = [decode_image(t, rgb=False) for _, t in pairs]
         per = [(s.score(base_imgs, texts), s.score(tuned_imgs, texts)) for s in scorers]
         for j, i in enumerate(idx):
             mine.append((i, [float(b[j]) for b, _ in per], [float(t[j]) for _, t in per]))
@@ -349,8 +349,8 @@ def scorer_accuracy(cfg: EvalConfig) -> dict[str, Any] | None:
 
     def flush() -> None:
         texts = [p["caption"] for _, p in batch]
-        im0 = [decode_image(p["jpg_0"]) for _, p in batch]
-        im1 = [decode_image(p["jpg_1"]) for _, p in batch]
+        im0 = [decode_image(p["jpg_0"], rgb=False) for _, p in batch]
+        im1 = [decode_image(p["jpg_1"], rgb=False) for _, p in batch]
         per = [(s.score(im0, texts), s.score(im1, texts)) for s in scorers]
         mine.extend((i, p["label_0"], [(float(a[j]), float(b[j])) for a, b in per]) for j, (i, p) in enumerate(batch))
         batch.clear()

@@ -256,8 +256,9 @@ def bytes_to_latent(data: bytes, shape: list[int]):
     return torch.from_numpy(arr.astype(np.float32))
 
 
-def decode_image(value: Any) -> Any:
-    """Image bytes (or a datasets {'bytes': ...} dict, or a PIL image) -> a loaded RGB PIL image.
+def decode_image(value: Any, rgb: bool = True) -> Any:
+    """Image bytes (or a datasets {'bytes': ...} dict, or a PIL image) -> a loaded PIL image, in RGB unless
+    rgb=False (scorers take the file's own mode: some references resize a palette or RGBA image before RGB).
 
     Raises ValueError with a short reason that is the same on every run when the value is not a readable image.
     """
@@ -268,7 +269,7 @@ def decode_image(value: Any) -> Any:
     if isinstance(value, dict):
         value = value.get("bytes")
     if isinstance(value, Image.Image):
-        return value.convert("RGB")
+        return value.convert("RGB") if rgb else value
     if value is None:
         raise ValueError("image is null")
     if not isinstance(value, (bytes, bytearray, memoryview)):
@@ -281,4 +282,4 @@ def decode_image(value: Any) -> Any:
     except Exception as e:  # PIL raises many types (OSError, SyntaxError, DecompressionBombError, ...)
         reason = re.sub(r"\s*<[^>]* at 0x[0-9a-f]+>", "", str(e))  # drop object reprs ("<_io.BytesIO object at 0x...>")
         raise ValueError(f"cannot decode image: {type(e).__name__}: {reason}") from None
-    return im if im.mode == "RGB" else im.convert("RGB")
+    return im if im.mode == "RGB" or not rgb else im.convert("RGB")

@@ -297,7 +297,7 @@ class ShardImages(torch.utils.data.IterableDataset):
         fetched = dict(zip(rows, self.rows.take(rows, cols)))
         for row, col, _ in part:
             try:
-                image = decode_image(fetched[row][col])
+                image = decode_image(fetched[row][col], rgb=False)  # each transform converts
                 outs = [t(image) for t in self.transforms]
             except ValueError as e:
                 errors.append(str(e))

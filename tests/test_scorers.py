@@ -1,24 +1,40 @@
 """Scorers: preprocessing equals each reference's, formulas, real architectures (meta device), registry, statistics."""
 
 import hashlib
+import io
 
 import numpy as np
 import pytest
 import torch
+import torchvision.transforms.functional as TF
 from PIL import Image
+from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Normalize, Resize, ToTensor
 
 from aifeedback.errors import AifError
 from aifeedback.scorers import UnknownScorerError, list_scorers, load_scorer, parse_spec
 from aifeedback.scorers.base import OPENAI_MEAN, OPENAI_STD, ClipTransform, normalize
 
-# Sizes with odd crop margins, upscaling, portrait/landscape, and a square.
-SIZES = [(300, 225), (225, 301), (64, 100), (513, 512), (224, 224), (1024, 777)]
+# Tiny, tall, wide, large, an odd crop margin (227 -> offset floor 1 vs round(1.5) = 2), a longest side of 448 with
+# the other side 301 (HPS: round(150.5) = 150, the even side), longest side exactly 224 (HPS upstream neither resizes
+# nor pads those), and the square 224.
+SIZES = [(17, 90), (300, 701), (801, 240), (1024, 1024), (227, 224), (448, 301), (224, 150), (160, 224), (224, 224)]
+# RGBA with a varying alpha (PIL resizes it weighted by alpha), palette (PIL resizes it nearest-neighbour), gray.
+MODES = ["RGB", "RGBA", "P", "L"]
+# The references and the project run the same float32 arithmetic on the same (bit-identical) resized pixels;
+# 1e-6 leaves room for a last-bit difference in the x/255 and mean/std steps (float32 ulp at |x| ~ 2 is 2.4e-7).
+# Any real preprocessing difference (one 8-bit level = 1/255/0.27 = 0.015, a one-pixel shift, another filter) is
+# orders of magnitude larger.
+ATOL = 1e-6
 
 
 def noise_image(w, h, seed=0, mode="RGB"):
+    """Noise (the worst case for any resampling difference) in `mode`; P gets a random 256-colour palette."""
     rng = np.random.default_rng(seed)
-    arr = rng.integers(0, 256, (h, w, 4 if mode == "RGBA" else 3), dtype=np.uint8)
-    return Image.fromarray(arr, mode)
+    channels = {"RGB": 3, "RGBA": 4, "L": 1, "P": 1}[mode]
+    image = Image.frombytes(mode, (w, h), rng.integers(0, 256, h * w * channels, dtype=np.uint8).tobytes())
+    if mode == "P":
+        image.putpalette(rng.integers(0, 256, 768, dtype=np.uint8).tobytes())
+    return image
 
 
 def pixels(transform, image):
@@ -26,51 +42,134 @@ def pixels(transform, image):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Independent implementations of each upstream's documented steps (REFERENCE.md section 4), with PIL/torchvision
+# called as the upstream calls them; none of them uses the project's preprocessing.
+
+def pickscore_upstream(image):
+    """CLIPImageProcessor.preprocess as PickScore's pinned transformers 4.27.3 runs it with the config of
+    laion/CLIP-ViT-H-14-laion2B-s32B-b79K (shortest_edge 224, crop 224, bicubic, rescale 1/255, OpenAI stats)."""
+    arr = np.array(image.convert("RGB"))  # 4.27's convert_to_rgb is a plain PIL convert (alpha dropped)
+    h, w = arr.shape[:2]
+    short, long = (w, h) if w <= h else (h, w)
+    new_long = int(224 * long / short)  # get_resize_output_image_size(default_to_square=False)
+    nh, nw = (new_long, 224) if w <= h else (224, new_long)
+    arr = np.array(Image.fromarray(arr).resize((nw, nh), resample=Image.BICUBIC, reducing_gap=None))
+    top, left = (nh - 224) // 2, (nw - 224) // 2  # image_transforms.center_crop
+    x = (arr[top : top + 224, left : left + 224] * (1 / 255)).astype(np.float32)  # rescale: float64 -> float32
+    x = (x - np.array(OPENAI_MEAN, np.float32)) / np.array(OPENAI_STD, np.float32)
+    return torch.from_numpy(x).permute(2, 0, 1)
+
+
+def hpsv2_upstream(image):
+    """HPSv2's image_transform(224, is_train=False, resize_longest_max=True): what upstream feeds the model, quirks
+    included (4 channels for RGBA, alpha not normalised; no resize nor pad when the longest side is 224)."""
+    x = TF.to_tensor(image if image.mode == "RGBA" else image.convert("RGB"))
+    h, w = x.shape[1:]
+    scale = 224 / float(max(h, w))
+    if scale != 1.0:
+        new = [round(d * scale) for d in (h, w)]
+        # upstream passes no antialias: tensors are antialiased by default since torchvision 0.17; pinned here
+        x = TF.resize(x, new, InterpolationMode.BICUBIC, antialias=True)
+        pad_h, pad_w = 224 - new[0], 224 - new[1]
+        x = TF.pad(x, [pad_w // 2, pad_h // 2, pad_w - pad_w // 2, pad_h - pad_h // 2], fill=0)
+    return torch.cat([TF.normalize(x[:3], OPENAI_MEAN, OPENAI_STD), x[3:]])
+
+
+# OpenAI CLIP's `_transform` (the LAION aesthetic predictor's preprocess) and ImageReward's `_transform`: resize and
+# crop first, RGB last.
+OPENAI_UPSTREAM = Compose([
+    Resize(224, interpolation=InterpolationMode.BICUBIC), CenterCrop(224), lambda im: im.convert("RGB"), ToTensor(),
+    Normalize(OPENAI_MEAN, OPENAI_STD),
+])
+
+
+def hps_expected(image):
+    """What the project must give for hpsv2/clip: upstream's colour channels, zero-padded (before normalisation,
+    floor half left/top) to 224x224 where upstream leaves a non-square image with a longest side of 224 unpadded."""
+    ref = hpsv2_upstream(image)[:3]
+    h, w = ref.shape[1:]
+    out = normalize([torch.zeros(3, 224, 224)], "cpu", torch.float32)[0]
+    out[:, (224 - h) // 2 : (224 - h) // 2 + h, (224 - w) // 2 : (224 - w) // 2 + w] = ref
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Preprocessing == the reference implementations
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("w,h", SIZES)
-def test_pickscore_preprocessing_is_the_laion_clip_processor(w, h):
-    # laion/CLIP-ViT-H-14-laion2B-s32B-b79K preprocessor_config: shortest_edge 224, crop 224, bicubic, OpenAI stats.
+def test_pickscore_preprocessing_is_clip_image_processor_of_transformers_4_27(w, h, mode):
+    image = noise_image(w, h, seed=w + 3 * h, mode=mode)
+    got = pixels(ClipTransform(224, "transformers"), image)
+    assert got.shape == (3, 224, 224)
+    torch.testing.assert_close(got, pickscore_upstream(image), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("w,h", SIZES[:5])
+def test_the_pickscore_reference_is_the_installed_clip_image_processor_on_rgb(w, h):
+    # Checks the hand-written reference above against transformers itself. RGB only: transformers >= 4.4x blends
+    # RGBA onto white in convert_to_rgb, which 4.27 (PickScore's pin) did not.
     from transformers.models.clip import CLIPImageProcessorPil
 
-    ref = CLIPImageProcessorPil(
+    proc = CLIPImageProcessorPil(
         size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}, resample=3, do_center_crop=True,
         image_mean=list(OPENAI_MEAN), image_std=list(OPENAI_STD), do_convert_rgb=True,
     )
     image = noise_image(w, h, seed=w)
-    expected = torch.as_tensor(np.asarray(ref(images=image, return_tensors="np")["pixel_values"][0]))
-    got = pixels(ClipTransform(224, "crop", "floor"), image)
+    expected = torch.as_tensor(np.asarray(proc(images=image, return_tensors="np")["pixel_values"][0]))
+    torch.testing.assert_close(pickscore_upstream(image), expected.float(), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("w,h", SIZES)
+def test_hps_and_clip_preprocessing_is_hpsv2_float_resize_longest_and_pad(w, h, mode):
+    image = noise_image(w, h, seed=2 * w + h, mode=mode)
+    got = pixels(ClipTransform(224, "hpsv2"), image)
     assert got.shape == (3, 224, 224)
-    torch.testing.assert_close(got, expected.float(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(got, hps_expected(image), atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("w,h", SIZES)
-def test_hps_and_clip_preprocessing_is_open_clip_resize_longest_and_pad(w, h):
-    from open_clip.transform import image_transform
-
-    ref = image_transform(224, is_train=False, mean=OPENAI_MEAN, std=OPENAI_STD, resize_mode="longest",
-                          interpolation="bicubic", fill_color=0)
-    image = noise_image(w, h, seed=h)
-    torch.testing.assert_close(pixels(ClipTransform(224, "pad"), image), ref(image), atol=1e-5, rtol=0)
+def test_aesthetic_and_imagereward_preprocessing_is_openai_clip_transform(w, h, mode):
+    image = noise_image(w, h, seed=w + h, mode=mode)
+    got = pixels(ClipTransform(224, "openai"), image)
+    torch.testing.assert_close(got, OPENAI_UPSTREAM(image), atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("w,h", SIZES)
-def test_aesthetic_preprocessing_is_openai_clip_resize_and_torchvision_crop(w, h):
-    # OpenAI CLIP's preprocess (= open_clip's default eval transform): Resize(224, bicubic), CenterCrop(224).
-    from open_clip.transform import image_transform
+def test_hps_quirks_the_project_resolves():
+    # Where upstream HPSv2 cannot score an image, the project pads (longest side 224) and drops alpha (RGBA).
+    wide = noise_image(224, 150, seed=5)
+    assert hpsv2_upstream(wide).shape == (3, 150, 224)  # upstream: not square, fits neither a batch nor ViT-H-14
+    padded = ClipTransform(224, "hpsv2")(wide)
+    assert padded.shape == (3, 224, 224) and padded.dtype == torch.float32
+    assert padded[:, :37].abs().sum() == 0 and padded[:, 37 + 150 :].abs().sum() == 0  # 74 rows: 37 above, 37 below
+    rgba = noise_image(100, 60, seed=6, mode="RGBA")
+    assert hpsv2_upstream(rgba).shape == (4, 224, 224)  # upstream: a 4th channel the 3-channel model rejects
+    assert ClipTransform(224, "hpsv2")(rgba).shape == (3, 224, 224)
 
-    ref = image_transform(224, is_train=False, mean=OPENAI_MEAN, std=OPENAI_STD, resize_mode="shortest",
-                          interpolation="bicubic")
-    image = noise_image(w, h, seed=w + h)
-    torch.testing.assert_close(pixels(ClipTransform(224, "crop", "round"), image), ref(image), atol=1e-5, rtol=0)
+
+def test_hps_resizes_float_pixels_without_8_bit_rounding():
+    # Upscaled noise: values between the 8-bit levels, and bicubic overshoot outside [0, 1] is kept (not clamped).
+    x = ClipTransform(224, "hpsv2")(noise_image(40, 30, seed=7))
+    levels = x * 255
+    assert (levels - levels.round()).abs().max() > 0.1
+    assert x.min() < 0 or x.max() > 1
+
+
+@pytest.mark.parametrize("mode,same", [("RGB", True), ("L", True), ("P", False), ("RGBA", False)])
+def test_rgb_before_or_after_the_resize_differs_for_palette_and_rgba(mode, same):
+    # 300x200 -> 336x224, margin 112: both crops start at 56, so only where the RGB conversion happens differs
+    # (transformers/PickScore: first; OpenAI CLIP/aesthetic/ImageReward: last).
+    image = noise_image(300, 200, seed=8, mode=mode)
+    assert torch.equal(ClipTransform(224, "transformers")(image), ClipTransform(224, "openai")(image)) == same
 
 
 def test_crop_offsets_differ_where_the_references_differ():
-    # 225 px margin 1 after resize: transformers floors the offset (0), torchvision rounds it (round(0.5) = 0,
-    # round(1.5) = 2): check a size where they disagree so each scorer must use its own.
-    image = noise_image(227, 224, seed=3)  # resized to 227x224 -> margin 3 -> floor 1, round(1.5) = 2
-    a = ClipTransform(224, "crop", "floor")(image)
-    b = ClipTransform(224, "crop", "round")(image)
+    # 227x224: margin 3 -> transformers floors the offset (1), torchvision rounds it (round(1.5) = 2).
+    image = noise_image(227, 224, seed=3)
+    a = ClipTransform(224, "transformers")(image)
+    b = ClipTransform(224, "openai")(image)
     assert not torch.equal(a, b)
     assert torch.equal(a[:, :, 1:], b[:, :, :-1])
 
@@ -79,38 +178,64 @@ def test_pad_keeps_the_whole_image_and_crop_cuts_the_sides():
     arr = np.full((224, 448, 3), 128, dtype=np.uint8)
     arr[:, :16] = (255, 0, 0)  # a red band on the left edge
     image = Image.fromarray(arr)
-    padded = ClipTransform(224, "pad")(image)
-    cropped = ClipTransform(224, "crop")(image)
+    padded = ClipTransform(224, "hpsv2")(image)
+    cropped = ClipTransform(224, "transformers")(image)
     assert padded[:, :56].sum() == 0 and padded[:, -56:].sum() == 0  # zero padding above and below
-    assert padded[0, 112, 2] > 200 and padded[1, 112, 2] < 50  # the red band survives
+    assert padded[0, 112, 2] > 0.8 and padded[1, 112, 2] < 0.2  # the red band survives
     assert int(cropped[0].max()) <= 140  # the crop removed it
 
 
 def test_each_scorer_uses_its_reference_preprocessing():
-    assert load_scorer("pickscore:tiny").transform == ClipTransform(224, "crop", "floor")
-    assert load_scorer("aesthetic:tiny").transform == ClipTransform(224, "crop", "round")
-    assert load_scorer("hpsv2:tiny").transform == ClipTransform(224, "pad")
-    assert load_scorer("clip:tiny").transform == ClipTransform(224, "pad")
-    assert load_scorer("imagereward:tiny").transform == ClipTransform(224, "crop", "round")  # CLIP's _transform
+    assert load_scorer("pickscore:tiny").transform == ClipTransform(224, "transformers")
+    assert load_scorer("aesthetic:tiny").transform == ClipTransform(224, "openai")
+    assert load_scorer("imagereward:tiny").transform == ClipTransform(224, "openai")
+    assert load_scorer("hpsv2:tiny").transform == ClipTransform(224, "hpsv2")
+    assert load_scorer("clip:tiny").transform == ClipTransform(224, "hpsv2")  # one shared preprocessing in aif score
+    with pytest.raises(ValueError, match="use transformers, openai or hpsv2"):
+        ClipTransform(224, "pad")
+
+
+def test_the_score_pipeline_hands_each_transform_the_file_as_stored():
+    # aif score's DataLoader decodes PNG bytes; a palette or RGBA file must reach the "openai" transform unconverted.
+    from aifeedback.score_data import ShardImages, ShardPlan
+
+    class Rows:
+        def __init__(self, images):
+            self.images = images
+
+        def take(self, rows, columns):
+            return [{"image": self.images[r]} for r in rows]
+
+    images = [noise_image(90, 60, seed=9, mode=m) for m in MODES]
+    files = []
+    for im in images:
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+        files.append(buf.getvalue())
+    transforms = [ClipTransform(224, "openai"), ClipTransform(224, "hpsv2"), ClipTransform(224, "transformers")]
+    plan = ShardPlan(0, [(i, "image", "p") for i in range(len(files))])
+    chunk = next(iter(ShardImages(Rows(files), [plan], transforms, chunk=8)))
+    assert chunk["errors"] == [None] * len(files)
+    for t, items in zip(transforms, chunk["items"]):
+        torch.testing.assert_close(items, torch.stack([t(im) for im in images]), atol=0, rtol=0)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Formulas
+# Formulas (end to end: the expected values use the upstream preprocessing above)
 
-IMAGES = [noise_image(96, 64, seed=i) for i in range(4)]
+IMAGES = [noise_image(96, 64, seed=i, mode=m) for i, m in enumerate(MODES)]
 PROMPTS = ["a red fox in snow", "a blue car", "a red fox in snow", "a bowl of soup"]
 
 
-def test_pickscore_is_logit_scale_exp_times_cosine():
-    from transformers.models.clip import CLIPImageProcessorPil
+def upstream_batch(preprocess):
+    return torch.stack([preprocess(im) for im in IMAGES])
 
+
+def test_pickscore_is_logit_scale_exp_times_cosine():
     s = load_scorer("pickscore:tiny")
-    proc = CLIPImageProcessorPil(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}, resample=3,
-                                 image_mean=list(OPENAI_MEAN), image_std=list(OPENAI_STD))
-    px = torch.as_tensor(proc(images=IMAGES, return_tensors="np")["pixel_values"])
     tok = s.tokenizer(PROMPTS, padding=True, truncation=True, max_length=77, return_tensors="pt")
     with torch.no_grad():
-        out = s.model(pixel_values=px, **tok)  # CLIPModel: logits_per_image = logit_scale.exp() * cos
+        out = s.model(pixel_values=upstream_batch(pickscore_upstream), **tok)  # logits = logit_scale.exp() * cos
     expected = out.logits_per_image.diagonal()
     got = torch.tensor(s.score(IMAGES, PROMPTS))
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
@@ -121,7 +246,7 @@ def test_pickscore_is_logit_scale_exp_times_cosine():
 def test_clip_and_hps_are_cosines(spec):
     s = load_scorer(spec)
     with torch.no_grad():
-        img = s.model.encode_image(torch.stack([pixels(s.transform, im) for im in IMAGES]), normalize=True)
+        img = s.model.encode_image(upstream_batch(hps_expected), normalize=True)
         txt = s.model.encode_text(s.tokenizer(PROMPTS), normalize=True)
     torch.testing.assert_close(torch.tensor(s.score(IMAGES, PROMPTS)), (img * txt).sum(-1), atol=1e-5, rtol=1e-5)
 
@@ -142,7 +267,7 @@ def test_hps_tiny_loads_through_the_hps_checkpoint_format(tmp_path):
 def test_aesthetic_is_mlp_of_normalised_embedding_and_ignores_prompt():
     s = load_scorer("aesthetic:tiny")
     with torch.no_grad():
-        emb = s.model.encode_image(torch.stack([pixels(s.transform, im) for im in IMAGES]))
+        emb = s.model.encode_image(upstream_batch(OPENAI_UPSTREAM))
         expected = s.head.layers(emb / emb.norm(dim=-1, keepdim=True)).squeeze(-1)
     got = s.score(IMAGES, PROMPTS)
     torch.testing.assert_close(torch.tensor(got), expected, atol=1e-5, rtol=1e-5)
@@ -329,7 +454,7 @@ def test_imagereward_is_the_normalised_mlp_of_the_image_conditioned_cls_feature(
     assert tok.input_ids.shape == (4, 35) and (tok.input_ids[:, 0] == s.tokenizer.cls_token_id).all()
     assert s.tokenizer.convert_tokens_to_ids(["[DEC]", "[ENC]"]) == [len(s.tokenizer) - 2, len(s.tokenizer) - 1]
     with torch.no_grad():
-        image = s.net["vision"](pixel_values=torch.stack([pixels(s.transform, im) for im in IMAGES])).last_hidden_state
+        image = s.net["vision"](pixel_values=upstream_batch(OPENAI_UPSTREAM)).last_hidden_state
         text = s.net["text"](input_ids=tok.input_ids, attention_mask=tok.attention_mask, encoder_hidden_states=image,
                              is_decoder=False).last_hidden_state
         expected = (s.net["mlp"](text[:, 0]).squeeze(-1) - MEAN) / STD

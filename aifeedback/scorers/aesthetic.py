@@ -1,6 +1,7 @@
 """LAION aesthetic predictor v2 (christophschuhmann/improved-aesthetic-predictor), prompt-free.
 
-Reference: OpenAI CLIP ViT-L/14 image embedding (shortest side -> 224 bicubic, torchvision center crop, OpenAI
+Reference: OpenAI CLIP ViT-L/14 image embedding with OpenAI CLIP's `preprocess` (`ClipTransform` "openai": PIL
+bicubic resize of the short side to 224 in the image's own mode, torchvision centre crop, only then RGB, OpenAI
 mean/std), L2-normalised, then an MLP 768-1024-128-64-16-1 (dropout between the first layers, no activations)
 trained on SAC + LOGOS + AVA; output on the 1-10 AVA scale. The head weights ship with aifeedback (Apache-2.0).
 """
@@ -49,7 +50,7 @@ class Aesthetic(Scorer):
         net, _ = openclip.load_net(name, model, ARCH, TAG, "scorer-aesthetic-tiny", build_tiny)
         self.model = net.to(self.device, self.dtype)
         self.head = head().to(self.device)  # float32: 1M parameters, no reason to round them
-        self.transform = ClipTransform(openclip.image_size(net), "crop", "round")
+        self.transform = ClipTransform(openclip.image_size(net), "openai")
 
     def score_items(self, items: list, prompts: list[str]) -> list[float]:
         import torch

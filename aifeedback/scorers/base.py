@@ -2,9 +2,10 @@
 
 A scorer is split in two so that decoding and resizing can run in DataLoader worker processes while the model
 runs batched on the accelerator:
-  transform(image) -> item      cheap, picklable, CPU (a uint8 3xSxS tensor for the CLIP family)
+  transform(image) -> item      cheap, picklable, CPU (a 3xSxS tensor for the CLIP family: uint8 pixels, or float
+                                in [0, 1] where the reference resizes float tensors)
   score_items(items, prompts)   the model on a batch of items -> float32 scores (higher = better)
-Normalisation by the mean/std happens on the device, on the batch, after the uint8 transfer (4x less copying).
+Normalisation by the mean/std happens on the device, on the batch, after the transfer (uint8: 4x less copying).
 """
 
 from __future__ import annotations
@@ -19,55 +20,93 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 @dataclass(frozen=True)
 class ClipTransform:
-    """Resize (PIL bicubic) and crop or pad an image to size x size; returns a uint8 (3, size, size) tensor.
+    """An image (any PIL mode) -> the (3, size, size) tensor its reference implementation feeds the model, before
+    the mean/std (`normalize`). Each reference's steps, in its order (REFERENCE.md section 4):
 
-    mode "crop": shortest side -> size, then a center crop (PickScore, aesthetic, ImageReward).
-    mode "pad":  longest side -> size, then zero padding centred (HPS, CLIP score), so nothing is cut off.
-    crop_offset: where a crop with an odd margin lands. "floor" is transformers' CLIPImageProcessor
-    ((H - S) // 2), "round" is torchvision's CenterCrop (round((H - S) / 2)); the two differ by one pixel on
-    some sizes, so each scorer uses the one its reference implementation uses.
+    "transformers"  CLIPImageProcessor as PickScore's pinned transformers (4.27) runs it (PickScore): convert to RGB,
+                    PIL bicubic resize of the short side to size (long side int(size * long / short)), centre crop
+                    with floored offsets. -> uint8
+    "openai"        OpenAI CLIP's `_transform` (aesthetic, ImageReward): the same resize, but in the image's own mode
+                    (PIL resizes a palette image with nearest neighbour and an RGBA one weighted by its alpha), a
+                    torchvision centre crop (offsets round((H - size) / 2)), and only then RGB. -> uint8
+    "hpsv2"         HPSv2's image_transform(resize_longest_max=True) (HPSv2, CLIP score): RGB, to float in [0, 1]
+                    FIRST, bicubic antialiased resize of that float tensor so the LONGEST side is size (each side
+                    round(side * size / longest), no 8-bit rounding, no clamping), zero padding to size x size
+                    (floor half left/top). -> float32
+                    Two upstream quirks are not kept, because upstream cannot score those images at all: RGBA stays
+                    4 channels there (the 3-channel model rejects it), here alpha is dropped (the colour channels are
+                    upstream's); and an image whose longest side is already `size` is neither resized nor padded
+                    there (a non-square one then fits no batch nor the model), here it is padded (not resized).
     """
 
     size: int = 224
-    mode: Literal["crop", "pad"] = "crop"
-    crop_offset: Literal["floor", "round"] = "floor"
+    reference: Literal["transformers", "openai", "hpsv2"] = "transformers"
+
+    def __post_init__(self):
+        if self.reference not in ("transformers", "openai", "hpsv2"):
+            raise ValueError(f"ClipTransform reference '{self.reference}': use transformers, openai or hpsv2")
 
     def __call__(self, image) -> Any:
-        import numpy as np
-        import torch
-        from PIL import Image
+        if self.reference == "hpsv2":
+            return _resize_longest_and_pad(image, self.size)
+        if self.reference == "transformers":
+            image = _rgb(image)
+        image = _resize_short_and_crop(image, self.size, floor_offsets=self.reference == "transformers")
+        return _uint8_chw(_rgb(image))
 
-        image = image.convert("RGB")
-        w, h = image.size
-        s = self.size
-        if self.mode == "crop":
-            # shortest side -> s; the long side is truncated like both references do: int(s * long / short)
-            if w <= h:
-                nw, nh = s, int(s * h / w)
-            else:
-                nw, nh = int(s * w / h), s
-            image = image.resize((nw, nh), Image.BICUBIC)
-            if self.crop_offset == "floor":
-                top, left = (nh - s) // 2, (nw - s) // 2
-            else:
-                top, left = int(round((nh - s) / 2.0)), int(round((nw - s) / 2.0))
-            image = image.crop((left, top, left + s, top + s))
-        else:
-            scale = s / max(w, h)
-            nw, nh = round(w * scale), round(h * scale)
-            resized = image.resize((nw, nh), Image.BICUBIC)
-            image = Image.new("RGB", (s, s), (0, 0, 0))
-            image.paste(resized, ((s - nw) // 2, (s - nh) // 2))
-        arr = np.asarray(image, dtype=np.uint8)
-        return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+def _rgb(image):
+    """PIL's own RGB conversion (alpha dropped, not composited), skipped when already RGB (no copy)."""
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _uint8_chw(image):
+    """An RGB PIL image -> a uint8 (3, H, W) tensor."""
+    import numpy as np
+    import torch
+
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+
+
+def _resize_short_and_crop(image, size: int, floor_offsets: bool):
+    """PIL bicubic resize of the short side to `size` (in the image's mode), then a size x size centre crop."""
+    from PIL import Image
+
+    w, h = image.size
+    # the long side is truncated as both references do (torchvision and transformers): int(size * long / short)
+    nw, nh = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+    image = image.resize((nw, nh), Image.BICUBIC)  # PIL itself uses nearest for modes P and 1
+    if floor_offsets:  # transformers' center_crop
+        top, left = (nh - size) // 2, (nw - size) // 2
+    else:  # torchvision's CenterCrop (Python's round: halves go to the even side)
+        top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
+    return image.crop((left, top, left + size, top + size))
+
+
+def _resize_longest_and_pad(image, size: int):
+    """Float pixels in [0, 1], resized (bicubic, antialiased) so the longest side is `size`, zero-padded square."""
+    import torch
+
+    x = _uint8_chw(_rgb(image)).contiguous().float().div(255.0)  # = torchvision's ToTensor
+    h, w = x.shape[1:]
+    scale = size / float(max(h, w))  # computed as upstream does, so round() sees the same floats
+    if scale != 1.0:
+        nh, nw = round(h * scale), round(w * scale)
+        x = torch.nn.functional.interpolate(x[None], size=(nh, nw), mode="bicubic", align_corners=False,
+                                            antialias=True)[0]
+        h, w = nh, nw
+    pad_h, pad_w = size - h, size - w
+    return torch.nn.functional.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
 
 
 def normalize(items, device, dtype):
-    """uint8 (3, S, S) items (a list, or already stacked) -> OpenAI mean/std applied on `device` in float32 -> dtype."""
+    """(3, S, S) items (a list, or already stacked; uint8 pixels or float in [0, 1]) -> OpenAI mean/std applied on
+    `device` in float32 -> dtype."""
     import torch
 
     x = items if isinstance(items, torch.Tensor) else torch.stack(items)
-    x = x.to(device, non_blocking=True).float().div_(255.0)
+    x = x.to(device, non_blocking=True)
+    x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()  # float items are already in [0, 1]
     mean = torch.tensor(OPENAI_MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(OPENAI_STD, device=x.device).view(1, 3, 1, 1)
     return ((x - mean) / std).to(dtype)

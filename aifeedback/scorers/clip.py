@@ -1,6 +1,7 @@
 """CLIP score as in the Diffusion-DPO paper: open_clip ViT-H-14 `laion2b_s32b_b79k`, cosine(image, text).
 
-Preprocessing as HPS (REFERENCE.md section 4): longest side -> 224 bicubic, zero pad to 224x224, OpenAI mean/std.
+Preprocessing as HPS (REFERENCE.md section 4; `ClipTransform` "hpsv2", quirks in hpsv2.py): RGB, float in [0, 1],
+bicubic antialiased resize of the float tensor so the longest side is 224, zero pad to 224x224, OpenAI mean/std.
 """
 
 from __future__ import annotations

@@ -1,9 +1,13 @@
 """HPS v2 / v2.1 (Wu et al. 2023): open_clip ViT-H-14 fine-tuned on human preference (HPD v2).
 
 Reference (tgxs002/HPSv2): ViT-H-14 with the checkpoint `HPS_v2_compressed.pt` / `HPS_v2.1_compressed.pt` from the
-hub repo `xswu/HPSv2` (weights under the key `state_dict`); preprocessing resizes the LONGEST side to 224 (bicubic)
-and zero-pads to 224x224 (no crop), OpenAI mean/std; score = cosine of the normalised features (the HPS papers
-report it x100).
+hub repo `xswu/HPSv2` (weights under the key `state_dict`); score = cosine of the normalised features (the HPS
+papers report it x100).
+Preprocessing = HPSv2's image_transform(resize_longest_max=True) (`ClipTransform` "hpsv2"): RGB, to float in [0, 1],
+bicubic antialiased resize of the float tensor so the LONGEST side is 224 (no 8-bit rounding), zero pad to 224x224
+(floor half left/top), OpenAI mean/std. Where upstream cannot score an image we do the sensible thing: an RGBA
+image loses its alpha (upstream keeps a 4th channel the model rejects; the colour channels are the same), and a
+non-square image whose longest side is already 224 is zero-padded to 224x224 (upstream leaves it non-square).
 """
 
 from __future__ import annotations

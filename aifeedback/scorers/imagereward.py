@@ -4,7 +4,8 @@ Reference (THUDM/ImageReward: ImageReward.py with BLIP's vit.py and med.py): a B
 LayerNorm eps 1e-6) whose tokens a BERT-base text encoder attends to (cross-attention in every layer; vocabulary
 bert-base-uncased + [DEC] + [ENC] = 30524); the text's first ([CLS]) feature goes through an MLP
 768-1024-128-64-16-1 (dropout, no activations) in float32; score = (r - 0.16717362830052426) / 1.0333394966054072.
-Images: shortest side -> 224 bicubic, torchvision center crop, OpenAI mean/std. Prompts: bert-base-uncased,
+Images: ImageReward's `_transform` (= OpenAI CLIP's; `ClipTransform` "openai"): PIL bicubic resize of the short side
+to 224 in the image's own mode, torchvision centre crop, only then RGB, OpenAI mean/std. Prompts: bert-base-uncased,
 padded to max_length 35 and truncated there. Weights: the upstream `ImageReward.pt` (hub repo THUDM/ImageReward),
 renamed onto BlipVisionModel / BlipTextModel.
 
@@ -161,7 +162,7 @@ class ImageReward(Scorer):
         net["vision"].to(self.dtype)
         net["text"].to(self.dtype)
         self.net = net.eval().to(self.device)
-        self.transform = ClipTransform(vision["image_size"], "crop", "round")  # torchvision Resize + CenterCrop
+        self.transform = ClipTransform(vision["image_size"], "openai")  # ImageReward's _transform
 
     def score_items(self, items: list, prompts: list[str]) -> list[float]:
         import torch

@@ -83,7 +83,7 @@ def load_net(name: str, model: str | None, default_arch: str, default_tag: str |
 
 
 class OpenClipCosine(Scorer):
-    """cosine(image, text) of an open_clip model, images resized on their longest side and zero-padded."""
+    """cosine(image, text) of an open_clip model, images preprocessed as HPSv2 does (longest side, zero padding)."""
 
     def __init__(self, name: str, model, tokenizer, device: str, dtype: str):
         import torch
@@ -93,7 +93,7 @@ class OpenClipCosine(Scorer):
         self.name, self.device, self.dtype = name, torch.device(device), torch_dtype(dtype)
         self.model = model.to(self.device, self.dtype)
         self.tokenizer = tokenizer
-        self.transform = ClipTransform(image_size(model), "pad")
+        self.transform = ClipTransform(image_size(model), "hpsv2")
 
     def score_items(self, items: list, prompts: list[str]) -> list[float]:
         import torch

@@ -1,8 +1,10 @@
 """PickScore (Kirstain et al. 2023): CLIP ViT-H/14 fine-tuned on Pick-a-Pic human preferences.
 
 Reference: model `yuvalkirstain/PickScore_v1` (transformers CLIPModel), processor
-`laion/CLIP-ViT-H-14-laion2B-s32B-b79K`: shortest side -> 224 bicubic, center crop 224 (transformers' floor
-offset), OpenAI mean/std; score = logit_scale.exp() * cos(image embedding, text embedding).
+`laion/CLIP-ViT-H-14-laion2B-s32B-b79K` as PickScore's pinned transformers (4.27.3) runs it: convert to RGB (alpha
+dropped; newer transformers composite onto white instead), PIL bicubic resize of the short side to 224, centre crop
+224 with floored offsets, OpenAI mean/std (`ClipTransform` "transformers");
+score = logit_scale.exp() * cos(image embedding, text embedding).
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ class PickScore(Scorer):
             self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
         except (OSError, ValueError) as e:
             raise model_error(name, path, e) from None
-        self.transform = ClipTransform(self.model.config.vision_config.image_size, "crop", "floor")
+        self.transform = ClipTransform(self.model.config.vision_config.image_size, "transformers")
 
     def score_items(self, items: list, prompts: list[str]) -> list[float]:
         import torch
