@@ -15,18 +15,18 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from aifeedback.config import fields, list_recipes, load_stage_config, type_name, _unwrap_optional
+from aifeedback.config import _unwrap_optional, fields, list_recipes, load_stage_config, type_name
 from aifeedback.errors import AifError
 
 # command -> (module, config class, one-line help). Each module defines the config dataclass and run(cfg).
 STAGE_COMMANDS: dict[str, tuple[str, str, str]] = {
-    "generate": ("aifeedback.generate", "GenerateConfig", "Sample K candidate images per prompt (SDXL / SD1.5)."),
-    "score": ("aifeedback.score", "ScoreConfig", "Score images with reward models and write preference pairs."),
-    "train": ("aifeedback.train", "TrainConfig", "Diffusion-DPO (or SFT) on human or AI-labelled pairs."),
-    "export": ("aifeedback.export", "ExportConfig", "Turn a training checkpoint into a diffusers UNet or LoRA file."),
-    "sample": ("aifeedback.sample", "SampleConfig", "Generate images from a trained model (base + UNet/LoRA)."),
-    "eval": ("aifeedback.evaluate", "EvalConfig", "Win rates of a tuned model against its base, with a report."),
-    "demo": ("aifeedback.demo", "DemoConfig", "The whole loop on the toy model, offline, in minutes on a CPU."),
+    "generate": ("aifeedback.stages.generate", "GenerateConfig", "Sample K candidate images per prompt (SDXL / SD1.5)."),
+    "score": ("aifeedback.stages.score", "ScoreConfig", "Score images with reward models and write preference pairs."),
+    "train": ("aifeedback.stages.train", "TrainConfig", "Diffusion-DPO (or SFT) on human or AI-labelled pairs."),
+    "export": ("aifeedback.stages.export", "ExportConfig", "Turn a training checkpoint into a diffusers UNet or LoRA file."),
+    "sample": ("aifeedback.stages.sample", "SampleConfig", "Generate images from a trained model (base + UNet/LoRA)."),
+    "eval": ("aifeedback.stages.evaluate", "EvalConfig", "Win rates of a tuned model against its base, with a report."),
+    "demo": ("aifeedback.stages.demo", "DemoConfig", "The whole loop on the toy model, offline, in minutes on a CPU."),
 }
 
 app = typer.Typer(
@@ -94,7 +94,7 @@ def _register_stages() -> None:
 @app.command("models")
 def models_cmd() -> None:
     """List the offline tiny/toy models and common real models (any hub id or local path also works)."""
-    from aifeedback.models import KNOWN_MODELS, tiny_names
+    from aifeedback.families.loading import KNOWN_MODELS, tiny_names
 
     typer.echo("Offline models (built on first use, cached under $AIF_CACHE):")
     for name, desc in tiny_names().items():
@@ -102,7 +102,7 @@ def models_cmd() -> None:
     typer.echo("Real models (hub ids; any other diffusers SDXL / SD1.5 id or local folder works too):")
     for name, desc in KNOWN_MODELS.items():
         typer.echo(f"  {name:<44} {desc}")
-    from aifeedback.scorers import list_scorers
+    from aifeedback.scoring.scorers import list_scorers
 
     typer.echo("Scorers (--scorer NAME or NAME:MODEL, e.g. pickscore:tiny):")
     for name, desc in list_scorers().items():

@@ -194,7 +194,7 @@ def identity_dict(cfg: Any) -> dict[str, Any]:
 
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically)."""
-    from aifeedback.io import atomic_write_text
+    from aifeedback.storage.files import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 

@@ -1,6 +1,6 @@
 """Benchmark of `aif generate`'s per-image path: images/s and where the time goes.
 
-It runs the same code as the stage (sampling.render -> decode_latents -> encode_image -> io.write_shard) on
+It runs the same code as the stage (sampling.render -> decode_latents -> encode_image -> write_shard) on
 one process and splits the wall time into text encoders, UNet, VAE decode, image encoding, shard writing and the
 rest (scheduler, latent prep), so "share of time outside the UNet" is measured rather than guessed.
 
@@ -54,9 +54,9 @@ def main() -> None:
 
     import torch
 
-    from aifeedback import io
-    from aifeedback.models import load_pipeline
-    from aifeedback.sampling import encode_image, image_seed, optimize_pipeline, render
+    from aifeedback.families.loading import load_pipeline
+    from aifeedback.families.sampling import encode_image, image_seed, optimize_pipeline, render
+    from aifeedback.storage.shards import write_shard
 
     if args.random_weights:
         from realsize import build_pipeline
@@ -107,7 +107,7 @@ def main() -> None:
         t1 = time.perf_counter()
         rows = [{"image": encode_image(im, args.image_format)} for im in res.images]
         t2 = time.perf_counter()
-        io.write_shard(out, shard, rows)
+        write_shard(out, shard, rows)
         t3 = time.perf_counter()
         return t1 - t0, t2 - t1, t3 - t2
 

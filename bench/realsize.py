@@ -51,12 +51,18 @@ def build_pipeline(family: str, device: str = "cpu", dtype: str = "float16", fp1
     the VAE as fp16-safe (force_upcast False), as madebyollin/sdxl-vae-fp16-fix is: same architecture and cost.
     """
     import torch
-    from diffusers import (AutoencoderKL, EulerDiscreteScheduler, PNDMScheduler, StableDiffusionPipeline,
-                           StableDiffusionXLPipeline, UNet2DConditionModel)
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        PNDMScheduler,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    from aifeedback.models import torch_dtype
-    from aifeedback.tiny import clip_tokenizer
+    from aifeedback.families.loading import torch_dtype
+    from aifeedback.zoo.tokenizer import clip_tokenizer
 
     if family not in ("sdxl", "sd15"):
         raise ValueError(f"unknown family '{family}'; use sdxl or sd15")

@@ -1,6 +1,6 @@
 """Benchmark: scored images per second, from JPEG bytes to scores, through the score stage's own input pipeline.
 
-JPEG decode, resize and crop run in DataLoader worker processes (`aifeedback.score_data.ShardImages`, the code
+JPEG decode, resize and crop run in DataLoader worker processes (`aifeedback.scoring.inputs.ShardImages`, the code
 `aif score` uses); the scorer runs batched on the device. Goal on one H100 with 16 CPU cores: >= 2000 img/s for
 PickScore at 224 px (bf16).
 
@@ -58,14 +58,14 @@ class MemoryRows:
 
 def random_pickscore(dtype: str) -> str:
     """A local folder holding the full-size PickScore architecture with random weights (built once, cached)."""
-    from aifeedback.tiny import cached_build
+    from aifeedback.zoo.cache import cached_build
 
     def build(out: Path) -> None:
         import torch
         from transformers import CLIPConfig, CLIPModel
 
-        from aifeedback.scorers.pickscore import REAL_CONFIG
-        from aifeedback.tiny import clip_tokenizer
+        from aifeedback.scoring.scorers.pickscore import REAL_CONFIG
+        from aifeedback.zoo.tokenizer import clip_tokenizer
 
         torch.manual_seed(0)
         with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # GPU init: seconds, not a minute
@@ -94,8 +94,8 @@ def main() -> None:
 
     import torch
 
-    from aifeedback.score_data import ShardImages, ShardPlan, passthrough
-    from aifeedback.scorers import load_scorer
+    from aifeedback.scoring.inputs import ShardImages, ShardPlan, passthrough
+    from aifeedback.scoring.scorers import load_scorer
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")

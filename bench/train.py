@@ -16,7 +16,6 @@ import json
 import time
 
 import torch
-
 from realsize import SD15_UNET, SDXL_UNET  # bench/ is on sys.path as the script folder
 
 
@@ -35,11 +34,11 @@ def main() -> None:
 
     from diffusers import UNet2DConditionModel
 
-    from aifeedback.losses import denoising_mse, dpo
+    from aifeedback.losses.dpo import denoising_mse, dpo
 
     device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
     if args.tiny:
-        from aifeedback.tiny import tiny_pipeline_path
+        from aifeedback.zoo import tiny_pipeline_path
 
         unet = UNet2DConditionModel.from_pretrained(tiny_pipeline_path(f"tiny-{args.family}"), subfolder="unet")
         res, factor = args.resolution or 32, 2

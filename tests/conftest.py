@@ -26,7 +26,7 @@ def aif_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_sdxl(aif_cache):
     """Path of the tiny SDXL pipeline folder."""
-    from aifeedback.tiny import tiny_pipeline_path
+    from aifeedback.zoo import tiny_pipeline_path
 
     return tiny_pipeline_path("tiny-sdxl")
 
@@ -34,7 +34,7 @@ def tiny_sdxl(aif_cache):
 @pytest.fixture(scope="session")
 def tiny_sd15(aif_cache):
     """Path of the tiny SD1.5 pipeline folder."""
-    from aifeedback.tiny import tiny_pipeline_path
+    from aifeedback.zoo import tiny_pipeline_path
 
     return tiny_pipeline_path("tiny-sd15")
 
@@ -42,6 +42,6 @@ def tiny_sd15(aif_cache):
 @pytest.fixture(scope="session")
 def toy_sd15(aif_cache):
     """Path of the pretrained toy SD1.5 pipeline folder (built and pretrained once per cache, ~1.5 min on a CPU)."""
-    from aifeedback.tiny import tiny_pipeline_path
+    from aifeedback.zoo import tiny_pipeline_path
 
     return tiny_pipeline_path("toy-sd15")

@@ -1,13 +1,16 @@
 """Test helper: DPO loss and implicit accuracy of a checkpoint vs its base on a fixed set, fixed noise and timesteps."""
 import torch
+
+
 def fixed_set_metrics(model, ckpt, data, dataset, resolution=16, draws=8, beta=500.0):
     """DPO loss / implicit accuracy of a checkpoint vs the base on a fixed set with fixed noise and timesteps."""
-    from aifeedback import data as D
-    from aifeedback.checkpoints import checkpoint_kind, LORA_FILE
-    from aifeedback.diffusion import TextEncoders, encode_images, noise_scheduler, training_target
-    from aifeedback.losses import denoising_mse, dpo
-    from aifeedback.models import load_pipeline, family
     from diffusers import UNet2DConditionModel
+
+    from aifeedback.data import pairs as D
+    from aifeedback.families.diffusion import TextEncoders, noise_scheduler, training_target
+    from aifeedback.families.loading import family, load_pipeline
+    from aifeedback.losses.dpo import denoising_mse, dpo
+    from aifeedback.storage.checkpoints import LORA_FILE, checkpoint_kind
     pipe = load_pipeline(model)
     text = TextEncoders.from_pipeline(pipe); sched = noise_scheduler(pipe)
     table = D.open_table(data, str(dataset), "train")

@@ -51,7 +51,7 @@ def write_score_dir(folder: Path, rows: list[dict], latent_shape: list[int] | No
     """A minimal `aif score` output: manifest.json (stage score) + data/train-00000.parquet, optional latents."""
     import torch
 
-    from aifeedback.io import latent_to_bytes, write_shard
+    from aifeedback.storage.shards import latent_to_bytes, write_shard
 
     out = []
     for i, r in enumerate(rows):
@@ -72,7 +72,7 @@ def write_score_dir(folder: Path, rows: list[dict], latent_shape: list[int] | No
 def tiny_train(dataset: Path, out: Path, **overrides):
     """A TrainConfig for a seconds-long CPU run on a tiny model at 16 px."""
     from aifeedback.config import build_config
-    from aifeedback.train import TrainConfig
+    from aifeedback.stages.train import TrainConfig
 
     values = dict(dataset=str(dataset), model="tiny-sd15", out=str(out), resolution=16, max_steps=2, batch_size=2,
                   lr=1e-4, scale_lr=False, checkpoint_every=2, validation_every=0, num_workers=0, trackers="none")

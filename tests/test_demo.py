@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from aifeedback.config import ConfigError, build_config
-from aifeedback.demo import DemoConfig, run, stage_configs
+from aifeedback.stages.demo import DemoConfig, run, stage_configs
 
 # Smaller than the demo's defaults (64 captions, 150 steps) to keep the suite fast; the effect is still large.
 SIZES = dict(prompts=32, eval_prompts=32, eval_seeds=4, train_steps=60)
@@ -37,7 +37,7 @@ def test_demo_aligns_the_toy_model_to_redness(demo, capsys):
 def test_demo_with_swapped_labels_makes_images_less_red(demo, tmp_path):
     import pyarrow.parquet as pq
 
-    from aifeedback import evaluate, train
+    from aifeedback.stages import evaluate, train
 
     cfg, _ = demo
     configs = stage_configs(cfg)

@@ -5,7 +5,6 @@ import io
 import json
 import os
 import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -16,10 +15,11 @@ from PIL import Image
 
 from aifeedback.config import build_config
 from aifeedback.errors import DataError
-from aifeedback.evaluate import EvalConfig, preference_pairs, run
-from aifeedback.io import OutputConflictError, shard_files
-from tests.test_sample import perturbed_unet
+from aifeedback.stages.evaluate import EvalConfig, preference_pairs, run
+from aifeedback.storage.manifest import OutputConflictError
+from aifeedback.storage.shards import shard_files
 from tests.launch import accelerate_launch
+from tests.test_sample import perturbed_unet
 
 ROOT = Path(__file__).resolve().parents[1]
 SCORERS = "redness,pickscore:tiny,clip:tiny"

@@ -9,7 +9,7 @@ from tests.pairs_fixtures import pickapic_rows, tiny_train, write_pickapic
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    from aifeedback.train import run
+    from aifeedback.stages.train import run
 
     root = tmp_path_factory.mktemp("runs")
     data = write_pickapic(root / "data", pickapic_rows(4))
@@ -20,7 +20,7 @@ def runs(tmp_path_factory):
 
 def _export(**kw):
     from aifeedback.config import build_config
-    from aifeedback.export import ExportConfig, run
+    from aifeedback.stages.export import ExportConfig, run
 
     return run(build_config(ExportConfig, kw))
 
@@ -29,7 +29,7 @@ def test_full_export_loads_with_from_pretrained_and_samples(runs, tmp_path):
     from diffusers import UNet2DConditionModel
     from safetensors.torch import load_file
 
-    from aifeedback.models import load_pipeline
+    from aifeedback.families.loading import load_pipeline
 
     out = _export(checkpoint=str(runs[0]), out=str(tmp_path / "unet"))  # a run folder -> its latest checkpoint
     unet = UNet2DConditionModel.from_pretrained(out, subfolder="unet")
@@ -43,7 +43,7 @@ def test_full_export_loads_with_from_pretrained_and_samples(runs, tmp_path):
 
 
 def test_lora_export_loads_with_load_lora_weights_and_changes_samples(runs, tmp_path):
-    from aifeedback.models import load_pipeline
+    from aifeedback.families.loading import load_pipeline
 
     out = _export(checkpoint=str(runs[1] / "checkpoints" / "checkpoint-000001"), out=str(tmp_path / "lora"))
     assert (out / "pytorch_lora_weights.safetensors").exists()

@@ -1,7 +1,6 @@
 """`aif generate` on the tiny models: output layout, determinism, resume after SIGKILL, multi-process, bad input."""
 
 import io as _io
-import json
 import os
 import shutil
 import signal
@@ -14,12 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aifeedback import io
 from aifeedback.config import ConfigError, build_config
-from aifeedback.generate import ROW_FIELDS, GenerateConfig, run
-from aifeedback.io import OutputConflictError
-from aifeedback.prompts import prompt_id
-from aifeedback.sampling import image_seed
+from aifeedback.data.prompts import prompt_id
+from aifeedback.families.sampling import image_seed
+from aifeedback.stages.generate import ROW_FIELDS, GenerateConfig, run
+from aifeedback.storage.manifest import OutputConflictError, read_manifest
+from aifeedback.storage.shards import bytes_to_latent, read_rows, shard_files
 from tests.launch import accelerate_launch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +31,7 @@ def cfg(out, prompts, **kw):
 
 
 def rows_by_key(out):
-    return {(r["prompt_id"], r["k"]): r for r in io.read_rows(out)}
+    return {(r["prompt_id"], r["k"]): r for r in read_rows(out)}
 
 
 def pixels(row):
@@ -65,7 +64,7 @@ def baseline(tiny_sdxl, prompt_file, tmp_path_factory):
 def test_output_layout_rows_and_manifest(baseline):
     import datasets
 
-    rows = io.read_rows(baseline)
+    rows = read_rows(baseline)
     texts = ["a red cat", "a blue dog", "a green tree", "a yellow car", "an old boat"]  # empty + repeat dropped
     assert len(rows) == 10
     assert set(rows[0]) == set(ROW_FIELDS) | {"latent", "latent_shape"}
@@ -80,8 +79,8 @@ def test_output_layout_rows_and_manifest(baseline):
         assert r["latent_shape"] == [4, 16, 16] and len(r["latent"]) == 4 * 16 * 16 * 2
     assert len({r["seed"] for r in rows}) == 10
     assert len({r["image"] for r in rows}) == 10
-    assert [p.name for p in io.shard_files(baseline)] == ["train-00000.parquet", "train-00001.parquet", "train-00002.parquet"]
-    manifest = io.read_manifest(baseline, "generate")
+    assert [p.name for p in shard_files(baseline)] == ["train-00000.parquet", "train-00001.parquet", "train-00002.parquet"]
+    manifest = read_manifest(baseline, "generate")
     assert manifest["complete"] and manifest["counts"]["images"] == 10 and manifest["counts"]["prompts"] == 5
     assert manifest["resolved"]["width"] == 32 and manifest["inputs"]["n_prompts"] == 5 and (baseline / "config.yaml").exists()
     ds = datasets.load_dataset("parquet", data_dir=str(baseline))["train"]
@@ -89,11 +88,11 @@ def test_output_layout_rows_and_manifest(baseline):
 
 
 def test_latent_decodes_to_the_stored_image(baseline):
-    from aifeedback.models import load_pipeline
-    from aifeedback.sampling import decode_latents, encode_image
+    from aifeedback.families.loading import load_pipeline
+    from aifeedback.families.sampling import decode_latents, encode_image
 
-    row = io.read_rows(baseline)[3]
-    latent = io.bytes_to_latent(row["latent"], row["latent_shape"])[None]
+    row = read_rows(baseline)[3]
+    latent = bytes_to_latent(row["latent"], row["latent_shape"])[None]
     image = decode_latents(load_pipeline("tiny-sdxl"), latent)[0]
     again = pixels({"image": encode_image(image, "jpeg", 95)})
     assert np.abs(again - pixels(row)).mean() < 0.5  # the float16 latent moves a few pixels by a level or two
@@ -125,9 +124,9 @@ def test_compiled_unet_gives_the_same_images(baseline, prompt_file, tmp_path):
 
 
 def test_rerun_resumes_and_different_job_is_refused(baseline, prompt_file):
-    before = {p.name: p.stat().st_mtime_ns for p in io.shard_files(baseline)}
+    before = {p.name: p.stat().st_mtime_ns for p in shard_files(baseline)}
     run(cfg(baseline, prompt_file, save_latents=True, batch_size=2))  # batch size is not part of the job
-    assert {p.name: p.stat().st_mtime_ns for p in io.shard_files(baseline)} == before
+    assert {p.name: p.stat().st_mtime_ns for p in shard_files(baseline)} == before
     with pytest.raises(OutputConflictError, match=r"differs in: steps: 2 -> 3.*--overwrite"):
         run(cfg(baseline, prompt_file, save_latents=True, steps=3))
 
@@ -135,11 +134,11 @@ def test_rerun_resumes_and_different_job_is_refused(baseline, prompt_file):
 def test_overwrite_replaces_another_job(tmp_path, prompt_file):
     out = tmp_path / "o"
     run(cfg(out, prompt_file, limit=2, images_per_prompt=1))
-    first = io.read_rows(out)
+    first = read_rows(out)
     run(cfg(out, prompt_file, limit=2, images_per_prompt=1, seed=7, overwrite=True))
-    second = io.read_rows(out)
+    second = read_rows(out)
     assert [r["seed"] for r in second] == [image_seed(7, r["prompt_id"], 0) for r in first]
-    assert io.read_manifest(out)["identity"]["seed"] == 7
+    assert read_manifest(out)["identity"]["seed"] == 7
 
 
 def test_sd15_options(tiny_sd15, tmp_path):
@@ -149,7 +148,7 @@ def test_sd15_options(tiny_sd15, tmp_path):
     run(build_config(GenerateConfig, dict(
         model="tiny-sd15", prompts=str(prompts), out=str(out), steps=2, images_per_prompt=2, width=48, height=32,
         negative_prompt="blurry", scheduler="euler_a", guidance=3.0, image_format="png", seed=5, batch_size=4)))
-    rows = io.read_rows(out)
+    rows = read_rows(out)
     assert len(rows) == 4 and [r["category"] for r in rows] == ["Animals", "Animals", None, None]
     assert {(r["width"], r["height"], r["guidance"], r["scheduler"]) for r in rows} == {(48, 32, 3.0, "EulerAncestralDiscreteScheduler")}
     assert Image.open(_io.BytesIO(rows[0]["image"])).format == "PNG"
@@ -158,13 +157,13 @@ def test_sd15_options(tiny_sd15, tmp_path):
     run(build_config(GenerateConfig, dict(
         model="tiny-sd15", prompts=str(prompts), out=str(again), steps=2, images_per_prompt=2, width=48, height=32,
         negative_prompt="blurry", scheduler="euler_a", guidance=3.0, image_format="png", seed=5, batch_size=1)))
-    assert all(same_image(a, b) for a, b in zip(rows, io.read_rows(again)))
+    assert all(same_image(a, b) for a, b in zip(rows, read_rows(again)))
 
 
 def test_parti_source_carries_category(tiny_sdxl, tmp_path):
     out = tmp_path / "parti"
     run(cfg(out, "parti", limit=3, images_per_prompt=1))
-    rows = io.read_rows(out)
+    rows = read_rows(out)
     assert [(r["prompt"], r["category"]) for r in rows] == [("bond", "Abstract"), ("element", "Abstract"), ("molecule", "Abstract")]
 
 
@@ -177,20 +176,20 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(tiny_sdxl, tmp_path):
     cmd = [sys.executable, "-m", "aifeedback", "generate", *args, "--out", str(killed)]
     proc = subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while not io.shard_files(killed) and proc.poll() is None and time.time() < deadline:
+    while not shard_files(killed) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = len(io.shard_files(killed))
+    done = len(shard_files(killed))
     assert 0 < done < 24, f"the kill should land mid-run ({done} of 24 shards written)"
-    assert not io.read_manifest(killed)["complete"]
+    assert not read_manifest(killed)["complete"]
     same = {"prompts": str(prompts), "model": "tiny-sdxl", "steps": 2, "images_per_prompt": 1, "shard_size": 1,
             "batch_size": 1}
     run(build_config(GenerateConfig, dict(same, out=str(killed))))  # the rerun (in-process, to save a start-up)
     whole = tmp_path / "whole"
     run(build_config(GenerateConfig, dict(same, out=str(whole))))
-    assert io.read_rows(killed) == io.read_rows(whole)
-    assert io.read_manifest(killed)["counts"]["images"] == 24
+    assert read_rows(killed) == read_rows(whole)
+    assert read_manifest(killed)["counts"]["images"] == 24
     assert not list((killed / "data").glob(".*"))  # no temporary files left behind
 
 
@@ -201,8 +200,8 @@ def test_two_processes_split_the_work_and_match_one(baseline, prompt_file, tmp_p
            *[x for k, v in FAST.items() for x in (f"--{k.replace('_', '-')}", str(v))]]
     result = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert io.read_rows(out) == io.read_rows(baseline)
-    manifest = io.read_manifest(out, "generate")
+    assert read_rows(out) == read_rows(baseline)
+    manifest = read_manifest(out, "generate")
     assert manifest["complete"] and manifest["counts"]["images"] == 10 and manifest["counts"]["shards"] == 3
     assert manifest["counts"]["processes"] == 2
 
@@ -237,7 +236,7 @@ def test_bad_inputs_are_refused_before_writing(tiny_sdxl, tmp_path):
 
 
 def test_model_check_needs_no_heavy_imports(tmp_path):
-    from aifeedback.models import ModelLoadError, check_available
+    from aifeedback.families.loading import ModelLoadError, check_available
 
     check_available("tiny-sd15")
     check_available(str(tmp_path))

@@ -17,8 +17,8 @@ def test_generate_fp16_on_gpu(tmp_path, tiny_sdxl):
     from PIL import Image
 
     from aifeedback.config import build_config
-    from aifeedback.generate import GenerateConfig, run
-    from aifeedback.io import read_rows
+    from aifeedback.stages.generate import GenerateConfig, run
+    from aifeedback.storage.shards import read_rows
 
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red cube\na blue ball\n")
@@ -33,7 +33,7 @@ def test_generate_fp16_on_gpu(tmp_path, tiny_sdxl):
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_lora_dpo_mixed_precision_on_gpu(tmp_path, tiny_sd15, precision):
-    from aifeedback.train import run
+    from aifeedback.stages.train import run
 
     data = write_pickapic(tmp_path / "pairs", pickapic_rows(8))
     out = tmp_path / "run"
@@ -47,7 +47,7 @@ def test_lora_dpo_mixed_precision_on_gpu(tmp_path, tiny_sd15, precision):
 def test_scorer_bf16_on_gpu_matches_cpu(spec):
     from PIL import Image
 
-    from aifeedback.scorers import load_scorer
+    from aifeedback.scoring.scorers import load_scorer
 
     images = [Image.new("RGB", (64, 48), c) for c in ((200, 30, 30), (30, 200, 30), (30, 30, 200))]
     prompts = ["a red square", "a green square", "a blue square"]

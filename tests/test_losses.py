@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from aifeedback.losses import LOSSES, denoising_mse, dpo, get_loss, list_losses, sft
+from aifeedback.losses.dpo import LOSSES, denoising_mse, dpo, get_loss, list_losses, sft
 
 
 def test_dpo_matches_hand_computation_batch_of_two():
@@ -65,7 +65,7 @@ def test_train_config_loss_choices_match_registry():
     import typing
 
     from aifeedback.config import fields
-    from aifeedback.train import TrainConfig
+    from aifeedback.stages.train import TrainConfig
 
     tp = dict((f.name, t) for f, t in fields(TrainConfig))["loss"]
     assert set(typing.get_args(tp)) == set(LOSSES)

@@ -22,4 +22,4 @@ def test_wheel_ships_package_data_and_recipes(tmp_path):
               if p.is_file() and "__pycache__" not in p.parts}
     wanted |= {f"aifeedback/recipes/{p.relative_to(ROOT / 'recipes')}" for p in (ROOT / "recipes").rglob("*.yaml")}
     assert wanted - names == set()
-    assert "aifeedback/data/PartiPrompts.tsv" in names and "aifeedback/recipes/accelerate/ddp_8gpu.yaml" in names
+    assert "aifeedback/resources/PartiPrompts.tsv" in names and "aifeedback/recipes/accelerate/ddp_8gpu.yaml" in names

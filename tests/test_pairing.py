@@ -4,8 +4,14 @@ import math
 
 import pytest
 
-from aifeedback.pairing import (
-    combine, distribution, human_accuracy, label, normalize_group, order_agreement, select_pairs,
+from aifeedback.scoring.pairing import (
+    combine,
+    distribution,
+    human_accuracy,
+    label,
+    normalize_group,
+    order_agreement,
+    select_pairs,
 )
 
 

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
+from aifeedback.data.prompts import Prompt, load_prompts, prompt_id
 from aifeedback.errors import DataError
-from aifeedback.prompts import Prompt, load_prompts, prompt_id
 
 
 def texts(prompts):

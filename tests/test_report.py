@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aifeedback.report import build_report, example_keys, image_grid, write_report
-from aifeedback.winrate import bootstrap_ci, outcome, preference_accuracy, win_rate, win_rate_by
+from aifeedback.evaluation.report import build_report, example_keys, image_grid, write_report
+from aifeedback.evaluation.winrate import bootstrap_ci, outcome, preference_accuracy, win_rate, win_rate_by
 
 
 def test_outcome_counts_ties_half():

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from aifeedback.config import build_config
-from aifeedback.io import OutputConflictError
-from aifeedback.sample import SampleConfig, pin_tuned, run
+from aifeedback.stages.sample import SampleConfig, pin_tuned, run
+from aifeedback.storage.manifest import OutputConflictError
 
 PROMPTS = "a red cube\na blue sphere\n"
 
@@ -64,9 +64,9 @@ def test_sample_files_grid_and_resume(tmp_path, tiny_sd15):
 
 
 def test_sample_matches_generate_and_tuned_changes_images(tmp_path, tiny_sd15):
-    from aifeedback.generate import GenerateConfig
-    from aifeedback.generate import run as generate
-    from aifeedback.io import read_rows
+    from aifeedback.stages.generate import GenerateConfig
+    from aifeedback.stages.generate import run as generate
+    from aifeedback.storage.shards import read_rows
 
     gen_out = tmp_path / "gen"
     (tmp_path / "q.txt").write_text(PROMPTS)

@@ -15,11 +15,12 @@ import pytest
 import torch
 from PIL import Image
 
-from aifeedback import io as aio
 from aifeedback.config import build_config
 from aifeedback.errors import AifError, DataError
-from aifeedback.io import OutputConflictError
-from aifeedback.score import ScoreConfig, run
+from aifeedback.stages.score import ScoreConfig, run
+from aifeedback.storage.files import write_json
+from aifeedback.storage.manifest import OutputConflictError, finish_output, prepare_output, read_manifest
+from aifeedback.storage.shards import chunks, latent_to_bytes, read_rows, write_shard
 from tests.launch import accelerate_launch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,14 +45,14 @@ def make_generate_dir(out, n_prompts=4, k=4, latents=True, corrupt=(), null_prom
             if (p, j) in corrupt:
                 row["image"] = b"\x89PNG truncated"
             if latents:
-                row["latent"], row["latent_shape"] = aio.latent_to_bytes(torch.full((4, 2, 3), float(p * 10 + j)))
+                row["latent"], row["latent_shape"] = latent_to_bytes(torch.full((4, 2, 3), float(p * 10 + j)))
             rows.append(row)
     for i in null_prompt_rows:
         rows[i]["prompt_id"] = None
-    manifest = aio.prepare_output(out, "generate", {"model": "tiny-sd15"}, {"model": "tiny-sd15", "seed": seed})
-    for i, chunk in enumerate(aio.chunks(rows, per_file)):
-        aio.write_shard(out, i, chunk)
-    aio.finish_output(out, manifest, images=len(rows))
+    manifest = prepare_output(out, "generate", {"model": "tiny-sd15"}, {"model": "tiny-sd15", "seed": seed})
+    for i, chunk in enumerate(chunks(rows, per_file)):
+        write_shard(out, i, chunk)
+    finish_output(out, manifest, images=len(rows))
     return rows
 
 
@@ -79,7 +80,7 @@ def cfg(**kw):
 
 
 def read_pairs(out):
-    return aio.read_rows(out)
+    return read_rows(out)
 
 
 def image_scores(out):
@@ -131,7 +132,7 @@ def test_generate_to_pairs_best_worst_with_pickscore_tiny(tmp_path):
         assert a["k"] < b["k"] and r["caption"] == a["prompt"]  # generation order, not score order
         prompt_scores = [x["raw"][0] for x in per_image if x["prompt_id"] == r["prompt_id"]]
         assert {r["score_0"], r["score_1"]} == {max(prompt_scores), min(prompt_scores)}
-    manifest = aio.read_manifest(out, "score")
+    manifest = read_manifest(out, "score")
     assert manifest["complete"] and manifest["counts"]["pairs"] == 4
     assert (out / "summary.json").exists() and (out / "config.yaml").exists()
     assert manifest["inputs"]["latents_from"] == {"model": "tiny-sd15", "vae": None}  # training checks it
@@ -171,7 +172,7 @@ def test_min_margin_drops_or_keeps_ties(tmp_path):
 
 
 def test_ensemble_keeps_raw_scores_and_normalises_per_prompt(tmp_path):
-    from aifeedback.pairing import combine
+    from aifeedback.scoring.pairing import combine
 
     gen = tmp_path / "gen"
     make_generate_dir(gen, latents=False)
@@ -220,9 +221,9 @@ def test_crash_and_rerun_gives_identical_output(tmp_path, monkeypatch):
     kw = dict(input=str(gen), scorer="redness,clip:tiny", shard_size=2, batch_size=3)
     run(cfg(out=str(whole), **kw))
 
-    import aifeedback.io
+    from aifeedback.storage import shards
 
-    real = aifeedback.io.write_shard
+    real = shards.write_shard
     calls = []
 
     def dying(out_dir, i, rows, schema=None):
@@ -231,11 +232,11 @@ def test_crash_and_rerun_gives_identical_output(tmp_path, monkeypatch):
         calls.append(i)
         return real(out_dir, i, rows, schema=schema)
 
-    monkeypatch.setattr(aifeedback.io, "write_shard", dying)
+    monkeypatch.setattr(shards, "write_shard", dying)
     with pytest.raises(KeyboardInterrupt):
         run(cfg(out=str(crashed), **kw))
-    monkeypatch.setattr(aifeedback.io, "write_shard", real)
-    assert not aio.read_manifest(crashed, "score")["complete"]
+    monkeypatch.setattr(shards, "write_shard", real)
+    assert not read_manifest(crashed, "score")["complete"]
     assert not list(crashed.rglob("*.tmp"))
     run(cfg(out=str(crashed), **kw))
     same_files(whole, crashed)
@@ -282,7 +283,7 @@ def test_relabel_pickapic_layout_reports_human_agreement(tmp_path):
 def test_hub_layout_rows_with_image_features(tmp_path):
     import datasets
 
-    from aifeedback.score_data import HubRows, _pairs_input
+    from aifeedback.scoring.inputs import HubRows, _pairs_input
 
     ds = datasets.Dataset.from_dict(
         {"caption": ["a", "b"], "jpg_0": [image_bytes((255, 0, 0)), image_bytes((0, 0, 0))],
@@ -307,8 +308,8 @@ def test_input_errors_name_the_problem(tmp_path):
         run(cfg(input=str(bad), out=str(tmp_path / "o")))
     gen = tmp_path / "gen"
     make_generate_dir(gen, n_prompts=1, k=2)
-    manifest = aio.read_manifest(gen)
-    aio.write_json(gen / "manifest.json", dict(manifest, complete=False))
+    manifest = read_manifest(gen)
+    write_json(gen / "manifest.json", dict(manifest, complete=False))
     with pytest.raises(DataError, match="unfinished `aif generate` output"):
         run(cfg(input=str(gen), out=str(tmp_path / "o")))
 
@@ -378,7 +379,7 @@ def test_sigkill_and_rerun_gives_identical_output(tmp_path):
 def test_tiny_generate_then_score(tiny_sd15, tmp_path):
     import datasets
 
-    from aifeedback import generate
+    from aifeedback.stages import generate
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red apple\na blue sky\n")

@@ -11,8 +11,8 @@ from PIL import Image
 from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Normalize, Resize, ToTensor
 
 from aifeedback.errors import AifError
-from aifeedback.scorers import UnknownScorerError, list_scorers, load_scorer, parse_spec
-from aifeedback.scorers.base import OPENAI_MEAN, OPENAI_STD, ClipTransform, normalize
+from aifeedback.scoring.scorers import UnknownScorerError, list_scorers, load_scorer, parse_spec
+from aifeedback.scoring.scorers.base import OPENAI_MEAN, OPENAI_STD, ClipTransform, normalize
 
 # Tiny, tall, wide, large, an odd crop margin (227 -> offset floor 1 vs round(1.5) = 2), a longest side of 448 with
 # the other side 301 (HPS: round(150.5) = 150, the even side), longest side exactly 224 (HPS upstream neither resizes
@@ -197,7 +197,7 @@ def test_each_scorer_uses_its_reference_preprocessing():
 
 def test_the_score_pipeline_hands_each_transform_the_file_as_stored():
     # aif score's DataLoader decodes PNG bytes; a palette or RGBA file must reach the "openai" transform unconverted.
-    from aifeedback.score_data import ShardImages, ShardPlan
+    from aifeedback.scoring.inputs import ShardImages, ShardPlan
 
     class Rows:
         def __init__(self, images):
@@ -252,8 +252,8 @@ def test_clip_and_hps_are_cosines(spec):
 
 
 def test_hps_tiny_loads_through_the_hps_checkpoint_format(tmp_path):
-    from aifeedback.scorers import hpsv2
-    from aifeedback.tiny import cached_build
+    from aifeedback.scoring.scorers import hpsv2
+    from aifeedback.zoo.cache import cached_build
 
     s = load_scorer("hpsv2:tiny")
     ckpt = torch.load(cached_build("scorer-hpsv2-tiny", hpsv2.build_tiny) / "HPS_tiny.pt", weights_only=True)
@@ -298,7 +298,7 @@ def n_params(model):
 def test_pickscore_architecture_matches_the_real_checkpoint_layout():
     from transformers import CLIPConfig, CLIPModel
 
-    from aifeedback.scorers.pickscore import REAL_CONFIG
+    from aifeedback.scoring.scorers.pickscore import REAL_CONFIG
 
     with torch.device("meta"):
         model = CLIPModel(CLIPConfig(**REAL_CONFIG))
@@ -355,7 +355,7 @@ def test_open_clip_vit_l_14_matches_the_openai_layout_used_by_aesthetic():
 def test_imagereward_architecture_matches_the_upstream_checkpoint_layout():
     # THUDM/ImageReward's ImageReward.pt: BLIP's timm-style ViT-L/16 (visual_encoder), BLIP's BERT with
     # cross-attention (text_encoder, names as in BLIP's med.py) and the MLP head, under their upstream names.
-    from aifeedback.scorers import imagereward as ir
+    from aifeedback.scoring.scorers import imagereward as ir
 
     D, W, F, V = 1024, 768, 4096, 30524
     expected = {"blip.visual_encoder.cls_token": (1, 1, D), "blip.visual_encoder.pos_embed": (1, 197, D),
@@ -389,7 +389,7 @@ def test_imagereward_architecture_matches_the_upstream_checkpoint_layout():
 
 
 def test_shipped_aesthetic_head_weights():
-    from aifeedback.scorers.aesthetic import HEAD, head
+    from aifeedback.scoring.scorers.aesthetic import HEAD, head
 
     assert hashlib.sha256(HEAD.read_bytes()).hexdigest() == "21dd590f3ccdc646f0d53120778b296013b096a035a2718c9cb0d511bff0f1e0"
     sd = torch.load(HEAD, map_location="cpu", weights_only=True)
@@ -447,7 +447,7 @@ def test_bad_models_give_clear_errors(tmp_path):
 
 
 def test_imagereward_is_the_normalised_mlp_of_the_image_conditioned_cls_feature():
-    from aifeedback.scorers.imagereward import MAX_LENGTH, MEAN, STD
+    from aifeedback.scoring.scorers.imagereward import MAX_LENGTH, MEAN, STD
 
     s = load_scorer("imagereward:tiny")
     tok = s.tokenizer(PROMPTS, padding="max_length", truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
@@ -465,8 +465,8 @@ def test_imagereward_is_the_normalised_mlp_of_the_image_conditioned_cls_feature(
 
 
 def test_imagereward_loads_upstream_checkpoints_and_refuses_other_files(tmp_path):
-    from aifeedback.scorers import imagereward as ir
-    from aifeedback.tiny import cached_build
+    from aifeedback.scoring.scorers import imagereward as ir
+    from aifeedback.zoo.cache import cached_build
 
     folder = cached_build("scorer-imagereward-tiny", ir.build_tiny)
     state = torch.load(folder / ir.CHECKPOINT, weights_only=True)

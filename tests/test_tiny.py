@@ -5,7 +5,7 @@ import hashlib
 import pytest
 import torch
 
-from aifeedback.tiny import ZOO_VERSION
+from aifeedback.zoo.cache import ZOO_VERSION
 
 
 def _weights_hash(module: torch.nn.Module) -> str:
@@ -20,7 +20,7 @@ def _weights_hash(module: torch.nn.Module) -> str:
 def test_tiny_pipeline_is_deterministic(name, tmp_path):
     from diffusers import DiffusionPipeline
 
-    from aifeedback.tiny import TINY_PIPELINES
+    from aifeedback.zoo import TINY_PIPELINES
 
     build, _ = TINY_PIPELINES[name]
     hashes = []
@@ -35,7 +35,7 @@ def test_tiny_pipeline_is_deterministic(name, tmp_path):
 def test_tiny_sdxl_has_sdxl_architecture(tiny_sdxl):
     from diffusers import StableDiffusionXLPipeline
 
-    from aifeedback.models import family, load_pipeline
+    from aifeedback.families.loading import family, load_pipeline
 
     pipe = load_pipeline("tiny-sdxl")
     assert isinstance(pipe, StableDiffusionXLPipeline)
@@ -49,14 +49,14 @@ def test_tiny_sdxl_has_sdxl_architecture(tiny_sdxl):
 def test_tiny_sd15_loads(tiny_sd15):
     from diffusers import StableDiffusionPipeline
 
-    from aifeedback.models import family, load_pipeline
+    from aifeedback.families.loading import family, load_pipeline
 
     pipe = load_pipeline("tiny-sd15")
     assert isinstance(pipe, StableDiffusionPipeline) and family(pipe) == "sd15"
 
 
 def test_cached_build_reuses_folder(tiny_sd15):
-    from aifeedback.tiny import tiny_pipeline_path
+    from aifeedback.zoo import tiny_pipeline_path
 
     assert tiny_pipeline_path("tiny-sd15") == tiny_sd15
     assert (tiny_sd15 / ".complete").exists() and (tiny_sd15 / "model_index.json").exists()
@@ -65,7 +65,7 @@ def test_cached_build_reuses_folder(tiny_sd15):
 def test_offline_tokenizer_matches_open_clip():
     import open_clip
 
-    from aifeedback.tiny import clip_tokenizer
+    from aifeedback.zoo.tokenizer import clip_tokenizer
 
     tok = clip_tokenizer()
     texts = ["a photo of a cat", "An astronaut riding a horse on Mars, 4k!", "naïve café: 123 ~ é", "  spaced   out  "]
@@ -78,7 +78,7 @@ def test_offline_tokenizer_matches_open_clip():
 
 
 def test_unknown_model_error_is_actionable():
-    from aifeedback.models import ModelLoadError, load_pipeline
+    from aifeedback.families.loading import ModelLoadError, load_pipeline
 
     with pytest.raises(ModelLoadError) as exc:
         load_pipeline("nonexistent/model")
@@ -95,8 +95,8 @@ def _build_on_rank(rank: int, init_file: str, cache: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
         if rank == 1:  # the non-zero rank wins the build, as it may under `accelerate launch`
-            from aifeedback.scorers.pickscore import build_tiny
-            from aifeedback.tiny import cached_build
+            from aifeedback.scoring.scorers.pickscore import build_tiny
+            from aifeedback.zoo.cache import cached_build
 
             cached_build("scorer-pickscore-tiny", build_tiny)
         dist.barrier()
@@ -118,7 +118,7 @@ def test_a_model_built_by_a_nonzero_rank_is_complete(tmp_path):
 def test_building_a_model_leaves_the_callers_random_state_alone(tmp_path, monkeypatch):
     # A stage seeds torch, then loads its model: a first run on a fresh cache (which builds the model) must draw
     # the same noise as every later run.
-    from aifeedback.tiny import tiny_pipeline_path
+    from aifeedback.zoo import tiny_pipeline_path
 
     monkeypatch.setenv("AIF_CACHE", str(tmp_path))
     torch.manual_seed(123)

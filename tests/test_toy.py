@@ -6,7 +6,7 @@ import hashlib
 import pytest
 import torch
 
-from aifeedback import toy
+from aifeedback.zoo import toy
 
 
 def test_synthetic_images_match_their_captions():
@@ -51,7 +51,7 @@ def test_build_is_deterministic(tmp_path):
 def test_toy_model_is_an_sd15_pipeline_whose_captions_steer_it(toy_sd15):
     from diffusers import StableDiffusionPipeline
 
-    from aifeedback.models import family, load_pipeline
+    from aifeedback.families.loading import family, load_pipeline
 
     pipe = load_pipeline("toy-sd15")
     assert isinstance(pipe, StableDiffusionPipeline) and family(pipe) == "sd15"

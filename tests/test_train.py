@@ -7,7 +7,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -37,7 +36,7 @@ def _env():
 
 
 def test_sd15_full_run_folder_and_first_loss_is_ln2(human, tmp_path):
-    from aifeedback.train import run
+    from aifeedback.stages.train import run
 
     out = run(tiny_train(human, tmp_path / "run", validation_every=2, validation_steps=2,
                          validation_prompts=["a red cat"], validation_seeds=[0, 1], trackers="tensorboard"))
@@ -51,7 +50,7 @@ def test_sd15_full_run_folder_and_first_loss_is_ln2(human, tmp_path):
     assert (ckpt / "unet" / "diffusion_pytorch_model.safetensors").exists() and (ckpt / "trainer_state.json").exists()
     assert (out / "validation" / "step-000002.png").exists()
     assert list((out / "logs").rglob("events.out.tfevents.*")), "tensorboard events"
-    from aifeedback.io import read_manifest
+    from aifeedback.storage.manifest import read_manifest
 
     man = read_manifest(out, "train")
     assert man["complete"] and man["counts"]["pairs"] == 6
@@ -59,7 +58,7 @@ def test_sd15_full_run_folder_and_first_loss_is_ln2(human, tmp_path):
 
 
 def test_sdxl_lora_on_human_pairs_first_loss_is_ln2(human, tmp_path):
-    from aifeedback.train import run
+    from aifeedback.stages.train import run
 
     out = run(tiny_train(human, tmp_path / "run", model="tiny-sdxl", lora_rank=4, lr=1e-3, random_crop=True,
                          caption_dropout=0.5, mixed_precision="bf16"))
@@ -75,7 +74,7 @@ def test_full_finetune_in_bf16_starts_at_ln2_with_nontrivial_weights(human, tmp_
     model's norm weights are exactly 1 and 0 (exact in bf16), so perturb every weight first."""
     from diffusers import DiffusionPipeline
 
-    from aifeedback.train import run
+    from aifeedback.stages.train import run
 
     pipe = DiffusionPipeline.from_pretrained(tiny_sd15)
     g = torch.Generator().manual_seed(0)
@@ -90,7 +89,7 @@ def test_full_finetune_in_bf16_starts_at_ln2_with_nontrivial_weights(human, tmp_
 
 @pytest.mark.parametrize("model,rank,lr", [("tiny-sd15", 0, 1e-4), ("tiny-sdxl", 4, 1e-3)])
 def test_short_run_lowers_loss_and_raises_accuracy_on_fixed_set(ai_latents, tmp_path, model, rank, lr):
-    from aifeedback.train import run
+    from aifeedback.stages.train import run
     from tests.fixed_set import fixed_set_metrics
 
     out = run(tiny_train(ai_latents, tmp_path / "run", data="ai", model=model, lora_rank=rank, lr=lr, beta=500.0,
@@ -100,7 +99,7 @@ def test_short_run_lowers_loss_and_raises_accuracy_on_fixed_set(ai_latents, tmp_
 
 
 def test_stored_latents_used_only_when_shapes_match(ai_latents):
-    from aifeedback import data as D
+    from aifeedback.data import pairs as D
 
     table = D.open_table("ai", str(ai_latents), "train")
     pairs, stats = D.filter_labels(table)
@@ -117,7 +116,7 @@ def test_stored_latents_used_only_when_shapes_match(ai_latents):
 def test_resume_equals_uninterrupted_in_process(human, tmp_path):
     from safetensors.torch import load_file
 
-    from aifeedback.train import run
+    from aifeedback.stages.train import run
 
     kw = dict(max_steps=4, grad_accum=2, checkpoint_every=2, keep_checkpoints=1)
     run(tiny_train(human, tmp_path / "a", **kw))
@@ -136,7 +135,7 @@ def test_sigkill_and_resume_equals_uninterrupted(human, tmp_path):
 
     from safetensors.torch import load_file
 
-    from aifeedback.train import run
+    from aifeedback.stages.train import run
 
     kw = dict(model="tiny-sdxl", lora_rank=2, lr=1e-3, max_steps=12, checkpoint_every=2)
     run(tiny_train(human, tmp_path / "ref", **kw))
@@ -181,7 +180,7 @@ def test_two_process_accelerate_launch(tmp_path):
 
 
 def test_labels_ties_corrupt_images_and_empty_dataset(tmp_path):
-    from aifeedback import data as D
+    from aifeedback.data import pairs as D
 
     rows = pickapic_rows(5)
     rows[1].update(label_0=0.5, label_1=0.5)  # tie
@@ -204,7 +203,7 @@ def test_labels_ties_corrupt_images_and_empty_dataset(tmp_path):
 
 
 def test_order_is_seeded_and_transforms_are_per_position(human):
-    from aifeedback import data as D
+    from aifeedback.data import pairs as D
 
     table = D.open_table("human", str(human), "train")
     pairs, _ = D.filter_labels(table)
@@ -222,7 +221,7 @@ def test_order_is_seeded_and_transforms_are_per_position(human):
 def test_sdxl_time_ids_record_original_size_and_crop():
     from PIL import Image
 
-    from aifeedback.data import Transform
+    from aifeedback.data.pairs import Transform
 
     img = Image.new("RGB", (40, 20))
     _, ids = Transform(16).image(img, 0.0, 0.0, flip=False)
@@ -234,7 +233,7 @@ def test_sdxl_time_ids_record_original_size_and_crop():
 def test_streaming_batches_resume_at_the_same_position(human):
     import datasets
 
-    from aifeedback import data as D
+    from aifeedback.data import pairs as D
 
     ds = D.open_table("human", str(human), "train", streaming=True)
     assert isinstance(ds, datasets.IterableDataset)
@@ -247,7 +246,7 @@ def test_streaming_batches_resume_at_the_same_position(human):
 
 
 def test_errors_name_the_problem(human, tmp_path):
-    from aifeedback.train import run
+    from aifeedback.stages.train import run
 
     with pytest.raises(AifError, match="no complete checkpoint"):
         run(tiny_train(human, tmp_path / "r", resume="latest"))
@@ -272,7 +271,7 @@ def test_recipes_load_and_tiny_recipe_runs_from_the_cli(human, tmp_path):
 
     from aifeedback.cli import app
     from aifeedback.config import list_recipes, load_stage_config
-    from aifeedback.train import TrainConfig
+    from aifeedback.stages.train import TrainConfig
 
     names = [n for n, (p, _) in list_recipes().items() if "train:" in p.read_text()]
     assert {"sdxl_dpo_pickapic", "sd15_dpo_pickapic", "sdxl_dpo_pickascore", "sdxl_lora_dpo",
@@ -295,7 +294,7 @@ def test_recipes_load_and_tiny_recipe_runs_from_the_cli(human, tmp_path):
 def test_targets_follow_the_prediction_type(tiny_sd15):
     from diffusers import DDPMScheduler
 
-    from aifeedback.diffusion import training_target
+    from aifeedback.families.diffusion import training_target
 
     lat, noise, t = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8), torch.tensor([10, 900])
     eps = DDPMScheduler(prediction_type="epsilon")
@@ -311,7 +310,7 @@ def test_targets_follow_the_prediction_type(tiny_sd15):
 def test_resume_refuses_another_process_count_and_tolerates_a_torn_metrics_line(human, tmp_path):
     import json
 
-    from aifeedback.train import run
+    from aifeedback.stages.train import run
 
     out = run(tiny_train(human, tmp_path / "run", max_steps=1, checkpoint_every=1))
     with open(out / "metrics.jsonl", "a") as f:
@@ -334,8 +333,8 @@ def test_vae_encoding_is_the_inverse_of_generate_decoding(tiny_sd15, stats):
     import numpy as np
     from diffusers import DiffusionPipeline
 
-    from aifeedback.diffusion import encode_images
-    from aifeedback.sampling import decode_latents
+    from aifeedback.families.diffusion import encode_images
+    from aifeedback.families.sampling import decode_latents
 
     pipe = DiffusionPipeline.from_pretrained(tiny_sd15)
     if stats:

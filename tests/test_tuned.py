@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from aifeedback.models import TunedLoadError, latest_checkpoint, load_pipeline, resolve_tuned
-from aifeedback.sampling import render
+from aifeedback.families.loading import TunedLoadError, latest_checkpoint, load_pipeline, resolve_tuned
+from aifeedback.families.sampling import render
 
 PROMPTS, SEEDS = ["a red cat", "a blue dog"], [1, 2]
 

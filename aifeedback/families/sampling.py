@@ -1,0 +1,124 @@
+"""Rendering prompts with per-image seeds: the one sampling path shared by `aif generate`, `aif sample` and `aif eval`.
+
+Each image gets its own `torch.Generator` (on the CPU, so the starting noise is the same on every device), and
+diffusers draws every image's noise from its own generator. An image therefore depends only on its prompt and
+seed, not on the batch it was rendered in, the other prompts, or the number of processes (up to floating-point
+noise of batched kernels). The pipeline stops at the latent, and `decode_latents` decodes it the way the
+diffusers pipelines do, so one pass gives both the image and the latent training can reuse.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from typing import Any
+
+
+def image_seed(seed: int, prompt_id: str, k: int) -> int:
+    """Seed of candidate k of a prompt: a hash of (run seed, prompt_id, k), in [0, 2**63)."""
+    digest = hashlib.sha256(f"{seed}:{prompt_id}:{k}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def default_size(pipe: Any) -> int:
+    """The model's native resolution in pixels (1024 for SDXL base, 512 for SD1.5, 32 for the tiny models)."""
+    return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
+
+
+def default_guidance(pipe: Any) -> float:
+    """diffusers' default classifier-free guidance scale of the pipeline's family (SDXL 5.0, SD1.5 7.5)."""
+    from aifeedback.families.loading import family
+
+    return 5.0 if family(pipe) == "sdxl" else 7.5
+
+
+@dataclass
+class Rendered:
+    """Images (PIL) and, when asked for, latents (N, C, h, w) in UNet space (scaled by the VAE factor), on CPU."""
+
+    images: list
+    latents: Any = None
+
+
+def render(pipe: Any, prompts: list[str], seeds: list[int], *, steps: int = 50, guidance: float | None = None,
+           width: int | None = None, height: int | None = None, negative_prompt: str = "",
+           return_latents: bool = False) -> Rendered:
+    """Render prompts[i] with seeds[i] in one batch; returns PIL images (and latents if return_latents).
+
+    `pipe` is a diffusers SDXL or SD1.5 pipeline (e.g. from `models.load_pipeline`). guidance/width/height
+    default to the family's guidance and the model's native size. An empty negative prompt keeps each
+    pipeline's own default (SDXL uses zero embeddings for it).
+    """
+    import torch
+
+    if len(prompts) != len(seeds):
+        raise ValueError(f"render: {len(prompts)} prompts but {len(seeds)} seeds")
+    size = default_size(pipe)
+    generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+    with torch.inference_mode():
+        latents = pipe(
+            prompt=list(prompts),
+            negative_prompt=[negative_prompt] * len(prompts) if negative_prompt else None,
+            num_inference_steps=steps,
+            guidance_scale=default_guidance(pipe) if guidance is None else guidance,
+            width=width or size,
+            height=height or size,
+            generator=generators,
+            output_type="latent",
+        ).images
+        images = decode_latents(pipe, latents)
+    return Rendered(images, latents.float().cpu() if return_latents else None)
+
+
+def decode_latents(pipe: Any, latents: Any) -> list:
+    """UNet-space latents -> PIL images, as the SDXL / SD1.5 pipelines decode them.
+
+    A float16 VAE whose config says `force_upcast` (the stock SDXL VAE overflows in fp16) is moved to float32
+    once and kept there; an fp16-safe VAE (e.g. madebyollin/sdxl-vae-fp16-fix) decodes in float16.
+    """
+    import torch
+
+    vae = pipe.vae
+    if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
+        vae.to(torch.float32)
+    z = latents.to(vae.device, vae.dtype)
+    mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
+    if mean is not None and std is not None:
+        c = z.shape[1]
+        z = z * torch.tensor(std).view(1, c, 1, 1).to(z) / vae.config.scaling_factor + torch.tensor(mean).view(1, c, 1, 1).to(z)
+    else:
+        z = z / vae.config.scaling_factor
+    with torch.inference_mode():
+        x = vae.decode(z, return_dict=False)[0]
+    if getattr(pipe, "watermark", None) is not None:  # SDXL adds its invisible watermark when the package exists
+        x = pipe.watermark.apply_watermark(x)
+    return pipe.image_processor.postprocess(x, output_type="pil")
+
+
+def encode_image(image: Any, fmt: str = "jpeg", quality: int = 95) -> bytes:
+    """A PIL image -> JPEG or PNG bytes (what Parquet rows and Pick-a-Pic's jpg_0/jpg_1 columns hold)."""
+    buf = io.BytesIO()
+    if fmt == "jpeg":
+        image.convert("RGB").save(buf, format="JPEG", quality=quality)
+    elif fmt == "png":
+        image.save(buf, format="PNG", compress_level=1)  # fast; the images are intermediate data
+    else:
+        raise ValueError(f"unknown image format '{fmt}'; use jpeg or png")
+    return buf.getvalue()
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def optimize_pipeline(pipe: Any, channels_last: bool = False, compile: bool = False,
+                      compile_mode: str = "max-autotune") -> Any:
+    """Speed options for long GPU runs: channels_last memory format and torch.compile of the UNet."""
+    import torch
+
+    if channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+    if compile:
+        pipe.unet = torch.compile(pipe.unet, mode=compile_mode, fullgraph=True)
+    return pipe

@@ -1,0 +1,114 @@
+"""Reward models ("scorers"), listable by name: `load_scorer("pickscore")`, `load_scorer("hpsv2:v2.1")`.
+
+A spec is `NAME` or `NAME:MODEL`; MODEL is a hub id, a local path, a version (`hpsv2:v2.1`), `tiny` (a tiny random
+model of the same architecture, built offline, for tests) or, for `color`, a colour (`color:orange`).
+Every scorer returns one float per (image, prompt), higher = better. Heavy imports happen inside the loaders.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Callable
+
+from aifeedback.errors import AifError
+from aifeedback.scoring.scorers.base import Scorer
+
+__all__ = ["Scorer", "UnknownScorerError", "list_scorers", "load_scorer", "parse_spec", "model_error"]
+
+
+class UnknownScorerError(AifError):
+    """A scorer name that is not registered."""
+
+
+class ScorerLoadError(AifError):
+    """A scorer's weights could not be loaded (not cached, hub unreachable, bad path)."""
+
+
+def _pickscore(name, model, device, dtype):
+    from aifeedback.scoring.scorers.pickscore import PickScore
+
+    return PickScore(name, model, device, dtype)
+
+
+def _clip(name, model, device, dtype):
+    from aifeedback.scoring.scorers import clip
+
+    return clip.load(name, model, device, dtype)
+
+
+def _hpsv2(name, model, device, dtype):
+    from aifeedback.scoring.scorers import hpsv2
+
+    return hpsv2.load(name, model, device, dtype)
+
+
+def _aesthetic(name, model, device, dtype):
+    from aifeedback.scoring.scorers.aesthetic import Aesthetic
+
+    return Aesthetic(name, model, device, dtype)
+
+
+def _imagereward(name, model, device, dtype):
+    from aifeedback.scoring.scorers.imagereward import ImageReward
+
+    return ImageReward(name, model, device, dtype)
+
+
+def _stat(kind: str):
+    def load(name, model, device, dtype):
+        from aifeedback.scoring.scorers.stats import ImageStat
+
+        return ImageStat(name, kind, model)
+
+    return load
+
+
+# name -> (loader(name, model, device, dtype), description)
+SCORERS: dict[str, tuple[Callable[..., Scorer], str]] = {
+    "pickscore": (_pickscore, "PickScore: CLIPModel yuvalkirstain/PickScore_v1 + laion/CLIP-ViT-H-14-laion2B-s32B-b79K processor; logit_scale*cos"),
+    "hpsv2": (_hpsv2, "HPS v2.0 (hpsv2:v2.1 for v2.1): open_clip ViT-H-14 + xswu/HPSv2 checkpoint; cosine, pad preprocessing"),
+    "clip": (_clip, "CLIP score: open_clip ViT-H-14 laion2b_s32b_b79k; cosine, pad preprocessing"),
+    "aesthetic": (_aesthetic, "LAION aesthetic predictor v2: OpenAI CLIP ViT-L/14 + shipped MLP head; 1-10, prompt ignored"),
+    "imagereward": (_imagereward, "ImageReward v1.0: THUDM/ImageReward ImageReward.pt (BLIP ViT-L/16 + BERT cross-attention + MLP); normalised reward"),
+    "redness": (_stat("redness"), "mean R - mean(G,B) of the image in [0,1] (toy reward, no model)"),
+    "brightness": (_stat("brightness"), "mean Rec.601 luma in [0,1] (no model)"),
+    "saturation": (_stat("saturation"), "mean HSV saturation in [0,1] (no model)"),
+    "color": (_stat("color"), "color:NAME, closeness of the pixels to a CSS colour or #rrggbb in [0,1] (no model)"),
+}
+
+
+def list_scorers() -> dict[str, str]:
+    """Registered scorer names -> one-line description."""
+    return {name: desc for name, (_, desc) in SCORERS.items()}
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """'NAME' or 'NAME:MODEL' -> (name, model or None); raises UnknownScorerError listing the valid names."""
+    name, _, model = spec.strip().partition(":")
+    name = name.strip().lower()
+    if name not in SCORERS:
+        close = difflib.get_close_matches(name, list(SCORERS), n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise UnknownScorerError(
+            f"unknown scorer '{spec}'.{hint} Valid scorers: {', '.join(SCORERS)} "
+            f"(as NAME or NAME:MODEL, e.g. pickscore:tiny, hpsv2:v2.1, color:red; `aif models` describes them)."
+        )
+    return name, (model.strip() or None)
+
+
+def load_scorer(spec: str, device: str = "cpu", dtype: str = "float32") -> Scorer:
+    """Load a scorer by spec (`pickscore`, `pickscore:tiny`, `hpsv2:v2.1`, `clip:/path`, `color:red`, ...)."""
+    name, model = parse_spec(spec)
+    loader, _ = SCORERS[name]
+    return loader(spec.strip(), model, device, dtype)
+
+
+def model_error(spec: str, what: str, err: Exception) -> ScorerLoadError:
+    """A friendly error for weights that could not be loaded."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return ScorerLoadError(
+        f"scorer '{spec}': could not load '{what}' (not a local path, not in the Hugging Face cache, and the hub "
+        f"could not be reached or has no such file).\n"
+        f"  Fix: download it where there is network access and point HF_HOME at that cache, pass a local path as "
+        f"NAME:PATH, or use NAME:tiny for an offline test model.\n  Details: {first}"
+    )

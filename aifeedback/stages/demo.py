@@ -1,0 +1,158 @@
+"""`aif demo`: the whole AI-feedback loop on the toy model, offline, in a few minutes on a CPU.
+
+    toy captions -> aif generate (K images each) -> aif score --scorer redness --pairing best-worst
+                 -> aif train --data ai (Diffusion-DPO) -> aif eval (base vs tuned, held-out captions and seeds)
+
+Every step is the real stage, called through its public `run(Config)`, on `toy-sd15` (see `aifeedback.zoo.toy`), a
+StableDiffusionPipeline pretrained on coloured discs on first use. The reward is redness, so the tuned model should
+draw redder images than its base on captions it was never trained on; `aif eval` measures how often it does.
+Each stage's output folder is an ordinary stage output: a rerun resumes or reuses it, and OUT/commands.txt lists the
+`aif` commands that reproduce the demo stage by stage.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aifeedback.config import build_config, fields, option
+
+MODEL = "toy-sd15"
+
+
+@dataclass
+class DemoConfig:
+    out: str = option("runs/demo", "output folder: prompts/, generate/, pairs/, dpo/, eval/ and commands.txt")
+    prompts: int = option(64, "training captions (each gets --images-per-prompt candidates)", min=2)
+    images_per_prompt: int = option(8, "candidates per caption (K); the best- and worst-scored become a pair", min=2)
+    eval_prompts: int = option(64, "held-out captions for the eval (none of them is a training caption)", min=1)
+    eval_seeds: int = option(4, "images per held-out caption and model (base and tuned twins share a seed)", min=1)
+    scorer: str = option("redness", "the reward that labels the pairs, e.g. redness, brightness, color:blue")
+    sampling_steps: int = option(10, "DDIM steps for every image", min=1)
+    guidance: float = option(1.0, "classifier-free guidance scale for every image (1 = off)", min=0.0)
+    train_steps: int = option(150, "Diffusion-DPO optimizer steps", min=1)
+    batch_size: int = option(16, "pairs per DPO step", min=1)
+    beta: float = option(2000.0, "DPO beta (with the paper's 0.5 factor; 2000 as for SD1.5)", min=0.0)
+    lr: float = option(3e-4, "AdamW learning rate (no weight decay, no warmup, no clipping)", min=0.0)
+    seed: int = option(0, "seed of the caption split, the image seeds and the training run", min=0)
+    overwrite: bool = option(False, "replace a different run's results in --out", identity=False)
+
+    def validate(self) -> list[str]:
+        from aifeedback.zoo.toy import all_captions
+
+        n = len(all_captions())
+        if self.prompts + self.eval_prompts > n:
+            return [f"prompts + eval_prompts ({self.prompts} + {self.eval_prompts}) exceeds the toy world's {n} "
+                    f"distinct captions; lower one of them"]
+        return []
+
+
+def stage_configs(cfg: DemoConfig) -> dict[str, Any]:
+    """The GenerateConfig, ScoreConfig, TrainConfig and EvalConfig the demo runs (in that order), by stage name."""
+    from aifeedback.stages.evaluate import EvalConfig
+    from aifeedback.stages.generate import GenerateConfig
+    from aifeedback.stages.score import ScoreConfig
+    from aifeedback.stages.train import TrainConfig
+    from aifeedback.zoo.toy import SIZE
+
+    out = Path(cfg.out)
+    # float32 everywhere (also on a GPU, where generate would default to float16): the toy model costs nothing.
+    common = {"steps": cfg.sampling_steps, "guidance": cfg.guidance, "dtype": "float32", "batch_size": 64,
+              "overwrite": cfg.overwrite}
+    values = {
+        "generate": (GenerateConfig, {
+            "model": MODEL, "prompts": str(out / "prompts" / "train.txt"), "images_per_prompt": cfg.images_per_prompt,
+            "seed": cfg.seed, "image_format": "png", "save_latents": True, "out": str(out / "generate"), **common}),
+        "score": (ScoreConfig, {
+            "input": str(out / "generate"), "scorer": [cfg.scorer], "pairing": "best-worst", "workers": 0,
+            "out": str(out / "pairs"), "overwrite": cfg.overwrite}),
+        "train": (TrainConfig, {
+            "data": "ai", "dataset": str(out / "pairs"), "model": MODEL, "resolution": SIZE, "beta": cfg.beta,
+            "lr": cfg.lr, "scale_lr": False, "weight_decay": 0.0, "max_grad_norm": 0.0, "max_steps": cfg.train_steps,
+            "batch_size": cfg.batch_size, "seed": cfg.seed, "checkpoint_every": cfg.train_steps,
+            "keep_checkpoints": 1, "validation_every": 0, "num_workers": 0, "trackers": "none",
+            "out": str(out / "dpo"), "overwrite": cfg.overwrite}),
+        "eval": (EvalConfig, {
+            "base": MODEL, "tuned": str(out / "dpo"), "prompts": str(out / "prompts" / "eval.txt"),
+            "seeds_per_prompt": cfg.eval_seeds, "seed": cfg.seed + 1,
+            "scorers": list(dict.fromkeys([cfg.scorer, "redness", "brightness", "saturation"])),
+            "out": str(out / "eval"), **common}),
+    }
+    return {stage: build_config(cls, v, f"demo -> {stage}") for stage, (cls, v) in values.items()}
+
+
+def write_prompts(cfg: DemoConfig) -> None:
+    """OUT/prompts/train.txt and eval.txt: disjoint toy captions, one per line."""
+    from aifeedback.storage.files import atomic_write_text
+    from aifeedback.zoo.toy import toy_prompts
+
+    captions = toy_prompts(cfg.prompts + cfg.eval_prompts, seed=cfg.seed)
+    out = Path(cfg.out) / "prompts"
+    atomic_write_text(out / "train.txt", "\n".join(captions[: cfg.prompts]) + "\n")
+    atomic_write_text(out / "eval.txt", "\n".join(captions[cfg.prompts :]) + "\n")
+
+
+def command_line(stage: str, stage_cfg: Any) -> str:
+    """The `aif STAGE ...` command that runs stage_cfg: every setting that differs from the stage's default."""
+    import dataclasses
+
+    args = []
+    for f, _ in fields(type(stage_cfg)):
+        value = getattr(stage_cfg, f.name)
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if value == default:
+            continue
+        flag = f.name.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(f"--{flag}" if value else f"--no-{flag}")
+        else:
+            args.append(f"--{flag} {','.join(map(str, value)) if isinstance(value, list) else value}")
+    return f"aif {stage} " + " ".join(args)
+
+
+def run(cfg: DemoConfig) -> dict[str, Any]:
+    """Run generate -> score -> train -> eval on the toy model; print the win rates; return the eval report."""
+    from aifeedback.dist import process_state
+    from aifeedback.families.loading import resolve_model
+    from aifeedback.stages import evaluate, generate, score, train
+    from aifeedback.storage.files import atomic_write_text
+
+    state = process_state()  # under `accelerate launch`, every stage splits its work across the processes
+    main = state.is_main_process
+    say = print if main else (lambda *a, **k: None)
+    start = time.time()
+    path = resolve_model(MODEL)  # built and pretrained on first use (under a lock), then cached
+    took = time.time() - start
+    say(f"[demo] toy model {MODEL}: {path} ({f'built and pretrained in {took:.0f}s' if took > 5 else 'cached'})")
+    configs = stage_configs(cfg)
+    if main:
+        write_prompts(cfg)
+        atomic_write_text(Path(cfg.out) / "commands.txt", "\n".join(command_line(s, c) for s, c in configs.items()) + "\n")
+    state.wait_for_everyone()
+    stages = {"generate": generate.run, "score": score.run, "train": train.run, "eval": evaluate.run}
+    for i, (stage, stage_run) in enumerate(stages.items(), 1):
+        say(f"[demo] {i}/4 {stage} ({time.time() - start:.0f}s): {command_line(stage, configs[stage])}")
+        report = stage_run(configs[stage])  # the last one, eval, returns the report (on the main process)
+    if main:
+        print(summary(report, cfg, Path(cfg.out), time.time() - start))
+    return report
+
+
+def summary(report: dict[str, Any], cfg: DemoConfig, out: Path, seconds: float) -> str:
+    """The demo's closing table: per scorer, how often the tuned image beats its base twin."""
+    lines = [
+        "",
+        f"Tuned ({cfg.train_steps} DPO steps on {cfg.scorer} best-vs-worst pairs) vs base, on "
+        f"{cfg.eval_prompts} held-out captions x {cfg.eval_seeds} seeds (same seed for both twins):",
+        f"  {'scorer':<12} {'tuned wins':>10}  {'95% CI':<13} mean base -> tuned",
+    ]
+    for name, s in report["scorers"].items():
+        ci = f"{100 * s['ci_low']:.1f}-{100 * s['ci_high']:.1f}%"
+        role = "  (the reward)" if name == cfg.scorer else ""
+        means = f"{s['mean_base']:.3f} -> {s['mean_tuned']:.3f}"
+        lines.append(f"  {name:<12} {100 * s['win_rate']:>9.1f}%  {ci:<13} {means}{role}")
+    lines += [f"Report (base and tuned side by side): {out / 'eval' / 'report.html'}",
+              f"Stage commands: {out / 'commands.txt'}; done in {seconds:.0f}s"]
+    return "\n".join(lines)

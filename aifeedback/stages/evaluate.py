@@ -1,0 +1,396 @@
+"""`aif eval`: does the tuned model beat its base? The paper's protocol, with a report.
+
+1. Generate with `aif generate` (its public `run`) into OUT/base and OUT/tuned: the same prompts and the same seeds
+   (a candidate's seed depends only on --seed, the prompt and k), so each tuned image has a base twin. Those are
+   ordinary resumable generate outputs: a rerun reuses every finished image, and a rerun with other scorers
+   only scores.
+2. Score every twin pair with each scorer (`aifeedback.scoring.scorers.load_scorer`); processes split the pairs.
+3. The main process writes report.json / report.md / report.html and grids/*.png (see `aifeedback.evaluation.report`).
+
+`--scorer-accuracy DATASET` instead measures how often each scorer agrees with human labels on a Pick-a-Pic-layout
+set (non-tie pairs; the paper's Table 2), so users can pick a scorer before training on its labels.
+"""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from aifeedback.config import build_config, identity_dict, option, save_config, to_dict
+from aifeedback.data.images import decode_image
+from aifeedback.errors import DataError
+from aifeedback.families.loading import DTYPES, SCHEDULERS
+from aifeedback.storage.files import atomic_write_text, read_json, write_json
+from aifeedback.storage.manifest import finish_output, prepare_output_synced
+from aifeedback.storage.shards import shard_files
+
+# The paper's Table 2: agreement with human labels on Pick-a-Pic v2 validation (non-tie pairs), in %.
+PAPER_ACCURACY = {"pickscore": 64.2, "hpsv2": 59.3, "clip": 57.1, "aesthetic": 51.4}
+
+
+@dataclass
+class EvalConfig:
+    base: str = option("", "base model: tiny name, hub id (stabilityai/stable-diffusion-xl-base-1.0) or local folder")
+    tuned: str = option("", "tuned weights: UNet folder, LoRA .safetensors, training checkpoint, or run dir (latest checkpoint)")
+    out: str = option("outputs/eval", "output directory (base/ and tuned/ images, report.json/.md/.html, grids/)",
+                      identity=False)
+    prompts: str = option("parti", "prompt source: parti, a .txt/.jsonl/.csv/.tsv file, or a datasets dataset")
+    prompt_column: Optional[str] = option(None, "column holding the prompt text (files and datasets)")
+    split: Optional[str] = option(None, "dataset split to read, for --prompts or --scorer-accuracy (there default: validation)")
+    limit: Optional[int] = option(None, "use only the first N prompts (or N pairs with --scorer-accuracy)", min=1)
+    seeds_per_prompt: int = option(1, "images per prompt and model; twins share a seed", min=1)
+    seed: int = option(0, "base seed; each image's seed derives from it, the prompt and k")
+    scorers: list[str] = option(["pickscore", "hpsv2", "clip", "aesthetic"],
+                                "scorers, NAME or NAME:MODEL (see `aif models`); the first ranks best/worst examples",
+                                identity=False)
+    steps: Optional[int] = option(None, "denoising steps (default: aif generate's)", min=1)
+    guidance: Optional[float] = option(None, "classifier-free guidance scale (default: aif generate's)", min=0)
+    resolution: Optional[int] = option(None, "image side in pixels (default: the model's)", min=8)
+    negative_prompt: Optional[str] = option(None, "negative prompt for both models")
+    scheduler: Optional[str] = option(None, "sampler (default: the model's own)", choices=SCHEDULERS)
+    dtype: Optional[str] = option(None, "generation dtype (default: float16 on GPU, float32 on CPU)", choices=("auto",) + DTYPES)
+    vae: Optional[str] = option(None, "VAE override for both models, e.g. madebyollin/sdxl-vae-fp16-fix")
+    batch_size: Optional[int] = option(None, "images per generation batch (default: aif generate's)", min=1, identity=False)
+    device: str = option("auto", "device: auto (the process's GPU under accelerate, else CPU), cuda, cuda:N, cpu",
+                         identity=False)
+    scorer_batch_size: int = option(16, "image pairs per scoring batch", min=1, identity=False)
+    scorer_dtype: str = option("float32", "scorer dtype", choices=("float32", "float16", "bfloat16"), identity=False)
+    examples: int = option(4, "best and worst examples shown in the report", min=1, identity=False)
+    sample_prompts: int = option(8, "randomly chosen prompts shown side by side in the report", min=1, identity=False)
+    thumb: int = option(256, "longest side of the images in report.html and grids/, px", min=16, identity=False)
+    bootstrap: int = option(10_000, "bootstrap resamples for the 95% intervals", min=100, identity=False)
+    scorer_accuracy: Optional[str] = option(
+        None, "instead of comparing models: accuracy of each scorer vs human labels on this Pick-a-Pic-layout set "
+        "(local Parquet dir or hub id)")
+    overwrite: bool = option(False, "replace a different job's results in --out", identity=False)
+
+    def validate(self) -> list[str]:
+        problems = []
+        if not self.scorers:
+            problems.append("scorers: name at least one scorer (see `aif models`)")
+        if not self.scorer_accuracy:
+            problems += [f"{k}: required (or pass --scorer-accuracy DATASET)" for k in ("base", "tuned")
+                         if not getattr(self, k)]
+        return problems
+
+
+def run(cfg: EvalConfig) -> dict[str, Any] | None:
+    """Run the eval (or the scorer-accuracy check); return the report on the main process."""
+    if cfg.scorer_accuracy:
+        return scorer_accuracy(cfg)
+    from aifeedback.dist import process_state
+    from aifeedback.evaluation.report import build_report, example_keys, write_report
+
+    state = process_state()
+    out = Path(cfg.out)
+    manifest = prepare_output_synced(state, out, "eval", to_dict(cfg), identity_dict(cfg), cfg.overwrite)
+    if state.is_main_process:
+        save_config(cfg, out / "config.yaml")
+
+    generate_both(cfg, out)
+    rows = twin_rows(out / "base", out / "tuned")
+    scores = score_twins(cfg, rows)
+    report = None
+    if state.is_main_process:
+        report = build_report(rows, scores, report_meta(cfg, out), cfg.bootstrap, cfg.seed, cfg.examples,
+                              cfg.sample_prompts)
+        write_report(out, report, read_images(out, example_keys(report)), cfg.thumb)
+        finish_output(out, manifest, comparisons=len(rows), scorers=list(scores), processes=state.num_processes)
+        _print_summary(report, out)
+    state.wait_for_everyone()
+    return report
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Generation: two ordinary `aif generate` runs
+
+def generate_config(cfg: EvalConfig, side: str, out: Path):
+    """The GenerateConfig of one side ('base' or 'tuned'); unset options keep aif generate's defaults."""
+    from aifeedback.stages.generate import GenerateConfig
+    from aifeedback.stages.sample import pin_tuned
+
+    values = {
+        "model": cfg.base, "tuned": pin_tuned(cfg.tuned) if side == "tuned" else None, "prompts": cfg.prompts,
+        "prompt_column": cfg.prompt_column, "split": cfg.split, "limit": cfg.limit,
+        "images_per_prompt": cfg.seeds_per_prompt, "seed": cfg.seed, "steps": cfg.steps, "guidance": cfg.guidance,
+        "resolution": cfg.resolution, "negative_prompt": cfg.negative_prompt, "scheduler": cfg.scheduler,
+        "dtype": cfg.dtype, "vae": cfg.vae, "batch_size": cfg.batch_size, "image_format": "png",  # lossless
+        "device": cfg.device, "out": str(out / side), "overwrite": cfg.overwrite,
+    }
+    return build_config(GenerateConfig, {k: v for k, v in values.items() if v is not None}, f"eval -> generate {side}")
+
+
+def generate_both(cfg: EvalConfig, out: Path) -> None:
+    """Generate (or resume) OUT/base and OUT/tuned; every process takes part, as in `aif generate`."""
+    from aifeedback.dist import process_state
+    from aifeedback.stages import generate
+
+    for side in ("base", "tuned"):
+        generate.run(generate_config(cfg, side, out))
+        gc.collect()
+        _empty_cache()
+    process_state().wait_for_everyone()
+
+
+def twin_rows(base_dir: Path, tuned_dir: Path) -> list[dict[str, Any]]:
+    """One row per (prompt, k) present in both outputs, in the base output's order, with where each image lives."""
+    base = _index(base_dir)
+    tuned = _index(tuned_dir)
+    if set(base) != set(tuned):
+        only = sorted(set(base) ^ set(tuned))
+        raise DataError(f"{base_dir} and {tuned_dir} hold different prompts or seeds (e.g. {only[0]}); they "
+                        f"were generated with different settings. Fix: rerun with --overwrite.")
+    rows = []
+    for key, b in base.items():
+        t = tuned[key]
+        if b["seed"] != t["seed"]:
+            raise DataError(f"prompt {key[0]} k={key[1]}: seed {b['seed']} in {base_dir} but {t['seed']} in "
+                            f"{tuned_dir}. Fix: rerun with --overwrite.")
+        rows.append({**{k: b[k] for k in ("prompt_id", "prompt", "category", "k", "seed")},
+                     "base_at": b["at"], "tuned_at": t["at"]})
+    if not rows:
+        raise DataError(f"{base_dir} holds no images")
+    return rows
+
+
+def _index(gen_dir: Path) -> dict[tuple[str, int], dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    out: dict[tuple[str, int], dict[str, Any]] = {}
+    for path in shard_files(gen_dir):
+        schema = pq.read_schema(path)
+        cols = [c for c in ("prompt_id", "prompt", "category", "k", "seed") if c in schema.names]
+        for i, r in enumerate(pq.read_table(path, columns=cols).to_pylist()):
+            r.setdefault("category", None)
+            out[(r["prompt_id"], r["k"])] = {**r, "at": (str(path), i)}
+    return out
+
+
+def read_images(out: Path, keys: set[tuple[str, int]]) -> dict[tuple[str, int], tuple[bytes, bytes]]:
+    """(base, tuned) image bytes of the given comparisons."""
+    rows = [r for r in twin_rows(out / "base", out / "tuned") if (r["prompt_id"], r["k"]) in keys]
+    reader = ShardImages()
+    return {(r["prompt_id"], r["k"]): reader.pair(r) for r in rows}
+
+
+class ShardImages:
+    """Image bytes by (shard file, row), keeping the last two shards read (the current base and tuned shard):
+    rows are visited in shard order, so each shard's image column is read from disk once."""
+
+    def __init__(self, keep: int = 2):
+        self.keep = keep
+        self.shards: dict[str, list[bytes]] = {}
+
+    def get(self, at: tuple[str, int]) -> bytes:
+        import pyarrow.parquet as pq
+
+        path, i = at
+        if path not in self.shards:
+            if len(self.shards) >= self.keep:
+                self.shards.pop(next(iter(self.shards)))
+            self.shards[path] = pq.read_table(path, columns=["image"]).column("image").to_pylist()
+        return self.shards[path][i]
+
+    def pair(self, row: dict[str, Any]) -> tuple[bytes, bytes]:
+        return self.get(row["base_at"]), self.get(row["tuned_at"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Scoring
+
+def score_twins(cfg: EvalConfig, rows: list[dict[str, Any]]) -> dict[str, tuple[list[float], list[float]]]:
+    """scorer -> (base scores, tuned scores) aligned with rows; each process scores every world-th batch.
+
+    Base and tuned images go through each scorer in separate, identically shaped batches, so identical twins get
+    bit-identical scores (a tie) whatever the scorer's batching numerics.
+    """
+    from accelerate.utils import gather_object
+    from tqdm.auto import tqdm
+
+    from aifeedback.dist import process_state
+    from aifeedback.scoring.scorers import load_scorer
+
+    state = process_state()
+    scorers = [load_scorer(spec, device=_device(cfg, state), dtype=cfg.scorer_dtype) for spec in cfg.scorers]
+    batches = [list(range(i, min(i + cfg.scorer_batch_size, len(rows))))
+               for i in range(0, len(rows), cfg.scorer_batch_size)]
+    mine: list[tuple[int, list[float], list[float]]] = []
+    reader = ShardImages()
+    bar = tqdm(batches[state.process_index :: state.num_processes], desc="scoring", unit="batch",
+               disable=not state.is_main_process)
+    for idx in bar:
+        batch = [rows[i] for i in idx]
+        pairs = [reader.pair(r) for r in batch]
+        texts = [r["prompt"] for r in batch]
+        base_imgs = [decode_image(b, rgb=False) for b, _ in pairs]
+        tuned_imgs = [decode_image(t, rgb=False) for _, t in pairs]
+        per = [(s.score(base_imgs, texts), s.score(tuned_imgs, texts)) for s in scorers]
+        for j, i in enumerate(idx):
+            mine.append((i, [float(b[j]) for b, _ in per], [float(t[j]) for _, t in per]))
+    del scorers
+    gc.collect()
+    _empty_cache()
+    every = sorted(gather_object(mine))
+    if [i for i, _, _ in every] != list(range(len(rows))):
+        raise RuntimeError("scores were lost or doubled while gathering across processes")
+    return {spec: ([b[n] for _, b, _ in every], [t[n] for _, _, t in every]) for n, spec in enumerate(cfg.scorers)}
+
+
+def _device(cfg: EvalConfig, state) -> str:
+    return str(state.device) if cfg.device == "auto" else cfg.device
+
+
+def _empty_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def report_meta(cfg: EvalConfig, out: Path) -> dict[str, Any]:
+    """What the report says about the run: the eval settings and the generation settings actually used."""
+    base = read_json(out / "base" / "manifest.json")
+    tuned = read_json(out / "tuned" / "manifest.json")
+    meta = {"base": cfg.base, "tuned": cfg.tuned, "tuned_weights": tuned["config"].get("tuned"), "prompts": cfg.prompts,
+            "seeds_per_prompt": cfg.seeds_per_prompt, "seed": cfg.seed, "steps": base["config"].get("steps")}
+    # Values generate resolved from the model (guidance, size, sampler) are in its manifest's "resolved".
+    recorded = {**base.get("inputs", {}), **base.get("resolved", {})}
+    for key in ("guidance", "width", "height", "scheduler", "dtype"):
+        if recorded.get(key) is not None:
+            meta[key] = recorded[key]
+    if base["config"].get("negative_prompt"):
+        meta["negative_prompt"] = base["config"]["negative_prompt"]
+    return meta
+
+
+def _print_summary(report: dict[str, Any], out: Path) -> None:
+    for name, s in report["scorers"].items():
+        print(f"{name:>20}: tuned wins {100 * s['win_rate']:.1f}% (95% CI {100 * s['ci_low']:.1f}-"
+              f"{100 * s['ci_high']:.1f}%), mean {s['mean_base']:.4g} -> {s['mean_tuned']:.4g}, n={s['n']}")
+    print(f"report: {out / 'report.html'}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Scorer accuracy against human labels (the paper's Table 2)
+
+PAIR_COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0", "label_1")
+
+
+def preference_pairs(source: str, split: str | None = None, limit: int | None = None) -> Iterator[dict[str, Any]]:
+    """Non-tie pairs (caption, jpg_0, jpg_1, label_0 in {0, 1}) of a Pick-a-Pic-layout set, streamed.
+
+    source: a local Parquet file or directory (an `aif score` output or downloaded Pick-a-Pic shards; `split`
+    then keeps files named `SPLIT-*` or under a `SPLIT/` folder), or a hub dataset id (default split validation).
+    """
+    from aifeedback.data.pairs import winner_of
+
+    n = 0
+    for row in _pair_rows(source, split):
+        winner = winner_of(row["label_0"], row["label_1"])  # the same label rule as training
+        if row.get("has_label") is False or winner not in (0, 1):
+            continue  # unlabeled, a tie or an unreadable label: Table 2 counts decisive human votes only
+        yield {"caption": row["caption"], "jpg_0": row["jpg_0"], "jpg_1": row["jpg_1"], "label_0": float(winner == 0)}
+        n += 1
+        if limit is not None and n >= limit:
+            return
+
+
+def _pair_rows(source: str, split: str | None) -> Iterator[dict[str, Any]]:
+    path = Path(source).expanduser()
+    if not path.exists():
+        if source.startswith((".", "/", "~")) or source.count("/") != 1:
+            raise DataError(f"--scorer-accuracy {source}: no such file or directory (and not a hub id OWNER/NAME)")
+        import datasets
+
+        try:
+            ds = datasets.load_dataset(source, split=split or "validation", streaming=True)
+        except Exception as e:  # datasets raises many types; report it as the user's input problem
+            raise DataError(f"could not load dataset '{source}' (split {split or 'validation'}): "
+                            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        missing = [c for c in PAIR_COLUMNS if ds.column_names is not None and c not in ds.column_names]
+        if missing:
+            raise DataError(f"dataset '{source}' lacks the Pick-a-Pic column(s) {', '.join(missing)}")
+        yield from ds
+        return
+    import pyarrow.parquet as pq
+
+    files = [path] if path.is_file() else sorted(path.rglob("*.parquet"))
+    if split and path.is_dir():
+        files = [f for f in files if f.name.startswith(f"{split}-") or split in f.relative_to(path).parts[:-1]]
+    if not files:
+        raise DataError(f"{source} holds no Parquet files{f' for split {split}' if split else ''}")
+    for f in files:
+        pf = pq.ParquetFile(f)
+        missing = [c for c in PAIR_COLUMNS if c not in pf.schema_arrow.names]
+        if missing:
+            raise DataError(f"{f} lacks the Pick-a-Pic column(s) {', '.join(missing)} (has: "
+                            f"{', '.join(pf.schema_arrow.names)})")
+        cols = list(PAIR_COLUMNS) + (["has_label"] if "has_label" in pf.schema_arrow.names else [])
+        for batch in pf.iter_batches(batch_size=64, columns=cols):
+            yield from batch.to_pylist()
+
+
+def scorer_accuracy(cfg: EvalConfig) -> dict[str, Any] | None:
+    """Accuracy of each scorer against the human labels of cfg.scorer_accuracy; writes accuracy.json / .md."""
+    from accelerate.utils import gather_object
+    from tqdm.auto import tqdm
+
+    from aifeedback.dist import process_state
+    from aifeedback.evaluation.winrate import preference_accuracy
+    from aifeedback.scoring.scorers import load_scorer
+
+    state = process_state()
+    out = Path(cfg.out)
+    prepare_output_synced(state, out, "eval", to_dict(cfg), identity_dict(cfg), cfg.overwrite)
+    scorers = [load_scorer(spec, device=_device(cfg, state), dtype=cfg.scorer_dtype) for spec in cfg.scorers]
+    mine: list[tuple[int, float, list[tuple[float, float]]]] = []
+    batch: list[tuple[int, dict[str, Any]]] = []
+
+    def flush() -> None:
+        texts = [p["caption"] for _, p in batch]
+        im0 = [decode_image(p["jpg_0"], rgb=False) for _, p in batch]
+        im1 = [decode_image(p["jpg_1"], rgb=False) for _, p in batch]
+        per = [(s.score(im0, texts), s.score(im1, texts)) for s in scorers]
+        mine.extend((i, p["label_0"], [(float(a[j]), float(b[j])) for a, b in per]) for j, (i, p) in enumerate(batch))
+        batch.clear()
+
+    pairs = preference_pairs(cfg.scorer_accuracy, cfg.split, cfg.limit)
+    for i, pair in enumerate(tqdm(pairs, desc="scoring pairs", unit="pair", disable=not state.is_main_process)):
+        if i % state.num_processes == state.process_index:
+            batch.append((i, pair))
+            if len(batch) == cfg.scorer_batch_size:
+                flush()
+    if batch:
+        flush()
+    every = sorted(gather_object(mine))
+    if not every:
+        raise DataError(f"{cfg.scorer_accuracy} holds no non-tie labelled pairs")
+    result = None
+    if state.is_main_process:
+        labels = [lab for _, lab, _ in every]
+        accs = {spec: preference_accuracy([s[n][0] for _, _, s in every], [s[n][1] for _, _, s in every], labels,
+                                          cfg.bootstrap, cfg.seed).to_dict()
+                for n, spec in enumerate(cfg.scorers)}
+        result = {"dataset": cfg.scorer_accuracy, "split": cfg.split, "n_pairs": len(every),
+                  "protocol": "non-tie human pairs; a scorer is right when it scores the human winner higher "
+                              "(exact score ties count 0.5); 95% CI: percentile bootstrap over pairs",
+                  "scorers": accs}
+        write_json(out / "accuracy.json", result)
+        atomic_write_text(out / "accuracy.md", accuracy_markdown(result))
+        print(accuracy_markdown(result))
+    state.wait_for_everyone()
+    return result
+
+
+def accuracy_markdown(result: dict[str, Any]) -> str:
+    """accuracy.md: one row per scorer, next to the paper's Table 2 figure where there is one."""
+    lines = [f"# Scorer accuracy on {result['dataset']} ({result['n_pairs']} non-tie pairs)", "",
+             result["protocol"] + ".", "",
+             "| scorer | accuracy | 95% CI | score ties | paper (Pick-a-Pic v2 val) |", "|---|---|---|---|---|"]
+    for spec, a in result["scorers"].items():
+        paper = PAPER_ACCURACY.get(spec.split(":")[0])
+        lines.append(f"| {spec} | {100 * a['accuracy']:.1f}% | {100 * a['ci_low']:.1f} - {100 * a['ci_high']:.1f}% "
+                     f"| {a['score_ties']} | {f'{paper}%' if paper else '-'} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,98 @@
+"""`aif export`: a training checkpoint -> files the diffusers ecosystem loads directly (safetensors only).
+
+- full fine-tune -> OUT/unet/ (`UNet2DConditionModel.from_pretrained(OUT, subfolder="unet")`), or with --pipeline a
+  whole pipeline folder (`DiffusionPipeline.from_pretrained(OUT)`);
+- LoRA -> OUT/pytorch_lora_weights.safetensors (`pipe.load_lora_weights(OUT)`), or with --pipeline a pipeline
+  folder with the LoRA fused into the UNet.
+The folder is written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+from aifeedback.config import option
+from aifeedback.errors import AifError
+
+
+@dataclass
+class ExportConfig:
+    checkpoint: str = option("", "a checkpoint folder (RUN/checkpoints/checkpoint-NNNNNN) or a run folder (-> its latest)", positional=True)
+    out: str = option("export", "output folder")
+    pipeline: bool = option(False, "write a whole diffusers pipeline folder (base model + tuned UNet, LoRA fused)")
+    model: Optional[str] = option(None, "base model for --pipeline; null = the model recorded in the run's config.yaml")
+    dtype: Literal["float32", "float16", "bfloat16"] = option("float32", "dtype of the written weights")
+    overwrite: bool = option(False, "replace an existing --out folder")
+
+    def validate(self) -> list[str]:
+        return [] if self.checkpoint else ["checkpoint: pass the checkpoint or run folder to export"]
+
+
+def run(cfg: ExportConfig) -> Path:
+    """Export; returns the output folder."""
+    import torch  # noqa: F401  (heavy imports only when the command runs)
+
+    from aifeedback.families.loading import torch_dtype
+    from aifeedback.storage.checkpoints import LORA_FILE, checkpoint_kind, resolve_checkpoint
+
+    ckpt = resolve_checkpoint(cfg.checkpoint)
+    kind = checkpoint_kind(ckpt)
+    out = Path(cfg.out)
+    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
+        raise AifError(f"{out} already exists and is not empty. Use another --out, or pass --overwrite")
+    dtype = torch_dtype(cfg.dtype)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        if cfg.pipeline:
+            pipe = _base_pipeline(cfg, ckpt)
+            if kind == "lora":
+                pipe.load_lora_weights(str(ckpt / LORA_FILE))
+                pipe.fuse_lora()
+                pipe.unload_lora_weights()
+            else:
+                from diffusers import UNet2DConditionModel
+
+                pipe.unet = UNet2DConditionModel.from_pretrained(ckpt, subfolder="unet")
+            pipe.to(dtype=dtype).save_pretrained(tmp, safe_serialization=True)
+        elif kind == "lora":
+            from safetensors.torch import load_file, save_file
+
+            tensors = {k: v.to(dtype).contiguous() for k, v in load_file(str(ckpt / LORA_FILE)).items()}
+            from safetensors import safe_open
+
+            with safe_open(str(ckpt / LORA_FILE), "pt") as f:
+                metadata = f.metadata()  # keeps the adapter config (rank, alpha) that load_lora_weights reads
+            save_file(tensors, str(tmp / LORA_FILE), metadata=metadata)
+        else:
+            from diffusers import UNet2DConditionModel
+
+            unet = UNet2DConditionModel.from_pretrained(ckpt, subfolder="unet", dtype=dtype)
+            unet.save_pretrained(tmp / "unet", safe_serialization=True)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    what = "pipeline" if cfg.pipeline else ("LoRA" if kind == "lora" else "UNet")
+    print(f"exported {what} from {ckpt} to {out}")
+    return out
+
+
+def _base_pipeline(cfg: ExportConfig, ckpt: Path):
+    import yaml
+
+    from aifeedback.families.loading import load_pipeline
+
+    model = cfg.model
+    if model is None:
+        run_config = ckpt.parent.parent / "config.yaml"
+        if not run_config.exists():
+            raise AifError(f"--pipeline needs the base model: {run_config} is missing, so pass --model")
+        model = yaml.safe_load(run_config.read_text())["model"]
+    return load_pipeline(model, "float32", "cpu")

@@ -1,0 +1,177 @@
+"""`aif generate`: K candidate images per prompt from an SDXL / SD1.5 model, as a resumable Parquet dataset.
+
+The work is the list of (prompt, k) pairs in prompt order, cut into shards of `shard_size` images; shard i always
+holds the same images, so processes can take shards round-robin (`accelerate launch`) and a rerun after a crash
+skips the shards already written. Within a shard, images are rendered in batches that span prompts. Every image's
+seed is a hash of (--seed, prompt_id, k), so the output does not depend on batch size, process count or on which
+other prompts are in the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+from aifeedback.config import option
+from aifeedback.families.loading import DTYPES, SCHEDULERS
+from aifeedback.families.sampling import COMPILE_MODES
+
+
+@dataclass
+class GenerateConfig:
+    model: str = option("stabilityai/stable-diffusion-xl-base-1.0", "diffusers SDXL / SD1.5 model: hub id, local folder, or tiny-sdxl / tiny-sd15")
+    prompts: str = option("parti", "prompt source: parti, a .txt/.jsonl/.csv/.tsv file, or a local / hub datasets dataset")
+    prompt_column: Optional[str] = option(None, "column holding the prompt (.jsonl/.csv/.tsv/datasets; default: prompt, caption or text)")
+    split: Optional[str] = option(None, "dataset split to read (needed when a dataset has several)")
+    limit: Optional[int] = option(None, "use only the first N prompts (after dropping empty and repeated ones)", min=1)
+    dedupe: bool = option(True, "drop repeated prompts")
+    images_per_prompt: int = option(4, "candidate images per prompt (K)", min=1)
+    out: str = option("outputs/generate", "output directory (Parquet shards + manifest.json)", identity=False)
+    steps: int = option(50, "denoising steps", min=1, max=1000)
+    guidance: Optional[float] = option(None, "classifier-free guidance scale (default: 5.0 for SDXL, 7.5 for SD1.5)", min=0)
+    resolution: Optional[int] = option(None, "image size in pixels (default: the model's native size, 1024 for SDXL)", min=8)
+    width: Optional[int] = option(None, "image width, overrides --resolution", min=8)
+    height: Optional[int] = option(None, "image height, overrides --resolution", min=8)
+    negative_prompt: str = option("", "negative prompt used for every image")
+    scheduler: str = option("default", "sampler (default keeps the model's own)", choices=SCHEDULERS)
+    seed: int = option(0, "run seed; image k of a prompt uses a seed derived from (seed, prompt_id, k)", min=0)
+    dtype: str = option("auto", "weights dtype (auto: float16 on GPU, float32 on CPU)", choices=("auto",) + DTYPES)
+    vae: Optional[str] = option(None, "replacement VAE (e.g. madebyollin/sdxl-vae-fp16-fix for fp16 SDXL)")
+    tuned: Optional[str] = option(None, "fine-tuned weights: LoRA file/folder, UNet or pipeline folder, or training run dir")
+    image_format: Literal["jpeg", "png"] = option("jpeg", "how images are encoded in the rows")
+    jpeg_quality: int = option(95, "JPEG quality", min=1, max=100)
+    save_latents: bool = option(False, "also store each final latent (UNet space, float16) so training can skip the VAE encoder")
+    shard_size: int = option(64, "images per Parquet shard (the unit of resume and of work split across processes)", min=1)
+    batch_size: int = option(4, "images rendered per pipeline call", min=1, identity=False)
+    device: str = option("auto", "device: auto (the process's GPU under accelerate, else CPU), cuda, cuda:N, cpu", identity=False)
+    compile: bool = option(False, "torch.compile the UNet (worth it for long GPU runs)", identity=False)
+    compile_mode: str = option("max-autotune", "torch.compile mode for --compile (max-autotune tunes kernels for minutes; default compiles faster)",
+                               choices=COMPILE_MODES, identity=False)
+    overwrite: bool = option(False, "replace a different job's results in --out instead of refusing", identity=False)
+
+    def validate(self) -> list[str]:
+        problems = []
+        for name in ("resolution", "width", "height"):
+            v = getattr(self, name)
+            if v is not None and v % 8:
+                problems.append(f"{name}: must be a multiple of 8, got {v}")
+        return problems
+
+
+ROW_FIELDS = ("prompt_id", "prompt", "category", "k", "seed", "image", "width", "height", "model", "scheduler",
+              "steps", "guidance")
+
+
+def row_schema(save_latents: bool):
+    """The Parquet schema of generate rows (fixed, so every shard has the same types even when all are null)."""
+    import pyarrow as pa
+
+    cols = [("prompt_id", pa.string()), ("prompt", pa.string()), ("category", pa.string()), ("k", pa.int64()),
+            ("seed", pa.int64()), ("image", pa.binary()), ("width", pa.int64()), ("height", pa.int64()),
+            ("model", pa.string()), ("scheduler", pa.string()), ("steps", pa.int64()), ("guidance", pa.float64())]
+    if save_latents:
+        cols += [("latent", pa.binary()), ("latent_shape", pa.list_(pa.int64()))]
+    return pa.schema(cols)
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def run(cfg: GenerateConfig) -> Path:
+    """Generate cfg.images_per_prompt images per prompt into cfg.out; returns the output directory."""
+    from aifeedback.data.prompts import load_prompts
+    from aifeedback.families.loading import check_available, load_pipeline
+
+    prompts = load_prompts(cfg.prompts, cfg.prompt_column, cfg.split, cfg.limit, cfg.dedupe)
+    check_available(cfg.model)  # a misspelt model fails now, not after torch and diffusers are imported
+
+    import pyarrow.parquet as pq
+    from tqdm.auto import tqdm
+
+    from aifeedback.config import identity_dict, save_config, to_dict
+    from aifeedback.dist import process_state
+    from aifeedback.families.sampling import (
+        default_guidance,
+        default_size,
+        encode_image,
+        image_seed,
+        optimize_pipeline,
+        render,
+    )
+    from aifeedback.storage.manifest import fingerprint, finish_output, prepare_output
+    from aifeedback.storage.shards import (
+        SHARD_DIR,
+        chunks,
+        latent_to_bytes,
+        my_shards,
+        shard_done,
+        shard_files,
+        write_shard,
+    )
+
+    device = resolve_device(cfg.device)
+    state = process_state()  # under `accelerate launch`: rank, world size and this rank's GPU
+    if cfg.device == "auto" and state.num_processes > 1:
+        device = str(state.device)
+    dtype = cfg.dtype if cfg.dtype != "auto" else ("float16" if device.startswith("cuda") else "float32")
+    items = [(p, k) for p in prompts for k in range(cfg.images_per_prompt)]
+    shards = chunks(items, cfg.shard_size)
+    # The prompt list itself is part of the job's identity: an edited prompt file must not be mixed into old shards.
+    inputs = {"prompts": fingerprint([p.prompt_id for p in prompts]), "n_prompts": len(prompts), "dtype": dtype}
+    out = Path(cfg.out)
+    args = (out, "generate", to_dict(cfg), identity_dict(cfg), cfg.overwrite, inputs)
+    if state.is_main_process:  # refuse a conflicting --out now, before the slow model load (this writes nothing)
+        prepare_output(*args, is_main=False)
+
+    pipe = load_pipeline(cfg.model, dtype, device, vae=cfg.vae, scheduler=cfg.scheduler, tuned=cfg.tuned)
+    optimize_pipeline(pipe, compile=cfg.compile, compile_mode=cfg.compile_mode)
+    width = cfg.width or cfg.resolution or default_size(pipe)
+    height = cfg.height or cfg.resolution or default_size(pipe)
+    guidance = default_guidance(pipe) if cfg.guidance is None else cfg.guidance
+    scheduler = type(pipe.scheduler).__name__
+
+    if state.is_main_process:
+        manifest = prepare_output(*args, is_main=True)
+        for stale in (out / SHARD_DIR).glob(".*.tmp"):  # left by a killed run; never a complete shard
+            stale.unlink()
+        save_config(cfg, out / "config.yaml")
+    state.wait_for_everyone()
+
+    todo = [i for i in my_shards(len(shards), state.process_index, state.num_processes) if not shard_done(out, i)]
+    schema = row_schema(cfg.save_latents)
+    bar = tqdm(total=sum(len(shards[i]) for i in todo), unit="img", desc="generate",
+               disable=not state.is_local_main_process, dynamic_ncols=True)
+    for i in todo:
+        rows = []
+        for batch in chunks(shards[i], cfg.batch_size):
+            seeds = [image_seed(cfg.seed, p.prompt_id, k) for p, k in batch]
+            result = render(pipe, [p.text for p, _ in batch], seeds, steps=cfg.steps, guidance=guidance,
+                            width=width, height=height, negative_prompt=cfg.negative_prompt,
+                            return_latents=cfg.save_latents)
+            for j, ((p, k), seed, image) in enumerate(zip(batch, seeds, result.images)):
+                row = dict(prompt_id=p.prompt_id, prompt=p.text, category=p.category, k=k, seed=seed,
+                           image=encode_image(image, cfg.image_format, cfg.jpeg_quality), width=image.width,
+                           height=image.height, model=cfg.model, scheduler=scheduler, steps=cfg.steps,
+                           guidance=guidance)
+                if cfg.save_latents:
+                    row["latent"], row["latent_shape"] = latent_to_bytes(result.latents[j])
+                rows.append(row)
+            bar.update(len(batch))
+        write_shard(out, i, rows, schema)
+    bar.close()
+
+    state.wait_for_everyone()
+    if state.is_main_process:
+        files = shard_files(out)
+        manifest = dict(manifest, resolved=dict(width=width, height=height, guidance=guidance, scheduler=scheduler))
+        finish_output(out, manifest, prompts=len(prompts), images=sum(pq.read_metadata(f).num_rows for f in files),
+                         shards=len(files), images_per_prompt=cfg.images_per_prompt, processes=state.num_processes)
+    state.wait_for_everyone()  # a stage run next in these processes must see the finished manifest
+    return out

@@ -1,0 +1,135 @@
+"""`aif sample`: look at what a trained model draws. Image files plus one grid, from a base model and tuned weights.
+
+The images are rendered exactly as `aif generate` renders them (same seeds from --seed, prompt and k, same
+sampling code), so a sample of the base model with the same flags shows the very images `aif eval` compares.
+Files are named PROMPT#_K.png (or .jpg); index.jsonl maps each to its prompt and seed. A rerun of the same job
+keeps the files already written and renders only what is missing; a different job into the same folder is refused
+(or, with --overwrite, replaces the old files). Processes under `accelerate launch` split the prompts.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+from aifeedback.config import identity_dict, option, save_config, to_dict
+from aifeedback.families.loading import DTYPES, SCHEDULERS
+
+
+@dataclass
+class SampleConfig:
+    model: str = option("stabilityai/stable-diffusion-xl-base-1.0", "base model: hub id, local folder, or tiny-sdxl / tiny-sd15")
+    tuned: Optional[str] = option(None, "fine-tuned weights: LoRA file/folder, UNet or pipeline folder, training checkpoint or run dir")
+    prompts: str = option("parti", "prompt source: parti, a .txt/.jsonl/.csv/.tsv file, or a local / hub datasets dataset")
+    prompt_column: Optional[str] = option(None, "column holding the prompt (.jsonl/.csv/.tsv/datasets)")
+    split: Optional[str] = option(None, "dataset split to read")
+    limit: Optional[int] = option(8, "use only the first N prompts (null: all)", min=1)
+    images_per_prompt: int = option(1, "images per prompt", min=1)
+    out: str = option("outputs/sample", "output folder for the image files, grid.png and index.jsonl", identity=False)
+    steps: int = option(50, "denoising steps", min=1, max=1000)
+    guidance: Optional[float] = option(None, "classifier-free guidance scale (default: 5.0 for SDXL, 7.5 for SD1.5)", min=0)
+    resolution: Optional[int] = option(None, "image size in pixels (default: the model's native size)", min=8)
+    negative_prompt: str = option("", "negative prompt used for every image")
+    scheduler: str = option("default", "sampler (default keeps the model's own)", choices=SCHEDULERS)
+    seed: int = option(0, "run seed; image k of a prompt uses a seed derived from (seed, prompt_id, k)", min=0)
+    dtype: str = option("auto", "weights dtype (auto: float16 on GPU, float32 on CPU)", choices=("auto",) + DTYPES)
+    vae: Optional[str] = option(None, "replacement VAE (e.g. madebyollin/sdxl-vae-fp16-fix for fp16 SDXL)")
+    image_format: Literal["png", "jpeg"] = option("png", "image file format")
+    jpeg_quality: int = option(95, "JPEG quality", min=1, max=100)
+    grid: bool = option(True, "also write grid.png (one row per prompt)", identity=False)
+    grid_cell: int = option(256, "grid tile size in pixels", min=16, identity=False)
+    batch_size: int = option(4, "images rendered per pipeline call", min=1, identity=False)
+    device: str = option("auto", "device: auto (the process's GPU under accelerate, else CPU), cuda, cuda:N, cpu", identity=False)
+    overwrite: bool = option(False, "replace a different job's images in --out instead of refusing", identity=False)
+
+    def validate(self) -> list[str]:
+        if self.resolution is not None and self.resolution % 8:
+            return [f"resolution: must be a multiple of 8, got {self.resolution}"]
+        return []
+
+
+def run(cfg: SampleConfig) -> list[Path]:
+    """Render the prompts into cfg.out; return the image paths (all of them, in prompt order)."""
+    from tqdm.auto import tqdm
+
+    from aifeedback.data.prompts import load_prompts
+    from aifeedback.dist import process_state
+    from aifeedback.families.loading import load_pipeline
+    from aifeedback.families.sampling import encode_image, image_seed, render
+    from aifeedback.stages.generate import resolve_device
+    from aifeedback.storage.files import atomic_write_bytes, atomic_write_text, read_json
+    from aifeedback.storage.manifest import MANIFEST, fingerprint, finish_output, prepare_output
+    from aifeedback.storage.shards import chunks
+
+    prompts = load_prompts(cfg.prompts, cfg.prompt_column, cfg.split, cfg.limit)
+    device = resolve_device(cfg.device)
+    state = process_state()
+    if cfg.device == "auto" and state.num_processes > 1:
+        device = str(state.device)
+    out = Path(cfg.out)
+    ext = "png" if cfg.image_format == "png" else "jpg"
+    items = [dict(index=i, prompt_id=p.prompt_id, prompt=p.text, category=p.category, k=k,
+                  seed=image_seed(cfg.seed, p.prompt_id, k), file=f"{i:04d}_{k}.{ext}")
+             for i, p in enumerate(prompts) for k in range(cfg.images_per_prompt)]
+    tuned = pin_tuned(cfg.tuned)
+    inputs = {"prompts": fingerprint([p.prompt_id for p in prompts]), "tuned": tuned}
+    if state.is_main_process:
+        old = read_json(out / MANIFEST).get("fingerprint") if (out / MANIFEST).exists() else None
+        manifest = prepare_output(out, "sample", to_dict(cfg), identity_dict(cfg), cfg.overwrite, inputs)
+        if old is not None and old != manifest["fingerprint"]:  # --overwrite of a different job: drop its images
+            for f in [*out.glob("[0-9][0-9][0-9][0-9]_*.*"), out / "grid.png"]:
+                f.unlink(missing_ok=True)
+        save_config(cfg, out / "config.yaml")
+        atomic_write_text(out / "index.jsonl", "".join(json.dumps(it) + "\n" for it in items))
+    state.wait_for_everyone()
+    # Each process takes every world-th prompt; files already on disk (an earlier run) are not rendered again.
+    todo = [it for it in items if it["index"] % state.num_processes == state.process_index
+            and not (out / it["file"]).exists()]
+    if todo:
+        dtype = cfg.dtype if cfg.dtype != "auto" else ("float16" if device.startswith("cuda") else "float32")
+        pipe = load_pipeline(cfg.model, dtype, device, vae=cfg.vae, scheduler=cfg.scheduler, tuned=tuned)
+        bar = tqdm(total=len(todo), unit="img", desc="sample", disable=not state.is_local_main_process)
+        for batch in chunks(todo, cfg.batch_size):
+            result = render(pipe, [it["prompt"] for it in batch], [it["seed"] for it in batch], steps=cfg.steps,
+                            guidance=cfg.guidance, width=cfg.resolution, height=cfg.resolution,
+                            negative_prompt=cfg.negative_prompt)
+            for it, image in zip(batch, result.images):
+                atomic_write_bytes(out / it["file"], encode_image(image, cfg.image_format, cfg.jpeg_quality))
+            bar.update(len(batch))
+        bar.close()
+    state.wait_for_everyone()
+    paths = [out / it["file"] for it in items]
+    if cfg.grid and state.is_main_process:
+        write_grid(paths, cfg.images_per_prompt, out / "grid.png", cfg.grid_cell)
+    if state.is_main_process:
+        finish_output(out, manifest, prompts=len(prompts), images=len(paths))
+    return paths
+
+
+def pin_tuned(tuned: str | None) -> str | None:
+    """A training run dir -> its latest checkpoint folder, so a result records (and a rerun detects) which one."""
+    from aifeedback.families.loading import latest_checkpoint
+
+    if tuned and (Path(tuned).expanduser() / "checkpoints").is_dir():
+        return str(latest_checkpoint(Path(tuned).expanduser()))
+    return tuned
+
+
+def write_grid(paths: list[Path], cols: int, dest: Path, cell: int = 256) -> None:
+    """Tile image files into dest (PNG), `cols` per row."""
+    import io
+
+    from PIL import Image
+
+    from aifeedback.evaluation.report import image_grid
+    from aifeedback.storage.files import atomic_write_bytes
+
+    images = []
+    for p in paths:
+        with Image.open(p) as im:
+            images.append(im.convert("RGB"))
+    buf = io.BytesIO()
+    image_grid(images, cols, cell).save(buf, format="PNG")
+    atomic_write_bytes(dest, buf.getvalue())

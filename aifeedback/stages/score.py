@@ -1,0 +1,228 @@
+"""`aif score`: score images with reward models and write preference pairs in the Pick-a-Pic layout.
+
+Two phases, both resumable shard by shard and split over `accelerate launch` processes:
+  1. score   every image of shard i with every scorer -> OUT/image_scores/scores-i.parquet (raw scores,
+             or the reason an image could not be read)
+  2. pair    per prompt: ensemble the scores (per-prompt normalisation), pick pairs, label them, copy the image
+             bytes (and latents) -> OUT/data/train-i.parquet
+Phase 2 waits for all of phase 1, because an ensemble normalises each scorer over all images of a prompt, and in
+a Pick-a-Pic input one caption's pairs can sit in many shards. Rank 0 then writes summary.json and prints it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from aifeedback.config import option
+from aifeedback.errors import AifError
+
+SCORES_DIR = "image_scores"  # per-image raw scores: OUT/image_scores/scores-NNNNN.parquet
+
+
+@dataclass
+class ScoreConfig:
+    """Settings of `aif score`."""
+
+    input: str = option("", "an `aif generate` output dir, a Pick-a-Pic-layout Parquet dir/file, or a hub dataset id")
+    out: str = option("", "output directory (Pick-a-Pic-layout Parquet shards + manifest.json + summary.json)")
+    scorer: list[str] = option(["pickscore"], "scorer spec(s) NAME or NAME:MODEL (see `aif models`); several = an ensemble")
+    weights: list[float] = option([], "ensemble weights, one per scorer (default: equal weights)")
+    normalize: Literal["zscore", "rank", "none"] = option("zscore", "per-prompt normalisation of each scorer before weighting (ensembles only)")
+    pairing: Literal["best-worst", "all", "adjacent", "random"] = option("best-worst", "which images of a prompt become pairs (generate input only)")
+    min_margin: float = option(0.0, "pairs whose score difference is below this are ties: dropped, or 0.5/0.5 with --keep-ties", min=0.0)
+    keep_ties: bool = option(False, "keep ties (and near-ties below --min-margin) labelled 0.5/0.5 instead of dropping them")
+    seed: int = option(0, "seed of --pairing random")
+    split: Optional[str] = option(None, "split of a hub / local Pick-a-Pic dataset (e.g. validation)")
+    limit: Optional[int] = option(None, "only the first N prompts (generate input) or pairs (Pick-a-Pic input)", min=1)
+    shard_size: int = option(64, "prompts (or pairs) per output shard; a shard is the unit of resume", min=1)
+    batch_size: int = option(64, "images per scorer forward pass", min=1, identity=False)
+    workers: int = option(4, "DataLoader processes decoding and preprocessing images (0 = in the main process)", min=0, identity=False)
+    device: Optional[str] = option(None, "device (default: this process's accelerator from accelerate, else cpu)", identity=False)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = option("auto", "scorer dtype; auto = bfloat16 on CUDA, float32 on CPU")
+    overwrite: bool = option(False, "replace a different job's results in --out", identity=False)
+    progress: bool = option(True, "show a progress bar", identity=False)
+
+    def validate(self) -> list[str]:
+        problems = []
+        if not self.input:
+            problems.append("input: required (an `aif generate` output dir, Pick-a-Pic Parquet dir, or hub id)")
+        if not self.out:
+            problems.append("out: required (the output directory)")
+        if not self.scorer:
+            problems.append("scorer: give at least one scorer, e.g. pickscore")
+        if len(set(self.scorer)) != len(self.scorer):
+            problems.append(f"scorer: each scorer once please, got {','.join(self.scorer)}")
+        if self.weights and len(self.weights) != len(self.scorer):
+            problems.append(f"weights: {len(self.weights)} weight(s) for {len(self.scorer)} scorer(s); give one per scorer")
+        if self.weights and sum(abs(w) for w in self.weights) == 0:
+            problems.append("weights: all zero")
+        return problems
+
+
+def scorer_label(cfg: ScoreConfig) -> str:
+    """What the `scorer` column says: the spec, or the weighted ensemble with its normalisation."""
+    if len(cfg.scorer) == 1:
+        return cfg.scorer[0]
+    w = ensemble_weights(cfg)
+    terms = " + ".join(f"{wi:g}*{s}" for wi, s in zip(w, cfg.scorer))
+    return f"{cfg.normalize}({terms})" if cfg.normalize != "none" else terms
+
+
+def ensemble_weights(cfg: ScoreConfig) -> list[float]:
+    """The weights, defaulting to equal ones that sum to 1."""
+    return list(cfg.weights) if cfg.weights else [1.0 / len(cfg.scorer)] * len(cfg.scorer)
+
+
+def run(cfg: ScoreConfig) -> dict[str, Any]:
+    """Score the input, write the pairs dataset, and return the summary (also saved as OUT/summary.json)."""
+    from aifeedback.config import identity_dict, save_config, to_dict
+    from aifeedback.dist import process_state
+    from aifeedback.scoring.inputs import open_input
+    from aifeedback.storage.files import write_json
+    from aifeedback.storage.manifest import finish_output, prepare_output_synced
+    from aifeedback.storage.shards import chunks, my_shards, shard_done, write_shard
+
+    state = process_state()
+    inp = open_input(cfg.input, cfg.split, cfg.limit)
+    if inp.kind == "pairs" and cfg.pairing != "best-worst":
+        raise AifError(
+            f"--pairing {cfg.pairing} applies to `aif generate` inputs; {cfg.input} already holds pairs, which are "
+            f"rescored and relabelled as they are. Drop --pairing."
+        )
+    out = Path(cfg.out)
+    identity, inputs = identity_dict(cfg), inp.fingerprint
+    if state.is_main_process:
+        _clear_replaced_scores(out, identity, inputs, cfg.overwrite)
+    manifest = prepare_output_synced(state, out, "score", to_dict(cfg), identity, cfg.overwrite, inputs)
+    if state.is_main_process:
+        save_config(cfg, out / "config.yaml")
+
+    shards = chunks(inp.units, cfg.shard_size)
+    starts = [i * cfg.shard_size for i in range(len(shards))]
+    mine = list(my_shards(len(shards), state.process_index, state.num_processes))
+    _score_phase(cfg, inp, shards, starts, [i for i in mine if not scores_path(out, i).exists()], out, state)
+    state.wait_for_everyone()
+
+    from aifeedback.scoring import labels as score_pairs
+
+    table = score_pairs.load_scores(sorted((out / SCORES_DIR).glob("scores-*.parquet")), len(cfg.scorer))
+    combined = score_pairs.combined_scores(table, ensemble_weights(cfg), cfg.normalize)
+    for i in mine:
+        if not shard_done(out, i):
+            rows = score_pairs.shard_rows(cfg, inp, shards[i], starts[i], table, combined, scorer_label(cfg))
+            write_shard(out, i, rows, schema=score_pairs.output_schema(cfg, inp))
+    state.wait_for_everyone()
+
+    summary = score_pairs.summarize(cfg, inp, table, combined)
+    if state.is_main_process:
+        write_json(out / "summary.json", summary)
+        finish_output(out, manifest, **summary["counts"], processes=state.num_processes)
+        print(score_pairs.format_summary(summary, out))
+    state.wait_for_everyone()  # a stage run next in these processes must see the finished manifest
+    return summary
+
+
+def scores_path(out: Path, index: int) -> Path:
+    """Per-image scores of shard `index`. Not named train-*, so load_dataset("parquet", data_dir=OUT) skips them."""
+    return out / SCORES_DIR / f"scores-{index:05d}.parquet"
+
+
+def _write_scores(out: Path, index: int, rows: list[dict[str, Any]]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from aifeedback.scoring.labels import scores_schema
+    from aifeedback.storage.files import atomic_write_bytes
+
+    buf = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist(rows, schema=scores_schema()), buf)
+    atomic_write_bytes(scores_path(out, index), buf.getvalue().to_pybytes())
+
+
+def _clear_replaced_scores(out: Path, identity: dict, inputs: dict, overwrite: bool) -> None:
+    # prepare_output removes a replaced job's data/ shards; the per-image scores must go with them.
+    import shutil
+
+    from aifeedback.storage.files import read_json
+    from aifeedback.storage.manifest import MANIFEST, fingerprint
+
+    mpath = out / MANIFEST
+    if overwrite and mpath.exists():
+        try:
+            old = read_json(mpath).get("fingerprint")
+        except (OSError, ValueError):
+            old = None
+        if old != fingerprint({"stage": "score", "identity": identity, "inputs": inputs}):
+            shutil.rmtree(out / SCORES_DIR, ignore_errors=True)
+
+
+def _resolve_dtype(cfg: ScoreConfig, device: str) -> str:
+    if cfg.dtype != "auto":
+        return cfg.dtype
+    return "bfloat16" if device.startswith("cuda") else "float32"
+
+
+def _score_phase(cfg, inp, shards, starts, todo: list[int], out: Path, state) -> None:
+    """Phase 1: score this process's unfinished shards, writing each one's per-image scores atomically."""
+    if not todo:
+        return
+    import torch
+    from tqdm.auto import tqdm
+
+    from aifeedback.scoring.inputs import ShardImages, ShardPlan, passthrough
+    from aifeedback.scoring.scorers import load_scorer
+
+    device = cfg.device or str(state.device)
+    if device == "cuda" and state.device.type == "cuda":
+        device = str(state.device)  # plain "cuda" under accelerate launch: this process's own GPU, not cuda:0
+    dtype = _resolve_dtype(cfg, device)
+    scorers = [load_scorer(s, device, dtype) for s in cfg.scorer]
+    transforms: list = []
+    for s in scorers:
+        if s.transform not in transforms:  # scorers sharing a preprocessing (clip, hpsv2) share its output
+            transforms.append(s.transform)
+    which = [transforms.index(s.transform) for s in scorers]
+
+    plans, owners = {}, {}
+    for i in todo:
+        images, owner = [], []
+        for u, unit in enumerate(shards[i]):
+            for slot, (row, col) in enumerate(unit.images):
+                images.append((row, col, unit.prompt))
+                owner.append((starts[i] + u, slot, row, col, unit.prompt_id))
+        plans[i], owners[i] = ShardPlan(i, images), owner
+    workers = min(cfg.workers, len(todo))
+    loader = torch.utils.data.DataLoader(
+        ShardImages(inp.rows, list(plans.values()), transforms, cfg.batch_size), batch_size=None,
+        num_workers=workers, collate_fn=passthrough, prefetch_factor=4 if workers else None,
+        pin_memory=device.startswith("cuda"),  # page-locked batches: the copy to the GPU is asynchronous
+    )
+    total = sum(len(p.images) for p in plans.values())
+    bar = tqdm(total=total, unit="img", desc=f"score [{state.process_index + 1}/{state.num_processes}]",
+               disable=not (cfg.progress and state.is_local_main_process), dynamic_ncols=True)
+    results = {i: {"raw": [None] * len(plans[i].images), "err": [None] * len(plans[i].images), "left": len(plans[i].images)} for i in todo}
+    for chunk in loader:
+        i, start, errors = chunk["shard"], chunk["start"], chunk["errors"]
+        res = results[i]
+        ok = [j for j, e in enumerate(errors) if e is None]
+        if ok:
+            prompts = [plans[i].images[start + j][2] for j in ok]
+            cols = [scorer.score_items(chunk["items"][which[s]], prompts) for s, scorer in enumerate(scorers)]
+            for n, j in enumerate(ok):
+                res["raw"][start + j] = [float(c[n]) for c in cols]
+        for j, e in enumerate(errors):
+            res["err"][start + j] = e
+        res["left"] -= len(errors)
+        bar.update(len(errors))
+        if res["left"] == 0:
+            rows = [
+                {"unit": u, "slot": slot, "row": row, "column": col, "prompt_id": pid, "raw": raw, "error": err}
+                for (u, slot, row, col, pid), raw, err in zip(owners[i], res["raw"], res["err"])
+            ]
+            _write_scores(out, i, rows)
+            del results[i]
+    bar.close()
+    if results:  # every chunk of every shard must have come back
+        raise RuntimeError(f"internal error: shards {sorted(results)} were not fully scored")

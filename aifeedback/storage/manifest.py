@@ -1,0 +1,140 @@
+"""Files that never end up half-written: atomic writes, Parquet shards, and manifest.json bookkeeping.
+
+Every stage writes into its own output directory:
+  manifest.json      stage, schema version, package versions, resolved config, counts (written by rank 0)
+  config.yaml        the resolved config
+  data/train-NNNNN.parquet  shards; a shard is written under a temporary name and renamed when complete, so a
+                     killed run leaves only whole shards and a rerun skips them. The "train" prefix makes
+                     `datasets.load_dataset("parquet", data_dir=DIR)` read only the shards (as its "train"
+                     split), not manifest.json and config.yaml.
+Shard i always holds the same work items (a pure function of the config), so the output does not depend on how
+many processes ran it or how often it was interrupted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from aifeedback.errors import AifError, DataError
+from aifeedback.storage.files import read_json, write_json
+from aifeedback.storage.shards import shard_files
+
+MANIFEST = "manifest.json"
+
+
+class OutputConflictError(AifError):
+    """The output directory holds a different job's results."""
+
+
+def fingerprint(obj: Any) -> str:
+    """A short stable hash of a JSON-able object."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages whose behaviour shapes the outputs."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("aifeedback", "torch", "diffusers", "transformers", "open_clip_torch", "datasets", "accelerate", "peft"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def prepare_output(
+    out_dir: str | Path,
+    stage: str,
+    config: dict[str, Any],
+    identity: dict[str, Any],
+    overwrite: bool = False,
+    inputs: dict[str, Any] | None = None,
+    is_main: bool = True,
+) -> dict[str, Any]:
+    """Create or reopen a stage's output directory.
+
+    A directory holding the same job (same stage and identity settings) is resumed; a different job is refused
+    unless overwrite=True, in which case its shards are removed first. Only the main process writes.
+    """
+    out = Path(out_dir)
+    key = fingerprint({"stage": stage, "identity": identity, "inputs": inputs or {}})
+    mpath = out / MANIFEST
+    if mpath.exists():
+        try:
+            old = read_json(mpath)
+        except (OSError, ValueError) as e:
+            raise OutputConflictError(f"{mpath} is unreadable ({e}); remove it or pass --overwrite") from None
+        if old.get("stage") != stage or old.get("fingerprint") != key:
+            if not overwrite:
+                diff = _diff(old.get("identity", {}), identity)
+                what = f"a '{old.get('stage')}' output" if old.get("stage") != stage else "a different job"
+                raise OutputConflictError(
+                    f"{out} already holds {what}"
+                    + (f" (differs in: {diff})" if diff else "")
+                    + ". Use another --out, or pass --overwrite to replace it."
+                )
+            if is_main:
+                for p in shard_files(out):
+                    p.unlink()
+        else:
+            return old
+    elif out.exists() and any(out.iterdir()) and not overwrite:
+        raise OutputConflictError(
+            f"{out} exists and is not an aifeedback {stage} output. Use another --out, or pass --overwrite."
+        )
+    manifest = {
+        "stage": stage,
+        "schema_version": 1,
+        "fingerprint": key,
+        "identity": identity,
+        "inputs": inputs or {},
+        "config": config,
+        "versions": package_versions(),
+        "complete": False,
+    }
+    if is_main:
+        write_json(mpath, manifest)
+    return manifest
+
+
+def prepare_output_synced(state: Any, out_dir: str | Path, stage: str, config: dict[str, Any],
+                          identity: dict[str, Any], overwrite: bool = False,
+                          inputs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """prepare_output for every process of a run (`state` is accelerate's PartialState).
+
+    The main process checks and writes first; the others read its manifest after a barrier. Checking at the same
+    time would race: another process could see the directory half-prepared and refuse it as a foreign one.
+    """
+    if state.is_main_process:
+        prepare_output(out_dir, stage, config, identity, overwrite, inputs, is_main=True)
+    state.wait_for_everyone()
+    return read_json(Path(out_dir) / MANIFEST)
+
+
+def finish_output(out_dir: str | Path, manifest: dict[str, Any], **counts: Any) -> dict[str, Any]:
+    """Mark an output complete and record its counts."""
+    manifest = dict(manifest, complete=True, counts=counts)
+    write_json(Path(out_dir) / MANIFEST, manifest)
+    return manifest
+
+
+def read_manifest(path: str | Path, stage: str | tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Read an output directory's manifest, checking which stage wrote it."""
+    mpath = Path(path) / MANIFEST
+    if not mpath.exists():
+        raise DataError(f"{path} has no {MANIFEST}: it is not an aifeedback output directory (run the stage that makes it first)")
+    manifest = read_json(mpath)
+    stages = (stage,) if isinstance(stage, str) else stage
+    if stages and manifest.get("stage") not in stages:
+        raise DataError(f"{path} holds a '{manifest.get('stage')}' output; expected a {' or '.join(stages)} output")
+    return manifest
+
+
+def _diff(old: dict, new: dict) -> str:
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:6])

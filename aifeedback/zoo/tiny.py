@@ -1,0 +1,95 @@
+"""The offline tiny-model zoo: small random-initialised diffusers pipelines with the real architectures.
+
+No weights can be downloaded in tests or CI, so `tiny-sdxl` and `tiny-sd15` are built here from a fixed seed
+(same bytes on every machine), saved once under the cache directory, and then loaded with `from_pretrained`
+like any hub model. Their tokenizers are the real CLIP BPE tokenizer, built from the vocab file that open_clip
+ships, so prompts tokenise exactly as with the real models.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aifeedback.zoo.tokenizer import BOS, EOS, VOCAB_SIZE, clip_tokenizer
+
+
+def _text_config(hidden: int, projection: int):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=VOCAB_SIZE, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=1, hidden_size=hidden,
+        intermediate_size=2 * hidden, num_attention_heads=2, num_hidden_layers=2, max_position_embeddings=77,
+        projection_dim=projection, hidden_act="gelu",
+    )
+
+
+def _vae(scaling_factor: float):
+    from diffusers import AutoencoderKL
+
+    # Two blocks = one 2x downsample (the real VAE has four blocks, 8x); same class and code path.
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=8, sample_size=32, scaling_factor=scaling_factor,
+    )
+
+
+def build_tiny_sdxl(out: Path) -> None:
+    """A StableDiffusionXLPipeline with two text encoders and text_time conditioning, ~1M UNet parameters."""
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(0)
+    te1 = CLIPTextModel(_text_config(hidden=16, projection=16))
+    torch.manual_seed(1)
+    te2 = CLIPTextModelWithProjection(_text_config(hidden=16, projection=16))
+    time_dim = 8
+    torch.manual_seed(2)
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), transformer_layers_per_block=(1, 1), use_linear_projection=True,
+        cross_attention_dim=32,  # te1 hidden + te2 hidden, concatenated as in SDXL
+        addition_embed_type="text_time", addition_time_embed_dim=time_dim,
+        projection_class_embeddings_input_dim=6 * time_dim + 16,  # six time ids + pooled te2 projection
+        norm_num_groups=8,
+    )
+    torch.manual_seed(3)
+    vae = _vae(0.13025)
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+        timestep_spacing="leading", prediction_type="epsilon",
+    )
+    pipe = StableDiffusionXLPipeline(
+        vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=clip_tokenizer("<|endoftext|>"),
+        tokenizer_2=clip_tokenizer("!"), unet=unet, scheduler=scheduler,
+    )
+    pipe.save_pretrained(out)
+
+
+def build_tiny_sd15(out: Path) -> None:
+    """A StableDiffusionPipeline with one text encoder, ~1M UNet parameters, no safety checker."""
+    import torch
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(0)
+    te = CLIPTextModel(_text_config(hidden=32, projection=32))
+    torch.manual_seed(2)
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=4, cross_attention_dim=32, norm_num_groups=8,
+    )
+    torch.manual_seed(3)
+    vae = _vae(0.18215)
+    scheduler = DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, clip_sample=False,
+        set_alpha_to_one=False, prediction_type="epsilon",
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=te, tokenizer=clip_tokenizer(), unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(out)

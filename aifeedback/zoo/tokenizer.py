@@ -1,0 +1,53 @@
+"""The real CLIP BPE tokenizer, built offline from the vocabulary open_clip ships."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+from aifeedback.zoo.cache import cached_build
+
+
+def clip_tokenizer_files(out: Path) -> Path:
+    """Write vocab.json + merges.txt of the CLIP BPE tokenizer from open_clip's bundled vocab into `out`."""
+    import open_clip
+
+    bpe = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+    lines = gzip.open(bpe).read().decode("utf-8").split("\n")
+    merges = [tuple(m.split()) for m in lines[1 : 49152 - 256 - 2 + 1]]  # same slice as CLIP's own tokenizer
+    byte_chars = list(_bytes_to_unicode().values())
+    vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}, ensure_ascii=False))
+    (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+    return out
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    # GPT-2/CLIP byte->printable-character table: every byte gets a visible unicode char, so BPE never sees
+    # whitespace or control bytes.
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def clip_tokenizer(pad_token: str = "<|endoftext|>"):
+    """The real CLIP tokenizer (49408 tokens, max length 77), built offline."""
+    from transformers import CLIPTokenizer
+
+    d = cached_build("clip-tokenizer", clip_tokenizer_files)
+    return CLIPTokenizer.from_pretrained(str(d), pad_token=pad_token, model_max_length=77)
+
+
+VOCAB_SIZE = 49408
+
+
+BOS, EOS = 49406, 49407
