@@ -49,3 +49,61 @@ def test_config_error_exits_2_without_traceback(tmp_path):
     assert result.returncode == 2
     assert "unknown key 'stepz' (did you mean 'steps'?)" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _help_text(cmd: str) -> str:
+    """`aif CMD --help` as one line: rich's box borders and wrapping collapsed, so a wrapped phrase still matches."""
+    result = runner.invoke(app, [cmd, "--help"], env={"COLUMNS": "400", "TERMINAL_WIDTH": "400"})
+    assert result.exit_code == 0, result.output
+    return " ".join(result.output.replace("│", " ").split())
+
+
+def test_help_shows_each_option_type_and_default():
+    text = _help_text("train")
+    for expected in ("[float; default: 5000.0]", "[int; default: 2000]", "[dpo|sft; default: dpo]",
+                     "[list of str (comma-separated); default: a photo of a cat wearing a red hat,",
+                     "[str or null; default: null]", "[bool; default: true]",
+                     "[tensorboard|wandb|none; default: tensorboard]"):
+        assert expected in text, f"train --help lacks {expected!r}"
+    for cmd, (module, cls_name, _) in STAGE_COMMANDS.items():
+        from aifeedback.config import fields
+
+        text = _help_text(cmd)
+        cls = getattr(__import__(module, fromlist=[cls_name]), cls_name)
+        for f, _ in fields(cls):
+            help_start = " ".join(f.metadata["help"].split()) + " ["
+            assert help_start in text and "; default: " in text.split(help_start, 1)[1][:300], f"{cmd} --{f.name}"
+
+
+def test_choices_print_as_typed_and_are_accepted():
+    from aifeedback.config import build_config
+    from aifeedback.generate import GenerateConfig
+    from aifeedback.train import TrainConfig
+
+    train, generate = _help_text("train"), _help_text("generate")
+    assert "--data human|ai " in train and "--mixed-precision no|fp16|bf16 " in train
+    assert "--dtype auto|float32|float16|bfloat16 " in generate  # a str field with choices, not a Literal
+    for text in (train, generate):
+        assert "HUMAN" not in text and "FLOAT16" not in text and "DPO|SFT" not in text
+    for choice in "no|fp16|bf16".split("|"):  # what --help shows is what the config takes
+        assert build_config(TrainConfig, {"mixed_precision": choice}).mixed_precision == choice
+    for choice in "auto|float32|float16|bfloat16".split("|"):
+        assert build_config(GenerateConfig, {"dtype": choice}).dtype == choice
+
+
+def test_version(monkeypatch):
+    import importlib.metadata
+
+    import aifeedback
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0, result.output
+    assert result.output == f"aif {importlib.metadata.version('aifeedback')}\n"
+
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)  # run from a checkout, never installed
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output == f"aif {aifeedback.__version__}\n"
+
