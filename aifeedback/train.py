@@ -90,9 +90,26 @@ class TrainConfig:
             problems.append("max_pairs cannot be combined with streaming")
         return problems
 
+    def preflight(self) -> None:
+        """Fail fast, before torch is imported: the model, VAE, dataset, --resume PATH and optional packages."""
+        from aifeedback.checkpoints import resolve_checkpoint
+        from aifeedback.data import check_source
+        from aifeedback.models import check_available
+        from aifeedback.preflight import check_package
+
+        check_available(self.model)
+        if self.vae:
+            check_available(self.vae, "VAE")
+        check_source(self.data, self.dataset)
+        if self.resume not in ("auto", "latest", "none"):
+            resolve_checkpoint(self.resume)
+        if self.optimizer == "adamw8bit":
+            check_package("bitsandbytes", "--optimizer adamw8bit", "bnb", "use --optimizer adamw")
+
 
 def run(cfg: TrainConfig) -> Path:
     """Train; returns the run folder."""
+    cfg.preflight()
     import copy
     from collections import defaultdict
 

@@ -107,3 +107,47 @@ def test_version(monkeypatch):
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output == f"aif {aifeedback.__version__}\n"
 
+
+# Runs `aif ARGS` in a fresh interpreter and reports which heavy libraries it had imported when it exited.
+_RUN_AND_REPORT_IMPORTS = """
+import sys
+from aifeedback.cli import main
+sys.argv = ["aif", *sys.argv[1:]]
+try:
+    main()
+finally:
+    heavy = [m for m in ("torch", "diffusers", "accelerate", "transformers", "datasets") if m in sys.modules]
+    print("heavy imports:", ",".join(heavy) or "none", file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("args, message", [
+    (["generate", "--model", "no-such-model"], "Could not load model 'no-such-model'"),
+    (["generate", "--model", "tiny-sd15", "--prompts", "missing.txt"], "prompt file missing.txt does not exist"),
+    (["score", "--input", "org/data", "--out", "OUT", "--scorer", "pikscore"], "Did you mean 'pickscore'?"),
+    (["score", "--input", "org/data", "--out", "OUT", "--scorer", "hpsv2:./HPS.pt"], "./HPS.pt does not exist"),
+    (["score", "--input", "./missing", "--out", "OUT", "--scorer", "redness"], "dataset './missing' (--input): it is neither"),
+    (["train", "--model", "no-such-model"], "Could not load model 'no-such-model'"),
+    (["train", "--model", "tiny-sd15", "--data", "ai", "--dataset", "OUT"], "--data ai needs an `aif score` output"),
+    (["train", "--model", "tiny-sd15", "--resume", "OUT/checkpoint-000009"], "is neither a training checkpoint"),
+    (["export", "CKPT", "--pipeline", "--model", "no-such-model"], "Could not load base model 'no-such-model'"),
+    (["export", "OUT"], "is neither a training checkpoint"),
+    (["sample", "--model", "no-such-model"], "Could not load model 'no-such-model'"),
+    (["eval", "--base", "no-such-model", "--tuned", "CKPT"], "Could not load model 'no-such-model'"),
+    (["eval", "--scorer-accuracy", "./missing", "--scorers", "redness"], "dataset './missing' (--scorer-accuracy): it is"),
+    (["demo", "--scorer", "rednes"], "Did you mean 'redness'?"),
+])
+def test_bad_names_fail_before_heavy_imports(tmp_path, args, message):
+    """Each stage checks its names first: exit 2 with the fix, and torch / diffusers never imported (they alone take
+    seconds; a model load minutes)."""
+    ckpt = tmp_path / "checkpoint-000001"
+    ckpt.mkdir()
+    (ckpt / "pytorch_lora_weights.safetensors").write_bytes(b"")  # a LoRA checkpoint as far as names go
+    args = [a.replace("OUT", str(tmp_path / "out")).replace("CKPT", str(ckpt)) for a in args]
+    result = subprocess.run([sys.executable, "-c", _RUN_AND_REPORT_IMPORTS, *args], capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr, result.stderr
+    assert "heavy imports: none" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
