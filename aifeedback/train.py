@@ -103,6 +103,8 @@ class TrainConfig:
         check_source(self.data, self.dataset)
         if self.resume not in ("auto", "latest", "none"):
             resolve_checkpoint(self.resume)
+        if self.trackers == "wandb":  # accelerate would only warn and train without a tracker
+            check_package("wandb", "--trackers wandb", "wandb", "use --trackers tensorboard")
         if self.optimizer == "adamw8bit":
             check_package("bitsandbytes", "--optimizer adamw8bit", "bnb", "use --optimizer adamw")
 

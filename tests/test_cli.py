@@ -151,3 +151,19 @@ def test_bad_names_fail_before_heavy_imports(tmp_path, args, message):
     assert "heavy imports: none" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
 
+
+def test_wandb_tracker_without_wandb_fails_before_training(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # find_spec -> None: not installed, whatever this machine has
+    result = runner.invoke(app, ["train", "--model", "tiny-sd15", "--trackers", "wandb", "--out", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert "--trackers wandb needs the 'wandb' package" in result.output
+    assert "pip install 'aifeedback[wandb]'" in result.output
+    assert not any(tmp_path.iterdir()), "nothing may be written before the check"
+
+
+def test_wandb_extra_is_declared():
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]
+    assert any(req.startswith("wandb") for req in project["optional-dependencies"]["wandb"])
