@@ -150,6 +150,8 @@ def test_bad_names_fail_before_heavy_imports(tmp_path, args, message):
     assert message in result.stderr, result.stderr
     assert "heavy imports: none" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+    written = [p.name for p in tmp_path.iterdir() if p != ckpt]  # default --out folders are relative to cwd
+    assert not written, f"wrote {written} before failing"
 
 
 def test_wandb_tracker_without_wandb_fails_before_training(monkeypatch, tmp_path):
