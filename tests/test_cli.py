@@ -154,12 +154,16 @@ def test_bad_names_fail_before_heavy_imports(tmp_path, args, message):
     assert not written, f"wrote {written} before failing"
 
 
-def test_wandb_tracker_without_wandb_fails_before_training(monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "wandb", None)  # find_spec -> None: not installed, whatever this machine has
-    result = runner.invoke(app, ["train", "--model", "tiny-sd15", "--trackers", "wandb", "--out", str(tmp_path)])
+@pytest.mark.parametrize("flags, module, extra", [
+    (["--trackers", "wandb"], "wandb", "wandb"),
+    (["--optimizer", "adamw8bit"], "bitsandbytes", "bnb"),
+])
+def test_missing_optional_package_fails_before_training(monkeypatch, tmp_path, flags, module, extra):
+    monkeypatch.setitem(sys.modules, module, None)  # find_spec -> None: not installed, whatever this machine has
+    result = runner.invoke(app, ["train", "--model", "tiny-sd15", *flags, "--out", str(tmp_path)])
     assert result.exit_code == 2, result.output
-    assert "--trackers wandb needs the 'wandb' package" in result.output
-    assert "pip install 'aifeedback[wandb]'" in result.output
+    assert f"{' '.join(flags)} needs the '{module}' package" in result.output
+    assert f"pip install 'aifeedback[{extra}]'" in result.output
     assert not any(tmp_path.iterdir()), "nothing may be written before the check"
 
 
