@@ -38,9 +38,68 @@ app = typer.Typer(
 )
 
 
+def version() -> str:
+    """The installed distribution's version; the package's own when it is run from a checkout without installing."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("aifeedback")
+    except PackageNotFoundError:
+        from aifeedback import __version__
+
+        return __version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"aif {version()}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    show_version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                      help="Print the version and exit."),
+) -> None:
+    """Options of `aif` itself (the app's help text is set on `app`)."""
+
+
 def _fail(err: Exception) -> None:
     typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
+
+
+def _help(text: str) -> str:
+    """The text shown literally: in rich markup mode, our `[type; default: ...]` suffix would be read as a tag."""
+    if app.rich_markup_mode == "rich":
+        from rich.markup import escape
+
+        return escape(text)
+    return text
+
+
+def _kind(tp, meta: dict) -> str:
+    """The field's type for --help; a str field restricted to choices shows them."""
+    if not meta.get("choices"):
+        return type_name(tp)
+    _, optional = _unwrap_optional(tp)
+    return "|".join(meta["choices"]) + (" or null" if optional else "")
+
+
+def _metavar(tp, meta: dict) -> str:
+    """What --help shows after a flag: the choices exactly as they are typed (lowercase), else the type in capitals."""
+    kind = _kind(tp, meta).split(" ")[0]
+    return kind if "|" in kind else kind.upper()
+
+
+def _shown(default: Any) -> str:
+    """A default as a recipe would spell it."""
+    if isinstance(default, list):
+        return ",".join(map(str, default)) or "(empty)"
+    if isinstance(default, bool) or default is None:
+        return {True: "true", False: "false", None: "null"}[default]
+    return str(default) if default != "" else '""'
 
 
 def _param(f, tp) -> inspect.Parameter:
@@ -48,9 +107,7 @@ def _param(f, tp) -> inspect.Parameter:
     inner, _ = _unwrap_optional(tp)
     flag = f.name.replace("_", "-")
     default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-    if isinstance(default, list):
-        default = ",".join(map(str, default)) or "(empty)"
-    help_text = f"{meta['help']} [{type_name(tp)}; default: {default}]"
+    help_text = _help(f"{meta['help']} [{_kind(tp, meta)}; default: {_shown(default)}]")
     if meta.get("positional"):
         spec = typer.Argument(None, help=help_text, show_default=False)
         annotation = Optional[str]
@@ -58,7 +115,7 @@ def _param(f, tp) -> inspect.Parameter:
         spec = typer.Option(None, f"--{flag}/--no-{flag}", help=help_text, show_default=False)
         annotation = Optional[bool]
     else:
-        spec = typer.Option(None, f"--{flag}", help=help_text, show_default=False, metavar=type_name(tp).split(" ")[0].upper())
+        spec = typer.Option(None, f"--{flag}", help=help_text, show_default=False, metavar=_metavar(tp, meta))
         annotation = Optional[str]
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=spec, annotation=annotation)
 

@@ -79,15 +79,23 @@ def winner_of(l0: Any, l1: Any) -> int | None | str:
 # ---------------------------------------------------------------------------------------------------------------
 # Opening the table
 
+def check_source(data: str, dataset: str) -> None:
+    """Fail before any import on a --dataset that cannot be what --data says (see aifeedback.preflight)."""
+    from aifeedback.preflight import check_dataset
+
+    if data == "ai" and not (Path(dataset) / "manifest.json").exists():
+        raise DataError(f"--data ai needs an `aif score` output folder, but {dataset} has no manifest.json. Fix: run "
+                        "`aif score` first, or use --data human for a Pick-a-Pic-layout dataset")
+    check_dataset(dataset, "--dataset")
+
+
 def open_table(data: str, dataset: str, split: str, streaming: bool = False) -> Any:
     """A `datasets` Dataset (or IterableDataset when streaming) in the Pick-a-Pic layout."""
     import datasets
 
     path = Path(dataset)
     try:
-        if data == "ai" and not (path / "manifest.json").exists():
-            raise DataError(f"--data ai needs an `aif score` output folder, but {dataset} has no manifest.json. Fix: run "
-                            "`aif score` first, or use --data human for a Pick-a-Pic-layout dataset")
+        check_source(data, dataset)
         if data == "ai" or (path / "manifest.json").exists():
             from aifeedback.storage.manifest import read_manifest
             from aifeedback.storage.shards import shard_files

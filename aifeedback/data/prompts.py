@@ -54,23 +54,33 @@ def load_prompts(source: str, column: str | None = None, split: str | None = Non
                  dedupe: bool = True) -> list[Prompt]:
     """Read prompts from a built-in set, a file, or a `datasets` dataset (see the module docstring)."""
     source = str(source)
-    if source in BUILTIN:
+    kind = source_kind(source)
+    if kind == "builtin":
         name, default_column = BUILTIN[source]
         rows, label = _read_table(data_path(name), column or default_column), f"built-in '{source}'"
-    else:
+    elif kind == "file":
         path = Path(source).expanduser()
-        if path.is_file():
-            rows, label = _read_file(path, column), str(path)
-        elif path.is_dir() or not (path.suffix.lower() in FILE_SUFFIXES or source.startswith((".", "/", "~"))):
-            rows, label = _read_dataset(source, column, split), f"dataset '{source}'"
-        else:
-            raise DataError(f"prompt file {source} does not exist. Fix: check the path, or use --prompts parti "
-                            f"for the built-in PartiPrompts.")
+        rows, label = _read_file(path, column), str(path)
+    else:
+        rows, label = _read_dataset(source, column, split), f"dataset '{source}'"
     prompts = _collect(rows, limit, dedupe)
     if not prompts:
         raise DataError(f"{label} holds no prompts (every row is empty). Fix: point --prompts at a file with one "
                         f"prompt per line / row.")
     return prompts
+
+
+def source_kind(source: str) -> str:
+    """'builtin', 'file' or 'dataset' (a local folder or hub id); a missing file fails here, before any import."""
+    if source in BUILTIN:
+        return "builtin"
+    path = Path(source).expanduser()
+    if path.is_file():
+        return "file"
+    if path.is_dir() or not (path.suffix.lower() in FILE_SUFFIXES or source.startswith((".", "/", "~"))):
+        return "dataset"
+    raise DataError(f"prompt file {source} does not exist. Fix: check the path, or use --prompts parti "
+                    f"for the built-in PartiPrompts.")
 
 
 def _collect(rows: Iterable[tuple[str, dict]], limit: int | None, dedupe: bool) -> list[Prompt]:

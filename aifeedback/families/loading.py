@@ -91,6 +91,18 @@ def check_available(name: str, what: str = "model") -> None:
         raise _load_error(name, what, e) from None
 
 
+def check_pipeline(name: str, vae: str | None = None, tuned: str | None = None) -> tuple[str | None, str | None]:
+    """Fail fast (no torch import) unless the model, VAE and tuned weights can be found; returns resolve_tuned's
+    (kind, where) for `tuned`, or (None, None)."""
+    check_available(name)
+    if vae:
+        check_available(vae, "VAE")
+    kind, where = resolve_tuned(tuned) if tuned else (None, None)
+    if kind == "unet" and not Path(where).exists():
+        check_available(where, "tuned UNet")
+    return kind, where
+
+
 def load_pipeline(name: str, dtype: str = "float32", device: str = "cpu", vae: str | None = None,
                   scheduler: str = "default", tuned: str | None = None) -> Any:
     """A diffusers text-to-image pipeline (SDXL or SD1.5 family) by tiny name, hub id or local path.
@@ -98,12 +110,7 @@ def load_pipeline(name: str, dtype: str = "float32", device: str = "cpu", vae: s
     `tuned` swaps in fine-tuned weights (see `resolve_tuned`): a LoRA file or folder, a UNet folder, a pipeline
     folder with unet/, or a training run directory (its latest checkpoint).
     """
-    check_available(name)
-    if vae:
-        check_available(vae, "VAE")
-    kind, where = resolve_tuned(tuned) if tuned else (None, None)
-    if kind == "unet" and not Path(where).exists():
-        check_available(where, "tuned UNet")
+    kind, where = check_pipeline(name, vae, tuned)
     from diffusers import AutoencoderKL, DiffusionPipeline
 
     td = torch_dtype(dtype)

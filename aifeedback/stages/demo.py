@@ -48,6 +48,12 @@ class DemoConfig:
                     f"distinct captions; lower one of them"]
         return []
 
+    def preflight(self) -> None:
+        """Fail fast, before torch is imported and the toy model is built: the reward's name."""
+        from aifeedback.preflight import check_scorers
+
+        check_scorers([self.scorer])
+
 
 def stage_configs(cfg: DemoConfig) -> dict[str, Any]:
     """The GenerateConfig, ScoreConfig, TrainConfig and EvalConfig the demo runs (in that order), by stage name."""
@@ -114,6 +120,7 @@ def command_line(stage: str, stage_cfg: Any) -> str:
 
 def run(cfg: DemoConfig) -> dict[str, Any]:
     """Run generate -> score -> train -> eval on the toy model; print the win rates; return the eval report."""
+    cfg.preflight()
     from aifeedback.dist import process_state
     from aifeedback.families.loading import resolve_model
     from aifeedback.stages import evaluate, generate, score, train

@@ -75,9 +75,23 @@ class EvalConfig:
                          if not getattr(self, k)]
         return problems
 
+    def preflight(self) -> None:
+        """Fail fast, before torch is imported: scorers, then the labelled set or the models and prompt file."""
+        from aifeedback.data.prompts import source_kind
+        from aifeedback.families.loading import check_pipeline
+        from aifeedback.preflight import check_dataset, check_scorers
+
+        check_scorers(self.scorers, "--scorers")
+        if self.scorer_accuracy:
+            check_dataset(self.scorer_accuracy, "--scorer-accuracy")
+            return
+        check_pipeline(self.base, self.vae, self.tuned)
+        source_kind(self.prompts)
+
 
 def run(cfg: EvalConfig) -> dict[str, Any] | None:
     """Run the eval (or the scorer-accuracy check); return the report on the main process."""
+    cfg.preflight()
     if cfg.scorer_accuracy:
         return scorer_accuracy(cfg)
     from aifeedback.dist import process_state

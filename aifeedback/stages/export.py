@@ -30,9 +30,19 @@ class ExportConfig:
     def validate(self) -> list[str]:
         return [] if self.checkpoint else ["checkpoint: pass the checkpoint or run folder to export"]
 
+    def preflight(self) -> None:
+        """Fail fast, before torch is imported: the checkpoint and, for --pipeline, the base model."""
+        from aifeedback.families.loading import check_available
+        from aifeedback.storage.checkpoints import resolve_checkpoint
+
+        ckpt = resolve_checkpoint(self.checkpoint)
+        if self.pipeline:
+            check_available(_base_model(self, ckpt), "base model")
+
 
 def run(cfg: ExportConfig) -> Path:
     """Export; returns the output folder."""
+    cfg.preflight()
     import torch  # noqa: F401  (heavy imports only when the command runs)
 
     from aifeedback.families.loading import torch_dtype
@@ -84,15 +94,19 @@ def run(cfg: ExportConfig) -> Path:
     return out
 
 
-def _base_pipeline(cfg: ExportConfig, ckpt: Path):
+def _base_model(cfg: ExportConfig, ckpt: Path) -> str:
+    """--model, else the model recorded in the training run's config.yaml."""
     import yaml
 
+    if cfg.model is not None:
+        return cfg.model
+    run_config = ckpt.parent.parent / "config.yaml"
+    if not run_config.exists():
+        raise AifError(f"--pipeline needs the base model: {run_config} is missing, so pass --model")
+    return yaml.safe_load(run_config.read_text())["model"]
+
+
+def _base_pipeline(cfg: ExportConfig, ckpt: Path):
     from aifeedback.families.loading import load_pipeline
 
-    model = cfg.model
-    if model is None:
-        run_config = ckpt.parent.parent / "config.yaml"
-        if not run_config.exists():
-            raise AifError(f"--pipeline needs the base model: {run_config} is missing, so pass --model")
-        model = yaml.safe_load(run_config.read_text())["model"]
-    return load_pipeline(model, "float32", "cpu")
+    return load_pipeline(_base_model(cfg, ckpt), "float32", "cpu")

@@ -58,6 +58,14 @@ class GenerateConfig:
                 problems.append(f"{name}: must be a multiple of 8, got {v}")
         return problems
 
+    def preflight(self) -> None:
+        """Fail fast, before torch is imported, on a model, VAE, tuned weights or prompt file that cannot be found."""
+        from aifeedback.data.prompts import source_kind
+        from aifeedback.families.loading import check_pipeline
+
+        check_pipeline(self.model, self.vae, self.tuned)
+        source_kind(self.prompts)
+
 
 ROW_FIELDS = ("prompt_id", "prompt", "category", "k", "seed", "image", "width", "height", "model", "scheduler",
               "steps", "guidance")
@@ -86,11 +94,11 @@ def resolve_device(device: str) -> str:
 
 def run(cfg: GenerateConfig) -> Path:
     """Generate cfg.images_per_prompt images per prompt into cfg.out; returns the output directory."""
+    cfg.preflight()  # a misspelt model fails now, not after torch and diffusers are imported
     from aifeedback.data.prompts import load_prompts
-    from aifeedback.families.loading import check_available, load_pipeline
+    from aifeedback.families.loading import load_pipeline
 
     prompts = load_prompts(cfg.prompts, cfg.prompt_column, cfg.split, cfg.limit, cfg.dedupe)
-    check_available(cfg.model)  # a misspelt model fails now, not after torch and diffusers are imported
 
     import pyarrow.parquet as pq
     from tqdm.auto import tqdm

@@ -49,9 +49,18 @@ class SampleConfig:
             return [f"resolution: must be a multiple of 8, got {self.resolution}"]
         return []
 
+    def preflight(self) -> None:
+        """Fail fast, before torch is imported, on a model, VAE, tuned weights or prompt file that cannot be found."""
+        from aifeedback.data.prompts import source_kind
+        from aifeedback.families.loading import check_pipeline
+
+        check_pipeline(self.model, self.vae, self.tuned)
+        source_kind(self.prompts)
+
 
 def run(cfg: SampleConfig) -> list[Path]:
     """Render the prompts into cfg.out; return the image paths (all of them, in prompt order)."""
+    cfg.preflight()
     from tqdm.auto import tqdm
 
     from aifeedback.data.prompts import load_prompts

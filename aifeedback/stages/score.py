@@ -60,6 +60,13 @@ class ScoreConfig:
             problems.append("weights: all zero")
         return problems
 
+    def preflight(self) -> None:
+        """Fail fast, before torch is imported: the scorer names (and local weight paths) and the input."""
+        from aifeedback.preflight import check_dataset, check_scorers
+
+        check_scorers(self.scorer)
+        check_dataset(self.input, "--input")
+
 
 def scorer_label(cfg: ScoreConfig) -> str:
     """What the `scorer` column says: the spec, or the weighted ensemble with its normalisation."""
@@ -77,6 +84,7 @@ def ensemble_weights(cfg: ScoreConfig) -> list[float]:
 
 def run(cfg: ScoreConfig) -> dict[str, Any]:
     """Score the input, write the pairs dataset, and return the summary (also saved as OUT/summary.json)."""
+    cfg.preflight()
     from aifeedback.config import identity_dict, save_config, to_dict
     from aifeedback.dist import process_state
     from aifeedback.scoring.inputs import open_input

@@ -90,9 +90,28 @@ class TrainConfig:
             problems.append("max_pairs cannot be combined with streaming")
         return problems
 
+    def preflight(self) -> None:
+        """Fail fast, before torch is imported: the model, VAE, dataset, --resume PATH and optional packages."""
+        from aifeedback.data.pairs import check_source
+        from aifeedback.families.loading import check_available
+        from aifeedback.preflight import check_package
+        from aifeedback.storage.checkpoints import resolve_checkpoint
+
+        check_available(self.model)
+        if self.vae:
+            check_available(self.vae, "VAE")
+        check_source(self.data, self.dataset)
+        if self.resume not in ("auto", "latest", "none"):
+            resolve_checkpoint(self.resume)
+        if self.trackers == "wandb":  # accelerate would only warn and train without a tracker
+            check_package("wandb", "--trackers wandb", "wandb", "use --trackers tensorboard")
+        if self.optimizer == "adamw8bit":
+            check_package("bitsandbytes", "--optimizer adamw8bit", "bnb", "use --optimizer adamw")
+
 
 def run(cfg: TrainConfig) -> Path:
     """Train; returns the run folder."""
+    cfg.preflight()
     import copy
     from collections import defaultdict
 

@@ -1,0 +1,53 @@
+"""Checks each stage makes first thing in run(): names that cannot work fail in a second, with the fix.
+
+Importing torch, diffusers and accelerate alone takes many seconds, and loading a model minutes; a misspelt model,
+scorer, folder or checkpoint, or a missing optional package, must not wait for that. Every check here looks only
+at the file system, the Hugging Face cache (or hub) and installed package metadata: nothing imports torch.
+The stage-specific combinations live in each config's `preflight()` method.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Iterable
+
+from aifeedback.errors import AifError, DataError
+
+# A scorer MODEL that names a file by its extension is a local checkpoint, never a hub id or a version.
+_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+class MissingPackageError(AifError):
+    """An option needs an optional package that is not installed."""
+
+
+def check_package(module: str, option: str, extra: str, alternative: str = "") -> None:
+    """Refuse `option` when `module` is not installed, naming the extra that installs it."""
+    if importlib.util.find_spec(module) is None:
+        alt = f", or {alternative}" if alternative else ""
+        raise MissingPackageError(f"{option} needs the '{module}' package, which is not installed. "
+                                  f"Fix: pip install 'aifeedback[{extra}]'{alt}.")
+
+
+def check_scorers(specs: Iterable[str], option: str = "--scorer") -> None:
+    """Every spec names a registered scorer, and a MODEL that is a local path exists."""
+    from aifeedback.scoring.scorers import ScorerLoadError, parse_spec
+
+    for spec in specs:
+        _, model = parse_spec(spec)
+        if model is None or Path(model).expanduser().exists():
+            continue
+        if model.startswith((".", "/", "~")) or Path(model).suffix.lower() in _WEIGHT_SUFFIXES:
+            raise ScorerLoadError(f"{option} {spec}: {model} does not exist. Fix: check the path, or use NAME:tiny "
+                                  f"for an offline test model (`aif models` lists the scorers).")
+
+
+def check_dataset(source: str, option: str) -> None:
+    """`source` is an existing local file or folder, or has the shape of a hub dataset id (org/name)."""
+    if Path(source).expanduser().exists():
+        return
+    if source.startswith((".", "/", "~")) or source.count("/") != 1 or source.endswith("/"):
+        raise DataError(f"could not load dataset '{source}' ({option}): it is neither a local path nor a hub "
+                        f"dataset id (org/name). Fix: check the path, or pass a hub id such as "
+                        f"yuvalkirstain/pickapic_v2.")
