@@ -92,6 +92,11 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
         )
     out = Path(cfg.out)
     identity, inputs = identity_dict(cfg), inp.fingerprint
+    done = io.completed_output(out, "score", identity, inputs)
+    if done:  # a rerun of a finished job: nothing to score, so no scorer to load
+        if state.is_main_process:
+            print(f"already complete: {out} ({done['counts']['pairs']} pairs)")
+        return io.read_json(out / "summary.json")
     if state.is_main_process:
         _clear_replaced_scores(out, identity, inputs, cfg.overwrite)
     manifest = io.prepare_output_synced(state, out, "score", to_dict(cfg), identity, cfg.overwrite, inputs)
