@@ -91,3 +91,32 @@ def test_train(tmp_path, capsys, forbid_models):
     said_complete(capsys, tmp_path / "run", "step 1 of --max-steps 1; raise it to train on")
     with pytest.raises(AssertionError, match="a model was loaded"):  # a higher --max-steps trains on
         run(tiny_train(data, tmp_path / "run", max_steps=2, checkpoint_every=1))
+
+
+def test_eval(tmp_path, tiny_sd15, capsys, forbid_models):
+    from aifeedback.evaluate import run
+    from tests.test_evaluate import _cfg
+
+    cfg = _cfg(tmp_path / "eval", "tiny-sd15", tiny_sd15 / "unet", limit=2, seeds_per_prompt=1,
+               scorers="redness,pickscore:tiny")
+    report = run(cfg)
+    capsys.readouterr()
+    forbid_models()
+    assert run(cfg) == report
+    said_complete(capsys, tmp_path / "eval", "2 comparisons")
+    with pytest.raises(AssertionError, match="load_scorer"):  # other scorers: the images are reused and rescored
+        run(_cfg(tmp_path / "eval", "tiny-sd15", tiny_sd15 / "unet", limit=2, seeds_per_prompt=1,
+                 scorers="pickscore:tiny"))
+
+
+def test_scorer_accuracy(tmp_path, capsys, forbid_models):
+    from aifeedback.evaluate import EvalConfig, run
+    from tests.test_evaluate import score_output
+
+    cfg = build_config(EvalConfig, dict(scorer_accuracy=str(score_output(tmp_path)), scorers="pickscore:tiny",
+                                        bootstrap=100, out=str(tmp_path / "acc")))
+    result = run(cfg)
+    capsys.readouterr()
+    forbid_models()
+    assert run(cfg) == result
+    said_complete(capsys, tmp_path / "acc", f"{result['n_pairs']} pairs")
