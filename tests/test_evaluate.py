@@ -186,6 +186,25 @@ def test_scorer_accuracy_checks_every_input_before_loading_a_scorer(tmp_path, mo
     assert not (tmp_path / "o").exists()  # nothing was written either
 
 
+def test_eval_checks_scorers_and_models_before_generating(tmp_path, monkeypatch):
+    import aifeedback.models
+    from aifeedback.models import ModelLoadError, TunedLoadError
+    from aifeedback.scorers import UnknownScorerError
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(aifeedback.models, "load_pipeline", refuse)
+    out = tmp_path / "eval"
+    with pytest.raises(UnknownScorerError, match="rednes"):
+        run(_cfg(out, "tiny-sd15", "tiny-sd15", scorers="redness,rednes"))
+    with pytest.raises(TunedLoadError, match="does not exist"):
+        run(_cfg(out, "tiny-sd15", tmp_path / "missing.safetensors"))
+    with pytest.raises(ModelLoadError, match="base model .* no such local folder"):
+        run(_cfg(out, tmp_path / "missing", "tiny-sd15"))
+    assert not out.exists()
+
+
 def test_tuned_may_be_a_whole_model(tmp_path, tiny_sd15):
     from aifeedback.models import load_pipeline
 
