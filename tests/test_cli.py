@@ -133,7 +133,7 @@ finally:
     (["export", "CKPT", "--pipeline", "--model", "no-such-model"], "Could not load base model 'no-such-model'"),
     (["export", "OUT"], "is neither a training checkpoint"),
     (["sample", "--model", "no-such-model"], "Could not load model 'no-such-model'"),
-    (["eval", "--base", "no-such-model", "--tuned", "CKPT"], "Could not load model 'no-such-model'"),
+    (["eval", "--base", "no-such-model", "--tuned", "CKPT"], "Could not load base model 'no-such-model'"),
     (["eval", "--scorer-accuracy", "./missing", "--scorers", "redness"], "dataset './missing' (--scorer-accuracy): it is"),
     (["demo", "--scorer", "rednes"], "Did you mean 'redness'?"),
 ])

@@ -56,7 +56,7 @@ def check_html(path: Path, n_images: int) -> None:
 
 def test_eval_of_a_model_against_itself_is_exactly_even(tmp_path, tiny_sd15):
     # tuned = the base pipeline's own UNet folder: the same weights through the --tuned loading path.
-    report = run(_cfg(tmp_path / "eval", tiny_sd15, tiny_sd15))
+    report = run(_cfg(tmp_path / "eval", tiny_sd15, tiny_sd15 / "unet"))
     assert report["n_prompts"] == 3 and report["n_comparisons"] == 6
     assert set(report["scorers"]) == set(SCORERS.split(","))
     for name, s in report["scorers"].items():
@@ -130,6 +130,123 @@ def test_scorer_accuracy_against_known_labels(tmp_path):
         list(preference_pairs(str(tmp_path / "bad.parquet")))
     with pytest.raises(DataError, match="no such file"):
         list(preference_pairs(str(tmp_path / "missing")))
+
+
+def score_output(tmp_path: Path) -> Path:
+    """An `aif score` output (pairs in data/, per-image scores in image_scores/) labelled by redness."""
+    from aifeedback.stages.score import run as score
+    from tests.test_score import cfg as score_cfg
+    from tests.test_score import make_generate_dir
+
+    make_generate_dir(tmp_path / "gen")
+    score(score_cfg(input=str(tmp_path / "gen"), out=str(tmp_path / "pairs"), scorer=["redness"]))
+    assert list((tmp_path / "pairs" / "image_scores").glob("*.parquet"))
+    return tmp_path / "pairs"
+
+
+def test_scorer_accuracy_on_an_aif_score_output(tmp_path):
+    # Its pairs were labelled by redness, so redness agrees with every label; the per-image scores are not pairs.
+    pairs = score_output(tmp_path)
+    result = run(build_config(EvalConfig, dict(scorer_accuracy=str(pairs), scorers="redness,brightness",
+                                               bootstrap=100, out=str(tmp_path / "acc"))))
+    n = sum(pq.read_metadata(f).num_rows for f in shard_files(pairs))
+    assert result["n_pairs"] == n == 4  # best-worst: one pair per prompt
+    assert result["scorers"]["redness"]["accuracy"] == 1.0
+
+
+def test_scorer_accuracy_checks_every_input_before_loading_a_scorer(tmp_path, monkeypatch):
+    import aifeedback.scoring.scorers
+    from aifeedback.scoring.scorers import UnknownScorerError
+    from tests.test_score import make_generate_dir
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a scorer was loaded before the inputs were checked")
+
+    monkeypatch.setattr(aifeedback.scoring.scorers, "load_scorer", refuse)
+    good = {"caption": "x", "jpg_0": _png((200, 0, 0)), "jpg_1": _png((0, 0, 200)), "label_0": 1.0, "label_1": 0.0}
+    data = tmp_path / "set"
+    data.mkdir()
+    pq.write_table(pa.Table.from_pylist([good] * 3), data / "validation-00000.parquet")
+    pq.write_table(pa.Table.from_pylist([{"caption": "x", "jpg_0": b""}]), data / "validation-00001.parquet")
+
+    def accuracy(source, scorers="redness"):
+        values = dict(scorer_accuracy=str(source), scorers=scorers, out=str(tmp_path / "o"))
+        return run(build_config(EvalConfig, values))
+
+    with pytest.raises(DataError, match="validation-00001.parquet lacks the Pick-a-Pic column"):  # the 2nd file
+        accuracy(data)
+    with pytest.raises(DataError, match="neither a local path nor a hub dataset id"):
+        accuracy(tmp_path / "missing")
+    make_generate_dir(tmp_path / "gen")
+    with pytest.raises(DataError, match="holds a 'generate' output; it needs labelled pairs"):
+        accuracy(tmp_path / "gen")
+    (data / "validation-00001.parquet").unlink()
+    with pytest.raises(UnknownScorerError, match="rednes"):
+        accuracy(data, "redness,rednes")
+    assert not (tmp_path / "o").exists()  # nothing was written either
+
+
+def test_eval_checks_scorers_and_models_before_generating(tmp_path, monkeypatch):
+    import aifeedback.families.loading
+    from aifeedback.families.loading import ModelLoadError, TunedLoadError
+    from aifeedback.scoring.scorers import UnknownScorerError
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(aifeedback.families.loading, "load_pipeline", refuse)
+    out = tmp_path / "eval"
+    with pytest.raises(UnknownScorerError, match="rednes"):
+        run(_cfg(out, "tiny-sd15", "tiny-sd15", scorers="redness,rednes"))
+    with pytest.raises(TunedLoadError, match="does not exist"):
+        run(_cfg(out, "tiny-sd15", tmp_path / "missing.safetensors"))
+    with pytest.raises(ModelLoadError, match="base model .* no such local folder"):
+        run(_cfg(out, tmp_path / "missing", "tiny-sd15"))
+    assert not out.exists()
+
+
+def test_tuned_may_be_a_whole_model(tmp_path, tiny_sd15):
+    from aifeedback.families.loading import load_pipeline
+
+    # The same tiny name as base and tuned: the same images, so every comparison is a tie.
+    same = run(_cfg(tmp_path / "same", "tiny-sd15", "tiny-sd15", limit=2, seeds_per_prompt=1))
+    for name, s in same["scorers"].items():
+        assert (s["win_rate"], s["ties"], s["n"]) == (0.5, 2, 2), name
+    # A whole pipeline folder (save_pretrained) with a changed UNet is generated as it is, not as weights.
+    import torch
+
+    pipe = load_pipeline("tiny-sd15")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in pipe.unet.parameters():
+            p.add_(0.5 * p.std().nan_to_num(0) * torch.randn_like(p))
+    pipe.save_pretrained(tmp_path / "pipe")
+    other = run(_cfg(tmp_path / "other", "tiny-sd15", tmp_path / "pipe", limit=2, seeds_per_prompt=1))
+    tuned = json.loads((tmp_path / "other" / "tuned" / "manifest.json").read_text())["config"]
+    assert (tuned["model"], tuned["tuned"]) == (str(tmp_path / "pipe"), None)
+    assert other["scorers"]["redness"]["ties"] < 2
+
+
+def test_is_pipeline_tells_models_from_weights(tmp_path, tiny_sd15, monkeypatch):
+    from huggingface_hub import constants
+
+    from aifeedback.families.loading import is_pipeline, resolve_tuned
+
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    assert is_pipeline("tiny-sdxl") and is_pipeline(str(tiny_sd15))
+    for weights in (tiny_sd15 / "unet", tmp_path / "run", tmp_path / "lora.safetensors", "./missing"):
+        assert not is_pipeline(str(weights)), weights
+    assert resolve_tuned("tiny-sd15") == ("unet", str(tiny_sd15 / "unet"))  # as weights (aif generate --tuned)
+    # Hub ids, from a Hugging Face cache (the tests are offline): a pipeline repo, and a repo with only unet/.
+    for repo, file in (("someone/pipe", "model_index.json"), ("someone/dpo-unet", "unet/config.json")):
+        snapshot = tmp_path / "hub" / f"models--{repo.replace('/', '--')}" / "snapshots" / "abc"
+        (snapshot / file).parent.mkdir(parents=True)
+        (snapshot / file).write_text("{}")
+        (snapshot.parent.parent / "refs").mkdir()
+        (snapshot.parent.parent / "refs" / "main").write_text("abc")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert is_pipeline("someone/pipe") and not is_pipeline("someone/dpo-unet")
+    assert not is_pipeline("nobody/not-cached")  # offline and not cached: taken for weights, whose loading explains
 
 
 def test_config_errors_name_the_fix():

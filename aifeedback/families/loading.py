@@ -97,10 +97,7 @@ def check_pipeline(name: str, vae: str | None = None, tuned: str | None = None) 
     check_available(name)
     if vae:
         check_available(vae, "VAE")
-    kind, where = resolve_tuned(tuned) if tuned else (None, None)
-    if kind == "unet" and not Path(where).exists():
-        check_available(where, "tuned UNet")
-    return kind, where
+    return check_tuned(tuned) if tuned else (None, None)
 
 
 def load_pipeline(name: str, dtype: str = "float32", device: str = "cpu", vae: str | None = None,
@@ -186,13 +183,38 @@ def latest_checkpoint(run_dir: str | Path) -> Path:
     return ckpts[-1]
 
 
+def is_pipeline(name: str) -> bool:
+    """Whether `name` is a whole text-to-image model (a tiny name, a folder with model_index.json, or a hub repo with
+    one) rather than weights for a base model (LoRA, UNet folder, checkpoint, run dir, hub repo with only unet/)."""
+    if name in tiny_names():
+        return True
+    path = Path(name).expanduser()
+    if path.exists():
+        return (path / "model_index.json").is_file()
+    if name.startswith((".", "/", "~")) or name.count("/") != 1:
+        return False
+    from huggingface_hub import constants, file_exists, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name, "model_index.json"), str):
+        return True
+    if constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        return file_exists(name, "model_index.json")
+    except Exception:  # unreachable hub or gated repo: loading it as tuned weights reports the problem plainly
+        return False
+
+
 def resolve_tuned(tuned: str) -> tuple[str, str]:
     """('lora' | 'unet', where) for a --tuned value; `where` is a file, a UNet folder, or a hub id.
 
-    Local paths: a LoRA `.safetensors` file, a folder holding `pytorch_lora_weights.safetensors`, a folder with
-    `unet/config.json`, a UNet folder itself, or a training run (has `checkpoints/`) -> its latest checkpoint.
+    A tiny name -> its UNet. Local paths: a LoRA `.safetensors` file, a folder holding
+    `pytorch_lora_weights.safetensors`, a folder with `unet/config.json`, a UNet folder itself, or a training run
+    (has `checkpoints/`) -> its latest checkpoint.
     Anything else is a hub id of a repo with a `unet/` folder (e.g. mhdang/dpo-sdxl-text2image-v1).
     """
+    if tuned in tiny_names():  # a whole tiny pipeline: its UNet
+        return "unet", str(Path(resolve_model(tuned)) / "unet")
     p = Path(tuned).expanduser()
     if not p.exists():
         if tuned.startswith((".", "/", "~")) or p.suffix == ".safetensors":
@@ -215,6 +237,14 @@ def resolve_tuned(tuned: str) -> tuple[str, str]:
         f"--tuned {p} holds neither {LORA_FILE}, unet/config.json, config.json nor checkpoints/. "
         f"Fix: pass a LoRA file, a UNet or pipeline folder, a training checkpoint or run directory."
     )
+
+
+def check_tuned(tuned: str) -> tuple[str, str]:
+    """resolve_tuned, plus (for a hub UNet) the quick check that it can be loaded, before diffusers is imported."""
+    kind, where = resolve_tuned(tuned)
+    if kind == "unet" and not Path(where).exists():
+        check_available(where, "tuned UNet")
+    return kind, where
 
 
 def _load_tuned_unet(where: str, td: Any) -> Any:

@@ -1,11 +1,12 @@
 """`aif eval`: does the tuned model beat its base? The paper's protocol, with a report.
 
 1. Generate with `aif generate` (its public `run`) into OUT/base and OUT/tuned: the same prompts and the same seeds
-   (a candidate's seed depends only on --seed, the prompt and k), so each tuned image has a base twin. Those are
-   ordinary resumable generate outputs: a rerun reuses every finished image, and a rerun with other scorers
-   only scores.
+   (a candidate's seed depends only on --seed, the prompt and k), so each tuned image has a base twin. --tuned is
+   a whole model (anything --base takes) or weights applied to --base. Those are ordinary resumable generate
+   outputs: a rerun reuses every finished image, and a rerun with other scorers only scores.
 2. Score every twin pair with each scorer (`aifeedback.scoring.scorers.load_scorer`); processes split the pairs.
 3. The main process writes report.json / report.md / report.html and grids/*.png (see `aifeedback.evaluation.report`).
+A rerun of a finished eval with the same settings loads no model: it prints the report's win rates again.
 
 `--scorer-accuracy DATASET` instead measures how often each scorer agrees with human labels on a Pick-a-Pic-layout
 set (non-tie pairs; the paper's Table 2), so users can pick a scorer before training on its labels.
@@ -14,6 +15,7 @@ set (non-tie pairs; the paper's Table 2), so users can pick a scorer before trai
 from __future__ import annotations
 
 import gc
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -23,7 +25,12 @@ from aifeedback.data.images import decode_image
 from aifeedback.errors import DataError
 from aifeedback.families.loading import DTYPES, SCHEDULERS
 from aifeedback.storage.files import atomic_write_text, read_json, write_json
-from aifeedback.storage.manifest import finish_output, prepare_output_synced
+from aifeedback.storage.manifest import (
+    MANIFEST,
+    completed_output,
+    finish_output,
+    prepare_output_synced,
+)
 from aifeedback.storage.shards import shard_files
 
 # The paper's Table 2: agreement with human labels on Pick-a-Pic v2 validation (non-tie pairs), in %.
@@ -33,7 +40,8 @@ PAPER_ACCURACY = {"pickscore": 64.2, "hpsv2": 59.3, "clip": 57.1, "aesthetic": 5
 @dataclass
 class EvalConfig:
     base: str = option("", "base model: tiny name, hub id (stabilityai/stable-diffusion-xl-base-1.0) or local folder")
-    tuned: str = option("", "tuned weights: UNet folder, LoRA .safetensors, training checkpoint, or run dir (latest checkpoint)")
+    tuned: str = option("", "tuned model: anything --base takes (a whole model), or weights for the base: UNet folder, "
+                        "LoRA .safetensors, training checkpoint, run dir (latest checkpoint), hub repo with only unet/")
     out: str = option("outputs/eval", "output directory (base/ and tuned/ images, report.json/.md/.html, grids/)",
                       identity=False)
     prompts: str = option("parti", "prompt source: parti, a .txt/.jsonl/.csv/.tsv file, or a datasets dataset")
@@ -76,16 +84,23 @@ class EvalConfig:
         return problems
 
     def preflight(self) -> None:
-        """Fail fast, before torch is imported: scorers, then the labelled set or the models and prompt file."""
+        """Fail fast, before torch is imported and before any image is generated or scored: scorers, then the
+        labelled set, or the models (--tuned: a whole model or weights for --base) and the prompt file."""
         from aifeedback.data.prompts import source_kind
-        from aifeedback.families.loading import check_pipeline
+        from aifeedback.families.loading import check_available, check_tuned, is_pipeline
         from aifeedback.preflight import check_dataset, check_scorers
 
         check_scorers(self.scorers, "--scorers")
         if self.scorer_accuracy:
             check_dataset(self.scorer_accuracy, "--scorer-accuracy")
             return
-        check_pipeline(self.base, self.vae, self.tuned)
+        check_available(self.base, "base model")
+        if self.vae:
+            check_available(self.vae, "VAE")
+        if is_pipeline(self.tuned):
+            check_available(self.tuned, "tuned model")
+        else:
+            check_tuned(self.tuned)
         source_kind(self.prompts)
 
 
@@ -99,6 +114,12 @@ def run(cfg: EvalConfig) -> dict[str, Any] | None:
 
     state = process_state()
     out = Path(cfg.out)
+    done = finished(cfg, out, "report.json")
+    if done is not None:  # a rerun of a finished eval: nothing to generate or score, so no model to load
+        if state.is_main_process:
+            print(f"already complete: {out} ({done['n_comparisons']} comparisons)")
+            _print_summary(done, out)
+        return done if state.is_main_process else None
     manifest = prepare_output_synced(state, out, "eval", to_dict(cfg), identity_dict(cfg), cfg.overwrite)
     if state.is_main_process:
         save_config(cfg, out / "config.yaml")
@@ -111,22 +132,54 @@ def run(cfg: EvalConfig) -> dict[str, Any] | None:
         report = build_report(rows, scores, report_meta(cfg, out), cfg.bootstrap, cfg.seed, cfg.examples,
                               cfg.sample_prompts)
         write_report(out, report, read_images(out, example_keys(report)), cfg.thumb)
-        finish_output(out, manifest, comparisons=len(rows), scorers=list(scores), processes=state.num_processes)
+        finish_output(out, dict(manifest, config=to_dict(cfg)), comparisons=len(rows), scorers=list(scores),
+                      processes=state.num_processes)
         _print_summary(report, out)
     state.wait_for_everyone()
     return report
 
 
+# Settings that change only speed or where results go; every other one shapes report.json / accuracy.json.
+SPEED_ONLY = ("out", "overwrite", "device", "batch_size", "scorer_batch_size")
+
+
+def finished(cfg: EvalConfig, out: Path, result: str) -> dict[str, Any] | None:
+    """The result file (report.json or accuracy.json) of a finished eval with these very settings in out, else None.
+
+    Scorers and report options are no part of the job's identity (a rerun with other scorers reuses the images and
+    only scores), so they are compared here; so are both generate outputs (--tuned RUN_DIR may have a newer
+    checkpoint)."""
+    from aifeedback.stages import generate
+
+    done = completed_output(out, "eval", identity_dict(cfg))
+    if not done or not (out / result).is_file():
+        return None
+    now = json.loads(json.dumps(to_dict(cfg), default=str))  # as the manifest stores it
+    if any(done["config"].get(k) != v for k, v in now.items() if k not in SPEED_ONLY):
+        return None
+    if not cfg.scorer_accuracy and not all(generate.completed(generate_config(cfg, s, out)) for s in SIDES):
+        return None
+    return read_json(out / result)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Generation: two ordinary `aif generate` runs
 
+SIDES = ("base", "tuned")
+
+
 def generate_config(cfg: EvalConfig, side: str, out: Path):
-    """The GenerateConfig of one side ('base' or 'tuned'); unset options keep aif generate's defaults."""
+    """The GenerateConfig of one side ('base' or 'tuned'); unset options keep aif generate's defaults.
+
+    A --tuned whole model (anything --base takes) is generated as it is; tuned weights are applied to --base."""
+    from aifeedback.families.loading import is_pipeline
     from aifeedback.stages.generate import GenerateConfig
     from aifeedback.stages.sample import pin_tuned
 
+    weights = side == "tuned" and not is_pipeline(cfg.tuned)
     values = {
-        "model": cfg.base, "tuned": pin_tuned(cfg.tuned) if side == "tuned" else None, "prompts": cfg.prompts,
+        "model": cfg.tuned if side == "tuned" and not weights else cfg.base,
+        "tuned": pin_tuned(cfg.tuned) if weights else None, "prompts": cfg.prompts,
         "prompt_column": cfg.prompt_column, "split": cfg.split, "limit": cfg.limit,
         "images_per_prompt": cfg.seeds_per_prompt, "seed": cfg.seed, "steps": cfg.steps, "guidance": cfg.guidance,
         "resolution": cfg.resolution, "negative_prompt": cfg.negative_prompt, "scheduler": cfg.scheduler,
@@ -141,7 +194,7 @@ def generate_both(cfg: EvalConfig, out: Path) -> None:
     from aifeedback.dist import process_state
     from aifeedback.stages import generate
 
-    for side in ("base", "tuned"):
+    for side in SIDES:
         generate.run(generate_config(cfg, side, out))
         gc.collect()
         _empty_cache()
@@ -295,13 +348,19 @@ PAIR_COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0", "label_1")
 def preference_pairs(source: str, split: str | None = None, limit: int | None = None) -> Iterator[dict[str, Any]]:
     """Non-tie pairs (caption, jpg_0, jpg_1, label_0 in {0, 1}) of a Pick-a-Pic-layout set, streamed.
 
-    source: a local Parquet file or directory (an `aif score` output or downloaded Pick-a-Pic shards; `split`
-    then keeps files named `SPLIT-*` or under a `SPLIT/` folder), or a hub dataset id (default split validation).
+    source: a local Parquet file or directory (an `aif score` output, whose pairs are its data/ shards, or downloaded
+    Pick-a-Pic shards; `split` then keeps files named `SPLIT-*` or under a `SPLIT/` folder), or a hub dataset id
+    (default split validation). The source is checked (files, columns) when this is called, the pairs are read
+    while iterating.
     """
+    return _decisive(_pair_rows(source, split), limit)
+
+
+def _decisive(rows: Iterator[dict[str, Any]], limit: int | None) -> Iterator[dict[str, Any]]:
     from aifeedback.data.pairs import winner_of
 
     n = 0
-    for row in _pair_rows(source, split):
+    for row in rows:
         winner = winner_of(row["label_0"], row["label_1"])  # the same label rule as training
         if row.get("has_label") is False or winner not in (0, 1):
             continue  # unlabeled, a tie or an unreadable label: Table 2 counts decisive human votes only
@@ -314,33 +373,56 @@ def preference_pairs(source: str, split: str | None = None, limit: int | None = 
 def _pair_rows(source: str, split: str | None) -> Iterator[dict[str, Any]]:
     path = Path(source).expanduser()
     if not path.exists():
-        if source.startswith((".", "/", "~")) or source.count("/") != 1:
-            raise DataError(f"--scorer-accuracy {source}: no such file or directory (and not a hub id OWNER/NAME)")
-        import datasets
+        return _hub_rows(source, split)
+    files = _pair_files(path, split)
+    return _parquet_rows(files)
 
-        try:
-            ds = datasets.load_dataset(source, split=split or "validation", streaming=True)
-        except Exception as e:  # datasets raises many types; report it as the user's input problem
-            raise DataError(f"could not load dataset '{source}' (split {split or 'validation'}): "
-                            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-        missing = [c for c in PAIR_COLUMNS if ds.column_names is not None and c not in ds.column_names]
-        if missing:
-            raise DataError(f"dataset '{source}' lacks the Pick-a-Pic column(s) {', '.join(missing)}")
-        yield from ds
-        return
+
+def _hub_rows(source: str, split: str | None) -> Iterator[dict[str, Any]]:
+    if source.startswith((".", "/", "~")) or source.count("/") != 1:
+        raise DataError(f"--scorer-accuracy {source}: no such file or directory (and not a hub id OWNER/NAME)")
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(source, split=split or "validation", streaming=True)
+    except Exception as e:  # datasets raises many types; report it as the user's input problem
+        raise DataError(f"could not load dataset '{source}' (split {split or 'validation'}): "
+                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    missing = [c for c in PAIR_COLUMNS if ds.column_names is not None and c not in ds.column_names]
+    if missing:
+        raise DataError(f"dataset '{source}' lacks the Pick-a-Pic column(s) {', '.join(missing)}")
+    return iter(ds)
+
+
+def _pair_files(path: Path, split: str | None) -> list[Path]:
+    """The Parquet files holding the pairs, each checked for the Pick-a-Pic columns."""
     import pyarrow.parquet as pq
 
-    files = [path] if path.is_file() else sorted(path.rglob("*.parquet"))
-    if split and path.is_dir():
-        files = [f for f in files if f.name.startswith(f"{split}-") or split in f.relative_to(path).parts[:-1]]
+    if (path / MANIFEST).is_file():  # an aifeedback output: only `aif score` writes pairs, in its data/ shards
+        stage = read_json(path / MANIFEST).get("stage")
+        if stage != "score":
+            raise DataError(f"--scorer-accuracy {path} holds a '{stage}' output; it needs labelled pairs: an "
+                            f"`aif score` output or Pick-a-Pic-layout Parquet files")
+        files = shard_files(path)  # not image_scores/, the per-image scores
+    else:
+        files = [path] if path.is_file() else sorted(path.rglob("*.parquet"))
+        if split and path.is_dir():
+            files = [f for f in files if f.name.startswith(f"{split}-") or split in f.relative_to(path).parts[:-1]]
     if not files:
-        raise DataError(f"{source} holds no Parquet files{f' for split {split}' if split else ''}")
+        raise DataError(f"{path} holds no Parquet files{f' for split {split}' if split else ''}")
+    for f in files:
+        names = pq.read_schema(f).names
+        missing = [c for c in PAIR_COLUMNS if c not in names]
+        if missing:
+            raise DataError(f"{f} lacks the Pick-a-Pic column(s) {', '.join(missing)} (has: {', '.join(names)})")
+    return files
+
+
+def _parquet_rows(files: list[Path]) -> Iterator[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
     for f in files:
         pf = pq.ParquetFile(f)
-        missing = [c for c in PAIR_COLUMNS if c not in pf.schema_arrow.names]
-        if missing:
-            raise DataError(f"{f} lacks the Pick-a-Pic column(s) {', '.join(missing)} (has: "
-                            f"{', '.join(pf.schema_arrow.names)})")
         cols = list(PAIR_COLUMNS) + (["has_label"] if "has_label" in pf.schema_arrow.names else [])
         for batch in pf.iter_batches(batch_size=64, columns=cols):
             yield from batch.to_pylist()
@@ -357,7 +439,13 @@ def scorer_accuracy(cfg: EvalConfig) -> dict[str, Any] | None:
 
     state = process_state()
     out = Path(cfg.out)
-    prepare_output_synced(state, out, "eval", to_dict(cfg), identity_dict(cfg), cfg.overwrite)
+    done = finished(cfg, out, "accuracy.json")
+    if done is not None:  # a rerun of a finished check: nothing to score, so no scorer to load
+        if state.is_main_process:
+            print(f"already complete: {out} ({done['n_pairs']} pairs)\n{accuracy_markdown(done)}")
+        return done if state.is_main_process else None
+    pairs = preference_pairs(cfg.scorer_accuracy, cfg.split, cfg.limit)  # checks the files before any scorer loads
+    manifest = prepare_output_synced(state, out, "eval", to_dict(cfg), identity_dict(cfg), cfg.overwrite)
     scorers = [load_scorer(spec, device=_device(cfg, state), dtype=cfg.scorer_dtype) for spec in cfg.scorers]
     mine: list[tuple[int, float, list[tuple[float, float]]]] = []
     batch: list[tuple[int, dict[str, Any]]] = []
@@ -370,7 +458,6 @@ def scorer_accuracy(cfg: EvalConfig) -> dict[str, Any] | None:
         mine.extend((i, p["label_0"], [(float(a[j]), float(b[j])) for a, b in per]) for j, (i, p) in enumerate(batch))
         batch.clear()
 
-    pairs = preference_pairs(cfg.scorer_accuracy, cfg.split, cfg.limit)
     for i, pair in enumerate(tqdm(pairs, desc="scoring pairs", unit="pair", disable=not state.is_main_process)):
         if i % state.num_processes == state.process_index:
             batch.append((i, pair))
@@ -393,6 +480,8 @@ def scorer_accuracy(cfg: EvalConfig) -> dict[str, Any] | None:
                   "scorers": accs}
         write_json(out / "accuracy.json", result)
         atomic_write_text(out / "accuracy.md", accuracy_markdown(result))
+        finish_output(out, dict(manifest, config=to_dict(cfg)), pairs=len(every), scorers=list(cfg.scorers),
+                      processes=state.num_processes)
         print(accuracy_markdown(result))
     state.wait_for_everyone()
     return result

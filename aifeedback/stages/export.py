@@ -46,7 +46,11 @@ def run(cfg: ExportConfig) -> Path:
     import torch  # noqa: F401  (heavy imports only when the command runs)
 
     from aifeedback.families.loading import torch_dtype
-    from aifeedback.storage.checkpoints import LORA_FILE, checkpoint_kind, resolve_checkpoint
+    from aifeedback.storage.checkpoints import (
+        LORA_FILE,
+        checkpoint_kind,
+        resolve_checkpoint,
+    )
 
     ckpt = resolve_checkpoint(cfg.checkpoint)
     kind = checkpoint_kind(ckpt)

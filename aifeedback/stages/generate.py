@@ -92,6 +92,34 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def device_and_dtype(cfg: GenerateConfig, state) -> tuple[str, str]:
+    """This process's device (its own GPU under `accelerate launch`) and the weights dtype that `auto` resolves to."""
+    device = resolve_device(cfg.device)
+    if cfg.device == "auto" and state.num_processes > 1:
+        device = str(state.device)
+    return device, cfg.dtype if cfg.dtype != "auto" else ("float16" if device.startswith("cuda") else "float32")
+
+
+def job_inputs(prompts: list, dtype: str) -> dict:
+    """What besides the config makes a generate job: the prompt list itself (an edited prompt file must not be
+    mixed into old shards) and the resolved dtype."""
+    from aifeedback.storage.manifest import fingerprint
+
+    return {"prompts": fingerprint([p.prompt_id for p in prompts]), "n_prompts": len(prompts), "dtype": dtype}
+
+
+def completed(cfg: GenerateConfig) -> dict | None:
+    """The manifest of cfg.out when it already holds this job, finished (a rerun has nothing to do), else None."""
+    from aifeedback.config import identity_dict
+    from aifeedback.data.prompts import load_prompts
+    from aifeedback.dist import process_state
+    from aifeedback.storage.manifest import completed_output
+
+    prompts = load_prompts(cfg.prompts, cfg.prompt_column, cfg.split, cfg.limit, cfg.dedupe)
+    inputs = job_inputs(prompts, device_and_dtype(cfg, process_state())[1])
+    return completed_output(cfg.out, "generate", identity_dict(cfg), inputs)
+
+
 def run(cfg: GenerateConfig) -> Path:
     """Generate cfg.images_per_prompt images per prompt into cfg.out; returns the output directory."""
     cfg.preflight()  # a misspelt model fails now, not after torch and diffusers are imported
@@ -113,7 +141,11 @@ def run(cfg: GenerateConfig) -> Path:
         optimize_pipeline,
         render,
     )
-    from aifeedback.storage.manifest import fingerprint, finish_output, prepare_output
+    from aifeedback.storage.manifest import (
+        completed_output,
+        finish_output,
+        prepare_output,
+    )
     from aifeedback.storage.shards import (
         SHARD_DIR,
         chunks,
@@ -124,16 +156,17 @@ def run(cfg: GenerateConfig) -> Path:
         write_shard,
     )
 
-    device = resolve_device(cfg.device)
     state = process_state()  # under `accelerate launch`: rank, world size and this rank's GPU
-    if cfg.device == "auto" and state.num_processes > 1:
-        device = str(state.device)
-    dtype = cfg.dtype if cfg.dtype != "auto" else ("float16" if device.startswith("cuda") else "float32")
+    device, dtype = device_and_dtype(cfg, state)
+    out = Path(cfg.out)
+    inputs = job_inputs(prompts, dtype)
+    done = completed_output(out, "generate", identity_dict(cfg), inputs)
+    if done:  # a rerun of a finished job: nothing to render, so no model to load
+        if state.is_main_process:
+            print(f"already complete: {out} ({done['counts']['images']} images)")
+        return out
     items = [(p, k) for p in prompts for k in range(cfg.images_per_prompt)]
     shards = chunks(items, cfg.shard_size)
-    # The prompt list itself is part of the job's identity: an edited prompt file must not be mixed into old shards.
-    inputs = {"prompts": fingerprint([p.prompt_id for p in prompts]), "n_prompts": len(prompts), "dtype": dtype}
-    out = Path(cfg.out)
     args = (out, "generate", to_dict(cfg), identity_dict(cfg), cfg.overwrite, inputs)
     if state.is_main_process:  # refuse a conflicting --out now, before the slow model load (this writes nothing)
         prepare_output(*args, is_main=False)

@@ -68,8 +68,18 @@ def run(cfg: SampleConfig) -> list[Path]:
     from aifeedback.families.loading import load_pipeline
     from aifeedback.families.sampling import encode_image, image_seed, render
     from aifeedback.stages.generate import resolve_device
-    from aifeedback.storage.files import atomic_write_bytes, atomic_write_text, read_json
-    from aifeedback.storage.manifest import MANIFEST, fingerprint, finish_output, prepare_output
+    from aifeedback.storage.files import (
+        atomic_write_bytes,
+        atomic_write_text,
+        read_json,
+    )
+    from aifeedback.storage.manifest import (
+        MANIFEST,
+        completed_output,
+        fingerprint,
+        finish_output,
+        prepare_output,
+    )
     from aifeedback.storage.shards import chunks
 
     prompts = load_prompts(cfg.prompts, cfg.prompt_column, cfg.split, cfg.limit)
@@ -84,6 +94,12 @@ def run(cfg: SampleConfig) -> list[Path]:
              for i, p in enumerate(prompts) for k in range(cfg.images_per_prompt)]
     tuned = pin_tuned(cfg.tuned)
     inputs = {"prompts": fingerprint([p.prompt_id for p in prompts]), "tuned": tuned}
+    paths = [out / it["file"] for it in items]
+    wanted = paths + ([out / "grid.png"] if cfg.grid else [])
+    if completed_output(out, "sample", identity_dict(cfg), inputs) and all(p.exists() for p in wanted):
+        if state.is_main_process:  # a rerun of a finished job: nothing to render, so no model to load
+            print(f"already complete: {out} ({len(paths)} images)")
+        return paths
     if state.is_main_process:
         old = read_json(out / MANIFEST).get("fingerprint") if (out / MANIFEST).exists() else None
         manifest = prepare_output(out, "sample", to_dict(cfg), identity_dict(cfg), cfg.overwrite, inputs)
@@ -109,7 +125,6 @@ def run(cfg: SampleConfig) -> list[Path]:
             bar.update(len(batch))
         bar.close()
     state.wait_for_everyone()
-    paths = [out / it["file"] for it in items]
     if cfg.grid and state.is_main_process:
         write_grid(paths, cfg.images_per_prompt, out / "grid.png", cfg.grid_cell)
     if state.is_main_process:

@@ -88,8 +88,12 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
     from aifeedback.config import identity_dict, save_config, to_dict
     from aifeedback.dist import process_state
     from aifeedback.scoring.inputs import open_input
-    from aifeedback.storage.files import write_json
-    from aifeedback.storage.manifest import finish_output, prepare_output_synced
+    from aifeedback.storage.files import read_json, write_json
+    from aifeedback.storage.manifest import (
+        completed_output,
+        finish_output,
+        prepare_output_synced,
+    )
     from aifeedback.storage.shards import chunks, my_shards, shard_done, write_shard
 
     state = process_state()
@@ -101,6 +105,11 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
         )
     out = Path(cfg.out)
     identity, inputs = identity_dict(cfg), inp.fingerprint
+    done = completed_output(out, "score", identity, inputs)
+    if done:  # a rerun of a finished job: nothing to score, so no scorer to load
+        if state.is_main_process:
+            print(f"already complete: {out} ({done['counts']['pairs']} pairs)")
+        return read_json(out / "summary.json")
     if state.is_main_process:
         _clear_replaced_scores(out, identity, inputs, cfg.overwrite)
     manifest = prepare_output_synced(state, out, "score", to_dict(cfg), identity, cfg.overwrite, inputs)

@@ -123,6 +123,7 @@ def run(cfg: TrainConfig) -> Path:
     from tqdm.auto import tqdm
 
     from aifeedback.data import pairs as D
+    from aifeedback.dist import process_state
     from aifeedback.families.diffusion import (
         TextEncoders,
         encode_images,
@@ -137,6 +138,11 @@ def run(cfg: TrainConfig) -> Path:
     from aifeedback.storage.manifest import finish_output, prepare_output
 
     out = Path(cfg.out)
+    done = _finished_step(cfg, out)
+    if done is not None:  # a rerun of a finished run: nothing to train, so no model to load
+        if process_state().is_main_process:
+            print(f"already complete: {out} (step {done} of --max-steps {cfg.max_steps}; raise it to train on)")
+        return out
     # accelerate keeps its mixed-precision state in a process-wide singleton; forget a previous in-process run's
     # (the distributed environment itself, PartialState, is kept).
     AcceleratorState._reset_state()
@@ -441,6 +447,21 @@ def _resume_point(cfg: TrainConfig, out: Path) -> Optional[Path]:
                            "over, or use another --out")
         return None
     return resolve_checkpoint(cfg.resume)
+
+
+def _finished_step(cfg: TrainConfig, out: Path) -> Optional[int]:
+    """The step of --out's latest checkpoint when this very run already reached --max-steps and finished, else None
+    (a run resumed with a higher --max-steps trains on)."""
+    from aifeedback.storage.checkpoints import STATE_FILE, list_checkpoints
+    from aifeedback.storage.files import read_json
+    from aifeedback.storage.manifest import completed_output
+
+    if cfg.resume not in ("auto", "latest") or not completed_output(out, "train", identity_dict(cfg),
+                                                                     _input_fingerprint(cfg)):
+        return None
+    ckpts = list_checkpoints(out)
+    step = read_json(ckpts[-1] / STATE_FILE)["step"] if ckpts else -1
+    return step if step >= cfg.max_steps else None
 
 
 def _same_job(cfg: TrainConfig, out: Path) -> bool:

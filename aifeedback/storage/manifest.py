@@ -116,6 +116,19 @@ def prepare_output_synced(state: Any, out_dir: str | Path, stage: str, config: d
     return read_json(Path(out_dir) / MANIFEST)
 
 
+def completed_output(out_dir: str | Path, stage: str, identity: dict[str, Any],
+                     inputs: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The manifest of out_dir when it holds this very job (same stage, identity and inputs) and it finished, else
+    None. A rerun of a finished job checks this first, so it has nothing to do and loads no model."""
+    mpath = Path(out_dir) / MANIFEST
+    try:
+        old = read_json(mpath) if mpath.is_file() else {}
+    except (OSError, ValueError):
+        return None  # unreadable: prepare_output reports it
+    key = fingerprint({"stage": stage, "identity": identity, "inputs": inputs or {}})
+    return old if old.get("complete") and old.get("fingerprint") == key else None
+
+
 def finish_output(out_dir: str | Path, manifest: dict[str, Any], **counts: Any) -> dict[str, Any]:
     """Mark an output complete and record its counts."""
     manifest = dict(manifest, complete=True, counts=counts)
