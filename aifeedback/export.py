@@ -26,6 +26,7 @@ class ExportConfig:
     model: Optional[str] = option(None, "base model for --pipeline; null = the model recorded in the run's config.yaml")
     dtype: Literal["float32", "float16", "bfloat16"] = option("float32", "dtype of the written weights")
     overwrite: bool = option(False, "replace an existing --out folder")
+    progress: bool = option(True, "accepted for a uniform command line; export draws no progress bar", identity=False)
 
     def validate(self) -> list[str]:
         return [] if self.checkpoint else ["checkpoint: pass the checkpoint or run folder to export"]
@@ -36,8 +37,10 @@ def run(cfg: ExportConfig) -> Path:
     import torch  # noqa: F401  (heavy imports only when the command runs)
 
     from aifeedback.checkpoints import LORA_FILE, checkpoint_kind, resolve_checkpoint
+    from aifeedback.console import finish, quiet_libraries
     from aifeedback.models import torch_dtype
 
+    quiet_libraries()
     ckpt = resolve_checkpoint(cfg.checkpoint)
     kind = checkpoint_kind(ckpt)
     out = Path(cfg.out)
@@ -80,19 +83,26 @@ def run(cfg: ExportConfig) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     what = "pipeline" if cfg.pipeline else ("LoRA" if kind == "lora" else "UNet")
-    print(f"exported {what} from {ckpt} to {out}")
+    model = cfg.model or _recorded_model(ckpt) or "BASE_MODEL"
+    base = str(out) if cfg.pipeline else model
+    tuned = "" if cfg.pipeline else f" --tuned {out}"
+    finish("export", out, f"{what} ({cfg.dtype}) from {ckpt}", f"aif sample --model {base}{tuned}",
+           f"aif eval --base {model} --tuned {out}")
     return out
 
 
-def _base_pipeline(cfg: ExportConfig, ckpt: Path):
+def _recorded_model(ckpt: Path) -> str | None:
+    """The base model in the training run's config.yaml (RUN/checkpoints/checkpoint-N -> RUN), if there is one."""
     import yaml
 
+    run_config = ckpt.parent.parent / "config.yaml"
+    return yaml.safe_load(run_config.read_text()).get("model") if run_config.exists() else None
+
+
+def _base_pipeline(cfg: ExportConfig, ckpt: Path):
     from aifeedback.models import load_pipeline
 
-    model = cfg.model
+    model = cfg.model or _recorded_model(ckpt)
     if model is None:
-        run_config = ckpt.parent.parent / "config.yaml"
-        if not run_config.exists():
-            raise AifError(f"--pipeline needs the base model: {run_config} is missing, so pass --model")
-        model = yaml.safe_load(run_config.read_text())["model"]
+        raise AifError(f"--pipeline needs the base model: {ckpt.parent.parent / 'config.yaml'} is missing, so pass --model")
     return load_pipeline(model, "float32", "cpu")
