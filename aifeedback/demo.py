@@ -38,7 +38,7 @@ class DemoConfig:
     lr: float = option(3e-4, "AdamW learning rate (no weight decay, no warmup, no clipping)", min=0.0)
     seed: int = option(0, "seed of the caption split, the image seeds and the training run", min=0)
     overwrite: bool = option(False, "replace a different run's results in --out", identity=False)
-    progress: bool = option(True, "show progress bars (plain lines every 30 s when stderr is not a terminal)", identity=False)
+    progress: bool = option(True, "show progress bars (in a log: a plain line every 30 s)", identity=False)
 
     def validate(self) -> list[str]:
         from aifeedback.toy import all_captions

@@ -62,7 +62,7 @@ class EvalConfig:
         None, "instead of comparing models: accuracy of each scorer vs human labels on this Pick-a-Pic-layout set "
         "(local Parquet dir or hub id)")
     overwrite: bool = option(False, "replace a different job's results in --out", identity=False)
-    progress: bool = option(True, "show progress bars (plain lines every 30 s when stderr is not a terminal)", identity=False)
+    progress: bool = option(True, "show progress bars (in a log: a plain line every 30 s)", identity=False)
 
     def validate(self) -> list[str]:
         problems = []
@@ -366,7 +366,8 @@ def scorer_accuracy(cfg: EvalConfig) -> dict[str, Any] | None:
         batch.clear()
 
     pairs = preference_pairs(cfg.scorer_accuracy, cfg.split, cfg.limit)
-    for i, pair in enumerate(progress(pairs, desc="scoring pairs", unit="pair", enabled=cfg.progress and state.is_main_process)):
+    bar = progress(pairs, desc="scoring pairs", unit="pair", enabled=cfg.progress and state.is_main_process)
+    for i, pair in enumerate(bar):
         if i % state.num_processes == state.process_index:
             batch.append((i, pair))
             if len(batch) == cfg.scorer_batch_size:

@@ -104,5 +104,6 @@ def _base_pipeline(cfg: ExportConfig, ckpt: Path):
 
     model = cfg.model or _recorded_model(ckpt)
     if model is None:
-        raise AifError(f"--pipeline needs the base model: {ckpt.parent.parent / 'config.yaml'} is missing, so pass --model")
+        raise AifError(f"--pipeline needs the base model: {ckpt.parent.parent / 'config.yaml'} is missing, "
+                       "so pass --model")
     return load_pipeline(model, "float32", "cpu")

@@ -49,7 +49,7 @@ class GenerateConfig:
     compile_mode: str = option("max-autotune", "torch.compile mode for --compile (max-autotune tunes kernels for minutes; default compiles faster)",
                                choices=COMPILE_MODES, identity=False)
     overwrite: bool = option(False, "replace a different job's results in --out instead of refusing", identity=False)
-    progress: bool = option(True, "show a progress bar (plain lines every 30 s when stderr is not a terminal)", identity=False)
+    progress: bool = option(True, "show a progress bar (in a log: a plain line every 30 s)", identity=False)
 
     def validate(self) -> list[str]:
         problems = []

@@ -43,7 +43,7 @@ class SampleConfig:
     batch_size: int = option(4, "images rendered per pipeline call", min=1, identity=False)
     device: str = option("auto", "device: auto (the process's GPU under accelerate, else CPU), cuda, cuda:N, cpu", identity=False)
     overwrite: bool = option(False, "replace a different job's images in --out instead of refusing", identity=False)
-    progress: bool = option(True, "show a progress bar (plain lines every 30 s when stderr is not a terminal)", identity=False)
+    progress: bool = option(True, "show a progress bar (in a log: a plain line every 30 s)", identity=False)
 
     def validate(self) -> list[str]:
         if self.resolution is not None and self.resolution % 8:

@@ -42,7 +42,7 @@ class ScoreConfig:
     device: Optional[str] = option(None, "device (default: this process's accelerator from accelerate, else cpu)", identity=False)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = option("auto", "scorer dtype; auto = bfloat16 on CUDA, float32 on CPU")
     overwrite: bool = option(False, "replace a different job's results in --out", identity=False)
-    progress: bool = option(True, "show a progress bar (plain lines every 30 s when stderr is not a terminal)", identity=False)
+    progress: bool = option(True, "show a progress bar (in a log: a plain line every 30 s)", identity=False)
 
     def validate(self) -> list[str]:
         problems = []

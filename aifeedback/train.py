@@ -79,7 +79,7 @@ class TrainConfig:
     validation_steps: int = option(25, "sampling steps for validation images", min=1, identity=False)
     validation_guidance: float = option(5.0, "classifier-free guidance for validation images", min=0.0, identity=False)
     trackers: Literal["tensorboard", "wandb", "none"] = option("tensorboard", "experiment tracker (via accelerate) besides metrics.jsonl", identity=False)
-    progress: bool = option(True, "show a progress bar (plain lines every 30 s when stderr is not a terminal)", identity=False)
+    progress: bool = option(True, "show a progress bar (in a log: a plain line every 30 s)", identity=False)
 
     def validate(self) -> list[str]:
         problems = []
@@ -356,7 +356,8 @@ def run(cfg: TrainConfig) -> Path:
         if cfg.trackers != "none":
             accelerator.log({f"train/{k}": v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}, step=step)
         if cfg.validation_every and step % cfg.validation_every == 0:
-            say(f"step {step}: wrote validation grid {_validate(cfg, accelerator, pipe, unet, text, vae, res, step, out)}")
+            grid = _validate(cfg, accelerator, pipe, unet, text, vae, res, step, out)
+            say(f"step {step}: wrote validation grid {grid}")
         if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
             save_checkpoint(step)
     bar.close()
@@ -459,7 +460,8 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def _validate(cfg: TrainConfig, accelerator, pipe, unet, text, vae, res: int, step: int, out: Path) -> Path:
-    """A PNG grid (rows = prompts, columns = seeds) from the current weights, returned; never touches the training RNG."""
+    """Write a PNG grid (rows = prompts, columns = seeds) of the current weights, without touching the training RNG;
+    return its path."""
     import torch
 
     from aifeedback.io import atomic_write_bytes

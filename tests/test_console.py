@@ -137,7 +137,8 @@ def test_quiet_libraries_keeps_errors_and_aif_verbose_turns_the_noise_back_on(mo
     import logging
 
     for var in ("DIFFUSERS_VERBOSITY", "TRANSFORMERS_VERBOSITY", "HF_HUB_VERBOSITY", "DATASETS_VERBOSITY",
-                "HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS", "TRANSFORMERS_NO_ADVISORY_WARNINGS"):
+                "HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS",
+                "TRANSFORMERS_NO_ADVISORY_WARNINGS"):
         monkeypatch.setenv(var, os.environ.get(var, ""))  # restored after the test
     loggers = [logging.getLogger(name) for name in console.NOISY_LIBRARIES]
     levels = [lg.level for lg in loggers]
