@@ -110,6 +110,9 @@ def load_pipeline(name: str, dtype: str = "float32", device: str = "cpu", vae: s
     kind, where = check_pipeline(name, vae, tuned)
     from diffusers import AutoencoderKL, DiffusionPipeline
 
+    from aifeedback.console import quiet_libraries
+
+    quiet_libraries()  # again now that diffusers is imported: its loading bars have no environment switch
     td = torch_dtype(dtype)
     path = resolve_model(name)
     kwargs: dict[str, Any] = {"dtype": td}

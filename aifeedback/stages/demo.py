@@ -38,6 +38,7 @@ class DemoConfig:
     lr: float = option(3e-4, "AdamW learning rate (no weight decay, no warmup, no clipping)", min=0.0)
     seed: int = option(0, "seed of the caption split, the image seeds and the training run", min=0)
     overwrite: bool = option(False, "replace a different run's results in --out", identity=False)
+    progress: bool = option(True, "show progress bars (in a log: a plain line every 30 s)", identity=False)
 
     def validate(self) -> list[str]:
         from aifeedback.zoo.toy import all_captions
@@ -66,20 +67,20 @@ def stage_configs(cfg: DemoConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     # float32 everywhere (also on a GPU, where generate would default to float16): the toy model costs nothing.
     common = {"steps": cfg.sampling_steps, "guidance": cfg.guidance, "dtype": "float32", "batch_size": 64,
-              "overwrite": cfg.overwrite}
+              "overwrite": cfg.overwrite, "progress": cfg.progress}
     values = {
         "generate": (GenerateConfig, {
             "model": MODEL, "prompts": str(out / "prompts" / "train.txt"), "images_per_prompt": cfg.images_per_prompt,
             "seed": cfg.seed, "image_format": "png", "save_latents": True, "out": str(out / "generate"), **common}),
         "score": (ScoreConfig, {
             "input": str(out / "generate"), "scorer": [cfg.scorer], "pairing": "best-worst", "workers": 0,
-            "out": str(out / "pairs"), "overwrite": cfg.overwrite}),
+            "out": str(out / "pairs"), "overwrite": cfg.overwrite, "progress": cfg.progress}),
         "train": (TrainConfig, {
             "data": "ai", "dataset": str(out / "pairs"), "model": MODEL, "resolution": SIZE, "beta": cfg.beta,
             "lr": cfg.lr, "scale_lr": False, "weight_decay": 0.0, "max_grad_norm": 0.0, "max_steps": cfg.train_steps,
             "batch_size": cfg.batch_size, "seed": cfg.seed, "checkpoint_every": cfg.train_steps,
             "keep_checkpoints": 1, "validation_every": 0, "num_workers": 0, "trackers": "none",
-            "out": str(out / "dpo"), "overwrite": cfg.overwrite}),
+            "out": str(out / "dpo"), "overwrite": cfg.overwrite, "progress": cfg.progress}),
         "eval": (EvalConfig, {
             "base": MODEL, "tuned": str(out / "dpo"), "prompts": str(out / "prompts" / "eval.txt"),
             "seeds_per_prompt": cfg.eval_seeds, "seed": cfg.seed + 1,
@@ -121,11 +122,13 @@ def command_line(stage: str, stage_cfg: Any) -> str:
 def run(cfg: DemoConfig) -> dict[str, Any]:
     """Run generate -> score -> train -> eval on the toy model; print the win rates; return the eval report."""
     cfg.preflight()
+    from aifeedback.console import finish, nested, quiet_libraries
     from aifeedback.dist import process_state
     from aifeedback.families.loading import resolve_model
     from aifeedback.stages import evaluate, generate, score, train
     from aifeedback.storage.files import atomic_write_text
 
+    quiet_libraries()
     state = process_state()  # under `accelerate launch`, every stage splits its work across the processes
     main = state.is_main_process
     say = print if main else (lambda *a, **k: None)
@@ -141,9 +144,13 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     stages = {"generate": generate.run, "score": score.run, "train": train.run, "eval": evaluate.run}
     for i, (stage, stage_run) in enumerate(stages.items(), 1):
         say(f"[demo] {i}/4 {stage} ({time.time() - start:.0f}s): {command_line(stage, configs[stage])}")
-        report = stage_run(configs[stage])  # the last one, eval, returns the report (on the main process)
+        with nested():  # the stage's summary says what it wrote; the demo itself says what comes next
+            report = stage_run(configs[stage])  # the last one, eval, returns the report (on the main process)
     if main:
         print(summary(report, cfg, Path(cfg.out), time.time() - start))
+        finish("demo", cfg.out, "prompts/, generate/, pairs/, dpo/, eval/ and commands.txt",
+               f"open {Path(cfg.out) / 'eval' / 'report.html'}",
+               f"rerun or vary one stage with its line in {Path(cfg.out) / 'commands.txt'}")
     return report
 
 

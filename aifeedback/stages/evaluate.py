@@ -73,6 +73,7 @@ class EvalConfig:
         None, "instead of comparing models: accuracy of each scorer vs human labels on this Pick-a-Pic-layout set "
         "(local Parquet dir or hub id)")
     overwrite: bool = option(False, "replace a different job's results in --out", identity=False)
+    progress: bool = option(True, "show progress bars (in a log: a plain line every 30 s)", identity=False)
 
     def validate(self) -> list[str]:
         problems = []
@@ -107,6 +108,9 @@ class EvalConfig:
 def run(cfg: EvalConfig) -> dict[str, Any] | None:
     """Run the eval (or the scorer-accuracy check); return the report on the main process."""
     cfg.preflight()
+    from aifeedback.console import quiet_libraries
+
+    quiet_libraries()
     if cfg.scorer_accuracy:
         return scorer_accuracy(cfg)
     from aifeedback.dist import process_state
@@ -184,18 +188,20 @@ def generate_config(cfg: EvalConfig, side: str, out: Path):
         "images_per_prompt": cfg.seeds_per_prompt, "seed": cfg.seed, "steps": cfg.steps, "guidance": cfg.guidance,
         "resolution": cfg.resolution, "negative_prompt": cfg.negative_prompt, "scheduler": cfg.scheduler,
         "dtype": cfg.dtype, "vae": cfg.vae, "batch_size": cfg.batch_size, "image_format": "png",  # lossless
-        "device": cfg.device, "out": str(out / side), "overwrite": cfg.overwrite,
+        "device": cfg.device, "out": str(out / side), "overwrite": cfg.overwrite, "progress": cfg.progress,
     }
     return build_config(GenerateConfig, {k: v for k, v in values.items() if v is not None}, f"eval -> generate {side}")
 
 
 def generate_both(cfg: EvalConfig, out: Path) -> None:
     """Generate (or resume) OUT/base and OUT/tuned; every process takes part, as in `aif generate`."""
+    from aifeedback.console import nested
     from aifeedback.dist import process_state
     from aifeedback.stages import generate
 
     for side in SIDES:
-        generate.run(generate_config(cfg, side, out))
+        with nested():  # its summary must not suggest `aif score`: eval goes on with its own scoring
+            generate.run(generate_config(cfg, side, out))
         gc.collect()
         _empty_cache()
     process_state().wait_for_everyone()
@@ -274,8 +280,8 @@ def score_twins(cfg: EvalConfig, rows: list[dict[str, Any]]) -> dict[str, tuple[
     bit-identical scores (a tie) whatever the scorer's batching numerics.
     """
     from accelerate.utils import gather_object
-    from tqdm.auto import tqdm
 
+    from aifeedback.console import progress
     from aifeedback.dist import process_state
     from aifeedback.scoring.scorers import load_scorer
 
@@ -285,8 +291,8 @@ def score_twins(cfg: EvalConfig, rows: list[dict[str, Any]]) -> dict[str, tuple[
                for i in range(0, len(rows), cfg.scorer_batch_size)]
     mine: list[tuple[int, list[float], list[float]]] = []
     reader = ShardImages()
-    bar = tqdm(batches[state.process_index :: state.num_processes], desc="scoring", unit="batch",
-               disable=not state.is_main_process)
+    bar = progress(batches[state.process_index :: state.num_processes], desc="scoring", unit="batch",
+                   enabled=cfg.progress and state.is_main_process)
     for idx in bar:
         batch = [rows[i] for i in idx]
         pairs = [reader.pair(r) for r in batch]
@@ -333,10 +339,14 @@ def report_meta(cfg: EvalConfig, out: Path) -> dict[str, Any]:
 
 
 def _print_summary(report: dict[str, Any], out: Path) -> None:
+    from aifeedback.console import finish
+
     for name, s in report["scorers"].items():
         print(f"{name:>20}: tuned wins {100 * s['win_rate']:.1f}% (95% CI {100 * s['ci_low']:.1f}-"
               f"{100 * s['ci_high']:.1f}%), mean {s['mean_base']:.4g} -> {s['mean_tuned']:.4g}, n={s['n']}")
-    print(f"report: {out / 'report.html'}")
+    n = next(iter(report["scorers"].values()))["n"]
+    finish("eval", out, f"{n} base/tuned twin pairs scored by {len(report['scorers'])} scorer(s), report.html",
+           f"open {out / 'report.html'}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -431,8 +441,8 @@ def _parquet_rows(files: list[Path]) -> Iterator[dict[str, Any]]:
 def scorer_accuracy(cfg: EvalConfig) -> dict[str, Any] | None:
     """Accuracy of each scorer against the human labels of cfg.scorer_accuracy; writes accuracy.json / .md."""
     from accelerate.utils import gather_object
-    from tqdm.auto import tqdm
 
+    from aifeedback.console import finish, progress
     from aifeedback.dist import process_state
     from aifeedback.evaluation.winrate import preference_accuracy
     from aifeedback.scoring.scorers import load_scorer
@@ -458,7 +468,8 @@ def scorer_accuracy(cfg: EvalConfig) -> dict[str, Any] | None:
         mine.extend((i, p["label_0"], [(float(a[j]), float(b[j])) for a, b in per]) for j, (i, p) in enumerate(batch))
         batch.clear()
 
-    for i, pair in enumerate(tqdm(pairs, desc="scoring pairs", unit="pair", disable=not state.is_main_process)):
+    bar = progress(pairs, desc="scoring pairs", unit="pair", enabled=cfg.progress and state.is_main_process)
+    for i, pair in enumerate(bar):
         if i % state.num_processes == state.process_index:
             batch.append((i, pair))
             if len(batch) == cfg.scorer_batch_size:
@@ -483,6 +494,9 @@ def scorer_accuracy(cfg: EvalConfig) -> dict[str, Any] | None:
         finish_output(out, dict(manifest, config=to_dict(cfg)), pairs=len(every), scorers=list(cfg.scorers),
                       processes=state.num_processes)
         print(accuracy_markdown(result))
+        finish("eval", out, f"scorer accuracy on {len(every)} human pairs, accuracy.md",
+               f"aif score --input GENERATE_DIR --out PAIRS_DIR --scorer {max(accs, key=lambda s: accs[s]['accuracy'])}"
+               " (the most accurate scorer here)")
     state.wait_for_everyone()
     return result
 

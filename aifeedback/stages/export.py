@@ -26,6 +26,7 @@ class ExportConfig:
     model: Optional[str] = option(None, "base model for --pipeline; null = the model recorded in the run's config.yaml")
     dtype: Literal["float32", "float16", "bfloat16"] = option("float32", "dtype of the written weights")
     overwrite: bool = option(False, "replace an existing --out folder")
+    progress: bool = option(True, "accepted for a uniform command line; export draws no progress bar", identity=False)
 
     def validate(self) -> list[str]:
         return [] if self.checkpoint else ["checkpoint: pass the checkpoint or run folder to export"]
@@ -45,6 +46,7 @@ def run(cfg: ExportConfig) -> Path:
     cfg.preflight()
     import torch  # noqa: F401  (heavy imports only when the command runs)
 
+    from aifeedback.console import finish, quiet_libraries
     from aifeedback.families.loading import torch_dtype
     from aifeedback.storage.checkpoints import (
         LORA_FILE,
@@ -52,6 +54,7 @@ def run(cfg: ExportConfig) -> Path:
         resolve_checkpoint,
     )
 
+    quiet_libraries()
     ckpt = resolve_checkpoint(cfg.checkpoint)
     kind = checkpoint_kind(ckpt)
     out = Path(cfg.out)
@@ -94,7 +97,11 @@ def run(cfg: ExportConfig) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     what = "pipeline" if cfg.pipeline else ("LoRA" if kind == "lora" else "UNet")
-    print(f"exported {what} from {ckpt} to {out}")
+    model = cfg.model or _recorded_model(ckpt) or "BASE_MODEL"
+    base = str(out) if cfg.pipeline else model
+    tuned = "" if cfg.pipeline else f" --tuned {out}"
+    finish("export", out, f"{what} ({cfg.dtype}) from {ckpt}", f"aif sample --model {base}{tuned}",
+           f"aif eval --base {model} --tuned {out}")
     return out
 
 
@@ -114,3 +121,11 @@ def _base_pipeline(cfg: ExportConfig, ckpt: Path):
     from aifeedback.families.loading import load_pipeline
 
     return load_pipeline(_base_model(cfg, ckpt), "float32", "cpu")
+
+
+def _recorded_model(ckpt: Path) -> str | None:
+    """The base model in the training run's config.yaml (RUN/checkpoints/checkpoint-N -> RUN), if there is one."""
+    import yaml
+
+    run_config = ckpt.parent.parent / "config.yaml"
+    return yaml.safe_load(run_config.read_text()).get("model") if run_config.exists() else None

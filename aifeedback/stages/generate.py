@@ -49,6 +49,7 @@ class GenerateConfig:
     compile_mode: str = option("max-autotune", "torch.compile mode for --compile (max-autotune tunes kernels for minutes; default compiles faster)",
                                choices=COMPILE_MODES, identity=False)
     overwrite: bool = option(False, "replace a different job's results in --out instead of refusing", identity=False)
+    progress: bool = option(True, "show a progress bar (in a log: a plain line every 30 s)", identity=False)
 
     def validate(self) -> list[str]:
         problems = []
@@ -123,13 +124,14 @@ def completed(cfg: GenerateConfig) -> dict | None:
 def run(cfg: GenerateConfig) -> Path:
     """Generate cfg.images_per_prompt images per prompt into cfg.out; returns the output directory."""
     cfg.preflight()  # a misspelt model fails now, not after torch and diffusers are imported
+    from aifeedback.console import finish, progress, quiet_libraries
     from aifeedback.data.prompts import load_prompts
     from aifeedback.families.loading import load_pipeline
 
+    quiet_libraries()
     prompts = load_prompts(cfg.prompts, cfg.prompt_column, cfg.split, cfg.limit, cfg.dedupe)
 
     import pyarrow.parquet as pq
-    from tqdm.auto import tqdm
 
     from aifeedback.config import identity_dict, save_config, to_dict
     from aifeedback.dist import process_state
@@ -187,8 +189,8 @@ def run(cfg: GenerateConfig) -> Path:
 
     todo = [i for i in my_shards(len(shards), state.process_index, state.num_processes) if not shard_done(out, i)]
     schema = row_schema(cfg.save_latents)
-    bar = tqdm(total=sum(len(shards[i]) for i in todo), unit="img", desc="generate",
-               disable=not state.is_local_main_process, dynamic_ncols=True)
+    bar = progress(total=sum(len(shards[i]) for i in todo), unit="img", desc="generate",
+                   enabled=cfg.progress and state.is_local_main_process)
     for i in todo:
         rows = []
         for batch in chunks(shards[i], cfg.batch_size):
@@ -212,7 +214,10 @@ def run(cfg: GenerateConfig) -> Path:
     if state.is_main_process:
         files = shard_files(out)
         manifest = dict(manifest, resolved=dict(width=width, height=height, guidance=guidance, scheduler=scheduler))
-        finish_output(out, manifest, prompts=len(prompts), images=sum(pq.read_metadata(f).num_rows for f in files),
+        images = sum(pq.read_metadata(f).num_rows for f in files)
+        finish_output(out, manifest, prompts=len(prompts), images=images,
                          shards=len(files), images_per_prompt=cfg.images_per_prompt, processes=state.num_processes)
+        finish("generate", out, f"{images} images ({len(prompts)} prompts x {cfg.images_per_prompt}) in "
+               f"{len(files)} shard(s)", f"aif score --input {out} --out {out}-pairs --scorer pickscore")
     state.wait_for_everyone()  # a stage run next in these processes must see the finished manifest
     return out

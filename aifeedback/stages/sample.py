@@ -43,6 +43,7 @@ class SampleConfig:
     batch_size: int = option(4, "images rendered per pipeline call", min=1, identity=False)
     device: str = option("auto", "device: auto (the process's GPU under accelerate, else CPU), cuda, cuda:N, cpu", identity=False)
     overwrite: bool = option(False, "replace a different job's images in --out instead of refusing", identity=False)
+    progress: bool = option(True, "show a progress bar (in a log: a plain line every 30 s)", identity=False)
 
     def validate(self) -> list[str]:
         if self.resolution is not None and self.resolution % 8:
@@ -61,8 +62,7 @@ class SampleConfig:
 def run(cfg: SampleConfig) -> list[Path]:
     """Render the prompts into cfg.out; return the image paths (all of them, in prompt order)."""
     cfg.preflight()
-    from tqdm.auto import tqdm
-
+    from aifeedback.console import finish, progress, quiet_libraries
     from aifeedback.data.prompts import load_prompts
     from aifeedback.dist import process_state
     from aifeedback.families.loading import load_pipeline
@@ -82,6 +82,7 @@ def run(cfg: SampleConfig) -> list[Path]:
     )
     from aifeedback.storage.shards import chunks
 
+    quiet_libraries()
     prompts = load_prompts(cfg.prompts, cfg.prompt_column, cfg.split, cfg.limit)
     device = resolve_device(cfg.device)
     state = process_state()
@@ -115,7 +116,7 @@ def run(cfg: SampleConfig) -> list[Path]:
     if todo:
         dtype = cfg.dtype if cfg.dtype != "auto" else ("float16" if device.startswith("cuda") else "float32")
         pipe = load_pipeline(cfg.model, dtype, device, vae=cfg.vae, scheduler=cfg.scheduler, tuned=tuned)
-        bar = tqdm(total=len(todo), unit="img", desc="sample", disable=not state.is_local_main_process)
+        bar = progress(total=len(todo), unit="img", desc="sample", enabled=cfg.progress and state.is_local_main_process)
         for batch in chunks(todo, cfg.batch_size):
             result = render(pipe, [it["prompt"] for it in batch], [it["seed"] for it in batch], steps=cfg.steps,
                             guidance=cfg.guidance, width=cfg.resolution, height=cfg.resolution,
@@ -129,6 +130,9 @@ def run(cfg: SampleConfig) -> list[Path]:
         write_grid(paths, cfg.images_per_prompt, out / "grid.png", cfg.grid_cell)
     if state.is_main_process:
         finish_output(out, manifest, prompts=len(prompts), images=len(paths))
+        finish("sample", out, f"{len(paths)} images of {len(prompts)} prompts" + (", grid.png" if cfg.grid else ""),
+               f"open {out / 'grid.png'}" if cfg.grid else f"open {out}",
+               *([f"aif eval --base {cfg.model} --tuned {cfg.tuned}"] if cfg.tuned else []))
     return paths
 
 

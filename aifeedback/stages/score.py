@@ -42,7 +42,7 @@ class ScoreConfig:
     device: Optional[str] = option(None, "device (default: this process's accelerator from accelerate, else cpu)", identity=False)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = option("auto", "scorer dtype; auto = bfloat16 on CUDA, float32 on CPU")
     overwrite: bool = option(False, "replace a different job's results in --out", identity=False)
-    progress: bool = option(True, "show a progress bar", identity=False)
+    progress: bool = option(True, "show a progress bar (in a log: a plain line every 30 s)", identity=False)
 
     def validate(self) -> list[str]:
         problems = []
@@ -86,6 +86,7 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
     """Score the input, write the pairs dataset, and return the summary (also saved as OUT/summary.json)."""
     cfg.preflight()
     from aifeedback.config import identity_dict, save_config, to_dict
+    from aifeedback.console import finish, quiet_libraries
     from aifeedback.dist import process_state
     from aifeedback.scoring.inputs import open_input
     from aifeedback.storage.files import read_json, write_json
@@ -96,6 +97,7 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
     )
     from aifeedback.storage.shards import chunks, my_shards, shard_done, write_shard
 
+    quiet_libraries()
     state = process_state()
     inp = open_input(cfg.input, cfg.split, cfg.limit)
     if inp.kind == "pairs" and cfg.pairing != "best-worst":
@@ -137,8 +139,19 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
         write_json(out / "summary.json", summary)
         finish_output(out, manifest, **summary["counts"], processes=state.num_processes)
         print(score_pairs.format_summary(summary, out))
+        model = _generator_model(inputs)
+        finish("score", out, f"{summary['counts']['pairs']} preference pairs", f"aif train --data ai --dataset {out} "
+               + (f"--model {model} " if model else "") + f"--out {out}-dpo")
     state.wait_for_everyone()  # a stage run next in these processes must see the finished manifest
     return summary
+
+
+def _generator_model(inputs: dict[str, Any]) -> str | None:
+    """The model that drew an `aif generate` input (train the same one on its pairs); None for other inputs."""
+    from aifeedback.io import read_json
+
+    manifest = Path(inputs.get("generate", "")) / "manifest.json"
+    return read_json(manifest)["config"].get("model") if "generate" in inputs and manifest.is_file() else None
 
 
 def scores_path(out: Path, index: int) -> Path:
@@ -186,8 +199,8 @@ def _score_phase(cfg, inp, shards, starts, todo: list[int], out: Path, state) ->
     if not todo:
         return
     import torch
-    from tqdm.auto import tqdm
 
+    from aifeedback.console import progress
     from aifeedback.scoring.inputs import ShardImages, ShardPlan, passthrough
     from aifeedback.scoring.scorers import load_scorer
 
@@ -217,8 +230,8 @@ def _score_phase(cfg, inp, shards, starts, todo: list[int], out: Path, state) ->
         pin_memory=device.startswith("cuda"),  # page-locked batches: the copy to the GPU is asynchronous
     )
     total = sum(len(p.images) for p in plans.values())
-    bar = tqdm(total=total, unit="img", desc=f"score [{state.process_index + 1}/{state.num_processes}]",
-               disable=not (cfg.progress and state.is_local_main_process), dynamic_ncols=True)
+    bar = progress(total=total, unit="img", desc=f"score [{state.process_index + 1}/{state.num_processes}]",
+                   enabled=cfg.progress and state.is_local_main_process)
     results = {i: {"raw": [None] * len(plans[i].images), "err": [None] * len(plans[i].images), "left": len(plans[i].images)} for i in todo}
     for chunk in loader:
         i, start, errors = chunk["shard"], chunk["start"], chunk["errors"]

@@ -79,6 +79,7 @@ class TrainConfig:
     validation_steps: int = option(25, "sampling steps for validation images", min=1, identity=False)
     validation_guidance: float = option(5.0, "classifier-free guidance for validation images", min=0.0, identity=False)
     trackers: Literal["tensorboard", "wandb", "none"] = option("tensorboard", "experiment tracker (via accelerate) besides metrics.jsonl", identity=False)
+    progress: bool = option(True, "show a progress bar (in a log: a plain line every 30 s)", identity=False)
 
     def validate(self) -> list[str]:
         problems = []
@@ -122,6 +123,7 @@ def run(cfg: TrainConfig) -> Path:
     from diffusers import UNet2DConditionModel
     from tqdm.auto import tqdm
 
+    from aifeedback.console import finish, note, progress, quiet_libraries
     from aifeedback.data import pairs as D
     from aifeedback.dist import process_state
     from aifeedback.families.diffusion import (
@@ -137,6 +139,7 @@ def run(cfg: TrainConfig) -> Path:
     from aifeedback.storage.files import read_json, write_json
     from aifeedback.storage.manifest import finish_output, prepare_output
 
+    quiet_libraries()
     out = Path(cfg.out)
     done = _finished_step(cfg, out)
     if done is not None:  # a rerun of a finished run: nothing to train, so no model to load
@@ -154,7 +157,7 @@ def run(cfg: TrainConfig) -> Path:
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
     )
     rank, world, main, device = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process, accelerator.device
-    say = (lambda msg: tqdm.write(msg, file=sys.stderr)) if main else (lambda msg: None)
+    say = note if main else (lambda msg: None)
 
     # ---- 1. Run folder: continue a checkpoint or start fresh --------------------------------------------------
     resume_from = _resume_point(cfg, out)
@@ -302,13 +305,14 @@ def run(cfg: TrainConfig) -> Path:
                 shutil.rmtree(final)
             tmp.rename(final)  # atomic: --resume only ever sees complete checkpoints
             ck.prune(out, cfg.keep_checkpoints)
+            say(f"step {step}: wrote checkpoint {final}")
         accelerator.wait_for_everyone()
 
     # ---- 5. The loop ----------------------------------------------------------------------------------------
     say(f"training {fam} {'LoRA r=' + str(cfg.lora_rank) if lora else 'full UNet'} with {cfg.loss} on "
         f"{n_pairs if n_pairs is not None else 'streamed'} pairs: {pairs_per_step} pairs/step, lr {lr:g}, beta {cfg.beta:g}, "
         f"{res}px, {world} process(es)")
-    bar = tqdm(total=cfg.max_steps, initial=step, desc="train", disable=not main, dynamic_ncols=True)
+    bar = progress(total=cfg.max_steps, initial=step, desc="train", unit="step", enabled=cfg.progress and main)
     T = scheduler.config.num_train_timesteps
     while step < cfg.max_steps:
         t_start = time.perf_counter()
@@ -384,7 +388,8 @@ def run(cfg: TrainConfig) -> Path:
         if cfg.trackers != "none":
             accelerator.log({f"train/{k}": v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}, step=step)
         if cfg.validation_every and step % cfg.validation_every == 0:
-            _validate(cfg, accelerator, pipe, unet, text, vae, res, step, out)
+            grid = _validate(cfg, accelerator, pipe, unet, text, vae, res, step, out)
+            say(f"step {step}: wrote validation grid {grid}")
         if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
             save_checkpoint(step)
     bar.close()
@@ -393,6 +398,9 @@ def run(cfg: TrainConfig) -> Path:
         finish_output(out, read_json(out / "manifest.json"), steps=step, pairs=stats.kept, rows=stats.rows,
                       ties_dropped=stats.ties, bad_labels=stats.bad_labels, bad_images=state["bad_images"],
                       processes=world)
+        finish("train", out, f"{step} {cfg.loss} steps on {n_pairs if n_pairs is not None else 'streamed'} pairs, "
+               f"checkpoints in {out / 'checkpoints'}", f"aif eval --base {cfg.model} --tuned {out}",
+               f"aif sample --model {cfg.model} --tuned {out}", f"aif export {out} --out {out}-export")
     # Close the trackers but keep the process group (end_training() would destroy it), so a stage run next in
     # these processes (eval after train in `aif demo`, a notebook) still works.
     for tracker in accelerator.trackers:
@@ -499,8 +507,9 @@ def _truncate_metrics(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
 
-def _validate(cfg: TrainConfig, accelerator, pipe, unet, text, vae, res: int, step: int, out: Path) -> None:
-    """A PNG grid (rows = prompts, columns = seeds) from the current weights; never touches the training RNG."""
+def _validate(cfg: TrainConfig, accelerator, pipe, unet, text, vae, res: int, step: int, out: Path) -> Path:
+    """Write a PNG grid (rows = prompts, columns = seeds) of the current weights, without touching the training RNG;
+    return its path."""
     import torch
 
     from aifeedback.storage.files import atomic_write_bytes
@@ -523,6 +532,7 @@ def _validate(cfg: TrainConfig, accelerator, pipe, unet, text, vae, res: int, st
         grid.save(buf, format="PNG")
         atomic_write_bytes(out / "validation" / f"step-{step:06d}.png", buf.getvalue())
     accelerator.wait_for_everyone()
+    return out / "validation" / f"step-{step:06d}.png"
 
 
 def _grid(images: list, rows: int, cols: int):
