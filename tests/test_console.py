@@ -97,8 +97,9 @@ def test_no_progress_draws_no_bar(chain_log):
 
 
 def test_every_stage_takes_no_progress_without_changing_its_identity():
-    from aifeedback.cli import STAGE_COMMANDS
     import importlib
+
+    from aifeedback.cli import STAGE_COMMANDS
 
     for stage, (module, cls_name, _) in STAGE_COMMANDS.items():
         cls = getattr(importlib.import_module(module), cls_name)

@@ -25,12 +25,7 @@ from aifeedback.data.images import decode_image
 from aifeedback.errors import DataError
 from aifeedback.families.loading import DTYPES, SCHEDULERS
 from aifeedback.storage.files import atomic_write_text, read_json, write_json
-from aifeedback.storage.manifest import (
-    MANIFEST,
-    completed_output,
-    finish_output,
-    prepare_output_synced,
-)
+from aifeedback.storage.manifest import MANIFEST, completed_output, finish_output, prepare_output_synced
 from aifeedback.storage.shards import shard_files
 
 # The paper's Table 2: agreement with human labels on Pick-a-Pic v2 validation (non-tie pairs), in %.

@@ -48,11 +48,7 @@ def run(cfg: ExportConfig) -> Path:
 
     from aifeedback.console import finish, quiet_libraries
     from aifeedback.families.loading import torch_dtype
-    from aifeedback.storage.checkpoints import (
-        LORA_FILE,
-        checkpoint_kind,
-        resolve_checkpoint,
-    )
+    from aifeedback.storage.checkpoints import LORA_FILE, checkpoint_kind, resolve_checkpoint
 
     quiet_libraries()
     ckpt = resolve_checkpoint(cfg.checkpoint)

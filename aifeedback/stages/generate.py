@@ -143,11 +143,7 @@ def run(cfg: GenerateConfig) -> Path:
         optimize_pipeline,
         render,
     )
-    from aifeedback.storage.manifest import (
-        completed_output,
-        finish_output,
-        prepare_output,
-    )
+    from aifeedback.storage.manifest import completed_output, finish_output, prepare_output
     from aifeedback.storage.shards import (
         SHARD_DIR,
         chunks,

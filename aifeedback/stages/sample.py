@@ -68,18 +68,8 @@ def run(cfg: SampleConfig) -> list[Path]:
     from aifeedback.families.loading import load_pipeline
     from aifeedback.families.sampling import encode_image, image_seed, render
     from aifeedback.stages.generate import resolve_device
-    from aifeedback.storage.files import (
-        atomic_write_bytes,
-        atomic_write_text,
-        read_json,
-    )
-    from aifeedback.storage.manifest import (
-        MANIFEST,
-        completed_output,
-        fingerprint,
-        finish_output,
-        prepare_output,
-    )
+    from aifeedback.storage.files import atomic_write_bytes, atomic_write_text, read_json
+    from aifeedback.storage.manifest import MANIFEST, completed_output, fingerprint, finish_output, prepare_output
     from aifeedback.storage.shards import chunks
 
     quiet_libraries()

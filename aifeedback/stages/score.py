@@ -90,11 +90,7 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
     from aifeedback.dist import process_state
     from aifeedback.scoring.inputs import open_input
     from aifeedback.storage.files import read_json, write_json
-    from aifeedback.storage.manifest import (
-        completed_output,
-        finish_output,
-        prepare_output_synced,
-    )
+    from aifeedback.storage.manifest import completed_output, finish_output, prepare_output_synced
     from aifeedback.storage.shards import chunks, my_shards, shard_done, write_shard
 
     quiet_libraries()
@@ -148,7 +144,7 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
 
 def _generator_model(inputs: dict[str, Any]) -> str | None:
     """The model that drew an `aif generate` input (train the same one on its pairs); None for other inputs."""
-    from aifeedback.io import read_json
+    from aifeedback.storage.files import read_json
 
     manifest = Path(inputs.get("generate", "")) / "manifest.json"
     return read_json(manifest)["config"].get("model") if "generate" in inputs and manifest.is_file() else None
