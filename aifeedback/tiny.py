@@ -27,13 +27,15 @@ def cache_dir() -> Path:
     return Path(base) / "aifeedback"
 
 
-def cached_build(name: str, build: Callable[[Path], None]) -> Path:
-    """Build a model folder once into the cache (under a lock, atomically) and return its path."""
+def cached_build(name: str, build: Callable[[Path], None], version: str = ZOO_VERSION) -> Path:
+    """Build a model folder once into the cache (under a lock, atomically) and return its path.
+
+    The folder is NAME-vVERSION: a new version of one builder is built afresh, leaving every other cached model."""
     from filelock import FileLock
 
     root = cache_dir() / "models"
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{name}-v{ZOO_VERSION}"
+    final = root / f"{name}-v{version}"
     if (final / ".complete").exists():
         return final
     with FileLock(str(root / f".{name}.lock")):
@@ -212,7 +214,13 @@ TINY_PIPELINES: dict[str, tuple[Callable[[Path], None], str]] = {
 }
 
 
+# name -> its builder's version where it is not ZOO_VERSION. Bump toy-sd15's whenever aifeedback/toy.py changes what
+# it builds (world, architecture, training), so a cached toy model from before is rebuilt, not reused.
+# 2: centred discs, 24 captions held out of pretraining (prompt fidelity).
+BUILD_VERSIONS: dict[str, str] = {"toy-sd15": "2"}
+
+
 def tiny_pipeline_path(name: str) -> Path:
     """Folder of a tiny pipeline, built on first use."""
     build, _ = TINY_PIPELINES[name]
-    return cached_build(name, build)
+    return cached_build(name, build, BUILD_VERSIONS.get(name, ZOO_VERSION))
