@@ -12,7 +12,7 @@ from aifeedback.config import ConfigError, build_config
 from aifeedback.demo import DemoConfig, run, stage_configs
 
 # Smaller than the demo's defaults (64 captions, 150 steps) to keep the suite fast, at a higher learning rate (the
-# demo's 1e-4 keeps prompt fidelity; 3e-4 makes the effect of fewer steps large enough to test either sign).
+# demo's 5e-5 keeps prompt fidelity; 3e-4 makes the effect of fewer steps large enough to test either sign).
 SIZES = dict(prompts=32, eval_prompts=32, eval_seeds=4, train_steps=60, lr=3e-4)
 
 
