@@ -112,3 +112,10 @@ def test_toy_model_draws_what_held_out_captions_say(toy_sd15):
     pipe = load_pipeline("toy-sd15")
     pipe.set_progress_bar_config(disable=True)
     assert toy.prompt_fidelity(pipe, toy.held_out_captions(), seeds=4) >= 0.8
+
+
+def test_toy_model_cache_is_versioned_on_its_own(toy_sd15):
+    # A toy model cached by an older build (other world, other training) must be rebuilt, not reused.
+    from aifeedback.tiny import BUILD_VERSIONS, ZOO_VERSION
+
+    assert toy_sd15.name == f"toy-sd15-v{BUILD_VERSIONS['toy-sd15']}" != f"toy-sd15-v{ZOO_VERSION}"
