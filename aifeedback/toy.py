@@ -17,8 +17,8 @@ Sizes follow what was found to work (issue 7): diffusion on 3x8x8 latents, a UNe
 sampled with 10 DDIM steps, batch 64. Two changes: v-prediction instead of epsilon-prediction, and 600 steps at
 lr 3e-3 (cosine decay) instead of 300 at 1e-3. With epsilon and 300 steps the samples were noise (near t=1000 a
 small epsilon error is a large image error), though DPO still moved their redness; with v-prediction the model
-draws recognisable discs on the backgrounds its captions name, in about 85 s on one core. The text encoder is
-trained in the same loop (captions are dropped 10% of the time, so classifier-free guidance works).
+draws recognisable discs in the colours its captions name, in about 70 s of CPU time (one thread). The text
+encoder is trained in the same loop (captions are dropped 10% of the time, so classifier-free guidance works).
 
 The VAE is a tiny AutoencoderKL trained first, in the same build, to be near-identity: its latent is the 8x8
 image itself (3 channels, scaling factor 1), pinned by a loss on the encoder mean, and its decoder inverts it.
