@@ -11,8 +11,9 @@ import pytest
 from aifeedback.config import ConfigError, build_config
 from aifeedback.stages.demo import DemoConfig, run, stage_configs
 
-# Smaller than the demo's defaults (64 captions, 150 steps) to keep the suite fast; the effect is still large.
-SIZES = dict(prompts=32, eval_prompts=32, eval_seeds=4, train_steps=60)
+# Smaller than the demo's defaults (64 captions, 150 steps) to keep the suite fast, at a higher learning rate (the
+# demo's 5e-5 keeps prompt fidelity; 3e-4 makes the effect of fewer steps large enough to test either sign).
+SIZES = dict(prompts=32, eval_prompts=32, eval_seeds=4, train_steps=60, lr=3e-4)
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +28,7 @@ def test_demo_aligns_the_toy_model_to_redness(demo, capsys):
     assert report["scorers"]["redness"]["n"] == 32 * 4
     assert report["scorers"]["redness"]["win_rate"] > 0.65
     assert report["scorers"]["redness"]["mean_tuned"] > report["scorers"]["redness"]["mean_base"]
+    assert report["scorers"]["toy-fidelity"]["mean_base"] >= 0.8  # the base model draws what its captions say
     html = (Path(out) / "report.html").read_text()
     assert html.count('alt="tuned"') >= 8  # base and tuned side by side
     metrics = [json.loads(line) for line in (Path(cfg.out) / "dpo" / "metrics.jsonl").open()]
@@ -62,6 +64,8 @@ def test_demo_rerun_reuses_every_stage(demo, capsys):
     assert again["scorers"]["redness"]["win_rate"] == report["scorers"]["redness"]["win_rate"]
     printed = capsys.readouterr().out
     assert "redness" in printed and "report.html" in printed and "(cached)" in printed
+    fid = report["scorers"]["toy-fidelity"]
+    assert f"base {100 * fid['mean_base']:.1f}% -> tuned {100 * fid['mean_tuned']:.1f}%" in printed
     assert (Path(cfg.out) / "commands.txt").read_text().startswith("aif generate --model toy-sd15")
 
 

@@ -5,6 +5,7 @@ import hashlib
 
 import pytest
 import torch
+from PIL import Image
 
 from aifeedback.zoo import toy
 
@@ -22,6 +23,33 @@ def test_synthetic_images_match_their_captions():
         named = torch.tensor(toy.COLORS[bg]) * 2 - 1
         # a disc of radius <= 3 px centred inside the image never covers more than one corner fully
         assert (corners - named).abs().max(dim=1).values.sort().values[2] < 0.45
+    # the fidelity measure reads every training image's colours right, and pretraining never shows a held-out caption
+    assert all(toy.faithful(((x + 1) / 2).permute(0, 2, 3, 1).numpy(), captions))
+    assert not set(captions) & set(toy.held_out_captions())
+
+
+def test_held_out_captions_still_show_every_colour_in_both_roles():
+    held = toy.held_out_captions()
+    assert len(held) == 24 and set(held) < set(toy.all_captions())
+    seen = [toy.caption(*(list(toy.COLORS)[i] for i in pair)) for pair in toy.pretraining_pairs()]
+    assert len(seen) == 108 and not set(seen) & set(held)
+    assert {toy.parse_caption(c)[0] for c in seen} == {toy.parse_caption(c)[1] for c in seen} == set(toy.COLORS)
+
+
+def test_toy_fidelity_scorer_checks_both_colours():
+    from aifeedback.errors import AifError
+    from aifeedback.scoring.scorers import load_scorer
+
+    x, captions = toy.synthetic_batch(8, torch.Generator().manual_seed(2))
+    images = [Image.fromarray((((im + 1) * 127.5).round()).byte().permute(1, 2, 0).numpy()) for im in x]
+    scorer = load_scorer("toy-fidelity")
+    assert scorer.score(images, captions) == [1.0] * 8
+    disc, bg = toy.parse_caption(captions[0])
+    other = next(c for c in toy.COLORS if c not in (disc, bg))
+    wrong = [toy.caption(bg, disc), toy.caption(other, bg), toy.caption(disc, other)]  # swapped, wrong disc, wrong bg
+    assert scorer.score([images[0]] * 3, wrong) == [0.0] * 3
+    with pytest.raises(AifError, match="toy captions only"):
+        scorer.score(images[:1], ["a photo of a cat"])
 
 
 def test_prompt_split_is_disjoint_and_seeded():
@@ -74,3 +102,21 @@ def test_toy_model_is_an_sd15_pipeline_whose_captions_steer_it(toy_sd15):
     red_bg = border_rgb("a yellow disc on a red background")
     blue_bg = border_rgb("a yellow disc on a blue background")
     assert red_bg[0] - red_bg[2] > 0.2 and blue_bg[2] - blue_bg[0] > 0.2
+
+
+def test_toy_model_draws_what_held_out_captions_say(toy_sd15):
+    # Caption combinations pretraining never showed: the model must compose "disc colour" and "background colour".
+    # 92% measured on the build this was tuned on; 80% leaves room for the model another CPU type trains.
+    from aifeedback.families.loading import load_pipeline
+
+    pipe = load_pipeline("toy-sd15")
+    pipe.set_progress_bar_config(disable=True)
+    assert toy.prompt_fidelity(pipe, toy.held_out_captions(), seeds=4) >= 0.8
+
+
+def test_toy_model_cache_is_versioned_on_its_own(toy_sd15):
+    # A toy model cached by an older build (other world, other training) must be rebuilt, not reused.
+    from aifeedback.zoo.cache import ZOO_VERSION
+    from aifeedback.zoo import BUILD_VERSIONS
+
+    assert toy_sd15.name == f"toy-sd15-v{BUILD_VERSIONS['toy-sd15']}" != f"toy-sd15-v{ZOO_VERSION}"

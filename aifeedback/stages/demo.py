@@ -5,7 +5,8 @@
 
 Every step is the real stage, called through its public `run(Config)`, on `toy-sd15` (see `aifeedback.zoo.toy`), a
 StableDiffusionPipeline pretrained on coloured discs on first use. The reward is redness, so the tuned model should
-draw redder images than its base on captions it was never trained on; `aif eval` measures how often it does.
+draw redder images than its base on captions it was never trained on; `aif eval` measures how often it does, and
+its toy-fidelity scorer how often each model still draws the colours the caption names (reward hacking shows there).
 Each stage's output folder is an ordinary stage output: a rerun resumes or reuses it, and OUT/commands.txt lists the
 `aif` commands that reproduce the demo stage by stage.
 """
@@ -20,6 +21,7 @@ from typing import Any
 from aifeedback.config import build_config, fields, option
 
 MODEL = "toy-sd15"
+FIDELITY = "toy-fidelity"  # does an image show its caption's colours? A reward bought with fidelity shows here
 
 
 @dataclass
@@ -35,7 +37,9 @@ class DemoConfig:
     train_steps: int = option(150, "Diffusion-DPO optimizer steps", min=1)
     batch_size: int = option(16, "pairs per DPO step", min=1)
     beta: float = option(2000.0, "DPO beta (with the paper's 0.5 factor; 2000 as for SD1.5)", min=0.0)
-    lr: float = option(3e-4, "AdamW learning rate (no weight decay, no warmup, no clipping)", min=0.0)
+    # 5e-5: the reward rises on every held-out twin while most images keep their captioned colours; at 1e-4 fidelity
+    # falls noticeably, and at 3e-4 most images turn red (fidelity ~5-20%): reward hacking, as the summary shows
+    lr: float = option(5e-5, "AdamW learning rate (no weight decay, no warmup, no clipping)", min=0.0)
     seed: int = option(0, "seed of the caption split, the image seeds and the training run", min=0)
     overwrite: bool = option(False, "replace a different run's results in --out", identity=False)
     progress: bool = option(True, "show progress bars (in a log: a plain line every 30 s)", identity=False)
@@ -84,7 +88,7 @@ def stage_configs(cfg: DemoConfig) -> dict[str, Any]:
         "eval": (EvalConfig, {
             "base": MODEL, "tuned": str(out / "dpo"), "prompts": str(out / "prompts" / "eval.txt"),
             "seeds_per_prompt": cfg.eval_seeds, "seed": cfg.seed + 1,
-            "scorers": list(dict.fromkeys([cfg.scorer, "redness", "brightness", "saturation"])),
+            "scorers": list(dict.fromkeys([cfg.scorer, "redness", "brightness", "saturation", FIDELITY])),
             "out": str(out / "eval"), **common}),
     }
     return {stage: build_config(cls, v, f"demo -> {stage}") for stage, (cls, v) in values.items()}
@@ -163,10 +167,15 @@ def summary(report: dict[str, Any], cfg: DemoConfig, out: Path, seconds: float) 
         f"  {'scorer':<12} {'tuned wins':>10}  {'95% CI':<13} mean base -> tuned",
     ]
     for name, s in report["scorers"].items():
+        if name == FIDELITY != cfg.scorer:
+            continue  # a 0/1 score: its mean (below) says more than a win rate made mostly of ties
         ci = f"{100 * s['ci_low']:.1f}-{100 * s['ci_high']:.1f}%"
         role = "  (the reward)" if name == cfg.scorer else ""
         means = f"{s['mean_base']:.3f} -> {s['mean_tuned']:.3f}"
         lines.append(f"  {name:<12} {100 * s['win_rate']:>9.1f}%  {ci:<13} {means}{role}")
-    lines += [f"Report (base and tuned side by side): {out / 'eval' / 'report.html'}",
+    fid = report["scorers"][FIDELITY]
+    lines += [(f"Prompt fidelity (disc and background in the captioned colours): base {100 * fid['mean_base']:.1f}% "
+               f"-> tuned {100 * fid['mean_tuned']:.1f}%"),
+              f"Report (base and tuned side by side): {out / 'eval' / 'report.html'}",
               f"Stage commands: {out / 'commands.txt'}; done in {seconds:.0f}s"]
     return "\n".join(lines)

@@ -19,13 +19,15 @@ def cache_dir() -> Path:
     return Path(base) / "aifeedback"
 
 
-def cached_build(name: str, build: Callable[[Path], None]) -> Path:
-    """Build a model folder once into the cache (under a lock, atomically) and return its path."""
+def cached_build(name: str, build: Callable[[Path], None], version: str = ZOO_VERSION) -> Path:
+    """Build a model folder once into the cache (under a lock, atomically) and return its path.
+
+    The folder is NAME-vVERSION: a new version of one builder is built afresh, leaving every other cached model."""
     from filelock import FileLock
 
     root = cache_dir() / "models"
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{name}-v{ZOO_VERSION}"
+    final = root / f"{name}-v{version}"
     if (final / ".complete").exists():
         return final
     with FileLock(str(root / f".{name}.lock")):

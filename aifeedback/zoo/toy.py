@@ -2,17 +2,23 @@
 
 Tiny random models only show that code runs. `toy-sd15` has actually learned something: it is a normal
 `StableDiffusionPipeline` folder (real CLIP tokenizer, CLIPTextModel, UNet2DConditionModel, AutoencoderKL, DDIM
-scheduler) trained from scratch on synthetic captioned images -- a solid background with one disc, both in named
-colours, plus a little noise, captioned "a red disc on a blue background". Every stage loads it through the same
-code path as SD1.5, and a reward such as redness (mean R - mean(G, B)) gives DPO something real to move.
+scheduler) trained from scratch on synthetic captioned images -- a solid background with one centred disc, both in
+named colours, plus a little noise, captioned "a red disc on a blue background". Every stage loads it through the
+same code path as SD1.5, and a reward such as redness (mean R - mean(G, B)) gives DPO something real to move.
+
+Prompt fidelity: the disc always covers the centre pixels and never the border ring, so `recognise` reads both
+colours back from any image (nearest named colour to the median of each region) and `faithful` compares them with
+the caption. Pretraining never sees 24 of the 132 captions (`held_out_captions`, each colour still seen as disc and
+as background), so fidelity on those measures whether the model composes what it was told, not what it memorised;
+the `toy-fidelity` scorer is the same check, so `aif eval` shows whether a reward was bought with fidelity.
 
 Sizes follow what was found to work (issue 7): diffusion on 3x8x8 latents, a UNet with block_out_channels
 (16, 32), one layer per block, cross-attention width 32 (~250k parameters), a 1000-step linear DDPM noise schedule
 sampled with 10 DDIM steps, batch 64. Two changes: v-prediction instead of epsilon-prediction, and 600 steps at
 lr 3e-3 (cosine decay) instead of 300 at 1e-3. With epsilon and 300 steps the samples were noise (near t=1000 a
 small epsilon error is a large image error), though DPO still moved their redness; with v-prediction the model
-draws recognisable discs on the backgrounds its captions name, in about 85 s on one core. The text encoder is
-trained in the same loop (captions are dropped 10% of the time, so classifier-free guidance works).
+draws recognisable discs in the colours its captions name, in about 70 s of CPU time (one thread). The text
+encoder is trained in the same loop (captions are dropped 10% of the time, so classifier-free guidance works).
 
 The VAE is a tiny AutoencoderKL trained first, in the same build, to be near-identity: its latent is the 8x8
 image itself (3 channels, scaling factor 1), pinned by a loss on the encoder mean, and its decoder inverts it.
@@ -21,7 +27,11 @@ a different VAE class would break stages that call `vae.encode(x).latent_dist`, 
 AutoencoderKL is the honest choice; its log-variance is pinned very low so `latent_dist.sample()` == the mean.
 Because the latent is the picture, the UNet does pixel-space diffusion, which is what made the effect reliable.
 
-The build is deterministic (fixed seeds, one data generator, one thread) and cached by `aifeedback.zoo.cache.cached_build`.
+The build is deterministic on one CPU type (fixed seeds, one data generator, one thread) and cached by
+`aifeedback.zoo.cache.cached_build` (bump `zoo.BUILD_VERSIONS["toy-sd15"]` when the build changes). It is not identical
+across CPU types: their kernels round float sums differently, and training amplifies last-bit differences (tried:
+even in float64, two kernel sets of this CPU gave weights 0.3% apart after 60 steps), so the toy model and the
+demo's figures vary a little between machines; the README gives the range.
 """
 
 from __future__ import annotations
@@ -43,11 +53,20 @@ COLORS: dict[str, tuple[float, float, float]] = {
 SIZE = 8  # image = latent resolution (pixels)
 COLOR_JITTER = 0.06  # uniform +- per channel, so two "red" images differ
 NOISE = 0.03  # pixel noise std, in [0, 1] units
+HELD_OUT_OFFSETS = (5, 9)  # (background - disc) % 12: captions pretraining never sees
 
 
 def caption(disc: str, background: str) -> str:
     """The caption of a toy image: 'a red disc on a blue background'."""
     return f"a {disc} disc on a {background} background"
+
+
+def parse_caption(text: str) -> tuple[str, str] | None:
+    """(disc, background) of a toy caption, or None if `text` is not one."""
+    words = text.split()
+    if len(words) == 7 and caption(words[1], words[5]) == text and {words[1], words[5]} <= COLORS.keys():
+        return words[1], words[5]
+    return None
 
 
 def all_captions() -> list[str]:
@@ -66,20 +85,40 @@ def toy_prompts(n: int, seed: int = 0) -> list[str]:
     return captions[:n]
 
 
+def _held_out(disc: int, background: int) -> bool:
+    # Two "diagonals" of the 12x12 colour table: each colour is held out as a disc on two backgrounds and as a
+    # background under two discs, so every colour is still seen in both roles in pretraining.
+    return (background - disc) % len(COLORS) in HELD_OUT_OFFSETS
+
+
+def pretraining_pairs() -> list[tuple[int, int]]:
+    """(disc, background) colour indices of the captions pretraining sees: 108 of the 132."""
+    n = len(COLORS)
+    return [(d, b) for d in range(n) for b in range(n) if d != b and not _held_out(d, b)]
+
+
+def held_out_captions() -> list[str]:
+    """The 24 captions pretraining never sees: prompt fidelity on them measures composition, not recall."""
+    names = list(COLORS)
+    return [caption(names[d], names[b]) for d in range(len(names)) for b in range(len(names))
+            if d != b and _held_out(d, b)]
+
+
 def synthetic_batch(n: int, generator: torch.Generator) -> tuple[torch.Tensor, list[str]]:
-    """n toy images in [-1, 1] (n, 3, SIZE, SIZE) with their captions, drawn from a torch.Generator."""
+    """n toy images in [-1, 1] (n, 3, SIZE, SIZE) with their captions (pretraining pairs only), from a Generator."""
     import torch
 
     names = list(COLORS)
     table = torch.tensor([COLORS[c] for c in names])
-    disc = torch.randint(len(names), (n,), generator=generator)
-    bg = (disc + torch.randint(1, len(names), (n,), generator=generator)) % len(names)  # never the disc colour
+    pairs = torch.tensor(pretraining_pairs())[torch.randint(len(pretraining_pairs()), (n,), generator=generator)]
+    disc, bg = pairs[:, 0], pairs[:, 1]
     jitter = lambda: (torch.rand(n, 3, 1, 1, generator=generator) * 2 - 1) * COLOR_JITTER  # noqa: E731
     disc_rgb = table[disc].view(n, 3, 1, 1) + jitter()
     bg_rgb = table[bg].view(n, 3, 1, 1) + jitter()
-    # Disc centre anywhere inside the image, radius 1.5-3 px; pixel centres at i + 0.5.
-    centre = torch.rand(n, 2, 1, 1, generator=generator) * (SIZE - 2) + 1
-    radius = torch.rand(n, 1, 1, generator=generator) * 1.5 + 1.5
+    # The disc is centred (+- half a pixel), radius 2-2.75 px (pixel centres at i + 0.5): it always covers the
+    # CENTRE pixels and never touches the BORDER ring, so those two regions name the colours (see `recognise`).
+    centre = SIZE / 2 + torch.rand(n, 2, 1, 1, generator=generator) - 0.5
+    radius = 2 + torch.rand(n, 1, 1, generator=generator) * 0.75
     coords = torch.arange(SIZE, dtype=torch.float32) + 0.5
     dist2 = (coords.view(1, SIZE, 1) - centre[:, 0]) ** 2 + (coords.view(1, 1, SIZE) - centre[:, 1]) ** 2
     inside = (dist2 <= radius**2).float().unsqueeze(1)  # (n, 1, H, W)
@@ -87,6 +126,45 @@ def synthetic_batch(n: int, generator: torch.Generator) -> tuple[torch.Tensor, l
     img = img + torch.randn(img.shape, generator=generator) * NOISE
     img = img.clamp(0, 1) * 2 - 1
     return img, [caption(names[d], names[b]) for d, b in zip(disc.tolist(), bg.tolist())]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Prompt fidelity: does an image show the colours its caption names?
+
+def recognise(images) -> list[tuple[str, str]]:
+    """(disc, background) colour names seen in RGB images: the named colour nearest the median of the centre
+    pixels (the middle quarter of each side: 2x2 at 8x8) and of the border ring (1 px at 8x8), where every toy
+    image has its disc and its background. images: PIL images, or an array (n, H, W, 3) in [0, 1] (pipeline "np")."""
+    import numpy as np
+
+    x = np.stack([np.asarray(im.convert("RGB"), dtype=np.float64) / 255 for im in images]) \
+        if isinstance(images, (list, tuple)) else np.asarray(images, dtype=np.float64)
+    h, w = x.shape[1:3]
+    centre = x[:, h * 3 // 8 : h * 5 // 8, w * 3 // 8 : w * 5 // 8].reshape(len(x), -1, 3)
+    ring = np.ones((h, w), dtype=bool)
+    ring[max(1, h // 8) : -max(1, h // 8), max(1, w // 8) : -max(1, w // 8)] = False
+    names = list(COLORS)
+    table = np.asarray([COLORS[c] for c in names])
+
+    def nearest(rgb):  # (n, 3) -> the n nearest colour names
+        return [names[i] for i in np.linalg.norm(rgb[:, None] - table, axis=-1).argmin(1)]
+
+    return list(zip(nearest(np.median(centre, axis=1)), nearest(np.median(x[:, ring], axis=1))))
+
+
+def faithful(images, captions: list[str]) -> list[bool]:
+    """Per image: are both the disc and the background colour the ones its toy caption names?"""
+    return [caption(d, b) == c for (d, b), c in zip(recognise(images), captions)]
+
+
+def prompt_fidelity(pipe, captions: list[str], seeds: int = 4, steps: int = 10, seed: int = 0) -> float:
+    """Share of images drawn by a toy pipeline (no guidance, as the demo draws) that show their caption's colours."""
+    import torch
+
+    prompts = [c for c in captions for _ in range(seeds)]
+    images = pipe(prompts, num_inference_steps=steps, guidance_scale=1.0, output_type="np",
+                  generator=torch.Generator().manual_seed(seed)).images
+    return sum(faithful(images, prompts)) / len(prompts)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -212,7 +290,7 @@ def train_denoiser(unet, text_encoder, tokenizer, vae, scheduler, steps: int, ge
 
 
 def build_toy_sd15(out: Path, steps: int = 600, vae_steps: int = 200, lr: float = 3e-3, seed: int = 0) -> None:
-    """Build and pretrain the toy StableDiffusionPipeline into `out` (deterministic for a given seed)."""
+    """Build and pretrain the toy StableDiffusionPipeline into `out` (deterministic for a given seed and CPU type)."""
     import torch
     from diffusers import StableDiffusionPipeline
 

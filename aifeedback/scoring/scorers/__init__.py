@@ -54,6 +54,12 @@ def _imagereward(name, model, device, dtype):
     return ImageReward(name, model, device, dtype)
 
 
+def _toy_fidelity(name, model, device, dtype):
+    from aifeedback.scoring.scorers.toy import ToyFidelity
+
+    return ToyFidelity(name, model)
+
+
 def _stat(kind: str):
     def load(name, model, device, dtype):
         from aifeedback.scoring.scorers.stats import ImageStat
@@ -74,6 +80,7 @@ SCORERS: dict[str, tuple[Callable[..., Scorer], str]] = {
     "brightness": (_stat("brightness"), "mean Rec.601 luma in [0,1] (no model)"),
     "saturation": (_stat("saturation"), "mean HSV saturation in [0,1] (no model)"),
     "color": (_stat("color"), "color:NAME, closeness of the pixels to a CSS colour or #rrggbb in [0,1] (no model)"),
+    "toy-fidelity": (_toy_fidelity, "1 if a toy image's disc and background colours are the caption's, else 0 (no model)"),
 }
 
 
