@@ -19,8 +19,6 @@ import yaml
 
 from aifeedback.errors import AifError
 
-STAGES = ("generate", "score", "train", "export", "sample", "eval", "demo")
-
 
 class ConfigError(AifError, ValueError):
     """One or more config problems; the message lists each on its own line."""
@@ -248,6 +246,8 @@ def load_recipe_section(recipe: str, stage: str) -> tuple[dict[str, Any], str]:
         raise ConfigError([f"not valid YAML: {e}"], str(path)) from None
     if not isinstance(data, dict):
         raise ConfigError(["the top level must be a mapping of stage names to settings"], str(path))
+    from aifeedback.stages import STAGES  # here, not at the top: the stage configs import this module
+
     unknown = [k for k in data if k not in STAGES]
     if unknown:
         raise ConfigError(

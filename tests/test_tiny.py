@@ -78,7 +78,8 @@ def test_offline_tokenizer_matches_open_clip():
 
 
 def test_unknown_model_error_is_actionable():
-    from aifeedback.families.loading import ModelLoadError, load_pipeline
+    from aifeedback.families.loading import load_pipeline
+    from aifeedback.families.resolve import ModelLoadError
 
     with pytest.raises(ModelLoadError) as exc:
         load_pipeline("nonexistent/model")
