@@ -11,6 +11,7 @@ from pathlib import Path
 
 from aifeedback.errors import AifError
 from aifeedback.storage.checkpoints import LORA_FILE
+from aifeedback.zoo import ZOO
 
 # Real models users commonly pass; listed by `aif models` (any other hub id or local path works too).
 KNOWN_MODELS: dict[str, str] = {
@@ -33,17 +34,13 @@ class ModelLoadError(AifError):
 
 def tiny_names() -> dict[str, str]:
     """Offline model names -> description (tiny zoo and toy world)."""
-    from aifeedback.zoo import TINY_PIPELINES
-
-    return {name: desc for name, (_, desc) in TINY_PIPELINES.items()}
+    return ZOO.describe()
 
 
 def resolve_model(name: str) -> str:
     """A tiny/toy name -> its built folder; anything else is returned unchanged (hub id or path)."""
-    from aifeedback.zoo import TINY_PIPELINES, tiny_pipeline_path
-
-    if name in TINY_PIPELINES:
-        return str(tiny_pipeline_path(name))
+    if name in ZOO:
+        return str(ZOO[name].path())
     return name
 
 
