@@ -14,8 +14,9 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from aifeedback.config import _unwrap_optional, fields, list_recipes, load_stage_config, type_name
+from aifeedback.config import _unwrap_optional, fields, type_name
 from aifeedback.errors import AifError
+from aifeedback.recipe import list_recipes, load_stage_config
 from aifeedback.stages import STAGES, Stage
 
 app = typer.Typer(

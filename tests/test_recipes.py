@@ -5,7 +5,7 @@ import re
 import pytest
 import yaml
 
-from aifeedback.config import list_recipes, load_stage_config
+from aifeedback.recipe import list_recipes, load_stage_config
 from aifeedback.stages import STAGES
 
 RECIPES = list_recipes()
