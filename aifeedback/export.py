@@ -16,6 +16,7 @@ from typing import Literal, Optional
 
 from aifeedback.config import option
 from aifeedback.errors import AifError
+from aifeedback.io import publish_modes
 
 
 @dataclass
@@ -73,6 +74,7 @@ def run(cfg: ExportConfig) -> Path:
 
             unet = UNet2DConditionModel.from_pretrained(ckpt, subfolder="unet", dtype=dtype)
             unet.save_pretrained(tmp / "unet", safe_serialization=True)
+        publish_modes(tmp)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

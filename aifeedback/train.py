@@ -106,7 +106,7 @@ def run(cfg: TrainConfig) -> Path:
     from aifeedback import checkpoints as ck
     from aifeedback import data as D
     from aifeedback.diffusion import TextEncoders, encode_images, noise_scheduler, training_target, vae_factor
-    from aifeedback.io import finish_output, prepare_output, read_json, write_json
+    from aifeedback.io import finish_output, prepare_output, publish_modes, read_json, write_json
     from aifeedback.losses import denoising_mse, get_loss
     from aifeedback.models import family, load_pipeline
 
@@ -266,6 +266,7 @@ def run(cfg: TrainConfig) -> Path:
                 model.save_pretrained(tmp / "unet", state_dict=sd, safe_serialization=True)
             write_json(tmp / ck.STATE_FILE, dict(state, step=step, processes=world,
                                                  data_position=step * cfg.grad_accum * cfg.batch_size * world))
+            publish_modes(tmp)
             if final.exists():
                 shutil.rmtree(final)
             tmp.rename(final)  # atomic: --resume only ever sees complete checkpoints
