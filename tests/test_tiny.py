@@ -1,6 +1,8 @@
 """The offline tiny-model zoo: real architectures, deterministic weights, the real CLIP tokenizer."""
 
 import hashlib
+import re
+from importlib.metadata import entry_points
 
 import pytest
 import torch
@@ -84,6 +86,9 @@ def test_unknown_model_error_is_actionable():
         load_pipeline("nonexistent/model")
     msg = str(exc.value)
     assert "nonexistent/model" in msg and "tiny-sdxl" in msg and "Fix:" in msg
+    # the download command it recommends is one the pinned huggingface_hub installs (`huggingface-cli` is gone)
+    command = re.search(r"`(\S+) download nonexistent/model`", msg).group(1)
+    assert command in {ep.name for ep in entry_points(group="console_scripts") if ep.value.startswith("huggingface_hub")}
 
 
 def _build_on_rank(rank: int, init_file: str, cache: str) -> None:
