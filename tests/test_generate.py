@@ -120,6 +120,7 @@ def test_images_do_not_depend_on_batch_size_or_other_prompts(baseline, tmp_path)
         assert same_image(other[key], base[key])
 
 
+@pytest.mark.slow  # compiling the UNet takes ~30 s of CPU on a cold inductor cache; --compile is a speed option
 @pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")), reason="torch.compile on CPU needs a C compiler")
 def test_compiled_unet_gives_the_same_images(prompt_file, tmp_path):
     # --compile is a speed option only: the whole UNet compiles as one graph (fullgraph, so a graph break fails
@@ -209,6 +210,7 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(tiny_sdxl, tmp_path):
     assert not list((killed / "data").glob(".*"))  # no temporary files left behind
 
 
+@pytest.mark.slow  # three processes starting torch (~17 s of CPU); test_score and test_train cover launch by default
 def test_two_processes_split_the_work_and_match_one(baseline, prompt_file, tmp_path):
     out = tmp_path / "two"
     cmd = [*accelerate_launch(2), "generate", "--model", "tiny-sdxl",

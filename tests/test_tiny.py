@@ -109,6 +109,7 @@ def _build_on_rank(rank: int, init_file: str, cache: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # a 2-process gloo group plus a spawned builder (~10 s of CPU) for a rare launch-time path
 def test_a_model_built_by_a_nonzero_rank_is_complete(tmp_path):
     # transformers' save_pretrained writes nothing on rank != 0 of a process group; the cache must not end up
     # with a folder that has a config-less, weight-less model marked complete.
