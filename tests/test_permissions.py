@@ -34,8 +34,8 @@ def test_stage_outputs_are_readable_by_others(umask_022, tiny_sd15, tmp_path):
     from aifeedback.train import run as train
 
     (tmp_path / "p.txt").write_text("a red cat\n")
-    generate(build_config(GenerateConfig, dict(model="tiny-sd15", prompts=str(tmp_path / "p.txt"), out=str(tmp_path / "gen"),
-                                               steps=1, images_per_prompt=2, resolution=16)))
+    generate(build_config(GenerateConfig, dict(model="tiny-sd15", prompts=str(tmp_path / "p.txt"),
+                                               out=str(tmp_path / "gen"), steps=1, images_per_prompt=2, resolution=16)))
     score(build_config(ScoreConfig, dict(input=str(tmp_path / "gen"), out=str(tmp_path / "pairs"), scorer="redness",
                                          workers=0, progress=False)))
     data = write_pickapic(tmp_path / "data", pickapic_rows(2))

@@ -88,7 +88,8 @@ def test_unknown_model_error_is_actionable():
     assert "nonexistent/model" in msg and "tiny-sdxl" in msg and "Fix:" in msg
     # the download command it recommends is one the pinned huggingface_hub installs (`huggingface-cli` is gone)
     command = re.search(r"`(\S+) download nonexistent/model`", msg).group(1)
-    assert command in {ep.name for ep in entry_points(group="console_scripts") if ep.value.startswith("huggingface_hub")}
+    scripts = {ep.name for ep in entry_points(group="console_scripts") if ep.value.startswith("huggingface_hub")}
+    assert command in scripts
 
 
 def _build_on_rank(rank: int, init_file: str, cache: str) -> None:
