@@ -50,7 +50,7 @@ def load_error(name: str, what: str, err: Exception) -> ModelLoadError:
     where = "is a local folder but could not be loaded" if local else "is not a local folder, not in the Hugging Face cache, and the hub could not be reached (or has no such repo)"
     return ModelLoadError(
         f"Could not load {what} '{name}': it {where}.\n"
-        f"  Fix: check the spelling, download it on a machine with network access (`huggingface-cli download {name}`) "
+        f"  Fix: check the spelling, download it on a machine with network access (`hf download {name}`) "
         f"and set HF_HOME to that cache, or pass a local folder; for an offline test use one of: {hint}.\n"
         f"  Details: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
     )

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from aifeedback.errors import AifError
 from aifeedback.stages.export_config import ExportConfig
+from aifeedback.storage.files import publish_modes
 
 
 def run(cfg: ExportConfig) -> Path:
@@ -61,6 +62,7 @@ def run(cfg: ExportConfig) -> Path:
 
             unet = UNet2DConditionModel.from_pretrained(ckpt, subfolder="unet", dtype=dtype)
             unet.save_pretrained(tmp / "unet", safe_serialization=True)
+        publish_modes(tmp)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

@@ -53,7 +53,7 @@ def run(cfg: TrainConfig) -> Path:
     from aifeedback.losses import get_loss
     from aifeedback.losses.base import denoising_mse
     from aifeedback.storage import checkpoints as ck
-    from aifeedback.storage.files import read_json, write_json
+    from aifeedback.storage.files import publish_modes, read_json, write_json
     from aifeedback.storage.manifest import finish_output, prepare_output
 
     quiet_libraries()
@@ -218,6 +218,7 @@ def run(cfg: TrainConfig) -> Path:
                 model.save_pretrained(tmp / "unet", state_dict=sd, safe_serialization=True)
             write_json(tmp / ck.STATE_FILE, dict(state, step=step, processes=world,
                                                  data_position=step * cfg.grad_accum * cfg.batch_size * world))
+            publish_modes(tmp)
             if final.exists():
                 shutil.rmtree(final)
             tmp.rename(final)  # atomic: --resume only ever sees complete checkpoints

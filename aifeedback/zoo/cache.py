@@ -7,6 +7,8 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+from aifeedback.storage.files import publish_modes
+
 # Bump when a builder changes, so stale caches are rebuilt instead of silently reused.
 ZOO_VERSION = "1"
 
@@ -38,6 +40,7 @@ def cached_build(name: str, build: Callable[[Path], None], version: str = ZOO_VE
         shutil.rmtree(final, ignore_errors=True)
         _build_outside_process_group(build, tmp)
         (tmp / ".complete").write_text("ok\n")
+        publish_modes(tmp)  # the shared cache is read by other users' runs
         os.replace(tmp, final)
     return final
 
