@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from aifeedback.families.loading import TunedLoadError, latest_checkpoint, load_pipeline, resolve_tuned
+from aifeedback.families.loading import TunedLoadError, load_pipeline, resolve_tuned
 from aifeedback.families.sampling import render
+from aifeedback.storage.checkpoints import latest_checkpoint
 
 PROMPTS, SEEDS = ["a red cat", "a blue dog"], [1, 2]
 

@@ -128,7 +128,7 @@ def run(cfg: SampleConfig) -> list[Path]:
 
 def pin_tuned(tuned: str | None) -> str | None:
     """A training run dir -> its latest checkpoint folder, so a result records (and a rerun detects) which one."""
-    from aifeedback.families.loading import latest_checkpoint
+    from aifeedback.storage.checkpoints import latest_checkpoint
 
     if tuned and (Path(tuned).expanduser() / "checkpoints").is_dir():
         return str(latest_checkpoint(Path(tuned).expanduser()))
