@@ -144,6 +144,7 @@ def run(cfg: GenerateConfig) -> Path:
         render,
     )
     from aifeedback.storage.manifest import completed_output, finish_output, prepare_output
+    from aifeedback.storage.publish import remove_stale
     from aifeedback.storage.shards import (
         SHARD_DIR,
         chunks,
@@ -178,8 +179,7 @@ def run(cfg: GenerateConfig) -> Path:
 
     if state.is_main_process:
         manifest = prepare_output(*args, is_main=True)
-        for stale in (out / SHARD_DIR).glob(".*.tmp"):  # left by a killed run; never a complete shard
-            stale.unlink()
+        remove_stale(out / SHARD_DIR)  # temporaries a killed run left; never a complete shard
         save_config(cfg, out / "config.yaml")
     state.wait_for_everyone()
 
