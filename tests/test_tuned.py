@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from aifeedback.families.loading import TunedLoadError, load_pipeline, resolve_tuned
+from aifeedback.families.loading import load_pipeline
+from aifeedback.families.resolve import TunedLoadError, resolve_tuned
 from aifeedback.families.sampling import render
 from aifeedback.storage.checkpoints import latest_checkpoint
 
