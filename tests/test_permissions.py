@@ -56,7 +56,7 @@ def test_cached_models_are_readable_by_others(umask_022, tmp_path, monkeypatch):
     monkeypatch.setenv("AIF_CACHE", str(tmp_path / "cache"))
 
     def build(out):
-        out.mkdir(parents=True)
+        out.mkdir(parents=True, exist_ok=True)  # cached_build hands the builder an empty folder
         save_file({"w": torch.zeros(2)}, str(out / "model.safetensors"))
 
     assert set(file_modes(cached_build("perm-test", build)).values()) == {0o644}
