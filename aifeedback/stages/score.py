@@ -194,10 +194,8 @@ def _score_phase(cfg, inp, shards, starts, todo: list[int], out: Path, state) ->
     """Phase 1: score this process's unfinished shards, writing each one's per-image scores atomically."""
     if not todo:
         return
-    import torch
-
     from aifeedback.console import progress
-    from aifeedback.scoring.inputs import ShardImages, ShardPlan, passthrough
+    from aifeedback.scoring.loop import ImageGroup, TableImages, score_groups
     from aifeedback.scoring.scorers import load_scorer
 
     device = cfg.device or str(state.device)
@@ -205,50 +203,21 @@ def _score_phase(cfg, inp, shards, starts, todo: list[int], out: Path, state) ->
         device = str(state.device)  # plain "cuda" under accelerate launch: this process's own GPU, not cuda:0
     dtype = _resolve_dtype(cfg, device)
     scorers = [load_scorer(s, device, dtype) for s in cfg.scorer]
-    transforms: list = []
-    for s in scorers:
-        if s.transform not in transforms:  # scorers sharing a preprocessing (clip, hpsv2) share its output
-            transforms.append(s.transform)
-    which = [transforms.index(s.transform) for s in scorers]
-
-    plans, owners = {}, {}
-    for i in todo:
-        images, owner = [], []
-        for u, unit in enumerate(shards[i]):
-            for slot, (row, col) in enumerate(unit.images):
-                images.append((row, col, unit.prompt))
-                owner.append((starts[i] + u, slot, row, col, unit.prompt_id))
-        plans[i], owners[i] = ShardPlan(i, images), owner
-    workers = min(cfg.workers, len(todo))
-    loader = torch.utils.data.DataLoader(
-        ShardImages(inp.rows, list(plans.values()), transforms, cfg.batch_size), batch_size=None,
-        num_workers=workers, collate_fn=passthrough, prefetch_factor=4 if workers else None,
-        pin_memory=device.startswith("cuda"),  # page-locked batches: the copy to the GPU is asynchronous
-    )
-    total = sum(len(p.images) for p in plans.values())
-    bar = progress(total=total, unit="img", desc=f"score [{state.process_index + 1}/{state.num_processes}]",
+    groups = [ImageGroup(i, [[((starts[i] + u, slot, row, col, unit.prompt_id), (row, col), unit.prompt)
+                              for u, unit in enumerate(shards[i]) for slot, (row, col) in enumerate(unit.images)]])
+              for i in todo]
+    bar = progress(total=sum(len(g.parts[0]) for g in groups), unit="img",
+                   desc=f"score [{state.process_index + 1}/{state.num_processes}]",
                    enabled=cfg.progress and state.is_local_main_process)
-    results = {i: {"raw": [None] * len(plans[i].images), "err": [None] * len(plans[i].images), "left": len(plans[i].images)} for i in todo}
-    for chunk in loader:
-        i, start, errors = chunk["shard"], chunk["start"], chunk["errors"]
-        res = results[i]
-        ok = [j for j, e in enumerate(errors) if e is None]
-        if ok:
-            prompts = [plans[i].images[start + j][2] for j in ok]
-            cols = [scorer.score_items(chunk["items"][which[s]], prompts) for s, scorer in enumerate(scorers)]
-            for n, j in enumerate(ok):
-                res["raw"][start + j] = [float(c[n]) for c in cols]
-        for j, e in enumerate(errors):
-            res["err"][start + j] = e
-        res["left"] -= len(errors)
-        bar.update(len(errors))
-        if res["left"] == 0:
-            rows = [
-                {"unit": u, "slot": slot, "row": row, "column": col, "prompt_id": pid, "raw": raw, "error": err}
-                for (u, slot, row, col, pid), raw, err in zip(owners[i], res["raw"], res["err"])
-            ]
-            _write_scores(out, i, rows)
-            del results[i]
+    results: dict[int, list[dict[str, Any]]] = {i: [] for i in todo}
+    workers = min(cfg.workers, len(todo))
+    for scored in score_groups(groups, TableImages(inp.rows), scorers, cfg.batch_size, workers=workers,
+                               pin_memory=device.startswith("cuda"), bar=bar):
+        rows = results[scored.group.id]
+        rows += [{"unit": u, "slot": slot, "row": row, "column": col, "prompt_id": pid, "raw": raw, "error": err}
+                 for (u, slot, row, col, pid), raw, err in zip(scored.keys, scored.scores, scored.errors, strict=True)]
+        if scored.done:
+            _write_scores(out, scored.group.id, results.pop(scored.group.id))
     bar.close()
-    if results:  # every chunk of every shard must have come back
+    if results:  # every batch of every shard must have come back
         raise RuntimeError(f"internal error: shards {sorted(results)} were not fully scored")
