@@ -289,17 +289,17 @@ def score_pairs(cfg: EvalConfig, pairs: Iterable[tuple[Any, Any, str]], read, si
     size, rank, world = cfg.scorer_batch_size, state.process_index, state.num_processes
     mine = None if total is None else sum(2 * min(size, total - g) for g in range(rank * size, total, world * size))
     bar = progress(total=mine, desc=desc, unit="img", enabled=cfg.progress and state.is_main_process)
-    sides: dict[Any, list] = {}
+    by_key: dict[Any, list] = {}
     for scored in score_groups(pair_groups(pairs, size), read, scorers, FORWARD_BATCH, share=(rank, world), bar=bar):
         for (key, side), scores, error in zip(scored.keys, scored.scores, scored.errors, strict=True):
             if error is not None:
                 raise DataError(f"pair {key}, {sides[side]} image: {error}")
-            sides.setdefault(key, [None, None])[side] = scores
+            by_key.setdefault(key, [None, None])[side] = scores
     bar.close()
     del scorers
     gc.collect()
     _empty_cache()
-    return {key: list(zip(s0, s1, strict=True)) for key, (s0, s1) in sides.items()}
+    return {key: list(zip(s0, s1, strict=True)) for key, (s0, s1) in by_key.items()}
 
 
 def score_twins(cfg: EvalConfig, rows: list[dict[str, Any]]) -> dict[str, tuple[list[float], list[float]]]:
