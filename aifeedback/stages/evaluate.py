@@ -448,6 +448,7 @@ def scorer_accuracy(cfg: EvalConfig) -> dict[str, Any] | None:
     from aifeedback.console import finish
     from aifeedback.dist import process_state
     from aifeedback.evaluation.winrate import preference_accuracy
+    from aifeedback.scoring.loop import given  # imports torch: not at the top, where the CLI imports EvalConfig
 
     state = process_state()
     out = Path(cfg.out)
@@ -464,8 +465,6 @@ def scorer_accuracy(cfg: EvalConfig) -> dict[str, Any] | None:
         for i, pair in enumerate(pairs):
             labels.append(pair["label_0"])
             yield i, (pair["jpg_0"], pair["jpg_1"]), pair["caption"]
-
-    from aifeedback.scoring.loop import given  # imports torch: not at the top, where the CLI imports EvalConfig
 
     scored = score_pairs(cfg, labelled(), given, ("jpg_0", "jpg_1"), "scoring pairs")
     mine = [(i, labels[i], s) for i, s in scored.items()]
