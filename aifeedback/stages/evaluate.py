@@ -19,9 +19,23 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+import pyarrow.parquet as pq
+import torch
+from accelerate.utils import gather_object
+
 from aifeedback.config import build_config, identity_dict, save_config, to_dict
+from aifeedback.console import finish, nested, progress, quiet_libraries
+from aifeedback.dist import process_state
 from aifeedback.errors import DataError
+from aifeedback.evaluation.report import build_report, example_keys, write_report
+from aifeedback.evaluation.winrate import preference_accuracy
+from aifeedback.families.resolve import is_pipeline
+from aifeedback.scoring.loop import given, pair_groups, score_groups
+from aifeedback.scoring.scorers import load_scorer
+from aifeedback.stages import generate
 from aifeedback.stages.evaluate_config import EvalConfig
+from aifeedback.stages.generate import GenerateConfig
+from aifeedback.stages.sample import pin_tuned
 from aifeedback.storage.files import atomic_write_text, read_json, write_json
 from aifeedback.storage.manifest import MANIFEST, completed_output, finish_output, prepare_output_synced
 from aifeedback.storage.shards import shard_files
@@ -33,14 +47,9 @@ PAPER_ACCURACY = {"pickscore": 64.2, "hpsv2": 59.3, "clip": 57.1, "aesthetic": 5
 def run(cfg: EvalConfig) -> dict[str, Any] | None:
     """Run the eval (or the scorer-accuracy check); return the report on the main process."""
     cfg.preflight()
-    from aifeedback.console import quiet_libraries
-
     quiet_libraries()
     if cfg.scorer_accuracy:
         return scorer_accuracy(cfg)
-    from aifeedback.dist import process_state
-    from aifeedback.evaluation.report import build_report, example_keys, write_report
-
     state = process_state()
     out = Path(cfg.out)
     done = finished(cfg, out, "report.json")
@@ -78,8 +87,6 @@ def finished(cfg: EvalConfig, out: Path, result: str) -> dict[str, Any] | None:
     Scorers and report options are no part of the job's identity (a rerun with other scorers reuses the images and
     only scores), so they are compared here; so are both generate outputs (--tuned RUN_DIR may have a newer
     checkpoint)."""
-    from aifeedback.stages import generate
-
     done = completed_output(out, "eval", identity_dict(cfg))
     if not done or not (out / result).is_file():
         return None
@@ -101,10 +108,6 @@ def generate_config(cfg: EvalConfig, side: str, out: Path):
     """The GenerateConfig of one side ('base' or 'tuned'); unset options keep aif generate's defaults.
 
     A --tuned whole model (anything --base takes) is generated as it is; tuned weights are applied to --base."""
-    from aifeedback.families.resolve import is_pipeline
-    from aifeedback.stages.generate import GenerateConfig
-    from aifeedback.stages.sample import pin_tuned
-
     weights = side == "tuned" and not is_pipeline(cfg.tuned)
     values = {
         "model": cfg.tuned if side == "tuned" and not weights else cfg.base,
@@ -120,10 +123,6 @@ def generate_config(cfg: EvalConfig, side: str, out: Path):
 
 def generate_both(cfg: EvalConfig, out: Path) -> None:
     """Generate (or resume) OUT/base and OUT/tuned; every process takes part, as in `aif generate`."""
-    from aifeedback.console import nested
-    from aifeedback.dist import process_state
-    from aifeedback.stages import generate
-
     for side in SIDES:
         with nested():  # its summary must not suggest `aif score`: eval goes on with its own scoring
             generate.run(generate_config(cfg, side, out))
@@ -154,8 +153,6 @@ def twin_rows(base_dir: Path, tuned_dir: Path) -> list[dict[str, Any]]:
 
 
 def _index(gen_dir: Path) -> dict[tuple[str, int], dict[str, Any]]:
-    import pyarrow.parquet as pq
-
     out: dict[tuple[str, int], dict[str, Any]] = {}
     for path in shard_files(gen_dir):
         schema = pq.read_schema(path)
@@ -209,12 +206,6 @@ def score_pairs(cfg: EvalConfig, pairs: Iterable[tuple[Any, Any, str]], read, si
     """key -> [(side 0 score, side 1 score) per scorer] of this process's share of the (key, (source_0, source_1),
     prompt) pairs: groups of --scorer-batch-size pairs, round-robin over processes. `total`: the number of pairs,
     for the progress bar. An unreadable image is a DataError naming its pair and side."""
-    # Imported here, not at the top: run() checks the settings (preflight) before torch is imported.
-    from aifeedback.console import progress
-    from aifeedback.dist import process_state
-    from aifeedback.scoring.loop import pair_groups, score_groups
-    from aifeedback.scoring.scorers import load_scorer
-
     state = process_state()
     scorers = [load_scorer(spec, device=_device(cfg, state), dtype=cfg.scorer_dtype) for spec in cfg.scorers]
     size, rank, world = cfg.scorer_batch_size, state.process_index, state.num_processes
@@ -235,8 +226,6 @@ def score_pairs(cfg: EvalConfig, pairs: Iterable[tuple[Any, Any, str]], read, si
 
 def score_twins(cfg: EvalConfig, rows: list[dict[str, Any]]) -> dict[str, tuple[list[float], list[float]]]:
     """scorer -> (base scores, tuned scores) aligned with rows; the processes split the rows (see score_pairs)."""
-    from accelerate.utils import gather_object
-
     twins = ((i, (r["base_at"], r["tuned_at"]), r["prompt"]) for i, r in enumerate(rows))
     mine = score_pairs(cfg, twins, ShardBytes(), SIDES, "scoring", total=len(rows))
     every = sorted(gather_object(list(mine.items())))
@@ -250,8 +239,6 @@ def _device(cfg: EvalConfig, state) -> str:
 
 
 def _empty_cache() -> None:
-    import torch
-
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
@@ -273,8 +260,6 @@ def report_meta(cfg: EvalConfig, out: Path) -> dict[str, Any]:
 
 
 def _print_summary(report: dict[str, Any], out: Path) -> None:
-    from aifeedback.console import finish
-
     for name, s in report["scorers"].items():
         print(f"{name:>20}: tuned wins {100 * s['win_rate']:.1f}% (95% CI {100 * s['ci_low']:.1f}-"
               f"{100 * s['ci_high']:.1f}%), mean {s['mean_base']:.4g} -> {s['mean_tuned']:.4g}, n={s['n']}")
@@ -374,13 +359,6 @@ def _parquet_rows(files: list[Path]) -> Iterator[dict[str, Any]]:
 
 def scorer_accuracy(cfg: EvalConfig) -> dict[str, Any] | None:
     """Accuracy of each scorer against the human labels of cfg.scorer_accuracy; writes accuracy.json / .md."""
-    from accelerate.utils import gather_object
-
-    from aifeedback.console import finish
-    from aifeedback.dist import process_state
-    from aifeedback.evaluation.winrate import preference_accuracy
-    from aifeedback.scoring.loop import given
-
     state = process_state()
     out = Path(cfg.out)
     done = finished(cfg, out, "accuracy.json")

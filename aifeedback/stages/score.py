@@ -11,11 +11,26 @@ a Pick-a-Pic input one caption's pairs can sit in many shards. Rank 0 then write
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from aifeedback.config import identity_dict, save_config, to_dict
+from aifeedback.console import finish, progress, quiet_libraries
+from aifeedback.dist import process_state
 from aifeedback.errors import AifError
+from aifeedback.scoring import labels as score_pairs
+from aifeedback.scoring.inputs import open_input
+from aifeedback.scoring.labels import scores_schema
+from aifeedback.scoring.loop import ImageGroup, TableImages, score_groups
+from aifeedback.scoring.scorers import load_scorer
 from aifeedback.stages.score_config import ScoreConfig
+from aifeedback.storage.files import atomic_write_bytes, read_json, write_json
+from aifeedback.storage.manifest import MANIFEST, completed_output, fingerprint, finish_output, prepare_output_synced
+from aifeedback.storage.shards import chunks, my_shards, shard_done, write_shard
 
 SCORES_DIR = "image_scores"  # per-image raw scores: OUT/image_scores/scores-NNNNN.parquet
 
@@ -37,14 +52,6 @@ def ensemble_weights(cfg: ScoreConfig) -> list[float]:
 def run(cfg: ScoreConfig) -> dict[str, Any]:
     """Score the input, write the pairs dataset, and return the summary (also saved as OUT/summary.json)."""
     cfg.preflight()
-    from aifeedback.config import identity_dict, save_config, to_dict
-    from aifeedback.console import finish, quiet_libraries
-    from aifeedback.dist import process_state
-    from aifeedback.scoring.inputs import open_input
-    from aifeedback.storage.files import read_json, write_json
-    from aifeedback.storage.manifest import completed_output, finish_output, prepare_output_synced
-    from aifeedback.storage.shards import chunks, my_shards, shard_done, write_shard
-
     quiet_libraries()
     state = process_state()
     inp = open_input(cfg.input, cfg.split, cfg.limit)
@@ -72,8 +79,6 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
     _score_phase(cfg, inp, shards, starts, [i for i in mine if not scores_path(out, i).exists()], out, state)
     state.wait_for_everyone()
 
-    from aifeedback.scoring import labels as score_pairs
-
     table = score_pairs.load_scores(sorted((out / SCORES_DIR).glob("scores-*.parquet")), len(cfg.scorer))
     combined = score_pairs.combined_scores(table, ensemble_weights(cfg), cfg.normalize)
     for i in mine:
@@ -96,8 +101,6 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
 
 def _generator_model(inputs: dict[str, Any]) -> str | None:
     """The model that drew an `aif generate` input (train the same one on its pairs); None for other inputs."""
-    from aifeedback.storage.files import read_json
-
     manifest = Path(inputs.get("generate", "")) / "manifest.json"
     return read_json(manifest)["config"].get("model") if "generate" in inputs and manifest.is_file() else None
 
@@ -108,11 +111,6 @@ def scores_path(out: Path, index: int) -> Path:
 
 
 def _write_scores(out: Path, index: int, rows: list[dict[str, Any]]) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from aifeedback.scoring.labels import scores_schema
-    from aifeedback.storage.files import atomic_write_bytes
 
     buf = pa.BufferOutputStream()
     pq.write_table(pa.Table.from_pylist(rows, schema=scores_schema()), buf)
@@ -121,11 +119,6 @@ def _write_scores(out: Path, index: int, rows: list[dict[str, Any]]) -> None:
 
 def _clear_replaced_scores(out: Path, identity: dict, inputs: dict, overwrite: bool) -> None:
     # prepare_output removes a replaced job's data/ shards; the per-image scores must go with them.
-    import shutil
-
-    from aifeedback.storage.files import read_json
-    from aifeedback.storage.manifest import MANIFEST, fingerprint
-
     mpath = out / MANIFEST
     if overwrite and mpath.exists():
         try:
@@ -146,10 +139,6 @@ def _score_phase(cfg, inp, shards, starts, todo: list[int], out: Path, state) ->
     """Phase 1: score this process's unfinished shards, writing each one's per-image scores atomically."""
     if not todo:
         return
-    from aifeedback.console import progress
-    from aifeedback.scoring.loop import ImageGroup, TableImages, score_groups
-    from aifeedback.scoring.scorers import load_scorer
-
     device = cfg.device or str(state.device)
     if device == "cuda" and state.device.type == "cuda":
         device = str(state.device)  # plain "cuda" under accelerate launch: this process's own GPU, not cuda:0
