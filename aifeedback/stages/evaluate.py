@@ -30,8 +30,8 @@ from aifeedback.errors import DataError
 from aifeedback.evaluation.report import build_report, example_keys, write_report
 from aifeedback.evaluation.winrate import preference_accuracy
 from aifeedback.families.resolve import is_pipeline
+from aifeedback.scoring import scorers as registry  # a module attribute: tests patch load_scorer
 from aifeedback.scoring.loop import given, pair_groups, score_groups
-from aifeedback.scoring.scorers import load_scorer
 from aifeedback.stages import generate
 from aifeedback.stages.evaluate_config import EvalConfig
 from aifeedback.stages.generate import GenerateConfig
@@ -207,7 +207,7 @@ def score_pairs(cfg: EvalConfig, pairs: Iterable[tuple[Any, Any, str]], read, si
     prompt) pairs: groups of --scorer-batch-size pairs, round-robin over processes. `total`: the number of pairs,
     for the progress bar. An unreadable image is a DataError naming its pair and side."""
     state = process_state()
-    scorers = [load_scorer(spec, device=_device(cfg, state), dtype=cfg.scorer_dtype) for spec in cfg.scorers]
+    scorers = [registry.load_scorer(spec, device=_device(cfg, state), dtype=cfg.scorer_dtype) for spec in cfg.scorers]
     size, rank, world = cfg.scorer_batch_size, state.process_index, state.num_processes
     mine = None if total is None else sum(2 * min(size, total - g) for g in range(rank * size, total, world * size))
     bar = progress(total=mine, desc=desc, unit="img", enabled=cfg.progress and state.is_main_process)

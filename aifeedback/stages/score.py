@@ -23,14 +23,15 @@ from aifeedback.console import finish, progress, quiet_libraries
 from aifeedback.dist import process_state
 from aifeedback.errors import AifError
 from aifeedback.scoring import labels as score_pairs
+from aifeedback.scoring import scorers as registry  # module attributes: tests patch load_scorer, write_shard
 from aifeedback.scoring.inputs import open_input
 from aifeedback.scoring.labels import scores_schema
 from aifeedback.scoring.loop import ImageGroup, TableImages, score_groups
-from aifeedback.scoring.scorers import load_scorer
 from aifeedback.stages.score_config import ScoreConfig
+from aifeedback.storage import shards as storage_shards
 from aifeedback.storage.files import atomic_write_bytes, read_json, write_json
 from aifeedback.storage.manifest import MANIFEST, completed_output, fingerprint, finish_output, prepare_output_synced
-from aifeedback.storage.shards import chunks, my_shards, shard_done, write_shard
+from aifeedback.storage.shards import chunks, my_shards, shard_done
 
 SCORES_DIR = "image_scores"  # per-image raw scores: OUT/image_scores/scores-NNNNN.parquet
 
@@ -84,7 +85,7 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
     for i in mine:
         if not shard_done(out, i):
             rows = score_pairs.shard_rows(cfg, inp, shards[i], starts[i], table, combined, scorer_label(cfg))
-            write_shard(out, i, rows, schema=score_pairs.output_schema(cfg, inp))
+            storage_shards.write_shard(out, i, rows, schema=score_pairs.output_schema(cfg, inp))
     state.wait_for_everyone()
 
     summary = score_pairs.summarize(cfg, inp, table, combined)
@@ -143,7 +144,7 @@ def _score_phase(cfg, inp, shards, starts, todo: list[int], out: Path, state) ->
     if device == "cuda" and state.device.type == "cuda":
         device = str(state.device)  # plain "cuda" under accelerate launch: this process's own GPU, not cuda:0
     dtype = _resolve_dtype(cfg, device)
-    scorers = [load_scorer(s, device, dtype) for s in cfg.scorer]
+    scorers = [registry.load_scorer(s, device, dtype) for s in cfg.scorer]
     groups = [ImageGroup(i, [[((starts[i] + u, slot, row, col, unit.prompt_id), (row, col), unit.prompt)
                               for u, unit in enumerate(shards[i]) for slot, (row, col) in enumerate(unit.images)]])
               for i in todo]
