@@ -132,6 +132,16 @@ def test_scorer_accuracy_against_known_labels(tmp_path):
         list(preference_pairs(str(tmp_path / "missing")))
 
 
+def test_scorer_accuracy_names_the_pair_and_side_of_an_unreadable_image(tmp_path):
+    rows = [{"caption": f"pair {i}", "jpg_0": _png((200, 0, 0)), "jpg_1": _png((0, 90, 90)) if i != 2 else b"junk",
+             "label_0": 1.0, "label_1": 0.0} for i in range(4)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "pairs.parquet")
+    cfg = build_config(EvalConfig, dict(scorer_accuracy=str(tmp_path / "pairs.parquet"), scorers="redness",
+                                        bootstrap=100, out=str(tmp_path / "acc")))
+    with pytest.raises(DataError, match="pair 2, jpg_1 image: cannot decode image"):
+        run(cfg)
+
+
 def score_output(tmp_path: Path) -> Path:
     """An `aif score` output (pairs in data/, per-image scores in image_scores/) labelled by redness."""
     from aifeedback.stages.score import run as score
