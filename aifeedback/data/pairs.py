@@ -15,19 +15,20 @@ every process keeps the same batch size.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
 
 from aifeedback.data.images import decode_image
+from aifeedback.data.labels import LABEL_COLUMNS, PAIR_COLUMNS, winner_of
 from aifeedback.errors import DataError
 
 # What a corrupt image or latent raises: io.decode_image's ValueError (bad latent bytes too); OSError and
 # SyntaxError from PIL while transforming a decoded image.
 CORRUPT = (OSError, ValueError, SyntaxError)
-COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0", "label_1")
+COLUMNS = PAIR_COLUMNS + LABEL_COLUMNS
+LABELS = LABEL_COLUMNS + ("has_label",)  # what filter_labels reads (has_label: Pick-a-Pic v2 marks unlabelled rows)
 LATENT_COLUMNS = ("latent_0", "latent_1", "latent_shape")
 
 
@@ -43,8 +44,18 @@ class PairStats:
     rows: int = 0
     kept: int = 0
     ties: int = 0
+    unlabelled: int = 0  # rows marked has_label=False
     bad_labels: int = 0
     bad_label_examples: list[str] = field(default_factory=list)
+
+    def count(self, verdict: Any, row: int, l0: Any, l1: Any) -> None:
+        """Count a row without a clear winner (winner_of's None, 'unlabelled' or 'bad')."""
+        if verdict is None:
+            self.ties += 1
+        elif verdict == "unlabelled":
+            self.unlabelled += 1
+        else:
+            self.add_bad(row, l0, l1)
 
     def add_bad(self, row: int, l0: Any, l1: Any) -> None:
         self.bad_labels += 1
@@ -53,27 +64,12 @@ class PairStats:
 
     def summary(self, name: str) -> str:
         s = f"{name}: {self.rows} rows, {self.kept} pairs kept, {self.ties} ties dropped"
+        if self.unlabelled:
+            s += f", {self.unlabelled} unlabelled rows (has_label false) dropped"
         if self.bad_labels:
             s += (f", {self.bad_labels} rows with bad labels dropped (labels must be 1/0, 0/1 or 0.5/0.5; e.g. "
                   + "; ".join(self.bad_label_examples) + ")")
         return s
-
-
-def winner_of(l0: Any, l1: Any) -> int | None | str:
-    """0 or 1 for a clear winner, None for a tie, 'bad' for anything else (NaN, missing, inconsistent)."""
-    try:
-        a, b = float(l0), float(l1)
-    except (TypeError, ValueError):
-        return "bad"
-    if math.isnan(a) or math.isnan(b):
-        return "bad"
-    if (a, b) == (1.0, 0.0):
-        return 0
-    if (a, b) == (0.0, 1.0):
-        return 1
-    if a == b == 0.5:
-        return None
-    return "bad"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -90,80 +86,24 @@ def check_source(data: str, dataset: str) -> None:
 
 
 def open_table(data: str, dataset: str, split: str, streaming: bool = False) -> Any:
-    """A `datasets` Dataset (or IterableDataset when streaming) in the Pick-a-Pic layout."""
-    import datasets
+    """A `datasets` Dataset (or IterableDataset when streaming) of labelled pairs, read by the pair source that
+    detects `dataset` (see aifeedback.data.sources); --split does not apply to an `aif score` output."""
+    from aifeedback.data.sources import open_pairs  # imports `datasets`: the train preflight imports this module
 
-    path = Path(dataset)
-    try:
-        check_source(data, dataset)
-        if data == "ai" or (path / "manifest.json").exists():
-            from aifeedback.storage.manifest import read_manifest
-            from aifeedback.storage.shards import shard_files
-
-            read_manifest(path, "score")  # an `aif score` output: refuse anything else with a clear message
-            files = [str(p) for p in shard_files(path)]
-            if not files:
-                raise DataError(f"{path} has no data/train-*.parquet shards: the `aif score` run did not finish; rerun it")
-            ds = datasets.load_dataset("parquet", data_files=files, split="train", streaming=streaming)
-        elif path.is_dir():
-            ds = _open_local(path, split, streaming)
-        elif path.exists():
-            raise DataError(f"--dataset {dataset} is a file; pass the folder holding the Parquet/Arrow files")
-        else:
-            ds = datasets.load_dataset(dataset, split=split, streaming=streaming)
-    except DataError:
-        raise
-    except ValueError as e:  # unknown split, mostly
-        raise DataError(f"could not open split '{split}' of {dataset}: {e}. Fix: pass --split with one of its splits") from None
-    except (OSError, FileNotFoundError, ConnectionError) as e:
-        raise DataError(
-            f"could not load dataset '{dataset}': {str(e).splitlines()[0] if str(e) else type(e).__name__}. Fix: check "
-            "the hub id (e.g. yuvalkirstain/pickapic_v2, kashif/pickascore) or pass a local Parquet/Arrow folder; "
-            "offline, download it first with `huggingface-cli download --repo-type dataset ID`"
-        ) from None
-    columns = ds.column_names or (list(ds.features) if getattr(ds, "features", None) else None)
-    if columns is not None:
-        missing = [c for c in COLUMNS if c not in columns]
-        if missing:
-            raise DataError(
-                f"{dataset} lacks the Pick-a-Pic column(s) {', '.join(missing)} (it has: {', '.join(columns)}). "
-                "Fix: rename the columns to caption, jpg_0, jpg_1, label_0, label_1"
-            )
-    return ds
-
-
-def _open_local(path: Path, split: str, streaming: bool) -> Any:
-    import datasets
-
-    if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():  # Dataset.save_to_disk
-        ds = datasets.load_from_disk(str(path))
-        if isinstance(ds, datasets.DatasetDict):
-            if split not in ds:
-                raise DataError(f"{path} has splits {', '.join(ds)}, not '{split}'. Fix: pass --split")
-            ds = ds[split]
-        return ds.to_iterable_dataset() if streaming else ds
-    for ext, builder in (("parquet", "parquet"), ("arrow", "arrow")):
-        if any(path.rglob(f"*.{ext}")):
-            dd = datasets.load_dataset(builder, data_dir=str(path), streaming=streaming)
-            if split not in dd:
-                if len(dd) == 1:  # a folder without split names: its only split is the data
-                    return next(iter(dd.values()))
-                raise DataError(f"{path} has splits {', '.join(dd)}, not '{split}'. Fix: pass --split")
-            return dd[split]
-    raise DataError(f"{path} holds no .parquet or .arrow files. Fix: pass a Pick-a-Pic-layout Parquet/Arrow folder")
+    check_source(data, dataset)
+    return open_pairs(dataset, split, labels=True, streaming=streaming).dataset(streaming)
 
 
 def filter_labels(ds: Any, limit: int | None = None) -> tuple[list[tuple[int, int]], PairStats]:
     """Scan the label columns only: [(row, winner index)] of the usable pairs, and the counts."""
-    labels = ds.select_columns(["label_0", "label_1"]).to_dict()
+    labels = ds.select_columns([c for c in LABELS if c in ds.column_names]).to_dict()
     stats = PairStats(rows=len(labels["label_0"]))
     keep: list[tuple[int, int]] = []
-    for row, (l0, l1) in enumerate(zip(labels["label_0"], labels["label_1"])):
-        w = winner_of(l0, l1)
-        if w is None:
-            stats.ties += 1
-        elif w == "bad":
-            stats.add_bad(row, l0, l1)
+    has = labels.get("has_label", [None] * stats.rows)
+    for row, (l0, l1, h) in enumerate(zip(labels["label_0"], labels["label_1"], has, strict=True)):
+        w = winner_of(l0, l1, h)
+        if w not in (0, 1):
+            stats.count(w, row, l0, l1)
         elif limit is None or len(keep) < limit:
             keep.append((row, w))
     stats.kept = len(keep)
@@ -381,13 +321,10 @@ def stream_batches(ds: Any, transform: Transform, batch_size: int, rank: int, wo
         any_row = False
         for row_i, row in enumerate(ds_epoch):
             any_row = True
-            w = winner_of(row.get("label_0"), row.get("label_1"))
-            if w is None or w == "bad":
+            w = winner_of(row.get("label_0"), row.get("label_1"), row.get("has_label"))
+            if w not in (0, 1):
                 if epoch == 0:
-                    if w is None:
-                        stats.ties += 1
-                    else:
-                        stats.add_bad(row_i, row.get("label_0"), row.get("label_1"))
+                    stats.count(w, row_i, row.get("label_0"), row.get("label_1"))
                 continue
             if position < skip:
                 position += 1
