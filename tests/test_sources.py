@@ -27,6 +27,11 @@ def test_each_layout_is_detected(tmp_path):
     datasets.Dataset.from_list(pickapic_rows(2)).save_to_disk(str(tmp_path / "saved"))
     table = S.open_pairs(str(tmp_path / "saved"))
     assert table.source == "pickapic" and len(table.dataset()) == 2
+    arrow = tmp_path / "arrow" / "train"  # a bare Arrow folder: the saved shard without save_to_disk's json
+    arrow.mkdir(parents=True)
+    next((tmp_path / "saved").glob("*.arrow")).rename(arrow / "data-00000.arrow")
+    table = S.open_pairs(str(tmp_path / "arrow"), "train")
+    assert [r["caption"] for r in table.iter_rows(["caption"])] == [r["caption"] for r in pickapic_rows(2)]
 
 
 def test_a_bad_layout_names_the_missing_columns(tmp_path):

@@ -102,11 +102,7 @@ class PairTable:
     schemas: dict[str, list[str]] = field(default_factory=dict)  # file -> its columns
 
     def __post_init__(self) -> None:
-        for f in self.files:
-            try:
-                self.schemas[str(f)] = pq.read_schema(f).names if f.suffix == ".parquet" else _arrow_columns(f)
-            except Exception as e:  # pyarrow raises ArrowInvalid/OSError subclasses for broken files
-                raise DataError(f"{f} is not a readable {f.suffix[1:]} file ({e}); remove or replace it") from None
+        self.schemas = {str(f): file_columns(f) for f in self.files}
 
     @property
     def columns(self) -> list[str] | None:
@@ -153,9 +149,16 @@ class PairTable:
             yield {c: row.get(c) for c in cols}
 
 
-def _arrow_columns(path: Path) -> list[str]:
-    with pa.memory_map(str(path)) as f:
-        return pa.ipc.open_stream(f).schema.names
+def file_columns(path: Path) -> list[str]:
+    """The column names of a Parquet or Arrow (`datasets` cache format) file, read from its schema only."""
+    try:
+        if path.suffix != ".arrow":
+            return pq.read_schema(path).names
+        with pa.memory_map(str(path)) as f:
+            return pa.ipc.open_stream(f).schema.names
+    except Exception as e:  # pyarrow raises ArrowInvalid/OSError subclasses for broken files
+        kind = "Arrow" if path.suffix == ".arrow" else "Parquet"
+        raise DataError(f"{path} is not a readable {kind} file ({e}); remove or replace it") from None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -211,7 +214,7 @@ def unknown_layout(target: str) -> DataError:
     if not files:
         return DataError(f"{target} holds no .parquet or .arrow files. Fix: pass a folder or file of preference "
                          f"pairs in the Pick-a-Pic layout ({', '.join(PAIR_COLUMNS + LABEL_COLUMNS)})")
-    have = PairTable(str(path), "?", files[:1]).columns or []
+    have = file_columns(files[0])
     by_columns = [s for s in SOURCES if s.columns]
     lacks = {s.name: [c for c in s.columns if c not in have] for s in by_columns}
     closest = min(by_columns, key=lambda s: len(lacks[s.name]))
@@ -249,7 +252,7 @@ def _is_pickapic(target: str) -> bool:
     if _saved(path):
         return True
     files = data_files(path)
-    return bool(files) and all(c in (PairTable(str(path), "?", files[:1]).columns or []) for c in PAIR_COLUMNS)
+    return bool(files) and all(c in file_columns(files[0]) for c in PAIR_COLUMNS)
 
 
 def _saved(path: Path) -> bool:
