@@ -9,7 +9,8 @@ def fixed_set_metrics(model, ckpt, data, dataset, resolution=16, draws=8, beta=5
     from aifeedback.data import pairs as D
     from aifeedback.families.diffusion import TextEncoders, noise_scheduler, training_target
     from aifeedback.families.loading import family, load_pipeline
-    from aifeedback.losses.dpo import denoising_mse, dpo
+    from aifeedback.losses.base import denoising_mse
+    from aifeedback.losses.dpo import dpo
     from aifeedback.storage.checkpoints import LORA_FILE, checkpoint_kind
     pipe = load_pipeline(model)
     text = TextEncoders.from_pipeline(pipe); sched = noise_scheduler(pipe)

@@ -9,64 +9,36 @@ other prompts are in the run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
 
-from aifeedback.config import option
-from aifeedback.families.loading import DTYPES, SCHEDULERS
-from aifeedback.families.sampling import COMPILE_MODES
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
 
-
-@dataclass
-class GenerateConfig:
-    model: str = option("stabilityai/stable-diffusion-xl-base-1.0", "diffusers SDXL / SD1.5 model: hub id, local folder, or tiny-sdxl / tiny-sd15")
-    prompts: str = option("parti", "prompt source: parti, a .txt/.jsonl/.csv/.tsv file, or a local / hub datasets dataset")
-    prompt_column: Optional[str] = option(None, "column holding the prompt (.jsonl/.csv/.tsv/datasets; default: prompt, caption or text)")
-    split: Optional[str] = option(None, "dataset split to read (needed when a dataset has several)")
-    limit: Optional[int] = option(None, "use only the first N prompts (after dropping empty and repeated ones)", min=1)
-    dedupe: bool = option(True, "drop repeated prompts")
-    images_per_prompt: int = option(4, "candidate images per prompt (K)", min=1)
-    out: str = option("outputs/generate", "output directory (Parquet shards + manifest.json)", identity=False)
-    steps: int = option(50, "denoising steps", min=1, max=1000)
-    guidance: Optional[float] = option(None, "classifier-free guidance scale (default: 5.0 for SDXL, 7.5 for SD1.5)", min=0)
-    resolution: Optional[int] = option(None, "image size in pixels (default: the model's native size, 1024 for SDXL)", min=8)
-    width: Optional[int] = option(None, "image width, overrides --resolution", min=8)
-    height: Optional[int] = option(None, "image height, overrides --resolution", min=8)
-    negative_prompt: str = option("", "negative prompt used for every image")
-    scheduler: str = option("default", "sampler (default keeps the model's own)", choices=SCHEDULERS)
-    seed: int = option(0, "run seed; image k of a prompt uses a seed derived from (seed, prompt_id, k)", min=0)
-    dtype: str = option("auto", "weights dtype (auto: float16 on GPU, float32 on CPU)", choices=("auto",) + DTYPES)
-    vae: Optional[str] = option(None, "replacement VAE (e.g. madebyollin/sdxl-vae-fp16-fix for fp16 SDXL)")
-    tuned: Optional[str] = option(None, "fine-tuned weights: LoRA file/folder, UNet or pipeline folder, or training run dir")
-    image_format: Literal["jpeg", "png"] = option("jpeg", "how images are encoded in the rows")
-    jpeg_quality: int = option(95, "JPEG quality", min=1, max=100)
-    save_latents: bool = option(False, "also store each final latent (UNet space, float16) so training can skip the VAE encoder")
-    shard_size: int = option(64, "images per Parquet shard (the unit of resume and of work split across processes)", min=1)
-    batch_size: int = option(4, "images rendered per pipeline call", min=1, identity=False)
-    device: str = option("auto", "device: auto (the process's GPU under accelerate, else CPU), cuda, cuda:N, cpu", identity=False)
-    compile: bool = option(False, "torch.compile the UNet (worth it for long GPU runs)", identity=False)
-    compile_mode: str = option("max-autotune", "torch.compile mode for --compile (max-autotune tunes kernels for minutes; default compiles faster)",
-                               choices=COMPILE_MODES, identity=False)
-    overwrite: bool = option(False, "replace a different job's results in --out instead of refusing", identity=False)
-    progress: bool = option(True, "show a progress bar (in a log: a plain line every 30 s)", identity=False)
-
-    def validate(self) -> list[str]:
-        problems = []
-        for name in ("resolution", "width", "height"):
-            v = getattr(self, name)
-            if v is not None and v % 8:
-                problems.append(f"{name}: must be a multiple of 8, got {v}")
-        return problems
-
-    def preflight(self) -> None:
-        """Fail fast, before torch is imported, on a model, VAE, tuned weights or prompt file that cannot be found."""
-        from aifeedback.data.prompts import source_kind
-        from aifeedback.families.loading import check_pipeline
-
-        check_pipeline(self.model, self.vae, self.tuned)
-        source_kind(self.prompts)
-
+from aifeedback.config import identity_dict, save_config, to_dict
+from aifeedback.console import finish, progress, quiet_libraries
+from aifeedback.data.prompts import load_prompts
+from aifeedback.dist import process_state
+from aifeedback.families.loading import load_pipeline
+from aifeedback.families.sampling import (
+    default_guidance,
+    default_size,
+    encode_image,
+    image_seed,
+    optimize_pipeline,
+    render,
+)
+from aifeedback.stages.generate_config import GenerateConfig
+from aifeedback.storage.manifest import completed_output, fingerprint, finish_output, prepare_output
+from aifeedback.storage.shards import (
+    SHARD_DIR,
+    chunks,
+    latent_to_bytes,
+    my_shards,
+    shard_done,
+    shard_files,
+    write_shard,
+)
 
 ROW_FIELDS = ("prompt_id", "prompt", "category", "k", "seed", "image", "width", "height", "model", "scheduler",
               "steps", "guidance")
@@ -74,7 +46,6 @@ ROW_FIELDS = ("prompt_id", "prompt", "category", "k", "seed", "image", "width", 
 
 def row_schema(save_latents: bool):
     """The Parquet schema of generate rows (fixed, so every shard has the same types even when all are null)."""
-    import pyarrow as pa
 
     cols = [("prompt_id", pa.string()), ("prompt", pa.string()), ("category", pa.string()), ("k", pa.int64()),
             ("seed", pa.int64()), ("image", pa.binary()), ("width", pa.int64()), ("height", pa.int64()),
@@ -86,7 +57,6 @@ def row_schema(save_latents: bool):
 
 def resolve_device(device: str) -> str:
     """'auto' -> 'cuda' when a GPU is visible, else 'cpu'."""
-    import torch
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -104,17 +74,12 @@ def device_and_dtype(cfg: GenerateConfig, state) -> tuple[str, str]:
 def job_inputs(prompts: list, dtype: str) -> dict:
     """What besides the config makes a generate job: the prompt list itself (an edited prompt file must not be
     mixed into old shards) and the resolved dtype."""
-    from aifeedback.storage.manifest import fingerprint
 
     return {"prompts": fingerprint([p.prompt_id for p in prompts]), "n_prompts": len(prompts), "dtype": dtype}
 
 
 def completed(cfg: GenerateConfig) -> dict | None:
     """The manifest of cfg.out when it already holds this job, finished (a rerun has nothing to do), else None."""
-    from aifeedback.config import identity_dict
-    from aifeedback.data.prompts import load_prompts
-    from aifeedback.dist import process_state
-    from aifeedback.storage.manifest import completed_output
 
     prompts = load_prompts(cfg.prompts, cfg.prompt_column, cfg.split, cfg.limit, cfg.dedupe)
     inputs = job_inputs(prompts, device_and_dtype(cfg, process_state())[1])
@@ -123,36 +88,9 @@ def completed(cfg: GenerateConfig) -> dict | None:
 
 def run(cfg: GenerateConfig) -> Path:
     """Generate cfg.images_per_prompt images per prompt into cfg.out; returns the output directory."""
-    cfg.preflight()  # a misspelt model fails now, not after torch and diffusers are imported
-    from aifeedback.console import finish, progress, quiet_libraries
-    from aifeedback.data.prompts import load_prompts
-    from aifeedback.families.loading import load_pipeline
 
     quiet_libraries()
     prompts = load_prompts(cfg.prompts, cfg.prompt_column, cfg.split, cfg.limit, cfg.dedupe)
-
-    import pyarrow.parquet as pq
-
-    from aifeedback.config import identity_dict, save_config, to_dict
-    from aifeedback.dist import process_state
-    from aifeedback.families.sampling import (
-        default_guidance,
-        default_size,
-        encode_image,
-        image_seed,
-        optimize_pipeline,
-        render,
-    )
-    from aifeedback.storage.manifest import completed_output, finish_output, prepare_output
-    from aifeedback.storage.shards import (
-        SHARD_DIR,
-        chunks,
-        latent_to_bytes,
-        my_shards,
-        shard_done,
-        shard_files,
-        write_shard,
-    )
 
     state = process_state()  # under `accelerate launch`: rank, world size and this rank's GPU
     device, dtype = device_and_dtype(cfg, state)
