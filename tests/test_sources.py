@@ -9,11 +9,14 @@ import pytest
 
 from aifeedback.data import sources as S
 from aifeedback.data.labels import winner_of
-from aifeedback.errors import DataError
+from aifeedback.errors import AifError, DataError
 from tests.pairs_fixtures import pickapic_rows, write_pickapic, write_score_dir
 
 
 def test_each_layout_is_detected(tmp_path):
+    assert list(S.SOURCES) == ["aif-score", "pickapic"]  # detection order: an `aif score` output first
+    with pytest.raises(AifError, match="unknown pair source 'pickapik'; Did you mean 'pickapic'"):
+        S.SOURCES["pickapik"]
     human = write_pickapic(tmp_path / "human", pickapic_rows(3))
     ai = write_score_dir(tmp_path / "ai", pickapic_rows(2))
     pq.write_table(pa.Table.from_pylist([{"x": 1}]), ai / "data" / "stray.parquet")  # not a shard: not read

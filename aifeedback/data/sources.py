@@ -3,7 +3,7 @@
 
 A source is a small plug-in (`PairSource`): `detect(target)` says whether it reads a path or hub id, `open(target,
 how)` returns a `PairTable` whose rows carry the canonical columns (caption, jpg_0, jpg_1, label_0, label_1, plus
-the source's other columns). `SOURCES` is tried in order, so adding a layout is one `register(PairSource(...))`.
+the source's other columns). The `SOURCES` registry is tried in order: adding a layout is one `register(...)`.
 Every consumer goes through `open_pairs`, so all three share:
 - one split rule (`split_files`): --split S keeps the files named S-*.* or S.* or lying under a folder named S; no
   split keeps every file; a folder whose file names carry no split at all is one split, read whatever S is;
@@ -25,6 +25,7 @@ from aifeedback.data.labels import LABEL_COLUMNS, PAIR_COLUMNS
 from aifeedback.data.rows import HubRows, ParquetRows
 from aifeedback.errors import DataError
 from aifeedback.preflight import is_hub_id
+from aifeedback.registry import Registry
 from aifeedback.storage.files import read_json
 from aifeedback.storage.manifest import MANIFEST, read_manifest
 from aifeedback.storage.shards import shard_files
@@ -177,20 +178,13 @@ class PairSource:
     open: Callable[[str, Opening], PairTable]
 
 
-SOURCES: list[PairSource] = []
-
-
-def register(source: PairSource) -> PairSource:
-    """Add a source; sources are tried in registration order."""
-    if any(s.name == source.name for s in SOURCES):
-        raise ValueError(f"pair source '{source.name}' is registered twice")
-    SOURCES.append(source)
-    return source
+SOURCES: Registry[PairSource] = Registry("pair source")  # tried in registration order
+register = SOURCES.register
 
 
 def source_for(target: str) -> PairSource:
     """The first source that reads `target`, or a DataError saying what each source lacks."""
-    for source in SOURCES:
+    for source in SOURCES.values():
         if source.detect(target):
             return source
     raise unknown_layout(target)
@@ -215,7 +209,7 @@ def unknown_layout(target: str) -> DataError:
         return DataError(f"{target} holds no .parquet or .arrow files. Fix: pass a folder or file of preference "
                          f"pairs in the Pick-a-Pic layout ({', '.join(PAIR_COLUMNS + LABEL_COLUMNS)})")
     have = file_columns(files[0])
-    by_columns = [s for s in SOURCES if s.columns]
+    by_columns = [s for s in SOURCES.values() if s.columns]
     lacks = {s.name: [c for c in s.columns if c not in have] for s in by_columns}
     closest = min(by_columns, key=lambda s: len(lacks[s.name]))
     per = "; ".join(f"{name}: {', '.join(m)}" for name, m in lacks.items())

@@ -22,6 +22,7 @@ from typing import Any, Iterator
 from aifeedback.config import build_config, identity_dict, save_config, to_dict
 from aifeedback.data.images import decode_image
 from aifeedback.data.labels import LABEL_COLUMNS, PAIR_COLUMNS, winner_of
+from aifeedback.data.sources import open_pairs
 from aifeedback.errors import DataError
 from aifeedback.stages.evaluate_config import EvalConfig
 from aifeedback.storage.files import atomic_write_text, read_json, write_json
@@ -286,10 +287,6 @@ def preference_pairs(source: str, split: str | None = None, limit: int | None = 
     `aif score` output, its data/ shards; a hub id, default split validation). The source is checked (files,
     columns) when this is called, the pairs are read while iterating.
     """
-    # Here, not at the top: the CLI imports EvalConfig from this module and must not import `datasets` (move to the
-    # top once EvalConfig lives in stages/evaluate_config.py).
-    from aifeedback.data.sources import open_pairs
-
     table = open_pairs(source, split, labels=True, streaming=True, hub_split="validation")
     return _decisive(table.iter_rows(list(PAIR_COLUMNS + LABEL_COLUMNS) + ["has_label"]), limit)
 
