@@ -281,7 +281,7 @@ def _open_hub(name: str, how: Opening) -> PairTable:
         raise DataError(
             f"could not load the dataset '{name}'{f' split {split}' if split else ''}: {first}.\n"
             f"  Fix: check the id and --split (Pick-a-Pic v2 splits: train, validation, test, validation_unique, "
-            f"test_unique; kashif/pickascore: validation), or download it (`huggingface-cli download --repo-type "
+            f"test_unique; kashif/pickascore: validation), or download it (`hf download --repo-type "
             f"dataset ID`) and pass the local Parquet folder."
         ) from None
     if len(dd) != 1:

@@ -92,6 +92,12 @@ def run(cfg: GenerateConfig) -> Path:
     quiet_libraries()
     prompts = load_prompts(cfg.prompts, cfg.prompt_column, cfg.split, cfg.limit, cfg.dedupe)
 
+
+    from aifeedback.config import identity_dict
+    from aifeedback.dist import process_state
+    from aifeedback.storage.manifest import completed_output
+    from aifeedback.storage.publish import remove_stale
+
     state = process_state()  # under `accelerate launch`: rank, world size and this rank's GPU
     device, dtype = device_and_dtype(cfg, state)
     out = Path(cfg.out)
@@ -116,8 +122,7 @@ def run(cfg: GenerateConfig) -> Path:
 
     if state.is_main_process:
         manifest = prepare_output(*args, is_main=True)
-        for stale in (out / SHARD_DIR).glob(".*.tmp"):  # left by a killed run; never a complete shard
-            stale.unlink()
+        remove_stale(out / SHARD_DIR)  # temporaries a killed run left; never a complete shard
         save_config(cfg, out / "config.yaml")
     state.wait_for_everyone()
 

@@ -21,7 +21,6 @@ from aifeedback.data.prompts import load_prompts
 from aifeedback.dist import process_state
 from aifeedback.evaluation.report import image_grid
 from aifeedback.families.loading import load_pipeline
-from aifeedback.families.resolve import latest_checkpoint
 from aifeedback.families.sampling import encode_image, image_seed, render
 from aifeedback.stages.generate import resolve_device
 from aifeedback.stages.sample_config import SampleConfig
@@ -89,6 +88,7 @@ def run(cfg: SampleConfig) -> list[Path]:
 
 def pin_tuned(tuned: str | None) -> str | None:
     """A training run dir -> its latest checkpoint folder, so a result records (and a rerun detects) which one."""
+    from aifeedback.storage.checkpoints import latest_checkpoint
 
     if tuned and (Path(tuned).expanduser() / "checkpoints").is_dir():
         return str(latest_checkpoint(Path(tuned).expanduser()))

@@ -55,6 +55,7 @@ def run(cfg: TrainConfig) -> Path:
     from aifeedback.storage import checkpoints as ck
     from aifeedback.storage.files import read_json, write_json
     from aifeedback.storage.manifest import finish_output, prepare_output
+    from aifeedback.storage.publish import discard, publish, temporary_path
 
     quiet_libraries()
     out = Path(cfg.out)
@@ -204,9 +205,9 @@ def run(cfg: TrainConfig) -> Path:
 
     def save_checkpoint(step: int) -> None:
         final = out / "checkpoints" / ck.checkpoint_name(step)
-        tmp = final.with_name(f".tmp-{final.name}")
+        tmp = temporary_path(final)
         if main:
-            shutil.rmtree(tmp, ignore_errors=True)
+            discard(tmp)  # a killed save's leftover
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp))  # optimizer, lr schedule, grad scaler, every process's RNG
         sd = accelerator.get_state_dict(unet)  # collective: gathers FSDP / ZeRO shards
@@ -218,9 +219,7 @@ def run(cfg: TrainConfig) -> Path:
                 model.save_pretrained(tmp / "unet", state_dict=sd, safe_serialization=True)
             write_json(tmp / ck.STATE_FILE, dict(state, step=step, processes=world,
                                                  data_position=step * cfg.grad_accum * cfg.batch_size * world))
-            if final.exists():
-                shutil.rmtree(final)
-            tmp.rename(final)  # atomic: --resume only ever sees complete checkpoints
+            publish(tmp, final, replace=True)  # atomic: --resume only ever sees complete checkpoints
             ck.prune(out, cfg.keep_checkpoints)
             say(f"step {step}: wrote checkpoint {final}")
         accelerator.wait_for_everyone()

@@ -47,15 +47,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from aifeedback.zoo.tokenizer import BOS, EOS, VOCAB_SIZE, clip_tokenizer
-from aifeedback.zoo.toy_world import (
-    COLOR_JITTER,
-    COLORS,
-    NOISE,
-    SIZE,
-    all_captions,
-    caption,
-    pretraining_pairs,
-)
+from aifeedback.zoo.toy_world import COLOR_JITTER, COLORS, NOISE, SIZE, all_captions, caption, pretraining_pairs
 
 if TYPE_CHECKING:
     import torch
