@@ -13,10 +13,14 @@ from aifeedback.errors import AifError, DataError
 from tests.pairs_fixtures import pickapic_rows, write_pickapic, write_score_dir
 
 
-def test_each_layout_is_detected(tmp_path):
+def test_each_layout_is_detected(tmp_path, monkeypatch):
     assert list(S.SOURCES) == ["aif-score", "pickapic"]  # detection order: an `aif score` output first
     with pytest.raises(AifError, match="unknown pair source 'pickapik'; Did you mean 'pickapic'"):
         S.SOURCES["pickapik"]
+    later = S.PairSource("hub-x", "a later hub layout", "X", ("x",), lambda t: t == "org/x", S.SOURCES["pickapic"].open)
+    monkeypatch.setattr(S.SOURCES, "_entries", dict(S.SOURCES._entries))  # registered for this test only
+    S.register(later)  # after the Pick-a-Pic fallback, which takes any hub id, yet asked first
+    assert S.source_for("org/x").name == "hub-x" and S.source_for("org/y").name == "pickapic"
     human = write_pickapic(tmp_path / "human", pickapic_rows(3))
     ai = write_score_dir(tmp_path / "ai", pickapic_rows(2))
     pq.write_table(pa.Table.from_pylist([{"x": 1}]), ai / "data" / "stray.parquet")  # not a shard: not read

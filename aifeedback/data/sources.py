@@ -3,7 +3,7 @@
 
 A source is a small plug-in (`PairSource`): `detect(target)` says whether it reads a path or hub id, `open(target,
 how)` returns a `PairTable` whose rows carry the canonical columns (caption, jpg_0, jpg_1, label_0, label_1, plus
-the source's other columns). The `SOURCES` registry is tried in order: adding a layout is one `register(...)`.
+the source's other columns). The `SOURCES` registry is tried in order, fallbacks last: a layout is one `register`.
 Every consumer goes through `open_pairs`, so all three share:
 - one split rule (`split_files`): --split S keeps the files named S-*.* or S.* or lying under a folder named S; no
   split keeps every file; a folder whose file names carry no split at all is one split, read whatever S is;
@@ -176,6 +176,7 @@ class PairSource:
     columns: tuple[str, ...]
     detect: Callable[[str], bool]
     open: Callable[[str, Opening], PairTable]
+    fallback: bool = False  # asked after every other source (the Pick-a-Pic source takes any hub id)
 
 
 SOURCES: Registry[PairSource] = Registry("pair source")  # tried in registration order
@@ -183,8 +184,8 @@ register = SOURCES.register
 
 
 def source_for(target: str) -> PairSource:
-    """The first source that reads `target`, or a DataError saying what each source lacks."""
-    for source in SOURCES.values():
+    """The first source that reads `target` (fallback sources last), or a DataError saying what each lacks."""
+    for source in sorted(SOURCES.values(), key=lambda s: s.fallback):  # a stable sort keeps registration order
         if source.detect(target):
             return source
     raise unknown_layout(target)
@@ -292,4 +293,5 @@ def _open_hub(name: str, how: Opening) -> PairTable:
 register(PairSource("aif-score", "an `aif score` output: manifest.json + data/train-*.parquet pairs",
                     "`aif score` output", (), _is_output, _open_output))
 register(PairSource("pickapic", "caption, jpg_0, jpg_1, label_0, label_1: a local Parquet/Arrow file or folder, "
-                    "a save_to_disk folder, or a hub id", "Pick-a-Pic", PAIR_COLUMNS, _is_pickapic, _open_pickapic))
+                    "a save_to_disk folder, or a hub id", "Pick-a-Pic", PAIR_COLUMNS, _is_pickapic, _open_pickapic,
+                    fallback=True))
