@@ -25,6 +25,8 @@ from accelerate.utils import gather_object
 
 from aifeedback.config import build_config, identity_dict, save_config, to_dict
 from aifeedback.console import finish, nested, progress, quiet_libraries
+from aifeedback.data.labels import LABEL_COLUMNS, PAIR_COLUMNS, winner_of
+from aifeedback.data.sources import open_pairs
 from aifeedback.dist import process_state
 from aifeedback.errors import DataError
 from aifeedback.evaluation.report import build_report, example_keys, write_report
@@ -37,7 +39,7 @@ from aifeedback.stages.evaluate_config import EvalConfig
 from aifeedback.stages.generate import GenerateConfig
 from aifeedback.stages.sample import pin_tuned
 from aifeedback.storage.files import atomic_write_text, read_json, write_json
-from aifeedback.storage.manifest import MANIFEST, completed_output, finish_output, prepare_output_synced
+from aifeedback.storage.manifest import completed_output, finish_output, prepare_output_synced
 from aifeedback.storage.shards import shard_files
 
 # The paper's Table 2: agreement with human labels on Pick-a-Pic v2 validation (non-tie pairs), in %.
@@ -271,90 +273,27 @@ def _print_summary(report: dict[str, Any], out: Path) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # Scorer accuracy against human labels (the paper's Table 2)
 
-PAIR_COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0", "label_1")
-
-
 def preference_pairs(source: str, split: str | None = None, limit: int | None = None) -> Iterator[dict[str, Any]]:
-    """Non-tie pairs (caption, jpg_0, jpg_1, label_0 in {0, 1}) of a Pick-a-Pic-layout set, streamed.
+    """Labelled pairs (caption, jpg_0, jpg_1, label_0 in {0, 1}) of any pair source, streamed.
 
-    source: a local Parquet file or directory (an `aif score` output, whose pairs are its data/ shards, or downloaded
-    Pick-a-Pic shards; `split` then keeps files named `SPLIT-*` or under a `SPLIT/` folder), or a hub dataset id
-    (default split validation). The source is checked (files, columns) when this is called, the pairs are read
-    while iterating.
+    source: whatever `aifeedback.data.sources` reads (a local Parquet file or folder, with the one split rule; an
+    `aif score` output, its data/ shards; a hub id, default split validation). The source is checked (files,
+    columns) when this is called, the pairs are read while iterating.
     """
-    return _decisive(_pair_rows(source, split), limit)
+    table = open_pairs(source, split, labels=True, streaming=True, hub_split="validation")
+    return _decisive(table.iter_rows(list(PAIR_COLUMNS + LABEL_COLUMNS) + ["has_label"]), limit)
 
 
 def _decisive(rows: Iterator[dict[str, Any]], limit: int | None) -> Iterator[dict[str, Any]]:
-    from aifeedback.data.pairs import winner_of
-
     n = 0
     for row in rows:
-        winner = winner_of(row["label_0"], row["label_1"])  # the same label rule as training
-        if row.get("has_label") is False or winner not in (0, 1):
-            continue  # unlabeled, a tie or an unreadable label: Table 2 counts decisive human votes only
+        winner = winner_of(row["label_0"], row["label_1"], row.get("has_label"))  # the same label rule as training
+        if winner not in (0, 1):
+            continue  # unlabelled, a tie or an unreadable label: Table 2 counts decisive human votes only
         yield {"caption": row["caption"], "jpg_0": row["jpg_0"], "jpg_1": row["jpg_1"], "label_0": float(winner == 0)}
         n += 1
         if limit is not None and n >= limit:
             return
-
-
-def _pair_rows(source: str, split: str | None) -> Iterator[dict[str, Any]]:
-    path = Path(source).expanduser()
-    if not path.exists():
-        return _hub_rows(source, split)
-    files = _pair_files(path, split)
-    return _parquet_rows(files)
-
-
-def _hub_rows(source: str, split: str | None) -> Iterator[dict[str, Any]]:
-    if source.startswith((".", "/", "~")) or source.count("/") != 1:
-        raise DataError(f"--scorer-accuracy {source}: no such file or directory (and not a hub id OWNER/NAME)")
-    import datasets
-
-    try:
-        ds = datasets.load_dataset(source, split=split or "validation", streaming=True)
-    except Exception as e:  # datasets raises many types; report it as the user's input problem
-        raise DataError(f"could not load dataset '{source}' (split {split or 'validation'}): "
-                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    missing = [c for c in PAIR_COLUMNS if ds.column_names is not None and c not in ds.column_names]
-    if missing:
-        raise DataError(f"dataset '{source}' lacks the Pick-a-Pic column(s) {', '.join(missing)}")
-    return iter(ds)
-
-
-def _pair_files(path: Path, split: str | None) -> list[Path]:
-    """The Parquet files holding the pairs, each checked for the Pick-a-Pic columns."""
-    import pyarrow.parquet as pq
-
-    if (path / MANIFEST).is_file():  # an aifeedback output: only `aif score` writes pairs, in its data/ shards
-        stage = read_json(path / MANIFEST).get("stage")
-        if stage != "score":
-            raise DataError(f"--scorer-accuracy {path} holds a '{stage}' output; it needs labelled pairs: an "
-                            f"`aif score` output or Pick-a-Pic-layout Parquet files")
-        files = shard_files(path)  # not image_scores/, the per-image scores
-    else:
-        files = [path] if path.is_file() else sorted(path.rglob("*.parquet"))
-        if split and path.is_dir():
-            files = [f for f in files if f.name.startswith(f"{split}-") or split in f.relative_to(path).parts[:-1]]
-    if not files:
-        raise DataError(f"{path} holds no Parquet files{f' for split {split}' if split else ''}")
-    for f in files:
-        names = pq.read_schema(f).names
-        missing = [c for c in PAIR_COLUMNS if c not in names]
-        if missing:
-            raise DataError(f"{f} lacks the Pick-a-Pic column(s) {', '.join(missing)} (has: {', '.join(names)})")
-    return files
-
-
-def _parquet_rows(files: list[Path]) -> Iterator[dict[str, Any]]:
-    import pyarrow.parquet as pq
-
-    for f in files:
-        pf = pq.ParquetFile(f)
-        cols = list(PAIR_COLUMNS) + (["has_label"] if "has_label" in pf.schema_arrow.names else [])
-        for batch in pf.iter_batches(batch_size=64, columns=cols):
-            yield from batch.to_pylist()
 
 
 def scorer_accuracy(cfg: EvalConfig) -> dict[str, Any] | None:
