@@ -33,7 +33,8 @@ def main() -> None:
                     help="build the real-size --family architecture with random weights instead of loading --model")
     ap.add_argument("--family", default="sdxl", choices=("sdxl", "sd15"), help="architecture for --random-weights")
     ap.add_argument("--fp16-vae", action="store_true",
-                    help="--random-weights: an fp16-safe VAE that decodes in --dtype (like madebyollin/sdxl-vae-fp16-fix)")
+                    help="--random-weights: an fp16-safe VAE that decodes in --dtype (like "
+                         "madebyollin/sdxl-vae-fp16-fix)")
     ap.add_argument("--resolution", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--guidance", type=float, default=5.0)
@@ -126,7 +127,8 @@ def main() -> None:
 
     parts = {"unet": spent["unet"], "text encoders": spent["text encoders"], "vae decoder": spent["vae decoder"],
              "image encoding": t_encode, "writing": t_write}
-    parts["other (scheduler, latents, post_quant_conv, to PIL)"] = t_render - spent["unet"] - spent["text encoders"] - spent["vae decoder"]
+    parts["other (scheduler, latents, post_quant_conv, to "
+          "PIL)"] = t_render - spent["unet"] - spent["text encoders"] - spent["vae decoder"]
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
     result = {
         "date": datetime.date.today().isoformat(), "device": device_name, "model": args.model, "resolution": size,

@@ -202,7 +202,8 @@ def test_bad_images_and_rows_are_counted_reported_and_skipped(tmp_path, capsys):
     assert c["images_failed"] == 1 and c["bad_rows"] == 1 and c["images_scored"] == 14 and c["pairs"] == 4
     assert summary["failed_images"][0]["where"].endswith("train-00001.parquet row 1 (image)")  # global row 6
     assert "cannot decode image" in summary["failed_images"][0]["error"]
-    assert summary["bad_rows"] == [{"where": f"{gen / 'data' / 'train-00002.parquet'} row 3", "error": "prompt_id is null"}]
+    assert summary["bad_rows"] == [{"where": f"{gen / 'data' / 'train-00002.parquet'} row "
+                                             "3", "error": "prompt_id is null"}]
     assert "skipped" in capsys.readouterr().out
     assert all(r["k_0"] != 2 and r["k_1"] != 2 for r in read_pairs(out) if r["prompt_id"] == "p1")
 

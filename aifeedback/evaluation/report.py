@@ -231,11 +231,13 @@ def _examples_html(examples: list[dict[str, Any]], images: dict[Key, tuple[bytes
     cards = []
     for e in examples:
         base, tuned = images[(e["prompt_id"], e["k"])]
-        scores = "; ".join(f"{html.escape(n)} {_num(s['base'])} &rarr; {_num(s['tuned'])}" for n, s in e["scores"].items())
+        scores = "; ".join(f"{html.escape(n)} {_num(s['base'])} &rarr; "
+                           f"{_num(s['tuned'])}" for n, s in e["scores"].items())
         cat = f" <span class=cat>{html.escape(str(e['category']))}</span>" if e.get("category") else ""
         cards.append(
             f'<div class=card><p class=prompt>{html.escape(e["prompt"])}{cat}</p>'
-            f'<div class=pair><figure><img src="{data_uri(base, thumb)}" alt="base"><figcaption>base</figcaption></figure>'
+            f'<div class=pair><figure><img src="{data_uri(base, thumb)}" '
+            'alt="base"><figcaption>base</figcaption></figure>'
             f'<figure><img src="{data_uri(tuned, thumb)}" alt="tuned"><figcaption>tuned</figcaption></figure></div>'
             f'<p class=scores>seed {e["seed"]}; {scores}</p></div>'
         )

@@ -16,7 +16,8 @@ from aifeedback.zoo import ZOO
 # Real models users commonly pass; listed by `aif models` (any other hub id or local path works too).
 KNOWN_MODELS: dict[str, str] = {
     "stabilityai/stable-diffusion-xl-base-1.0": "SDXL base 1.0 (the paper's DPO-SDXL starting point), 1024 px",
-    "stable-diffusion-v1-5/stable-diffusion-v1-5": "Stable Diffusion 1.5 (the paper's DPO-SD1.5 starting point), 512 px",
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": "Stable Diffusion 1.5 (the paper's DPO-SD1.5 starting point), 512 "
+                                                   "px",
     "mhdang/dpo-sdxl-text2image-v1": "the paper's released DPO-SDXL UNet (use as --tuned in eval)",
     "madebyollin/sdxl-vae-fp16-fix": "SDXL VAE that does not overflow in fp16 (pass as --vae)",
 }
