@@ -114,7 +114,10 @@ def main() -> None:
     images = jpeg_images(n, args.image_size)
     prompts = [f"prompt number {i // 4}" for i in range(n)]  # 4 images per prompt, as in an aif generate output
     # One plan per batch: workers take whole plans, like shards in the score stage.
-    plans = [ShardPlan(i, [(r, "image", prompts[r]) for r in range(s, min(s + bs, n))]) for i, s in enumerate(range(0, n, bs))]
+    plans = [
+        ShardPlan(i, [(r, "image", prompts[r]) for r in range(s, min(s + bs, n))])
+        for i, s in enumerate(range(0, n, bs))
+    ]
     loader = torch.utils.data.DataLoader(
         ShardImages(MemoryRows(images), plans, [scorer.transform], bs), batch_size=None, num_workers=workers,
         collate_fn=passthrough, prefetch_factor=4 if workers else None, pin_memory=device.startswith("cuda"),
@@ -142,8 +145,8 @@ def main() -> None:
         spec if not args.random_weights else "pickscore (full size, random weights)",
         "images_per_s": round(timed / elapsed, 1), "timed_images": timed, "total_images": done,
         "input": f"JPEG {args.image_size}x{args.image_size} q95", "batch_size": bs, "workers": workers,
-        "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu "
-                                                                                 f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
+        "device": torch.cuda.get_device_name() if device.startswith("cuda") else
+        f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
         "dtype": dtype, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
     }
     print(json.dumps(result))

@@ -246,7 +246,9 @@ def _examples_html(examples: list[dict[str, Any]], images: dict[Key, tuple[bytes
 
 def render_html(report: dict[str, Any], images: dict[Key, tuple[bytes, bytes]], thumb: int = 256) -> str:
     """report.html from templates/report.html: tables, the SVG chart and embedded image pairs."""
-    template = string.Template(resources.files("aifeedback.evaluation").joinpath("templates/report.html").read_text("utf-8"))
+    template = string.Template(
+        resources.files("aifeedback.evaluation").joinpath("templates/report.html").read_text("utf-8")
+    )
     cat = _category_table(report)
     primary = html.escape(report["primary_scorer"])
     ex = report["examples"]

@@ -48,7 +48,9 @@ def resolve_model(name: str) -> str:
 def load_error(name: str, what: str, err: Exception) -> ModelLoadError:
     hint = ", ".join(tiny_names())
     local = Path(name).exists()
-    where = "is a local folder but could not be loaded" if local else "is not a local folder, not in the Hugging Face cache, and the hub could not be reached (or has no such repo)"
+    where = ("is a local folder but could not be loaded" if local else
+             "is not a local folder, not in the Hugging Face cache, and the hub could not be reached "
+             "(or has no such repo)")
     return ModelLoadError(
         f"Could not load {what} '{name}': it {where}.\n"
         f"  Fix: check the spelling, download it on a machine with network access (`hf download {name}`) "
