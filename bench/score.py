@@ -142,7 +142,8 @@ def main() -> None:
         spec if not args.random_weights else "pickscore (full size, random weights)",
         "images_per_s": round(timed / elapsed, 1), "timed_images": timed, "total_images": done,
         "input": f"JPEG {args.image_size}x{args.image_size} q95", "batch_size": bs, "workers": workers,
-        "device": torch.cuda.get_device_name() if device.startswith("cuda") else f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
+        "device": torch.cuda.get_device_name() if device.startswith("cuda") else
+        f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
         "dtype": dtype, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
     }
     print(json.dumps(result))

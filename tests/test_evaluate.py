@@ -273,8 +273,8 @@ def test_eval_under_accelerate_launch_matches_one_process(tmp_path, tiny_sd15):
     # scorer's output depends on its batch's shape by float noise, which could flip a near-tie in the exact checks
     one = run(_cfg(tmp_path / "one", tiny_sd15, tuned, batch_size=1, scorer_batch_size=2))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [*accelerate_launch(2), "eval", "--base", str(tiny_sd15), "--tuned", str(tuned), "--prompts", "parti", "--limit", "3",
-           "--seeds-per-prompt", "2", "--steps", "2", "--resolution", "16", "--scorers", SCORERS,
+    cmd = [*accelerate_launch(2), "eval", "--base", str(tiny_sd15), "--tuned", str(tuned), "--prompts", "parti",
+           "--limit", "3", "--seeds-per-prompt", "2", "--steps", "2", "--resolution", "16", "--scorers", SCORERS,
            "--scorer-batch-size", "2", "--batch-size", "1", "--bootstrap", "500", "--examples", "2",
            "--sample-prompts", "2", "--thumb", "32", "--out", str(tmp_path / "two")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
