@@ -35,7 +35,8 @@ def main() -> None:
 
     from diffusers import UNet2DConditionModel
 
-    from aifeedback.losses.dpo import denoising_mse, dpo
+    from aifeedback.losses.base import denoising_mse
+    from aifeedback.losses.dpo import dpo
 
     device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
     if args.tiny:

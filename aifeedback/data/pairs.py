@@ -17,7 +17,6 @@ every process keeps the same batch size.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -133,15 +132,20 @@ class PairDataset:
 
     def __init__(self, ds: Any, pairs: list[tuple[int, int]], transform: Transform, seed: int, window: int):
         self.ds, self.pairs, self.transform, self.seed, self.window = ds, pairs, transform, seed, window
+        self._orders: dict[int, Any] = {}  # the permutations of the current and the previous epoch
 
     def __len__(self) -> int:
         return len(self.pairs)
 
-    @lru_cache(maxsize=2)
     def order(self, epoch: int) -> Any:
+        """The permutation of the pairs in an epoch (a batch may straddle two epochs: both are kept)."""
         import numpy as np
 
-        return np.random.default_rng([self.seed, epoch]).permutation(len(self.pairs))
+        if epoch not in self._orders:
+            if len(self._orders) == 2:
+                del self._orders[min(self._orders)]
+            self._orders[epoch] = np.random.default_rng([self.seed, epoch]).permutation(len(self.pairs))
+        return self._orders[epoch]
 
     def pair_at(self, position: int) -> tuple[int, int]:
         """(dataset row, winner index) of a global position."""

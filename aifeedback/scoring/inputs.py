@@ -88,11 +88,13 @@ def _generate_input(path: Path, limit: int | None) -> Input:
     bad: list[dict[str, Any]] = []
     for i in range(len(rows)):
         pid, text, k, seed = cols["prompt_id"][i], cols["prompt"][i], cols["k"][i], cols["seed"][i]
-        problem = next((f"{c} is null" for c, v in (("prompt_id", pid), ("prompt", text), ("k", k), ("seed", seed)) if v is None), None)
+        values = (("prompt_id", pid), ("prompt", text), ("k", k), ("seed", seed))
+        problem = next((f"{c} is null" for c, v in values if v is None), None)
         if problem:
             bad.append({"where": rows.where(i), "error": problem})
             continue
-        unit = groups.setdefault(str(pid), Unit(str(pid), text, [], {"category": cols.get("category", [None] * len(rows))[i], "k": [], "seed": []}))
+        category = cols.get("category", [None] * len(rows))[i]
+        unit = groups.setdefault(str(pid), Unit(str(pid), text, [], {"category": category, "k": [], "seed": []}))
         unit.images.append((i, "image"))
         unit.meta["k"].append(int(k))
         unit.meta["seed"].append(int(seed))

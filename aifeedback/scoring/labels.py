@@ -134,11 +134,13 @@ def output_schema(cfg, inp):
 
 def shard_rows(cfg, inp, units, start: int, table, combined, scorer_label: str) -> list[dict[str, Any]]:
     """The output rows of one shard of units (image bytes and latents copied from the input)."""
-    decided = [(unit, unit_pairs(cfg, inp.kind, start + n, table.get(start + n, []), combined)[0]) for n, unit in enumerate(units)]
+    decided = [(unit, unit_pairs(cfg, inp.kind, start + n, table.get(start + n, []), combined)[0])
+               for n, unit in enumerate(units)]
     if inp.kind == "generate":
         cols = ["image"] + (["latent", "latent_shape"] if inp.has_latents else [])
     else:
-        cols = ["jpg_0", "jpg_1"] + (["label_0", "label_1"] if inp.has_labels else []) + [f.name for f in _passthrough_fields(inp)]
+        labels = ["label_0", "label_1"] if inp.has_labels else []
+        cols = ["jpg_0", "jpg_1"] + labels + [f.name for f in _passthrough_fields(inp)]
     needed = sorted({r.row for _, pairs in decided for p in pairs if p.labels for r in (p.a, p.b)})
     fetched = dict(zip(needed, inp.rows.take(needed, cols))) if needed else {}
     rows = []
@@ -183,7 +185,8 @@ def summarize(cfg, inp, table, combined) -> dict[str, Any]:
         recs = table.get(u, [])
         for r in recs:
             if r.raw is None:
-                failed.append({"where": f"{inp.rows.where(r.row)} ({r.column})", "prompt_id": r.prompt_id, "error": r.error})
+                failed.append({"where": f"{inp.rows.where(r.row)} ({r.column})", "prompt_id": r.prompt_id,
+                               "error": r.error})
                 continue
             for s, v in enumerate(r.raw):
                 raw_by_scorer[s].append(v)
@@ -210,7 +213,8 @@ def summarize(cfg, inp, table, combined) -> dict[str, Any]:
     agreement = {}
     for s in range(len(names)):
         for t in range(s + 1, len(names)):
-            acc, n = order_agreement([(values(u, a, s), values(u, b, s), values(u, a, t), values(u, b, t)) for u, a, b in within])
+            acc, n = order_agreement([(values(u, a, s), values(u, b, s), values(u, a, t), values(u, b, t))
+                                      for u, a, b in within])
             agreement[f"{names[s]} vs {names[t]}"] = {"agreement": acc, "image_pairs": n}
     summary: dict[str, Any] = {
         "input": cfg.input, "kind": inp.kind, "scorer": specs, "weights": [float(w) for w in (cfg.weights or [])],
@@ -260,7 +264,8 @@ def format_summary(s: dict[str, Any], out: Path) -> str:
         f"aif score: {s['kind']} input {s['input']} -> {out}",
         f"  scorer {', '.join(s['scorer'])}" + (f" (ensemble, {s['normalize']})" if s["normalize"] else "")
         + f"; pairing {s['pairing']}; min margin {s['min_margin']:g}" + ("; ties kept" if s["keep_ties"] else ""),
-        f"  units {c['units']}  images scored {c['images_scored']}  failed images {c['images_failed']}  bad rows {c['bad_rows']}",
+        f"  units {c['units']}  images scored {c['images_scored']}  failed images {c['images_failed']}  "
+        f"bad rows {c['bad_rows']}",
         f"  pairs kept {c['pairs']} (decisive {c['pairs_decisive']}, ties kept {c['ties_kept']})  "
         f"dropped as ties {c['ties_dropped']}  units without a pair {c['units_without_pair']}",
         f"  labels: first image wins {s['labels']['0']}, second wins {s['labels']['1']}, tie {s['labels']['tie']}; "
@@ -268,7 +273,8 @@ def format_summary(s: dict[str, Any], out: Path) -> str:
         "  scores:  name  n  mean  std  min  median  max",
     ]
     for name, d in s["scores"].items():
-        lines.append(f"    {name}  {d['n']}  {_f(d['mean'])}  {_f(d['std'])}  {_f(d['min'])}  {_f(d['median'])}  {_f(d['max'])}")
+        stats = "  ".join(_f(d[k]) for k in ("mean", "std", "min", "median", "max"))
+        lines.append(f"    {name}  {d['n']}  {stats}")
     for k, v in s["scorer_agreement"].items():
         lines.append(f"  agreement {k}: {_f(v['agreement'], 3)} over {v['image_pairs']} image pairs")
     for k, v in s.get("human_agreement", {}).items():

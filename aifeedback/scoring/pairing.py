@@ -143,4 +143,5 @@ def distribution(values: Sequence[float]) -> dict[str, float | int | None]:
         hi = min(lo + 1, n - 1)
         return v[lo] + (v[hi] - v[lo]) * (pos - lo)
 
-    return {"n": n, "mean": mean, "std": std, "min": v[0], "p05": q(0.05), "median": q(0.5), "p95": q(0.95), "max": v[-1]}
+    return {"n": n, "mean": mean, "std": std, "min": v[0], "p05": q(0.05), "median": q(0.5), "p95": q(0.95),
+            "max": v[-1]}
