@@ -28,9 +28,9 @@ def default_size(pipe: Any) -> int:
 
 def default_guidance(pipe: Any) -> float:
     """diffusers' default classifier-free guidance scale of the pipeline's family (SDXL 5.0, SD1.5 7.5)."""
-    from aifeedback.families.loading import family
+    from aifeedback.families.registry import detect  # here, not at the top: the stage configs import this module
 
-    return 5.0 if family(pipe) == "sdxl" else 7.5
+    return detect(pipe).guidance
 
 
 @dataclass
