@@ -7,7 +7,6 @@ drift apart. `--recipe` takes a YAML file or a shipped recipe name; flags given 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import inspect
 import os
 import sys
@@ -15,19 +14,10 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from aifeedback.config import _unwrap_optional, fields, list_recipes, load_stage_config, type_name
+from aifeedback.config import _unwrap_optional, fields, type_name
 from aifeedback.errors import AifError
-
-# command -> (module, config class, one-line help). Each module defines the config dataclass and run(cfg).
-STAGE_COMMANDS: dict[str, tuple[str, str, str]] = {
-    "generate": ("aifeedback.stages.generate", "GenerateConfig", "Sample K candidate images per prompt (SDXL / SD1.5)."),
-    "score": ("aifeedback.stages.score", "ScoreConfig", "Score images with reward models and write preference pairs."),
-    "train": ("aifeedback.stages.train", "TrainConfig", "Diffusion-DPO (or SFT) on human or AI-labelled pairs."),
-    "export": ("aifeedback.stages.export", "ExportConfig", "Turn a training checkpoint into a diffusers UNet or LoRA file."),
-    "sample": ("aifeedback.stages.sample", "SampleConfig", "Generate images from a trained model (base + UNet/LoRA)."),
-    "eval": ("aifeedback.stages.evaluate", "EvalConfig", "Win rates of a tuned model against its base, with a report."),
-    "demo": ("aifeedback.stages.demo", "DemoConfig", "The whole loop on the toy model, offline, in minutes on a CPU."),
-}
+from aifeedback.recipe import list_recipes, load_stage_config
+from aifeedback.stages import STAGES, Stage
 
 app = typer.Typer(
     name="aif",
@@ -120,20 +110,22 @@ def _param(f, tp) -> inspect.Parameter:
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=spec, annotation=annotation)
 
 
-def make_command(stage: str, cls: type, run: Callable[[Any], Any]) -> Callable[..., None]:
-    """A typer command whose options are cls's fields (all optional: unset ones keep the recipe/default)."""
+def make_command(stage: Stage) -> Callable[..., None]:
+    """A typer command whose options are the stage config's fields (all optional: unset ones keep the recipe or
+    the default)."""
     recipe = inspect.Parameter(
         "recipe", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str],
-        default=typer.Option(None, "--recipe", help="YAML recipe file or shipped recipe name (see `aif recipes`); flags override it."),
+        default=typer.Option(None, "--recipe",
+                             help="YAML recipe file or shipped recipe name (see `aif recipes`); flags override it."),
     )
-    positional = [_param(f, tp) for f, tp in fields(cls) if f.metadata.get("positional")]
-    others = [_param(f, tp) for f, tp in fields(cls) if not f.metadata.get("positional")]
+    positional = [_param(f, tp) for f, tp in fields(stage.config) if f.metadata.get("positional")]
+    others = [_param(f, tp) for f, tp in fields(stage.config) if not f.metadata.get("positional")]
 
     def command(**kwargs: Any) -> None:
         recipe_name = kwargs.pop("recipe", None)
         try:
-            cfg = load_stage_config(cls, stage, recipe_name, kwargs)
-            run(cfg)
+            cfg = load_stage_config(stage.config, stage.name, recipe_name, kwargs)
+            stage.run(cfg)
         except AifError as e:
             _fail(e)
 
@@ -142,16 +134,14 @@ def make_command(stage: str, cls: type, run: Callable[[Any], Any]) -> Callable[.
 
 
 def _register_stages() -> None:
-    for stage, (module, cls_name, help_text) in STAGE_COMMANDS.items():
-        mod = importlib.import_module(module)
-        cls = getattr(mod, cls_name)
-        app.command(stage, help=help_text)(make_command(stage, cls, mod.run))
+    for stage in STAGES.values():
+        app.command(stage.name, help=stage.help)(make_command(stage))
 
 
 @app.command("models")
 def models_cmd() -> None:
     """List the offline tiny/toy models and common real models (any hub id or local path also works)."""
-    from aifeedback.families.loading import KNOWN_MODELS, tiny_names
+    from aifeedback.families.resolve import KNOWN_MODELS, tiny_names
 
     typer.echo("Offline models (built on first use, cached under $AIF_CACHE):")
     for name, desc in tiny_names().items():

@@ -19,8 +19,6 @@ import yaml
 
 from aifeedback.errors import AifError
 
-STAGES = ("generate", "score", "train", "export", "sample", "eval", "demo")
-
 
 class ConfigError(AifError, ValueError):
     """One or more config problems; the message lists each on its own line."""
@@ -197,77 +195,3 @@ def save_config(cfg: Any, path: str | Path) -> None:
     from aifeedback.storage.files import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Recipes: YAML files whose top-level keys are stage names; each stage command reads its own section.
-
-def recipe_dirs() -> list[Path]:
-    """Where shipped recipes live: the checkout's recipes/ folder, or the copy installed with the package."""
-    here = Path(__file__).resolve().parent
-    return [d for d in (here.parent / "recipes", here / "recipes") if d.is_dir()]
-
-
-def list_recipes() -> dict[str, tuple[Path, str]]:
-    """Shipped recipe name -> (path, first comment line)."""
-    out: dict[str, tuple[Path, str]] = {}
-    for d in recipe_dirs():
-        for p in sorted(d.glob("*.yaml")):
-            first = ""
-            for line in p.read_text().splitlines():
-                if line.startswith("#"):
-                    first = line.lstrip("# ").strip()
-                    break
-            out.setdefault(p.stem, (p, first))
-    return out
-
-
-def resolve_recipe(recipe: str) -> Path:
-    """A recipe path, or the name of a shipped recipe."""
-    p = Path(recipe)
-    if p.is_file():
-        return p
-    shipped = list_recipes()
-    name = p.stem if p.suffix in (".yaml", ".yml") else recipe
-    if name in shipped:
-        return shipped[name][0]
-    close = difflib.get_close_matches(name, list(shipped), n=3)
-    hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    raise ConfigError(
-        [f"recipe '{recipe}' is neither a file nor a shipped recipe.{hint} Run `aif recipes` to list them."],
-        "--recipe",
-    )
-
-
-def load_recipe_section(recipe: str, stage: str) -> tuple[dict[str, Any], str]:
-    """The mapping under `stage:` in a recipe, and a label for errors."""
-    path = resolve_recipe(recipe)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError([f"not valid YAML: {e}"], str(path)) from None
-    if not isinstance(data, dict):
-        raise ConfigError(["the top level must be a mapping of stage names to settings"], str(path))
-    unknown = [k for k in data if k not in STAGES]
-    if unknown:
-        raise ConfigError(
-            [f"unknown section '{k}' (sections are stage names: {', '.join(STAGES)})" for k in unknown], str(path)
-        )
-    if stage not in data:
-        have = ", ".join(data) or "none"
-        raise ConfigError([f"no '{stage}' section (this recipe has: {have})"], str(path))
-    section = data[stage] or {}
-    if not isinstance(section, dict):
-        raise ConfigError([f"section '{stage}' must be a mapping"], str(path))
-    return section, f"{path} [{stage}]"
-
-
-def load_stage_config(cls: type, stage: str, recipe: str | None, overrides: dict[str, Any]) -> Any:
-    """Recipe section (if any) with command-line overrides applied on top, validated as one."""
-    values: dict[str, Any] = {}
-    source = "command-line options"
-    if recipe:
-        values, source = load_recipe_section(recipe, stage)
-        source += " + command-line options"
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return build_config(cls, values, source)

@@ -10,7 +10,8 @@ def fixed_set_metrics(model, ckpt, data, dataset, resolution=16, draws=8, beta=5
     from aifeedback.families.base import training_target
     from aifeedback.families.loading import load_pipeline
     from aifeedback.families.registry import detect
-    from aifeedback.losses.dpo import denoising_mse, dpo
+    from aifeedback.losses.base import denoising_mse
+    from aifeedback.losses.dpo import dpo
     from aifeedback.storage.checkpoints import LORA_FILE, checkpoint_kind
     pipe = load_pipeline(model)
     fam = detect(pipe)

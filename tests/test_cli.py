@@ -6,10 +6,11 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from aifeedback.cli import STAGE_COMMANDS, app
+from aifeedback.cli import app
+from aifeedback.stages import STAGES
 
 runner = CliRunner()
-COMMANDS = list(STAGE_COMMANDS) + ["models", "recipes"]
+COMMANDS = list(STAGES) + ["models", "recipes"]
 
 
 def test_help_lists_every_command():
@@ -23,11 +24,10 @@ def test_help_lists_every_command():
 def test_command_help(cmd):
     result = runner.invoke(app, [cmd, "--help"], env={"COLUMNS": "300", "TERMINAL_WIDTH": "300"})
     assert result.exit_code == 0, result.output
-    if cmd in STAGE_COMMANDS:
+    if cmd in STAGES:
         from aifeedback.config import fields
 
-        module, cls_name, _ = STAGE_COMMANDS[cmd]
-        cls = getattr(__import__(module, fromlist=[cls_name]), cls_name)
+        cls = STAGES[cmd].config
         assert "--recipe" in result.output
         for f, _ in fields(cls):
             if not f.metadata.get("positional"):
@@ -65,11 +65,11 @@ def test_help_shows_each_option_type_and_default():
                      "[str or null; default: null]", "[bool; default: true]",
                      "[tensorboard|wandb|none; default: tensorboard]"):
         assert expected in text, f"train --help lacks {expected!r}"
-    for cmd, (module, cls_name, _) in STAGE_COMMANDS.items():
+    for cmd, stage in STAGES.items():
         from aifeedback.config import fields
 
         text = _help_text(cmd)
-        cls = getattr(__import__(module, fromlist=[cls_name]), cls_name)
+        cls = stage.config
         for f, _ in fields(cls):
             help_start = " ".join(f.metadata["help"].split()) + " ["
             assert help_start in text and "; default: " in text.split(help_start, 1)[1][:300], f"{cmd} --{f.name}"

@@ -5,7 +5,8 @@ from typing import Literal, Optional
 
 import pytest
 
-from aifeedback.config import ConfigError, build_config, identity_dict, load_stage_config, option
+from aifeedback.config import ConfigError, build_config, identity_dict, option
+from aifeedback.recipe import load_stage_config
 
 
 @dataclass

@@ -97,12 +97,11 @@ def test_no_progress_draws_no_bar(chain_log):
 
 
 def test_every_stage_takes_no_progress_without_changing_its_identity():
-    import importlib
 
-    from aifeedback.cli import STAGE_COMMANDS
+    from aifeedback.stages import STAGES
 
-    for stage, (module, cls_name, _) in STAGE_COMMANDS.items():
-        cls = getattr(importlib.import_module(module), cls_name)
+    for stage, entry in STAGES.items():
+        cls = entry.config
         field = {f.name: f for f in dataclasses.fields(cls)}.get("progress")
         assert field is not None and field.default is True, stage
         assert field.metadata["identity"] is False, stage  # a rerun with --no-progress resumes the same job

@@ -188,7 +188,7 @@ def test_scorer_accuracy_checks_every_input_before_loading_a_scorer(tmp_path, mo
 
 def test_eval_checks_scorers_and_models_before_generating(tmp_path, monkeypatch):
     import aifeedback.families.loading
-    from aifeedback.families.loading import ModelLoadError, TunedLoadError
+    from aifeedback.families.resolve import ModelLoadError, TunedLoadError
     from aifeedback.scoring.scorers import UnknownScorerError
 
     def refuse(*args, **kwargs):
@@ -230,7 +230,7 @@ def test_tuned_may_be_a_whole_model(tmp_path, tiny_sd15):
 def test_is_pipeline_tells_models_from_weights(tmp_path, tiny_sd15, monkeypatch):
     from huggingface_hub import constants
 
-    from aifeedback.families.loading import is_pipeline, resolve_tuned
+    from aifeedback.families.resolve import is_pipeline, resolve_tuned
 
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     assert is_pipeline("tiny-sdxl") and is_pipeline(str(tiny_sd15))

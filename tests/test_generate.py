@@ -236,7 +236,7 @@ def test_bad_inputs_are_refused_before_writing(tiny_sdxl, tmp_path):
 
 
 def test_model_check_needs_no_heavy_imports(tmp_path):
-    from aifeedback.families.loading import ModelLoadError, check_available
+    from aifeedback.families.resolve import ModelLoadError, check_available
 
     check_available("tiny-sd15")
     check_available(str(tmp_path))

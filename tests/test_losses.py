@@ -5,7 +5,9 @@ import math
 import pytest
 import torch
 
-from aifeedback.losses.dpo import LOSSES, denoising_mse, dpo, get_loss, list_losses, sft
+from aifeedback.losses import LOSSES, get_loss, list_losses
+from aifeedback.losses.base import denoising_mse
+from aifeedback.losses.dpo import dpo, sft
 
 
 def test_dpo_matches_hand_computation_batch_of_two():

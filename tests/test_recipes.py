@@ -1,13 +1,12 @@
 """Every shipped recipe loads into the config of each stage it has a section for."""
 
-import importlib
 import re
 
 import pytest
 import yaml
 
-from aifeedback.cli import STAGE_COMMANDS
-from aifeedback.config import list_recipes, load_stage_config
+from aifeedback.recipe import list_recipes, load_stage_config
+from aifeedback.stages import STAGES
 
 RECIPES = list_recipes()
 
@@ -26,6 +25,5 @@ def test_recipe_loads(name):
         f"{path} must say in its opening comment the command that runs it"
     sections = yaml.safe_load(text)
     for stage in sections:
-        module, cls_name, _ = STAGE_COMMANDS[stage]
-        cls = getattr(importlib.import_module(module), cls_name)
+        cls = STAGES[stage].config
         load_stage_config(cls, stage, name, {})  # raises ConfigError listing every problem

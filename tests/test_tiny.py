@@ -20,9 +20,9 @@ def _weights_hash(module: torch.nn.Module) -> str:
 def test_tiny_pipeline_is_deterministic(name, tmp_path):
     from diffusers import DiffusionPipeline
 
-    from aifeedback.zoo import TINY_PIPELINES
+    from aifeedback.zoo import ZOO
 
-    build, _ = TINY_PIPELINES[name]
+    build = ZOO[name].build
     hashes = []
     for i in range(2):
         build(tmp_path / str(i))
@@ -80,7 +80,8 @@ def test_offline_tokenizer_matches_open_clip():
 
 
 def test_unknown_model_error_is_actionable():
-    from aifeedback.families.loading import ModelLoadError, load_pipeline
+    from aifeedback.families.loading import load_pipeline
+    from aifeedback.families.resolve import ModelLoadError
 
     with pytest.raises(ModelLoadError) as exc:
         load_pipeline("nonexistent/model")

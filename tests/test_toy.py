@@ -117,7 +117,7 @@ def test_toy_model_draws_what_held_out_captions_say(toy_sd15):
 
 def test_toy_model_cache_is_versioned_on_its_own(toy_sd15):
     # A toy model cached by an older build (other world, other training) must be rebuilt, not reused.
-    from aifeedback.zoo import BUILD_VERSIONS
+    from aifeedback.zoo import ZOO
     from aifeedback.zoo.cache import ZOO_VERSION
 
-    assert toy_sd15.name == f"toy-sd15-v{BUILD_VERSIONS['toy-sd15']}" != f"toy-sd15-v{ZOO_VERSION}"
+    assert toy_sd15.name == f"toy-sd15-v{ZOO['toy-sd15'].version}" != f"toy-sd15-v{ZOO_VERSION}"

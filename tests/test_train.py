@@ -270,7 +270,7 @@ def test_recipes_load_and_tiny_recipe_runs_from_the_cli(human, tmp_path):
     from typer.testing import CliRunner
 
     from aifeedback.cli import app
-    from aifeedback.config import list_recipes, load_stage_config
+    from aifeedback.recipe import list_recipes, load_stage_config
     from aifeedback.stages.train import TrainConfig
 
     names = [n for n, (p, _) in list_recipes().items() if "train:" in p.read_text()]

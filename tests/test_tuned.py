@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from aifeedback.families.loading import TunedLoadError, latest_checkpoint, load_pipeline, resolve_tuned
+from aifeedback.families.loading import load_pipeline
+from aifeedback.families.resolve import TunedLoadError, latest_checkpoint, resolve_tuned
 from aifeedback.families.sampling import render
 
 PROMPTS, SEEDS = ["a red cat", "a blue dog"], [1, 2]

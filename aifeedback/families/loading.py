@@ -9,39 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from aifeedback.errors import AifError
-from aifeedback.storage.checkpoints import LORA_FILE
-
-# Real models users commonly pass; listed by `aif models` (any other hub id or local path works too).
-KNOWN_MODELS: dict[str, str] = {
-    "stabilityai/stable-diffusion-xl-base-1.0": "SDXL base 1.0 (the paper's DPO-SDXL starting point), 1024 px",
-    "stable-diffusion-v1-5/stable-diffusion-v1-5": "Stable Diffusion 1.5 (the paper's DPO-SD1.5 starting point), 512 px",
-    "mhdang/dpo-sdxl-text2image-v1": "the paper's released DPO-SDXL UNet (use as --tuned in eval)",
-    "madebyollin/sdxl-vae-fp16-fix": "SDXL VAE that does not overflow in fp16 (pass as --vae)",
-}
-
-DTYPES = ("float32", "float16", "bfloat16")
-SCHEDULERS = ("default", "ddim", "ddpm", "euler", "euler_a", "dpmpp_2m", "pndm", "lms")
-
-
-class ModelLoadError(AifError):
-    """A model name that is neither a local folder, a cached hub model, nor reachable on the hub."""
-
-
-def tiny_names() -> dict[str, str]:
-    """Offline model names -> description (tiny zoo and toy world)."""
-    from aifeedback.zoo import TINY_PIPELINES
-
-    return {name: desc for name, (_, desc) in TINY_PIPELINES.items()}
-
-
-def resolve_model(name: str) -> str:
-    """A tiny/toy name -> its built folder; anything else is returned unchanged (hub id or path)."""
-    from aifeedback.zoo import TINY_PIPELINES, tiny_pipeline_path
-
-    if name in TINY_PIPELINES:
-        return str(tiny_pipeline_path(name))
-    return name
+from aifeedback.families.resolve import DTYPES, SCHEDULERS, TunedLoadError, check_pipeline, load_error, resolve_model
 
 
 def torch_dtype(name: str):
@@ -53,51 +21,6 @@ def torch_dtype(name: str):
     if name not in DTYPES:
         raise ValueError(f"unknown dtype '{name}'; use one of {', '.join(DTYPES)}")
     return getattr(torch, name)
-
-
-def _load_error(name: str, what: str, err: Exception) -> ModelLoadError:
-    hint = ", ".join(tiny_names())
-    local = Path(name).exists()
-    where = "is a local folder but could not be loaded" if local else "is not a local folder, not in the Hugging Face cache, and the hub could not be reached (or has no such repo)"
-    return ModelLoadError(
-        f"Could not load {what} '{name}': it {where}.\n"
-        f"  Fix: check the spelling, download it on a machine with network access (`huggingface-cli download {name}`) "
-        f"and set HF_HOME to that cache, or pass a local folder; for an offline test use one of: {hint}.\n"
-        f"  Details: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
-    )
-
-
-def check_available(name: str, what: str = "model") -> None:
-    """Fail within a second, before torch and diffusers are imported, when `name` cannot be loaded.
-
-    A tiny name or an existing local path passes; a hub id passes when it is in the Hugging Face cache or, when
-    online, when the hub knows it. Anything else raises ModelLoadError naming the model and the fix.
-    """
-    if name in tiny_names() or Path(name).expanduser().exists():
-        return
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise ModelLoadError(f"Could not load {what} '{name}': no such local folder.\n"
-                             f"  Fix: check the path, or pass a hub id such as {next(iter(KNOWN_MODELS))}.")
-    from huggingface_hub import constants, model_info, try_to_load_from_cache
-
-    for file in ("model_index.json", "config.json", "unet/config.json"):
-        if isinstance(try_to_load_from_cache(name, file), str):
-            return
-    if constants.HF_HUB_OFFLINE:
-        raise _load_error(name, what, RuntimeError("HF_HUB_OFFLINE is set and the model is not in the cache"))
-    try:
-        model_info(name, timeout=10)
-    except Exception as e:  # not found, gated, or no network (httpx / requests errors): all mean "cannot load"
-        raise _load_error(name, what, e) from None
-
-
-def check_pipeline(name: str, vae: str | None = None, tuned: str | None = None) -> tuple[str | None, str | None]:
-    """Fail fast (no torch import) unless the model, VAE and tuned weights can be found; returns resolve_tuned's
-    (kind, where) for `tuned`, or (None, None)."""
-    check_available(name)
-    if vae:
-        check_available(vae, "VAE")
-    return check_tuned(tuned) if tuned else (None, None)
 
 
 def load_pipeline(name: str, dtype: str = "float32", device: str = "cpu", vae: str | None = None,
@@ -121,13 +44,13 @@ def load_pipeline(name: str, dtype: str = "float32", device: str = "cpu", vae: s
         try:
             kwargs["vae"] = AutoencoderKL.from_pretrained(resolve_model(vae), dtype=td)
         except (OSError, ValueError, EnvironmentError) as e:
-            raise _load_error(vae, "VAE", e) from None
+            raise load_error(vae, "VAE", e) from None
     if kind == "unet":  # load the tuned UNet instead of (not after) the base one: SDXL's is 5 GB in fp16
         kwargs["unet"] = _load_tuned_unet(where, td)
     try:
         pipe = DiffusionPipeline.from_pretrained(path, **kwargs)
     except (OSError, ValueError, EnvironmentError) as e:
-        raise _load_error(name, "model", e) from None
+        raise load_error(name, "model", e) from None
     detect(pipe)  # refuse unsupported pipelines early
     if kind == "unet":
         _check_tuned_fits(pipe, path, tuned)
@@ -156,88 +79,6 @@ def set_scheduler(pipe: Any, name: str) -> None:
     pipe.scheduler = getattr(diffusers, classes[name]).from_config(pipe.scheduler.config)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Fine-tuned weights (--tuned): what `aif train` / `aif export` write, or a hub repo such as the paper's DPO UNet.
-
-class TunedLoadError(ModelLoadError):
-    """A --tuned path that holds no LoRA, UNet or checkpoint."""
-
-
-def latest_checkpoint(run_dir: str | Path) -> Path:
-    """The highest-numbered `checkpoints/checkpoint-NNNNNN/` of a training run directory."""
-    from aifeedback.storage.checkpoints import list_checkpoints
-
-    ckpts = list_checkpoints(run_dir, require_state=False)  # a model is enough to sample from
-    if not ckpts:
-        raise TunedLoadError(f"training run {run_dir} has no checkpoints/checkpoint-NNNNNN/ folder yet. "
-                             f"Fix: wait for the first checkpoint, or pass a checkpoint or exported model.")
-    return ckpts[-1]
-
-
-def is_pipeline(name: str) -> bool:
-    """Whether `name` is a whole text-to-image model (a tiny name, a folder with model_index.json, or a hub repo with
-    one) rather than weights for a base model (LoRA, UNet folder, checkpoint, run dir, hub repo with only unet/)."""
-    if name in tiny_names():
-        return True
-    path = Path(name).expanduser()
-    if path.exists():
-        return (path / "model_index.json").is_file()
-    if name.startswith((".", "/", "~")) or name.count("/") != 1:
-        return False
-    from huggingface_hub import constants, file_exists, try_to_load_from_cache
-
-    if isinstance(try_to_load_from_cache(name, "model_index.json"), str):
-        return True
-    if constants.HF_HUB_OFFLINE:
-        return False
-    try:
-        return file_exists(name, "model_index.json")
-    except Exception:  # unreachable hub or gated repo: loading it as tuned weights reports the problem plainly
-        return False
-
-
-def resolve_tuned(tuned: str) -> tuple[str, str]:
-    """('lora' | 'unet', where) for a --tuned value; `where` is a file, a UNet folder, or a hub id.
-
-    A tiny name -> its UNet. Local paths: a LoRA `.safetensors` file, a folder holding
-    `pytorch_lora_weights.safetensors`, a folder with `unet/config.json`, a UNet folder itself, or a training run
-    (has `checkpoints/`) -> its latest checkpoint.
-    Anything else is a hub id of a repo with a `unet/` folder (e.g. mhdang/dpo-sdxl-text2image-v1).
-    """
-    if tuned in tiny_names():  # a whole tiny pipeline: its UNet
-        return "unet", str(Path(resolve_model(tuned)) / "unet")
-    p = Path(tuned).expanduser()
-    if not p.exists():
-        if tuned.startswith((".", "/", "~")) or p.suffix == ".safetensors":
-            raise TunedLoadError(f"--tuned {tuned} does not exist. Fix: check the path (a LoRA file, a UNet or "
-                                 f"pipeline folder, or a training run directory).")
-        return "unet", tuned
-    if (p / "checkpoints").is_dir():
-        p = latest_checkpoint(p)
-    if p.is_file():
-        if p.suffix != ".safetensors":
-            raise TunedLoadError(f"--tuned {p}: a file must be a LoRA .safetensors file.")
-        return "lora", str(p)
-    if (p / LORA_FILE).is_file():
-        return "lora", str(p / LORA_FILE)
-    if (p / "unet" / "config.json").is_file():
-        return "unet", str(p / "unet")
-    if (p / "config.json").is_file():
-        return "unet", str(p)
-    raise TunedLoadError(
-        f"--tuned {p} holds neither {LORA_FILE}, unet/config.json, config.json nor checkpoints/. "
-        f"Fix: pass a LoRA file, a UNet or pipeline folder, a training checkpoint or run directory."
-    )
-
-
-def check_tuned(tuned: str) -> tuple[str, str]:
-    """resolve_tuned, plus (for a hub UNet) the quick check that it can be loaded, before diffusers is imported."""
-    kind, where = resolve_tuned(tuned)
-    if kind == "unet" and not Path(where).exists():
-        check_available(where, "tuned UNet")
-    return kind, where
-
-
 def _load_tuned_unet(where: str, td: Any) -> Any:
     from diffusers import UNet2DConditionModel
 
@@ -247,7 +88,7 @@ def _load_tuned_unet(where: str, td: Any) -> Any:
             return UNet2DConditionModel.from_pretrained(where, dtype=td)
         return UNet2DConditionModel.from_pretrained(where, subfolder="unet", dtype=td)
     except (OSError, ValueError, EnvironmentError) as e:
-        raise _load_error(where, "tuned UNet", e) from None
+        raise load_error(where, "tuned UNet", e) from None
 
 
 def _check_tuned_fits(pipe: Any, base: str, tuned: str) -> None:

@@ -108,7 +108,6 @@ def encode_image(image: Any, fmt: str = "jpeg", quality: int = 95) -> bytes:
     return buf.getvalue()
 
 
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def optimize_pipeline(pipe: Any, channels_last: bool = False, compile: bool = False,

@@ -16,27 +16,10 @@ paper. Code that folds the 0.5 into beta uses half our value (its 2500 == our 50
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
-
 import torch
 import torch.nn.functional as F
 
-
-class LossOutput(NamedTuple):
-    loss: torch.Tensor  # scalar, differentiable
-    metrics: dict[str, torch.Tensor]  # detached scalars for logging
-
-
-def denoising_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-sample mean squared error over all but the batch dimension, in float32."""
-    return (pred.float() - target.float()).pow(2).mean(dim=tuple(range(1, pred.dim())))
-
-
-def _common_metrics(model_w, model_l, ref_w, ref_l) -> dict[str, torch.Tensor]:
-    out = {"mse_model_w": model_w.mean(), "mse_model_l": model_l.mean()}
-    if ref_w is not None:
-        out.update(mse_ref_w=ref_w.mean(), mse_ref_l=ref_l.mean())
-    return {k: v.detach() for k, v in out.items()}
+from aifeedback.losses.base import LossOutput, common_metrics
 
 
 def dpo(model_w: torch.Tensor, model_l: torch.Tensor, ref_w: torch.Tensor, ref_l: torch.Tensor,
@@ -51,7 +34,7 @@ def dpo(model_w: torch.Tensor, model_l: torch.Tensor, ref_w: torch.Tensor, ref_l
     inside = -0.5 * beta * (model_diff - ref_diff)
     loss = -F.logsigmoid(inside).mean()
     acc = (inside > 0).float() + 0.5 * (inside == 0).float()
-    metrics = _common_metrics(model_w, model_l, ref_w, ref_l)
+    metrics = common_metrics(model_w, model_l, ref_w, ref_l)
     metrics.update(implicit_acc=acc.mean().detach(), reward_margin=inside.mean().detach())
     return LossOutput(loss, metrics)
 
@@ -64,29 +47,9 @@ def sft(model_w: torch.Tensor, model_l: torch.Tensor, ref_w: torch.Tensor | None
     reported, so SFT and DPO runs can be compared on one chart.
     """
     loss = model_w.mean()
-    metrics = _common_metrics(model_w, model_l, ref_w, ref_l)
+    metrics = common_metrics(model_w, model_l, ref_w, ref_l)
     if ref_w is not None:
         inside = -0.5 * beta * ((model_w - model_l) - (ref_w - ref_l))
         acc = (inside > 0).float() + 0.5 * (inside == 0).float()
         metrics.update(implicit_acc=acc.mean().detach(), reward_margin=inside.mean().detach())
     return LossOutput(loss, metrics)
-
-
-# name -> (function, needs a reference model, one-line description)
-LOSSES: dict[str, tuple[Callable[..., LossOutput], bool, str]] = {
-    "dpo": (dpo, True, "Diffusion-DPO sigmoid loss against the frozen reference (the paper's objective)"),
-    "sft": (sft, False, "denoising MSE on the preferred images only (the paper's SFT baseline)"),
-}
-
-
-def list_losses() -> dict[str, str]:
-    """Loss name -> description."""
-    return {name: desc for name, (_, _, desc) in LOSSES.items()}
-
-
-def get_loss(name: str) -> tuple[Callable[..., LossOutput], bool]:
-    """(loss function, needs_reference) by name; an unknown name lists the valid ones."""
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss '{name}'; valid: {', '.join(LOSSES)}")
-    fn, needs_ref, _ = LOSSES[name]
-    return fn, needs_ref

@@ -1,0 +1,52 @@
+"""The stages, by command name: the one list from which the command line, recipe sections and the demo derive.
+
+A stage is a config dataclass (`stages/<module>_config.py`, light: the command line reads it to build `--help`)
+and a module with `run(cfg)` (`stages/<module>.py`, imported only when the stage runs). To add a stage, write the
+two files and register it here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+from aifeedback.registry import Registry
+from aifeedback.stages.demo_config import DemoConfig
+from aifeedback.stages.evaluate_config import EvalConfig
+from aifeedback.stages.export_config import ExportConfig
+from aifeedback.stages.generate_config import GenerateConfig
+from aifeedback.stages.sample_config import SampleConfig
+from aifeedback.stages.score_config import ScoreConfig
+from aifeedback.stages.train_config import TrainConfig
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A command: `aif NAME` builds `config` from flags and a recipe's NAME section, then calls run(cfg)."""
+
+    name: str
+    help: str
+    config: type
+    module: str  # defines run(cfg); imported when the stage runs
+
+    def run(self, cfg: Any) -> Any:
+        cfg.preflight()  # bad names fail now, before the stage module imports torch and diffusers at its top
+        return importlib.import_module(self.module).run(cfg)
+
+
+STAGES: Registry[Stage] = Registry("stage", [
+    Stage("generate", "Sample K candidate images per prompt (SDXL / SD1.5).", GenerateConfig,
+          "aifeedback.stages.generate"),
+    Stage("score", "Score images with reward models and write preference pairs.", ScoreConfig,
+          "aifeedback.stages.score"),
+    Stage("train", "Diffusion-DPO (or SFT) on human or AI-labelled pairs.", TrainConfig, "aifeedback.stages.train"),
+    Stage("export", "Turn a training checkpoint into a diffusers UNet or LoRA file.", ExportConfig,
+          "aifeedback.stages.export"),
+    Stage("sample", "Generate images from a trained model (base + UNet/LoRA).", SampleConfig,
+          "aifeedback.stages.sample"),
+    Stage("eval", "Win rates of a tuned model against its base, with a report.", EvalConfig,
+          "aifeedback.stages.evaluate"),
+    Stage("demo", "The whole loop on the toy model, offline, in minutes on a CPU.", DemoConfig,
+          "aifeedback.stages.demo"),
+])

@@ -14,58 +14,19 @@ Each stage's output folder is an ordinary stage output: a rerun resumes or reuse
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aifeedback.config import build_config, fields, option
+from aifeedback.config import build_config, fields
+from aifeedback.stages import STAGES
+from aifeedback.stages.demo_config import DemoConfig
 
 MODEL = "toy-sd15"
 FIDELITY = "toy-fidelity"  # does an image show its caption's colours? A reward bought with fidelity shows here
 
 
-@dataclass
-class DemoConfig:
-    out: str = option("runs/demo", "output folder: prompts/, generate/, pairs/, dpo/, eval/ and commands.txt")
-    prompts: int = option(64, "training captions (each gets --images-per-prompt candidates)", min=2)
-    images_per_prompt: int = option(8, "candidates per caption (K); the best- and worst-scored become a pair", min=2)
-    eval_prompts: int = option(64, "held-out captions for the eval (none of them is a training caption)", min=1)
-    eval_seeds: int = option(4, "images per held-out caption and model (base and tuned twins share a seed)", min=1)
-    scorer: str = option("redness", "the reward that labels the pairs, e.g. redness, brightness, color:blue")
-    sampling_steps: int = option(10, "DDIM steps for every image", min=1)
-    guidance: float = option(1.0, "classifier-free guidance scale for every image (1 = off)", min=0.0)
-    train_steps: int = option(150, "Diffusion-DPO optimizer steps", min=1)
-    batch_size: int = option(16, "pairs per DPO step", min=1)
-    beta: float = option(2000.0, "DPO beta (with the paper's 0.5 factor; 2000 as for SD1.5)", min=0.0)
-    # 5e-5: the reward rises on every held-out twin while most images keep their captioned colours; at 1e-4 fidelity
-    # falls noticeably, and at 3e-4 most images turn red (fidelity ~5-20%): reward hacking, as the summary shows
-    lr: float = option(5e-5, "AdamW learning rate (no weight decay, no warmup, no clipping)", min=0.0)
-    seed: int = option(0, "seed of the caption split, the image seeds and the training run", min=0)
-    overwrite: bool = option(False, "replace a different run's results in --out", identity=False)
-    progress: bool = option(True, "show progress bars (in a log: a plain line every 30 s)", identity=False)
-
-    def validate(self) -> list[str]:
-        from aifeedback.zoo.toy import all_captions
-
-        n = len(all_captions())
-        if self.prompts + self.eval_prompts > n:
-            return [f"prompts + eval_prompts ({self.prompts} + {self.eval_prompts}) exceeds the toy world's {n} "
-                    f"distinct captions; lower one of them"]
-        return []
-
-    def preflight(self) -> None:
-        """Fail fast, before torch is imported and the toy model is built: the reward's name."""
-        from aifeedback.preflight import check_scorers
-
-        check_scorers([self.scorer])
-
-
 def stage_configs(cfg: DemoConfig) -> dict[str, Any]:
-    """The GenerateConfig, ScoreConfig, TrainConfig and EvalConfig the demo runs (in that order), by stage name."""
-    from aifeedback.stages.evaluate import EvalConfig
-    from aifeedback.stages.generate import GenerateConfig
-    from aifeedback.stages.score import ScoreConfig
-    from aifeedback.stages.train import TrainConfig
+    """The configs of the stages the demo runs (generate, score, train, eval, in that order), by stage name."""
     from aifeedback.zoo.toy import SIZE
 
     out = Path(cfg.out)
@@ -73,25 +34,25 @@ def stage_configs(cfg: DemoConfig) -> dict[str, Any]:
     common = {"steps": cfg.sampling_steps, "guidance": cfg.guidance, "dtype": "float32", "batch_size": 64,
               "overwrite": cfg.overwrite, "progress": cfg.progress}
     values = {
-        "generate": (GenerateConfig, {
+        "generate": {
             "model": MODEL, "prompts": str(out / "prompts" / "train.txt"), "images_per_prompt": cfg.images_per_prompt,
-            "seed": cfg.seed, "image_format": "png", "save_latents": True, "out": str(out / "generate"), **common}),
-        "score": (ScoreConfig, {
+            "seed": cfg.seed, "image_format": "png", "save_latents": True, "out": str(out / "generate"), **common},
+        "score": {
             "input": str(out / "generate"), "scorer": [cfg.scorer], "pairing": "best-worst", "workers": 0,
-            "out": str(out / "pairs"), "overwrite": cfg.overwrite, "progress": cfg.progress}),
-        "train": (TrainConfig, {
+            "out": str(out / "pairs"), "overwrite": cfg.overwrite, "progress": cfg.progress},
+        "train": {
             "data": "ai", "dataset": str(out / "pairs"), "model": MODEL, "resolution": SIZE, "beta": cfg.beta,
             "lr": cfg.lr, "scale_lr": False, "weight_decay": 0.0, "max_grad_norm": 0.0, "max_steps": cfg.train_steps,
             "batch_size": cfg.batch_size, "seed": cfg.seed, "checkpoint_every": cfg.train_steps,
             "keep_checkpoints": 1, "validation_every": 0, "num_workers": 0, "trackers": "none",
-            "out": str(out / "dpo"), "overwrite": cfg.overwrite, "progress": cfg.progress}),
-        "eval": (EvalConfig, {
+            "out": str(out / "dpo"), "overwrite": cfg.overwrite, "progress": cfg.progress},
+        "eval": {
             "base": MODEL, "tuned": str(out / "dpo"), "prompts": str(out / "prompts" / "eval.txt"),
             "seeds_per_prompt": cfg.eval_seeds, "seed": cfg.seed + 1,
             "scorers": list(dict.fromkeys([cfg.scorer, "redness", "brightness", "saturation", FIDELITY])),
-            "out": str(out / "eval"), **common}),
+            "out": str(out / "eval"), **common},
     }
-    return {stage: build_config(cls, v, f"demo -> {stage}") for stage, (cls, v) in values.items()}
+    return {stage: build_config(STAGES[stage].config, v, f"demo -> {stage}") for stage, v in values.items()}
 
 
 def write_prompts(cfg: DemoConfig) -> None:
@@ -128,8 +89,7 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     cfg.preflight()
     from aifeedback.console import finish, nested, quiet_libraries
     from aifeedback.dist import process_state
-    from aifeedback.families.loading import resolve_model
-    from aifeedback.stages import evaluate, generate, score, train
+    from aifeedback.families.resolve import resolve_model
     from aifeedback.storage.files import atomic_write_text
 
     quiet_libraries()
@@ -145,11 +105,10 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
         write_prompts(cfg)
         atomic_write_text(Path(cfg.out) / "commands.txt", "\n".join(command_line(s, c) for s, c in configs.items()) + "\n")
     state.wait_for_everyone()
-    stages = {"generate": generate.run, "score": score.run, "train": train.run, "eval": evaluate.run}
-    for i, (stage, stage_run) in enumerate(stages.items(), 1):
-        say(f"[demo] {i}/4 {stage} ({time.time() - start:.0f}s): {command_line(stage, configs[stage])}")
+    for i, (stage, stage_cfg) in enumerate(configs.items(), 1):
+        say(f"[demo] {i}/{len(configs)} {stage} ({time.time() - start:.0f}s): {command_line(stage, stage_cfg)}")
         with nested():  # the stage's summary says what it wrote; the demo itself says what comes next
-            report = stage_run(configs[stage])  # the last one, eval, returns the report (on the main process)
+            report = STAGES[stage].run(stage_cfg)  # the last one, eval, returns the report (on the main process)
     if main:
         print(summary(report, cfg, Path(cfg.out), time.time() - start))
         finish("demo", cfg.out, "prompts/, generate/, pairs/, dpo/, eval/ and commands.txt",

@@ -10,35 +10,10 @@ The folder is written under a temporary name and renamed when complete.
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
 
-from aifeedback.config import option
 from aifeedback.errors import AifError
-
-
-@dataclass
-class ExportConfig:
-    checkpoint: str = option("", "a checkpoint folder (RUN/checkpoints/checkpoint-NNNNNN) or a run folder (-> its latest)", positional=True)
-    out: str = option("export", "output folder")
-    pipeline: bool = option(False, "write a whole diffusers pipeline folder (base model + tuned UNet, LoRA fused)")
-    model: Optional[str] = option(None, "base model for --pipeline; null = the model recorded in the run's config.yaml")
-    dtype: Literal["float32", "float16", "bfloat16"] = option("float32", "dtype of the written weights")
-    overwrite: bool = option(False, "replace an existing --out folder")
-    progress: bool = option(True, "accepted for a uniform command line; export draws no progress bar", identity=False)
-
-    def validate(self) -> list[str]:
-        return [] if self.checkpoint else ["checkpoint: pass the checkpoint or run folder to export"]
-
-    def preflight(self) -> None:
-        """Fail fast, before torch is imported: the checkpoint and, for --pipeline, the base model."""
-        from aifeedback.families.loading import check_available
-        from aifeedback.storage.checkpoints import resolve_checkpoint
-
-        ckpt = resolve_checkpoint(self.checkpoint)
-        if self.pipeline:
-            check_available(_base_model(self, ckpt), "base model")
+from aifeedback.stages.export_config import ExportConfig
 
 
 def run(cfg: ExportConfig) -> Path:
@@ -101,22 +76,10 @@ def run(cfg: ExportConfig) -> Path:
     return out
 
 
-def _base_model(cfg: ExportConfig, ckpt: Path) -> str:
-    """--model, else the model recorded in the training run's config.yaml."""
-    import yaml
-
-    if cfg.model is not None:
-        return cfg.model
-    run_config = ckpt.parent.parent / "config.yaml"
-    if not run_config.exists():
-        raise AifError(f"--pipeline needs the base model: {run_config} is missing, so pass --model")
-    return yaml.safe_load(run_config.read_text())["model"]
-
-
 def _base_pipeline(cfg: ExportConfig, ckpt: Path):
     from aifeedback.families.loading import load_pipeline
 
-    return load_pipeline(_base_model(cfg, ckpt), "float32", "cpu")
+    return load_pipeline(cfg.base_model(ckpt), "float32", "cpu")
 
 
 def _recorded_model(ckpt: Path) -> str | None:

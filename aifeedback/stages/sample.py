@@ -10,53 +10,10 @@ keeps the files already written and renders only what is missing; a different jo
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
 
-from aifeedback.config import identity_dict, option, save_config, to_dict
-from aifeedback.families.loading import DTYPES, SCHEDULERS
-
-
-@dataclass
-class SampleConfig:
-    model: str = option("stabilityai/stable-diffusion-xl-base-1.0", "base model: hub id, local folder, or tiny-sdxl / tiny-sd15")
-    tuned: Optional[str] = option(None, "fine-tuned weights: LoRA file/folder, UNet or pipeline folder, training checkpoint or run dir")
-    prompts: str = option("parti", "prompt source: parti, a .txt/.jsonl/.csv/.tsv file, or a local / hub datasets dataset")
-    prompt_column: Optional[str] = option(None, "column holding the prompt (.jsonl/.csv/.tsv/datasets)")
-    split: Optional[str] = option(None, "dataset split to read")
-    limit: Optional[int] = option(8, "use only the first N prompts (null: all)", min=1)
-    images_per_prompt: int = option(1, "images per prompt", min=1)
-    out: str = option("outputs/sample", "output folder for the image files, grid.png and index.jsonl", identity=False)
-    steps: int = option(50, "denoising steps", min=1, max=1000)
-    guidance: Optional[float] = option(None, "classifier-free guidance scale (default: 5.0 for SDXL, 7.5 for SD1.5)", min=0)
-    resolution: Optional[int] = option(None, "image size in pixels (default: the model's native size)", min=8)
-    negative_prompt: str = option("", "negative prompt used for every image")
-    scheduler: str = option("default", "sampler (default keeps the model's own)", choices=SCHEDULERS)
-    seed: int = option(0, "run seed; image k of a prompt uses a seed derived from (seed, prompt_id, k)", min=0)
-    dtype: str = option("auto", "weights dtype (auto: float16 on GPU, float32 on CPU)", choices=("auto",) + DTYPES)
-    vae: Optional[str] = option(None, "replacement VAE (e.g. madebyollin/sdxl-vae-fp16-fix for fp16 SDXL)")
-    image_format: Literal["png", "jpeg"] = option("png", "image file format")
-    jpeg_quality: int = option(95, "JPEG quality", min=1, max=100)
-    grid: bool = option(True, "also write grid.png (one row per prompt)", identity=False)
-    grid_cell: int = option(256, "grid tile size in pixels", min=16, identity=False)
-    batch_size: int = option(4, "images rendered per pipeline call", min=1, identity=False)
-    device: str = option("auto", "device: auto (the process's GPU under accelerate, else CPU), cuda, cuda:N, cpu", identity=False)
-    overwrite: bool = option(False, "replace a different job's images in --out instead of refusing", identity=False)
-    progress: bool = option(True, "show a progress bar (in a log: a plain line every 30 s)", identity=False)
-
-    def validate(self) -> list[str]:
-        if self.resolution is not None and self.resolution % 8:
-            return [f"resolution: must be a multiple of 8, got {self.resolution}"]
-        return []
-
-    def preflight(self) -> None:
-        """Fail fast, before torch is imported, on a model, VAE, tuned weights or prompt file that cannot be found."""
-        from aifeedback.data.prompts import source_kind
-        from aifeedback.families.loading import check_pipeline
-
-        check_pipeline(self.model, self.vae, self.tuned)
-        source_kind(self.prompts)
+from aifeedback.config import identity_dict, save_config, to_dict
+from aifeedback.stages.sample_config import SampleConfig
 
 
 def run(cfg: SampleConfig) -> list[Path]:
@@ -128,7 +85,7 @@ def run(cfg: SampleConfig) -> list[Path]:
 
 def pin_tuned(tuned: str | None) -> str | None:
     """A training run dir -> its latest checkpoint folder, so a result records (and a rerun detects) which one."""
-    from aifeedback.families.loading import latest_checkpoint
+    from aifeedback.families.resolve import latest_checkpoint
 
     if tuned and (Path(tuned).expanduser() / "checkpoints").is_dir():
         return str(latest_checkpoint(Path(tuned).expanduser()))

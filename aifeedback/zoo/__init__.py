@@ -1,35 +1,48 @@
-"""The offline model zoo: tiny random pipelines for tests and the pretrained toy world, by name."""
+"""The offline model zoo: tiny random pipelines of the real architectures (tests) and the pretrained toy world
+(`aif demo`), by name. Each is built on first use from a fixed seed and cached (see zoo/cache.py).
+
+To add an offline model: write its builder (a function that saves a diffusers pipeline into a folder) and register
+it here. This module is light: a builder's module is imported only when the model is first built.
+"""
 
 from __future__ import annotations
 
+import importlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
+from aifeedback.registry import Registry
 from aifeedback.zoo.cache import ZOO_VERSION, cached_build
-from aifeedback.zoo.tiny import build_tiny_sd15, build_tiny_sdxl
 
 
-def _build_toy_sd15(out: Path) -> None:
-    from aifeedback.zoo.toy import build_toy_sd15  # the toy world lives in its own module (it trains, ~1.5 min)
+@dataclass(frozen=True)
+class ZooModel:
+    """An offline model: `aif ... --model NAME` loads the folder its builder writes."""
 
-    build_toy_sd15(out)
+    name: str
+    help: str
+    builder: str  # "module:function" writing the pipeline folder
+    version: str = ZOO_VERSION  # bump when the builder changes what it builds, so an older cached build is not reused
+
+    def build(self, out: Path) -> None:
+        module, _, function = self.builder.partition(":")
+        getattr(importlib.import_module(module), function)(out)
+
+    def path(self) -> Path:
+        """The built folder (built now if it is not cached)."""
+        return cached_build(self.name, self.build, self.version)
 
 
-# name -> (builder, one-line description). Other modules (toy world, tiny scorers) add their own entries.
-TINY_PIPELINES: dict[str, tuple[Callable[[Path], None], str]] = {
-    "tiny-sdxl": (build_tiny_sdxl, "tiny random StableDiffusionXLPipeline (2 text encoders, text_time), for tests"),
-    "tiny-sd15": (build_tiny_sd15, "tiny random StableDiffusionPipeline, for tests"),
-    "toy-sd15": (_build_toy_sd15, "toy StableDiffusionPipeline pretrained on coloured discs (8x8 px) for `aif demo`"),
-}
-
-
-# name -> its builder's version where it is not ZOO_VERSION. Bump toy-sd15's whenever aifeedback/zoo/toy.py changes
-# what it builds (world, architecture, training), so a cached toy model from before is rebuilt, not reused.
-# 2: centred discs, 24 captions held out of pretraining (prompt fidelity).
-BUILD_VERSIONS: dict[str, str] = {"toy-sd15": "2"}
+ZOO: Registry[ZooModel] = Registry("offline model", [
+    ZooModel("tiny-sdxl", "tiny random StableDiffusionXLPipeline (2 text encoders, text_time), for tests",
+             "aifeedback.zoo.tiny:build_tiny_sdxl"),
+    ZooModel("tiny-sd15", "tiny random StableDiffusionPipeline, for tests", "aifeedback.zoo.tiny:build_tiny_sd15"),
+    # toy-sd15 version 2: centred discs, 24 captions held out of pretraining (prompt fidelity)
+    ZooModel("toy-sd15", "toy StableDiffusionPipeline pretrained on coloured discs (8x8 px) for `aif demo`",
+             "aifeedback.zoo.toy:build_toy_sd15", version="2"),
+])
 
 
 def tiny_pipeline_path(name: str) -> Path:
-    """Folder of a tiny pipeline, built on first use."""
-    build, _ = TINY_PIPELINES[name]
-    return cached_build(name, build, BUILD_VERSIONS.get(name, ZOO_VERSION))
+    """Folder of an offline model, built on first use."""
+    return ZOO[name].path()

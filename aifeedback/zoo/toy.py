@@ -28,7 +28,7 @@ AutoencoderKL is the honest choice; its log-variance is pinned very low so `late
 Because the latent is the picture, the UNet does pixel-space diffusion, which is what made the effect reliable.
 
 The build is deterministic on one CPU type (fixed seeds, one data generator, one thread) and cached by
-`aifeedback.zoo.cache.cached_build` (bump `zoo.BUILD_VERSIONS["toy-sd15"]` when the build changes). It is not identical
+`aifeedback.zoo.cache.cached_build` (bump its version in the zoo registry when the build changes). It is not identical
 across CPU types: their kernels round float sums differently, and training amplifies last-bit differences (tried:
 even in float64, two kernel sets of this CPU gave weights 0.3% apart after 60 steps), so the toy model and the
 demo's figures vary a little between machines; the README gives the range.

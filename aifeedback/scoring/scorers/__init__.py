@@ -7,16 +7,17 @@ Every scorer returns one float per (image, prompt), higher = better. Heavy impor
 
 from __future__ import annotations
 
-import difflib
+from dataclasses import dataclass
 from typing import Callable
 
 from aifeedback.errors import AifError
+from aifeedback.registry import Registry, UnknownNameError
 from aifeedback.scoring.scorers.base import Scorer
 
 __all__ = ["Scorer", "UnknownScorerError", "list_scorers", "load_scorer", "parse_spec", "model_error"]
 
 
-class UnknownScorerError(AifError):
+class UnknownScorerError(UnknownNameError):
     """A scorer name that is not registered."""
 
 
@@ -69,24 +70,38 @@ def _stat(kind: str):
     return load
 
 
-# name -> (loader(name, model, device, dtype), description)
-SCORERS: dict[str, tuple[Callable[..., Scorer], str]] = {
-    "pickscore": (_pickscore, "PickScore: CLIPModel yuvalkirstain/PickScore_v1 + laion/CLIP-ViT-H-14-laion2B-s32B-b79K processor; logit_scale*cos"),
-    "hpsv2": (_hpsv2, "HPS v2.0 (hpsv2:v2.1 for v2.1): open_clip ViT-H-14 + xswu/HPSv2 checkpoint; cosine, pad preprocessing"),
-    "clip": (_clip, "CLIP score: open_clip ViT-H-14 laion2b_s32b_b79k; cosine, pad preprocessing"),
-    "aesthetic": (_aesthetic, "LAION aesthetic predictor v2: OpenAI CLIP ViT-L/14 + shipped MLP head; 1-10, prompt ignored"),
-    "imagereward": (_imagereward, "ImageReward v1.0: THUDM/ImageReward ImageReward.pt (BLIP ViT-L/16 + BERT cross-attention + MLP); normalised reward"),
-    "redness": (_stat("redness"), "mean R - mean(G,B) of the image in [0,1] (toy reward, no model)"),
-    "brightness": (_stat("brightness"), "mean Rec.601 luma in [0,1] (no model)"),
-    "saturation": (_stat("saturation"), "mean HSV saturation in [0,1] (no model)"),
-    "color": (_stat("color"), "color:NAME, closeness of the pixels to a CSS colour or #rrggbb in [0,1] (no model)"),
-    "toy-fidelity": (_toy_fidelity, "1 if a toy image's disc and background colours are the caption's, else 0 (no model)"),
-}
+@dataclass(frozen=True)
+class ScorerKind:
+    """A registered scorer: `load(spec, model, device, dtype)` imports its implementation and builds it."""
+
+    name: str
+    help: str
+    load: Callable[..., Scorer]
+
+
+SCORERS: Registry[ScorerKind] = Registry("scorer", [
+    ScorerKind("pickscore", "PickScore: CLIPModel yuvalkirstain/PickScore_v1 + laion/CLIP-ViT-H-14-laion2B-s32B-b79K "
+               "processor; logit_scale*cos", _pickscore),
+    ScorerKind("hpsv2", "HPS v2.0 (hpsv2:v2.1 for v2.1): open_clip ViT-H-14 + xswu/HPSv2 checkpoint; cosine, pad "
+               "preprocessing", _hpsv2),
+    ScorerKind("clip", "CLIP score: open_clip ViT-H-14 laion2b_s32b_b79k; cosine, pad preprocessing", _clip),
+    ScorerKind("aesthetic", "LAION aesthetic predictor v2: OpenAI CLIP ViT-L/14 + shipped MLP head; 1-10, prompt "
+               "ignored", _aesthetic),
+    ScorerKind("imagereward", "ImageReward v1.0: THUDM/ImageReward ImageReward.pt (BLIP ViT-L/16 + BERT "
+               "cross-attention + MLP); normalised reward", _imagereward),
+    ScorerKind("redness", "mean R - mean(G,B) of the image in [0,1] (toy reward, no model)", _stat("redness")),
+    ScorerKind("brightness", "mean Rec.601 luma in [0,1] (no model)", _stat("brightness")),
+    ScorerKind("saturation", "mean HSV saturation in [0,1] (no model)", _stat("saturation")),
+    ScorerKind("color", "color:NAME, closeness of the pixels to a CSS colour or #rrggbb in [0,1] (no model)",
+               _stat("color")),
+    ScorerKind("toy-fidelity", "1 if a toy image's disc and background colours are the caption's, else 0 (no model)",
+               _toy_fidelity),
+])
 
 
 def list_scorers() -> dict[str, str]:
     """Registered scorer names -> one-line description."""
-    return {name: desc for name, (_, desc) in SCORERS.items()}
+    return SCORERS.describe()
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
@@ -94,11 +109,9 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     name, _, model = spec.strip().partition(":")
     name = name.strip().lower()
     if name not in SCORERS:
-        close = difflib.get_close_matches(name, list(SCORERS), n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
         raise UnknownScorerError(
-            f"unknown scorer '{spec}'.{hint} Valid scorers: {', '.join(SCORERS)} "
-            f"(as NAME or NAME:MODEL, e.g. pickscore:tiny, hpsv2:v2.1, color:red; `aif models` describes them)."
+            f"{SCORERS.unknown(name)} (as NAME or NAME:MODEL, e.g. pickscore:tiny, hpsv2:v2.1, color:red; "
+            "`aif models` describes them)."
         )
     return name, (model.strip() or None)
 
@@ -106,8 +119,7 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
 def load_scorer(spec: str, device: str = "cpu", dtype: str = "float32") -> Scorer:
     """Load a scorer by spec (`pickscore`, `pickscore:tiny`, `hpsv2:v2.1`, `clip:/path`, `color:red`, ...)."""
     name, model = parse_spec(spec)
-    loader, _ = SCORERS[name]
-    return loader(spec.strip(), model, device, dtype)
+    return SCORERS[name].load(spec.strip(), model, device, dtype)
 
 
 def model_error(spec: str, what: str, err: Exception) -> ScorerLoadError:

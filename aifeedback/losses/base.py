@@ -1,0 +1,25 @@
+"""What every loss shares: its return type, the per-pair denoising error it is computed from, common metrics."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+
+class LossOutput(NamedTuple):
+    loss: torch.Tensor  # scalar, differentiable
+    metrics: dict[str, torch.Tensor]  # detached scalars for logging
+
+
+def denoising_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean squared error over all but the batch dimension, in float32."""
+    return (pred.float() - target.float()).pow(2).mean(dim=tuple(range(1, pred.dim())))
+
+
+def common_metrics(model_w, model_l, ref_w, ref_l) -> dict[str, torch.Tensor]:
+    """The mean errors every loss logs (mse_model_w/l, and mse_ref_w/l when there is a reference), detached."""
+    out = {"mse_model_w": model_w.mean(), "mse_model_l": model_l.mean()}
+    if ref_w is not None:
+        out.update(mse_ref_w=ref_w.mean(), mse_ref_l=ref_l.mean())
+    return {k: v.detach() for k, v in out.items()}

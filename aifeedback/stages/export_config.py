@@ -1,0 +1,47 @@
+"""`aif export`'s settings: `ExportConfig`, one documented field per option (read by the command line and recipes).
+
+Light on purpose (no torch): `aif --help` and recipe checks import it; the stage itself is `stages/export.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+
+from aifeedback.config import option
+from aifeedback.errors import AifError
+
+
+@dataclass
+class ExportConfig:
+    checkpoint: str = option("", "a checkpoint folder (RUN/checkpoints/checkpoint-NNNNNN) or a run folder (-> its latest)", positional=True)
+    out: str = option("export", "output folder")
+    pipeline: bool = option(False, "write a whole diffusers pipeline folder (base model + tuned UNet, LoRA fused)")
+    model: Optional[str] = option(None, "base model for --pipeline; null = the model recorded in the run's config.yaml")
+    dtype: Literal["float32", "float16", "bfloat16"] = option("float32", "dtype of the written weights")
+    overwrite: bool = option(False, "replace an existing --out folder")
+    progress: bool = option(True, "accepted for a uniform command line; export draws no progress bar", identity=False)
+
+    def validate(self) -> list[str]:
+        return [] if self.checkpoint else ["checkpoint: pass the checkpoint or run folder to export"]
+
+    def preflight(self) -> None:
+        """Fail fast, before torch is imported: the checkpoint and, for --pipeline, the base model."""
+        from aifeedback.families.resolve import check_available
+        from aifeedback.storage.checkpoints import resolve_checkpoint
+
+        ckpt = resolve_checkpoint(self.checkpoint)
+        if self.pipeline:
+            check_available(self.base_model(ckpt), "base model")
+
+    def base_model(self, ckpt: Path) -> str:
+        """--model, else the model recorded in the training run's config.yaml."""
+        if self.model is not None:
+            return self.model
+        run_config = ckpt.parent.parent / "config.yaml"
+        if not run_config.exists():
+            raise AifError(f"--pipeline needs the base model: {run_config} is missing, so pass --model")
+        return yaml.safe_load(run_config.read_text())["model"]
