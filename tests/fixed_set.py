@@ -9,7 +9,7 @@ def fixed_set_metrics(model, ckpt, data, dataset, resolution=16, draws=8, beta=5
     from aifeedback.data import pairs as D
     from aifeedback.families.base import training_target
     from aifeedback.families.loading import load_pipeline
-    from aifeedback.families.registry import detect
+    from aifeedback.families import detect
     from aifeedback.losses.base import denoising_mse
     from aifeedback.losses.dpo import dpo
     from aifeedback.storage.checkpoints import LORA_FILE, checkpoint_kind

@@ -3,7 +3,7 @@
 A family says how to recognise its denoiser, how prompts become the denoiser's conditioning, how training noises a
 latent and what the denoiser is trained to predict, which layers LoRA adapts and which diffusers pipeline writes the
 LoRA file, and its defaults. The training loop, sampling and storage only talk to `Family`; adding a family (SD3,
-FLUX: flow-matching transformers) is one module with a `Family` subclass, registered in `families/registry.py`.
+FLUX: flow-matching transformers) is one module with a `Family` subclass, registered in `families/__init__.py`.
 
 `UNetFamily` holds what the DDPM-style UNet families (SD1.5, SDXL) share.
 """
@@ -37,10 +37,8 @@ class TextEncoders:
 
 class Family(ABC):
     """One family of text-to-image models. Subclasses set the facts and implement the methods; instances are
-    stateless (models and schedulers are passed in), so one registered instance serves every pipeline."""
+    stateless (models and schedulers are passed in), so one instance per registry entry serves every pipeline."""
 
-    name: ClassVar[str]
-    help: ClassVar[str]
     denoiser: ClassVar[str]  # the pipeline component that is trained ("unet", "transformer")
     resolution: ClassVar[int]  # native resolution in pixels (the training default)
     guidance: ClassVar[float]  # diffusers' default classifier-free guidance scale
@@ -86,6 +84,9 @@ class Family(ABC):
         if weight_dtype == torch.float16 and not self.vae_fp16_safe and not custom_vae:
             return torch.float32
         return weight_dtype
+
+    def __init__(self, name: str, help: str):
+        self.name, self.help = name, help  # from the registry entry (families/__init__.py)
 
     def __repr__(self) -> str:
         return f"<family {self.name}>"

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from aifeedback.families import detect
 from aifeedback.families.resolve import DTYPES, SCHEDULERS, TunedLoadError, check_pipeline, load_error, resolve_model
 
 
@@ -34,7 +35,6 @@ def load_pipeline(name: str, dtype: str = "float32", device: str = "cpu", vae: s
     from diffusers import AutoencoderKL, DiffusionPipeline
 
     from aifeedback.console import quiet_libraries
-    from aifeedback.families.registry import detect
 
     quiet_libraries()  # again now that diffusers is imported: its loading bars have no environment switch
     td = torch_dtype(dtype)

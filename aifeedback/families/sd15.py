@@ -12,8 +12,6 @@ from aifeedback.families.base import TextEncoders, UNetFamily, tokenize
 
 
 class SD15(UNetFamily):
-    name = "sd15"
-    help = "Stable Diffusion 1.5 layout: one CLIP text encoder, UNet without added conditioning (512 px)"
     addition_embed_type = None
     resolution = 512
     guidance = 7.5

@@ -14,8 +14,6 @@ from aifeedback.families.base import TextEncoders, UNetFamily, tokenize
 
 
 class SDXL(UNetFamily):
-    name = "sdxl"
-    help = "Stable Diffusion XL layout: two CLIP text encoders, pooled embedding and size/crop time ids (1024 px)"
     addition_embed_type = "text_time"
     resolution = 1024
     guidance = 5.0

@@ -39,9 +39,9 @@ from aifeedback.console import finish, note, progress, quiet_libraries
 from aifeedback.data import pairs as D
 from aifeedback.dist import process_state
 from aifeedback.errors import AifError
+from aifeedback.families import detect
 from aifeedback.families.base import Family, vae_factor
 from aifeedback.families.loading import load_pipeline
-from aifeedback.families.registry import detect
 from aifeedback.losses import get_loss
 from aifeedback.losses.base import denoising_mse
 from aifeedback.stages.train_config import TrainConfig
