@@ -108,7 +108,9 @@ class TrainRecipe:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.pairs_per_step = self.cfg.batch_size * self.cfg.grad_accum * self.world
         self.lr = self.cfg.lr * self.pairs_per_step if self.cfg.scale_lr else self.cfg.lr
-        self.optimizer, self.lr_sched = self._setup_optimizer()
+        optimizer, self.lr_sched = self._setup_optimizer()
+        self.model, self.optimizer = acc.prepare(self.model, optimizer)  # DDP / FSDP wrapping
+        acc.register_for_checkpointing(self.lr_sched)  # not prepare(): that would step it once per process
         self._setup_checkpoint_hooks()
         self.table, self.stats, self.dataset, self.n_pairs, self.transform = self._setup_data()
         self.state = self._setup_resume()
@@ -187,8 +189,6 @@ class TrainRecipe:
         optimizer = _optimizer(cfg, self.params, self.lr)
         lr_sched = get_scheduler("constant_with_warmup" if cfg.lr_schedule == "constant" else cfg.lr_schedule,
                                  optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps)
-        self.model, optimizer = self.accelerator.prepare(self.model, optimizer)
-        self.accelerator.register_for_checkpointing(lr_sched)  # not prepare(): that would step it once per process
         return optimizer, lr_sched
 
     def _setup_checkpoint_hooks(self) -> None:
