@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+from accelerate import PartialState
+
 
 def process_state() -> Any:
     """accelerate's PartialState: rank, world size, this rank's device.
@@ -12,7 +15,5 @@ def process_state() -> Any:
     would see each of them as a lone process 0 (so all would do all the work); asking for CPU makes them join one
     gloo group instead. PartialState is a process-wide singleton, so every stage in a process gets the same one.
     """
-    import torch
-    from accelerate import PartialState
 
     return PartialState(cpu=not torch.cuda.is_available())

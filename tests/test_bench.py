@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+# ~50 s of CPU in fresh processes; they guard scripts used in GPU sessions, not the stages: `make test-slow`
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 
 CASES = {

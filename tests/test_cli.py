@@ -168,9 +168,8 @@ def test_missing_optional_package_fails_before_training(monkeypatch, tmp_path, f
 
 
 def test_wandb_extra_is_declared():
-    from pathlib import Path
-
     import tomllib
+    from pathlib import Path
 
     project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]
     assert any(req.startswith("wandb") for req in project["optional-dependencies"]["wandb"])

@@ -356,6 +356,7 @@ def test_cli_reports_a_bad_scorer_without_traceback(tmp_path):
     assert r.returncode == 2 and "Did you mean 'pickscore'" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow  # ~15 s of CPU in 3 processes; test_crash_and_rerun_gives_identical_output covers resume by default
 def test_sigkill_and_rerun_gives_identical_output(tmp_path):
     import signal
     import time

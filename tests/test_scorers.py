@@ -197,7 +197,7 @@ def test_each_scorer_uses_its_reference_preprocessing():
 
 def test_the_score_pipeline_hands_each_transform_the_file_as_stored():
     # aif score's DataLoader decodes PNG bytes; a palette or RGBA file must reach the "openai" transform unconverted.
-    from aifeedback.scoring.inputs import ShardImages, ShardPlan
+    from aifeedback.scoring.loop import GroupImages, ImageGroup, TableImages
 
     class Rows:
         def __init__(self, images):
@@ -213,8 +213,8 @@ def test_the_score_pipeline_hands_each_transform_the_file_as_stored():
         im.save(buf, format="PNG")
         files.append(buf.getvalue())
     transforms = [ClipTransform(224, "openai"), ClipTransform(224, "hpsv2"), ClipTransform(224, "transformers")]
-    plan = ShardPlan(0, [(i, "image", "p") for i in range(len(files))])
-    chunk = next(iter(ShardImages(Rows(files), [plan], transforms, chunk=8)))
+    group = ImageGroup(0, [[(i, (i, "image"), "p") for i in range(len(files))]])
+    chunk = next(iter(GroupImages(TableImages(Rows(files)), [group], transforms, batch_size=8)))
     assert chunk["errors"] == [None] * len(files)
     for t, items in zip(transforms, chunk["items"]):
         torch.testing.assert_close(items, torch.stack([t(im) for im in images]), atol=0, rtol=0)

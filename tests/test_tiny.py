@@ -1,6 +1,8 @@
 """The offline tiny-model zoo: real architectures, deterministic weights, the real CLIP tokenizer."""
 
 import hashlib
+import re
+from importlib.metadata import entry_points
 
 import pytest
 import torch
@@ -87,6 +89,10 @@ def test_unknown_model_error_is_actionable():
         load_pipeline("nonexistent/model")
     msg = str(exc.value)
     assert "nonexistent/model" in msg and "tiny-sdxl" in msg and "Fix:" in msg
+    # the download command it recommends is one the pinned huggingface_hub installs (`huggingface-cli` is gone)
+    command = re.search(r"`(\S+) download nonexistent/model`", msg).group(1)
+    scripts = {ep.name for ep in entry_points(group="console_scripts") if ep.value.startswith("huggingface_hub")}
+    assert command in scripts
 
 
 def _build_on_rank(rank: int, init_file: str, cache: str) -> None:
@@ -107,6 +113,7 @@ def _build_on_rank(rank: int, init_file: str, cache: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # a 2-process gloo group plus a spawned builder (~10 s of CPU) for a rare launch-time path
 def test_a_model_built_by_a_nonzero_rank_is_complete(tmp_path):
     # transformers' save_pretrained writes nothing on rank != 0 of a process group; the cache must not end up
     # with a folder that has a config-less, weight-less model marked complete.

@@ -7,33 +7,33 @@ import pytest
 import torch
 from PIL import Image
 
-from aifeedback.zoo import toy
+from aifeedback.zoo import toy, toy_world
 
 
 def test_synthetic_images_match_their_captions():
     x, captions = toy.synthetic_batch(64, torch.Generator().manual_seed(0))
-    assert x.shape == (64, 3, toy.SIZE, toy.SIZE) and x.min() >= -1 and x.max() <= 1
+    assert x.shape == (64, 3, toy_world.SIZE, toy_world.SIZE) and x.min() >= -1 and x.max() <= 1
     x2, captions2 = toy.synthetic_batch(64, torch.Generator().manual_seed(0))
     assert torch.equal(x, x2) and captions == captions2
     for img, cap in zip(x, captions):
         words = cap.split()
         disc, bg = words[1], words[5]
-        assert cap == toy.caption(disc, bg) and disc != bg
+        assert cap == toy_world.caption(disc, bg) and disc != bg
         corners = torch.stack([img[:, 0, 0], img[:, 0, -1], img[:, -1, 0], img[:, -1, -1]])
-        named = torch.tensor(toy.COLORS[bg]) * 2 - 1
+        named = torch.tensor(toy_world.COLORS[bg]) * 2 - 1
         # a disc of radius <= 3 px centred inside the image never covers more than one corner fully
         assert (corners - named).abs().max(dim=1).values.sort().values[2] < 0.45
     # the fidelity measure reads every training image's colours right, and pretraining never shows a held-out caption
     assert all(toy.faithful(((x + 1) / 2).permute(0, 2, 3, 1).numpy(), captions))
-    assert not set(captions) & set(toy.held_out_captions())
+    assert not set(captions) & set(toy_world.held_out_captions())
 
 
 def test_held_out_captions_still_show_every_colour_in_both_roles():
-    held = toy.held_out_captions()
-    assert len(held) == 24 and set(held) < set(toy.all_captions())
-    seen = [toy.caption(*(list(toy.COLORS)[i] for i in pair)) for pair in toy.pretraining_pairs()]
+    held = toy_world.held_out_captions()
+    assert len(held) == 24 and set(held) < set(toy_world.all_captions())
+    seen = [toy_world.caption(*(list(toy_world.COLORS)[i] for i in pair)) for pair in toy_world.pretraining_pairs()]
     assert len(seen) == 108 and not set(seen) & set(held)
-    assert {toy.parse_caption(c)[0] for c in seen} == {toy.parse_caption(c)[1] for c in seen} == set(toy.COLORS)
+    assert {toy_world.parse_caption(c)[0] for c in seen} == {toy_world.parse_caption(c)[1] for c in seen} == set(toy_world.COLORS)
 
 
 def test_toy_fidelity_scorer_checks_both_colours():
@@ -44,19 +44,19 @@ def test_toy_fidelity_scorer_checks_both_colours():
     images = [Image.fromarray((((im + 1) * 127.5).round()).byte().permute(1, 2, 0).numpy()) for im in x]
     scorer = load_scorer("toy-fidelity")
     assert scorer.score(images, captions) == [1.0] * 8
-    disc, bg = toy.parse_caption(captions[0])
-    other = next(c for c in toy.COLORS if c not in (disc, bg))
-    wrong = [toy.caption(bg, disc), toy.caption(other, bg), toy.caption(disc, other)]  # swapped, wrong disc, wrong bg
+    disc, bg = toy_world.parse_caption(captions[0])
+    other = next(c for c in toy_world.COLORS if c not in (disc, bg))
+    wrong = [toy_world.caption(bg, disc), toy_world.caption(other, bg), toy_world.caption(disc, other)]  # swapped, wrong disc, wrong bg
     assert scorer.score([images[0]] * 3, wrong) == [0.0] * 3
     with pytest.raises(AifError, match="toy captions only"):
         scorer.score(images[:1], ["a photo of a cat"])
 
 
 def test_prompt_split_is_disjoint_and_seeded():
-    a = toy.toy_prompts(100, seed=3)
-    assert len(set(a)) == 100 and a == toy.toy_prompts(100, seed=3) and a != toy.toy_prompts(100, seed=4)
+    a = toy_world.toy_prompts(100, seed=3)
+    assert len(set(a)) == 100 and a == toy_world.toy_prompts(100, seed=3) and a != toy_world.toy_prompts(100, seed=4)
     with pytest.raises(ValueError, match="132 distinct captions"):
-        toy.toy_prompts(133)
+        toy_world.toy_prompts(133)
 
 
 def _digest(folder):
@@ -112,7 +112,7 @@ def test_toy_model_draws_what_held_out_captions_say(toy_sd15):
 
     pipe = load_pipeline("toy-sd15")
     pipe.set_progress_bar_config(disable=True)
-    assert toy.prompt_fidelity(pipe, toy.held_out_captions(), seeds=4) >= 0.8
+    assert toy.prompt_fidelity(pipe, toy_world.held_out_captions(), seeds=4) >= 0.8
 
 
 def test_toy_model_cache_is_versioned_on_its_own(toy_sd15):

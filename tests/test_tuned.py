@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from aifeedback.families.loading import load_pipeline
-from aifeedback.families.resolve import TunedLoadError, latest_checkpoint, resolve_tuned
+from aifeedback.families.resolve import TunedLoadError, resolve_tuned
 from aifeedback.families.sampling import render
+from aifeedback.storage.checkpoints import latest_checkpoint
 
 PROMPTS, SEEDS = ["a red cat", "a blue dog"], [1, 2]
 

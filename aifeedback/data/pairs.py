@@ -119,7 +119,7 @@ def open_table(data: str, dataset: str, split: str, streaming: bool = False) -> 
         raise DataError(
             f"could not load dataset '{dataset}': {str(e).splitlines()[0] if str(e) else type(e).__name__}. Fix: check "
             "the hub id (e.g. yuvalkirstain/pickapic_v2, kashif/pickascore) or pass a local Parquet/Arrow folder; "
-            "offline, download it first with `huggingface-cli download --repo-type dataset ID`"
+            "offline, download it first with `hf download --repo-type dataset ID`"
         ) from None
     columns = ds.column_names or (list(ds.features) if getattr(ds, "features", None) else None)
     if columns is not None:

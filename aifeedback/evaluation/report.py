@@ -17,6 +17,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
+from PIL import Image, ImageDraw
+
 from aifeedback.evaluation.winrate import CI_METHOD, win_rate, win_rate_by
 from aifeedback.storage.files import atomic_write_bytes, atomic_write_text, write_json
 
@@ -211,7 +213,6 @@ def win_rate_chart(report: dict[str, Any]) -> str:
 
 def data_uri(image_bytes: bytes, thumb: int = 256) -> str:
     """An encoded image as a data URI, shrunk so its longer side is at most `thumb` px (PNG stays lossless)."""
-    from PIL import Image
 
     img = Image.open(io.BytesIO(image_bytes)).convert("RGB")
     img.thumbnail((thumb, thumb), Image.Resampling.LANCZOS)
@@ -264,7 +265,6 @@ def render_html(report: dict[str, Any], images: dict[Key, tuple[bytes, bytes]], 
 # PNG grids
 
 def _open_pair(pair: tuple[bytes, bytes]):
-    from PIL import Image
 
     return tuple(Image.open(io.BytesIO(b)).convert("RGB") for b in pair)
 
@@ -272,7 +272,6 @@ def _open_pair(pair: tuple[bytes, bytes]):
 def image_grid(images: list, cols: int, cell: int = 256, labels: list[str] | None = None):
     """Tile PIL images into a grid of cell x cell tiles (upscaled with nearest so tiny images stay crisp),
     each with an optional caption strip above it."""
-    from PIL import Image, ImageDraw
 
     if not images:
         raise ValueError("no images to tile")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from aifeedback.errors import AifError
-from aifeedback.storage.checkpoints import LORA_FILE
+from aifeedback.storage.checkpoints import LORA_FILE, CheckpointError, latest_checkpoint
 from aifeedback.zoo import ZOO
 
 # Real models users commonly pass; listed by `aif models` (any other hub id or local path works too).
@@ -50,7 +50,7 @@ def load_error(name: str, what: str, err: Exception) -> ModelLoadError:
     where = "is a local folder but could not be loaded" if local else "is not a local folder, not in the Hugging Face cache, and the hub could not be reached (or has no such repo)"
     return ModelLoadError(
         f"Could not load {what} '{name}': it {where}.\n"
-        f"  Fix: check the spelling, download it on a machine with network access (`huggingface-cli download {name}`) "
+        f"  Fix: check the spelling, download it on a machine with network access (`hf download {name}`) "
         f"and set HF_HOME to that cache, or pass a local folder; for an offline test use one of: {hint}.\n"
         f"  Details: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
     )
@@ -93,17 +93,6 @@ class TunedLoadError(ModelLoadError):
     """A --tuned path that holds no LoRA, UNet or checkpoint."""
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path:
-    """The highest-numbered `checkpoints/checkpoint-NNNNNN/` of a training run directory."""
-    from aifeedback.storage.checkpoints import list_checkpoints
-
-    ckpts = list_checkpoints(run_dir, require_state=False)  # a model is enough to sample from
-    if not ckpts:
-        raise TunedLoadError(f"training run {run_dir} has no checkpoints/checkpoint-NNNNNN/ folder yet. "
-                             f"Fix: wait for the first checkpoint, or pass a checkpoint or exported model.")
-    return ckpts[-1]
-
-
 def is_pipeline(name: str) -> bool:
     """Whether `name` is a whole text-to-image model (a tiny name, a folder with model_index.json, or a hub repo with
     one) rather than weights for a base model (LoRA, UNet folder, checkpoint, run dir, hub repo with only unet/)."""
@@ -143,7 +132,10 @@ def resolve_tuned(tuned: str) -> tuple[str, str]:
                                  f"pipeline folder, or a training run directory).")
         return "unet", tuned
     if (p / "checkpoints").is_dir():
-        p = latest_checkpoint(p)
+        try:
+            p = latest_checkpoint(p)
+        except CheckpointError as e:
+            raise TunedLoadError(f"--tuned {e}") from None
     if p.is_file():
         if p.suffix != ".safetensors":
             raise TunedLoadError(f"--tuned {p}: a file must be a LoRA .safetensors file.")

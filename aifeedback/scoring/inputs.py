@@ -1,6 +1,6 @@
 """Inputs of `aif score`: an `aif generate` output, or preference pairs in the Pick-a-Pic layout (local Parquet or a
-hub dataset), read as rows with random access, plus the DataLoader side that decodes and preprocesses images.
-Imported by the score stage when it runs (it imports torch), never by the CLI at start-up.
+hub dataset), read as rows with random access (`aifeedback.scoring.loop` decodes and scores their images).
+Imported by the score stage when it runs, never by the CLI at start-up.
 
 Work is cut into *units* (one prompt's K images for a generate input, one pair for a Pick-a-Pic input) and units
 into shards of a fixed size, so the output of shard i depends only on the config, never on how many processes
@@ -14,9 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch.utils.data
-
-from aifeedback.data.images import decode_image
 from aifeedback.errors import DataError
 
 GENERATE_COLUMNS = ("prompt_id", "prompt", "k", "seed", "image")
@@ -256,65 +253,3 @@ def _pairs_input(rows, limit: int | None, fp: dict[str, Any]) -> Input:
         units.append(Unit(prompt_id_of(cap), cap, [(i, "jpg_0"), (i, "jpg_1")], {"row": i}))
     names = set(rows.schema.names)
     return Input("pairs", rows, units, bad, dict(fp, rows=n), has_labels={"label_0", "label_1"} <= names)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# DataLoader side: decode + preprocess in worker processes, shard by shard
-
-@dataclass
-class ShardPlan:
-    """The images shard `index` scores, in order: (source row, column, prompt)."""
-
-    index: int
-    images: list[tuple[int, str, str]]
-
-
-class ShardImages(torch.utils.data.IterableDataset):
-    """Iterable over chunks of decoded + transformed images; each worker process takes whole shards.
-
-    Yields dicts: shard, start (offset of the chunk in the shard), items (one per transform, only for the images
-    that decoded: a stacked tensor, or a list when the outputs are not same-shaped tensors), errors (None or a message per image). Whole shards per worker keep each worker's reads
-    of a Parquet file contiguous; chunks are formed inside a shard, so batches never depend on the worker count.
-    """
-
-    def __init__(self, rows, plans: list[ShardPlan], transforms: list, chunk: int):
-        self.rows, self.plans, self.transforms, self.chunk = rows, plans, transforms, chunk
-
-    def __iter__(self):
-        info = torch.utils.data.get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info else (0, 1)
-        for plan in self.plans[wid::nw]:
-            if not plan.images:
-                yield {"shard": plan.index, "start": 0, "items": [[] for _ in self.transforms], "errors": []}
-            for start in range(0, len(plan.images), self.chunk):
-                part = plan.images[start : start + self.chunk]
-                yield self._load(plan.index, start, part)
-
-    def _load(self, shard: int, start: int, part: list[tuple[int, str, str]]) -> dict[str, Any]:
-        items: list[list] = [[] for _ in self.transforms]
-        errors: list[str | None] = []
-        rows = sorted({r for r, _, _ in part})
-        cols = sorted({c for _, c, _ in part})
-        fetched = dict(zip(rows, self.rows.take(rows, cols)))
-        for row, col, _ in part:
-            try:
-                image = decode_image(fetched[row][col], rgb=False)  # each transform converts
-                outs = [t(image) for t in self.transforms]
-            except ValueError as e:
-                errors.append(str(e))
-                continue
-            except (OSError, RuntimeError) as e:  # a transform choking on an odd image must not kill the run
-                errors.append(f"cannot preprocess image: {type(e).__name__}: {e}")
-                continue
-            errors.append(None)
-            for lst, out in zip(items, outs):
-                lst.append(out)
-        # Stack same-shaped tensors here, in the worker, so the main process only moves one tensor to the device.
-        items = [torch.stack(lst) if lst and all(isinstance(t, torch.Tensor) for t in lst)
-                 and len({t.shape for t in lst}) == 1 else lst for lst in items]
-        return {"shard": shard, "start": start, "items": items, "errors": errors}
-
-
-def passthrough(batch: Any) -> Any:
-    """DataLoader collate_fn for already-batched items."""
-    return batch

@@ -1,8 +1,9 @@
 """The stages, by command name: the one list from which the command line, recipe sections and the demo derive.
 
 A stage is a config dataclass (`stages/<module>_config.py`, light: the command line reads it to build `--help`)
-and a module with `run(cfg)` (`stages/<module>.py`, imported only when the stage runs). To add a stage, write the
-two files and register it here.
+and a module with `run(cfg)` (`stages/<module>.py`, imported only when the stage runs). `STAGES[name].run(cfg)` is
+the checked entry point: the config's `preflight()` (misspelt models, missing files) runs before the stage's heavy
+imports. To add a stage, write the two files and register it here.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ class Stage:
     module: str  # defines run(cfg); imported when the stage runs
 
     def run(self, cfg: Any) -> Any:
-        cfg.preflight()  # bad names fail now, before the stage module imports torch and diffusers at its top
+        """Check cfg's names and paths (cfg.preflight(), light), then import the stage and run it."""
+        cfg.preflight()
         return importlib.import_module(self.module).run(cfg)
 
 

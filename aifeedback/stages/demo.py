@@ -13,13 +13,19 @@ Each stage's output folder is an ordinary stage output: a rerun resumes or reuse
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
 
 from aifeedback.config import build_config, fields
+from aifeedback.console import finish, nested, quiet_libraries
+from aifeedback.dist import process_state
+from aifeedback.families.resolve import resolve_model
 from aifeedback.stages import STAGES
 from aifeedback.stages.demo_config import DemoConfig
+from aifeedback.storage.files import atomic_write_text
+from aifeedback.zoo.toy_world import SIZE, toy_prompts
 
 MODEL = "toy-sd15"
 FIDELITY = "toy-fidelity"  # does an image show its caption's colours? A reward bought with fidelity shows here
@@ -27,7 +33,6 @@ FIDELITY = "toy-fidelity"  # does an image show its caption's colours? A reward 
 
 def stage_configs(cfg: DemoConfig) -> dict[str, Any]:
     """The configs of the stages the demo runs (generate, score, train, eval, in that order), by stage name."""
-    from aifeedback.zoo.toy import SIZE
 
     out = Path(cfg.out)
     # float32 everywhere (also on a GPU, where generate would default to float16): the toy model costs nothing.
@@ -57,8 +62,6 @@ def stage_configs(cfg: DemoConfig) -> dict[str, Any]:
 
 def write_prompts(cfg: DemoConfig) -> None:
     """OUT/prompts/train.txt and eval.txt: disjoint toy captions, one per line."""
-    from aifeedback.storage.files import atomic_write_text
-    from aifeedback.zoo.toy import toy_prompts
 
     captions = toy_prompts(cfg.prompts + cfg.eval_prompts, seed=cfg.seed)
     out = Path(cfg.out) / "prompts"
@@ -68,7 +71,6 @@ def write_prompts(cfg: DemoConfig) -> None:
 
 def command_line(stage: str, stage_cfg: Any) -> str:
     """The `aif STAGE ...` command that runs stage_cfg: every setting that differs from the stage's default."""
-    import dataclasses
 
     args = []
     for f, _ in fields(type(stage_cfg)):
@@ -86,11 +88,6 @@ def command_line(stage: str, stage_cfg: Any) -> str:
 
 def run(cfg: DemoConfig) -> dict[str, Any]:
     """Run generate -> score -> train -> eval on the toy model; print the win rates; return the eval report."""
-    cfg.preflight()
-    from aifeedback.console import finish, nested, quiet_libraries
-    from aifeedback.dist import process_state
-    from aifeedback.families.resolve import resolve_model
-    from aifeedback.storage.files import atomic_write_text
 
     quiet_libraries()
     state = process_state()  # under `accelerate launch`, every stage splits its work across the processes

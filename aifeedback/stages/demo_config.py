@@ -31,7 +31,7 @@ class DemoConfig:
     progress: bool = option(True, "show progress bars (in a log: a plain line every 30 s)", identity=False)
 
     def validate(self) -> list[str]:
-        from aifeedback.zoo.toy import all_captions
+        from aifeedback.zoo.toy_world import all_captions
 
         n = len(all_captions())
         if self.prompts + self.eval_prompts > n:

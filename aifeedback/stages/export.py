@@ -9,11 +9,11 @@ The folder is written under a temporary name and renamed when complete.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from aifeedback.errors import AifError
 from aifeedback.stages.export_config import ExportConfig
+from aifeedback.storage.publish import publishing
 
 
 def run(cfg: ExportConfig) -> Path:
@@ -32,10 +32,7 @@ def run(cfg: ExportConfig) -> Path:
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise AifError(f"{out} already exists and is not empty. Use another --out, or pass --overwrite")
     dtype = torch_dtype(cfg.dtype)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with publishing(out, folder=True, replace=True) as tmp:  # replaces an empty --out, or any with --overwrite
         if cfg.pipeline:
             pipe = _base_pipeline(cfg, ckpt)
             if kind == "lora":
@@ -61,12 +58,6 @@ def run(cfg: ExportConfig) -> Path:
 
             unet = UNet2DConditionModel.from_pretrained(ckpt, subfolder="unet", dtype=dtype)
             unet.save_pretrained(tmp / "unet", safe_serialization=True)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     what = "pipeline" if cfg.pipeline else ("LoRA" if kind == "lora" else "UNet")
     model = cfg.model or _recorded_model(ckpt) or "BASE_MODEL"
     base = str(out) if cfg.pipeline else model

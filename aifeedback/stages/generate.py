@@ -11,7 +11,34 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from aifeedback.config import identity_dict, save_config, to_dict
+from aifeedback.console import finish, progress, quiet_libraries
+from aifeedback.data.prompts import load_prompts
+from aifeedback.dist import process_state
+from aifeedback.families.loading import load_pipeline
+from aifeedback.families.sampling import (
+    default_guidance,
+    default_size,
+    encode_image,
+    image_seed,
+    optimize_pipeline,
+    render,
+)
 from aifeedback.stages.generate_config import GenerateConfig
+from aifeedback.storage.manifest import completed_output, fingerprint, finish_output, prepare_output
+from aifeedback.storage.shards import (
+    SHARD_DIR,
+    chunks,
+    latent_to_bytes,
+    my_shards,
+    shard_done,
+    shard_files,
+    write_shard,
+)
 
 ROW_FIELDS = ("prompt_id", "prompt", "category", "k", "seed", "image", "width", "height", "model", "scheduler",
               "steps", "guidance")
@@ -19,7 +46,6 @@ ROW_FIELDS = ("prompt_id", "prompt", "category", "k", "seed", "image", "width", 
 
 def row_schema(save_latents: bool):
     """The Parquet schema of generate rows (fixed, so every shard has the same types even when all are null)."""
-    import pyarrow as pa
 
     cols = [("prompt_id", pa.string()), ("prompt", pa.string()), ("category", pa.string()), ("k", pa.int64()),
             ("seed", pa.int64()), ("image", pa.binary()), ("width", pa.int64()), ("height", pa.int64()),
@@ -31,7 +57,6 @@ def row_schema(save_latents: bool):
 
 def resolve_device(device: str) -> str:
     """'auto' -> 'cuda' when a GPU is visible, else 'cpu'."""
-    import torch
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -49,17 +74,12 @@ def device_and_dtype(cfg: GenerateConfig, state) -> tuple[str, str]:
 def job_inputs(prompts: list, dtype: str) -> dict:
     """What besides the config makes a generate job: the prompt list itself (an edited prompt file must not be
     mixed into old shards) and the resolved dtype."""
-    from aifeedback.storage.manifest import fingerprint
 
     return {"prompts": fingerprint([p.prompt_id for p in prompts]), "n_prompts": len(prompts), "dtype": dtype}
 
 
 def completed(cfg: GenerateConfig) -> dict | None:
     """The manifest of cfg.out when it already holds this job, finished (a rerun has nothing to do), else None."""
-    from aifeedback.config import identity_dict
-    from aifeedback.data.prompts import load_prompts
-    from aifeedback.dist import process_state
-    from aifeedback.storage.manifest import completed_output
 
     prompts = load_prompts(cfg.prompts, cfg.prompt_column, cfg.split, cfg.limit, cfg.dedupe)
     inputs = job_inputs(prompts, device_and_dtype(cfg, process_state())[1])
@@ -68,36 +88,15 @@ def completed(cfg: GenerateConfig) -> dict | None:
 
 def run(cfg: GenerateConfig) -> Path:
     """Generate cfg.images_per_prompt images per prompt into cfg.out; returns the output directory."""
-    cfg.preflight()  # a misspelt model fails now, not after torch and diffusers are imported
-    from aifeedback.console import finish, progress, quiet_libraries
-    from aifeedback.data.prompts import load_prompts
-    from aifeedback.families.loading import load_pipeline
 
     quiet_libraries()
     prompts = load_prompts(cfg.prompts, cfg.prompt_column, cfg.split, cfg.limit, cfg.dedupe)
 
-    import pyarrow.parquet as pq
 
-    from aifeedback.config import identity_dict, save_config, to_dict
+    from aifeedback.config import identity_dict
     from aifeedback.dist import process_state
-    from aifeedback.families.sampling import (
-        default_guidance,
-        default_size,
-        encode_image,
-        image_seed,
-        optimize_pipeline,
-        render,
-    )
-    from aifeedback.storage.manifest import completed_output, finish_output, prepare_output
-    from aifeedback.storage.shards import (
-        SHARD_DIR,
-        chunks,
-        latent_to_bytes,
-        my_shards,
-        shard_done,
-        shard_files,
-        write_shard,
-    )
+    from aifeedback.storage.manifest import completed_output
+    from aifeedback.storage.publish import remove_stale
 
     state = process_state()  # under `accelerate launch`: rank, world size and this rank's GPU
     device, dtype = device_and_dtype(cfg, state)
@@ -123,8 +122,7 @@ def run(cfg: GenerateConfig) -> Path:
 
     if state.is_main_process:
         manifest = prepare_output(*args, is_main=True)
-        for stale in (out / SHARD_DIR).glob(".*.tmp"):  # left by a killed run; never a complete shard
-            stale.unlink()
+        remove_stale(out / SHARD_DIR)  # temporaries a killed run left; never a complete shard
         save_config(cfg, out / "config.yaml")
     state.wait_for_everyone()
 

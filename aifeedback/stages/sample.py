@@ -9,25 +9,28 @@ keeps the files already written and renders only what is missing; a different jo
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
+from PIL import Image
+
 from aifeedback.config import identity_dict, save_config, to_dict
+from aifeedback.console import finish, progress, quiet_libraries
+from aifeedback.data.prompts import load_prompts
+from aifeedback.dist import process_state
+from aifeedback.evaluation.report import image_grid
+from aifeedback.families.loading import load_pipeline
+from aifeedback.families.sampling import encode_image, image_seed, render
+from aifeedback.stages.generate import resolve_device
 from aifeedback.stages.sample_config import SampleConfig
+from aifeedback.storage.files import atomic_write_bytes, atomic_write_text, read_json
+from aifeedback.storage.manifest import MANIFEST, completed_output, fingerprint, finish_output, prepare_output
+from aifeedback.storage.shards import chunks
 
 
 def run(cfg: SampleConfig) -> list[Path]:
     """Render the prompts into cfg.out; return the image paths (all of them, in prompt order)."""
-    cfg.preflight()
-    from aifeedback.console import finish, progress, quiet_libraries
-    from aifeedback.data.prompts import load_prompts
-    from aifeedback.dist import process_state
-    from aifeedback.families.loading import load_pipeline
-    from aifeedback.families.sampling import encode_image, image_seed, render
-    from aifeedback.stages.generate import resolve_device
-    from aifeedback.storage.files import atomic_write_bytes, atomic_write_text, read_json
-    from aifeedback.storage.manifest import MANIFEST, completed_output, fingerprint, finish_output, prepare_output
-    from aifeedback.storage.shards import chunks
 
     quiet_libraries()
     prompts = load_prompts(cfg.prompts, cfg.prompt_column, cfg.split, cfg.limit)
@@ -85,7 +88,7 @@ def run(cfg: SampleConfig) -> list[Path]:
 
 def pin_tuned(tuned: str | None) -> str | None:
     """A training run dir -> its latest checkpoint folder, so a result records (and a rerun detects) which one."""
-    from aifeedback.families.resolve import latest_checkpoint
+    from aifeedback.storage.checkpoints import latest_checkpoint
 
     if tuned and (Path(tuned).expanduser() / "checkpoints").is_dir():
         return str(latest_checkpoint(Path(tuned).expanduser()))
@@ -94,12 +97,6 @@ def pin_tuned(tuned: str | None) -> str | None:
 
 def write_grid(paths: list[Path], cols: int, dest: Path, cell: int = 256) -> None:
     """Tile image files into dest (PNG), `cols` per row."""
-    import io
-
-    from PIL import Image
-
-    from aifeedback.evaluation.report import image_grid
-    from aifeedback.storage.files import atomic_write_bytes
 
     images = []
     for p in paths:

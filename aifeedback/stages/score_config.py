@@ -22,7 +22,9 @@ class ScoreConfig:
     normalize: Literal["zscore", "rank", "none"] = option("zscore", "per-prompt normalisation of each scorer before weighting (ensembles only)")
     pairing: Literal["best-worst", "all", "adjacent", "random"] = option("best-worst", "which images of a prompt become pairs (generate input only)")
     min_margin: float = option(0.0, "pairs whose score difference is below this are ties: dropped, or 0.5/0.5 with --keep-ties", min=0.0)
-    keep_ties: bool = option(False, "keep ties (and near-ties below --min-margin) labelled 0.5/0.5 instead of dropping them")
+    keep_ties: bool = option(False, "keep ties (and near-ties below --min-margin) labelled 0.5/0.5 instead of "
+                             "dropping them; aif train drops them, but diffusers' train_diffusion_dpo.py reads any "
+                             "label_0 != 0 as 'jpg_0 wins', so it trains on kept ties as jpg_0 wins")
     seed: int = option(0, "seed of --pairing random")
     split: Optional[str] = option(None, "split of a hub / local Pick-a-Pic dataset (e.g. validation)")
     limit: Optional[int] = option(None, "only the first N prompts (generate input) or pairs (Pick-a-Pic input)", min=1)

@@ -48,6 +48,7 @@ from aifeedback.stages.train_config import TrainConfig
 from aifeedback.storage import checkpoints as ck
 from aifeedback.storage.files import atomic_write_bytes, atomic_write_text, read_json, write_json
 from aifeedback.storage.manifest import completed_output, fingerprint, finish_output, prepare_output
+from aifeedback.storage.publish import discard, publish, temporary_path
 
 
 def run(cfg: TrainConfig) -> Path:
@@ -382,9 +383,9 @@ class TrainRecipe:
         (--resume only ever sees complete checkpoints), then older ones pruned."""
         acc, step = self.accelerator, self.step
         final = self.out / "checkpoints" / ck.checkpoint_name(step)
-        tmp = final.with_name(f".tmp-{final.name}")
+        tmp = temporary_path(final)
         if self.main:
-            shutil.rmtree(tmp, ignore_errors=True)
+            discard(tmp)  # a killed save's leftover
         acc.wait_for_everyone()
         acc.save_state(str(tmp))  # optimizer, lr schedule, grad scaler, every process's RNG
         sd = acc.get_state_dict(self.model)  # collective: gathers FSDP / ZeRO shards
@@ -396,9 +397,7 @@ class TrainRecipe:
                 model.save_pretrained(tmp / self.family.denoiser, state_dict=sd, safe_serialization=True)
             position = step * self.cfg.grad_accum * self.cfg.batch_size * self.world
             write_json(tmp / ck.STATE_FILE, dict(self.state, step=step, processes=self.world, data_position=position))
-            if final.exists():
-                shutil.rmtree(final)
-            tmp.rename(final)
+            publish(tmp, final, replace=True)  # atomic: --resume only ever sees complete checkpoints
             ck.prune(self.out, self.cfg.keep_checkpoints)
             self._say(f"step {step}: wrote checkpoint {final}")
         acc.wait_for_everyone()

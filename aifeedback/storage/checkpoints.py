@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from aifeedback.errors import AifError
+from aifeedback.storage.publish import remove_stale
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 STATE_FILE = "trainer_state.json"
@@ -43,16 +44,25 @@ def list_checkpoints(run_dir: str | Path, require_state: bool = True) -> list[Pa
     return [p for _, p in sorted(found)]
 
 
+def latest_checkpoint(run_dir: str | Path, require_state: bool = False) -> Path:
+    """The highest-numbered checkpoint of a training run: any (a model is enough to sample from), or with
+    require_state only one that resume can continue from."""
+    ckpts = list_checkpoints(run_dir, require_state)
+    if not ckpts:
+        held = f" holding {STATE_FILE}" if require_state else ""
+        raise CheckpointError(f"{run_dir} is a training run with no checkpoints/checkpoint-NNNNNN/ folder{held} yet. "
+                              "Fix: wait for its first checkpoint (see --checkpoint-every), or pass a checkpoint "
+                              "folder or an exported model")
+    return ckpts[-1]
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint folder, or a run folder (-> its latest checkpoint)."""
     p = Path(path)
     if (p / STATE_FILE).exists() or (p / LORA_FILE).exists() or (p / "unet" / "config.json").exists():
         return p
     if (p / "checkpoints").is_dir():
-        ckpts = list_checkpoints(p)
-        if not ckpts:
-            raise CheckpointError(f"{p} is a training run without any complete checkpoint yet (see --checkpoint-every)")
-        return ckpts[-1]
+        return latest_checkpoint(p, require_state=True)
     raise CheckpointError(
         f"{p} is neither a training checkpoint (checkpoint-NNNNNN/ with unet/ or {LORA_FILE}) nor a run folder "
         "with checkpoints/. Fix: pass RUN_DIR or RUN_DIR/checkpoints/checkpoint-NNNNNN"
@@ -71,9 +81,7 @@ def checkpoint_kind(ckpt: str | Path) -> str:
 
 def prune(run_dir: str | Path, keep: int) -> None:
     """Delete all but the newest `keep` checkpoints (keep <= 0 keeps all) and leftovers of killed saves."""
-    root = Path(run_dir) / "checkpoints"
-    for tmp in root.glob(".tmp-*"):
-        shutil.rmtree(tmp, ignore_errors=True)
+    remove_stale(Path(run_dir) / "checkpoints")
     if keep > 0:
         for old in list_checkpoints(run_dir)[:-keep]:
             shutil.rmtree(old)

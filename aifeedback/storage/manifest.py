@@ -39,7 +39,8 @@ def package_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for name in ("aifeedback", "torch", "diffusers", "transformers", "open_clip_torch", "datasets", "accelerate", "peft"):
+    for name in ("aifeedback", "torch", "diffusers", "transformers", "open_clip_torch", "datasets", "accelerate",
+                 "peft"):
         try:
             out[name] = version(name)
         except PackageNotFoundError:
@@ -140,7 +141,8 @@ def read_manifest(path: str | Path, stage: str | tuple[str, ...] | None = None) 
     """Read an output directory's manifest, checking which stage wrote it."""
     mpath = Path(path) / MANIFEST
     if not mpath.exists():
-        raise DataError(f"{path} has no {MANIFEST}: it is not an aifeedback output directory (run the stage that makes it first)")
+        raise DataError(f"{path} has no {MANIFEST}: it is not an aifeedback output directory "
+                        "(run the stage that makes it first)")
     manifest = read_json(mpath)
     stages = (stage,) if isinstance(stage, str) else stage
     if stages and manifest.get("stage") not in stages:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Iterable
+
+from aifeedback.storage.publish import publishing
 
 SHARD_DIR = "data"
 
@@ -20,22 +21,14 @@ def shard_done(out_dir: str | Path, index: int) -> bool:
 
 
 def write_shard(out_dir: str | Path, index: int, rows: list[dict[str, Any]], schema=None) -> Path:
-    """Write rows as shard `index` atomically (temporary name, fsync, rename)."""
+    """Write rows as shard `index` atomically (see storage.publish)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     path = shard_path(out_dir, index)
-    path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pylist(rows, schema=schema)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with publishing(path, replace=True) as tmp:
         pq.write_table(table, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Callable
+
+from aifeedback.storage.publish import publishing
 
 # Bump when a builder changes, so stale caches are rebuilt instead of silently reused.
 ZOO_VERSION = "1"
@@ -33,12 +34,9 @@ def cached_build(name: str, build: Callable[[Path], None], version: str = ZOO_VE
     with FileLock(str(root / f".{name}.lock")):
         if (final / ".complete").exists():  # another process built it while we waited
             return final
-        tmp = root / f".{name}.building"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(final, ignore_errors=True)
-        _build_outside_process_group(build, tmp)
-        (tmp / ".complete").write_text("ok\n")
-        os.replace(tmp, final)
+        with publishing(final, folder=True, replace=True) as tmp:  # replaces an incomplete folder, if any
+            _build_outside_process_group(build, tmp)
+            (tmp / ".complete").write_text("ok\n")
     return final
 
 
@@ -62,4 +60,5 @@ def _build_outside_process_group(build: Callable[[Path], None], out: Path) -> No
     proc.start()
     proc.join()
     if proc.exitcode != 0:
-        raise RuntimeError(f"building {out.name} in a subprocess failed (exit code {proc.exitcode}); see its output above")
+        raise RuntimeError(f"building {out.name} in a subprocess failed (exit code {proc.exitcode}); "
+                           "see its output above")

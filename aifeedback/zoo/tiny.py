@@ -10,11 +10,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    EulerDiscreteScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
 from aifeedback.zoo.tokenizer import BOS, EOS, VOCAB_SIZE, clip_tokenizer
 
 
 def _text_config(hidden: int, projection: int):
-    from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
         vocab_size=VOCAB_SIZE, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=1, hidden_size=hidden,
@@ -24,7 +34,6 @@ def _text_config(hidden: int, projection: int):
 
 
 def _vae(scaling_factor: float):
-    from diffusers import AutoencoderKL
 
     # Two blocks = one 2x downsample (the real VAE has four blocks, 8x); same class and code path.
     return AutoencoderKL(
@@ -36,9 +45,6 @@ def _vae(scaling_factor: float):
 
 def build_tiny_sdxl(out: Path) -> None:
     """A StableDiffusionXLPipeline with two text encoders and text_time conditioning, ~1M UNet parameters."""
-    import torch
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(0)
     te1 = CLIPTextModel(_text_config(hidden=16, projection=16))
@@ -70,9 +76,6 @@ def build_tiny_sdxl(out: Path) -> None:
 
 def build_tiny_sd15(out: Path) -> None:
     """A StableDiffusionPipeline with one text encoder, ~1M UNet parameters, no safety checker."""
-    import torch
-    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel
 
     torch.manual_seed(0)
     te = CLIPTextModel(_text_config(hidden=32, projection=32))

@@ -6,12 +6,14 @@ import gzip
 import json
 from pathlib import Path
 
+import open_clip
+from transformers import CLIPTokenizer
+
 from aifeedback.zoo.cache import cached_build
 
 
 def clip_tokenizer_files(out: Path) -> Path:
     """Write vocab.json + merges.txt of the CLIP BPE tokenizer from open_clip's bundled vocab into `out`."""
-    import open_clip
 
     bpe = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
     lines = gzip.open(bpe).read().decode("utf-8").split("\n")
@@ -41,7 +43,6 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 def clip_tokenizer(pad_token: str = "<|endoftext|>"):
     """The real CLIP tokenizer (49408 tokens, max length 77), built offline."""
-    from transformers import CLIPTokenizer
 
     d = cached_build("clip-tokenizer", clip_tokenizer_files)
     return CLIPTokenizer.from_pretrained(str(d), pad_token=pad_token, model_max_length=77)

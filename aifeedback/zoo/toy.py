@@ -40,73 +40,21 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from tqdm.auto import tqdm
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from aifeedback.zoo.tokenizer import BOS, EOS, VOCAB_SIZE, clip_tokenizer
+from aifeedback.zoo.toy_world import COLOR_JITTER, COLORS, NOISE, SIZE, all_captions, caption, pretraining_pairs
+
 if TYPE_CHECKING:
     import torch
-
-# Named colours (RGB in [0, 1]); captions name them. Red appears as often as any other colour.
-COLORS: dict[str, tuple[float, float, float]] = {
-    "red": (0.85, 0.15, 0.15), "green": (0.15, 0.70, 0.25), "blue": (0.15, 0.30, 0.85),
-    "yellow": (0.90, 0.82, 0.20), "orange": (0.95, 0.55, 0.12), "purple": (0.55, 0.25, 0.70),
-    "pink": (0.95, 0.55, 0.72), "cyan": (0.25, 0.78, 0.82), "white": (0.94, 0.94, 0.94),
-    "black": (0.08, 0.08, 0.08), "gray": (0.50, 0.50, 0.50), "brown": (0.50, 0.31, 0.16),
-}
-SIZE = 8  # image = latent resolution (pixels)
-COLOR_JITTER = 0.06  # uniform +- per channel, so two "red" images differ
-NOISE = 0.03  # pixel noise std, in [0, 1] units
-HELD_OUT_OFFSETS = (5, 9)  # (background - disc) % 12: captions pretraining never sees
-
-
-def caption(disc: str, background: str) -> str:
-    """The caption of a toy image: 'a red disc on a blue background'."""
-    return f"a {disc} disc on a {background} background"
-
-
-def parse_caption(text: str) -> tuple[str, str] | None:
-    """(disc, background) of a toy caption, or None if `text` is not one."""
-    words = text.split()
-    if len(words) == 7 and caption(words[1], words[5]) == text and {words[1], words[5]} <= COLORS.keys():
-        return words[1], words[5]
-    return None
-
-
-def all_captions() -> list[str]:
-    """Every caption of the toy world (disc and background colours differ): 132 of them."""
-    return [caption(d, b) for d in COLORS for b in COLORS if d != b]
-
-
-def toy_prompts(n: int, seed: int = 0) -> list[str]:
-    """n distinct toy captions in a seeded random order (for generate / eval prompt files)."""
-    import random
-
-    captions = all_captions()
-    if n > len(captions):
-        raise ValueError(f"the toy world has {len(captions)} distinct captions; asked for {n}")
-    random.Random(seed).shuffle(captions)
-    return captions[:n]
-
-
-def _held_out(disc: int, background: int) -> bool:
-    # Two "diagonals" of the 12x12 colour table: each colour is held out as a disc on two backgrounds and as a
-    # background under two discs, so every colour is still seen in both roles in pretraining.
-    return (background - disc) % len(COLORS) in HELD_OUT_OFFSETS
-
-
-def pretraining_pairs() -> list[tuple[int, int]]:
-    """(disc, background) colour indices of the captions pretraining sees: 108 of the 132."""
-    n = len(COLORS)
-    return [(d, b) for d in range(n) for b in range(n) if d != b and not _held_out(d, b)]
-
-
-def held_out_captions() -> list[str]:
-    """The 24 captions pretraining never sees: prompt fidelity on them measures composition, not recall."""
-    names = list(COLORS)
-    return [caption(names[d], names[b]) for d in range(len(names)) for b in range(len(names))
-            if d != b and _held_out(d, b)]
 
 
 def synthetic_batch(n: int, generator: torch.Generator) -> tuple[torch.Tensor, list[str]]:
     """n toy images in [-1, 1] (n, 3, SIZE, SIZE) with their captions (pretraining pairs only), from a Generator."""
-    import torch
 
     names = list(COLORS)
     table = torch.tensor([COLORS[c] for c in names])
@@ -135,7 +83,6 @@ def recognise(images) -> list[tuple[str, str]]:
     """(disc, background) colour names seen in RGB images: the named colour nearest the median of the centre
     pixels (the middle quarter of each side: 2x2 at 8x8) and of the border ring (1 px at 8x8), where every toy
     image has its disc and its background. images: PIL images, or an array (n, H, W, 3) in [0, 1] (pipeline "np")."""
-    import numpy as np
 
     x = np.stack([np.asarray(im.convert("RGB"), dtype=np.float64) / 255 for im in images]) \
         if isinstance(images, (list, tuple)) else np.asarray(images, dtype=np.float64)
@@ -159,7 +106,6 @@ def faithful(images, captions: list[str]) -> list[bool]:
 
 def prompt_fidelity(pipe, captions: list[str], seeds: int = 4, steps: int = 10, seed: int = 0) -> float:
     """Share of images drawn by a toy pipeline (no guidance, as the demo draws) that show their caption's colours."""
-    import torch
 
     prompts = [c for c in captions for _ in range(seeds)]
     images = pipe(prompts, num_inference_steps=steps, guidance_scale=1.0, output_type="np",
@@ -171,9 +117,6 @@ def prompt_fidelity(pipe, captions: list[str], seeds: int = 4, steps: int = 10, 
 # The pipeline's parts
 
 def _text_encoder():
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from aifeedback.zoo.tokenizer import BOS, EOS, VOCAB_SIZE
 
     return CLIPTextModel(CLIPTextConfig(
         vocab_size=VOCAB_SIZE, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=1, hidden_size=32,
@@ -183,7 +126,6 @@ def _text_encoder():
 
 
 def _unet():
-    from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
         sample_size=SIZE, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(16, 32),
@@ -193,7 +135,6 @@ def _unet():
 
 
 def _vae():
-    from diffusers import AutoencoderKL
 
     # One block = no resampling: the latent is 3x8x8, like the image.
     vae = AutoencoderKL(
@@ -208,7 +149,6 @@ def _vae():
 def _pin_logvar(vae) -> None:
     # quant_conv's second half of outputs is the log-variance: make it the constant -30 (the clamp floor), so the
     # encoder is deterministic and latent_dist.sample() equals latent_dist.mean up to 3e-7.
-    import torch
 
     c = vae.config.latent_channels
     with torch.no_grad():
@@ -218,7 +158,6 @@ def _pin_logvar(vae) -> None:
 
 
 def _scheduler():
-    from diffusers import DDIMScheduler
 
     # The plain DDPM schedule (linear betas 1e-4..0.02 over 1000 steps); "trailing" so 10-step sampling starts
     # at t=999 (pure noise), which matters at so few steps.
@@ -233,8 +172,6 @@ def _scheduler():
 
 def train_vae(vae, steps: int, generator, batch: int = 64, lr: float = 3e-3) -> float:
     """Train the VAE to be near-identity: latent mean ~ image, decode(latent) ~ image. Returns the final loss."""
-    import torch
-    from tqdm.auto import tqdm
 
     opt = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     loss = torch.tensor(0.0)
@@ -253,8 +190,6 @@ def train_vae(vae, steps: int, generator, batch: int = 64, lr: float = 3e-3) -> 
 def train_denoiser(unet, text_encoder, tokenizer, vae, scheduler, steps: int, generator, batch: int = 64,
                    lr: float = 1e-3, caption_dropout: float = 0.1) -> float:
     """The ordinary denoising loss (v-prediction) on toy images, UNet and text encoder together."""
-    import torch
-    from tqdm.auto import tqdm
 
     # Tokenise every caption (and "" for dropped captions) once, exactly as the pipeline does.
     texts = all_captions() + [""]
@@ -291,10 +226,6 @@ def train_denoiser(unet, text_encoder, tokenizer, vae, scheduler, steps: int, ge
 
 def build_toy_sd15(out: Path, steps: int = 600, vae_steps: int = 200, lr: float = 3e-3, seed: int = 0) -> None:
     """Build and pretrain the toy StableDiffusionPipeline into `out` (deterministic for a given seed and CPU type)."""
-    import torch
-    from diffusers import StableDiffusionPipeline
-
-    from aifeedback.zoo.tokenizer import clip_tokenizer
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # float sums in a fixed order: the same weights whatever the core count (and no slower)

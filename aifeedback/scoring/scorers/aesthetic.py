@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+from torch import nn
+
+from aifeedback.families.loading import torch_dtype
 from aifeedback.resources import resource_path
 from aifeedback.scoring.scorers import openclip
 from aifeedback.scoring.scorers.base import ClipTransform, Scorer, normalize
@@ -25,8 +29,6 @@ def build_tiny(out: Path) -> None:
 
 def head():
     """The MLP head with the shipped weights (keys layers.{0,2,4,6,7}.{weight,bias})."""
-    import torch
-    from torch import nn
 
     mlp = nn.Module()
     mlp.layers = nn.Sequential(
@@ -43,9 +45,6 @@ class Aesthetic(Scorer):
     uses_prompt = False
 
     def __init__(self, name: str, model: str | None, device: str = "cpu", dtype: str = "float32"):
-        import torch
-
-        from aifeedback.families.loading import torch_dtype
 
         self.name, self.device, self.dtype = name, torch.device(device), torch_dtype(dtype)
         net, _ = openclip.load_net(name, model, ARCH, TAG, "scorer-aesthetic-tiny", build_tiny)
@@ -54,7 +53,6 @@ class Aesthetic(Scorer):
         self.transform = ClipTransform(openclip.image_size(net), "openai")
 
     def score_items(self, items: list, prompts: list[str]) -> list[float]:
-        import torch
 
         with torch.inference_mode():
             emb = self.model.encode_image(normalize(items, self.device, self.dtype)).float()

@@ -14,7 +14,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aifeedback.scoring.scorers import openclip
+import torch
+from huggingface_hub import hf_hub_download
+from safetensors.torch import load_file
+
+from aifeedback.errors import AifError
+from aifeedback.scoring.scorers import model_error, openclip
+from aifeedback.zoo.cache import cached_build
 
 ARCH = "ViT-H-14"
 HUB_REPO = "xswu/HPSv2"
@@ -24,8 +30,6 @@ DEFAULT_VERSION = "v2.0"  # the version the Diffusion-DPO paper reports
 
 def build_tiny(out: Path) -> None:
     """Tiny open_clip CLIP folder plus its weights in HPS checkpoint format ({"state_dict": ...})."""
-    import torch
-    from safetensors.torch import load_file
 
     openclip.build_tiny(out, openclip.tiny_config(embed_dim=16), seed=1)
     weights = out / "open_clip_model.safetensors"
@@ -35,7 +39,6 @@ def build_tiny(out: Path) -> None:
 
 def load_checkpoint(model, path: str) -> None:
     """Load an HPS checkpoint (a dict with `state_dict`, or a bare state dict) into an open_clip model, strictly."""
-    import torch
 
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt)
@@ -43,9 +46,6 @@ def load_checkpoint(model, path: str) -> None:
 
 def load(name: str, model: str | None, device: str, dtype: str) -> openclip.OpenClipCosine:
     """`hpsv2` (= v2.0), `hpsv2:v2.0`, `hpsv2:v2.1`, `hpsv2:CHECKPOINT.pt` (ViT-H-14), `hpsv2:tiny`."""
-    from aifeedback.errors import AifError
-    from aifeedback.scoring.scorers import model_error
-    from aifeedback.zoo.cache import cached_build
 
     model = model or DEFAULT_VERSION
     if model == "tiny":
@@ -62,7 +62,6 @@ def load(name: str, model: str | None, device: str, dtype: str) -> openclip.Open
         )
     try:
         if checkpoint is None:
-            from huggingface_hub import hf_hub_download
 
             checkpoint = hf_hub_download(HUB_REPO, VERSIONS[model])
         net, tokenizer = openclip.create(arch, None, load_weights=False)

@@ -19,7 +19,14 @@ import re
 from pathlib import Path
 from typing import Any
 
+import torch
+from huggingface_hub import hf_hub_download
+from transformers import BertTokenizer, BlipTextConfig, BlipTextModel, BlipVisionConfig, BlipVisionModel
+
+from aifeedback.families.loading import torch_dtype
+from aifeedback.scoring.scorers import model_error
 from aifeedback.scoring.scorers.base import ClipTransform, Scorer, normalize
+from aifeedback.zoo.cache import cached_build
 
 HUB_REPO, CHECKPOINT, TOKENIZER = "THUDM/ImageReward", "ImageReward.pt", "bert-base-uncased"
 MAX_LENGTH = 35
@@ -41,8 +48,6 @@ TINY_WORDS = ("a", "an", "the", "of", "on", "in", "red", "blue", "green", "cat",
 
 def build_net(vision: dict[str, Any], text: dict[str, Any]):
     """The ImageReward network: ModuleDict(vision=BlipVisionModel, text=BlipTextModel, mlp=head)."""
-    import torch
-    from transformers import BlipTextConfig, BlipTextModel, BlipVisionConfig, BlipVisionModel
 
     width = text["hidden_size"]
     nn = torch.nn
@@ -105,7 +110,6 @@ def upstream_state_dict(net) -> dict[str, Any]:
 
 def tokenizer_with_blip_tokens(source: str):
     """A BERT tokenizer with BLIP's two added special tokens ([DEC] as bos, [ENC]), as ImageReward builds it."""
-    from transformers import BertTokenizer
 
     tok = BertTokenizer.from_pretrained(source)
     tok.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
@@ -114,7 +118,6 @@ def tokenizer_with_blip_tokens(source: str):
 
 def build_tiny(out: Path) -> None:
     """A tiny random ImageReward checkpoint in the upstream layout, plus a small BERT WordPiece vocabulary."""
-    import torch
 
     torch.manual_seed(0)
     out.mkdir(parents=True, exist_ok=True)
@@ -128,11 +131,6 @@ class ImageReward(Scorer):
     """ImageReward v1.0; batched, in the scorer dtype except the float32 head (as upstream)."""
 
     def __init__(self, name: str, model: str | None, device: str = "cpu", dtype: str = "float32"):
-        import torch
-
-        from aifeedback.families.loading import torch_dtype
-        from aifeedback.scoring.scorers import model_error
-        from aifeedback.zoo.cache import cached_build
 
         self.name, self.device, self.dtype = name, torch.device(device), torch_dtype(dtype)
         if model == "tiny":
@@ -147,7 +145,6 @@ class ImageReward(Scorer):
             tokenizer = str(path.parent) if path is not None and (path.parent / "vocab.txt").exists() else TOKENIZER
         try:
             if checkpoint is None:
-                from huggingface_hub import hf_hub_download
 
                 checkpoint = hf_hub_download(HUB_REPO, CHECKPOINT)
             state = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -165,7 +162,6 @@ class ImageReward(Scorer):
         self.transform = ClipTransform(vision["image_size"], "openai")  # ImageReward's _transform
 
     def score_items(self, items: list, prompts: list[str]) -> list[float]:
-        import torch
 
         tok = self.tokenizer(list(prompts), padding="max_length", truncation=True, max_length=MAX_LENGTH,
                              return_tensors="pt").to(self.device)

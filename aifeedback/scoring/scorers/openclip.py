@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any, Callable
 
+import open_clip
+import torch
+from safetensors.torch import save_file
+
+from aifeedback.families.loading import torch_dtype
+from aifeedback.scoring.scorers import model_error
 from aifeedback.scoring.scorers.base import ClipTransform, Scorer, normalize, unique_prompts
+from aifeedback.zoo.cache import cached_build
 
 
 def tiny_config(embed_dim: int = 16, quick_gelu: bool = False) -> dict[str, Any]:
@@ -21,9 +29,6 @@ def tiny_config(embed_dim: int = 16, quick_gelu: bool = False) -> dict[str, Any]
 
 def build_tiny(out: Path, model_cfg: dict[str, Any], seed: int = 0) -> None:
     """Save a random open_clip CLIP as a `local-dir:` folder (open_clip_config.json + open_clip_model.safetensors)."""
-    import open_clip
-    import torch
-    from safetensors.torch import save_file
 
     torch.manual_seed(seed)
     cfg = dict(model_cfg)
@@ -35,9 +40,6 @@ def build_tiny(out: Path, model_cfg: dict[str, Any], seed: int = 0) -> None:
 
 def create(arch: str, pretrained: str | None, load_weights: bool = True):
     """open_clip.create_model + tokenizer; arch is a built-in name ("ViT-H-14"), "hf-hub:org/repo" or "local-dir:PATH"."""
-    import logging
-
-    import open_clip
 
     root = logging.getLogger()
     level = root.level
@@ -69,8 +71,6 @@ def resolve(model: str | None, default_arch: str, default_tag: str | None) -> tu
 def load_net(name: str, model: str | None, default_arch: str, default_tag: str | None, tiny_key: str,
              build_tiny_model: Callable[[Path], None]):
     """(model, tokenizer) for a scorer spec's MODEL part: `tiny`, hub id, folder, checkpoint file or pretrained tag."""
-    from aifeedback.scoring.scorers import model_error
-    from aifeedback.zoo.cache import cached_build
 
     if model == "tiny":
         arch, pretrained = f"local-dir:{cached_build(tiny_key, build_tiny_model)}", None
@@ -86,9 +86,6 @@ class OpenClipCosine(Scorer):
     """cosine(image, text) of an open_clip model, images preprocessed as HPSv2 does (longest side, zero padding)."""
 
     def __init__(self, name: str, model, tokenizer, device: str, dtype: str):
-        import torch
-
-        from aifeedback.families.loading import torch_dtype
 
         self.name, self.device, self.dtype = name, torch.device(device), torch_dtype(dtype)
         self.model = model.to(self.device, self.dtype)
@@ -96,7 +93,6 @@ class OpenClipCosine(Scorer):
         self.transform = ClipTransform(image_size(model), "hpsv2")
 
     def score_items(self, items: list, prompts: list[str]) -> list[float]:
-        import torch
 
         texts, where = unique_prompts(prompts)
         with torch.inference_mode():

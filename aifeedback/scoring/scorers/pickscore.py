@@ -11,7 +11,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+from transformers import AutoTokenizer, CLIPConfig, CLIPModel
+
+from aifeedback.families.loading import torch_dtype
+from aifeedback.scoring.scorers import model_error
 from aifeedback.scoring.scorers.base import ClipTransform, Scorer, normalize, unique_prompts
+from aifeedback.zoo.cache import cached_build
+from aifeedback.zoo.tokenizer import clip_tokenizer
 
 MODEL = "yuvalkirstain/PickScore_v1"
 PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
@@ -51,10 +58,6 @@ TINY_CONFIG = dict(
 
 def build_tiny(out: Path) -> None:
     """A tiny random CLIPModel with its (real, offline) CLIP tokenizer, saved with save_pretrained."""
-    import torch
-    from transformers import CLIPConfig, CLIPModel
-
-    from aifeedback.zoo.tokenizer import clip_tokenizer
 
     torch.manual_seed(0)
     CLIPModel(CLIPConfig(**TINY_CONFIG)).save_pretrained(out)
@@ -65,12 +68,6 @@ class PickScore(Scorer):
     """logit_scale.exp() * cosine of PickScore's image and text embeddings."""
 
     def __init__(self, name: str, model: str | None, device: str = "cpu", dtype: str = "float32"):
-        import torch
-        from transformers import AutoTokenizer, CLIPModel
-
-        from aifeedback.families.loading import torch_dtype
-        from aifeedback.scoring.scorers import model_error
-        from aifeedback.zoo.cache import cached_build
 
         self.name, self.device, self.dtype = name, torch.device(device), torch_dtype(dtype)
         if model == "tiny":
@@ -88,7 +85,6 @@ class PickScore(Scorer):
         self.transform = ClipTransform(self.model.config.vision_config.image_size, "transformers")
 
     def score_items(self, items: list, prompts: list[str]) -> list[float]:
-        import torch
 
         texts, where = unique_prompts(prompts)
         tok = self.tokenizer(texts, padding=True, truncation=True, max_length=77, return_tensors="pt").to(self.device)

@@ -12,6 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+import torch
+from PIL import ImageColor
+
+from aifeedback.errors import AifError
 from aifeedback.scoring.scorers.base import Scorer
 
 KINDS = ("redness", "brightness", "saturation", "color")
@@ -25,8 +30,6 @@ class StatTransform:
     target: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     def __call__(self, image):
-        import numpy as np
-        import torch
 
         x = np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0
         r, g, b = x[..., 0], x[..., 1], x[..., 2]
@@ -48,11 +51,9 @@ class ImageStat(Scorer):
     uses_prompt = False
 
     def __init__(self, name: str, kind: str, arg: str | None):
-        from aifeedback.errors import AifError
 
         self.name = name
         if kind == "color":
-            from PIL import ImageColor
 
             if not arg:
                 raise AifError("scorer 'color' needs a colour: color:NAME, e.g. color:red or color:#ff8800")

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from aifeedback.errors import AifError
 from aifeedback.scoring.scorers.base import Scorer
+from aifeedback.zoo.toy import recognise
+from aifeedback.zoo.toy_world import caption, parse_caption
 
 
 @dataclass(frozen=True)
@@ -17,7 +20,6 @@ class RecogniseTransform:
     """image -> its (disc, background) colour names (computed in the DataLoader worker)."""
 
     def __call__(self, image) -> tuple[str, str]:
-        from aifeedback.zoo.toy import recognise
 
         return recognise([image])[0]
 
@@ -28,7 +30,6 @@ class ToyFidelity(Scorer):
     uses_prompt = True
 
     def __init__(self, name: str, arg: str | None):
-        from aifeedback.errors import AifError
 
         if arg:
             raise AifError(f"scorer '{name}': toy-fidelity takes no model; use plain 'toy-fidelity'")
@@ -36,8 +37,6 @@ class ToyFidelity(Scorer):
         self.transform = RecogniseTransform()
 
     def score_items(self, items: list, prompts: list[str]) -> list[float]:
-        from aifeedback.errors import AifError
-        from aifeedback.zoo.toy import caption, parse_caption
 
         scores = []
         for (disc, background), prompt in zip(items, prompts):

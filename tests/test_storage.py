@@ -1,0 +1,122 @@
+"""storage/: the one atomic publish (files and folders), and finding a run's latest checkpoint."""
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from aifeedback.storage.checkpoints import CheckpointError, latest_checkpoint, prune, resolve_checkpoint
+from aifeedback.storage.files import atomic_write_text
+from aifeedback.storage.publish import publish, publishing, remove_stale, temporary_path
+from aifeedback.storage.shards import shard_files, write_shard
+
+
+def mode(path):
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_a_published_file_and_folder_appear_complete_with_the_modes_of_open_and_mkdir(tmp_path):
+    (tmp_path / "plain.txt").write_text("x")
+    (tmp_path / "plain").mkdir()
+    with publishing(tmp_path / "a.txt") as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".a.txt.") and not (tmp_path / "a.txt").exists()
+        tmp.write_text("hello")
+    with publishing(tmp_path / "sub" / "model", folder=True) as tmp:
+        assert tmp == temporary_path(tmp_path / "sub" / "model") and tmp.is_dir()
+        (tmp / "weights.bin").write_bytes(b"w")
+    assert (tmp_path / "a.txt").read_text() == "hello" and mode(tmp_path / "a.txt") == mode(tmp_path / "plain.txt")
+    assert (tmp_path / "sub" / "model" / "weights.bin").read_bytes() == b"w"
+    assert mode(tmp_path / "sub" / "model") == mode(tmp_path / "plain")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.txt", "model", "plain", "plain.txt", "sub", "weights.bin"]
+
+
+@pytest.mark.parametrize("folder", [False, True])
+def test_a_failed_publish_leaves_nothing_and_keeps_the_old_final(tmp_path, folder):
+    with pytest.raises(KeyboardInterrupt), publishing(tmp_path / "new", folder=folder) as tmp:
+        (tmp / "part" if folder else tmp).write_text("half")
+        raise KeyboardInterrupt
+    atomic_write_text(tmp_path / "old", "old")
+    with pytest.raises(RuntimeError), publishing(tmp_path / "old", folder=folder, replace=True):
+        raise RuntimeError("killed mid-write")
+    assert [p.name for p in tmp_path.iterdir()] == ["old"] and (tmp_path / "old").read_text() == "old"
+
+
+def test_an_existing_final_is_replaced_only_when_asked(tmp_path):
+    final = tmp_path / "out"
+    final.mkdir()
+    (final / "stale.bin").write_text("old run")
+    with pytest.raises(FileExistsError, match="replace=True"), publishing(final, folder=True):
+        pytest.fail("the block must not run: the work would be thrown away")
+    assert [p.name for p in final.iterdir()] == ["stale.bin"]
+    with publishing(final, folder=True, replace=True) as tmp:
+        (tmp / "new.bin").write_text("new")
+    assert [p.name for p in final.iterdir()] == ["new.bin"]
+    with publishing(final, replace=True) as tmp:  # a file over a folder
+        tmp.write_text("file")
+    assert final.read_text() == "file"
+    with publishing(final, replace=True) as tmp:
+        tmp.write_text("file 2")
+    assert final.read_text() == "file 2" and [p.name for p in tmp_path.iterdir()] == ["out"]
+    other = tmp_path / ".x.tmp"
+    other.write_text("x")
+    with pytest.raises(FileExistsError):
+        publish(other, final)
+    assert final.read_text() == "file 2"
+
+
+KILLED_WRITER = """
+import os, signal, sys
+from pathlib import Path
+from aifeedback.storage.publish import publishing
+with publishing(Path(sys.argv[1]), folder=sys.argv[2] == "folder") as tmp:
+    (tmp / "half" if tmp.is_dir() else tmp).write_text("half")
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_killed_writer_leaves_only_a_hidden_temporary_that_the_rerun_clears(tmp_path):
+    for kind in ("file", "folder"):
+        r = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(tmp_path / kind), kind], timeout=120)
+        assert r.returncode == -signal.SIGKILL
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert len(left) == 2 and all(n.startswith(".") and n.endswith(".tmp") for n in left), left
+    with publishing(tmp_path / "folder", folder=True) as tmp:  # the rerun of the folder
+        assert not (tmp / "half").exists()
+        (tmp / "whole").write_text("whole")
+    assert [p.name for p in (tmp_path / "folder").iterdir()] == ["whole"]
+    remove_stale(tmp_path)  # what a stage does for its files before it writes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"]
+
+
+def test_shards_are_published_with_the_modes_of_open(tmp_path):
+    (tmp_path / "plain").write_text("x")
+    path = write_shard(tmp_path, 3, [{"a": 1}, {"a": 2}])
+    assert shard_files(tmp_path) == [path] and path.name == "train-00003.parquet"
+    assert mode(path) == mode(tmp_path / "plain") and os.listdir(path.parent) == [path.name]
+
+
+def _checkpoint(run, step, state=True):
+    ckpt = run / "checkpoints" / f"checkpoint-{step:06d}"
+    ckpt.mkdir(parents=True)
+    if state:
+        (ckpt / "trainer_state.json").write_text("{}")
+    return ckpt
+
+
+def test_latest_checkpoint_numbers_decide_and_resume_needs_a_state(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match="no checkpoints/checkpoint-NNNNNN/ folder yet"):
+        latest_checkpoint(run)
+    old = _checkpoint(run, 900)
+    (run / "checkpoints" / ".checkpoint-002000.tmp").mkdir()  # a save killed before its rename
+    newest = _checkpoint(run, 1000, state=False)  # a model, but nothing to resume from
+    assert latest_checkpoint(run) == newest
+    assert latest_checkpoint(run, require_state=True) == resolve_checkpoint(run) == old
+    prune(run, keep=0)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-000900", "checkpoint-001000"]
+    with pytest.raises(CheckpointError, match="holding trainer_state.json"):
+        resolve_checkpoint(_checkpoint(tmp_path / "other", 5, state=False).parent.parent)
