@@ -7,14 +7,16 @@ def fixed_set_metrics(model, ckpt, data, dataset, resolution=16, draws=8, beta=5
     from diffusers import UNet2DConditionModel
 
     from aifeedback.data import pairs as D
-    from aifeedback.families.diffusion import TextEncoders, noise_scheduler, training_target
-    from aifeedback.families.loading import family, load_pipeline
+    from aifeedback.families import detect
+    from aifeedback.families.base import training_target
+    from aifeedback.families.loading import load_pipeline
     from aifeedback.losses.base import denoising_mse
     from aifeedback.losses.dpo import dpo
     from aifeedback.storage.checkpoints import LORA_FILE, checkpoint_kind
+
     pipe = load_pipeline(model)
-    text = TextEncoders.from_pipeline(pipe)
-    sched = noise_scheduler(pipe)
+    fam = detect(pipe)
+    text, sched = fam.text_encoders(pipe), fam.noise_scheduler(pipe)
     table = D.open_table(data, str(dataset), "train")
     pairs, _ = D.filter_labels(table)
     shape = (4, resolution // 2, resolution // 2)
@@ -29,7 +31,9 @@ def fixed_set_metrics(model, ckpt, data, dataset, resolution=16, draws=8, beta=5
         else:
             pix = torch.cat([batch["pixels"][:, 0], batch["pixels"][:, 1]])
             lat = pipe.vae.encode(pix).latent_dist.mean * pipe.vae.config.scaling_factor
-        emb, pooled = text.encode(batch["captions"])
+        prompts = fam.encode_prompts(text, batch["captions"])
+        prompts = {k: v.repeat(2, *[1] * (v.dim() - 1)) for k, v in prompts.items()}  # winners, then losers
+    micro = torch.cat([batch["time_ids"][:, 0], batch["time_ids"][:, 1]])
     lora = checkpoint_kind(ckpt) == "lora"
     ref = pipe.unet
     if lora:
@@ -41,17 +45,12 @@ def fixed_set_metrics(model, ckpt, data, dataset, resolution=16, draws=8, beta=5
     for _ in range(draws):
         noise = torch.randn(lat[:B].shape, generator=g).repeat(2, 1, 1, 1)
         t = torch.randint(0, 1000, (B,), generator=g).repeat(2)
-        noisy = sched.add_noise(lat, noise, t)
-        tgt = training_target(sched, lat, noise, t)
-        cond = {}
-        if family(pipe) == "sdxl":
-            time_ids = torch.cat([batch["time_ids"][:, 0], batch["time_ids"][:, 1]])
-            cond = {"added_cond_kwargs": {"text_embeds": pooled.repeat(2, 1), "time_ids": time_ids}}
+        noisy, tgt = sched.add_noise(lat, noise, t), training_target(sched, lat, noise, t)
         with torch.no_grad():
-            m = denoising_mse(pol(noisy, t, emb.repeat(2, 1, 1), **cond).sample, tgt).chunk(2)
+            m = denoising_mse(fam.predict(pol, noisy, t, prompts, micro), tgt).chunk(2)
             if lora:
                 pipe.unet.disable_adapters()
-            r = denoising_mse(ref(noisy, t, emb.repeat(2, 1, 1), **cond).sample, tgt).chunk(2)
+            r = denoising_mse(fam.predict(ref, noisy, t, prompts, micro), tgt).chunk(2)
             if lora:
                 pipe.unet.enable_adapters()
         out.append(dpo(*m, *r, beta))

@@ -37,7 +37,8 @@ def test_tiny_pipeline_is_deterministic(name, tmp_path):
 def test_tiny_sdxl_has_sdxl_architecture(tiny_sdxl):
     from diffusers import StableDiffusionXLPipeline
 
-    from aifeedback.families.loading import family, load_pipeline
+    from aifeedback.families import family
+    from aifeedback.families.loading import load_pipeline
 
     pipe = load_pipeline("tiny-sdxl")
     assert isinstance(pipe, StableDiffusionXLPipeline)
@@ -51,7 +52,8 @@ def test_tiny_sdxl_has_sdxl_architecture(tiny_sdxl):
 def test_tiny_sd15_loads(tiny_sd15):
     from diffusers import StableDiffusionPipeline
 
-    from aifeedback.families.loading import family, load_pipeline
+    from aifeedback.families import family
+    from aifeedback.families.loading import load_pipeline
 
     pipe = load_pipeline("tiny-sd15")
     assert isinstance(pipe, StableDiffusionPipeline) and family(pipe) == "sd15"

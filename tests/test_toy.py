@@ -84,7 +84,8 @@ def test_build_is_deterministic(tmp_path):
 def test_toy_model_is_an_sd15_pipeline_whose_captions_steer_it(toy_sd15):
     from diffusers import StableDiffusionPipeline
 
-    from aifeedback.families.loading import family, load_pipeline
+    from aifeedback.families import family
+    from aifeedback.families.loading import load_pipeline
 
     pipe = load_pipeline("toy-sd15")
     assert isinstance(pipe, StableDiffusionPipeline) and family(pipe) == "sd15"

@@ -298,7 +298,7 @@ def test_recipes_load_and_tiny_recipe_runs_from_the_cli(human, tmp_path):
 def test_targets_follow_the_prediction_type(tiny_sd15):
     from diffusers import DDPMScheduler
 
-    from aifeedback.families.diffusion import training_target
+    from aifeedback.families.base import training_target
 
     lat, noise, t = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8), torch.tensor([10, 900])
     eps = DDPMScheduler(prediction_type="epsilon")
@@ -337,7 +337,7 @@ def test_vae_encoding_is_the_inverse_of_generate_decoding(tiny_sd15, stats):
     import numpy as np
     from diffusers import DiffusionPipeline
 
-    from aifeedback.families.diffusion import encode_images
+    from aifeedback.families.base import encode_images
     from aifeedback.families.sampling import decode_latents
 
     pipe = DiffusionPipeline.from_pretrained(tiny_sd15)

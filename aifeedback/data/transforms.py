@@ -56,7 +56,7 @@ class Transform:
         import torch
         from PIL import Image
 
-        from aifeedback.families.diffusion import time_ids
+        from aifeedback.families.base import time_ids
 
         r = self.resolution
         w0, h0 = img.size

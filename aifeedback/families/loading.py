@@ -1,4 +1,4 @@
-"""Loading diffusion pipelines by name (tiny zoo, toy world, hub id or local path) and what differs per family.
+"""Loading diffusion pipelines by name (tiny zoo, toy world, hub id or local path) and fine-tuned weights.
 
 Every stage loads models through `load_pipeline`, so a tiny offline model and
 `stabilityai/stable-diffusion-xl-base-1.0` take the same code path.
@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from aifeedback.families import detect
 from aifeedback.families.resolve import DTYPES, SCHEDULERS, TunedLoadError, check_pipeline, load_error, resolve_model
 
 
@@ -50,7 +51,7 @@ def load_pipeline(name: str, dtype: str = "float32", device: str = "cpu", vae: s
         pipe = DiffusionPipeline.from_pretrained(path, **kwargs)
     except (OSError, ValueError, EnvironmentError) as e:
         raise load_error(name, "model", e) from None
-    family(pipe)  # refuse unsupported pipelines early
+    detect(pipe)  # refuse unsupported pipelines early
     if kind == "unet":
         _check_tuned_fits(pipe, path, tuned)
     elif kind == "lora":
@@ -60,19 +61,6 @@ def load_pipeline(name: str, dtype: str = "float32", device: str = "cpu", vae: s
     set_scheduler(pipe, scheduler)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
-
-
-def family(pipe_or_unet: Any) -> str:
-    """'sdxl' (two text encoders, text_time conditioning) or 'sd15' (one text encoder)."""
-    unet = getattr(pipe_or_unet, "unet", pipe_or_unet)
-    config = getattr(unet, "config", None)
-    if config is None:
-        raise ValueError(f"{type(pipe_or_unet).__name__} has no UNet")
-    if getattr(config, "addition_embed_type", None) == "text_time":
-        return "sdxl"
-    if getattr(config, "addition_embed_type", None) is None:
-        return "sd15"
-    raise ValueError(f"unsupported UNet conditioning '{config.addition_embed_type}': only SDXL and SD1.5 families")
 
 
 def set_scheduler(pipe: Any, name: str) -> None:

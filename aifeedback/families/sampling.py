@@ -14,6 +14,8 @@ import io
 from dataclasses import dataclass
 from typing import Any
 
+from aifeedback.families import detect
+
 
 def image_seed(seed: int, prompt_id: str, k: int) -> int:
     """Seed of candidate k of a prompt: a hash of (run seed, prompt_id, k), in [0, 2**63)."""
@@ -28,9 +30,7 @@ def default_size(pipe: Any) -> int:
 
 def default_guidance(pipe: Any) -> float:
     """diffusers' default classifier-free guidance scale of the pipeline's family (SDXL 5.0, SD1.5 7.5)."""
-    from aifeedback.families.loading import family
-
-    return 5.0 if family(pipe) == "sdxl" else 7.5
+    return detect(pipe).guidance
 
 
 @dataclass
@@ -86,7 +86,8 @@ def decode_latents(pipe: Any, latents: Any) -> list:
     mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
     if mean is not None and std is not None:
         c = z.shape[1]
-        z = z * torch.tensor(std).view(1, c, 1, 1).to(z) / vae.config.scaling_factor + torch.tensor(mean).view(1, c, 1, 1).to(z)
+        std, mean = torch.tensor(std).view(1, c, 1, 1).to(z), torch.tensor(mean).view(1, c, 1, 1).to(z)
+        z = z * std / vae.config.scaling_factor + mean
     else:
         z = z / vae.config.scaling_factor
     with torch.inference_mode():

@@ -1,10 +1,9 @@
-"""`aif train`: Diffusion-DPO (or SFT) of an SDXL / SD1.5 UNet on human or AI-labelled preference pairs.
+"""`aif train`: Diffusion-DPO (or SFT) of a text-to-image denoiser on human or AI-labelled preference pairs.
 
-One training loop, written out top to bottom in `run` (torchtune style): every feature is an option of this loop.
-accelerate provides mixed precision, gradient accumulation and multi-process DDP (`accelerate launch -m aifeedback
-train ...`); peft provides LoRA. The reference model is the same UNet with its adapters disabled (LoRA) or a
-frozen copy in the compute dtype (full fine-tune), run in the same train/eval mode as the policy, so with one shared
-noise and timestep per pair the first loss is exactly ln 2.
+The trainer is a recipe class (torchtune style), `TrainRecipe`: `setup()` builds each component in a small
+`_setup_*` method, `train()` is the loop, `save_checkpoint()` and `cleanup()` stand apart. What differs between
+model families (text encoders, conditioning, noise and target, LoRA layers) is asked of the model's `Family`
+(families/base.py), so the loop has no per-family branch.
 
 Run folder: config.yaml, manifest.json, metrics.jsonl (one line per optimizer step), logs/ (tensorboard),
 validation/step-NNNNNN.png, checkpoints/checkpoint-NNNNNN/ (see checkpoints.py). A run killed at any moment and
@@ -13,326 +12,416 @@ restarted with the same command continues from its latest checkpoint and ends wi
 
 from __future__ import annotations
 
+import copy
+import io
 import json
 import math
 import shutil
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
-from typing import Optional
+from typing import Any, Iterator, Optional
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import cast_training_params
+from peft import LoraConfig
+from PIL import Image
+from tqdm.auto import tqdm
+from transformers.optimization import Adafactor
 
 from aifeedback.config import identity_dict, save_config, to_dict
+from aifeedback.console import finish, note, progress, quiet_libraries
+from aifeedback.data import pairs as D
+from aifeedback.dist import process_state
 from aifeedback.errors import AifError
+from aifeedback.families import detect
+from aifeedback.families.base import Family, vae_factor
+from aifeedback.families.loading import load_pipeline
+from aifeedback.losses import get_loss
+from aifeedback.losses.base import denoising_mse
 from aifeedback.stages.train_config import TrainConfig
+from aifeedback.storage import checkpoints as ck
+from aifeedback.storage.files import atomic_write_bytes, atomic_write_text, read_json, write_json
+from aifeedback.storage.manifest import completed_output, fingerprint, finish_output, prepare_output
+from aifeedback.storage.publish import discard, publish, temporary_path
 
 
 def run(cfg: TrainConfig) -> Path:
     """Train; returns the run folder."""
     cfg.preflight()
-    import copy
-    from collections import defaultdict
-
-    import torch
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-    from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
-    from diffusers import UNet2DConditionModel
-    from tqdm.auto import tqdm
-
-    from aifeedback.console import finish, note, progress, quiet_libraries
-    from aifeedback.data import pairs as D
-    from aifeedback.dist import process_state
-    from aifeedback.families.diffusion import (
-        TextEncoders,
-        encode_images,
-        noise_scheduler,
-        training_target,
-        vae_factor,
-    )
-    from aifeedback.families.loading import family, load_pipeline
-    from aifeedback.losses import get_loss
-    from aifeedback.losses.base import denoising_mse
-    from aifeedback.storage import checkpoints as ck
-    from aifeedback.storage.files import read_json, write_json
-    from aifeedback.storage.manifest import finish_output, prepare_output
-    from aifeedback.storage.publish import discard, publish, temporary_path
-
     quiet_libraries()
-    out = Path(cfg.out)
-    done = _finished_step(cfg, out)
+    recipe = TrainRecipe(cfg)
+    done = _finished_step(cfg, recipe.out)
     if done is not None:  # a rerun of a finished run: nothing to train, so no model to load
         if process_state().is_main_process:
-            print(f"already complete: {out} (step {done} of --max-steps {cfg.max_steps}; raise it to train on)")
-        return out
-    # accelerate keeps its mixed-precision state in a process-wide singleton; forget a previous in-process run's
-    # (the distributed environment itself, PartialState, is kept).
-    AcceleratorState._reset_state()
-    accelerator = Accelerator(
-        mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
-        # On a host without a GPU, processes started by `accelerate launch --multi_gpu` / torchrun join as CPU (gloo).
-        cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
-        log_with=None if cfg.trackers == "none" else cfg.trackers,
-        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
-    )
-    rank, world, main, device = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process, accelerator.device
-    say = note if main else (lambda msg: None)
+            print(f"already complete: {recipe.out} (step {done} of --max-steps {cfg.max_steps}; raise it to train on)")
+        return recipe.out
+    recipe.setup()
+    recipe.train()
+    recipe.cleanup()
+    return recipe.out
 
-    # ---- 1. Run folder: continue a checkpoint or start fresh --------------------------------------------------
-    resume_from = _resume_point(cfg, out)
-    if main:
-        if resume_from is None and cfg.overwrite:
-            for name in ("checkpoints", "logs", "validation", "metrics.jsonl", "manifest.json"):
-                p = out / name
-                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-        prepare_output(out, "train", to_dict(cfg), identity_dict(cfg), overwrite=cfg.overwrite,
-                                  inputs=_input_fingerprint(cfg))
-        save_config(cfg, out / "config.yaml")
-    accelerator.wait_for_everyone()
-    set_seed(cfg.seed, device_specific=True)  # noise/timesteps differ per process; checkpoints save each RNG
 
-    # ---- 2. Models ------------------------------------------------------------------------------------------
-    pipe = load_pipeline(cfg.model, "float32", "cpu", vae=cfg.vae)
-    fam = family(pipe)
-    res = cfg.resolution or (1024 if fam == "sdxl" else 512)
-    weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[accelerator.mixed_precision]
-    text = TextEncoders.from_pipeline(pipe).to(device, weight_dtype)
-    # The stock SDXL VAE overflows in fp16: keep it in fp32 unless a fixed VAE was given.
-    vae_dtype = torch.float32 if (fam == "sdxl" and weight_dtype == torch.float16 and not cfg.vae) else weight_dtype
-    vae = pipe.vae.to(device, vae_dtype).requires_grad_(False).eval()
-    scheduler = noise_scheduler(pipe)
-    loss_fn, needs_ref = get_loss(cfg.loss)
-    unet = pipe.unet
-    lora = cfg.lora_rank > 0
-    ref = None
-    if lora:
-        from diffusers.training_utils import cast_training_params
-        from peft import LoraConfig
+class TrainRecipe:
+    """Preference fine-tuning of a text-to-image denoiser, one process of a (possibly multi-process) run.
 
-        unet.requires_grad_(False).to(device, weight_dtype)
-        unet.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or cfg.lora_rank, init_lora_weights="gaussian",
-                                    target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
-        cast_training_params(unet, dtype=torch.float32)  # trainable LoRA weights in fp32, frozen base in weight_dtype
-    else:
-        unet.to(device)  # fp32 master weights; autocast runs the forward in the compute dtype
-        if needs_ref:
-            if weight_dtype != torch.float32:
-                # Start the policy from exactly the weights the compute-dtype reference holds: layers autocast keeps
-                # in fp32 (norms) would otherwise differ by the rounding, beta amplifies it, and the first loss
-                # would not be ln 2.
-                with torch.no_grad():
-                    for p in unet.parameters():
-                        p.copy_(p.to(weight_dtype).float())
-            ref = copy.deepcopy(unet).requires_grad_(False).to(weight_dtype)
-    if cfg.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    unet.train()
-    if ref is not None:
-        ref.train()  # same mode as the policy: identical outputs at step 0, so the first loss is exactly ln 2
-    params = [p for p in unet.parameters() if p.requires_grad]
+    Supports:
+    - objectives: Diffusion-DPO (sigmoid loss against a frozen reference) and SFT (denoising MSE on winners);
+    - every registered model family (SD1.5, SDXL): conditioning, noise and target come from its `Family`;
+    - LoRA (peft; the reference is the same network with its adapters disabled) or a full fine-tune (the reference
+      is a frozen copy in the compute dtype), both run in train mode, so with one shared noise and timestep per
+      pair the first DPO loss is exactly ln 2;
+    - accelerate: mixed precision (fp16/bf16 autocast, frozen parts stored in it), gradient accumulation,
+      multi-process DDP, FSDP/DeepSpeed (sharded state dicts are gathered when saving);
+    - gradient checkpointing; AdamW, 8-bit AdamW, Adafactor; constant/linear/cosine lr with warmup;
+    - data: Pick-a-Pic-layout pairs or `aif score` outputs, downloaded or streamed, with stored latents when they fit;
+    - exact resume from the latest (or a given) checkpoint, including data position and every process's RNG;
+    - metrics.jsonl, tensorboard/wandb trackers, validation image grids, a progress bar.
+    """
 
-    pairs_per_step = cfg.batch_size * cfg.grad_accum * world
-    lr = cfg.lr * pairs_per_step if cfg.scale_lr else cfg.lr
-    optimizer = _optimizer(cfg, params, lr)
-    from diffusers.optimization import get_scheduler
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.lora = cfg.lora_rank > 0
+        self.loss_fn, self.needs_ref = get_loss(cfg.loss)
 
-    lr_sched = get_scheduler("constant_with_warmup" if cfg.lr_schedule == "constant" else cfg.lr_schedule, optimizer,
-                             num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps)
-    unet, optimizer = accelerator.prepare(unet, optimizer)
-    accelerator.register_for_checkpointing(lr_sched)  # not prepare(): that would step it once per process
+    # ---- setup ------------------------------------------------------------------------------------------------
 
-    # Checkpoints hold the model in the diffusers format (unet/ or the LoRA file) instead of accelerate's own copy.
-    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    def setup(self) -> None:
+        """Build every component, in the order that keeps the RNG streams of earlier versions (bitwise resumes)."""
+        self.accelerator = self._setup_accelerator()
+        acc = self.accelerator
+        self.rank, self.world, self.main = acc.process_index, acc.num_processes, acc.is_main_process
+        self.device = acc.device
+        self.resume_from = self._setup_run_folder()
+        set_seed(self.cfg.seed, device_specific=True)  # noise/timesteps differ per process; checkpoints save each RNG
+        self.pipe, self.family = self._setup_pipeline()
+        self.resolution = self.cfg.resolution or self.family.resolution
+        self.weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[acc.mixed_precision]
+        self.text, self.vae = self._setup_frozen_parts()
+        self.scheduler = self.family.noise_scheduler(self.pipe)
+        self.model, self.ref = self._setup_models()
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.pairs_per_step = self.cfg.batch_size * self.cfg.grad_accum * self.world
+        self.lr = self.cfg.lr * self.pairs_per_step if self.cfg.scale_lr else self.cfg.lr
+        optimizer, self.lr_sched = self._setup_optimizer()
+        self.model, self.optimizer = acc.prepare(self.model, optimizer)  # DDP / FSDP wrapping
+        acc.register_for_checkpointing(self.lr_sched)  # not prepare(): that would step it once per process
+        self._setup_checkpoint_hooks()
+        self.table, self.stats, self.dataset, self.n_pairs, self.transform = self._setup_data()
+        self.state = self._setup_resume()
+        self.step = self.state["step"]
+        self.batches = self._setup_batches()
+        if self.cfg.trackers != "none":
+            config = {k: v for k, v in to_dict(self.cfg).items() if isinstance(v, (int, float, str, bool))}
+            acc.init_trackers("aif-train", config=config)
 
-    def drop_default_weights(models, weights, output_dir):
-        if not sharded:
-            weights.clear()
+    def _setup_accelerator(self) -> Accelerator:
+        # accelerate keeps its mixed-precision state in a process-wide singleton; forget a previous in-process run's
+        # (the distributed environment itself, PartialState, is kept).
+        AcceleratorState._reset_state()
+        cfg = self.cfg
+        return Accelerator(
+            mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
+            # On a host without a GPU, processes started by `accelerate launch --multi_gpu` / torchrun join as CPU.
+            cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
+            log_with=None if cfg.trackers == "none" else cfg.trackers,
+            project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")),
+        )
 
-    def load_diffusers_weights(models, input_dir):
-        if sharded:
-            return
-        while models:
-            m = accelerator.unwrap_model(models.pop())
-            if lora:
-                ck.load_lora_into(m, Path(input_dir) / ck.LORA_FILE)
-            else:
-                m.load_state_dict(UNet2DConditionModel.from_pretrained(input_dir, subfolder="unet").state_dict())
+    def _setup_run_folder(self) -> Optional[Path]:
+        """Prepare --out (its manifest and config); returns the checkpoint to continue from, or None."""
+        cfg, out = self.cfg, self.out
+        resume_from = _resume_point(cfg, out)
+        if self.main:
+            if resume_from is None and cfg.overwrite:
+                for name in ("checkpoints", "logs", "validation", "metrics.jsonl", "manifest.json"):
+                    p = out / name
+                    shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+            prepare_output(out, "train", to_dict(cfg), identity_dict(cfg), overwrite=cfg.overwrite,
+                           inputs=_input_fingerprint(cfg))
+            save_config(cfg, out / "config.yaml")
+        self.accelerator.wait_for_everyone()
+        return resume_from
 
-    accelerator.register_save_state_pre_hook(drop_default_weights)
-    accelerator.register_load_state_pre_hook(load_diffusers_weights)
+    def _setup_pipeline(self) -> tuple[Any, Family]:
+        pipe = load_pipeline(self.cfg.model, "float32", "cpu", vae=self.cfg.vae)
+        return pipe, detect(pipe)
 
-    # ---- 3. Data --------------------------------------------------------------------------------------------
-    table = D.open_table(cfg.data, cfg.dataset, cfg.split, cfg.streaming)
-    latent_shape = None
-    transform = D.Transform(res, cfg.random_crop, cfg.flip, cfg.caption_dropout)
-    if cfg.streaming:
-        stats = D.PairStats()
-        n_pairs = None
-    else:
+    def _setup_frozen_parts(self) -> tuple[Any, Any]:
+        """The text encoders and the VAE, frozen, on the device, in the storage dtype (the family's VAE rule)."""
+        text = self.family.text_encoders(self.pipe).to(self.device, self.weight_dtype)
+        vae_dtype = self.family.vae_dtype(self.weight_dtype, custom_vae=bool(self.cfg.vae))
+        return text, self.pipe.vae.to(self.device, vae_dtype).requires_grad_(False).eval()
+
+    def _setup_models(self) -> tuple[Any, Any]:
+        """The trained denoiser (with LoRA adapters, or all of it) and the frozen reference copy (full fine-tune)."""
+        cfg, model, ref = self.cfg, getattr(self.pipe, self.family.denoiser), None
+        if self.lora:
+            model.requires_grad_(False).to(self.device, self.weight_dtype)
+            model.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or cfg.lora_rank,
+                                         init_lora_weights="gaussian", target_modules=list(self.family.lora_targets)))
+            cast_training_params(model, dtype=torch.float32)  # LoRA weights train in fp32, the base stays frozen
+        else:
+            model.to(self.device)  # fp32 master weights; autocast runs the forward in the compute dtype
+            if self.needs_ref:
+                if self.weight_dtype != torch.float32:
+                    # Start the policy from exactly the weights the compute-dtype reference holds: layers autocast
+                    # keeps in fp32 (norms) would otherwise differ by the rounding, beta amplifies it, and the first
+                    # loss would not be ln 2.
+                    with torch.no_grad():
+                        for p in model.parameters():
+                            p.copy_(p.to(self.weight_dtype).float())
+                ref = copy.deepcopy(model).requires_grad_(False).to(self.weight_dtype)
+        if cfg.gradient_checkpointing:
+            model.enable_gradient_checkpointing()
+        model.train()
+        if ref is not None:
+            ref.train()  # same mode as the policy: identical outputs at step 0, so the first loss is exactly ln 2
+        return model, ref
+
+    def _setup_optimizer(self) -> tuple[Any, Any]:
+        cfg = self.cfg
+        optimizer = _optimizer(cfg, self.params, self.lr)
+        lr_sched = get_scheduler("constant_with_warmup" if cfg.lr_schedule == "constant" else cfg.lr_schedule,
+                                 optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps)
+        return optimizer, lr_sched
+
+    def _setup_checkpoint_hooks(self) -> None:
+        """Checkpoints hold the model in the diffusers format (denoiser folder or LoRA file) instead of accelerate's
+        own copy; under FSDP/DeepSpeed accelerate's sharded files are kept."""
+        acc = self.accelerator
+        self.sharded = acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+        def drop_default_weights(models, weights, output_dir):
+            if not self.sharded:
+                weights.clear()
+
+        def load_diffusers_weights(models, input_dir):
+            if self.sharded:
+                return
+            while models:
+                m = acc.unwrap_model(models.pop())
+                if self.lora:
+                    ck.load_lora_into(m, Path(input_dir) / ck.LORA_FILE)
+                else:
+                    saved = type(m).from_pretrained(input_dir, subfolder=self.family.denoiser)
+                    m.load_state_dict(saved.state_dict())
+
+        acc.register_save_state_pre_hook(drop_default_weights)
+        acc.register_load_state_pre_hook(load_diffusers_weights)
+
+    def _setup_data(self) -> tuple[Any, D.PairStats, Any, Optional[int], D.Transform]:
+        """(table, label counts, map-style dataset or None when streaming, number of pairs or None, transform)."""
+        cfg, res = self.cfg, self.resolution
+        table = D.open_table(cfg.data, cfg.dataset, cfg.split, cfg.streaming)
+        transform = D.Transform(res, cfg.random_crop, cfg.flip, cfg.caption_dropout)
+        if cfg.streaming:
+            return table, D.PairStats(), None, None, transform
         pairs, stats = D.filter_labels(table, cfg.max_pairs)
-        say(stats.summary(cfg.dataset))
+        self._say(stats.summary(cfg.dataset))
         if not pairs:
             raise D.no_pairs_error(cfg.dataset, stats)
-        f = vae_factor(vae.config)
-        latent_shape, why = D.stored_latent_shape(table, pairs, (unet_config(unet, accelerator).in_channels, res // f, res // f),
+        f = vae_factor(self.vae.config)
+        in_channels = self.accelerator.unwrap_model(self.model).config.in_channels
+        latent_shape, why = D.stored_latent_shape(table, pairs, (in_channels, res // f, res // f),
                                                   D.latent_source(cfg.dataset), {"model": cfg.model, "vae": cfg.vae})
         if any(c in table.column_names for c in D.LATENT_COLUMNS):
-            say(why)
+            self._say(why)
         transform.latent_shape = latent_shape
-        dataset = D.PairDataset(table, pairs, transform, cfg.seed, window=cfg.batch_size * world)
-        n_pairs = len(pairs)
+        dataset = D.PairDataset(table, pairs, transform, cfg.seed, window=cfg.batch_size * self.world)
+        return table, stats, dataset, len(pairs), transform
 
-    # ---- 4. Resume ------------------------------------------------------------------------------------------
-    state = {"step": 0, "bad_images": 0}
-    if resume_from is not None:
-        state = read_json(resume_from / ck.STATE_FILE)
-        if state.get("processes", world) != world:  # data order and per-process RNG states depend on it
-            raise AifError(f"{resume_from} was written by a run with {state['processes']} processes; resume it with "
-                           f"the same number (this one has {world}), or start a new run with another --out.")
-        accelerator.load_state(str(resume_from))
-        say(f"resuming from {resume_from} (step {state['step']})")
-    step = state["step"]
-    metrics_path = out / "metrics.jsonl"
-    if main:
-        _truncate_metrics(metrics_path, step)
-    start_micro = step * cfg.grad_accum  # global micro-batches already consumed: the data position
-    if cfg.streaming:
-        batches = D.stream_batches(table, transform, cfg.batch_size, rank, world, start_micro, cfg.seed,
-                                   cfg.shuffle_buffer, stats)
-    else:
-        batches = D.batches(dataset, cfg.batch_size, rank, world, start_micro, cfg.num_workers, cfg.seed)
-    if cfg.trackers != "none":
-        accelerator.init_trackers("aif-train", config={k: v for k, v in to_dict(cfg).items() if isinstance(v, (int, float, str, bool))})
+    def _setup_resume(self) -> dict[str, Any]:
+        """The trainer state: a fresh one, or the resumed checkpoint's (whose optimizer, lr and RNGs are loaded)."""
+        state = {"step": 0, "bad_images": 0}
+        if self.resume_from is not None:
+            state = read_json(self.resume_from / ck.STATE_FILE)
+            if state.get("processes", self.world) != self.world:  # data order and per-process RNGs depend on it
+                raise AifError(f"{self.resume_from} was written by a run with {state['processes']} processes; resume "
+                               f"it with the same number (this one has {self.world}), or start a new run with another "
+                               "--out.")
+            self.accelerator.load_state(str(self.resume_from))
+            self._say(f"resuming from {self.resume_from} (step {state['step']})")
+        if self.main:
+            _truncate_metrics(self.out / "metrics.jsonl", state["step"])
+        return state
 
-    def save_checkpoint(step: int) -> None:
-        final = out / "checkpoints" / ck.checkpoint_name(step)
-        tmp = temporary_path(final)
-        if main:
-            discard(tmp)  # a killed save's leftover
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))  # optimizer, lr schedule, grad scaler, every process's RNG
-        sd = accelerator.get_state_dict(unet)  # collective: gathers FSDP / ZeRO shards
-        if main:
-            model = accelerator.unwrap_model(unet)
-            if lora:
-                ck.save_lora(model, tmp, fam, state_dict=sd)
-            else:
-                model.save_pretrained(tmp / "unet", state_dict=sd, safe_serialization=True)
-            write_json(tmp / ck.STATE_FILE, dict(state, step=step, processes=world,
-                                                 data_position=step * cfg.grad_accum * cfg.batch_size * world))
-            publish(tmp, final, replace=True)  # atomic: --resume only ever sees complete checkpoints
-            ck.prune(out, cfg.keep_checkpoints)
-            say(f"step {step}: wrote checkpoint {final}")
-        accelerator.wait_for_everyone()
+    def _setup_batches(self) -> Iterator[dict[str, Any]]:
+        """This process's batches, from the data position of the current step on."""
+        cfg = self.cfg
+        start_micro = self.step * cfg.grad_accum  # global micro-batches already consumed: the data position
+        if cfg.streaming:
+            return D.stream_batches(self.table, self.transform, cfg.batch_size, self.rank, self.world, start_micro,
+                                    cfg.seed, cfg.shuffle_buffer, self.stats)
+        return D.batches(self.dataset, cfg.batch_size, self.rank, self.world, start_micro, cfg.num_workers, cfg.seed)
 
-    # ---- 5. The loop ----------------------------------------------------------------------------------------
-    say(f"training {fam} {'LoRA r=' + str(cfg.lora_rank) if lora else 'full UNet'} with {cfg.loss} on "
-        f"{n_pairs if n_pairs is not None else 'streamed'} pairs: {pairs_per_step} pairs/step, lr {lr:g}, beta {cfg.beta:g}, "
-        f"{res}px, {world} process(es)")
-    bar = progress(total=cfg.max_steps, initial=step, desc="train", unit="step", enabled=cfg.progress and main)
-    T = scheduler.config.num_train_timesteps
-    while step < cfg.max_steps:
-        t_start = time.perf_counter()
+    def _say(self, msg: str) -> None:
+        if self.main:
+            note(msg)
+
+    # ---- the loop ---------------------------------------------------------------------------------------------
+
+    def train(self) -> None:
+        """Optimizer steps up to --max-steps, with metrics, validation grids and checkpoints; then publish the run."""
+        cfg = self.cfg
+        what = f"LoRA r={cfg.lora_rank}" if self.lora else "full UNet"
+        pairs = self.n_pairs if self.n_pairs is not None else "streamed"
+        self._say(f"training {self.family.name} {what} with {cfg.loss} on {pairs} pairs: {self.pairs_per_step} "
+                  f"pairs/step, lr {self.lr:g}, beta {cfg.beta:g}, {self.resolution}px, {self.world} process(es)")
+        bar = progress(total=cfg.max_steps, initial=self.step, desc="train", unit="step",
+                       enabled=cfg.progress and self.main)
+        while self.step < cfg.max_steps:
+            t_start = time.perf_counter()
+            sums, grad_norm, bad = self._optimizer_step()
+            self.lr_sched.step()
+            self.step += 1
+            self._log(sums, grad_norm, bad, time.perf_counter() - t_start, bar)
+            if cfg.validation_every and self.step % cfg.validation_every == 0:
+                grid = _validate(cfg, self.accelerator, self.pipe, self.family, self.model, self.vae,
+                                 self.resolution, self.step, self.out)
+                self._say(f"step {self.step}: wrote validation grid {grid}")
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
+                self.save_checkpoint()
+        bar.close()
+        if self.main:
+            self._publish()
+
+    def _optimizer_step(self) -> tuple[dict[str, float], torch.Tensor, int]:
+        """grad_accum micro-steps: (mean loss and metrics, gradient norm, this process's unreadable pairs)."""
         sums: dict[str, float] = defaultdict(float)
-        grad_norm = torch.zeros((), device=device)
-        bad = 0  # this process's unreadable pairs in this step; summed over processes below
-        for _ in range(cfg.grad_accum):
-            batch = next(batches)
+        grad_norm = torch.zeros((), device=self.device)
+        bad = 0
+        for _ in range(self.cfg.grad_accum):
+            batch = next(self.batches)
             for row, why in batch["skipped"]:
                 bad += 1
-                tqdm.write(f"{'' if world == 1 else f'[process {rank}] '}warning: skipped unreadable pair at row "
-                           f"{row} of {cfg.dataset}: {why}", file=sys.stderr)
-            B = len(batch["captions"])
-            with torch.no_grad():
-                if "latents" in batch:  # stored latents: already in UNet space
-                    latents = torch.cat([batch["latents"][:, 0], batch["latents"][:, 1]]).to(device)
-                else:
-                    latents = encode_images(vae, torch.cat([batch["pixels"][:, 0], batch["pixels"][:, 1]]).to(device))
-                embeds, pooled = text.encode(batch["captions"])
-                embeds = embeds.repeat(2, 1, 1)  # rows: B winners, then B losers
-                cond = {}
-                if fam == "sdxl":
-                    ids = torch.cat([batch["time_ids"][:, 0], batch["time_ids"][:, 1]])
-                    cond = {"added_cond_kwargs": {"text_embeds": pooled.repeat(2, 1), "time_ids": ids.to(device, embeds.dtype)}}
-                noise = torch.randn_like(latents[:B]).repeat(2, 1, 1, 1)  # one noise and timestep per pair
-                t = torch.randint(0, T, (B,), device=device).repeat(2)
-                noisy = scheduler.add_noise(latents, noise, t)
-                target = training_target(scheduler, latents, noise, t)
-            with accelerator.accumulate(unet):
-                with accelerator.autocast():
-                    mse = denoising_mse(unet(noisy, t, embeds, **cond).sample, target)
-                    ref_w = ref_l = None
-                    if needs_ref:
-                        with torch.no_grad():
-                            if lora:  # the reference is the same network with its adapters switched off
-                                base = accelerator.unwrap_model(unet)
-                                base.disable_adapters()
-                                try:
-                                    ref_w, ref_l = denoising_mse(base(noisy, t, embeds, **cond).sample, target).chunk(2)
-                                finally:
-                                    base.enable_adapters()
-                            else:
-                                ref_w, ref_l = denoising_mse(ref(noisy, t, embeds, **cond).sample, target).chunk(2)
-                    model_w, model_l = mse.chunk(2)
-                    loss, metrics = loss_fn(model_w, model_l, ref_w, ref_l, cfg.beta)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm or math.inf)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            sums["loss"] += loss.detach().item() / cfg.grad_accum
+                tqdm.write(f"{'' if self.world == 1 else f'[process {self.rank}] '}warning: skipped unreadable pair "
+                           f"at row {row} of {self.cfg.dataset}: {why}", file=sys.stderr)
+            loss, metrics, norm = self._step(batch)
+            if norm is not None:
+                grad_norm = norm
+            sums["loss"] += loss.detach().item() / self.cfg.grad_accum
             for k, v in metrics.items():
-                sums[k] += v.item() / cfg.grad_accum
-        lr_sched.step()
-        step += 1
+                sums[k] += v.item() / self.cfg.grad_accum
+        return sums, grad_norm, bad
 
-        # Metrics: the mean over micro-steps and processes; unreadable pairs: the sum. One collective for both.
+    @torch.no_grad()
+    def _inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+        """(noisy latents, timesteps, target, prompt conditioning, micro-conditioning); rows: B winners, B losers."""
+        if "latents" in batch:  # stored latents: already in denoiser space
+            latents = torch.cat([batch["latents"][:, 0], batch["latents"][:, 1]]).to(self.device)
+        else:
+            pixels = torch.cat([batch["pixels"][:, 0], batch["pixels"][:, 1]]).to(self.device)
+            latents = self.family.encode_images(self.vae, pixels)
+        prompts = self.family.encode_prompts(self.text, batch["captions"])
+        prompts = {k: v.repeat(2, *[1] * (v.dim() - 1)) for k, v in prompts.items()}
+        micro = torch.cat([batch["time_ids"][:, 0], batch["time_ids"][:, 1]])
+        noisy, t, target = self.family.training_noise(self.scheduler, latents, groups=2)  # one noise + t per pair
+        return noisy, t, target, prompts, micro
+
+    def _step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor], Optional[torch.Tensor]]:
+        """One micro-step: forward, loss, backward, and (at the end of an accumulation) clip and optimizer step."""
+        acc, predict = self.accelerator, self.family.predict
+        noisy, t, target, prompts, micro = self._inputs(batch)
+        with acc.accumulate(self.model):
+            with acc.autocast():
+                model_w, model_l = denoising_mse(predict(self.model, noisy, t, prompts, micro), target).chunk(2)
+                ref_w = ref_l = None
+                if self.needs_ref:
+                    with torch.no_grad():
+                        ref_w, ref_l = self._reference_mse(noisy, t, prompts, micro, target).chunk(2)
+                loss, metrics = self.loss_fn(model_w, model_l, ref_w, ref_l, self.cfg.beta)
+            acc.backward(loss)
+            norm = acc.clip_grad_norm_(self.params, self.cfg.max_grad_norm or math.inf) if acc.sync_gradients else None
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return loss, metrics, norm
+
+    def _reference_mse(self, noisy, t, prompts, micro, target) -> torch.Tensor:
+        if self.ref is not None:
+            return denoising_mse(self.family.predict(self.ref, noisy, t, prompts, micro), target)
+        base = self.accelerator.unwrap_model(self.model)  # LoRA: the reference is the network without its adapters
+        base.disable_adapters()
+        try:
+            return denoising_mse(self.family.predict(base, noisy, t, prompts, micro), target)
+        finally:
+            base.enable_adapters()
+
+    def _log(self, sums: dict[str, float], grad_norm: torch.Tensor, bad: int, seconds: float, bar: Any) -> None:
+        """Metrics: the mean over micro-steps and processes; unreadable pairs: the sum. One collective for both."""
         keys = sorted(sums)
-        totals = accelerator.reduce(torch.tensor([sums[k] for k in keys] + [bad], device=device), reduction="sum")
-        avg = (totals[:-1] / world).tolist()
-        state["bad_images"] += int(totals[-1])
-        record = {"step": step, **{k: round(v, 8) for k, v in zip(keys, avg)},
-                  "grad_norm": float(grad_norm) if grad_norm is not None else None, "lr": lr_sched.get_last_lr()[0],
-                  "pairs_per_s": round(pairs_per_step / (time.perf_counter() - t_start), 3),
-                  "epoch": round(step * pairs_per_step / n_pairs, 4) if n_pairs else None,
-                  "bad_images": state["bad_images"]}
-        if main:
-            with open(metrics_path, "a") as fh:
+        totals = self.accelerator.reduce(torch.tensor([sums[k] for k in keys] + [bad], device=self.device),
+                                         reduction="sum")
+        avg = (totals[:-1] / self.world).tolist()
+        self.state["bad_images"] += int(totals[-1])
+        step, n_pairs = self.step, self.n_pairs
+        record = {"step": step, **{k: round(v, 8) for k, v in zip(keys, avg, strict=True)},
+                  "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                  "lr": self.lr_sched.get_last_lr()[0], "pairs_per_s": round(self.pairs_per_step / seconds, 3),
+                  "epoch": round(step * self.pairs_per_step / n_pairs, 4) if n_pairs else None,
+                  "bad_images": self.state["bad_images"]}
+        if self.main:
+            with open(self.out / "metrics.jsonl", "a") as fh:
                 fh.write(json.dumps(record) + "\n")
             bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record.get('implicit_acc', float('nan')):.2f}",
                             pairs_s=f"{record['pairs_per_s']:.1f}")
             bar.update(1)
-        if cfg.trackers != "none":
-            accelerator.log({f"train/{k}": v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}, step=step)
-        if cfg.validation_every and step % cfg.validation_every == 0:
-            grid = _validate(cfg, accelerator, pipe, unet, text, vae, res, step, out)
-            say(f"step {step}: wrote validation grid {grid}")
-        if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
-            save_checkpoint(step)
-    bar.close()
+        if self.cfg.trackers != "none":
+            self.accelerator.log({f"train/{k}": v for k, v in record.items()
+                                  if isinstance(v, (int, float)) and k != "step"}, step=step)
 
-    if main:
-        finish_output(out, read_json(out / "manifest.json"), steps=step, pairs=stats.kept, rows=stats.rows,
-                      ties_dropped=stats.ties, bad_labels=stats.bad_labels, bad_images=state["bad_images"],
-                      processes=world)
-        finish("train", out, f"{step} {cfg.loss} steps on {n_pairs if n_pairs is not None else 'streamed'} pairs, "
-               f"checkpoints in {out / 'checkpoints'}", f"aif eval --base {cfg.model} --tuned {out}",
-               f"aif sample --model {cfg.model} --tuned {out}", f"aif export {out} --out {out}-export")
-    # Close the trackers but keep the process group (end_training() would destroy it), so a stage run next in
-    # these processes (eval after train in `aif demo`, a notebook) still works.
-    for tracker in accelerator.trackers:
-        tracker.finish()
-    accelerator.wait_for_everyone()
-    return out
+    # ---- checkpoints and the end ------------------------------------------------------------------------------
 
+    def save_checkpoint(self) -> None:
+        """checkpoints/checkpoint-NNNNNN of the current step: written under a temporary name, renamed when complete
+        (--resume only ever sees complete checkpoints), then older ones pruned."""
+        acc, step = self.accelerator, self.step
+        final = self.out / "checkpoints" / ck.checkpoint_name(step)
+        tmp = temporary_path(final)
+        if self.main:
+            discard(tmp)  # a killed save's leftover
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))  # optimizer, lr schedule, grad scaler, every process's RNG
+        sd = acc.get_state_dict(self.model)  # collective: gathers FSDP / ZeRO shards
+        if self.main:
+            model = acc.unwrap_model(self.model)
+            if self.lora:
+                ck.save_lora(model, tmp, self.family.lora_pipeline, state_dict=sd)
+            else:
+                model.save_pretrained(tmp / self.family.denoiser, state_dict=sd, safe_serialization=True)
+            position = step * self.cfg.grad_accum * self.cfg.batch_size * self.world
+            write_json(tmp / ck.STATE_FILE, dict(self.state, step=step, processes=self.world, data_position=position))
+            publish(tmp, final, replace=True)  # atomic: --resume only ever sees complete checkpoints
+            ck.prune(self.out, self.cfg.keep_checkpoints)
+            self._say(f"step {step}: wrote checkpoint {final}")
+        acc.wait_for_everyone()
 
-def unet_config(unet, accelerator):
-    """The UNet's diffusers config through any wrapper (DDP, FSDP)."""
-    return accelerator.unwrap_model(unet).config
+    def _publish(self) -> None:
+        """Finish the manifest and tell the user what to run next (main process)."""
+        cfg, out, stats = self.cfg, self.out, self.stats
+        finish_output(out, read_json(out / "manifest.json"), steps=self.step, pairs=stats.kept, rows=stats.rows,
+                      ties_dropped=stats.ties, bad_labels=stats.bad_labels, bad_images=self.state["bad_images"],
+                      processes=self.world)
+        pairs = self.n_pairs if self.n_pairs is not None else "streamed"
+        finish("train", out, f"{self.step} {cfg.loss} steps on {pairs} pairs, checkpoints in {out / 'checkpoints'}",
+               f"aif eval --base {cfg.model} --tuned {out}", f"aif sample --model {cfg.model} --tuned {out}",
+               f"aif export {out} --out {out}-export")
+
+    def cleanup(self) -> None:
+        """Close the trackers but keep the process group (end_training() would destroy it), so a stage run next in
+        these processes (eval after train in `aif demo`, a notebook) still works."""
+        for tracker in self.accelerator.trackers:
+            tracker.finish()
+        self.accelerator.wait_for_everyone()
 
 
 def _optimizer(cfg: TrainConfig, params: list, lr: float):
-    import torch
-
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw8bit":
@@ -341,8 +430,6 @@ def _optimizer(cfg: TrainConfig, params: list, lr: float):
         except ImportError:
             raise AifError("--optimizer adamw8bit needs bitsandbytes (CUDA): pip install 'aifeedback[bnb]'") from None
         return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=cfg.weight_decay)
-    from transformers.optimization import Adafactor
-
     # As the Diffusion-DPO SDXL runs: a fixed lr, no relative steps or parameter scaling.
     return Adafactor(params, lr=lr, weight_decay=cfg.weight_decay, scale_parameter=False, relative_step=False,
                      warmup_init=False, clip_threshold=1.0)
@@ -350,15 +437,13 @@ def _optimizer(cfg: TrainConfig, params: list, lr: float):
 
 def _resume_point(cfg: TrainConfig, out: Path) -> Optional[Path]:
     """The checkpoint to continue from, or None to start fresh (see the --resume help)."""
-    from aifeedback.storage.checkpoints import list_checkpoints, resolve_checkpoint
-
-    existing = list_checkpoints(out)
+    existing = ck.list_checkpoints(out)
     if cfg.resume == "auto":
         if existing and not _same_job(cfg, out):
             if cfg.overwrite:
                 return None
-            raise AifError(f"{out} holds checkpoints of a different training job. Use another --out, or pass --overwrite "
-                           "to delete them and start over")
+            raise AifError(f"{out} holds checkpoints of a different training job. Use another --out, or pass "
+                           "--overwrite to delete them and start over")
         return existing[-1] if existing else None
     if cfg.resume == "latest":
         if not existing:
@@ -370,28 +455,21 @@ def _resume_point(cfg: TrainConfig, out: Path) -> Optional[Path]:
             raise AifError(f"--resume none: {out} already holds checkpoints; pass --overwrite to delete them and start "
                            "over, or use another --out")
         return None
-    return resolve_checkpoint(cfg.resume)
+    return ck.resolve_checkpoint(cfg.resume)
 
 
 def _finished_step(cfg: TrainConfig, out: Path) -> Optional[int]:
     """The step of --out's latest checkpoint when this very run already reached --max-steps and finished, else None
     (a run resumed with a higher --max-steps trains on)."""
-    from aifeedback.storage.checkpoints import STATE_FILE, list_checkpoints
-    from aifeedback.storage.files import read_json
-    from aifeedback.storage.manifest import completed_output
-
     if cfg.resume not in ("auto", "latest") or not completed_output(out, "train", identity_dict(cfg),
                                                                      _input_fingerprint(cfg)):
         return None
-    ckpts = list_checkpoints(out)
-    step = read_json(ckpts[-1] / STATE_FILE)["step"] if ckpts else -1
+    ckpts = ck.list_checkpoints(out)
+    step = read_json(ckpts[-1] / ck.STATE_FILE)["step"] if ckpts else -1
     return step if step >= cfg.max_steps else None
 
 
 def _same_job(cfg: TrainConfig, out: Path) -> bool:
-    from aifeedback.storage.files import read_json
-    from aifeedback.storage.manifest import fingerprint
-
     try:
         old = read_json(out / "manifest.json")
     except (OSError, ValueError):
@@ -409,8 +487,6 @@ def _input_fingerprint(cfg: TrainConfig) -> dict:
 
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop metric lines past the resumed step (a killed run may have logged steps it never checkpointed)."""
-    from aifeedback.storage.files import atomic_write_text
-
     if not path.exists():
         return
     keep = []
@@ -423,15 +499,11 @@ def _truncate_metrics(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
 
-def _validate(cfg: TrainConfig, accelerator, pipe, unet, text, vae, res: int, step: int, out: Path) -> Path:
+def _validate(cfg: TrainConfig, accelerator, pipe, family: Family, model, vae, res: int, step: int, out: Path) -> Path:
     """Write a PNG grid (rows = prompts, columns = seeds) of the current weights, without touching the training RNG;
     return its path."""
-    import torch
-
-    from aifeedback.storage.files import atomic_write_bytes
-
     if accelerator.is_main_process:
-        pipe.unet = accelerator.unwrap_model(unet)
+        setattr(pipe, family.denoiser, accelerator.unwrap_model(model))
         pipe.vae = vae
         images = []
         with torch.random.fork_rng(devices=[accelerator.device] if accelerator.device.type == "cuda" else []), \
@@ -442,8 +514,6 @@ def _validate(cfg: TrainConfig, accelerator, pipe, unet, text, vae, res: int, st
                     images.append(pipe(prompt, height=res, width=res, num_inference_steps=cfg.validation_steps,
                                        guidance_scale=cfg.validation_guidance, generator=g).images[0])
         grid = _grid(images, rows=len(cfg.validation_prompts), cols=len(cfg.validation_seeds))
-        import io
-
         buf = io.BytesIO()
         grid.save(buf, format="PNG")
         atomic_write_bytes(out / "validation" / f"step-{step:06d}.png", buf.getvalue())
@@ -452,8 +522,6 @@ def _validate(cfg: TrainConfig, accelerator, pipe, unet, text, vae, res: int, st
 
 
 def _grid(images: list, rows: int, cols: int):
-    from PIL import Image
-
     w, h = images[0].size
     grid = Image.new("RGB", (cols * w, rows * h))
     for i, img in enumerate(images):

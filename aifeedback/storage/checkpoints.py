@@ -90,16 +90,15 @@ def prune(run_dir: str | Path, keep: int) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # LoRA in the diffusers format
 
-def save_lora(unet: Any, out_dir: str | Path, family: str, state_dict: dict | None = None) -> Path:
+def save_lora(unet: Any, out_dir: str | Path, pipeline_cls: Any, state_dict: dict | None = None) -> Path:
     """Write the UNet's LoRA adapter as `pytorch_lora_weights.safetensors`, loadable by `pipe.load_lora_weights`.
 
+    pipeline_cls: the diffusers pipeline class of the model's family (`Family.lora_pipeline`), which writes the file.
     state_dict: the full UNet state dict when it had to be gathered from shards (FSDP, ZeRO-3)."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, state_dict=state_dict))
-    pipeline_cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
     pipeline_cls.save_lora_weights(
         str(out_dir), unet_lora_layers=layers, safe_serialization=True,
         unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),

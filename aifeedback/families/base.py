@@ -1,0 +1,166 @@
+"""The model-family extension point: what differs between text-to-image model families, behind one interface.
+
+A family says how to recognise its denoiser, how prompts become the denoiser's conditioning, how training noises a
+latent and what the denoiser is trained to predict, which layers LoRA adapts and which diffusers pipeline writes the
+LoRA file, and its defaults. The training loop, sampling and storage only talk to `Family`; adding a family (SD3,
+FLUX: flow-matching transformers) is one module with a `Family` subclass, registered in `families/__init__.py`.
+
+`UNetFamily` holds what the DDPM-style UNet families (SD1.5, SDXL) share.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from diffusers import DDPMScheduler
+
+
+@dataclass
+class TextEncoders:
+    """The frozen text side of a pipeline: its tokenizers and encoders, in the family's order."""
+
+    tokenizers: list[Any]
+    encoders: list[Any]
+
+    def to(self, device: Any, dtype: torch.dtype | None = None) -> "TextEncoders":
+        for enc in self.encoders:
+            enc.to(device=device, dtype=dtype).requires_grad_(False).eval()
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.encoders[0].device
+
+
+class Family(ABC):
+    """One family of text-to-image models. Subclasses set the facts and implement the methods; instances are
+    stateless (models and schedulers are passed in), so one instance per registry entry serves every pipeline."""
+
+    denoiser: ClassVar[str]  # the pipeline component that is trained ("unet", "transformer")
+    resolution: ClassVar[int]  # native resolution in pixels (the training default)
+    guidance: ClassVar[float]  # diffusers' default classifier-free guidance scale
+    lora_targets: ClassVar[tuple[str, ...]]  # module names LoRA adapts in the denoiser
+    lora_pipeline: ClassVar[Any]  # diffusers pipeline class whose save_lora_weights writes the LoRA file
+    vae_fp16_safe: ClassVar[bool] = True  # False: the stock VAE overflows in fp16 (keep it in fp32)
+
+    @classmethod
+    @abstractmethod
+    def matches(cls, config: Any) -> bool:
+        """Whether a denoiser's config belongs to this family."""
+
+    @abstractmethod
+    def text_encoders(self, pipe: Any) -> TextEncoders:
+        """The pipeline's tokenizers and text encoders."""
+
+    @abstractmethod
+    def encode_prompts(self, text: TextEncoders, captions: list[str]) -> dict[str, torch.Tensor]:
+        """Prompt conditioning, every tensor batch-first with one row per caption."""
+
+    @abstractmethod
+    def predict(self, model: Any, noisy: torch.Tensor, t: torch.Tensor, prompts: dict[str, torch.Tensor],
+                micro: torch.Tensor | None) -> torch.Tensor:
+        """The denoiser's output for noisy latents at timesteps t; `micro` holds each image's
+        (orig_h, orig_w, crop_top, crop_left, target_h, target_w) for families that condition on it."""
+
+    @abstractmethod
+    def noise_scheduler(self, pipe: Any) -> Any:
+        """The training noise schedule of this pipeline."""
+
+    @abstractmethod
+    def training_noise(self, scheduler: Any, latents: torch.Tensor, groups: int
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(noisy latents, timesteps, target) for one training step. `latents` are `groups` stacked blocks of the
+        same items (DPO: winners, then losers); every block gets the same noise and timesteps."""
+
+    def encode_images(self, vae: Any, pixels: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] -> the latents the denoiser works on."""
+        return encode_images(vae, pixels)
+
+    def vae_dtype(self, weight_dtype: torch.dtype, custom_vae: bool) -> torch.dtype:
+        """The dtype to keep the VAE in when the frozen parts are stored in weight_dtype."""
+        if weight_dtype == torch.float16 and not self.vae_fp16_safe and not custom_vae:
+            return torch.float32
+        return weight_dtype
+
+    def __init__(self, name: str, help: str):
+        self.name, self.help = name, help  # from the registry entry (families/__init__.py)
+
+    def __repr__(self) -> str:
+        return f"<family {self.name}>"
+
+
+class UNetFamily(Family):
+    """DDPM-style UNet families: the model is a UNet2DConditionModel told apart by its `addition_embed_type`,
+    trained on epsilon or v-prediction with a DDPMScheduler built from the model's own scheduler config."""
+
+    denoiser = "unet"
+    addition_embed_type: ClassVar[str | None]
+    lora_targets = ("to_k", "to_q", "to_v", "to_out.0")
+
+    @classmethod
+    def matches(cls, config: Any) -> bool:
+        return "cross_attention_dim" in config and config.get("addition_embed_type") == cls.addition_embed_type
+
+    def noise_scheduler(self, pipe: Any) -> Any:
+        return DDPMScheduler.from_config(pipe.scheduler.config)  # keeps the betas and prediction_type
+
+    def training_noise(self, scheduler: Any, latents: torch.Tensor, groups: int
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        n = len(latents) // groups
+        noise = torch.randn_like(latents[:n]).repeat(groups, *[1] * (latents.dim() - 1))
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (n,), device=latents.device).repeat(groups)
+        return scheduler.add_noise(latents, noise, t), t, training_target(scheduler, latents, noise, t)
+
+    def predict(self, model: Any, noisy: torch.Tensor, t: torch.Tensor, prompts: dict[str, torch.Tensor],
+                micro: torch.Tensor | None) -> torch.Tensor:
+        return model(noisy, t, prompts["embeds"], **self.added_conditioning(prompts, micro)).sample
+
+    def added_conditioning(self, prompts: dict[str, torch.Tensor], micro: torch.Tensor | None) -> dict[str, Any]:
+        """Extra UNet keyword arguments beyond the cross-attention context (none for plain text conditioning)."""
+        return {}
+
+
+def tokenize(tokenizer: Any, captions: list[str]) -> torch.Tensor:
+    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
+
+
+@torch.no_grad()
+def encode_images(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1], (N, 3, H, W) -> denoiser-space latents (N, C, H/f, W/f), scaled by the VAE's factor.
+
+    Uses a sample of the posterior (as the diffusers and Diffusion-DPO training scripts do); the sample draws from
+    the global torch RNG, which checkpoints save, so resumes stay exact.
+    """
+    latents = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist.sample().float()
+    # The inverse of sampling.decode_latents: VAEs that declare per-channel latent statistics are normalised by them.
+    mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
+    if mean is not None and std is not None:
+        shape = (1, latents.shape[1], 1, 1)
+        mean, std = torch.tensor(mean).view(shape).to(latents), torch.tensor(std).view(shape).to(latents)
+        return (latents - mean) * vae.config.scaling_factor / std
+    return latents * vae.config.scaling_factor
+
+
+def training_target(scheduler: Any, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What a DDPM-style UNet is trained to predict: the noise (epsilon) or the velocity (v_prediction)."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(latents, noise, t)
+    raise ValueError(f"unsupported prediction_type '{kind}' in the model's scheduler config (epsilon or v_prediction)")
+
+
+def vae_factor(vae_config: Any) -> int:
+    """Spatial downsampling factor of a VAE (8 for the real models, 2 for the tiny ones)."""
+    return 2 ** (len(vae_config.block_out_channels) - 1)
+
+
+def time_ids(original_hw: tuple[int, int], crop_top_left: tuple[int, int], target_hw: tuple[int, int]) -> list[int]:
+    """One image's micro-conditioning record: (orig_h, orig_w, crop_top, crop_left, target_h, target_w). The data
+    side records it for every image; families that condition on it (SDXL) pass it to the denoiser."""
+    return [*original_hw, *crop_top_left, *target_hw]
