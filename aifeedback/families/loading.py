@@ -9,13 +9,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import diffusers
+import torch
+from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
+
+from aifeedback.console import quiet_libraries
 from aifeedback.families import detect
 from aifeedback.families.resolve import DTYPES, SCHEDULERS, TunedLoadError, check_pipeline, load_error, resolve_model
 
 
 def torch_dtype(name: str):
     """'float32' | 'float16' | 'bfloat16' (also fp32/fp16/bf16) -> torch dtype."""
-    import torch
 
     aliases = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "no": "float32"}
     name = aliases.get(name, name)
@@ -32,9 +36,6 @@ def load_pipeline(name: str, dtype: str = "float32", device: str = "cpu", vae: s
     folder with unet/, or a training run directory (its latest checkpoint).
     """
     kind, where = check_pipeline(name, vae, tuned)
-    from diffusers import AutoencoderKL, DiffusionPipeline
-
-    from aifeedback.console import quiet_libraries
 
     quiet_libraries()  # again now that diffusers is imported: its loading bars have no environment switch
     td = torch_dtype(dtype)
@@ -65,7 +66,6 @@ def load_pipeline(name: str, dtype: str = "float32", device: str = "cpu", vae: s
 
 def set_scheduler(pipe: Any, name: str) -> None:
     """Swap the pipeline's sampler by short name, keeping its noise schedule ('default' keeps the model's own)."""
-    import diffusers
 
     classes = {
         "ddim": "DDIMScheduler", "ddpm": "DDPMScheduler", "euler": "EulerDiscreteScheduler",
@@ -80,7 +80,6 @@ def set_scheduler(pipe: Any, name: str) -> None:
 
 
 def _load_tuned_unet(where: str, td: Any) -> Any:
-    from diffusers import UNet2DConditionModel
 
     local = Path(where).exists()
     try:
@@ -93,7 +92,6 @@ def _load_tuned_unet(where: str, td: Any) -> Any:
 
 def _check_tuned_fits(pipe: Any, base: str, tuned: str) -> None:
     """A tuned UNet must come from the same family and size as the base (SDXL vs SD1.5 mix-ups are common)."""
-    from diffusers import UNet2DConditionModel
 
     try:
         base_cfg = UNet2DConditionModel.load_config(base, subfolder="unet")

@@ -14,6 +14,8 @@ import io
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from aifeedback.families import detect
 
 
@@ -50,7 +52,6 @@ def render(pipe: Any, prompts: list[str], seeds: list[int], *, steps: int = 50, 
     default to the family's guidance and the model's native size. An empty negative prompt keeps each
     pipeline's own default (SDXL uses zero embeddings for it).
     """
-    import torch
 
     if len(prompts) != len(seeds):
         raise ValueError(f"render: {len(prompts)} prompts but {len(seeds)} seeds")
@@ -77,7 +78,6 @@ def decode_latents(pipe: Any, latents: Any) -> list:
     A float16 VAE whose config says `force_upcast` (the stock SDXL VAE overflows in fp16) is moved to float32
     once and kept there; an fp16-safe VAE (e.g. madebyollin/sdxl-vae-fp16-fix) decodes in float16.
     """
-    import torch
 
     vae = pipe.vae
     if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
@@ -114,7 +114,6 @@ def encode_image(image: Any, fmt: str = "jpeg", quality: int = 95) -> bytes:
 def optimize_pipeline(pipe: Any, channels_last: bool = False, compile: bool = False,
                       compile_mode: str = "max-autotune") -> Any:
     """Speed options for long GPU runs: channels_last memory format and torch.compile of the UNet."""
-    import torch
 
     if channels_last:
         pipe.unet.to(memory_format=torch.channels_last)

@@ -19,7 +19,8 @@ from aifeedback.data.rows import HubRows, ParquetRows  # noqa: F401  (HubRows: p
 from aifeedback.data.sources import open_pairs, require_columns
 from aifeedback.errors import DataError
 from aifeedback.storage.files import read_json
-from aifeedback.storage.manifest import MANIFEST
+from aifeedback.storage.manifest import MANIFEST, read_manifest
+from aifeedback.storage.shards import shard_files
 
 GENERATE_COLUMNS = ("prompt_id", "prompt", "k", "seed", "image")
 
@@ -73,8 +74,6 @@ def _stat(files: list[Path]) -> list[tuple[str, int]]:
 
 
 def _generate_input(path: Path, limit: int | None) -> Input:
-    from aifeedback.storage.manifest import read_manifest
-    from aifeedback.storage.shards import shard_files
 
     manifest = read_manifest(path, "generate")
     if not manifest.get("complete"):

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from aifeedback.scoring.pairing import combine, distribution, human_accuracy, label, order_agreement, select_pairs
 
 # Columns of the input that are never passed through (replaced by ours or re-derived).
@@ -32,7 +35,6 @@ class Record:
 
 def scores_schema():
     """Arrow schema of the per-image score shards."""
-    import pyarrow as pa
 
     return pa.schema([
         ("unit", pa.int64()), ("slot", pa.int64()), ("row", pa.int64()), ("column", pa.string()),
@@ -42,7 +44,6 @@ def scores_schema():
 
 def load_scores(files: list[Path], n_scorers: int) -> dict[int, list[Record]]:
     """unit index -> its images' records, by slot, from the per-image score files."""
-    import pyarrow.parquet as pq
 
     table: dict[int, list[Record]] = defaultdict(list)
     for f in files:
@@ -102,7 +103,6 @@ def _passthrough_fields(inp) -> list:
 
 
 def _core_fields(specs: list[str]) -> list:
-    import pyarrow as pa
 
     raw = pa.struct([(s, pa.float64()) for s in specs]) if specs else pa.struct([("_", pa.float64())])
     return [
@@ -116,7 +116,6 @@ def _core_fields(specs: list[str]) -> list:
 
 def output_schema(cfg, inp):
     """The Pick-a-Pic layout plus our columns; fixed per job so every shard (even an empty one) matches."""
-    import pyarrow as pa
 
     fields = _core_fields(cfg.scorer)
     if inp.kind == "generate":

@@ -88,7 +88,7 @@ def command_line(stage: str, stage_cfg: Any) -> str:
 
 def run(cfg: DemoConfig) -> dict[str, Any]:
     """Run generate -> score -> train -> eval on the toy model; print the win rates; return the eval report."""
-
+    cfg.preflight()  # cheap and idempotent: STAGES[name].run checks before the import, direct callers here
     quiet_libraries()
     state = process_state()  # under `accelerate launch`, every stage splits its work across the processes
     main = state.is_main_process

@@ -182,7 +182,6 @@ class ShardBytes:
         self.shards: dict[str, list[bytes]] = {}
 
     def get(self, at: tuple[str, int]) -> bytes:
-        import pyarrow.parquet as pq
 
         path, i = at
         if path not in self.shards:

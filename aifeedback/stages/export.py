@@ -11,19 +11,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
+from diffusers import UNet2DConditionModel
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from aifeedback.console import finish, quiet_libraries
 from aifeedback.errors import AifError
+from aifeedback.families.loading import load_pipeline, torch_dtype
 from aifeedback.stages.export_config import ExportConfig
+from aifeedback.storage.checkpoints import LORA_FILE, checkpoint_kind, resolve_checkpoint
 from aifeedback.storage.publish import publishing
 
 
 def run(cfg: ExportConfig) -> Path:
     """Export; returns the output folder."""
     cfg.preflight()
-    import torch  # noqa: F401  (heavy imports only when the command runs)
-
-    from aifeedback.console import finish, quiet_libraries
-    from aifeedback.families.loading import torch_dtype
-    from aifeedback.storage.checkpoints import LORA_FILE, checkpoint_kind, resolve_checkpoint
 
     quiet_libraries()
     ckpt = resolve_checkpoint(cfg.checkpoint)
@@ -40,21 +43,17 @@ def run(cfg: ExportConfig) -> Path:
                 pipe.fuse_lora()
                 pipe.unload_lora_weights()
             else:
-                from diffusers import UNet2DConditionModel
 
                 pipe.unet = UNet2DConditionModel.from_pretrained(ckpt, subfolder="unet")
             pipe.to(dtype=dtype).save_pretrained(tmp, safe_serialization=True)
         elif kind == "lora":
-            from safetensors.torch import load_file, save_file
 
             tensors = {k: v.to(dtype).contiguous() for k, v in load_file(str(ckpt / LORA_FILE)).items()}
-            from safetensors import safe_open
 
             with safe_open(str(ckpt / LORA_FILE), "pt") as f:
                 metadata = f.metadata()  # keeps the adapter config (rank, alpha) that load_lora_weights reads
             save_file(tensors, str(tmp / LORA_FILE), metadata=metadata)
         else:
-            from diffusers import UNet2DConditionModel
 
             unet = UNet2DConditionModel.from_pretrained(ckpt, subfolder="unet", dtype=dtype)
             unet.save_pretrained(tmp / "unet", safe_serialization=True)
@@ -68,14 +67,12 @@ def run(cfg: ExportConfig) -> Path:
 
 
 def _base_pipeline(cfg: ExportConfig, ckpt: Path):
-    from aifeedback.families.loading import load_pipeline
 
     return load_pipeline(cfg.base_model(ckpt), "float32", "cpu")
 
 
 def _recorded_model(ckpt: Path) -> str | None:
     """The base model in the training run's config.yaml (RUN/checkpoints/checkpoint-N -> RUN), if there is one."""
-    import yaml
 
     run_config = ckpt.parent.parent / "config.yaml"
     return yaml.safe_load(run_config.read_text()).get("model") if run_config.exists() else None

@@ -90,7 +90,7 @@ def completed(cfg: GenerateConfig) -> dict | None:
 
 def run(cfg: GenerateConfig) -> Path:
     """Generate cfg.images_per_prompt images per prompt into cfg.out; returns the output directory."""
-
+    cfg.preflight()  # cheap and idempotent: STAGES[name].run checks before the import, direct callers here
     quiet_libraries()
     prompts = load_prompts(cfg.prompts, cfg.prompt_column, cfg.split, cfg.limit, cfg.dedupe)
     state = process_state()  # under `accelerate launch`: rank, world size and this rank's GPU

@@ -32,7 +32,7 @@ from aifeedback.storage.shards import chunks
 
 def run(cfg: SampleConfig) -> list[Path]:
     """Render the prompts into cfg.out; return the image paths (all of them, in prompt order)."""
-
+    cfg.preflight()  # cheap and idempotent: STAGES[name].run checks before the import, direct callers here
     quiet_libraries()
     prompts = load_prompts(cfg.prompts, cfg.prompt_column, cfg.split, cfg.limit)
     state = process_state()
