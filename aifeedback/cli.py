@@ -129,7 +129,7 @@ def make_command(stage: Stage) -> Callable[..., None]:
             stage.run(cfg)
         except AifError as e:
             _fail(e)
-        except (OSError, RuntimeError) as e:  # a full or read-only disk wherever a stage writes (checkpoints too)
+        except Exception as e:  # a full or read-only disk wherever a stage writes (torch, safetensors: not OSError)
             clear = write_error(e, getattr(cfg, "out", None))
             if clear is None:
                 raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 
 
 class AifError(Exception):
@@ -30,16 +31,25 @@ _WRITE_ERRNOS = {
 
 def write_error(err: BaseException, path: object = None, elsewhere: str = "choose another --out") -> AifError | None:
     """The clear error for an output that failed to be written (naming err's path, else `path`), or None when err is
-    not such a failure. torch.save reports a short write, which is how a full disk shows, as a RuntimeError of its
-    zip writer (`[enforce fail at inline_container.cc:...] unexpected pos ...`) with no errno."""
+    not such a failure (a bug keeps its traceback)."""
     if isinstance(err, OSError) and err.errno in _WRITE_ERRNOS:
-        cause, fix = _WRITE_ERRNOS[err.errno]
-        where = err.filename or path
-    elif isinstance(err, RuntimeError) and "inline_container.cc" in str(err):
-        detail = str(err).strip().splitlines()[0][:120]
-        cause = f"torch could not finish writing it, which is how a full disk shows ({detail})"
-        fix, where = _WRITE_ERRNOS[errno.ENOSPC][1], path
+        code, where = err.errno, err.filename or path
+    else:  # pyarrow, for one, may raise an OSError without an errno
+        code, where = _errno_in_message(str(err)), path
+    if code in _WRITE_ERRNOS:
+        cause, fix = _WRITE_ERRNOS[code]
+    elif "inline_container.cc" in str(err) and "unexpected pos" in str(err):
+        # torch.save's zip writer reports a short write, which is how a full disk shows, with no errno
+        cause, fix = "torch could not finish writing it, which is how a full disk shows", _WRITE_ERRNOS[errno.ENOSPC][1]
     else:
         return None
+    if not isinstance(err, OSError) or err.errno not in _WRITE_ERRNOS:  # the library's own words, for the record
+        cause += f" ({str(err).strip().splitlines()[0][:160]})"
     fix = fix.format(elsewhere=elsewhere)
     return OutputWriteError(f"could not write {where or 'the output'}: {cause}. Fix: {fix}.")
+
+
+def _errno_in_message(message: str) -> int | None:
+    """The errno that libraries which raise their own exception types spell out only in words: safetensors' Rust
+    writer ('Read-only file system (os error 30)'), torch.save ('open file failed with strerror: ...')."""
+    return next((code for code in _WRITE_ERRNOS if os.strerror(code) in message), None)

@@ -20,8 +20,17 @@ from aifeedback.storage.publish import publishing
 from aifeedback.storage.shards import write_shard
 
 runner = CliRunner()
-# What torch.save's zip writer raises when the disk fills up under it (no errno, no path).
-TORCH_FULL_DISK = RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 4416 vs 4310")
+# What the writers raise on a full or read-only tmpfs (seen with torch 2 and safetensors 0.4+): no errno, no path.
+TORCH_FULL_DISK = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+TORCH_READ_ONLY = RuntimeError("[enforce fail at inline_container.cc:747] . open file failed with strerror: "
+                               "Read-only file system")
+
+
+class SafetensorError(Exception):
+    """Like safetensors_rust.SafetensorError: a plain Exception, the OS error only in its message."""
+
+
+SAFETENSORS_FULL_DISK = SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
 
 def _no_space(*args, **kwargs):
@@ -47,6 +56,13 @@ def test_a_full_disk_while_writing_a_shard_or_a_torch_checkpoint(tmp_path, monke
         with publishing(tmp_path / "checkpoint-000010", folder=True, replace=True):
             raise TORCH_FULL_DISK
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["data"]
+
+
+def test_a_full_disk_under_safetensors_names_the_folder(tmp_path):
+    with pytest.raises(OutputWriteError, match=r"could not write .*/unet: no space left on the device \(Error while "
+                                               r"serializing.*\)\. Fix: free space"):
+        with publishing(tmp_path / "unet", folder=True, replace=True):
+            raise SAFETENSORS_FULL_DISK
 
 
 def test_other_errors_are_not_disguised_as_disk_errors(tmp_path):
@@ -100,6 +116,8 @@ def test_read_only_out_fails_in_preflight(tmp_path):
     (OSError(errno.ENOSPC, "No space left on device"),
      "could not write OUT: no space left on the device. Fix: free space on that disk, or choose another --out."),
     (TORCH_FULL_DISK, "could not write OUT: torch could not finish writing it, which is how a full disk shows"),
+    (TORCH_READ_ONLY, "could not write OUT: the file system is read-only ([enforce fail at inline_container.cc:747]"),
+    (SAFETENSORS_FULL_DISK, "could not write OUT: no space left on the device (Error while serializing: I/O error"),
 ])
 def test_cli_turns_a_failing_writer_into_a_clear_error(tmp_path, monkeypatch, err, message):
     """Writes outside storage/ (accelerate's save_state of a checkpoint) reach the CLI's one handler."""
@@ -120,3 +138,21 @@ def test_cli_lets_other_errors_through(monkeypatch):
     monkeypatch.setattr(Stage, "run", run)
     result = runner.invoke(app, ["train", "--model", "tiny-sd15"])
     assert isinstance(result.exception, RuntimeError) and str(result.exception) == "a bug"
+
+
+def test_a_stage_whose_disk_fills_up_exits_2_naming_the_file(tmp_path, monkeypatch, tiny_sd15):
+    """End to end: `aif generate` writing its manifest onto a full disk (only its --out is full)."""
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if str(dst).startswith(str(tmp_path / "gen")):
+            _no_space()
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(publish_module.os, "replace", replace)
+    (tmp_path / "p.txt").write_text("a cat\n")
+    result = runner.invoke(app, ["generate", "--model", "tiny-sd15", "--prompts", str(tmp_path / "p.txt"), "--steps",
+                                 "1", "--images-per-prompt", "1", "--out", str(tmp_path / "gen"), "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert f"could not write {tmp_path}/gen/manifest.json: no space left on the device. Fix: free space" \
+        in result.output
