@@ -155,3 +155,10 @@ def test_csv_row_with_more_cells_than_the_header_is_refused(tmp_path):
         load_prompts(f)
     short = _write(tmp_path, "q.csv", b"prompt,category\na dog\n\n")  # a missing trailing cell is just empty
     assert texts(load_prompts(short)) == ["a dog"] and load_prompts(short)[0].category is None
+
+
+def test_csv_unclosed_quote_is_refused_at_the_row_it_opens(tmp_path):
+    # csv reads on to its field size limit and raised a bare _csv.Error
+    f = _write(tmp_path, "p.csv", b'prompt\na cat\n"unclosed\n' + b"x\n" * 70_000)
+    with pytest.raises(DataError, match=r"p.csv, line 3: not a valid table row .*Fix: close the quote"):
+        load_prompts(f)

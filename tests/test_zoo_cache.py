@@ -78,3 +78,19 @@ def test_a_tiny_pipeline_with_truncated_weights_is_rebuilt_and_loads(cache):
     pipe = load_pipeline("tiny-sd15")  # failed before with "not in the Hugging Face cache ... download"
     assert weights.read_bytes() == whole  # the deterministic build gives back the very same file
     assert pipe.unet.config.sample_size > 0
+
+
+def test_an_older_build_in_a_read_only_cache_is_used_as_it_is(cache, monkeypatch):
+    import errno
+
+    from aifeedback.zoo import cache as cache_module
+
+    build = Builder()
+    folder = cached_build("fake", build)
+    (folder / COMPLETE).write_text("ok\n")
+
+    def read_only(path, obj):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(cache_module, "write_json", read_only)
+    assert cached_build("fake", build) == folder and build.runs == 1

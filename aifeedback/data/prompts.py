@@ -196,13 +196,25 @@ def _read_table(path: Path, column: str | None) -> list[tuple[str, dict]]:
     reader = csv.DictReader(io.StringIO(read_text(path), newline=""), delimiter=sep, restkey=_EXTRA)
     col = _pick_column(list(reader.fieldnames or []), column, str(path))
     rows = []
-    for row in reader:
+    for row in _table_rows(reader, path):
         if _EXTRA in row:  # csv would drop the extra cells: a prompt with an unquoted separator loses its tail
             raise DataError(f"{path}, line {reader.line_num}: {len(reader.fieldnames) + len(row[_EXTRA])} cells but "
                             f"the header has {len(reader.fieldnames)}. Fix: quote a cell that holds a "
                             f"{'tab' if sep == chr(9) else 'comma'} (\"a cat, sitting\").")
         rows.append((row[col] or "", _meta(row)))
     return rows
+
+
+def _table_rows(reader: csv.DictReader, path: Path) -> Iterator[dict]:
+    while True:
+        start = reader.line_num + 1
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:  # a cell over csv's field size limit: an unclosed quote swallowing the file
+            raise DataError(f"{path}, line {start}: not a valid table row ({e}). Fix: close the quote that opens a "
+                            f"cell, or quote the cell in full.") from None
 
 
 def _read_jsonl(path: Path, column: str | None) -> Iterator[tuple[str, dict]]:

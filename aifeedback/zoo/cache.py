@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
+from aifeedback.errors import AifError
 from aifeedback.storage.files import write_json
 from aifeedback.storage.publish import publishing
 
@@ -78,7 +79,10 @@ def _upgrade_marker(folder: Path) -> bool:
     breaks); a rewrite of the marker is atomic, so processes upgrading at once do no harm."""
     if not all(_safetensors_whole(p) for p in folder.rglob("*.safetensors")):
         return False
-    write_json(folder / COMPLETE, {"files": _file_sizes(folder)})
+    try:
+        write_json(folder / COMPLETE, {"files": _file_sizes(folder)})
+    except (OSError, AifError):  # a read-only shared cache stays usable as it is
+        pass
     return True
 
 
