@@ -165,7 +165,7 @@ def models_cmd() -> None:
 @app.command("recipes")
 def recipes_cmd() -> None:
     """List the shipped recipes (use the name with --recipe)."""
-    for name, (path, first) in list_recipes().items():
+    for name, (_path, first) in list_recipes().items():
         typer.echo(f"  {name:<40} {first}")
 
 

@@ -44,11 +44,16 @@ def check_scorers(specs: Iterable[str], option: str = "--scorer") -> None:
                                   f"for an offline test model (`aif models` lists the scorers).")
 
 
+def is_hub_id(source: str) -> bool:
+    """Whether `source` has the shape of a hub dataset id (org/name), not of a path."""
+    return not source.startswith((".", "/", "~")) and source.count("/") == 1 and not source.endswith("/")
+
+
 def check_dataset(source: str, option: str) -> None:
     """`source` is an existing local file or folder, or has the shape of a hub dataset id (org/name)."""
     if Path(source).expanduser().exists():
         return
-    if source.startswith((".", "/", "~")) or source.count("/") != 1 or source.endswith("/"):
+    if not is_hub_id(source):
         raise DataError(f"could not load dataset '{source}' ({option}): it is neither a local path nor a hub "
                         f"dataset id (org/name). Fix: check the path, or pass a hub id such as "
                         f"yuvalkirstain/pickapic_v2.")

@@ -33,7 +33,8 @@ def main() -> None:
                     help="build the real-size --family architecture with random weights instead of loading --model")
     ap.add_argument("--family", default="sdxl", choices=("sdxl", "sd15"), help="architecture for --random-weights")
     ap.add_argument("--fp16-vae", action="store_true",
-                    help="--random-weights: an fp16-safe VAE that decodes in --dtype (like madebyollin/sdxl-vae-fp16-fix)")
+                    help="--random-weights: an fp16-safe VAE that decodes in --dtype (like "
+                         "madebyollin/sdxl-vae-fp16-fix)")
     ap.add_argument("--resolution", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--guidance", type=float, default=5.0)
@@ -126,18 +127,24 @@ def main() -> None:
 
     parts = {"unet": spent["unet"], "text encoders": spent["text encoders"], "vae decoder": spent["vae decoder"],
              "image encoding": t_encode, "writing": t_write}
-    parts["other (scheduler, latents, post_quant_conv, to PIL)"] = t_render - spent["unet"] - spent["text encoders"] - spent["vae decoder"]
-    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
+    parts["other (scheduler, latents, post_quant_conv, to "
+          "PIL)"] = t_render - spent["unet"] - spent["text encoders"] - spent["vae decoder"]
+    device_name = (
+        torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
+    )
     result = {
         "date": datetime.date.today().isoformat(), "device": device_name, "model": args.model, "resolution": size,
-        "steps": args.steps, "guidance": args.guidance, "batch_size": bs, "dtype": args.dtype, "vae": args.vae, "fp16_vae": args.fp16_vae,
-        "compile": args.compile and args.compile_mode, "warmup_batch_s": warmup_s, "channels_last": args.channels_last, "fuse_qkv": args.fuse_qkv, "images": n,
-        "images_per_s": n / total, "s_per_image": total / n, "unet_s_per_forward": spent["unet"] / max(calls["unet"], 1),
+        "steps": args.steps, "guidance": args.guidance, "batch_size": bs, "dtype": args.dtype, "vae": args.vae,
+        "fp16_vae": args.fp16_vae, "compile": args.compile and args.compile_mode, "warmup_batch_s": warmup_s,
+        "channels_last": args.channels_last, "fuse_qkv": args.fuse_qkv, "images": n,
+        "images_per_s": n / total, "s_per_image": total / n,
+        "unet_s_per_forward": spent["unet"] / max(calls["unet"], 1),
         "share_outside_unet": 1 - spent["unet"] / total,
         "s_per_image_by_part": {k: v / n for k, v in parts.items()},
     }
     print(f"{device_name} | {args.model} {size}px {args.steps} steps cfg {args.guidance} batch {bs} {args.dtype}"
-          f"{' compile=' + args.compile_mode if args.compile else ''}{' fp16-vae' if args.fp16_vae else ''}{' channels_last' if args.channels_last else ''}")
+          f"{' compile=' + args.compile_mode if args.compile else ''}{' fp16-vae' if args.fp16_vae else ''}"
+          f"{' channels_last' if args.channels_last else ''}")
     print(f"  {result['images_per_s']:.3f} images/s = {result['s_per_image']:.3f} s/image; "
           f"outside the UNet: {100 * result['share_outside_unet']:.1f}%")
     for k, v in parts.items():

@@ -76,8 +76,9 @@ def build_pipeline(family: str, device: str = "cpu", dtype: str = "float16", fp1
         text_encoder_2 = CLIPTextModelWithProjection(text_config(**TEXT_BIGG)) if family == "sdxl" else None
     if family == "sdxl":
         pipe = StableDiffusionXLPipeline(
-            vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=clip_tokenizer("<|endoftext|>"),
-            tokenizer_2=clip_tokenizer("!"), unet=unet, scheduler=EulerDiscreteScheduler(**SCHEDULER),
+            vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+            tokenizer=clip_tokenizer("<|endoftext|>"), tokenizer_2=clip_tokenizer("!"), unet=unet,
+            scheduler=EulerDiscreteScheduler(**SCHEDULER),
         )
     else:
         pipe = StableDiffusionPipeline(

@@ -1,7 +1,7 @@
 """Benchmark: scored images per second, from JPEG bytes to scores, through the score stage's own input pipeline.
 
-JPEG decode, resize and crop run in DataLoader worker processes (`aifeedback.scoring.inputs.ShardImages`, the code
-`aif score` uses); the scorer runs batched on the device. Goal on one H100 with 16 CPU cores: >= 2000 img/s for
+JPEG decode, resize and crop run in DataLoader worker processes (`aifeedback.scoring.loop`, the loop `aif score`
+and `aif eval` use); the scorer runs batched on the device. Goal on one H100 with 16 CPU cores: >= 2000 img/s for
 PickScore at 224 px (bf16).
 
   # real size (GPU box, offline: full-size PickScore architecture with random weights, same cost as the real one)
@@ -44,7 +44,7 @@ def jpeg_images(n: int, size: int, distinct: int = 64) -> list[bytes]:
 
 
 class MemoryRows:
-    """The `rows` interface of score_data (take / where) over in-memory JPEG bytes."""
+    """The `rows` interface of aif score's inputs (take / where) over in-memory JPEG bytes."""
 
     def __init__(self, images: list[bytes]):
         self.images = images
@@ -94,7 +94,7 @@ def main() -> None:
 
     import torch
 
-    from aifeedback.scoring.inputs import ShardImages, ShardPlan, passthrough
+    from aifeedback.scoring.loop import ImageGroup, TableImages, image_batches, score_groups
     from aifeedback.scoring.scorers import load_scorer
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -113,12 +113,15 @@ def main() -> None:
 
     images = jpeg_images(n, args.image_size)
     prompts = [f"prompt number {i // 4}" for i in range(n)]  # 4 images per prompt, as in an aif generate output
-    # One plan per batch: workers take whole plans, like shards in the score stage.
-    plans = [ShardPlan(i, [(r, "image", prompts[r]) for r in range(s, min(s + bs, n))]) for i, s in enumerate(range(0, n, bs))]
-    loader = torch.utils.data.DataLoader(
-        ShardImages(MemoryRows(images), plans, [scorer.transform], bs), batch_size=None, num_workers=workers,
-        collate_fn=passthrough, prefetch_factor=4 if workers else None, pin_memory=device.startswith("cuda"),
-    )
+    # One group per batch: workers take whole groups, like shards in the score stage.
+    groups = [ImageGroup(g, [[(r, (r, "image"), prompts[r]) for r in range(s, min(s + bs, n))]])
+              for g, s in enumerate(range(0, n, bs))]
+    read, pin = TableImages(MemoryRows(images)), device.startswith("cuda")
+    if args.decode_only:
+        batches = (b["errors"] for b in image_batches(groups, read, [scorer.transform], bs, workers=workers,
+                                                      pin_memory=pin))
+    else:
+        batches = (s.keys for s in score_groups(groups, read, [scorer], bs, workers=workers, pin_memory=pin))
 
     def sync():
         if device.startswith("cuda"):
@@ -126,15 +129,12 @@ def main() -> None:
 
     done = timed = 0
     start = None
-    for b, chunk in enumerate(loader):
+    for b, batch in enumerate(batches):
         if b == args.warmup:
             sync()
             start, timed = time.perf_counter(), 0
-        items = chunk["items"][0]
-        if not args.decode_only:
-            scorer.score_items(items, [p for (_, _, p) in plans[chunk["shard"]].images])
-        done += len(items)
-        timed += len(items)
+        done += len(batch)
+        timed += len(batch)
     sync()
     elapsed = time.perf_counter() - start if start else float("nan")
     result = {
@@ -142,7 +142,8 @@ def main() -> None:
         spec if not args.random_weights else "pickscore (full size, random weights)",
         "images_per_s": round(timed / elapsed, 1), "timed_images": timed, "total_images": done,
         "input": f"JPEG {args.image_size}x{args.image_size} q95", "batch_size": bs, "workers": workers,
-        "device": torch.cuda.get_device_name() if device.startswith("cuda") else f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
+        "device": torch.cuda.get_device_name() if device.startswith("cuda") else
+        f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
         "dtype": dtype, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
     }
     print(json.dumps(result))

@@ -4,7 +4,8 @@ Real size (GPU): SDXL / SD1.5 UNets built from their published configs with rand
 latents and text embeddings as input (the `--data ai` path with latents; the VAE and text encoders are outside the
 timing). Policy forward+backward on winners+losers, reference forward (adapters off for LoRA, a frozen copy for
 full), DPO loss, optimizer step.
-  python bench/train.py --family sdxl --resolution 1024 --batch-size 1 --lora-rank 0 --mixed-precision bf16 --gradient-checkpointing
+  python bench/train.py --family sdxl --resolution 1024 --batch-size 1 --lora-rank 0 --mixed-precision bf16 \\
+      --gradient-checkpointing
   python bench/train.py --tiny            # the tiny zoo UNet on CPU at 32 px
 """
 
@@ -78,8 +79,12 @@ def main() -> None:
     cond = {}
     if cfg.addition_embed_type == "text_time":
         pooled_dim = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
-        cond = {"added_cond_kwargs": {"text_embeds": torch.randn(2 * B, pooled_dim, device=device, dtype=dtype),
-                                      "time_ids": torch.tensor([[res, res, 0, 0, res, res]] * 2 * B, device=device, dtype=dtype)}}
+        cond = {
+            "added_cond_kwargs": {
+                "text_embeds": torch.randn(2 * B, pooled_dim, device=device, dtype=dtype),
+                "time_ids": torch.tensor([[res, res, 0, 0, res, res]] * 2 * B, device=device, dtype=dtype),
+            }
+        }
     autocast = torch.autocast(device_type=device, dtype=dtype, enabled=args.mixed_precision != "no")
 
     def step() -> None:

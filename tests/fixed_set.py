@@ -13,7 +13,8 @@ def fixed_set_metrics(model, ckpt, data, dataset, resolution=16, draws=8, beta=5
     from aifeedback.losses.dpo import dpo
     from aifeedback.storage.checkpoints import LORA_FILE, checkpoint_kind
     pipe = load_pipeline(model)
-    text = TextEncoders.from_pipeline(pipe); sched = noise_scheduler(pipe)
+    text = TextEncoders.from_pipeline(pipe)
+    sched = noise_scheduler(pipe)
     table = D.open_table(data, str(dataset), "train")
     pairs, _ = D.filter_labels(table)
     shape = (4, resolution // 2, resolution // 2)
@@ -32,21 +33,26 @@ def fixed_set_metrics(model, ckpt, data, dataset, resolution=16, draws=8, beta=5
     lora = checkpoint_kind(ckpt) == "lora"
     ref = pipe.unet
     if lora:
-        pipe.load_lora_weights(str(ckpt / LORA_FILE)); pol = pipe.unet
+        pipe.load_lora_weights(str(ckpt / LORA_FILE))
+        pol = pipe.unet
     else:
         pol = UNet2DConditionModel.from_pretrained(ckpt / "unet")
     out = []
-    for k in range(draws):
+    for _ in range(draws):
         noise = torch.randn(lat[:B].shape, generator=g).repeat(2, 1, 1, 1)
         t = torch.randint(0, 1000, (B,), generator=g).repeat(2)
-        noisy = sched.add_noise(lat, noise, t); tgt = training_target(sched, lat, noise, t)
+        noisy = sched.add_noise(lat, noise, t)
+        tgt = training_target(sched, lat, noise, t)
         cond = {}
         if family(pipe) == "sdxl":
-            cond = {"added_cond_kwargs": {"text_embeds": pooled.repeat(2, 1), "time_ids": torch.cat([batch["time_ids"][:, 0], batch["time_ids"][:, 1]])}}
+            time_ids = torch.cat([batch["time_ids"][:, 0], batch["time_ids"][:, 1]])
+            cond = {"added_cond_kwargs": {"text_embeds": pooled.repeat(2, 1), "time_ids": time_ids}}
         with torch.no_grad():
             m = denoising_mse(pol(noisy, t, emb.repeat(2, 1, 1), **cond).sample, tgt).chunk(2)
-            if lora: pipe.unet.disable_adapters()
+            if lora:
+                pipe.unet.disable_adapters()
             r = denoising_mse(ref(noisy, t, emb.repeat(2, 1, 1), **cond).sample, tgt).chunk(2)
-            if lora: pipe.unet.enable_adapters()
+            if lora:
+                pipe.unet.enable_adapters()
         out.append(dpo(*m, *r, beta))
     return sum(o.loss.item() for o in out) / draws, sum(o.metrics["implicit_acc"].item() for o in out) / draws

@@ -28,7 +28,9 @@ CASES = {
 def test_bench_script_runs(case, aif_cache):
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     script = ROOT / "bench" / f"{case.split('-')[0]}.py"
-    r = subprocess.run([sys.executable, str(script), *CASES[case]], env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, str(script), *CASES[case]], env=env, capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads(r.stdout.strip().splitlines()[-1])  # every script ends with one JSON line of results
     speed = result.get("images_per_s", result.get("pairs_per_s"))

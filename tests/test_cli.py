@@ -126,7 +126,8 @@ finally:
     (["generate", "--model", "tiny-sd15", "--prompts", "missing.txt"], "prompt file missing.txt does not exist"),
     (["score", "--input", "org/data", "--out", "OUT", "--scorer", "pikscore"], "Did you mean 'pickscore'?"),
     (["score", "--input", "org/data", "--out", "OUT", "--scorer", "hpsv2:./HPS.pt"], "./HPS.pt does not exist"),
-    (["score", "--input", "./missing", "--out", "OUT", "--scorer", "redness"], "dataset './missing' (--input): it is neither"),
+    (["score", "--input", "./missing", "--out", "OUT", "--scorer", "redness"], "dataset './missing' (--input): it is "
+                                                                               "neither"),
     (["train", "--model", "no-such-model"], "Could not load model 'no-such-model'"),
     (["train", "--model", "tiny-sd15", "--data", "ai", "--dataset", "OUT"], "--data ai needs an `aif score` output"),
     (["train", "--model", "tiny-sd15", "--resume", "OUT/checkpoint-000009"], "is neither a training checkpoint"),
@@ -134,7 +135,8 @@ finally:
     (["export", "OUT"], "is neither a training checkpoint"),
     (["sample", "--model", "no-such-model"], "Could not load model 'no-such-model'"),
     (["eval", "--base", "no-such-model", "--tuned", "CKPT"], "Could not load base model 'no-such-model'"),
-    (["eval", "--scorer-accuracy", "./missing", "--scorers", "redness"], "dataset './missing' (--scorer-accuracy): it is"),
+    (["eval", "--scorer-accuracy", "./missing", "--scorers", "redness"], "dataset './missing' (--scorer-accuracy): it "
+                                                                         "is"),
     (["demo", "--scorer", "rednes"], "Did you mean 'redness'?"),
 ])
 def test_bad_names_fail_before_heavy_imports(tmp_path, args, message):

@@ -132,6 +132,16 @@ def test_scorer_accuracy_against_known_labels(tmp_path):
         list(preference_pairs(str(tmp_path / "missing")))
 
 
+def test_scorer_accuracy_names_the_pair_and_side_of_an_unreadable_image(tmp_path):
+    rows = [{"caption": f"pair {i}", "jpg_0": _png((200, 0, 0)), "jpg_1": _png((0, 90, 90)) if i != 2 else b"junk",
+             "label_0": 1.0, "label_1": 0.0} for i in range(4)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "pairs.parquet")
+    cfg = build_config(EvalConfig, dict(scorer_accuracy=str(tmp_path / "pairs.parquet"), scorers="redness",
+                                        bootstrap=100, out=str(tmp_path / "acc")))
+    with pytest.raises(DataError, match="pair 2, jpg_1 image: cannot decode image"):
+        run(cfg)
+
+
 def score_output(tmp_path: Path) -> Path:
     """An `aif score` output (pairs in data/, per-image scores in image_scores/) labelled by redness."""
     from aifeedback.stages.score import run as score
@@ -263,8 +273,8 @@ def test_eval_under_accelerate_launch_matches_one_process(tmp_path, tiny_sd15):
     # scorer's output depends on its batch's shape by float noise, which could flip a near-tie in the exact checks
     one = run(_cfg(tmp_path / "one", tiny_sd15, tuned, batch_size=1, scorer_batch_size=2))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [*accelerate_launch(2), "eval", "--base", str(tiny_sd15), "--tuned", str(tuned), "--prompts", "parti", "--limit", "3",
-           "--seeds-per-prompt", "2", "--steps", "2", "--resolution", "16", "--scorers", SCORERS,
+    cmd = [*accelerate_launch(2), "eval", "--base", str(tiny_sd15), "--tuned", str(tuned), "--prompts", "parti",
+           "--limit", "3", "--seeds-per-prompt", "2", "--steps", "2", "--resolution", "16", "--scorers", SCORERS,
            "--scorer-batch-size", "2", "--batch-size", "1", "--bootstrap", "500", "--examples", "2",
            "--sample-prompts", "2", "--thumb", "32", "--out", str(tmp_path / "two")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)

@@ -14,7 +14,9 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     data = write_pickapic(root / "data", pickapic_rows(4))
     full = run(tiny_train(data, root / "full", max_steps=1, checkpoint_every=1, lr=1e-3))
-    lora = run(tiny_train(data, root / "lora", model="tiny-sdxl", lora_rank=2, max_steps=1, checkpoint_every=1, lr=1e-2))
+    lora = run(
+        tiny_train(data, root / "lora", model="tiny-sdxl", lora_rank=2, max_steps=1, checkpoint_every=1, lr=1e-2)
+    )
     return full, lora
 
 

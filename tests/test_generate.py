@@ -87,10 +87,15 @@ def test_output_layout_rows_and_manifest(baseline):
         assert r["latent_shape"] == [4, 16, 16] and len(r["latent"]) == 4 * 16 * 16 * 2
     assert len({r["seed"] for r in rows}) == 10
     assert len({r["image"] for r in rows}) == 10
-    assert [p.name for p in shard_files(baseline)] == ["train-00000.parquet", "train-00001.parquet", "train-00002.parquet"]
+    assert [p.name for p in shard_files(baseline)] == ["train-00000.parquet", "train-00001.parquet",
+                                                       "train-00002.parquet"]
     manifest = read_manifest(baseline, "generate")
     assert manifest["complete"] and manifest["counts"]["images"] == 10 and manifest["counts"]["prompts"] == 5
-    assert manifest["resolved"]["width"] == 32 and manifest["inputs"]["n_prompts"] == 5 and (baseline / "config.yaml").exists()
+    assert (
+        manifest["resolved"]["width"] == 32
+        and manifest["inputs"]["n_prompts"] == 5
+        and (baseline / "config.yaml").exists()
+    )
     ds = datasets.load_dataset("parquet", data_dir=str(baseline))["train"]
     assert ds.num_rows == 10 and ds[0]["image"] == rows[0]["image"]
 
@@ -166,7 +171,9 @@ def test_sd15_options(tiny_sd15, tmp_path):
         negative_prompt="blurry", scheduler="euler_a", guidance=3.0, image_format="png", seed=5, batch_size=4)))
     rows = read_rows(out)
     assert len(rows) == 4 and [r["category"] for r in rows] == ["Animals", "Animals", None, None]
-    assert {(r["width"], r["height"], r["guidance"], r["scheduler"]) for r in rows} == {(48, 32, 3.0, "EulerAncestralDiscreteScheduler")}
+    assert {(r["width"], r["height"], r["guidance"], r["scheduler"]) for r in rows} == {
+        (48, 32, 3.0, "EulerAncestralDiscreteScheduler")
+    }
     assert Image.open(_io.BytesIO(rows[0]["image"])).format == "PNG"
     # ancestral sampling draws fresh noise every step, from each image's own generator
     again = tmp_path / "sd15b"
@@ -180,7 +187,8 @@ def test_parti_source_carries_category(tiny_sdxl, tmp_path):
     out = tmp_path / "parti"
     run(cfg(out, "parti", limit=3, images_per_prompt=1))
     rows = read_rows(out)
-    assert [(r["prompt"], r["category"]) for r in rows] == [("bond", "Abstract"), ("element", "Abstract"), ("molecule", "Abstract")]
+    assert [(r["prompt"], r["category"]) for r in rows] == [("bond", "Abstract"), ("element", "Abstract"),
+                                                            ("molecule", "Abstract")]
 
 
 def test_sigkill_then_rerun_equals_uninterrupted_run(tiny_sdxl, tmp_path):

@@ -23,7 +23,8 @@ def test_generate_fp16_on_gpu(tmp_path, tiny_sdxl):
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red cube\na blue ball\n")
     out = run(build_config(GenerateConfig, dict(model="tiny-sdxl", prompts=str(prompts), images_per_prompt=2, steps=2,
-                                                resolution=32, device="cuda", dtype="float16", out=str(tmp_path / "g"))))
+                                                resolution=32, device="cuda", dtype="float16",
+                                                out=str(tmp_path / "g"))))
     rows = read_rows(out)
     assert len(rows) == 4
     for r in rows:

@@ -1,4 +1,5 @@
-"""A built wheel (what `pip install aifeedback` gets, not the editable checkout) holds every package file the code reads."""
+"""A built wheel (what `pip install aifeedback` gets, not the editable checkout) holds every package file the code
+reads."""
 
 import shutil
 import subprocess

@@ -32,7 +32,9 @@ def test_txt_drops_empty_and_repeated_lines_with_stable_ids(tmp_path):
 
 def test_jsonl_csv_tsv_columns_and_category(tmp_path):
     j = tmp_path / "p.jsonl"
-    j.write_text("\n".join(json.dumps(r) for r in [{"caption": "a", "category": "Animals"}, {"caption": "b"}, {"caption": ""}]))
+    j.write_text(
+        "\n".join(json.dumps(r) for r in [{"caption": "a", "category": "Animals"}, {"caption": "b"}, {"caption": ""}])
+    )
     prompts = load_prompts(str(j))  # default column: caption
     assert texts(prompts) == ["a", "b"] and prompts[0].category == "Animals" and prompts[1].category is None
     c = tmp_path / "p.csv"

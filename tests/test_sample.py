@@ -70,8 +70,9 @@ def test_sample_matches_generate_and_tuned_changes_images(tmp_path, tiny_sd15):
 
     gen_out = tmp_path / "gen"
     (tmp_path / "q.txt").write_text(PROMPTS)
-    generate(build_config(GenerateConfig, dict(model=str(tiny_sd15), prompts=str(tmp_path / "q.txt"), images_per_prompt=2,
-                                               steps=2, resolution=16, image_format="png", out=str(gen_out))))
+    generate(build_config(GenerateConfig, dict(model=str(tiny_sd15), prompts=str(tmp_path / "q.txt"),
+                                               images_per_prompt=2, steps=2, resolution=16, image_format="png",
+                                               out=str(gen_out))))
     rows = {(r["prompt"], r["k"]): r for r in read_rows(gen_out)}
     paths = run(_cfg(tmp_path, tiny_sd15, grid=False))
     index = [json.loads(line) for line in (tmp_path / "out" / "index.jsonl").read_text().splitlines()]

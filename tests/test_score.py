@@ -84,7 +84,9 @@ def read_pairs(out):
 
 
 def image_scores(out):
-    return [r for f in sorted((Path(out) / "image_scores").glob("scores-*.parquet")) for r in pq.read_table(f).to_pylist()]
+    return [
+        r for f in sorted((Path(out) / "image_scores").glob("scores-*.parquet")) for r in pq.read_table(f).to_pylist()
+    ]
 
 
 def parquet_files(out):
@@ -162,7 +164,9 @@ def test_min_margin_drops_or_keeps_ties(tmp_path):
     gen = tmp_path / "gen"
     make_generate_dir(gen, latents=False)
     dropped = run(cfg(input=str(gen), out=str(tmp_path / "a"), scorer="redness", pairing="all", min_margin=0.3))
-    kept = run(cfg(input=str(gen), out=str(tmp_path / "b"), scorer="redness", pairing="all", min_margin=0.3, keep_ties=True))
+    kept = run(
+        cfg(input=str(gen), out=str(tmp_path / "b"), scorer="redness", pairing="all", min_margin=0.3, keep_ties=True)
+    )
     a, b = read_pairs(tmp_path / "a"), read_pairs(tmp_path / "b")
     assert 0 < len(a) < 24 and len(b) == 24
     assert all(r["margin"] >= 0.3 and {r["label_0"], r["label_1"]} == {0.0, 1.0} for r in a)
@@ -177,7 +181,9 @@ def test_ensemble_keeps_raw_scores_and_normalises_per_prompt(tmp_path):
     gen = tmp_path / "gen"
     make_generate_dir(gen, latents=False)
     out = tmp_path / "pairs"
-    summary = run(cfg(input=str(gen), out=str(out), scorer="redness,brightness,clip:tiny", weights="2,1,1", normalize="rank"))
+    summary = run(
+        cfg(input=str(gen), out=str(out), scorer="redness,brightness,clip:tiny", weights="2,1,1", normalize="rank")
+    )
     rows = read_pairs(out)
     per_image = image_scores(out)
     for r in rows:
@@ -202,7 +208,8 @@ def test_bad_images_and_rows_are_counted_reported_and_skipped(tmp_path, capsys):
     assert c["images_failed"] == 1 and c["bad_rows"] == 1 and c["images_scored"] == 14 and c["pairs"] == 4
     assert summary["failed_images"][0]["where"].endswith("train-00001.parquet row 1 (image)")  # global row 6
     assert "cannot decode image" in summary["failed_images"][0]["error"]
-    assert summary["bad_rows"] == [{"where": f"{gen / 'data' / 'train-00002.parquet'} row 3", "error": "prompt_id is null"}]
+    assert summary["bad_rows"] == [{"where": f"{gen / 'data' / 'train-00002.parquet'} row "
+                                             "3", "error": "prompt_id is null"}]
     assert "skipped" in capsys.readouterr().out
     assert all(r["k_0"] != 2 and r["k_1"] != 2 for r in read_pairs(out) if r["prompt_id"] == "p1")
 
@@ -352,7 +359,8 @@ def test_cli_reports_a_bad_scorer_without_traceback(tmp_path):
     gen = tmp_path / "gen"
     make_generate_dir(gen, n_prompts=1, k=2, latents=False)
     r = subprocess.run([sys.executable, "-m", "aifeedback", "score", "--input", str(gen), "--out", str(tmp_path / "o"),
-                        "--scorer", "pickscor", "--workers", "0"], env=_env(), capture_output=True, text=True, timeout=120)
+                        "--scorer", "pickscor", "--workers", "0"],
+                       env=_env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "Did you mean 'pickscore'" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -365,7 +373,9 @@ def test_sigkill_and_rerun_gives_identical_output(tmp_path):
     make_generate_dir(gen, n_prompts=24, k=4)
     args = ["--input", str(gen), "--scorer", "clip:tiny", "--shard-size", "1", "--workers", "0", "--no-progress"]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    subprocess.run([sys.executable, "-m", "aifeedback", "score", "--out", str(whole), *args], env=_env(), check=True, timeout=600)
+    subprocess.run(
+        [sys.executable, "-m", "aifeedback", "score", "--out", str(whole), *args], env=_env(), check=True, timeout=600
+    )
     p = subprocess.Popen([sys.executable, "-m", "aifeedback", "score", "--out", str(killed), *args], env=_env())
     deadline = time.time() + 300
     while len(list((killed / "image_scores").glob("*.parquet"))) < 3 and time.time() < deadline:
@@ -373,7 +383,9 @@ def test_sigkill_and_rerun_gives_identical_output(tmp_path):
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert len(list((killed / "image_scores").glob("*.parquet"))) < 24
-    subprocess.run([sys.executable, "-m", "aifeedback", "score", "--out", str(killed), *args], env=_env(), check=True, timeout=600)
+    subprocess.run(
+        [sys.executable, "-m", "aifeedback", "score", "--out", str(killed), *args], env=_env(), check=True, timeout=600
+    )
     same_files(whole, killed)
 
 

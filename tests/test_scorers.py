@@ -197,7 +197,7 @@ def test_each_scorer_uses_its_reference_preprocessing():
 
 def test_the_score_pipeline_hands_each_transform_the_file_as_stored():
     # aif score's DataLoader decodes PNG bytes; a palette or RGBA file must reach the "openai" transform unconverted.
-    from aifeedback.scoring.inputs import ShardImages, ShardPlan
+    from aifeedback.scoring.loop import GroupImages, ImageGroup, TableImages
 
     class Rows:
         def __init__(self, images):
@@ -213,8 +213,8 @@ def test_the_score_pipeline_hands_each_transform_the_file_as_stored():
         im.save(buf, format="PNG")
         files.append(buf.getvalue())
     transforms = [ClipTransform(224, "openai"), ClipTransform(224, "hpsv2"), ClipTransform(224, "transformers")]
-    plan = ShardPlan(0, [(i, "image", "p") for i in range(len(files))])
-    chunk = next(iter(ShardImages(Rows(files), [plan], transforms, chunk=8)))
+    group = ImageGroup(0, [[(i, (i, "image"), "p") for i in range(len(files))]])
+    chunk = next(iter(GroupImages(TableImages(Rows(files)), [group], transforms, batch_size=8)))
     assert chunk["errors"] == [None] * len(files)
     for t, items in zip(transforms, chunk["items"]):
         torch.testing.assert_close(items, torch.stack([t(im) for im in images]), atol=0, rtol=0)
@@ -359,7 +359,8 @@ def test_imagereward_architecture_matches_the_upstream_checkpoint_layout():
 
     D, W, F, V = 1024, 768, 4096, 30524
     expected = {"blip.visual_encoder.cls_token": (1, 1, D), "blip.visual_encoder.pos_embed": (1, 197, D),
-                "blip.visual_encoder.patch_embed.proj.weight": (D, 3, 16, 16), "blip.visual_encoder.patch_embed.proj.bias": (D,),
+                "blip.visual_encoder.patch_embed.proj.weight": (D, 3, 16, 16),
+                "blip.visual_encoder.patch_embed.proj.bias": (D,),
                 "blip.visual_encoder.norm.weight": (D,), "blip.visual_encoder.norm.bias": (D,)}
     for i in range(24):
         b = f"blip.visual_encoder.blocks.{i}."
@@ -368,7 +369,8 @@ def test_imagereward_architecture_matches_the_upstream_checkpoint_layout():
                          b + "norm2.weight": (D,), b + "norm2.bias": (D,), b + "mlp.fc1.weight": (F, D),
                          b + "mlp.fc1.bias": (F,), b + "mlp.fc2.weight": (D, F), b + "mlp.fc2.bias": (D,)})
     t = "blip.text_encoder."
-    expected.update({t + "embeddings.word_embeddings.weight": (V, W), t + "embeddings.position_embeddings.weight": (512, W),
+    expected.update({t + "embeddings.word_embeddings.weight": (V, W),
+                     t + "embeddings.position_embeddings.weight": (512, W),
                      t + "embeddings.LayerNorm.weight": (W,), t + "embeddings.LayerNorm.bias": (W,)})
     for i in range(12):
         b = f"{t}encoder.layer.{i}."
@@ -391,7 +393,10 @@ def test_imagereward_architecture_matches_the_upstream_checkpoint_layout():
 def test_shipped_aesthetic_head_weights():
     from aifeedback.scoring.scorers.aesthetic import HEAD, head
 
-    assert hashlib.sha256(HEAD.read_bytes()).hexdigest() == "21dd590f3ccdc646f0d53120778b296013b096a035a2718c9cb0d511bff0f1e0"
+    assert (
+        hashlib.sha256(HEAD.read_bytes()).hexdigest()
+        == "21dd590f3ccdc646f0d53120778b296013b096a035a2718c9cb0d511bff0f1e0"
+    )
     sd = torch.load(HEAD, map_location="cpu", weights_only=True)
     assert {k: tuple(v.shape) for k, v in sd.items()} == {
         "layers.0.weight": (1024, 768), "layers.0.bias": (1024,), "layers.2.weight": (128, 1024),
@@ -471,7 +476,10 @@ def test_imagereward_loads_upstream_checkpoints_and_refuses_other_files(tmp_path
     folder = cached_build("scorer-imagereward-tiny", ir.build_tiny)
     state = torch.load(folder / ir.CHECKPOINT, weights_only=True)
     assert any(k.startswith("blip.visual_encoder.blocks.0.attn.qkv") for k in state)  # stored in upstream names
-    extra = dict(state, **{"blip.vision_proj.weight": torch.zeros(2, 2), "blip.text_encoder.embeddings.position_ids": torch.arange(3)})
+    extra = dict(
+        state,
+        **{"blip.vision_proj.weight": torch.zeros(2, 2), "blip.text_encoder.embeddings.position_ids": torch.arange(3)},
+    )
     net = ir.build_net(ir.TINY_VISION, ir.TINY_TEXT)
     ir.load_weights(net, extra)  # what upstream ignores is ignored; every weight of ours is there
     del state["mlp.layers.7.weight"]

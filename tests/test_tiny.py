@@ -120,7 +120,11 @@ def test_a_model_built_by_a_nonzero_rank_is_complete(tmp_path):
     cache = tmp_path / "cache"
     mp.spawn(_build_on_rank, args=(str(tmp_path / "init"), str(cache)), nprocs=2)
     folder = cache / "models" / f"scorer-pickscore-tiny-v{ZOO_VERSION}"
-    assert (folder / ".complete").exists() and (folder / "model.safetensors").exists() and (folder / "config.json").exists()
+    assert (
+        (folder / ".complete").exists()
+        and (folder / "model.safetensors").exists()
+        and (folder / "config.json").exists()
+    )
 
 
 def test_building_a_model_leaves_the_callers_random_state_alone(tmp_path, monkeypatch):

@@ -33,7 +33,11 @@ def test_held_out_captions_still_show_every_colour_in_both_roles():
     assert len(held) == 24 and set(held) < set(toy_world.all_captions())
     seen = [toy_world.caption(*(list(toy_world.COLORS)[i] for i in pair)) for pair in toy_world.pretraining_pairs()]
     assert len(seen) == 108 and not set(seen) & set(held)
-    assert {toy_world.parse_caption(c)[0] for c in seen} == {toy_world.parse_caption(c)[1] for c in seen} == set(toy_world.COLORS)
+    assert (
+        {toy_world.parse_caption(c)[0] for c in seen}
+        == {toy_world.parse_caption(c)[1] for c in seen}
+        == set(toy_world.COLORS)
+    )
 
 
 def test_toy_fidelity_scorer_checks_both_colours():
@@ -46,7 +50,8 @@ def test_toy_fidelity_scorer_checks_both_colours():
     assert scorer.score(images, captions) == [1.0] * 8
     disc, bg = toy_world.parse_caption(captions[0])
     other = next(c for c in toy_world.COLORS if c not in (disc, bg))
-    wrong = [toy_world.caption(bg, disc), toy_world.caption(other, bg), toy_world.caption(disc, other)]  # swapped, wrong disc, wrong bg
+    # swapped, wrong disc, wrong bg
+    wrong = [toy_world.caption(bg, disc), toy_world.caption(other, bg), toy_world.caption(disc, other)]
     assert scorer.score([images[0]] * 3, wrong) == [0.0] * 3
     with pytest.raises(AifError, match="toy captions only"):
         scorer.score(images[:1], ["a photo of a cat"])

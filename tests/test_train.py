@@ -279,15 +279,19 @@ def test_recipes_load_and_tiny_recipe_runs_from_the_cli(human, tmp_path):
     for name in names:
         load_stage_config(TrainConfig, "train", name, {})
     paper = load_stage_config(TrainConfig, "train", "sdxl_dpo_pickapic", {})
-    assert (paper.beta, paper.optimizer, paper.resolution, paper.batch_size * paper.grad_accum * 16) == (5000, "adafactor", 1024, 2048)
+    assert (paper.beta, paper.optimizer, paper.resolution, paper.batch_size * paper.grad_accum * 16) == (
+        5000, "adafactor", 1024, 2048)
     out = tmp_path / "cli"
-    res = CliRunner().invoke(app, ["train", "--recipe", "tiny_dpo_sdxl_lora", "--dataset", str(human), "--out", str(out),
-                                   "--max-steps", "2"])
+    res = CliRunner().invoke(
+        app, ["train", "--recipe", "tiny_dpo_sdxl_lora", "--dataset", str(human), "--out", str(out), "--max-steps", "2"]
+    )
     assert res.exit_code == 0, res.output
     res = CliRunner().invoke(app, ["export", str(out), "--out", str(tmp_path / "exp")])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "exp" / "pytorch_lora_weights.safetensors").exists()
-    res = CliRunner().invoke(app, ["train", "--recipe", "tiny_dpo_sd15", "--dataset", str(tmp_path / "nope"), "--out", str(tmp_path / "x")])
+    res = CliRunner().invoke(
+        app, ["train", "--recipe", "tiny_dpo_sd15", "--dataset", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]
+    )
     assert res.exit_code == 2 and "could not load dataset" in res.output
 
 

@@ -80,7 +80,8 @@ def test_training_run_dir_uses_latest_checkpoint(tmp_path, lora_dir, unet_dir):
     shutil.copytree(lora_dir[0], run / "checkpoints" / "checkpoint-001000")
     (run / "checkpoints" / "checkpoint-000950").mkdir()  # highest of the lower ones, but the numbers decide
     assert latest_checkpoint(run).name == "checkpoint-001000"
-    assert resolve_tuned(str(run)) == ("lora", str(run / "checkpoints" / "checkpoint-001000" / "pytorch_lora_weights.safetensors"))
+    weights = run / "checkpoints" / "checkpoint-001000" / "pytorch_lora_weights.safetensors"
+    assert resolve_tuned(str(run)) == ("lora", str(weights))
     assert close(pixels(load_pipeline("tiny-sdxl", tuned=str(run))), lora_dir[1])
 
 

@@ -110,7 +110,8 @@ def _collect(rows: Iterable[tuple[str, dict]], limit: int | None, dedupe: bool) 
 def _read_file(path: Path, column: str | None) -> Iterator[tuple[str, dict]]:
     suffix = path.suffix.lower()
     if path.stat().st_size == 0:
-        raise DataError(f"prompt file {path} is empty. Fix: write one prompt per line (.txt) or row (.jsonl/.csv/.tsv).")
+        raise DataError(f"prompt file {path} is empty. Fix: write one prompt per line (.txt) or row "
+                        "(.jsonl/.csv/.tsv).")
     if suffix == ".txt":
         if column:
             raise DataError(f"--prompt-column does not apply to {path}: a .txt file holds one prompt per line.")
@@ -246,7 +247,8 @@ def _read_dataset(source: str, column: str | None, split: str | None) -> Iterato
         else:  # streaming: reading one text column must not download every image of Pick-a-Pic
             ds = datasets.load_dataset(source, split=split, streaming=True)
     except Exception as e:  # datasets raises many types (FileNotFound, DatasetNotFound, ValueError, ConnectionError)
-        raise DataError(f"could not read dataset '{source}': {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. {fix}") from None
+        raise DataError(f"could not read dataset '{source}': {type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''}. {fix}") from None
     if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         splits = list(ds)
         if split is None and len(splits) == 1:

@@ -231,11 +231,13 @@ def _examples_html(examples: list[dict[str, Any]], images: dict[Key, tuple[bytes
     cards = []
     for e in examples:
         base, tuned = images[(e["prompt_id"], e["k"])]
-        scores = "; ".join(f"{html.escape(n)} {_num(s['base'])} &rarr; {_num(s['tuned'])}" for n, s in e["scores"].items())
+        scores = "; ".join(f"{html.escape(n)} {_num(s['base'])} &rarr; "
+                           f"{_num(s['tuned'])}" for n, s in e["scores"].items())
         cat = f" <span class=cat>{html.escape(str(e['category']))}</span>" if e.get("category") else ""
         cards.append(
             f'<div class=card><p class=prompt>{html.escape(e["prompt"])}{cat}</p>'
-            f'<div class=pair><figure><img src="{data_uri(base, thumb)}" alt="base"><figcaption>base</figcaption></figure>'
+            f'<div class=pair><figure><img src="{data_uri(base, thumb)}" '
+            'alt="base"><figcaption>base</figcaption></figure>'
             f'<figure><img src="{data_uri(tuned, thumb)}" alt="tuned"><figcaption>tuned</figcaption></figure></div>'
             f'<p class=scores>seed {e["seed"]}; {scores}</p></div>'
         )
@@ -244,7 +246,9 @@ def _examples_html(examples: list[dict[str, Any]], images: dict[Key, tuple[bytes
 
 def render_html(report: dict[str, Any], images: dict[Key, tuple[bytes, bytes]], thumb: int = 256) -> str:
     """report.html from templates/report.html: tables, the SVG chart and embedded image pairs."""
-    template = string.Template(resources.files("aifeedback.evaluation").joinpath("templates/report.html").read_text("utf-8"))
+    template = string.Template(
+        resources.files("aifeedback.evaluation").joinpath("templates/report.html").read_text("utf-8")
+    )
     cat = _category_table(report)
     primary = html.escape(report["primary_scorer"])
     ex = report["examples"]

@@ -16,7 +16,8 @@ from aifeedback.zoo import ZOO
 # Real models users commonly pass; listed by `aif models` (any other hub id or local path works too).
 KNOWN_MODELS: dict[str, str] = {
     "stabilityai/stable-diffusion-xl-base-1.0": "SDXL base 1.0 (the paper's DPO-SDXL starting point), 1024 px",
-    "stable-diffusion-v1-5/stable-diffusion-v1-5": "Stable Diffusion 1.5 (the paper's DPO-SD1.5 starting point), 512 px",
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": "Stable Diffusion 1.5 (the paper's DPO-SD1.5 starting point), 512 "
+                                                   "px",
     "mhdang/dpo-sdxl-text2image-v1": "the paper's released DPO-SDXL UNet (use as --tuned in eval)",
     "madebyollin/sdxl-vae-fp16-fix": "SDXL VAE that does not overflow in fp16 (pass as --vae)",
 }
@@ -47,7 +48,9 @@ def resolve_model(name: str) -> str:
 def load_error(name: str, what: str, err: Exception) -> ModelLoadError:
     hint = ", ".join(tiny_names())
     local = Path(name).exists()
-    where = "is a local folder but could not be loaded" if local else "is not a local folder, not in the Hugging Face cache, and the hub could not be reached (or has no such repo)"
+    where = ("is a local folder but could not be loaded" if local else
+             "is not a local folder, not in the Hugging Face cache, and the hub could not be reached "
+             "(or has no such repo)")
     return ModelLoadError(
         f"Could not load {what} '{name}': it {where}.\n"
         f"  Fix: check the spelling, download it on a machine with network access (`hf download {name}`) "

@@ -1,6 +1,6 @@
 """Inputs of `aif score`: an `aif generate` output, or preference pairs in the Pick-a-Pic layout (local Parquet or a
-hub dataset), read as rows with random access, plus the DataLoader side that decodes and preprocesses images.
-Imported by the score stage when it runs (it imports torch), never by the CLI at start-up.
+hub dataset), read as rows with random access (`aifeedback.scoring.loop` decodes and scores their images).
+Imported by the score stage when it runs, never by the CLI at start-up.
 
 Work is cut into *units* (one prompt's K images for a generate input, one pair for a Pick-a-Pic input) and units
 into shards of a fixed size, so the output of shard i depends only on the config, never on how many processes
@@ -14,100 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch.utils.data
-
-from aifeedback.data.images import decode_image
+from aifeedback.data.labels import LABEL_COLUMNS, PAIR_COLUMNS
+from aifeedback.data.rows import HubRows, ParquetRows  # noqa: F401  (HubRows: part of this module's interface)
+from aifeedback.data.sources import open_pairs, require_columns
 from aifeedback.errors import DataError
+from aifeedback.storage.files import read_json
+from aifeedback.storage.manifest import MANIFEST
 
 GENERATE_COLUMNS = ("prompt_id", "prompt", "k", "seed", "image")
-PAIR_COLUMNS = ("caption", "jpg_0", "jpg_1")
-
-
-class ParquetRows:
-    """Random access to the rows of a list of Parquet files (one file's table is cached per process)."""
-
-    def __init__(self, files: list[Path], label: str):
-        import pyarrow.parquet as pq
-
-        if not files:
-            raise DataError(f"{label} holds no .parquet files")
-        self.files = [str(f) for f in files]
-        self.label = label
-        self.offsets = [0]
-        for f in self.files:
-            try:
-                self.offsets.append(self.offsets[-1] + pq.ParquetFile(f).metadata.num_rows)
-            except Exception as e:  # pyarrow raises ArrowInvalid/OSError subclasses for broken files
-                raise DataError(f"{f} is not a readable Parquet file ({e}); remove or replace it") from None
-        self.schema = pq.read_schema(self.files[0])
-        self._cache: tuple[tuple, Any] | None = None
-
-    def __len__(self) -> int:
-        return self.offsets[-1]
-
-    def __getstate__(self):  # DataLoader workers get the file list, not a cached table
-        return dict(self.__dict__, _cache=None)
-
-    def where(self, row: int) -> str:
-        """'FILE row N' of a global row index, for error messages."""
-        import bisect
-
-        f = bisect.bisect_right(self.offsets, row) - 1
-        return f"{self.files[f]} row {row - self.offsets[f]}"
-
-    def column(self, name: str) -> list:
-        """One light column of every row, in order."""
-        import pyarrow.parquet as pq
-
-        return [v for f in self.files for v in pq.read_table(f, columns=[name]).column(name).to_pylist()]
-
-    def take(self, rows: list[int], columns: list[str]) -> list[dict[str, Any]]:
-        """The given rows (global indices), restricted to `columns`."""
-        import bisect
-
-        import pyarrow.parquet as pq
-
-        out: list[dict[str, Any]] = []
-        for row in rows:
-            f = bisect.bisect_right(self.offsets, row) - 1
-            key = (f, tuple(columns))
-            if self._cache is None or self._cache[0] != key:
-                self._cache = (key, pq.read_table(self.files[f], columns=columns, memory_map=True))
-            table = self._cache[1]
-            out.append({c: table.column(c)[row - self.offsets[f]].as_py() for c in columns})
-        return out
-
-
-class HubRows:
-    """Random access to a `datasets.Dataset` (hub id or anything `load_dataset` reads)."""
-
-    def __init__(self, ds, label: str):
-        from datasets import Image
-
-        for c in ("jpg_0", "jpg_1"):  # keep image bytes as bytes, never decode them here
-            if c in ds.features and isinstance(ds.features[c], Image):
-                ds = ds.cast_column(c, Image(decode=False))
-        self.ds = ds
-        self.label = label
-        self.schema = ds.features.arrow_schema
-
-    def __len__(self) -> int:
-        return len(self.ds)
-
-    def where(self, row: int) -> str:
-        return f"{self.label} row {row}"
-
-    def column(self, name: str) -> list:
-        return list(self.ds[name])
-
-    def take(self, rows: list[int], columns: list[str]) -> list[dict[str, Any]]:
-        batch = self.ds.select_columns(columns)[list(rows)]
-        out = [{c: batch[c][i] for c in columns} for i in range(len(rows))]
-        for r in out:
-            for c in ("jpg_0", "jpg_1"):
-                if isinstance(r.get(c), dict):
-                    r[c] = r[c].get("bytes")
-        return out
 
 
 @dataclass
@@ -139,70 +53,23 @@ def prompt_id_of(caption: str) -> str:
 
 
 def open_input(source: str, split: str | None = None, limit: int | None = None) -> Input:
-    """Open `source`: an `aif generate` output dir, a local Parquet dir/file in the Pick-a-Pic layout, or a hub id."""
+    """Open `source`: an `aif generate` output dir, or preference pairs any pair source reads (a local Parquet dir
+    or file in the Pick-a-Pic layout, an `aif score` output, a hub id; see aifeedback.data.sources)."""
     path = Path(source).expanduser()
-    if (path / "manifest.json").exists():
-        from aifeedback.storage.files import read_json
-
-        stage = read_json(path / "manifest.json").get("stage")
-        if stage == "generate":
-            return _generate_input(path, limit)
-        if stage != "score":
-            raise DataError(f"{path} holds an '{stage}' output; `aif score` reads a generate output or Pick-a-Pic pairs")
-    if path.exists():
-        files = [path] if path.is_file() else _parquet_files(path, split)
-        return _pairs_input(ParquetRows(files, str(path)), limit, {"path": str(path.resolve()), "files": _stat(files)})
-    if source.count("/") == 1 and not source.startswith((".", "/", "~")) and not source.endswith("/"):
-        ds = _load_hub(source, split)
-        label = f"{source}[{split or 'default split'}]"
-        return _pairs_input(HubRows(ds, label), limit, {"hub": source, "split": split, "dataset": ds._fingerprint})
-    raise DataError(
-        f"--input '{source}' is neither a local path nor a hub dataset id (org/name). Pass an `aif generate` output "
-        f"directory, a folder of Pick-a-Pic-layout Parquet files, or e.g. yuvalkirstain/pickapic_v2."
-    )
+    if (path / MANIFEST).exists() and read_json(path / MANIFEST).get("stage") == "generate":
+        return _generate_input(path, limit)
+    table = open_pairs(source, split, labels=False)
+    if table.files:
+        fp = {"path": str(path.resolve()), "files": _stat(table.files)}
+    elif path.exists():  # a save_to_disk folder
+        fp = {"path": str(path.resolve()), "split": split, "dataset": table.ds._fingerprint}
+    else:
+        fp = {"hub": source, "split": split, "dataset": table.ds._fingerprint}
+    return _pairs_input(table.rows(), limit, fp)
 
 
 def _stat(files: list[Path]) -> list[tuple[str, int]]:
     return [(f.name, f.stat().st_size) for f in files]
-
-
-def _parquet_files(path: Path, split: str | None) -> list[Path]:
-    base = path / "data" if (path / "data").is_dir() else path  # an `aif score` output keeps its pairs in data/
-    files = sorted(p for p in base.rglob("*.parquet") if not any(part.startswith(".") for part in p.parts))
-    if split:
-        chosen = [p for p in files if p.name.startswith(f"{split}-") or p.parent.name == split]
-        if not chosen:
-            raise DataError(f"{base} has no Parquet files for split '{split}' (expected {split}-*.parquet or {split}/)")
-        return chosen
-    return files
-
-
-def _load_hub(name: str, split: str | None):
-    import datasets
-
-    try:
-        if split:
-            return datasets.load_dataset(name, split=split)
-        dd = datasets.load_dataset(name)
-    except (FileNotFoundError, ConnectionError, ValueError, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(
-            f"could not load the dataset '{name}'{f' split {split}' if split else ''}: {first}.\n"
-            f"  Fix: check the id and --split (Pick-a-Pic v2 splits: train, validation, test, validation_unique, "
-            f"test_unique; kashif/pickascore: validation), or download it and pass the local Parquet folder."
-        ) from None
-    if len(dd) != 1:
-        raise DataError(f"dataset '{name}' has splits {', '.join(dd)}; choose one with --split")
-    return next(iter(dd.values()))
-
-
-def _missing(rows, needed: tuple[str, ...], what: str) -> None:
-    have = set(rows.schema.names)
-    missing = [c for c in needed if c not in have]
-    if missing:
-        raise DataError(
-            f"{rows.label} lacks column(s) {', '.join(missing)} needed for {what} (it has: {', '.join(sorted(have))})."
-        )
 
 
 def _generate_input(path: Path, limit: int | None) -> Input:
@@ -213,7 +80,7 @@ def _generate_input(path: Path, limit: int | None) -> Input:
     if not manifest.get("complete"):
         raise DataError(f"{path} is an unfinished `aif generate` output; rerun that generate command to complete it")
     rows = ParquetRows(shard_files(path), str(path))
-    _missing(rows, GENERATE_COLUMNS, "an `aif generate` input")
+    require_columns(rows.label, rows.schema.names, GENERATE_COLUMNS, "`aif generate` output")
     names = set(rows.schema.names)
     meta_cols = ["prompt_id", "prompt", "k", "seed"] + (["category"] if "category" in names else [])
     cols = {c: rows.column(c) for c in meta_cols}
@@ -244,7 +111,7 @@ def _generate_input(path: Path, limit: int | None) -> Input:
 
 
 def _pairs_input(rows, limit: int | None, fp: dict[str, Any]) -> Input:
-    _missing(rows, PAIR_COLUMNS, "Pick-a-Pic-layout pairs")
+    require_columns(rows.label, rows.schema.names, PAIR_COLUMNS)
     n = min(len(rows), limit) if limit else len(rows)
     captions = rows.column("caption")[:n]
     units: list[Unit] = []
@@ -255,66 +122,4 @@ def _pairs_input(rows, limit: int | None, fp: dict[str, Any]) -> Input:
             continue
         units.append(Unit(prompt_id_of(cap), cap, [(i, "jpg_0"), (i, "jpg_1")], {"row": i}))
     names = set(rows.schema.names)
-    return Input("pairs", rows, units, bad, dict(fp, rows=n), has_labels={"label_0", "label_1"} <= names)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# DataLoader side: decode + preprocess in worker processes, shard by shard
-
-@dataclass
-class ShardPlan:
-    """The images shard `index` scores, in order: (source row, column, prompt)."""
-
-    index: int
-    images: list[tuple[int, str, str]]
-
-
-class ShardImages(torch.utils.data.IterableDataset):
-    """Iterable over chunks of decoded + transformed images; each worker process takes whole shards.
-
-    Yields dicts: shard, start (offset of the chunk in the shard), items (one per transform, only for the images
-    that decoded: a stacked tensor, or a list when the outputs are not same-shaped tensors), errors (None or a message per image). Whole shards per worker keep each worker's reads
-    of a Parquet file contiguous; chunks are formed inside a shard, so batches never depend on the worker count.
-    """
-
-    def __init__(self, rows, plans: list[ShardPlan], transforms: list, chunk: int):
-        self.rows, self.plans, self.transforms, self.chunk = rows, plans, transforms, chunk
-
-    def __iter__(self):
-        info = torch.utils.data.get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info else (0, 1)
-        for plan in self.plans[wid::nw]:
-            if not plan.images:
-                yield {"shard": plan.index, "start": 0, "items": [[] for _ in self.transforms], "errors": []}
-            for start in range(0, len(plan.images), self.chunk):
-                part = plan.images[start : start + self.chunk]
-                yield self._load(plan.index, start, part)
-
-    def _load(self, shard: int, start: int, part: list[tuple[int, str, str]]) -> dict[str, Any]:
-        items: list[list] = [[] for _ in self.transforms]
-        errors: list[str | None] = []
-        rows = sorted({r for r, _, _ in part})
-        cols = sorted({c for _, c, _ in part})
-        fetched = dict(zip(rows, self.rows.take(rows, cols)))
-        for row, col, _ in part:
-            try:
-                image = decode_image(fetched[row][col], rgb=False)  # each transform converts
-                outs = [t(image) for t in self.transforms]
-            except ValueError as e:
-                errors.append(str(e))
-                continue
-            except (OSError, RuntimeError) as e:  # a transform choking on an odd image must not kill the run
-                errors.append(f"cannot preprocess image: {type(e).__name__}: {e}")
-                continue
-            errors.append(None)
-            for lst, out in zip(items, outs):
-                lst.append(out)
-        # Stack same-shaped tensors here, in the worker, so the main process only moves one tensor to the device.
-        items = [torch.stack(lst) if lst and all(isinstance(t, torch.Tensor) for t in lst)
-                 and len({t.shape for t in lst}) == 1 else lst for lst in items]
-        return {"shard": shard, "start": start, "items": items, "errors": errors}
-
-
-def passthrough(batch: Any) -> Any:
-    """DataLoader collate_fn for already-batched items."""
-    return batch
+    return Input("pairs", rows, units, bad, dict(fp, rows=n), has_labels=set(LABEL_COLUMNS) <= names)

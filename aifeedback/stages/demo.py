@@ -100,7 +100,9 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     configs = stage_configs(cfg)
     if main:
         write_prompts(cfg)
-        atomic_write_text(Path(cfg.out) / "commands.txt", "\n".join(command_line(s, c) for s, c in configs.items()) + "\n")
+        atomic_write_text(
+            Path(cfg.out) / "commands.txt", "\n".join(command_line(s, c) for s, c in configs.items()) + "\n"
+        )
     state.wait_for_everyone()
     for i, (stage, stage_cfg) in enumerate(configs.items(), 1):
         say(f"[demo] {i}/{len(configs)} {stage} ({time.time() - start:.0f}s): {command_line(stage, stage_cfg)}")

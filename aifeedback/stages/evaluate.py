@@ -17,14 +17,29 @@ from __future__ import annotations
 import gc
 import json
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
+
+import pyarrow.parquet as pq
+import torch
+from accelerate.utils import gather_object
 
 from aifeedback.config import build_config, identity_dict, save_config, to_dict
-from aifeedback.data.images import decode_image
+from aifeedback.console import finish, nested, progress, quiet_libraries
+from aifeedback.data.labels import LABEL_COLUMNS, PAIR_COLUMNS, winner_of
+from aifeedback.data.sources import open_pairs
+from aifeedback.dist import process_state
 from aifeedback.errors import DataError
+from aifeedback.evaluation.report import build_report, example_keys, write_report
+from aifeedback.evaluation.winrate import preference_accuracy
+from aifeedback.families.resolve import is_pipeline
+from aifeedback.scoring import scorers as registry  # a module attribute: tests patch load_scorer
+from aifeedback.scoring.loop import given, pair_groups, score_groups
+from aifeedback.stages import generate
 from aifeedback.stages.evaluate_config import EvalConfig
+from aifeedback.stages.generate import GenerateConfig
+from aifeedback.stages.sample import pin_tuned
 from aifeedback.storage.files import atomic_write_text, read_json, write_json
-from aifeedback.storage.manifest import MANIFEST, completed_output, finish_output, prepare_output_synced
+from aifeedback.storage.manifest import completed_output, finish_output, prepare_output_synced
 from aifeedback.storage.shards import shard_files
 
 # The paper's Table 2: agreement with human labels on Pick-a-Pic v2 validation (non-tie pairs), in %.
@@ -34,14 +49,9 @@ PAPER_ACCURACY = {"pickscore": 64.2, "hpsv2": 59.3, "clip": 57.1, "aesthetic": 5
 def run(cfg: EvalConfig) -> dict[str, Any] | None:
     """Run the eval (or the scorer-accuracy check); return the report on the main process."""
     cfg.preflight()
-    from aifeedback.console import quiet_libraries
-
     quiet_libraries()
     if cfg.scorer_accuracy:
         return scorer_accuracy(cfg)
-    from aifeedback.dist import process_state
-    from aifeedback.evaluation.report import build_report, example_keys, write_report
-
     state = process_state()
     out = Path(cfg.out)
     done = finished(cfg, out, "report.json")
@@ -79,8 +89,6 @@ def finished(cfg: EvalConfig, out: Path, result: str) -> dict[str, Any] | None:
     Scorers and report options are no part of the job's identity (a rerun with other scorers reuses the images and
     only scores), so they are compared here; so are both generate outputs (--tuned RUN_DIR may have a newer
     checkpoint)."""
-    from aifeedback.stages import generate
-
     done = completed_output(out, "eval", identity_dict(cfg))
     if not done or not (out / result).is_file():
         return None
@@ -102,10 +110,6 @@ def generate_config(cfg: EvalConfig, side: str, out: Path):
     """The GenerateConfig of one side ('base' or 'tuned'); unset options keep aif generate's defaults.
 
     A --tuned whole model (anything --base takes) is generated as it is; tuned weights are applied to --base."""
-    from aifeedback.families.resolve import is_pipeline
-    from aifeedback.stages.generate import GenerateConfig
-    from aifeedback.stages.sample import pin_tuned
-
     weights = side == "tuned" and not is_pipeline(cfg.tuned)
     values = {
         "model": cfg.tuned if side == "tuned" and not weights else cfg.base,
@@ -121,10 +125,6 @@ def generate_config(cfg: EvalConfig, side: str, out: Path):
 
 def generate_both(cfg: EvalConfig, out: Path) -> None:
     """Generate (or resume) OUT/base and OUT/tuned; every process takes part, as in `aif generate`."""
-    from aifeedback.console import nested
-    from aifeedback.dist import process_state
-    from aifeedback.stages import generate
-
     for side in SIDES:
         with nested():  # its summary must not suggest `aif score`: eval goes on with its own scoring
             generate.run(generate_config(cfg, side, out))
@@ -155,8 +155,6 @@ def twin_rows(base_dir: Path, tuned_dir: Path) -> list[dict[str, Any]]:
 
 
 def _index(gen_dir: Path) -> dict[tuple[str, int], dict[str, Any]]:
-    import pyarrow.parquet as pq
-
     out: dict[tuple[str, int], dict[str, Any]] = {}
     for path in shard_files(gen_dir):
         schema = pq.read_schema(path)
@@ -170,15 +168,16 @@ def _index(gen_dir: Path) -> dict[tuple[str, int], dict[str, Any]]:
 def read_images(out: Path, keys: set[tuple[str, int]]) -> dict[tuple[str, int], tuple[bytes, bytes]]:
     """(base, tuned) image bytes of the given comparisons."""
     rows = [r for r in twin_rows(out / "base", out / "tuned") if (r["prompt_id"], r["k"]) in keys]
-    reader = ShardImages()
-    return {(r["prompt_id"], r["k"]): reader.pair(r) for r in rows}
+    reader = ShardBytes()
+    return {(r["prompt_id"], r["k"]): (reader.get(r["base_at"]), reader.get(r["tuned_at"])) for r in rows}
 
 
-class ShardImages:
-    """Image bytes by (shard file, row), keeping the last two shards read (the current base and tuned shard):
-    rows are visited in shard order, so each shard's image column is read from disk once."""
+class ShardBytes:
+    """Image bytes by (shard file, row), keeping the last `keep` shards read (the current base and tuned shards,
+    and the next ones of a batch that crosses a shard boundary): rows are visited in shard order, so each shard's
+    image column is read from disk once. Also the scoring loop's `read` of such (file, row) sources."""
 
-    def __init__(self, keep: int = 2):
+    def __init__(self, keep: int = 4):
         self.keep = keep
         self.shards: dict[str, list[bytes]] = {}
 
@@ -192,49 +191,49 @@ class ShardImages:
             self.shards[path] = pq.read_table(path, columns=["image"]).column("image").to_pylist()
         return self.shards[path][i]
 
-    def pair(self, row: dict[str, Any]) -> tuple[bytes, bytes]:
-        return self.get(row["base_at"]), self.get(row["tuned_at"])
+    def __call__(self, sources: list[tuple[str, int]]) -> list[bytes]:
+        return [self.get(at) for at in sources]
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Scoring
+# Scoring: both sides of a pair (base/tuned twins, or a human pair's two images) in one group of the scoring loop
 
-def score_twins(cfg: EvalConfig, rows: list[dict[str, Any]]) -> dict[str, tuple[list[float], list[float]]]:
-    """scorer -> (base scores, tuned scores) aligned with rows; each process scores every world-th batch.
+# Images per scorer forward pass: a batch of --scorer-batch-size pairs is scored per side in forwards of at most
+# this many images, as eval always has (Scorer.score's batching), so scores stay bitwise what they were.
+FORWARD_BATCH = 32
 
-    Base and tuned images go through each scorer in separate, identically shaped batches, so identical twins get
-    bit-identical scores (a tie) whatever the scorer's batching numerics.
-    """
-    from accelerate.utils import gather_object
 
-    from aifeedback.console import progress
-    from aifeedback.dist import process_state
-    from aifeedback.scoring.scorers import load_scorer
-
+def score_pairs(cfg: EvalConfig, pairs: Iterable[tuple[Any, Any, str]], read, sides: tuple[str, str], desc: str,
+                total: int | None = None) -> dict[Any, list]:
+    """key -> [(side 0 score, side 1 score) per scorer] of this process's share of the (key, (source_0, source_1),
+    prompt) pairs: groups of --scorer-batch-size pairs, round-robin over processes. `total`: the number of pairs,
+    for the progress bar. An unreadable image is a DataError naming its pair and side."""
     state = process_state()
-    scorers = [load_scorer(spec, device=_device(cfg, state), dtype=cfg.scorer_dtype) for spec in cfg.scorers]
-    batches = [list(range(i, min(i + cfg.scorer_batch_size, len(rows))))
-               for i in range(0, len(rows), cfg.scorer_batch_size)]
-    mine: list[tuple[int, list[float], list[float]]] = []
-    reader = ShardImages()
-    bar = progress(batches[state.process_index :: state.num_processes], desc="scoring", unit="batch",
-                   enabled=cfg.progress and state.is_main_process)
-    for idx in bar:
-        batch = [rows[i] for i in idx]
-        pairs = [reader.pair(r) for r in batch]
-        texts = [r["prompt"] for r in batch]
-        base_imgs = [decode_image(b, rgb=False) for b, _ in pairs]
-        tuned_imgs = [decode_image(t, rgb=False) for _, t in pairs]
-        per = [(s.score(base_imgs, texts), s.score(tuned_imgs, texts)) for s in scorers]
-        for j, i in enumerate(idx):
-            mine.append((i, [float(b[j]) for b, _ in per], [float(t[j]) for _, t in per]))
+    scorers = [registry.load_scorer(spec, device=_device(cfg, state), dtype=cfg.scorer_dtype) for spec in cfg.scorers]
+    size, rank, world = cfg.scorer_batch_size, state.process_index, state.num_processes
+    mine = None if total is None else sum(2 * min(size, total - g) for g in range(rank * size, total, world * size))
+    bar = progress(total=mine, desc=desc, unit="img", enabled=cfg.progress and state.is_main_process)
+    by_key: dict[Any, list] = {}
+    for scored in score_groups(pair_groups(pairs, size), read, scorers, FORWARD_BATCH, share=(rank, world), bar=bar):
+        for (key, side), scores, error in zip(scored.keys, scored.scores, scored.errors, strict=True):
+            if error is not None:
+                raise DataError(f"pair {key}, {sides[side]} image: {error}")
+            by_key.setdefault(key, [None, None])[side] = scores
+    bar.close()
     del scorers
     gc.collect()
     _empty_cache()
-    every = sorted(gather_object(mine))
-    if [i for i, _, _ in every] != list(range(len(rows))):
+    return {key: list(zip(s0, s1, strict=True)) for key, (s0, s1) in by_key.items()}
+
+
+def score_twins(cfg: EvalConfig, rows: list[dict[str, Any]]) -> dict[str, tuple[list[float], list[float]]]:
+    """scorer -> (base scores, tuned scores) aligned with rows; the processes split the rows (see score_pairs)."""
+    twins = ((i, (r["base_at"], r["tuned_at"]), r["prompt"]) for i, r in enumerate(rows))
+    mine = score_pairs(cfg, twins, ShardBytes(), SIDES, "scoring", total=len(rows))
+    every = sorted(gather_object(list(mine.items())))
+    if [i for i, _ in every] != list(range(len(rows))):
         raise RuntimeError("scores were lost or doubled while gathering across processes")
-    return {spec: ([b[n] for _, b, _ in every], [t[n] for _, _, t in every]) for n, spec in enumerate(cfg.scorers)}
+    return {spec: ([s[n][0] for _, s in every], [s[n][1] for _, s in every]) for n, spec in enumerate(cfg.scorers)}
 
 
 def _device(cfg: EvalConfig, state) -> str:
@@ -242,8 +241,6 @@ def _device(cfg: EvalConfig, state) -> str:
 
 
 def _empty_cache() -> None:
-    import torch
-
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
@@ -265,8 +262,6 @@ def report_meta(cfg: EvalConfig, out: Path) -> dict[str, Any]:
 
 
 def _print_summary(report: dict[str, Any], out: Path) -> None:
-    from aifeedback.console import finish
-
     for name, s in report["scorers"].items():
         print(f"{name:>20}: tuned wins {100 * s['win_rate']:.1f}% (95% CI {100 * s['ci_low']:.1f}-"
               f"{100 * s['ci_high']:.1f}%), mean {s['mean_base']:.4g} -> {s['mean_tuned']:.4g}, n={s['n']}")
@@ -278,101 +273,31 @@ def _print_summary(report: dict[str, Any], out: Path) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # Scorer accuracy against human labels (the paper's Table 2)
 
-PAIR_COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0", "label_1")
-
-
 def preference_pairs(source: str, split: str | None = None, limit: int | None = None) -> Iterator[dict[str, Any]]:
-    """Non-tie pairs (caption, jpg_0, jpg_1, label_0 in {0, 1}) of a Pick-a-Pic-layout set, streamed.
+    """Labelled pairs (caption, jpg_0, jpg_1, label_0 in {0, 1}) of any pair source, streamed.
 
-    source: a local Parquet file or directory (an `aif score` output, whose pairs are its data/ shards, or downloaded
-    Pick-a-Pic shards; `split` then keeps files named `SPLIT-*` or under a `SPLIT/` folder), or a hub dataset id
-    (default split validation). The source is checked (files, columns) when this is called, the pairs are read
-    while iterating.
+    source: whatever `aifeedback.data.sources` reads (a local Parquet file or folder, with the one split rule; an
+    `aif score` output, its data/ shards; a hub id, default split validation). The source is checked (files,
+    columns) when this is called, the pairs are read while iterating.
     """
-    return _decisive(_pair_rows(source, split), limit)
+    table = open_pairs(source, split, labels=True, streaming=True, hub_split="validation")
+    return _decisive(table.iter_rows(list(PAIR_COLUMNS + LABEL_COLUMNS) + ["has_label"]), limit)
 
 
 def _decisive(rows: Iterator[dict[str, Any]], limit: int | None) -> Iterator[dict[str, Any]]:
-    from aifeedback.data.pairs import winner_of
-
     n = 0
     for row in rows:
-        winner = winner_of(row["label_0"], row["label_1"])  # the same label rule as training
-        if row.get("has_label") is False or winner not in (0, 1):
-            continue  # unlabeled, a tie or an unreadable label: Table 2 counts decisive human votes only
+        winner = winner_of(row["label_0"], row["label_1"], row.get("has_label"))  # the same label rule as training
+        if winner not in (0, 1):
+            continue  # unlabelled, a tie or an unreadable label: Table 2 counts decisive human votes only
         yield {"caption": row["caption"], "jpg_0": row["jpg_0"], "jpg_1": row["jpg_1"], "label_0": float(winner == 0)}
         n += 1
         if limit is not None and n >= limit:
             return
 
 
-def _pair_rows(source: str, split: str | None) -> Iterator[dict[str, Any]]:
-    path = Path(source).expanduser()
-    if not path.exists():
-        return _hub_rows(source, split)
-    files = _pair_files(path, split)
-    return _parquet_rows(files)
-
-
-def _hub_rows(source: str, split: str | None) -> Iterator[dict[str, Any]]:
-    if source.startswith((".", "/", "~")) or source.count("/") != 1:
-        raise DataError(f"--scorer-accuracy {source}: no such file or directory (and not a hub id OWNER/NAME)")
-    import datasets
-
-    try:
-        ds = datasets.load_dataset(source, split=split or "validation", streaming=True)
-    except Exception as e:  # datasets raises many types; report it as the user's input problem
-        raise DataError(f"could not load dataset '{source}' (split {split or 'validation'}): "
-                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    missing = [c for c in PAIR_COLUMNS if ds.column_names is not None and c not in ds.column_names]
-    if missing:
-        raise DataError(f"dataset '{source}' lacks the Pick-a-Pic column(s) {', '.join(missing)}")
-    return iter(ds)
-
-
-def _pair_files(path: Path, split: str | None) -> list[Path]:
-    """The Parquet files holding the pairs, each checked for the Pick-a-Pic columns."""
-    import pyarrow.parquet as pq
-
-    if (path / MANIFEST).is_file():  # an aifeedback output: only `aif score` writes pairs, in its data/ shards
-        stage = read_json(path / MANIFEST).get("stage")
-        if stage != "score":
-            raise DataError(f"--scorer-accuracy {path} holds a '{stage}' output; it needs labelled pairs: an "
-                            f"`aif score` output or Pick-a-Pic-layout Parquet files")
-        files = shard_files(path)  # not image_scores/, the per-image scores
-    else:
-        files = [path] if path.is_file() else sorted(path.rglob("*.parquet"))
-        if split and path.is_dir():
-            files = [f for f in files if f.name.startswith(f"{split}-") or split in f.relative_to(path).parts[:-1]]
-    if not files:
-        raise DataError(f"{path} holds no Parquet files{f' for split {split}' if split else ''}")
-    for f in files:
-        names = pq.read_schema(f).names
-        missing = [c for c in PAIR_COLUMNS if c not in names]
-        if missing:
-            raise DataError(f"{f} lacks the Pick-a-Pic column(s) {', '.join(missing)} (has: {', '.join(names)})")
-    return files
-
-
-def _parquet_rows(files: list[Path]) -> Iterator[dict[str, Any]]:
-    import pyarrow.parquet as pq
-
-    for f in files:
-        pf = pq.ParquetFile(f)
-        cols = list(PAIR_COLUMNS) + (["has_label"] if "has_label" in pf.schema_arrow.names else [])
-        for batch in pf.iter_batches(batch_size=64, columns=cols):
-            yield from batch.to_pylist()
-
-
 def scorer_accuracy(cfg: EvalConfig) -> dict[str, Any] | None:
     """Accuracy of each scorer against the human labels of cfg.scorer_accuracy; writes accuracy.json / .md."""
-    from accelerate.utils import gather_object
-
-    from aifeedback.console import finish, progress
-    from aifeedback.dist import process_state
-    from aifeedback.evaluation.winrate import preference_accuracy
-    from aifeedback.scoring.scorers import load_scorer
-
     state = process_state()
     out = Path(cfg.out)
     done = finished(cfg, out, "accuracy.json")
@@ -382,26 +307,15 @@ def scorer_accuracy(cfg: EvalConfig) -> dict[str, Any] | None:
         return done if state.is_main_process else None
     pairs = preference_pairs(cfg.scorer_accuracy, cfg.split, cfg.limit)  # checks the files before any scorer loads
     manifest = prepare_output_synced(state, out, "eval", to_dict(cfg), identity_dict(cfg), cfg.overwrite)
-    scorers = [load_scorer(spec, device=_device(cfg, state), dtype=cfg.scorer_dtype) for spec in cfg.scorers]
-    mine: list[tuple[int, float, list[tuple[float, float]]]] = []
-    batch: list[tuple[int, dict[str, Any]]] = []
+    labels: list[float] = []  # every pair's, in order: a process keeps those of its share
 
-    def flush() -> None:
-        texts = [p["caption"] for _, p in batch]
-        im0 = [decode_image(p["jpg_0"], rgb=False) for _, p in batch]
-        im1 = [decode_image(p["jpg_1"], rgb=False) for _, p in batch]
-        per = [(s.score(im0, texts), s.score(im1, texts)) for s in scorers]
-        mine.extend((i, p["label_0"], [(float(a[j]), float(b[j])) for a, b in per]) for j, (i, p) in enumerate(batch))
-        batch.clear()
+    def labelled() -> Iterator[tuple[int, tuple[Any, Any], str]]:
+        for i, pair in enumerate(pairs):
+            labels.append(pair["label_0"])
+            yield i, (pair["jpg_0"], pair["jpg_1"]), pair["caption"]
 
-    bar = progress(pairs, desc="scoring pairs", unit="pair", enabled=cfg.progress and state.is_main_process)
-    for i, pair in enumerate(bar):
-        if i % state.num_processes == state.process_index:
-            batch.append((i, pair))
-            if len(batch) == cfg.scorer_batch_size:
-                flush()
-    if batch:
-        flush()
+    scored = score_pairs(cfg, labelled(), given, ("jpg_0", "jpg_1"), "scoring pairs")
+    mine = [(i, labels[i], s) for i, s in scored.items()]
     every = sorted(gather_object(mine))
     if not every:
         raise DataError(f"{cfg.scorer_accuracy} holds no non-tie labelled pairs")

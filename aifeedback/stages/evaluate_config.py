@@ -21,7 +21,8 @@ class EvalConfig:
                       identity=False)
     prompts: str = option("parti", "prompt source: parti, a .txt/.jsonl/.csv/.tsv file, or a datasets dataset")
     prompt_column: Optional[str] = option(None, "column holding the prompt text (files and datasets)")
-    split: Optional[str] = option(None, "dataset split to read, for --prompts or --scorer-accuracy (there default: validation)")
+    split: Optional[str] = option(None, "dataset split to read, for --prompts or --scorer-accuracy (there default: "
+                                        "validation)")
     limit: Optional[int] = option(None, "use only the first N prompts (or N pairs with --scorer-accuracy)", min=1)
     seeds_per_prompt: int = option(1, "images per prompt and model; twins share a seed", min=1)
     seed: int = option(0, "base seed; each image's seed derives from it, the prompt and k")
@@ -33,9 +34,11 @@ class EvalConfig:
     resolution: Optional[int] = option(None, "image side in pixels (default: the model's)", min=8)
     negative_prompt: Optional[str] = option(None, "negative prompt for both models")
     scheduler: Optional[str] = option(None, "sampler (default: the model's own)", choices=SCHEDULERS)
-    dtype: Optional[str] = option(None, "generation dtype (default: float16 on GPU, float32 on CPU)", choices=("auto",) + DTYPES)
+    dtype: Optional[str] = option(None, "generation dtype (default: float16 on GPU, float32 on "
+                                        "CPU)", choices=("auto",) + DTYPES)
     vae: Optional[str] = option(None, "VAE override for both models, e.g. madebyollin/sdxl-vae-fp16-fix")
-    batch_size: Optional[int] = option(None, "images per generation batch (default: aif generate's)", min=1, identity=False)
+    batch_size: Optional[int] = option(None, "images per generation batch (default: aif "
+                                             "generate's)", min=1, identity=False)
     device: str = option("auto", "device: auto (the process's GPU under accelerate, else CPU), cuda, cuda:N, cpu",
                          identity=False)
     scorer_batch_size: int = option(16, "image pairs per scoring batch", min=1, identity=False)

@@ -17,7 +17,8 @@ from aifeedback.errors import AifError
 
 @dataclass
 class ExportConfig:
-    checkpoint: str = option("", "a checkpoint folder (RUN/checkpoints/checkpoint-NNNNNN) or a run folder (-> its latest)", positional=True)
+    checkpoint: str = option("", "a checkpoint folder (RUN/checkpoints/checkpoint-NNNNNN) or a run folder (-> its "
+                                 "latest)", positional=True)
     out: str = option("export", "output folder")
     pipeline: bool = option(False, "write a whole diffusers pipeline folder (base model + tuned UNet, LoRA fused)")
     model: Optional[str] = option(None, "base model for --pipeline; null = the model recorded in the run's config.yaml")

@@ -29,7 +29,9 @@ from aifeedback.families.sampling import (
     render,
 )
 from aifeedback.stages.generate_config import GenerateConfig
+from aifeedback.stages.sample_config import SampleConfig
 from aifeedback.storage.manifest import completed_output, fingerprint, finish_output, prepare_output
+from aifeedback.storage.publish import remove_stale
 from aifeedback.storage.shards import (
     SHARD_DIR,
     chunks,
@@ -63,7 +65,7 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def device_and_dtype(cfg: GenerateConfig, state) -> tuple[str, str]:
+def device_and_dtype(cfg: GenerateConfig | SampleConfig, state) -> tuple[str, str]:
     """This process's device (its own GPU under `accelerate launch`) and the weights dtype that `auto` resolves to."""
     device = resolve_device(cfg.device)
     if cfg.device == "auto" and state.num_processes > 1:
@@ -91,13 +93,6 @@ def run(cfg: GenerateConfig) -> Path:
 
     quiet_libraries()
     prompts = load_prompts(cfg.prompts, cfg.prompt_column, cfg.split, cfg.limit, cfg.dedupe)
-
-
-    from aifeedback.config import identity_dict
-    from aifeedback.dist import process_state
-    from aifeedback.storage.manifest import completed_output
-    from aifeedback.storage.publish import remove_stale
-
     state = process_state()  # under `accelerate launch`: rank, world size and this rank's GPU
     device, dtype = device_and_dtype(cfg, state)
     out = Path(cfg.out)
@@ -107,24 +102,47 @@ def run(cfg: GenerateConfig) -> Path:
         if state.is_main_process:
             print(f"already complete: {out} ({done['counts']['images']} images)")
         return out
-    items = [(p, k) for p in prompts for k in range(cfg.images_per_prompt)]
-    shards = chunks(items, cfg.shard_size)
+    shards = chunks([(p, k) for p in prompts for k in range(cfg.images_per_prompt)], cfg.shard_size)
     args = (out, "generate", to_dict(cfg), identity_dict(cfg), cfg.overwrite, inputs)
     if state.is_main_process:  # refuse a conflicting --out now, before the slow model load (this writes nothing)
         prepare_output(*args, is_main=False)
 
     pipe = load_pipeline(cfg.model, dtype, device, vae=cfg.vae, scheduler=cfg.scheduler, tuned=cfg.tuned)
     optimize_pipeline(pipe, compile=cfg.compile, compile_mode=cfg.compile_mode)
+    resolved = resolve_settings(cfg, pipe)
+    manifest = start_output(cfg, out, args, state)
+    render_shards(cfg, pipe, resolved, shards, out, state)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        finish_job(cfg, out, manifest, resolved, len(prompts), state.num_processes)
+    state.wait_for_everyone()  # a stage run next in these processes must see the finished manifest
+    return out
+
+
+def resolve_settings(cfg: GenerateConfig, pipe) -> dict:
+    """Size, guidance and scheduler as rendered: the flags, or the model's defaults where a flag is unset."""
+
     width = cfg.width or cfg.resolution or default_size(pipe)
     height = cfg.height or cfg.resolution or default_size(pipe)
     guidance = default_guidance(pipe) if cfg.guidance is None else cfg.guidance
-    scheduler = type(pipe.scheduler).__name__
+    return dict(width=width, height=height, guidance=guidance, scheduler=type(pipe.scheduler).__name__)
 
+
+def start_output(cfg: GenerateConfig, out: Path, args: tuple, state) -> dict | None:
+    """The main process claims cfg.out (manifest, config.yaml) and clears a killed run's temporaries; every process
+    waits for it. Returns the manifest on the main process, None elsewhere."""
+
+    manifest = None
     if state.is_main_process:
         manifest = prepare_output(*args, is_main=True)
         remove_stale(out / SHARD_DIR)  # temporaries a killed run left; never a complete shard
         save_config(cfg, out / "config.yaml")
     state.wait_for_everyone()
+    return manifest
+
+
+def render_shards(cfg: GenerateConfig, pipe, resolved: dict, shards: list[list], out: Path, state) -> None:
+    """Render and write this process's shards that are not on disk yet."""
 
     todo = [i for i in my_shards(len(shards), state.process_index, state.num_processes) if not shard_done(out, i)]
     schema = row_schema(cfg.save_latents)
@@ -133,30 +151,38 @@ def run(cfg: GenerateConfig) -> Path:
     for i in todo:
         rows = []
         for batch in chunks(shards[i], cfg.batch_size):
-            seeds = [image_seed(cfg.seed, p.prompt_id, k) for p, k in batch]
-            result = render(pipe, [p.text for p, _ in batch], seeds, steps=cfg.steps, guidance=guidance,
-                            width=width, height=height, negative_prompt=cfg.negative_prompt,
-                            return_latents=cfg.save_latents)
-            for j, ((p, k), seed, image) in enumerate(zip(batch, seeds, result.images)):
-                row = dict(prompt_id=p.prompt_id, prompt=p.text, category=p.category, k=k, seed=seed,
-                           image=encode_image(image, cfg.image_format, cfg.jpeg_quality), width=image.width,
-                           height=image.height, model=cfg.model, scheduler=scheduler, steps=cfg.steps,
-                           guidance=guidance)
-                if cfg.save_latents:
-                    row["latent"], row["latent_shape"] = latent_to_bytes(result.latents[j])
-                rows.append(row)
+            rows += render_rows(cfg, pipe, resolved, batch)
             bar.update(len(batch))
         write_shard(out, i, rows, schema)
     bar.close()
 
-    state.wait_for_everyone()
-    if state.is_main_process:
-        files = shard_files(out)
-        manifest = dict(manifest, resolved=dict(width=width, height=height, guidance=guidance, scheduler=scheduler))
-        images = sum(pq.read_metadata(f).num_rows for f in files)
-        finish_output(out, manifest, prompts=len(prompts), images=images,
-                         shards=len(files), images_per_prompt=cfg.images_per_prompt, processes=state.num_processes)
-        finish("generate", out, f"{images} images ({len(prompts)} prompts x {cfg.images_per_prompt}) in "
-               f"{len(files)} shard(s)", f"aif score --input {out} --out {out}-pairs --scorer pickscore")
-    state.wait_for_everyone()  # a stage run next in these processes must see the finished manifest
-    return out
+
+def render_rows(cfg: GenerateConfig, pipe, resolved: dict, batch: list[tuple]) -> list[dict]:
+    """One pipeline call for a batch of (prompt, k): its rows, images encoded (and latents, with --save-latents)."""
+
+    seeds = [image_seed(cfg.seed, p.prompt_id, k) for p, k in batch]
+    result = render(pipe, [p.text for p, _ in batch], seeds, steps=cfg.steps, guidance=resolved["guidance"],
+                    width=resolved["width"], height=resolved["height"], negative_prompt=cfg.negative_prompt,
+                    return_latents=cfg.save_latents)
+    rows = []
+    for j, ((p, k), seed, image) in enumerate(zip(batch, seeds, result.images)):
+        row = dict(prompt_id=p.prompt_id, prompt=p.text, category=p.category, k=k, seed=seed,
+                   image=encode_image(image, cfg.image_format, cfg.jpeg_quality), width=image.width,
+                   height=image.height, model=cfg.model, scheduler=resolved["scheduler"], steps=cfg.steps,
+                   guidance=resolved["guidance"])
+        if cfg.save_latents:
+            row["latent"], row["latent_shape"] = latent_to_bytes(result.latents[j])
+        rows.append(row)
+    return rows
+
+
+def finish_job(cfg: GenerateConfig, out: Path, manifest: dict, resolved: dict, n_prompts: int, processes: int) -> None:
+    """Main process, after every shard is written: the finished manifest (counts from the shards on disk)."""
+
+    files = shard_files(out)
+    manifest = dict(manifest, resolved=resolved)
+    images = sum(pq.read_metadata(f).num_rows for f in files)
+    finish_output(out, manifest, prompts=n_prompts, images=images,
+                  shards=len(files), images_per_prompt=cfg.images_per_prompt, processes=processes)
+    finish("generate", out, f"{images} images ({n_prompts} prompts x {cfg.images_per_prompt}) in "
+           f"{len(files)} shard(s)", f"aif score --input {out} --out {out}-pairs --scorer pickscore")

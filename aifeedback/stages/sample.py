@@ -22,8 +22,9 @@ from aifeedback.dist import process_state
 from aifeedback.evaluation.report import image_grid
 from aifeedback.families.loading import load_pipeline
 from aifeedback.families.sampling import encode_image, image_seed, render
-from aifeedback.stages.generate import resolve_device
+from aifeedback.stages.generate import device_and_dtype
 from aifeedback.stages.sample_config import SampleConfig
+from aifeedback.storage.checkpoints import latest_checkpoint
 from aifeedback.storage.files import atomic_write_bytes, atomic_write_text, read_json
 from aifeedback.storage.manifest import MANIFEST, completed_output, fingerprint, finish_output, prepare_output
 from aifeedback.storage.shards import chunks
@@ -34,15 +35,9 @@ def run(cfg: SampleConfig) -> list[Path]:
 
     quiet_libraries()
     prompts = load_prompts(cfg.prompts, cfg.prompt_column, cfg.split, cfg.limit)
-    device = resolve_device(cfg.device)
     state = process_state()
-    if cfg.device == "auto" and state.num_processes > 1:
-        device = str(state.device)
     out = Path(cfg.out)
-    ext = "png" if cfg.image_format == "png" else "jpg"
-    items = [dict(index=i, prompt_id=p.prompt_id, prompt=p.text, category=p.category, k=k,
-                  seed=image_seed(cfg.seed, p.prompt_id, k), file=f"{i:04d}_{k}.{ext}")
-             for i, p in enumerate(prompts) for k in range(cfg.images_per_prompt)]
+    items = image_items(cfg, prompts)
     tuned = pin_tuned(cfg.tuned)
     inputs = {"prompts": fingerprint([p.prompt_id for p in prompts]), "tuned": tuned}
     paths = [out / it["file"] for it in items]
@@ -51,6 +46,34 @@ def run(cfg: SampleConfig) -> list[Path]:
         if state.is_main_process:  # a rerun of a finished job: nothing to render, so no model to load
             print(f"already complete: {out} ({len(paths)} images)")
         return paths
+    manifest = start_output(cfg, out, inputs, items, state)
+    # Each process takes every world-th prompt; files already on disk (an earlier run) are not rendered again.
+    todo = [it for it in items if it["index"] % state.num_processes == state.process_index
+            and not (out / it["file"]).exists()]
+    if todo:
+        device, dtype = device_and_dtype(cfg, state)
+        pipe = load_pipeline(cfg.model, dtype, device, vae=cfg.vae, scheduler=cfg.scheduler, tuned=tuned)
+        render_files(cfg, pipe, todo, out, state)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        finish_job(cfg, out, manifest, paths, len(prompts))
+    return paths
+
+
+def image_items(cfg: SampleConfig, prompts: list) -> list[dict]:
+    """One entry per image, in prompt order: its prompt, k, seed and file name (the lines of index.jsonl)."""
+
+    ext = "png" if cfg.image_format == "png" else "jpg"
+    return [dict(index=i, prompt_id=p.prompt_id, prompt=p.text, category=p.category, k=k,
+                 seed=image_seed(cfg.seed, p.prompt_id, k), file=f"{i:04d}_{k}.{ext}")
+            for i, p in enumerate(prompts) for k in range(cfg.images_per_prompt)]
+
+
+def start_output(cfg: SampleConfig, out: Path, inputs: dict, items: list[dict], state) -> dict | None:
+    """The main process claims cfg.out (manifest, config.yaml, index.jsonl), dropping a replaced job's images;
+    every process waits for it. Returns the manifest on the main process, None elsewhere."""
+
+    manifest = None
     if state.is_main_process:
         old = read_json(out / MANIFEST).get("fingerprint") if (out / MANIFEST).exists() else None
         manifest = prepare_output(out, "sample", to_dict(cfg), identity_dict(cfg), cfg.overwrite, inputs)
@@ -60,35 +83,36 @@ def run(cfg: SampleConfig) -> list[Path]:
         save_config(cfg, out / "config.yaml")
         atomic_write_text(out / "index.jsonl", "".join(json.dumps(it) + "\n" for it in items))
     state.wait_for_everyone()
-    # Each process takes every world-th prompt; files already on disk (an earlier run) are not rendered again.
-    todo = [it for it in items if it["index"] % state.num_processes == state.process_index
-            and not (out / it["file"]).exists()]
-    if todo:
-        dtype = cfg.dtype if cfg.dtype != "auto" else ("float16" if device.startswith("cuda") else "float32")
-        pipe = load_pipeline(cfg.model, dtype, device, vae=cfg.vae, scheduler=cfg.scheduler, tuned=tuned)
-        bar = progress(total=len(todo), unit="img", desc="sample", enabled=cfg.progress and state.is_local_main_process)
-        for batch in chunks(todo, cfg.batch_size):
-            result = render(pipe, [it["prompt"] for it in batch], [it["seed"] for it in batch], steps=cfg.steps,
-                            guidance=cfg.guidance, width=cfg.resolution, height=cfg.resolution,
-                            negative_prompt=cfg.negative_prompt)
-            for it, image in zip(batch, result.images):
-                atomic_write_bytes(out / it["file"], encode_image(image, cfg.image_format, cfg.jpeg_quality))
-            bar.update(len(batch))
-        bar.close()
-    state.wait_for_everyone()
-    if cfg.grid and state.is_main_process:
+    return manifest
+
+
+def render_files(cfg: SampleConfig, pipe, todo: list[dict], out: Path, state) -> None:
+    """Render the images of `todo` in batches, each written to its own file as soon as it is encoded."""
+
+    bar = progress(total=len(todo), unit="img", desc="sample", enabled=cfg.progress and state.is_local_main_process)
+    for batch in chunks(todo, cfg.batch_size):
+        result = render(pipe, [it["prompt"] for it in batch], [it["seed"] for it in batch], steps=cfg.steps,
+                        guidance=cfg.guidance, width=cfg.resolution, height=cfg.resolution,
+                        negative_prompt=cfg.negative_prompt)
+        for it, image in zip(batch, result.images):
+            atomic_write_bytes(out / it["file"], encode_image(image, cfg.image_format, cfg.jpeg_quality))
+        bar.update(len(batch))
+    bar.close()
+
+
+def finish_job(cfg: SampleConfig, out: Path, manifest: dict, paths: list[Path], n_prompts: int) -> None:
+    """Main process, after every image is written: the grid (with --grid) and the finished manifest."""
+
+    if cfg.grid:
         write_grid(paths, cfg.images_per_prompt, out / "grid.png", cfg.grid_cell)
-    if state.is_main_process:
-        finish_output(out, manifest, prompts=len(prompts), images=len(paths))
-        finish("sample", out, f"{len(paths)} images of {len(prompts)} prompts" + (", grid.png" if cfg.grid else ""),
-               f"open {out / 'grid.png'}" if cfg.grid else f"open {out}",
-               *([f"aif eval --base {cfg.model} --tuned {cfg.tuned}"] if cfg.tuned else []))
-    return paths
+    finish_output(out, manifest, prompts=n_prompts, images=len(paths))
+    finish("sample", out, f"{len(paths)} images of {n_prompts} prompts" + (", grid.png" if cfg.grid else ""),
+           f"open {out / 'grid.png'}" if cfg.grid else f"open {out}",
+           *([f"aif eval --base {cfg.model} --tuned {cfg.tuned}"] if cfg.tuned else []))
 
 
 def pin_tuned(tuned: str | None) -> str | None:
     """A training run dir -> its latest checkpoint folder, so a result records (and a rerun detects) which one."""
-    from aifeedback.storage.checkpoints import latest_checkpoint
 
     if tuned and (Path(tuned).expanduser() / "checkpoints").is_dir():
         return str(latest_checkpoint(Path(tuned).expanduser()))

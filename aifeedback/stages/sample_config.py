@@ -14,16 +14,20 @@ from aifeedback.families.resolve import DTYPES, SCHEDULERS
 
 @dataclass
 class SampleConfig:
-    model: str = option("stabilityai/stable-diffusion-xl-base-1.0", "base model: hub id, local folder, or tiny-sdxl / tiny-sd15")
-    tuned: Optional[str] = option(None, "fine-tuned weights: LoRA file/folder, UNet or pipeline folder, training checkpoint or run dir")
-    prompts: str = option("parti", "prompt source: parti, a .txt/.jsonl/.csv/.tsv file, or a local / hub datasets dataset")
+    model: str = option("stabilityai/stable-diffusion-xl-base-1.0", "base model: hub id, local folder, or tiny-sdxl / "
+                                                                    "tiny-sd15")
+    tuned: Optional[str] = option(None, "fine-tuned weights: LoRA file/folder, UNet or pipeline folder, training "
+                                        "checkpoint or run dir")
+    prompts: str = option("parti", "prompt source: parti, a .txt/.jsonl/.csv/.tsv file, or a local / hub datasets "
+                                   "dataset")
     prompt_column: Optional[str] = option(None, "column holding the prompt (.jsonl/.csv/.tsv/datasets)")
     split: Optional[str] = option(None, "dataset split to read")
     limit: Optional[int] = option(8, "use only the first N prompts (null: all)", min=1)
     images_per_prompt: int = option(1, "images per prompt", min=1)
     out: str = option("outputs/sample", "output folder for the image files, grid.png and index.jsonl", identity=False)
     steps: int = option(50, "denoising steps", min=1, max=1000)
-    guidance: Optional[float] = option(None, "classifier-free guidance scale (default: 5.0 for SDXL, 7.5 for SD1.5)", min=0)
+    guidance: Optional[float] = option(None, "classifier-free guidance scale (default: 5.0 for SDXL, 7.5 for "
+                                             "SD1.5)", min=0)
     resolution: Optional[int] = option(None, "image size in pixels (default: the model's native size)", min=8)
     negative_prompt: str = option("", "negative prompt used for every image")
     scheduler: str = option("default", "sampler (default keeps the model's own)", choices=SCHEDULERS)
@@ -35,7 +39,8 @@ class SampleConfig:
     grid: bool = option(True, "also write grid.png (one row per prompt)", identity=False)
     grid_cell: int = option(256, "grid tile size in pixels", min=16, identity=False)
     batch_size: int = option(4, "images rendered per pipeline call", min=1, identity=False)
-    device: str = option("auto", "device: auto (the process's GPU under accelerate, else CPU), cuda, cuda:N, cpu", identity=False)
+    device: str = option("auto", "device: auto (the process's GPU under accelerate, else CPU), cuda, cuda:N, "
+                                 "cpu", identity=False)
     overwrite: bool = option(False, "replace a different job's images in --out instead of refusing", identity=False)
     progress: bool = option(True, "show a progress bar (in a log: a plain line every 30 s)", identity=False)
 

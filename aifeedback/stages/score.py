@@ -11,11 +11,27 @@ a Pick-a-Pic input one caption's pairs can sit in many shards. Rank 0 then write
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from aifeedback.config import identity_dict, save_config, to_dict
+from aifeedback.console import finish, progress, quiet_libraries
+from aifeedback.dist import process_state
 from aifeedback.errors import AifError
+from aifeedback.scoring import labels as score_pairs
+from aifeedback.scoring import scorers as registry  # module attributes: tests patch load_scorer, write_shard
+from aifeedback.scoring.inputs import open_input
+from aifeedback.scoring.labels import scores_schema
+from aifeedback.scoring.loop import ImageGroup, TableImages, score_groups
 from aifeedback.stages.score_config import ScoreConfig
+from aifeedback.storage import shards as storage_shards
+from aifeedback.storage.files import atomic_write_bytes, read_json, write_json
+from aifeedback.storage.manifest import MANIFEST, completed_output, fingerprint, finish_output, prepare_output_synced
+from aifeedback.storage.shards import chunks, my_shards, shard_done
 
 SCORES_DIR = "image_scores"  # per-image raw scores: OUT/image_scores/scores-NNNNN.parquet
 
@@ -37,14 +53,6 @@ def ensemble_weights(cfg: ScoreConfig) -> list[float]:
 def run(cfg: ScoreConfig) -> dict[str, Any]:
     """Score the input, write the pairs dataset, and return the summary (also saved as OUT/summary.json)."""
     cfg.preflight()
-    from aifeedback.config import identity_dict, save_config, to_dict
-    from aifeedback.console import finish, quiet_libraries
-    from aifeedback.dist import process_state
-    from aifeedback.scoring.inputs import open_input
-    from aifeedback.storage.files import read_json, write_json
-    from aifeedback.storage.manifest import completed_output, finish_output, prepare_output_synced
-    from aifeedback.storage.shards import chunks, my_shards, shard_done, write_shard
-
     quiet_libraries()
     state = process_state()
     inp = open_input(cfg.input, cfg.split, cfg.limit)
@@ -72,14 +80,12 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
     _score_phase(cfg, inp, shards, starts, [i for i in mine if not scores_path(out, i).exists()], out, state)
     state.wait_for_everyone()
 
-    from aifeedback.scoring import labels as score_pairs
-
     table = score_pairs.load_scores(sorted((out / SCORES_DIR).glob("scores-*.parquet")), len(cfg.scorer))
     combined = score_pairs.combined_scores(table, ensemble_weights(cfg), cfg.normalize)
     for i in mine:
         if not shard_done(out, i):
             rows = score_pairs.shard_rows(cfg, inp, shards[i], starts[i], table, combined, scorer_label(cfg))
-            write_shard(out, i, rows, schema=score_pairs.output_schema(cfg, inp))
+            storage_shards.write_shard(out, i, rows, schema=score_pairs.output_schema(cfg, inp))
     state.wait_for_everyone()
 
     summary = score_pairs.summarize(cfg, inp, table, combined)
@@ -96,8 +102,6 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
 
 def _generator_model(inputs: dict[str, Any]) -> str | None:
     """The model that drew an `aif generate` input (train the same one on its pairs); None for other inputs."""
-    from aifeedback.storage.files import read_json
-
     manifest = Path(inputs.get("generate", "")) / "manifest.json"
     return read_json(manifest)["config"].get("model") if "generate" in inputs and manifest.is_file() else None
 
@@ -108,11 +112,6 @@ def scores_path(out: Path, index: int) -> Path:
 
 
 def _write_scores(out: Path, index: int, rows: list[dict[str, Any]]) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from aifeedback.scoring.labels import scores_schema
-    from aifeedback.storage.files import atomic_write_bytes
 
     buf = pa.BufferOutputStream()
     pq.write_table(pa.Table.from_pylist(rows, schema=scores_schema()), buf)
@@ -121,11 +120,6 @@ def _write_scores(out: Path, index: int, rows: list[dict[str, Any]]) -> None:
 
 def _clear_replaced_scores(out: Path, identity: dict, inputs: dict, overwrite: bool) -> None:
     # prepare_output removes a replaced job's data/ shards; the per-image scores must go with them.
-    import shutil
-
-    from aifeedback.storage.files import read_json
-    from aifeedback.storage.manifest import MANIFEST, fingerprint
-
     mpath = out / MANIFEST
     if overwrite and mpath.exists():
         try:
@@ -146,61 +140,26 @@ def _score_phase(cfg, inp, shards, starts, todo: list[int], out: Path, state) ->
     """Phase 1: score this process's unfinished shards, writing each one's per-image scores atomically."""
     if not todo:
         return
-    import torch
-
-    from aifeedback.console import progress
-    from aifeedback.scoring.inputs import ShardImages, ShardPlan, passthrough
-    from aifeedback.scoring.scorers import load_scorer
-
     device = cfg.device or str(state.device)
     if device == "cuda" and state.device.type == "cuda":
         device = str(state.device)  # plain "cuda" under accelerate launch: this process's own GPU, not cuda:0
     dtype = _resolve_dtype(cfg, device)
-    scorers = [load_scorer(s, device, dtype) for s in cfg.scorer]
-    transforms: list = []
-    for s in scorers:
-        if s.transform not in transforms:  # scorers sharing a preprocessing (clip, hpsv2) share its output
-            transforms.append(s.transform)
-    which = [transforms.index(s.transform) for s in scorers]
-
-    plans, owners = {}, {}
-    for i in todo:
-        images, owner = [], []
-        for u, unit in enumerate(shards[i]):
-            for slot, (row, col) in enumerate(unit.images):
-                images.append((row, col, unit.prompt))
-                owner.append((starts[i] + u, slot, row, col, unit.prompt_id))
-        plans[i], owners[i] = ShardPlan(i, images), owner
-    workers = min(cfg.workers, len(todo))
-    loader = torch.utils.data.DataLoader(
-        ShardImages(inp.rows, list(plans.values()), transforms, cfg.batch_size), batch_size=None,
-        num_workers=workers, collate_fn=passthrough, prefetch_factor=4 if workers else None,
-        pin_memory=device.startswith("cuda"),  # page-locked batches: the copy to the GPU is asynchronous
-    )
-    total = sum(len(p.images) for p in plans.values())
-    bar = progress(total=total, unit="img", desc=f"score [{state.process_index + 1}/{state.num_processes}]",
+    scorers = [registry.load_scorer(s, device, dtype) for s in cfg.scorer]
+    groups = [ImageGroup(i, [[((starts[i] + u, slot, row, col, unit.prompt_id), (row, col), unit.prompt)
+                              for u, unit in enumerate(shards[i]) for slot, (row, col) in enumerate(unit.images)]])
+              for i in todo]
+    bar = progress(total=sum(len(g.parts[0]) for g in groups), unit="img",
+                   desc=f"score [{state.process_index + 1}/{state.num_processes}]",
                    enabled=cfg.progress and state.is_local_main_process)
-    results = {i: {"raw": [None] * len(plans[i].images), "err": [None] * len(plans[i].images), "left": len(plans[i].images)} for i in todo}
-    for chunk in loader:
-        i, start, errors = chunk["shard"], chunk["start"], chunk["errors"]
-        res = results[i]
-        ok = [j for j, e in enumerate(errors) if e is None]
-        if ok:
-            prompts = [plans[i].images[start + j][2] for j in ok]
-            cols = [scorer.score_items(chunk["items"][which[s]], prompts) for s, scorer in enumerate(scorers)]
-            for n, j in enumerate(ok):
-                res["raw"][start + j] = [float(c[n]) for c in cols]
-        for j, e in enumerate(errors):
-            res["err"][start + j] = e
-        res["left"] -= len(errors)
-        bar.update(len(errors))
-        if res["left"] == 0:
-            rows = [
-                {"unit": u, "slot": slot, "row": row, "column": col, "prompt_id": pid, "raw": raw, "error": err}
-                for (u, slot, row, col, pid), raw, err in zip(owners[i], res["raw"], res["err"])
-            ]
-            _write_scores(out, i, rows)
-            del results[i]
+    results: dict[int, list[dict[str, Any]]] = {i: [] for i in todo}
+    workers = min(cfg.workers, len(todo))
+    for scored in score_groups(groups, TableImages(inp.rows), scorers, cfg.batch_size, workers=workers,
+                               pin_memory=device.startswith("cuda"), bar=bar):
+        rows = results[scored.group.id]
+        rows += [{"unit": u, "slot": slot, "row": row, "column": col, "prompt_id": pid, "raw": raw, "error": err}
+                 for (u, slot, row, col, pid), raw, err in zip(scored.keys, scored.scores, scored.errors, strict=True)]
+        if scored.done:
+            _write_scores(out, scored.group.id, results.pop(scored.group.id))
     bar.close()
-    if results:  # every chunk of every shard must have come back
+    if results:  # every batch of every shard must have come back
         raise RuntimeError(f"internal error: shards {sorted(results)} were not fully scored")

@@ -17,11 +17,16 @@ class ScoreConfig:
 
     input: str = option("", "an `aif generate` output dir, a Pick-a-Pic-layout Parquet dir/file, or a hub dataset id")
     out: str = option("", "output directory (Pick-a-Pic-layout Parquet shards + manifest.json + summary.json)")
-    scorer: list[str] = option(["pickscore"], "scorer spec(s) NAME or NAME:MODEL (see `aif models`); several = an ensemble")
+    scorer: list[str] = option(["pickscore"], "scorer spec(s) NAME or NAME:MODEL (see `aif models`); several = an "
+                                              "ensemble")
     weights: list[float] = option([], "ensemble weights, one per scorer (default: equal weights)")
-    normalize: Literal["zscore", "rank", "none"] = option("zscore", "per-prompt normalisation of each scorer before weighting (ensembles only)")
-    pairing: Literal["best-worst", "all", "adjacent", "random"] = option("best-worst", "which images of a prompt become pairs (generate input only)")
-    min_margin: float = option(0.0, "pairs whose score difference is below this are ties: dropped, or 0.5/0.5 with --keep-ties", min=0.0)
+    normalize: Literal["zscore", "rank", "none"] = option("zscore", "per-prompt normalisation of each scorer before "
+                                                                    "weighting (ensembles only)")
+    pairing: Literal["best-worst", "all", "adjacent", "random"] = option("best-worst", "which images of a prompt "
+                                                                                       "become pairs (generate input "
+                                                                                       "only)")
+    min_margin: float = option(0.0, "pairs whose score difference is below this are ties: dropped, or 0.5/0.5 with "
+                                    "--keep-ties", min=0.0)
     keep_ties: bool = option(False, "keep ties (and near-ties below --min-margin) labelled 0.5/0.5 instead of "
                              "dropping them; aif train drops them, but diffusers' train_diffusion_dpo.py reads any "
                              "label_0 != 0 as 'jpg_0 wins', so it trains on kept ties as jpg_0 wins")
@@ -30,9 +35,12 @@ class ScoreConfig:
     limit: Optional[int] = option(None, "only the first N prompts (generate input) or pairs (Pick-a-Pic input)", min=1)
     shard_size: int = option(64, "prompts (or pairs) per output shard; a shard is the unit of resume", min=1)
     batch_size: int = option(64, "images per scorer forward pass", min=1, identity=False)
-    workers: int = option(4, "DataLoader processes decoding and preprocessing images (0 = in the main process)", min=0, identity=False)
-    device: Optional[str] = option(None, "device (default: this process's accelerator from accelerate, else cpu)", identity=False)
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = option("auto", "scorer dtype; auto = bfloat16 on CUDA, float32 on CPU")
+    workers: int = option(4, "DataLoader processes decoding and preprocessing images (0 = in the main "
+                             "process)", min=0, identity=False)
+    device: Optional[str] = option(None, "device (default: this process's accelerator from accelerate, else "
+                                         "cpu)", identity=False)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = option("auto", "scorer dtype; auto = bfloat16 on CUDA, "
+                                                                              "float32 on CPU")
     overwrite: bool = option(False, "replace a different job's results in --out", identity=False)
     progress: bool = option(True, "show a progress bar (in a log: a plain line every 30 s)", identity=False)
 
@@ -47,7 +55,8 @@ class ScoreConfig:
         if len(set(self.scorer)) != len(self.scorer):
             problems.append(f"scorer: each scorer once please, got {','.join(self.scorer)}")
         if self.weights and len(self.weights) != len(self.scorer):
-            problems.append(f"weights: {len(self.weights)} weight(s) for {len(self.scorer)} scorer(s); give one per scorer")
+            problems.append(f"weights: {len(self.weights)} weight(s) for {len(self.scorer)} scorer(s); give one per "
+                            "scorer")
         if self.weights and sum(abs(w) for w in self.weights) == 0:
             problems.append("weights: all zero")
         return problems

@@ -21,28 +21,39 @@ DEFAULT_VALIDATION_PROMPTS = [
 @dataclass
 class TrainConfig:
     # data
-    data: Literal["human", "ai"] = option("human", "human: Pick-a-Pic-layout pairs (hub id or local folder); ai: an `aif score` output folder")
-    dataset: str = option("yuvalkirstain/pickapic_v2", "hub id (yuvalkirstain/pickapic_v2, kashif/pickascore), local Parquet/Arrow folder, or `aif score` output")
-    split: str = option("train", "dataset split (kashif/pickascore has only 'validation'); ignored for `aif score` outputs")
+    data: Literal["human", "ai"] = option("human", "human: Pick-a-Pic-layout pairs (hub id or local folder); ai: an "
+                                                   "`aif score` output folder")
+    dataset: str = option("yuvalkirstain/pickapic_v2", "hub id (yuvalkirstain/pickapic_v2, kashif/pickascore), local "
+                                                       "Parquet/Arrow folder, or `aif score` output")
+    split: str = option("train", "dataset split (kashif/pickascore has only 'validation'); ignored for `aif score` "
+                                 "outputs")
     streaming: bool = option(False, "stream the dataset instead of downloading it (for the 335 GB pickapic_v2)")
     shuffle_buffer: int = option(1000, "shuffle buffer size when streaming", min=1)
-    max_pairs: Optional[int] = option(None, "use only the first N usable pairs (after dropping ties); null = all", min=1)
-    resolution: Optional[int] = option(None, "training resolution in pixels; null = 1024 for SDXL, 512 for SD1.5", min=8)
+    max_pairs: Optional[int] = option(None, "use only the first N usable pairs (after dropping ties); null = "
+                                            "all", min=1)
+    resolution: Optional[int] = option(None, "training resolution in pixels; null = 1024 for SDXL, 512 for "
+                                             "SD1.5", min=8)
     random_crop: bool = option(False, "random square crop instead of a centre crop")
     flip: bool = option(True, "random horizontal flip (same flip for winner and loser)")
-    caption_dropout: float = option(0.0, "probability of training a pair with the empty prompt (paper: 0.2 for SDXL)", min=0.0, max=1.0)
+    caption_dropout: float = option(0.0, "probability of training a pair with the empty prompt (paper: 0.2 for "
+                                         "SDXL)", min=0.0, max=1.0)
     num_workers: int = option(2, "data loader worker processes (0 = load in the main process)", min=0, identity=False)
     # model and objective
-    model: str = option("stabilityai/stable-diffusion-xl-base-1.0", "base model: tiny name, hub id or local diffusers folder (SDXL or SD1.5)")
+    model: str = option("stabilityai/stable-diffusion-xl-base-1.0", "base model: tiny name, hub id or local diffusers "
+                                                                    "folder (SDXL or SD1.5)")
     vae: Optional[str] = option(None, "VAE override, e.g. madebyollin/sdxl-vae-fp16-fix for fp16 SDXL")
-    loss: Literal[LOSSES.names()] = option("dpo", "objective; " + "; ".join(f"{k}: {v.help}" for k, v in LOSSES.items()))
-    beta: float = option(5000.0, "DPO beta WITH the paper's 0.5 factor: 5000 for SDXL, 2000 for SD1.5 (code folding the 0.5 in uses half)", min=0.0)
+    loss: Literal[LOSSES.names()] = option("dpo", "objective; " + "; ".join(f"{k}: "
+                                                                            f"{v.help}" for k, v in LOSSES.items()))
+    beta: float = option(5000.0, "DPO beta WITH the paper's 0.5 factor: 5000 for SDXL, 2000 for SD1.5 (code folding "
+                                 "the 0.5 in uses half)", min=0.0)
     lora_rank: int = option(0, "LoRA rank on the UNet attention projections; 0 = full fine-tune", min=0)
     lora_alpha: Optional[float] = option(None, "LoRA alpha; null = the rank (scale 1)", min=0.0)
     # optimisation
     lr: float = option(1e-8, "learning rate (multiplied by the pairs per optimizer step when scale_lr is on)", min=0.0)
-    scale_lr: bool = option(True, "multiply lr by pairs per optimizer step, as the public Diffusion-DPO launchers do (1e-8 x 2048 = 2.048e-5)")
-    optimizer: Literal["adamw", "adamw8bit", "adafactor"] = option("adamw", "adamw, adamw8bit (bitsandbytes, CUDA) or adafactor (paper, SDXL)")
+    scale_lr: bool = option(True, "multiply lr by pairs per optimizer step, as the public Diffusion-DPO launchers do "
+                                  "(1e-8 x 2048 = 2.048e-5)")
+    optimizer: Literal["adamw", "adamw8bit", "adafactor"] = option("adamw", "adamw, adamw8bit (bitsandbytes, CUDA) or "
+                                                                            "adafactor (paper, SDXL)")
     weight_decay: float = option(0.01, "decoupled weight decay", min=0.0)
     lr_schedule: Literal["constant", "linear", "cosine"] = option("constant", "lr decay after the warmup")
     warmup_steps: int = option(0, "linear lr warmup in optimizer steps (paper: 25% of the steps)", min=0)
@@ -50,21 +61,27 @@ class TrainConfig:
     max_steps: int = option(2000, "optimizer steps to train (a resumed run may extend it)", min=1, identity=False)
     batch_size: int = option(1, "pairs per process per micro-step", min=1)
     grad_accum: int = option(1, "micro-steps accumulated per optimizer step", min=1)
-    mixed_precision: Literal["no", "fp16", "bf16"] = option("no", "autocast dtype; frozen parts are stored in it (paper: fp16/bf16)")
-    gradient_checkpointing: bool = option(False, "recompute UNet activations in backward (saves memory, ~30% slower)", identity=False)
+    mixed_precision: Literal["no", "fp16", "bf16"] = option("no", "autocast dtype; frozen parts are stored in it "
+                                                                  "(paper: fp16/bf16)")
+    gradient_checkpointing: bool = option(False, "recompute UNet activations in backward (saves memory, ~30% "
+                                                 "slower)", identity=False)
     seed: int = option(0, "seed of data order, crops, noise and timesteps")
     # output, checkpoints, validation
     out: str = option("runs/dpo", "run folder (config, metrics.jsonl, checkpoints/, validation/)", identity=False)
-    overwrite: bool = option(False, "replace a different run already in --out (its checkpoints are deleted)", identity=False)
-    resume: str = option("auto", "auto: continue from --out's latest checkpoint if any; latest: must; none: start fresh; or a checkpoint PATH", identity=False)
-    checkpoint_every: int = option(500, "save a checkpoint every N optimizer steps (and at the end)", min=1, identity=False)
+    overwrite: bool = option(False, "replace a different run already in --out (its checkpoints are "
+                                    "deleted)", identity=False)
+    resume: str = option("auto", "auto: continue from --out's latest checkpoint if any; latest: must; none: start "
+                                 "fresh; or a checkpoint PATH", identity=False)
+    checkpoint_every: int = option(500, "save a checkpoint every N optimizer steps (and at the "
+                                        "end)", min=1, identity=False)
     keep_checkpoints: int = option(3, "keep only the newest K checkpoints; 0 = keep all", min=0, identity=False)
     validation_every: int = option(500, "save a validation image grid every N steps; 0 = never", min=0, identity=False)
     validation_prompts: list[str] = option(DEFAULT_VALIDATION_PROMPTS, "validation prompts (grid rows)", identity=False)
     validation_seeds: list[int] = option([0, 1], "validation seeds (grid columns)", identity=False)
     validation_steps: int = option(25, "sampling steps for validation images", min=1, identity=False)
     validation_guidance: float = option(5.0, "classifier-free guidance for validation images", min=0.0, identity=False)
-    trackers: Literal["tensorboard", "wandb", "none"] = option("tensorboard", "experiment tracker (via accelerate) besides metrics.jsonl", identity=False)
+    trackers: Literal["tensorboard", "wandb", "none"] = option("tensorboard", "experiment tracker (via accelerate) "
+                                                                              "besides metrics.jsonl", identity=False)
     progress: bool = option(True, "show a progress bar (in a log: a plain line every 30 s)", identity=False)
 
     def validate(self) -> list[str]:

@@ -40,7 +40,9 @@ TEXT = dict(vocab_size=30524, hidden_size=768, intermediate_size=3072, num_hidde
             max_position_embeddings=512, layer_norm_eps=1e-12, hidden_act="gelu", encoder_hidden_size=1024,
             pad_token_id=0, is_decoder=True)
 # Same classes, 224 px and the real vocabulary size; tiny widths.
-TINY_VISION = dict(VISION, hidden_size=32, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, patch_size=32)
+TINY_VISION = dict(
+    VISION, hidden_size=32, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, patch_size=32
+)
 TINY_TEXT = dict(TEXT, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                  encoder_hidden_size=32)
 TINY_WORDS = ("a", "an", "the", "of", "on", "in", "red", "blue", "green", "cat", "dog", "tree", "photo", "car")
@@ -124,7 +126,9 @@ def build_tiny(out: Path) -> None:
     torch.save(upstream_state_dict(build_net(TINY_VISION, TINY_TEXT)), out / CHECKPOINT)
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
-    (out / "vocab.txt").write_text("\n".join(specials + list(TINY_WORDS) + letters + ["##" + c for c in letters]) + "\n")
+    (out / "vocab.txt").write_text(
+        "\n".join(specials + list(TINY_WORDS) + letters + ["##" + c for c in letters]) + "\n"
+    )
 
 
 class ImageReward(Scorer):

@@ -39,7 +39,10 @@ def build_tiny(out: Path, model_cfg: dict[str, Any], seed: int = 0) -> None:
 
 
 def create(arch: str, pretrained: str | None, load_weights: bool = True):
-    """open_clip.create_model + tokenizer; arch is a built-in name ("ViT-H-14"), "hf-hub:org/repo" or "local-dir:PATH"."""
+    """open_clip.create_model + tokenizer.
+
+    arch is a built-in name ("ViT-H-14"), "hf-hub:org/repo" or "local-dir:PATH".
+    """
 
     root = logging.getLogger()
     level = root.level

@@ -90,7 +90,9 @@ class PickScore(Scorer):
         tok = self.tokenizer(texts, padding=True, truncation=True, max_length=77, return_tensors="pt").to(self.device)
         with torch.inference_mode():
             m = self.model
-            img = m.visual_projection(m.vision_model(pixel_values=normalize(items, self.device, self.dtype)).pooler_output)
+            img = m.visual_projection(
+                m.vision_model(pixel_values=normalize(items, self.device, self.dtype)).pooler_output
+            )
             txt = m.text_projection(m.text_model(**tok).pooler_output)
             img = torch.nn.functional.normalize(img.float(), dim=-1)
             txt = torch.nn.functional.normalize(txt.float(), dim=-1)[torch.tensor(where, device=img.device)]

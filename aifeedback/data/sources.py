@@ -1,0 +1,297 @@
+"""Pair sources: the one reader of preference pairs behind `aif train`, `aif score` (relabelling pairs) and
+`aif eval --scorer-accuracy`.
+
+A source is a small plug-in (`PairSource`): `detect(target)` says whether it reads a path or hub id, `open(target,
+how)` returns a `PairTable` whose rows carry the canonical columns (caption, jpg_0, jpg_1, label_0, label_1, plus
+the source's other columns). The `SOURCES` registry is tried in order, fallbacks last: a layout is one `register`.
+Every consumer goes through `open_pairs`, so all three share:
+- one split rule (`split_files`): --split S keeps the files named S-*.* or S.* or lying under a folder named S; no
+  split keeps every file; a folder whose file names carry no split at all is one split, read whatever S is;
+- one column check (`require_columns`), naming the file and the missing columns;
+- one label rule (`aifeedback.data.labels.winner_of`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import datasets
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from aifeedback.data.labels import LABEL_COLUMNS, PAIR_COLUMNS
+from aifeedback.data.rows import HubRows, ParquetRows
+from aifeedback.errors import DataError
+from aifeedback.preflight import is_hub_id
+from aifeedback.registry import Registry
+from aifeedback.storage.files import read_json
+from aifeedback.storage.manifest import MANIFEST, read_manifest
+from aifeedback.storage.shards import shard_files
+
+DATA_SUFFIXES = (".parquet", ".arrow")  # in order of preference: a folder holding both is read as Parquet
+SPLIT_WORDS = ("train", "validation", "test")  # a folder naming none of these is not split by file name
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The split rule and the column check
+
+def data_files(path: Path) -> list[Path]:
+    """The Parquet (else Arrow) files of a file or folder, in path order; hidden folders (.cache/) are skipped."""
+    if path.is_file():
+        return [path]
+    for suffix in DATA_SUFFIXES:
+        files = sorted(p for p in path.rglob(f"*{suffix}")
+                       if not any(part.startswith(".") for part in p.relative_to(path).parts))
+        if files:
+            return files
+    return []
+
+
+def _split_names(rel: Path) -> set[str]:
+    """The splits a file's relative path names: its folders, its stem and the stem's part before the first '-'
+    (hub shards are SPLIT-00000-of-00004.parquet; validation_unique-* is not in split validation)."""
+    stem = rel.name.split(".")[0]
+    return set(rel.parts[:-1]) | {stem, stem.split("-")[0]}
+
+
+def split_files(root: Path, files: list[Path], split: str | None) -> list[Path]:
+    """The files of `split` (all files when None); see the module docstring for the rule."""
+    if split is None or root.is_file():
+        return files
+    names = [_split_names(f.relative_to(root)) for f in files]
+    chosen = [f for f, n in zip(files, names, strict=True) if split in n]
+    if chosen:
+        return chosen
+    if not any(n & set(SPLIT_WORDS) for n in names):
+        return files  # not split by name: the folder is one split (as `datasets` reads it)
+    found = sorted({f.name.split(".")[0].split("-")[0] for f in files})
+    raise DataError(f"{root} has no files for split '{split}' (expected {split}-*.parquet, {split}.parquet or a "
+                    f"{split}/ folder; its files start with: {', '.join(found)}). Fix: pass --split")
+
+
+def require_columns(where: str, have: list[str], needed: tuple[str, ...], layout: str = "Pick-a-Pic") -> None:
+    """The one column check: `where` must have every `needed` column."""
+    missing = [c for c in needed if c not in have]
+    if missing:
+        raise DataError(f"{where} lacks the {layout} column(s) {', '.join(missing)} (it has: {', '.join(have)}). "
+                        f"Fix: rename its columns to {', '.join(needed)}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What a source opens
+
+@dataclass
+class Opening:
+    """How a consumer reads: its --split, whether it streams, and the hub split it reads when --split is unset."""
+
+    split: str | None = None
+    streaming: bool = False
+    hub_split: str | None = None
+
+
+@dataclass
+class PairTable:
+    """Pairs in the canonical columns: local data files, or a loaded `datasets` dataset (hub id, save_to_disk)."""
+
+    label: str  # for messages: the path, or the hub id and split
+    source: str  # the name of the PairSource that opened it
+    files: list[Path] = field(default_factory=list)
+    ds: Any = None  # a datasets Dataset / IterableDataset when there are no files
+    manifest: dict[str, Any] | None = None  # an aifeedback output's manifest
+    schemas: dict[str, list[str]] = field(default_factory=dict)  # file -> its columns
+
+    def __post_init__(self) -> None:
+        self.schemas = {str(f): file_columns(f) for f in self.files}
+
+    @property
+    def columns(self) -> list[str] | None:
+        """The columns every file has (None: a streamed dataset that does not know its columns)."""
+        if self.files:
+            first = self.schemas[str(self.files[0])]
+            return [c for c in first if all(c in s for s in self.schemas.values())]
+        names = self.ds.column_names
+        return list(names) if names is not None else None
+
+    def require(self, needed: tuple[str, ...]) -> None:
+        """Every file (or the dataset) has the needed columns."""
+        for f, names in self.schemas.items():
+            require_columns(f, names, needed)
+        if self.ds is not None and self.columns is not None:
+            require_columns(self.label, self.columns, needed)
+
+    def dataset(self, streaming: bool = False) -> Any:
+        """A `datasets` Dataset (IterableDataset when streaming) of the pairs, rows in file order."""
+        if self.ds is not None:
+            if streaming and isinstance(self.ds, datasets.Dataset):
+                return self.ds.to_iterable_dataset()
+            return self.ds
+        builder = self.files[0].suffix[1:]
+        return datasets.load_dataset(builder, data_files=[str(f) for f in self.files], split="train",
+                                     streaming=streaming)
+
+    def rows(self) -> ParquetRows | HubRows:
+        """Random access to the rows (`aif score`): straight from the Parquet files when there are some."""
+        if self.files and self.files[0].suffix == ".parquet":
+            return ParquetRows(self.files, self.label)
+        return HubRows(self.dataset(), self.label)
+
+    def iter_rows(self, columns: list[str]) -> Iterator[dict[str, Any]]:
+        """Stream the rows, restricted to `columns` (those the table has)."""
+        have = self.columns
+        cols = [c for c in columns if have is None or c in have]
+        if self.files and self.files[0].suffix == ".parquet":
+            for f in self.files:
+                for batch in pq.ParquetFile(f).iter_batches(batch_size=64, columns=cols):
+                    yield from batch.to_pylist()
+            return
+        for row in self.dataset(streaming=True):
+            yield {c: row.get(c) for c in cols}
+
+
+def file_columns(path: Path) -> list[str]:
+    """The column names of a Parquet or Arrow (`datasets` cache format) file, read from its schema only."""
+    try:
+        if path.suffix != ".arrow":
+            return pq.read_schema(path).names
+        with pa.memory_map(str(path)) as f:
+            return pa.ipc.open_stream(f).schema.names
+    except Exception as e:  # pyarrow raises ArrowInvalid/OSError subclasses for broken files
+        kind = "Arrow" if path.suffix == ".arrow" else "Parquet"
+        raise DataError(f"{path} is not a readable {kind} file ({e}); remove or replace it") from None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The registry
+
+@dataclass(frozen=True)
+class PairSource:
+    """One layout of preference pairs. `columns`: those it detects a target by (named when no source reads a
+    target; empty for a source that detects by something else, such as a manifest)."""
+
+    name: str
+    help: str
+    title: str  # the layout's name in messages
+    columns: tuple[str, ...]
+    detect: Callable[[str], bool]
+    open: Callable[[str, Opening], PairTable]
+    fallback: bool = False  # asked after every other source (the Pick-a-Pic source takes any hub id)
+
+
+SOURCES: Registry[PairSource] = Registry("pair source")  # tried in registration order
+register = SOURCES.register
+
+
+def source_for(target: str) -> PairSource:
+    """The first source that reads `target` (fallback sources last), or a DataError saying what each lacks."""
+    for source in sorted(SOURCES.values(), key=lambda s: s.fallback):  # a stable sort keeps registration order
+        if source.detect(target):
+            return source
+    raise unknown_layout(target)
+
+
+def open_pairs(target: str, split: str | None = None, *, labels: bool = True, streaming: bool = False,
+               hub_split: str | None = None) -> PairTable:
+    """Open `target` (path or hub id) with the source that reads it, and check its columns (labels too if asked)."""
+    if not Path(target).expanduser().exists() and not is_hub_id(target):
+        raise DataError(f"'{target}' is neither a local path nor a hub dataset id (org/name): no such file or "
+                        "directory. Fix: check the path, or pass a hub id such as yuvalkirstain/pickapic_v2")
+    table = source_for(target).open(target, Opening(split, streaming, hub_split))
+    table.require(PAIR_COLUMNS + (LABEL_COLUMNS if labels else ()))
+    return table
+
+
+def unknown_layout(target: str) -> DataError:
+    """The error for a target no source reads: the columns it has, and what each source lacks."""
+    path = Path(target).expanduser()
+    files = data_files(path) if path.exists() else []
+    if not files:
+        return DataError(f"{target} holds no .parquet or .arrow files. Fix: pass a folder or file of preference "
+                         f"pairs in the Pick-a-Pic layout ({', '.join(PAIR_COLUMNS + LABEL_COLUMNS)})")
+    have = file_columns(files[0])
+    by_columns = [s for s in SOURCES.values() if s.columns]
+    lacks = {s.name: [c for c in s.columns if c not in have] for s in by_columns}
+    closest = min(by_columns, key=lambda s: len(lacks[s.name]))
+    per = "; ".join(f"{name}: {', '.join(m)}" for name, m in lacks.items())
+    return DataError(f"{target} lacks the {closest.title} column(s) {', '.join(lacks[closest.name])} "
+                     f"(it has: {', '.join(have)}), so no pair source reads it; per source it lacks columns: {per}. "
+                     f"Fix: rename its columns to one layout's names")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The sources
+
+def _is_output(target: str) -> bool:
+    return (Path(target).expanduser() / MANIFEST).is_file()
+
+
+def _open_output(target: str, how: Opening) -> PairTable:
+    """An `aif score` output: its pairs are data/train-*.parquet (not image_scores/); --split does not apply."""
+    path = Path(target).expanduser()
+    stage = read_json(path / MANIFEST).get("stage")
+    if stage != "score":
+        raise DataError(f"{path} holds a '{stage}' output; it needs labelled pairs: an `aif score` output or "
+                        f"Pick-a-Pic-layout Parquet files")
+    manifest = read_manifest(path, "score")
+    files = shard_files(path)
+    if not files:
+        raise DataError(f"{path} has no data/train-*.parquet shards: the `aif score` run did not finish; rerun it")
+    return PairTable(str(path), "aif-score", files, manifest=manifest)
+
+
+def _is_pickapic(target: str) -> bool:
+    path = Path(target).expanduser()
+    if not path.exists():
+        return True  # a hub id (check_dataset refused anything else): its columns are checked once it is loaded
+    if _saved(path):
+        return True
+    files = data_files(path)
+    return bool(files) and all(c in file_columns(files[0]) for c in PAIR_COLUMNS)
+
+
+def _saved(path: Path) -> bool:
+    """A `Dataset.save_to_disk` folder."""
+    return (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()
+
+
+def _open_pickapic(target: str, how: Opening) -> PairTable:
+    """Pick-a-Pic layout: a local Parquet/Arrow file or folder, a save_to_disk folder, or a hub id."""
+    path = Path(target).expanduser()
+    if not path.exists():
+        return _open_hub(target, how)
+    if _saved(path):
+        ds = datasets.load_from_disk(str(path))
+        if isinstance(ds, datasets.DatasetDict):
+            if how.split not in ds:
+                raise DataError(f"{path} has splits {', '.join(ds)}, not '{how.split}'. Fix: pass --split")
+            ds = ds[how.split]
+        return PairTable(str(path), "pickapic", ds=ds.to_iterable_dataset() if how.streaming else ds)
+    return PairTable(str(path), "pickapic", split_files(path, data_files(path), how.split))
+
+
+def _open_hub(name: str, how: Opening) -> PairTable:
+    split = how.split or how.hub_split
+    label = f"{name}[{split or 'default split'}]"
+    try:
+        if split:
+            return PairTable(label, "pickapic", ds=datasets.load_dataset(name, split=split, streaming=how.streaming))
+        dd = datasets.load_dataset(name, streaming=how.streaming)
+    except Exception as e:  # datasets raises many types (not found, offline, bad split): all the user's input
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(
+            f"could not load the dataset '{name}'{f' split {split}' if split else ''}: {first}.\n"
+            f"  Fix: check the id and --split (Pick-a-Pic v2 splits: train, validation, test, validation_unique, "
+            f"test_unique; kashif/pickascore: validation), or download it (`hf download --repo-type "
+            f"dataset ID`) and pass the local Parquet folder."
+        ) from None
+    if len(dd) != 1:
+        raise DataError(f"dataset '{name}' has splits {', '.join(dd)}; choose one with --split")
+    return PairTable(label, "pickapic", ds=next(iter(dd.values())))
+
+
+register(PairSource("aif-score", "an `aif score` output: manifest.json + data/train-*.parquet pairs",
+                    "`aif score` output", (), _is_output, _open_output))
+register(PairSource("pickapic", "caption, jpg_0, jpg_1, label_0, label_1: a local Parquet/Arrow file or folder, "
+                    "a save_to_disk folder, or a hub id", "Pick-a-Pic", PAIR_COLUMNS, _is_pickapic, _open_pickapic,
+                    fallback=True))

@@ -1,0 +1,100 @@
+"""Training transforms of one preference pair: decode + resize + crop (+ flip) both images identically, with every
+random number drawn from the generator passed in, or use stored latents when an `aif score` output carries them at
+the training resolution (checked by `stored_latent_shape`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aifeedback.data.images import decode_image
+
+LATENT_COLUMNS = ("latent_0", "latent_1", "latent_shape")
+
+
+
+@dataclass
+class Transform:
+    """Per-pair preprocessing; all randomness comes from the numpy Generator passed in."""
+
+    resolution: int
+    random_crop: bool = False
+    flip: bool = False
+    caption_dropout: float = 0.0
+    latent_shape: tuple[int, ...] | None = None  # use stored latents of this shape instead of images
+
+    def __call__(self, row: dict[str, Any], winner: int, rng: Any) -> dict[str, Any]:
+        import torch
+
+        caption = row["caption"]
+        if not isinstance(caption, str):  # reported with the row and replaced, like a corrupt image
+            raise ValueError(f"caption is {type(caption).__name__}, not text")
+        # Draw every random number up front, in a fixed order, so the stream does not depend on the branch taken.
+        drop, u, v, flip = rng.random(), rng.random(), rng.random(), rng.random()
+        if drop < self.caption_dropout:
+            caption = ""
+        order = (winner, 1 - winner)
+        r = self.resolution
+        if self.latent_shape is not None:
+            from aifeedback.storage.shards import bytes_to_latent
+
+            lat = torch.stack([bytes_to_latent(row[f"latent_{i}"], row["latent_shape"]) for i in order])
+            ids = torch.tensor([[r, r, 0, 0, r, r]] * 2, dtype=torch.float32)
+            return {"caption": caption, "latents": lat, "time_ids": ids}
+        pixels, ids = [], []
+        for i in order:
+            img = decode_image(row[f"jpg_{i}"])
+            t, tid = self.image(img, u, v, flip < 0.5 and self.flip)
+            pixels.append(t)
+            ids.append(tid)
+        return {"caption": caption, "pixels": torch.stack(pixels), "time_ids": torch.tensor(ids, dtype=torch.float32)}
+
+    def image(self, img: Any, u: float, v: float, flip: bool) -> tuple[Any, list[int]]:
+        """Resize the short side to the resolution, crop a square (random at (u, v) or centre), maybe flip."""
+        import numpy as np
+        import torch
+        from PIL import Image
+
+        from aifeedback.families.diffusion import time_ids
+
+        r = self.resolution
+        w0, h0 = img.size
+        s = r / min(w0, h0)
+        w, h = max(r, round(w0 * s)), max(r, round(h0 * s))
+        img = img.resize((w, h), Image.BICUBIC)
+        top, left = (round(u * (h - r)), round(v * (w - r))) if self.random_crop else ((h - r) // 2, (w - r) // 2)
+        img = img.crop((left, top, left + r, top + r))
+        if flip:
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+            left = w - left - r  # what was cut away on the left of the image the model sees
+        x = torch.from_numpy(np.asarray(img, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0
+        return x, time_ids((h0, w0), (top, left), (r, r))
+
+
+def latent_source(dataset: str) -> dict[str, Any] | None:
+    """The model and VAE that made an `aif score` output's stored latents (recorded from the generate manifest)."""
+    from aifeedback.storage.files import read_json
+    from aifeedback.storage.manifest import MANIFEST
+
+    path = Path(dataset) / MANIFEST
+    return read_json(path).get("inputs", {}).get("latents_from") if path.exists() else None
+
+
+def stored_latent_shape(ds: Any, pairs: list[tuple[int, int]], expected: tuple[int, ...],
+                        made_by: dict[str, Any] | None = None,
+                        model: dict[str, Any] | None = None) -> tuple[tuple[int, ...] | None, str]:
+    """expected if every kept row stores latents of that shape, made by this model and VAE (so the VAE encoder can
+    be skipped), else None and why not. made_by / model: {"model": ..., "vae": ...} of the latents / of training."""
+    if not all(c in ds.column_names for c in LATENT_COLUMNS):
+        return None, "the dataset stores no latents (generate with --save-latents to skip the VAE encoder)"
+    if made_by is not None and model is not None and made_by != model:
+        # Same shape is not enough: SDXL and SD1.5 latents at 512 px are both 4x64x64, in different spaces.
+        return None, (f"the stored latents were made by model {made_by['model']} (vae {made_by.get('vae')}), training "
+                      f"uses {model['model']} (vae {model.get('vae')}); encoding the images with the VAE instead")
+    shapes = ds.select_columns(["latent_shape"]).to_dict()["latent_shape"]
+    for row, _ in pairs:
+        if shapes[row] is None or tuple(shapes[row]) != tuple(expected):
+            return None, (f"row {row} stores a latent of shape {shapes[row]}, training needs {list(expected)} "
+                          "at this resolution; encoding the images with the VAE instead")
+    return tuple(expected), f"using the stored latents {list(expected)} (VAE encoder skipped)"
