@@ -164,3 +164,12 @@ def test_csv_unclosed_quote_is_refused_at_the_row_it_opens(tmp_path):
     f = _write(tmp_path, "p.csv", b'prompt\na cat\n"unclosed\n' + b"x\n" * 70_000)
     with pytest.raises(DataError, match=r"p.csv, line 3: not a valid table row .*Fix: close the quote"):
         load_prompts(f)
+
+
+def test_tsv_quotes_are_text_as_in_partiprompts(tmp_path):
+    # CSV quoting turned PartiPrompts' '"G I G G L E" painted ...' into 'G I G G L E painted ...'
+    giggle = [p.text for p in load_prompts("parti") if "G I G G L E" in p.text]
+    assert giggle == ['"G I G G L E" painted in thick colorful lettering as graffiti on a faded red brick wall with a '
+                      'splotch of exploding white paint.']
+    f = _write(tmp_path, "p.tsv", b'prompt\tcategory\n"BUZZ" on a sign\tx\na "quoted" word\ty\n')
+    assert texts(load_prompts(f)) == ['"BUZZ" on a sign', 'a "quoted" word']

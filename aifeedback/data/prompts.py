@@ -193,8 +193,12 @@ _EXTRA = object()  # DictReader's key for the cells of a row beyond the header
 
 
 def _read_table(path: Path, column: str | None) -> list[tuple[str, dict]]:
-    sep = "\t" if path.suffix.lower() == ".tsv" else ","
-    reader = csv.DictReader(io.StringIO(read_text(path), newline=""), delimiter=sep, restkey=_EXTRA)
+    tsv = path.suffix.lower() == ".tsv"
+    sep = "\t" if tsv else ","
+    # TSV has no quoting (a cell cannot hold a tab or a line break): a quote is text, as in PartiPrompts'
+    # '"G I G G L E" painted ...', which CSV quoting would read as 'G I G G L E painted ...'
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""), delimiter=sep, restkey=_EXTRA,
+                            quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL)
     col = _pick_column(list(reader.fieldnames or []), column, str(path))
     rows = []
     for row in _table_rows(reader, path):
