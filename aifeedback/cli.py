@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional
 import typer
 
 from aifeedback.config import _unwrap_optional, fields, type_name
-from aifeedback.errors import AifError
+from aifeedback.errors import AifError, write_error
 from aifeedback.recipe import list_recipes, load_stage_config
 from aifeedback.stages import STAGES, Stage
 
@@ -123,11 +123,17 @@ def make_command(stage: Stage) -> Callable[..., None]:
 
     def command(**kwargs: Any) -> None:
         recipe_name = kwargs.pop("recipe", None)
+        cfg = None
         try:
             cfg = load_stage_config(stage.config, stage.name, recipe_name, kwargs)
             stage.run(cfg)
         except AifError as e:
             _fail(e)
+        except Exception as e:  # a full or read-only disk wherever a stage writes (torch, safetensors: not OSError)
+            clear = write_error(e, getattr(cfg, "out", None))
+            if clear is None:
+                raise
+            _fail(clear)
 
     command.__signature__ = inspect.Signature(positional + [recipe] + others)  # type: ignore[attr-defined]
     return command

@@ -98,7 +98,7 @@ def _coerce(value: Any, tp: Any) -> Any:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"expected a list, got {type(value).__name__}")
+            raise ValueError(f"expected a list, got {_shape(value)}")
         return [_coerce(v, item_tp) for v in value]
     if inner is bool:
         if isinstance(value, bool):
@@ -106,6 +106,8 @@ def _coerce(value: Any, tp: Any) -> Any:
         if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
             return value.lower() in _TRUE
         raise ValueError(f"expected true/false, got {value!r}")
+    if inner in (int, float) and not isinstance(value, (int, float, str)):  # int()/float() would raise TypeError
+        raise ValueError(f"expected {'an integer' if inner is int else 'a number'}, got {_shape(value)}")
     if inner is int:
         if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
             raise ValueError(f"expected an integer, got {value!r}")
@@ -122,13 +124,20 @@ def _coerce(value: Any, tp: Any) -> Any:
             raise ValueError(f"expected a number, got {value!r}") from None
     if inner is str:
         if isinstance(value, (dict, list)):
-            raise ValueError(f"expected a string, got {type(value).__name__}")
+            raise ValueError(f"expected a string, got {_shape(value)}")
         return str(value)
     if inner is dict:
         if not isinstance(value, dict):
-            raise ValueError(f"expected a mapping, got {type(value).__name__}")
+            raise ValueError(f"expected a mapping, got {_shape(value)}")
         return value
     raise TypeError(f"unsupported config field type {tp}")
+
+
+def _shape(value: Any) -> str:
+    """What a YAML value is, in the recipe's own words: 'a list ([1, 2])', 'a mapping ({'a': 1})'."""
+    kind = {dict: "a mapping", list: "a list", tuple: "a list"}.get(type(value), type(value).__name__)
+    shown = repr(value)
+    return f"{kind} ({shown if len(shown) <= 40 else shown[:37] + '...'})"
 
 
 def _check_range(value: Any, meta: dict) -> str | None:
@@ -152,7 +161,7 @@ def build_config(cls: type, values: dict[str, Any] | None = None, source: str = 
     problems: list[str] = []
     kwargs: dict[str, Any] = {}
     for key, raw in values.items():
-        name = key.replace("-", "_")
+        name = str(key).replace("-", "_")  # a YAML key may be a number or null
         if name not in known:
             close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
             hint = f" (did you mean '{close[0]}'?)" if close else f" (valid: {', '.join(known)})"

@@ -9,10 +9,11 @@ The stage-specific combinations live in each config's `preflight()` method.
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 from typing import Iterable
 
-from aifeedback.errors import AifError, DataError
+from aifeedback.errors import AifError, DataError, OutputWriteError
 
 # A scorer MODEL that names a file by its extension is a local checkpoint, never a hub id or a version.
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
@@ -56,3 +57,17 @@ def check_dataset(source: str, option: str) -> None:
         raise DataError(f"could not load dataset '{source}' ({option}): it is neither a local path nor a hub "
                         f"dataset id (org/name). Fix: check the path, or pass a hub id such as "
                         f"yuvalkirstain/pickapic_v2.")
+
+
+def check_output(out: str | Path, option: str = "--out") -> None:
+    """`out` is a folder this process can write, or can be made one: a file in the way or a read-only disk fails
+    now, not after the model has loaded or an hour of work is done."""
+    path = Path(out).expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())  # the root always exists
+    if not existing.is_dir():
+        what = "is a file" if existing == path else f"cannot be made: {existing} is a file"
+        raise OutputWriteError(f"{option} {out} {what}, not a folder. Fix: choose another {option} (a folder path), "
+                               f"or move the file away.")
+    if not os.access(existing, os.W_OK | os.X_OK):  # also False on a read-only file system, even for root
+        raise OutputWriteError(f"{option} {out}: cannot write in {existing} (read-only or no permission). Fix: choose "
+                               f"another {option}, or make {existing} writable.")

@@ -55,8 +55,11 @@ def resolve_recipe(recipe: str) -> Path:
 def load_recipe_section(recipe: str, stage: str) -> tuple[dict[str, Any], str]:
     """The mapping under `stage:` in a recipe, and a label for errors."""
     path = resolve_recipe(recipe)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
+    try:  # bytes: PyYAML honours a UTF-8/UTF-16 byte-order mark and reports an undecodable byte as a ReaderError
+        data = yaml.safe_load(path.read_bytes()) or {}
+    except yaml.reader.ReaderError as e:
+        raise ConfigError([f"not UTF-8 text, perhaps a binary file ({e.reason} at byte {e.position}). Fix: a recipe "
+                           f"is a YAML text file; save it as UTF-8"], str(path)) from None
     except yaml.YAMLError as e:
         raise ConfigError([f"not valid YAML: {e}"], str(path)) from None
     if not isinstance(data, dict):

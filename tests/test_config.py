@@ -67,3 +67,35 @@ def test_recipe_sections_and_overrides(tmp_path):
         load_stage_config(DemoCfg, "train", str(recipe), {})
     with pytest.raises(ConfigError, match="neither a file nor a shipped recipe"):
         load_stage_config(DemoCfg, "train", "no_such_recipe", {})
+
+
+def test_values_of_the_wrong_shape_are_config_errors_listed_at_once(tmp_path):
+    # a list or a mapping where a number or a string is expected gave a TypeError traceback from int()/float()
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train:\n  steps: [1, 2]\n  lr: {a: 1}\n  name: [a, b]\n  weights: [1, [2]]\n  mode: [a]\n"
+                      "  vae: {x: 1}\n  7: 1\n")
+    with pytest.raises(ConfigError) as exc:
+        load_stage_config(DemoCfg, "train", str(recipe), {})
+    msg = str(exc.value)
+    assert f"7 problem(s) in {recipe} [train]" in msg
+    assert "steps: expected an integer, got a list ([1, 2]) (type: int)" in msg
+    assert "lr: expected a number, got a mapping ({'a': 1}) (type: float)" in msg
+    assert "name: expected a string, got a list (['a', 'b']) (type: str)" in msg
+    assert "weights: expected a number, got a list ([2])" in msg
+    assert "mode: must be one of a, b" in msg and "vae: expected a string, got a mapping" in msg
+    assert "unknown key '7'" in msg
+
+
+@pytest.mark.parametrize("data", [b"\x89PNG\r\n\x1a\n\x00\x00\xff", "train:\n  name: café\n".encode("latin-1")])
+def test_binary_or_non_utf8_recipe_is_a_config_error(tmp_path, data):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_bytes(data)
+    with pytest.raises(ConfigError, match=r"1 problem\(s\) in .*r\.yaml:\n  - not UTF-8 text.*save it as UTF-8"):
+        load_stage_config(DemoCfg, "train", str(recipe), {})
+
+
+def test_recipe_with_a_byte_order_mark_loads(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    for codec in ("utf-8-sig", "utf-16"):
+        recipe.write_bytes("train:\n  name: café\n".encode(codec))
+        assert load_stage_config(DemoCfg, "train", str(recipe), {}).name == "café"

@@ -96,3 +96,80 @@ def test_unreadable_datasets(tmp_path):
     (bad / "train-00000.parquet").write_bytes(b"this is not parquet")
     with pytest.raises(DataError, match="dataset"):
         load_prompts(str(bad))
+
+
+# --- encodings, line ends and value types (issue #13): read as written, or refused with file, line and fix ---
+
+def _write(tmp_path, name, data: bytes):
+    f = tmp_path / name
+    f.write_bytes(data)
+    return str(f)
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-16-le-bom", "utf-16-be-bom"])
+def test_byte_order_marks_name_the_encoding_and_are_not_part_of_the_prompt(tmp_path, encoding):
+    text = "\ufeffcafé au lait\r\nsecond\r\n" if encoding.endswith("-bom") else "café au lait\r\nsecond\r\n"
+    codec = encoding.removesuffix("-bom")
+    for name, body in [("p.txt", text), ("p.csv", text.replace("café", "prompt\r\ncafé", 1)),
+                       ("p.jsonl", '{"prompt": "café au lait"}\r\n{"prompt": "second"}\r\n')]:
+        if encoding.endswith("-bom") and not body.startswith("\ufeff"):
+            body = "\ufeff" + body
+        assert texts(load_prompts(_write(tmp_path, name, body.encode(codec)))) == ["café au lait", "second"], name
+
+
+def test_lines_end_only_at_lf_crlf_or_cr(tmp_path):
+    # U+2028 and form feeds are characters of a prompt (str.splitlines would cut there); CR alone ends a line
+    f = _write(tmp_path, "p.txt", "a cat\u2028on a mat\r\n\r\n \t \rsecond\x0cpage\rthird\n".encode())
+    assert texts(load_prompts(f)) == ["a cat\u2028on a mat", "second\x0cpage", "third"]
+
+
+@pytest.mark.parametrize("name, data, line", [
+    ("latin1.txt", "ok\ncafé\n".encode("latin-1"), 2),
+    ("latin1.csv", "prompt\nok\ncafé\n".encode("latin-1"), 3),
+    ("latin1.jsonl", '{"prompt": "café"}\n'.encode("latin-1"), 1),
+    ("image.txt", b"\x89PNG\r\n\x1a\n\x00\x00", 1),
+    ("nul.txt", b"ok\nbad\x00line\n", 2),
+    ("nobom16.txt", "a cat\n".encode("utf-16-le"), 1),  # UTF-16 without a BOM: refused, not read as NUL-laden text
+])
+def test_undecodable_or_binary_files_are_refused_with_their_line(tmp_path, name, data, line):
+    f = _write(tmp_path, name, data)
+    with pytest.raises(DataError, match=rf"{name}, line {line}: .*Fix: save the file as UTF-8"):
+        load_prompts(f)
+
+
+@pytest.mark.parametrize("value, kind", [("42", "a number"), ("1.5", "a number"), ("true", "a boolean"),
+                                         ('["a", "b"]', "a list"), ('{"x": 1}', "an object")])
+def test_jsonl_prompt_values_that_are_not_strings_are_refused(tmp_path, value, kind):
+    f = _write(tmp_path, "p.jsonl", ('{"prompt": "fine"}\n{"prompt": %s}\n' % value).encode())
+    with pytest.raises(DataError, match=rf"p.jsonl, line 2: 'prompt' is {kind} .*Fix: write the prompt as a JSON"):
+        load_prompts(f)
+
+
+def test_jsonl_null_and_blank_values_are_empty_prompts(tmp_path):
+    f = _write(tmp_path, "p.jsonl", b'{"prompt": null}\n{"prompt": "  "}\n\n  \n{"prompt": " kept "}\n')
+    assert texts(load_prompts(f)) == ["kept"]
+
+
+def test_csv_row_with_more_cells_than_the_header_is_refused(tmp_path):
+    # an unquoted comma would silently cut the prompt at the comma
+    f = _write(tmp_path, "p.csv", b"prompt,category\na dog,Animals\na cat, sitting,Animals\n")
+    with pytest.raises(DataError, match=r"p.csv, line 3: 3 cells but the header has 2\. Fix: quote"):
+        load_prompts(f)
+    short = _write(tmp_path, "q.csv", b"prompt,category\na dog\n\n")  # a missing trailing cell is just empty
+    assert texts(load_prompts(short)) == ["a dog"] and load_prompts(short)[0].category is None
+
+
+def test_csv_unclosed_quote_is_refused_at_the_row_it_opens(tmp_path):
+    # csv reads on to its field size limit and raised a bare _csv.Error
+    f = _write(tmp_path, "p.csv", b'prompt\na cat\n"unclosed\n' + b"x\n" * 70_000)
+    with pytest.raises(DataError, match=r"p.csv, line 3: not a valid table row .*Fix: close the quote"):
+        load_prompts(f)
+
+
+def test_tsv_quotes_are_text_as_in_partiprompts(tmp_path):
+    # CSV quoting turned PartiPrompts' '"G I G G L E" painted ...' into 'G I G G L E painted ...'
+    giggle = [p.text for p in load_prompts("parti") if "G I G G L E" in p.text]
+    assert giggle == ['"G I G G L E" painted in thick colorful lettering as graffiti on a faded red brick wall with a '
+                      'splotch of exploding white paint.']
+    f = _write(tmp_path, "p.tsv", b'prompt\tcategory\n"BUZZ" on a sign\tx\na "quoted" word\ty\n')
+    assert texts(load_prompts(f)) == ['"BUZZ" on a sign', 'a "quoted" word']

@@ -5,14 +5,19 @@ A source is one of:
   FILE.txt              one prompt per line
   FILE.jsonl|csv|tsv    one prompt per row, read from a column (`column`, default: prompt / caption / text)
   DIR or OWNER/NAME     a local or hub `datasets` dataset (`column`, `split`), e.g. Pick-a-Pic captions
+Files are UTF-8 (a byte-order mark is dropped) or UTF-16 with a byte-order mark; lines end in LF, CRLF or CR.
+A prompt value must be a string (null counts as empty); anything else, undecodable bytes, binary files and CSV rows
+with more cells than the header are refused with the file, the line and the fix.
 Texts are stripped; empty ones are dropped, and so are repeats (by default). The `prompt_id` is a hash of the
 text, so the same prompt gets the same id (and, in `aif generate`, the same seeds) in every file and run.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,7 +115,7 @@ def _read_file(path: Path, column: str | None) -> Iterator[tuple[str, dict]]:
     if suffix == ".txt":
         if column:
             raise DataError(f"--prompt-column does not apply to {path}: a .txt file holds one prompt per line.")
-        return ((line, {}) for line in path.read_text(encoding="utf-8").splitlines())
+        return ((line, {}) for line in _lines(read_text(path)))
     if suffix in (".csv", ".tsv"):
         return _read_table(path, column)
     if suffix == ".jsonl":
@@ -132,6 +137,51 @@ def _pick_column(available: list[str], column: str | None, label: str) -> str:
                     f"Available columns: {', '.join(available)}. Fix: pass one as --prompt-column.")
 
 
+# Byte-order marks, longest first (UTF-32's LE mark starts with UTF-16's); Python's utf-8 codec would keep U+FEFF.
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"), (codecs.BOM_UTF8, "utf-8"),
+         (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
+_SAVE_UTF8 = "Fix: save the file as UTF-8 text (most editors: Save As -> Encoding: UTF-8)."
+
+
+def read_text(path: Path) -> str:
+    """A prompt file's text: UTF-8 or a Unicode encoding its byte-order mark names; anything else is refused with
+    the line of the first undecodable byte (guessing a legacy encoding would silently change the prompts)."""
+    data = path.read_bytes()
+    encoding = "utf-8"
+    for bom, name in _BOMS:
+        if data.startswith(bom):
+            data, encoding = data[len(bom):], name
+            break
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}, line {line}: not {encoding.upper()} text, perhaps a binary file (byte "
+                        f"0x{data[e.start]:02x} at offset {e.start}). {_SAVE_UTF8}") from None
+    if "\x00" in text:  # decodes, but a NUL is never in a text file: an image, archive or UTF-16 without its BOM
+        line = text[: text.index("\x00")].count("\n") + 1
+        raise DataError(f"{path}, line {line}: holds a NUL byte, so it is a binary file (or UTF-16 without a "
+                        f"byte-order mark), not prompts. {_SAVE_UTF8}")
+    return text
+
+
+def _lines(text: str) -> list[str]:
+    """Lines ended by LF, CRLF or CR only: str.splitlines would also split inside a line at U+2028, form feeds and
+    other separators, changing the prompt and the line numbers an editor shows."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
+def _prompt_value(value: Any, where: str, col: str) -> str:
+    """A prompt cell as written: a string, or null (an empty prompt); other JSON values are refused, as str() would
+    turn 42, true or a list into a prompt the user never wrote."""
+    if value is None or isinstance(value, str):
+        return value or ""
+    kind = {bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object"}.get(
+        type(value), type(value).__name__)
+    raise DataError(f"{where}: '{col}' is {kind} ({json.dumps(value)[:60]}), not a string. Fix: write the prompt "
+                    f"as a JSON string, e.g. {{\"{col}\": \"...\"}}.")
+
+
 def _meta(row: dict) -> dict:
     for c in CATEGORY_COLUMNS:
         if row.get(c) not in (None, ""):
@@ -139,29 +189,54 @@ def _meta(row: dict) -> dict:
     return {}
 
 
+_EXTRA = object()  # DictReader's key for the cells of a row beyond the header
+
+
 def _read_table(path: Path, column: str | None) -> list[tuple[str, dict]]:
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-        col = _pick_column(list(reader.fieldnames or []), column, str(path))
-        return [(row[col], _meta(row)) for row in reader]
+    tsv = path.suffix.lower() == ".tsv"
+    sep = "\t" if tsv else ","
+    # TSV has no quoting (a cell cannot hold a tab or a line break): a quote is text, as in PartiPrompts'
+    # '"G I G G L E" painted ...', which CSV quoting would read as 'G I G G L E painted ...'
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""), delimiter=sep, restkey=_EXTRA,
+                            quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL)
+    col = _pick_column(list(reader.fieldnames or []), column, str(path))
+    rows = []
+    for row in _table_rows(reader, path):
+        if _EXTRA in row:  # csv would drop the extra cells: a prompt with an unquoted separator loses its tail
+            raise DataError(f"{path}, line {reader.line_num}: {len(reader.fieldnames) + len(row[_EXTRA])} cells but "
+                            f"the header has {len(reader.fieldnames)}. Fix: quote a cell that holds a "
+                            f"{'tab' if sep == chr(9) else 'comma'} (\"a cat, sitting\").")
+        rows.append((row[col] or "", _meta(row)))
+    return rows
+
+
+def _table_rows(reader: csv.DictReader, path: Path) -> Iterator[dict]:
+    while True:
+        start = reader.line_num + 1
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:  # a cell over csv's field size limit: an unclosed quote swallowing the file
+            raise DataError(f"{path}, line {start}: not a valid table row ({e}). Fix: close the quote that opens a "
+                            f"cell, or quote the cell in full.") from None
 
 
 def _read_jsonl(path: Path, column: str | None) -> Iterator[tuple[str, dict]]:
     col = None
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}, line {n}: not valid JSON ({e.msg}). Fix: one JSON object per line.") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}, line {n}: expected a JSON object like {{\"prompt\": \"...\"}}.")
-            col = col or _pick_column(list(row), column, f"{path} (line {n})")
-            if col not in row:
-                raise DataError(f"{path}, line {n}: no '{col}' key (it has: {', '.join(row)}).")
-            yield str(row[col]) if row[col] is not None else "", _meta(row)
+    for n, line in enumerate(_lines(read_text(path)), 1):  # JSON strings hold no raw CR/LF: every row is one line
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}, line {n}: not valid JSON ({e.msg}). Fix: one JSON object per line.") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}, line {n}: expected a JSON object like {{\"prompt\": \"...\"}}.")
+        col = col or _pick_column(list(row), column, f"{path} (line {n})")
+        if col not in row:
+            raise DataError(f"{path}, line {n}: no '{col}' key (it has: {', '.join(row)}).")
+        yield _prompt_value(row[col], f"{path}, line {n}", col), _meta(row)
 
 
 def _read_dataset(source: str, column: str | None, split: str | None) -> Iterator[tuple[str, dict]]:
@@ -192,7 +267,9 @@ def _read_dataset(source: str, column: str | None, split: str | None) -> Iterato
     col = _pick_column(list(names), column, f"dataset '{source}'")
     keep = [col] + [c for c in CATEGORY_COLUMNS if c in names]
     try:
-        for row in ds.select_columns(keep):
-            yield str(row[col]) if row[col] is not None else "", _meta(row)
+        for n, row in enumerate(ds.select_columns(keep)):
+            yield _prompt_value(row[col], f"dataset '{source}', row {n}", col), _meta(row)
+    except DataError:
+        raise
     except Exception as e:  # a corrupt shard surfaces while iterating
         raise DataError(f"could not read rows of dataset '{source}': {type(e).__name__}: {e}") from None

@@ -12,6 +12,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
+from aifeedback.preflight import check_output
 from aifeedback.registry import Registry
 from aifeedback.stages.demo_config import DemoConfig
 from aifeedback.stages.evaluate_config import EvalConfig
@@ -33,6 +34,7 @@ class Stage:
 
     def run(self, cfg: Any) -> Any:
         """Check cfg's names and paths (cfg.preflight(), light), then import the stage and run it."""
+        check_output(cfg.out)  # every stage writes a folder: a file or a read-only disk there fails first
         cfg.preflight()
         return importlib.import_module(self.module).run(cfg)
 

@@ -63,6 +63,8 @@ def prepare_output(
     unless overwrite=True, in which case its shards are removed first. Only the main process writes.
     """
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise OutputConflictError(f"{out} is a file, not a folder. Fix: choose another --out (a folder path).")
     key = fingerprint({"stage": stage, "identity": identity, "inputs": inputs or {}})
     mpath = out / MANIFEST
     if mpath.exists():

@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from aifeedback.errors import write_error
+
 
 def file_mode() -> int:
     """The mode open() gives a new file under the process's current umask (0o644 under umask 022)."""
@@ -82,9 +84,12 @@ def publish(tmp: str | Path, final: str | Path, replace: bool = False) -> None:
 
 
 @contextmanager
-def publishing(final: str | Path, folder: bool = False, replace: bool = False) -> Iterator[Path]:
+def publishing(final: str | Path, folder: bool = False, replace: bool = False,
+               elsewhere: str = "choose another --out") -> Iterator[Path]:
     """Yield a temporary sibling of final to write (an empty file, or with folder=True an empty folder); when the
-    block succeeds, rename it to final (see `publish` for `replace`); when it fails, remove it.
+    block succeeds, rename it to final (see `publish` for `replace`); when it fails, remove it. A full or read-only
+    disk, or a file in the way, raises an OutputWriteError naming the path and the fix (`elsewhere` says where
+    else to write).
 
         with publishing(out / "model", folder=True, replace=True) as tmp:
             model.save_pretrained(tmp)
@@ -92,15 +97,20 @@ def publishing(final: str | Path, folder: bool = False, replace: bool = False) -
     final = Path(final)
     if os.path.lexists(final) and not replace:  # fail before the work, not after it
         raise FileExistsError(errno.EEXIST, "already exists; publish with replace=True to replace it", str(final))
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _new_folder(final) if folder else _new_file(final)
+    tmp = None
     try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _new_folder(final) if folder else _new_file(final)
         yield tmp
         if not folder:
             _seal_file(tmp)
         publish(tmp, final, replace=replace)
-    except BaseException:
-        discard(tmp)
+    except BaseException as e:
+        if tmp is not None:
+            discard(tmp)
+        clear = write_error(e, final, elsewhere)
+        if clear is not None:
+            raise clear from e
         raise
 
 
