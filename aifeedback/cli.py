@@ -146,20 +146,21 @@ def _register_stages() -> None:
 
 @app.command("models")
 def models_cmd() -> None:
-    """List the offline tiny/toy models and common real models (any hub id or local path also works)."""
+    """List the model families, offline tiny/toy models, common real models, and scorers."""
+    from aifeedback.families import FAMILIES
     from aifeedback.families.resolve import KNOWN_MODELS, tiny_names
-
-    typer.echo("Offline models (built on first use, cached under $AIF_CACHE):")
-    for name, desc in tiny_names().items():
-        typer.echo(f"  {name:<44} {desc}")
-    typer.echo("Real models (hub ids; any other diffusers SDXL / SD1.5 id or local folder works too):")
-    for name, desc in KNOWN_MODELS.items():
-        typer.echo(f"  {name:<44} {desc}")
     from aifeedback.scoring.scorers import list_scorers
 
-    typer.echo("Scorers (--scorer NAME or NAME:MODEL, e.g. pickscore:tiny):")
-    for name, desc in list_scorers().items():
-        typer.echo(f"  {name:<44} {desc}")
+    sections = [
+        ("Model families (detected from the model folder):", FAMILIES.describe()),
+        ("Offline models (built on first use, cached under $AIF_CACHE):", tiny_names()),
+        ("Real models (hub ids; any other diffusers id or local folder of a family above works too):", KNOWN_MODELS),
+        ("Scorers (--scorer NAME or NAME:MODEL, e.g. pickscore:tiny):", list_scorers()),
+    ]
+    for title, entries in sections:
+        typer.echo(title)
+        for name, desc in entries.items():
+            typer.echo(f"  {name:<44} {desc}")
 
 
 @app.command("recipes")
