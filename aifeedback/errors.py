@@ -14,6 +14,12 @@ class DataError(AifError):
     """Bad input data: a missing or empty file, an unknown column, unreadable rows."""
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none), for "Details:" in our errors."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 class OutputWriteError(AifError):
     """An output could not be written for a reason outside the program: a full or read-only disk, a file in the way."""
 

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from aifeedback.data.labels import LABEL_COLUMNS, PAIR_COLUMNS
 from aifeedback.data.rows import HubRows, ParquetRows
-from aifeedback.errors import DataError
+from aifeedback.errors import DataError, first_line
 from aifeedback.preflight import is_hub_id
 from aifeedback.registry import Registry
 from aifeedback.storage.files import read_json
@@ -278,7 +278,7 @@ def _open_hub(name: str, how: Opening) -> PairTable:
             return PairTable(label, "pickapic", ds=datasets.load_dataset(name, split=split, streaming=how.streaming))
         dd = datasets.load_dataset(name, streaming=how.streaming)
     except Exception as e:  # datasets raises many types (not found, offline, bad split): all the user's input
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise DataError(
             f"could not load the dataset '{name}'{f' split {split}' if split else ''}: {first}.\n"
             f"  Fix: check the id and --split (Pick-a-Pic v2 splits: train, validation, test, validation_unique, "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aifeedback.errors import AifError
+from aifeedback.errors import AifError, first_line
 from aifeedback.storage.checkpoints import LORA_FILE, CheckpointError, latest_checkpoint
 from aifeedback.zoo import ZOO
 
@@ -55,7 +55,7 @@ def load_error(name: str, what: str, err: Exception) -> ModelLoadError:
         f"Could not load {what} '{name}': it {where}.\n"
         f"  Fix: check the spelling, download it on a machine with network access (`hf download {name}`) "
         f"and set HF_HOME to that cache, or pass a local folder; for an offline test use one of: {hint}.\n"
-        f"  Details: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+        f"  Details: {first_line(err)}"
     )
 
 

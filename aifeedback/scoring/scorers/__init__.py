@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from aifeedback.errors import AifError
+from aifeedback.errors import AifError, first_line
 from aifeedback.registry import Registry, UnknownNameError
 from aifeedback.scoring.scorers.base import Scorer
 
@@ -124,7 +124,7 @@ def load_scorer(spec: str, device: str = "cpu", dtype: str = "float32") -> Score
 
 def model_error(spec: str, what: str, err: Exception) -> ScorerLoadError:
     """A friendly error for weights that could not be loaded."""
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    first = first_line(err)
     return ScorerLoadError(
         f"scorer '{spec}': could not load '{what}' (not a local path, not in the Hugging Face cache, and the hub "
         f"could not be reached or has no such file).\n"
