@@ -40,9 +40,9 @@ def test_cli_score_into_its_own_input_exits_2_and_leaves_it_whole(tmp_path):
     """`aif score --input G --out G --overwrite` deleted G's shards before reading them."""
     make_generate_dir(tmp_path / "g")
     before = snapshot(tmp_path / "g")
-    result = subprocess.run([sys.executable, "-m", "aifeedback", "score", "--input", "g", "--out", "./g/", "--overwrite",
-                             "--scorer", "redness"], capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    args = ["score", "--input", "g", "--out", "./g/", "--overwrite", "--scorer", "redness"]
+    result = subprocess.run([sys.executable, "-m", "aifeedback", *args], capture_output=True, text=True, timeout=120,
+                            cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert result.returncode == 2, result.stderr
     assert f"--out ./g/ is the input --input {(tmp_path / 'g').resolve()}" in result.stderr
     assert "Fix: choose an --out outside" in result.stderr and "Traceback" not in result.stderr

@@ -72,16 +72,16 @@ class EvalConfig:
         from aifeedback.families.resolve import check_available, check_tuned, is_pipeline
         from aifeedback.preflight import check_apart, check_dataset, check_scorers
 
-        check_apart(self.out, input_paths(self))  # before anything is written, even on a fast path
         check_scorers(self.scorers, "--scorers")
         if self.scorer_accuracy:
             check_dataset(self.scorer_accuracy, "--scorer-accuracy")
-            return
-        check_available(self.base, "base model")
-        if self.vae:
-            check_available(self.vae, "VAE")
-        if is_pipeline(self.tuned):
-            check_available(self.tuned, "tuned model")
         else:
-            check_tuned(self.tuned)
-        source_kind(self.prompts)
+            check_available(self.base, "base model")
+            if self.vae:
+                check_available(self.vae, "VAE")
+            if is_pipeline(self.tuned):
+                check_available(self.tuned, "tuned model")
+            else:
+                check_tuned(self.tuned)
+            source_kind(self.prompts)
+        check_apart(self.out, input_paths(self))  # the inputs exist: an --out over one would clobber it

@@ -36,8 +36,8 @@ class ExportConfig:
         from aifeedback.preflight import check_apart
         from aifeedback.storage.checkpoints import resolve_checkpoint
 
-        check_apart(self.out, input_paths(self))  # before anything is written, even on a fast path
         ckpt = resolve_checkpoint(self.checkpoint)
+        check_apart(self.out, input_paths(self))  # the inputs exist: an --out over one would clobber it
         if self.pipeline:
             check_available(self.base_model(ckpt), "base model")
 

@@ -55,6 +55,6 @@ class SampleConfig:
         from aifeedback.families.resolve import check_pipeline
         from aifeedback.preflight import check_apart
 
-        check_apart(self.out, input_paths(self))  # before anything is written, even on a fast path
         check_pipeline(self.model, self.vae, self.tuned)
         source_kind(self.prompts)
+        check_apart(self.out, input_paths(self))  # the inputs exist: an --out over one would clobber it

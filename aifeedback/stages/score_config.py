@@ -67,6 +67,6 @@ class ScoreConfig:
         """Fail fast, before torch is imported: the scorer names (and local weight paths) and the input."""
         from aifeedback.preflight import check_apart, check_dataset, check_scorers
 
-        check_apart(self.out, input_paths(self))  # before anything is written, even on a fast path
         check_scorers(self.scorer)
         check_dataset(self.input, "--input")
+        check_apart(self.out, input_paths(self))  # the inputs exist: an --out over one would clobber it

@@ -102,16 +102,16 @@ class TrainConfig:
         from aifeedback.preflight import check_apart, check_package
         from aifeedback.storage.checkpoints import resolve_checkpoint
 
-        inputs = input_paths(self)
-        if "resume" in inputs and Path(self.out).expanduser().resolve() in inputs["resume"].parents:
-            del inputs["resume"]  # this run's own checkpoint: resuming from it keeps it (even with --overwrite)
-        check_apart(self.out, inputs)  # before anything is written, even on a fast path
         check_available(self.model)
         if self.vae:
             check_available(self.vae, "VAE")
         check_source(self.data, self.dataset)
         if self.resume not in ("auto", "latest", "none"):
             resolve_checkpoint(self.resume)
+        inputs = input_paths(self)
+        if "resume" in inputs and Path(self.out).expanduser().resolve() in inputs["resume"].parents:
+            del inputs["resume"]  # this run's own checkpoint: resuming from it keeps it (even with --overwrite)
+        check_apart(self.out, inputs)  # the inputs exist: an --out over one would clobber it
         if self.trackers == "wandb":  # accelerate would only warn and train without a tracker
             check_package("wandb", "--trackers wandb", "wandb", "use --trackers tensorboard")
         if self.optimizer == "adamw8bit":
