@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from aifeedback.config import build_config
+from aifeedback.errors import AifError
 from aifeedback.preflight import OutputOverlapError
 from aifeedback.stages import STAGES
 from aifeedback.storage.manifest import OutputConflictError
@@ -150,3 +151,5 @@ def test_train_rerun_with_reworded_paths_is_complete(tmp_path, monkeypatch, caps
     forbid_models()
     STAGES["train"].run(tiny_train("h/", "./run/", max_steps=1, checkpoint_every=1))
     said_complete(capsys, "run", "step 1 of --max-steps 1; raise it to train on")
+    with pytest.raises(AifError, match=r"different training job \(differs in: seed: 0 -> 1\)"):
+        STAGES["train"].run(tiny_train("h", "run", max_steps=1, checkpoint_every=1, seed=1))
