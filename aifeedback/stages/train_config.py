@@ -72,7 +72,7 @@ class TrainConfig:
     overwrite: bool = option(False, "replace a different run already in --out (its checkpoints are "
                                     "deleted)", identity=False)
     resume: str = option("auto", "auto: continue from --out's latest checkpoint if any; latest: must; none: start "
-                                 "fresh; or a checkpoint PATH", identity=False, path=True)
+                                 "fresh; or a checkpoint PATH", identity=False)
     checkpoint_every: int = option(500, "save a checkpoint every N optimizer steps (and at the "
                                         "end)", min=1, identity=False)
     keep_checkpoints: int = option(3, "keep only the newest K checkpoints; 0 = keep all", min=0, identity=False)
@@ -106,11 +106,11 @@ class TrainConfig:
         if self.vae:
             check_available(self.vae, "VAE")
         check_source(self.data, self.dataset)
-        if self.resume not in ("auto", "latest", "none"):
-            resolve_checkpoint(self.resume)
         inputs = input_paths(self)
-        if "resume" in inputs and Path(self.out).expanduser().resolve() in inputs["resume"].parents:
-            del inputs["resume"]  # this run's own checkpoint: resuming from it keeps it (even with --overwrite)
+        if self.resume not in ("auto", "latest", "none"):
+            ckpt = resolve_checkpoint(self.resume).resolve()
+            if Path(self.out).expanduser().resolve() not in ckpt.parents:  # one of this run's own: resuming keeps it
+                inputs["resume"] = ckpt
         check_apart(self.out, inputs)  # the inputs exist: an --out over one would clobber it
         if self.trackers == "wandb":  # accelerate would only warn and train without a tracker
             check_package("wandb", "--trackers wandb", "wandb", "use --trackers tensorboard")
