@@ -38,13 +38,16 @@ def option(
     choices: typing.Sequence[str] | None = None,
     identity: bool = True,
     positional: bool = False,
+    path: bool = False,
 ) -> Any:
     """Declare a config field.
 
     identity=False marks settings that do not change a stage's results (batch size, device, progress bars), so a
     rerun that only changes them resumes instead of being refused. positional=True makes it a CLI argument.
+    path=True marks an input that may name a local file or folder (besides a hub id or a built-in name): the job's
+    identity records it resolved, and the stage refuses an --out that overlaps it.
     """
-    meta = dict(help=help, min=min, max=max, choices=choices, identity=identity, positional=positional)
+    meta = dict(help=help, min=min, max=max, choices=choices, identity=identity, positional=positional, path=path)
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -195,8 +198,22 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def identity_dict(cfg: Any) -> dict[str, Any]:
-    """Only the settings that change a stage's results: used to tell a resume from a different job."""
-    return {f.name: getattr(cfg, f.name) for f, _ in fields(type(cfg)) if f.metadata.get("identity", True)}
+    """Only the settings that change a stage's results: used to tell a resume from a different job.
+
+    A local path is recorded resolved, so `./p.txt`, `p.txt` and `/abs/p.txt`, or `g/` and `g`, are one job."""
+    paths = input_paths(cfg)
+    return {f.name: str(paths[f.name]) if f.name in paths else getattr(cfg, f.name)
+            for f, _ in fields(type(cfg)) if f.metadata.get("identity", True)}
+
+
+def input_paths(cfg: Any) -> dict[str, Path]:
+    """The path=True settings that name an existing local file or folder, by field name, resolved (symlinks too)."""
+    found = {}
+    for f, _ in fields(type(cfg)):
+        value = getattr(cfg, f.name)
+        if f.metadata.get("path") and isinstance(value, str) and value and Path(value).expanduser().exists():
+            found[f.name] = Path(value).expanduser().resolve()
+    return found
 
 
 def save_config(cfg: Any, path: str | Path) -> None:

@@ -71,3 +71,27 @@ def check_output(out: str | Path, option: str = "--out") -> None:
     if not os.access(existing, os.W_OK | os.X_OK):  # also False on a read-only file system, even for root
         raise OutputWriteError(f"{option} {out}: cannot write in {existing} (read-only or no permission). Fix: choose "
                                f"another {option}, or make {existing} writable.")
+
+
+class OutputOverlapError(AifError):
+    """An output folder is, contains or lies inside one of the stage's inputs."""
+
+
+def check_apart(out: str | Path, inputs: dict[str, Path], option: str = "--out") -> None:
+    """Refuse an `out` that is, contains or lies inside an input (`inputs`: field name -> resolved path), before
+    anything is written. --overwrite there would delete the input before it is read, and an output inside an input
+    folder becomes part of that input for every later reader (its Parquet shards read as input rows)."""
+    target = Path(out).expanduser().resolve()  # resolves the existing part: symlinks, `./`, trailing slashes
+    for name, path in inputs.items():
+        if target == path:
+            how = "is"
+        elif path in target.parents:
+            how = "lies inside"
+        elif target in path.parents:
+            how = "contains"
+        else:
+            continue
+        raise OutputOverlapError(
+            f"{option} {out} {how} the input --{name.replace('_', '-')} {path}: writing there would overwrite or "
+            f"mix with what the stage reads. Fix: choose an {option} outside {path} that does not contain it either, "
+            f"e.g. {path.parent / (path.stem + '-out')}.")

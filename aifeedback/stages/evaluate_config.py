@@ -8,18 +8,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from aifeedback.config import option
+from aifeedback.config import input_paths, option
 from aifeedback.families.resolve import DTYPES, SCHEDULERS
 
 
 @dataclass
 class EvalConfig:
-    base: str = option("", "base model: tiny name, hub id (stabilityai/stable-diffusion-xl-base-1.0) or local folder")
+    base: str = option("", "base model: tiny name, hub id (stabilityai/stable-diffusion-xl-base-1.0) or local folder",
+                       path=True)
     tuned: str = option("", "tuned model: anything --base takes (a whole model), or weights for the base: UNet folder, "
-                        "LoRA .safetensors, training checkpoint, run dir (latest checkpoint), hub repo with only unet/")
+                        "LoRA .safetensors, training checkpoint, run dir (latest checkpoint), hub repo with only unet/",
+                        path=True)
     out: str = option("outputs/eval", "output directory (base/ and tuned/ images, report.json/.md/.html, grids/)",
                       identity=False)
-    prompts: str = option("parti", "prompt source: parti, a .txt/.jsonl/.csv/.tsv file, or a datasets dataset")
+    prompts: str = option("parti", "prompt source: parti, a .txt/.jsonl/.csv/.tsv file, or a datasets dataset",
+                          path=True)
     prompt_column: Optional[str] = option(None, "column holding the prompt text (files and datasets)")
     split: Optional[str] = option(None, "dataset split to read, for --prompts or --scorer-accuracy (there default: "
                                         "validation)")
@@ -36,7 +39,7 @@ class EvalConfig:
     scheduler: Optional[str] = option(None, "sampler (default: the model's own)", choices=SCHEDULERS)
     dtype: Optional[str] = option(None, "generation dtype (default: float16 on GPU, float32 on "
                                         "CPU)", choices=("auto",) + DTYPES)
-    vae: Optional[str] = option(None, "VAE override for both models, e.g. madebyollin/sdxl-vae-fp16-fix")
+    vae: Optional[str] = option(None, "VAE override for both models, e.g. madebyollin/sdxl-vae-fp16-fix", path=True)
     batch_size: Optional[int] = option(None, "images per generation batch (default: aif "
                                              "generate's)", min=1, identity=False)
     device: str = option("auto", "device: auto (the process's GPU under accelerate, else CPU), cuda, cuda:N, cpu",
@@ -49,7 +52,7 @@ class EvalConfig:
     bootstrap: int = option(10_000, "bootstrap resamples for the 95% intervals", min=100, identity=False)
     scorer_accuracy: Optional[str] = option(
         None, "instead of comparing models: accuracy of each scorer vs human labels on this Pick-a-Pic-layout set "
-        "(local Parquet dir or hub id)")
+        "(local Parquet dir or hub id)", path=True)
     overwrite: bool = option(False, "replace a different job's results in --out", identity=False)
     progress: bool = option(True, "show progress bars (in a log: a plain line every 30 s)", identity=False)
 
@@ -67,17 +70,18 @@ class EvalConfig:
         labelled set, or the models (--tuned: a whole model or weights for --base) and the prompt file."""
         from aifeedback.data.prompts import source_kind
         from aifeedback.families.resolve import check_available, check_tuned, is_pipeline
-        from aifeedback.preflight import check_dataset, check_scorers
+        from aifeedback.preflight import check_apart, check_dataset, check_scorers
 
         check_scorers(self.scorers, "--scorers")
         if self.scorer_accuracy:
             check_dataset(self.scorer_accuracy, "--scorer-accuracy")
-            return
-        check_available(self.base, "base model")
-        if self.vae:
-            check_available(self.vae, "VAE")
-        if is_pipeline(self.tuned):
-            check_available(self.tuned, "tuned model")
         else:
-            check_tuned(self.tuned)
-        source_kind(self.prompts)
+            check_available(self.base, "base model")
+            if self.vae:
+                check_available(self.vae, "VAE")
+            if is_pipeline(self.tuned):
+                check_available(self.tuned, "tuned model")
+            else:
+                check_tuned(self.tuned)
+            source_kind(self.prompts)
+        check_apart(self.out, input_paths(self))  # the inputs exist: an --out over one would clobber it

@@ -11,17 +11,18 @@ from typing import Literal, Optional
 
 import yaml
 
-from aifeedback.config import option
+from aifeedback.config import input_paths, option
 from aifeedback.errors import AifError
 
 
 @dataclass
 class ExportConfig:
     checkpoint: str = option("", "a checkpoint folder (RUN/checkpoints/checkpoint-NNNNNN) or a run folder (-> its "
-                                 "latest)", positional=True)
+                                 "latest)", positional=True, path=True)
     out: str = option("export", "output folder")
     pipeline: bool = option(False, "write a whole diffusers pipeline folder (base model + tuned UNet, LoRA fused)")
-    model: Optional[str] = option(None, "base model for --pipeline; null = the model recorded in the run's config.yaml")
+    model: Optional[str] = option(None, "base model for --pipeline; null = the model recorded in the run's config.yaml",
+                                  path=True)
     dtype: Literal["float32", "float16", "bfloat16"] = option("float32", "dtype of the written weights")
     overwrite: bool = option(False, "replace an existing --out folder")
     progress: bool = option(True, "accepted for a uniform command line; export draws no progress bar", identity=False)
@@ -32,9 +33,11 @@ class ExportConfig:
     def preflight(self) -> None:
         """Fail fast, before torch is imported: the checkpoint and, for --pipeline, the base model."""
         from aifeedback.families.resolve import check_available
+        from aifeedback.preflight import check_apart
         from aifeedback.storage.checkpoints import resolve_checkpoint
 
         ckpt = resolve_checkpoint(self.checkpoint)
+        check_apart(self.out, input_paths(self))  # the inputs exist: an --out over one would clobber it
         if self.pipeline:
             check_available(self.base_model(ckpt), "base model")
 

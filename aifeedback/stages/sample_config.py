@@ -8,18 +8,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from aifeedback.config import option
+from aifeedback.config import input_paths, option
 from aifeedback.families.resolve import DTYPES, SCHEDULERS
 
 
 @dataclass
 class SampleConfig:
     model: str = option("stabilityai/stable-diffusion-xl-base-1.0", "base model: hub id, local folder, or tiny-sdxl / "
-                                                                    "tiny-sd15")
+                                                                    "tiny-sd15", path=True)
     tuned: Optional[str] = option(None, "fine-tuned weights: LoRA file/folder, UNet or pipeline folder, training "
-                                        "checkpoint or run dir")
+                                        "checkpoint or run dir", path=True)
     prompts: str = option("parti", "prompt source: parti, a .txt/.jsonl/.csv/.tsv file, or a local / hub datasets "
-                                   "dataset")
+                                   "dataset", path=True)
     prompt_column: Optional[str] = option(None, "column holding the prompt (.jsonl/.csv/.tsv/datasets)")
     split: Optional[str] = option(None, "dataset split to read")
     limit: Optional[int] = option(8, "use only the first N prompts (null: all)", min=1)
@@ -33,7 +33,7 @@ class SampleConfig:
     scheduler: str = option("default", "sampler (default keeps the model's own)", choices=SCHEDULERS)
     seed: int = option(0, "run seed; image k of a prompt uses a seed derived from (seed, prompt_id, k)", min=0)
     dtype: str = option("auto", "weights dtype (auto: float16 on GPU, float32 on CPU)", choices=("auto",) + DTYPES)
-    vae: Optional[str] = option(None, "replacement VAE (e.g. madebyollin/sdxl-vae-fp16-fix for fp16 SDXL)")
+    vae: Optional[str] = option(None, "replacement VAE (e.g. madebyollin/sdxl-vae-fp16-fix for fp16 SDXL)", path=True)
     image_format: Literal["png", "jpeg"] = option("png", "image file format")
     jpeg_quality: int = option(95, "JPEG quality", min=1, max=100)
     grid: bool = option(True, "also write grid.png (one row per prompt)", identity=False)
@@ -53,6 +53,8 @@ class SampleConfig:
         """Fail fast, before torch is imported, on a model, VAE, tuned weights or prompt file that cannot be found."""
         from aifeedback.data.prompts import source_kind
         from aifeedback.families.resolve import check_pipeline
+        from aifeedback.preflight import check_apart
 
         check_pipeline(self.model, self.vae, self.tuned)
         source_kind(self.prompts)
+        check_apart(self.out, input_paths(self))  # the inputs exist: an --out over one would clobber it

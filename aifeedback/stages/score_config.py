@@ -8,15 +8,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from aifeedback.config import option
+from aifeedback.config import input_paths, option
 
 
 @dataclass
 class ScoreConfig:
     """Settings of `aif score`."""
 
-    input: str = option("", "an `aif generate` output dir, a Pick-a-Pic-layout Parquet dir/file, or a hub dataset id")
-    out: str = option("", "output directory (Pick-a-Pic-layout Parquet shards + manifest.json + summary.json)")
+    input: str = option("", "an `aif generate` output dir, a Pick-a-Pic-layout Parquet dir/file, or a hub dataset id",
+                        path=True)
+    out: str = option("", "output directory (Pick-a-Pic-layout Parquet shards + manifest.json + summary.json)",
+                      identity=False)
     scorer: list[str] = option(["pickscore"], "scorer spec(s) NAME or NAME:MODEL (see `aif models`); several = an "
                                               "ensemble")
     weights: list[float] = option([], "ensemble weights, one per scorer (default: equal weights)")
@@ -63,7 +65,8 @@ class ScoreConfig:
 
     def preflight(self) -> None:
         """Fail fast, before torch is imported: the scorer names (and local weight paths) and the input."""
-        from aifeedback.preflight import check_dataset, check_scorers
+        from aifeedback.preflight import check_apart, check_dataset, check_scorers
 
         check_scorers(self.scorer)
         check_dataset(self.input, "--input")
+        check_apart(self.out, input_paths(self))  # the inputs exist: an --out over one would clobber it

@@ -47,7 +47,7 @@ from aifeedback.losses.base import denoising_mse
 from aifeedback.stages.train_config import TrainConfig
 from aifeedback.storage import checkpoints as ck
 from aifeedback.storage.files import atomic_write_bytes, atomic_write_text, read_json, write_json
-from aifeedback.storage.manifest import completed_output, fingerprint, finish_output, prepare_output
+from aifeedback.storage.manifest import completed_output, fingerprint, finish_output, job_changes, prepare_output
 from aifeedback.storage.publish import discard, publish, temporary_path
 
 
@@ -442,8 +442,8 @@ def _resume_point(cfg: TrainConfig, out: Path) -> Optional[Path]:
         if existing and not _same_job(cfg, out):
             if cfg.overwrite:
                 return None
-            raise AifError(f"{out} holds checkpoints of a different training job. Use another --out, or pass "
-                           "--overwrite to delete them and start over")
+            raise AifError(f"{out} holds checkpoints of a different training job{_changes(cfg, out)}. Use another "
+                           "--out, or pass --overwrite to delete them and start over")
         return existing[-1] if existing else None
     if cfg.resume == "latest":
         if not existing:
@@ -476,6 +476,15 @@ def _same_job(cfg: TrainConfig, out: Path) -> bool:
         return False
     key = fingerprint({"stage": "train", "identity": identity_dict(cfg), "inputs": _input_fingerprint(cfg)})
     return old.get("fingerprint") == key
+
+
+def _changes(cfg: TrainConfig, out: Path) -> str:
+    """' (differs in: what changed)' between --out's recorded run and this one, or '' when nothing says."""
+    try:
+        changes = job_changes(read_json(out / "manifest.json"), identity_dict(cfg), _input_fingerprint(cfg))
+    except (OSError, ValueError):
+        return ""
+    return f" (differs in: {changes})" if changes else ""
 
 
 def _input_fingerprint(cfg: TrainConfig) -> dict:

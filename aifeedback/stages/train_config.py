@@ -6,9 +6,10 @@ Light on purpose (no torch): `aif --help` and recipe checks import it; the stage
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, Optional
 
-from aifeedback.config import option
+from aifeedback.config import input_paths, option
 from aifeedback.losses import LOSSES
 
 DEFAULT_VALIDATION_PROMPTS = [
@@ -24,7 +25,7 @@ class TrainConfig:
     data: Literal["human", "ai"] = option("human", "human: Pick-a-Pic-layout pairs (hub id or local folder); ai: an "
                                                    "`aif score` output folder")
     dataset: str = option("yuvalkirstain/pickapic_v2", "hub id (yuvalkirstain/pickapic_v2, kashif/pickascore), local "
-                                                       "Parquet/Arrow folder, or `aif score` output")
+                                                       "Parquet/Arrow folder, or `aif score` output", path=True)
     split: str = option("train", "dataset split (kashif/pickascore has only 'validation'); ignored for `aif score` "
                                  "outputs")
     streaming: bool = option(False, "stream the dataset instead of downloading it (for the 335 GB pickapic_v2)")
@@ -40,8 +41,8 @@ class TrainConfig:
     num_workers: int = option(2, "data loader worker processes (0 = load in the main process)", min=0, identity=False)
     # model and objective
     model: str = option("stabilityai/stable-diffusion-xl-base-1.0", "base model: tiny name, hub id or local diffusers "
-                                                                    "folder (SDXL or SD1.5)")
-    vae: Optional[str] = option(None, "VAE override, e.g. madebyollin/sdxl-vae-fp16-fix for fp16 SDXL")
+                                                                    "folder (SDXL or SD1.5)", path=True)
+    vae: Optional[str] = option(None, "VAE override, e.g. madebyollin/sdxl-vae-fp16-fix for fp16 SDXL", path=True)
     loss: Literal[LOSSES.names()] = option("dpo", "objective; " + "; ".join(f"{k}: "
                                                                             f"{v.help}" for k, v in LOSSES.items()))
     beta: float = option(5000.0, "DPO beta WITH the paper's 0.5 factor: 5000 for SDXL, 2000 for SD1.5 (code folding "
@@ -98,15 +99,19 @@ class TrainConfig:
         """Fail fast, before torch is imported: the model, VAE, dataset, --resume PATH and optional packages."""
         from aifeedback.data.pairs import check_source
         from aifeedback.families.resolve import check_available
-        from aifeedback.preflight import check_package
+        from aifeedback.preflight import check_apart, check_package
         from aifeedback.storage.checkpoints import resolve_checkpoint
 
         check_available(self.model)
         if self.vae:
             check_available(self.vae, "VAE")
         check_source(self.data, self.dataset)
+        inputs = input_paths(self)
         if self.resume not in ("auto", "latest", "none"):
-            resolve_checkpoint(self.resume)
+            ckpt = resolve_checkpoint(self.resume).resolve()
+            if Path(self.out).expanduser().resolve() not in ckpt.parents:  # one of this run's own: resuming keeps it
+                inputs["resume"] = ckpt
+        check_apart(self.out, inputs)  # the inputs exist: an --out over one would clobber it
         if self.trackers == "wandb":  # accelerate would only warn and train without a tracker
             check_package("wandb", "--trackers wandb", "wandb", "use --trackers tensorboard")
         if self.optimizer == "adamw8bit":

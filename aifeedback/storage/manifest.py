@@ -74,7 +74,7 @@ def prepare_output(
             raise OutputConflictError(f"{mpath} is unreadable ({e}); remove it or pass --overwrite") from None
         if old.get("stage") != stage or old.get("fingerprint") != key:
             if not overwrite:
-                diff = _diff(old.get("identity", {}), identity)
+                diff = job_changes(old, identity, inputs or {})
                 what = f"a '{old.get('stage')}' output" if old.get("stage") != stage else "a different job"
                 raise OutputConflictError(
                     f"{out} already holds {what}"
@@ -152,6 +152,13 @@ def read_manifest(path: str | Path, stage: str | tuple[str, ...] | None = None) 
     return manifest
 
 
-def _diff(old: dict, new: dict) -> str:
-    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:6])
+def job_changes(old: dict[str, Any], identity: dict[str, Any], inputs: dict[str, Any]) -> str:
+    """What differs between the job an output's manifest `old` records and this one: settings (old -> new), then
+    inputs (a prompt file's contents, the input's own fingerprint or row count), so a refusal says what to undo."""
+    changes = [f"{k}: {a!r} -> {b!r}" for k, a, b in _changed(old.get("identity", {}), identity)]
+    changes += [f"input {k}: {a!r} -> {b!r}" for k, a, b in _changed(old.get("inputs", {}), inputs)]
+    return ", ".join(changes[:6])
+
+
+def _changed(old: dict, new: dict) -> list[tuple[str, Any, Any]]:
+    return [(k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
