@@ -120,3 +120,29 @@ def test_latest_checkpoint_numbers_decide_and_resume_needs_a_state(tmp_path):
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-000900", "checkpoint-001000"]
     with pytest.raises(CheckpointError, match="holding trainer_state.json"):
         resolve_checkpoint(_checkpoint(tmp_path / "other", 5, state=False).parent.parent)
+
+
+_SAVE_LORA = """
+import sys
+import torch
+from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+from peft import LoraConfig
+from aifeedback.storage.checkpoints import save_lora
+torch.manual_seed(0)
+unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8,),
+                            down_block_types=("CrossAttnDownBlock2D",), up_block_types=("CrossAttnUpBlock2D",),
+                            cross_attention_dim=8, attention_head_dim=2, norm_num_groups=4)
+unet.add_adapter(LoraConfig(r=2, init_lora_weights="gaussian", target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+save_lora(unet, sys.argv[1], StableDiffusionPipeline)
+"""
+
+
+def test_lora_files_are_identical_across_hash_seeds(tmp_path):
+    """peft keeps target_modules as a set, whose order follows PYTHONHASHSEED: the saved file must not."""
+    files = []
+    for seed in ("0", "1"):  # string hashes are fixed per seed (SipHash); these two order the 4 names differently
+        out = tmp_path / seed
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        subprocess.run([sys.executable, "-c", _SAVE_LORA, str(out)], check=True, env=env, capture_output=True)
+        files.append((out / "pytorch_lora_weights.safetensors").read_bytes())
+    assert all(f == files[0] for f in files[1:])

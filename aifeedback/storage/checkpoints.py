@@ -101,9 +101,19 @@ def save_lora(unet: Any, out_dir: str | Path, pipeline_cls: Any, state_dict: dic
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, state_dict=state_dict))
     pipeline_cls.save_lora_weights(
         str(out_dir), unet_lora_layers=layers, safe_serialization=True,
-        unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
+        unet_lora_adapter_metadata=_sorted_sets(unet.peft_config["default"].to_dict()),
     )
     return Path(out_dir) / LORA_FILE
+
+
+def _sorted_sets(value: Any) -> Any:
+    """value with every set (peft's target_modules) as a sorted list: diffusers writes a set in its iteration order,
+    which follows the process's string hash seed, so identical adapters would give files differing in metadata."""
+    if isinstance(value, dict):
+        return {k: _sorted_sets(v) for k, v in value.items()}
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=str)
+    return value
 
 
 def load_lora_into(unet: Any, lora_file: str | Path) -> None:
