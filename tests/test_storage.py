@@ -1,5 +1,6 @@
 """storage/: the one atomic publish (files and folders), and finding a run's latest checkpoint."""
 
+import json
 import os
 import signal
 import stat
@@ -146,3 +147,25 @@ def test_lora_files_are_identical_across_hash_seeds(tmp_path):
         subprocess.run([sys.executable, "-c", _SAVE_LORA, str(out)], check=True, env=env, capture_output=True)
         files.append((out / "pytorch_lora_weights.safetensors").read_bytes())
     assert all(f == files[0] for f in files[1:])
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "0" / "pytorch_lora_weights.safetensors"), "pt") as f:  # still a valid file
+        adapter = json.loads(f.metadata()["lora_adapter_metadata"])
+        assert adapter["unet.target_modules"] == ["to_k", "to_out.0", "to_q", "to_v"]
+        assert all(".lora." in k and f.get_tensor(k).numel() for k in f.keys())
+
+
+def test_safetensors_metadata_is_rewritten_sorted_in_place(tmp_path):
+    """safetensors writes its metadata map in a per-process random order (a Rust HashMap): save_lora sorts it."""
+    from safetensors.torch import load_file
+
+    from aifeedback.storage.checkpoints import _sort_header_metadata
+
+    header = b'{"__metadata__":{"format":"pt","a":"x\\n\\u00e9"},"t":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}'
+    header = header.ljust(len(header) + 3)  # padded, as safetensors pads to 8 bytes
+    path = tmp_path / "f.safetensors"
+    path.write_bytes(len(header).to_bytes(8, "little") + header + b"\x00\x00\x80\x3f")
+    _sort_header_metadata(path)
+    data = path.read_bytes()
+    assert data[8:8 + len(header)].rstrip().startswith(b'{"__metadata__":{"a":"x\\n\xc3\xa9","format":"pt"}')
+    assert len(data) == 8 + len(header) + 4 and load_file(str(path))["t"].item() == 1.0

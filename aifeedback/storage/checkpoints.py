@@ -12,6 +12,7 @@ a half checkpoint that `--resume latest` would pick up):
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -103,7 +104,9 @@ def save_lora(unet: Any, out_dir: str | Path, pipeline_cls: Any, state_dict: dic
         str(out_dir), unet_lora_layers=layers, safe_serialization=True,
         unet_lora_adapter_metadata=_sorted_sets(unet.peft_config["default"].to_dict()),
     )
-    return Path(out_dir) / LORA_FILE
+    path = Path(out_dir) / LORA_FILE
+    _sort_header_metadata(path)
+    return path
 
 
 def _sorted_sets(value: Any) -> Any:
@@ -114,6 +117,21 @@ def _sorted_sets(value: Any) -> Any:
     if isinstance(value, (set, frozenset)):
         return sorted(value, key=str)
     return value
+
+
+def _sort_header_metadata(path: Path) -> None:
+    """Rewrite a safetensors file's header with its metadata keys sorted, in place (same length: only the order
+    changes). safetensors keeps the metadata in a Rust HashMap, written in a per-process random order."""
+    with open(path, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        if "__metadata__" in header:
+            header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > size:  # cannot happen for a reordering; never shift the tensor data
+            raise CheckpointError(f"{path}: cannot rewrite its header in place")
+        f.seek(8)
+        f.write(text.ljust(size))  # safetensors pads headers with spaces
 
 
 def load_lora_into(unet: Any, lora_file: str | Path) -> None:
