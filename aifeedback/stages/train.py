@@ -352,18 +352,24 @@ class TrainRecipe:
         a non-finite update would poison every weight and every later checkpoint. Under fp16 an infinite gradient is
         the grad scaler's business (it skips that step and lowers its scale), so only the loss is checked then."""
         acc = self.accelerator
-        finite = self.losses_finite and (acc.scaler is not None or bool(torch.isfinite(grad_norm)))
-        flags = acc.reduce(torch.tensor([0.0 if finite else 1.0], device=self.device), reduction="sum")
-        if flags.item() == 0:  # every process agrees, as each one takes the same decision from the same sum
+        bad_grad = acc.scaler is None and not bool(torch.isfinite(grad_norm))
+        flags = acc.reduce(torch.tensor([float(not self.losses_finite), float(bad_grad)], device=self.device),
+                           reduction="sum")
+        bad_losses, bad_grads = (int(v) for v in flags.tolist())
+        if bad_losses + bad_grads == 0:  # every process takes the same decision from the same sums
             return True
+        # One process's NaN loss reaches every gradient through the all-reduce: count the losses, the root cause.
+        what = "the gradient is not finite (NaN or inf)"
+        if bad_losses:
+            what = "the loss is not finite (NaN or inf)" + (f" on {bad_losses} of {self.world} processes"
+                                                            if self.world > 1 else "")
         step = self.step + 1
         self.state["skipped_nonfinite"] = self.state.get("skipped_nonfinite", 0) + 1
         if self.state["skipped_nonfinite"] > self.cfg.skip_nonfinite:
-            where = f" on {int(flags.item())} of {self.world} processes" if self.world > 1 else ""
-            raise nonfinite_error(self.out, f"step {step}: the loss or gradient is not finite (NaN or inf){where}; "
-                                  "the run stopped before that update, so no checkpoint holds it")
-        self._say(f"step {step}: non-finite loss or gradient on {int(flags.item())} process(es); update skipped "
-                  f"({self.state['skipped_nonfinite']} of --skip-nonfinite {self.cfg.skip_nonfinite})")
+            raise nonfinite_error(self.out, f"step {step}: {what}; the run stopped before that update, so no "
+                                  "checkpoint holds it")
+        self._say(f"step {step}: {what}; update skipped ({self.state['skipped_nonfinite']} of --skip-nonfinite "
+                  f"{self.cfg.skip_nonfinite})")
         if acc.scaler is not None:
             acc.scaler.update()  # clip_grad_norm_ unscaled the gradients: the scaler expects an update before the next
         return False
