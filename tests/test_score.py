@@ -221,6 +221,50 @@ def test_a_prompt_with_one_readable_image_yields_no_pair(tmp_path):
     assert summary["counts"]["units_without_pair"] == 1 and summary["counts"]["pairs"] == 1
 
 
+def test_empty_shards_load_train_and_count_as_done(tmp_path, monkeypatch):
+    """A shard whose prompts all lose their pair is written with no rows (and no row group, which `datasets`
+    rejects); the output still loads with datasets and the train reader, and a rerun does not rewrite it."""
+    import datasets
+
+    from aifeedback.data import pairs as D
+    from aifeedback.storage import shards
+
+    gen, out = tmp_path / "gen", tmp_path / "pairs"
+    make_generate_dir(gen, n_prompts=3, k=2, latents=False, corrupt={(0, 0), (2, 1)})  # prompts 0 and 2: no pair
+    summary = run(cfg(input=str(gen), out=str(out), scorer="redness", shard_size=1))
+    assert summary["counts"]["pairs"] == 1
+    assert [pq.ParquetFile(f).metadata.num_rows for f in sorted((out / "data").glob("*.parquet"))] == [0, 1, 0]
+    assert pq.read_schema(out / "data" / "train-00000.parquet").names == pq.read_schema(
+        out / "data" / "train-00001.parquet").names
+    assert datasets.load_dataset("parquet", data_dir=str(out), split="train").num_rows == 1
+    pairs, stats = D.filter_labels(D.open_table("ai", str(out), "train"))
+    assert len(pairs) == 1 and stats.rows == 1
+
+    manifest = read_manifest(out, "score")
+    write_json(out / "manifest.json", dict(manifest, complete=False))  # as if killed before the end
+    written = []
+    real = shards.write_shard
+    monkeypatch.setattr(shards, "write_shard", lambda *a, **k: written.append(a[1]) or real(*a, **k))
+    run(cfg(input=str(gen), out=str(out), scorer="redness", shard_size=1))
+    assert written == []  # the empty shards count as done, like the full one
+
+
+def test_training_on_an_output_with_no_pairs_says_why(tmp_path):
+    from aifeedback.data import pairs as D
+
+    gen, out = tmp_path / "gen", tmp_path / "pairs"
+    make_generate_dir(gen, n_prompts=2, k=2, latents=False)
+    run(cfg(input=str(gen), out=str(out), scorer="redness", shard_size=1, min_margin=5.0))  # redness is within 1
+    with pytest.raises(DataError, match=r"no usable preference pairs in .*pairs: its `aif score` run made 0 pairs "
+                                        r"from 2 prompts .*2 pairs closer than --min-margin 5.0 dropped"):
+        D.open_table("ai", str(out), "train")
+    env = dict(os.environ, AIF_TEST_CACHE=os.environ.get("AIF_TEST_CACHE", ""))
+    proc = subprocess.run([sys.executable, "-m", "aifeedback", "train", "--data", "ai", "--dataset", str(out),
+                           "--model", "tiny-sd15", "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, env=env, cwd=ROOT)
+    assert proc.returncode == 2 and "no usable preference pairs" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_crash_and_rerun_gives_identical_output(tmp_path, monkeypatch):
     gen = tmp_path / "gen"
     make_generate_dir(gen, n_prompts=6)

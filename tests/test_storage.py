@@ -1,5 +1,6 @@
 """storage/: the one atomic publish (files and folders), and finding a run's latest checkpoint."""
 
+import json
 import os
 import signal
 import stat
@@ -120,3 +121,51 @@ def test_latest_checkpoint_numbers_decide_and_resume_needs_a_state(tmp_path):
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-000900", "checkpoint-001000"]
     with pytest.raises(CheckpointError, match="holding trainer_state.json"):
         resolve_checkpoint(_checkpoint(tmp_path / "other", 5, state=False).parent.parent)
+
+
+_SAVE_LORA = """
+import sys
+import torch
+from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+from peft import LoraConfig
+from aifeedback.storage.checkpoints import save_lora
+torch.manual_seed(0)
+unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8,),
+                            down_block_types=("CrossAttnDownBlock2D",), up_block_types=("CrossAttnUpBlock2D",),
+                            cross_attention_dim=8, attention_head_dim=2, norm_num_groups=4)
+unet.add_adapter(LoraConfig(r=2, init_lora_weights="gaussian", target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+save_lora(unet, sys.argv[1], StableDiffusionPipeline)
+"""
+
+
+def test_lora_files_are_identical_across_hash_seeds(tmp_path):
+    """peft keeps target_modules as a set, whose order follows PYTHONHASHSEED: the saved file must not."""
+    files = []
+    for seed in ("0", "1"):  # string hashes are fixed per seed (SipHash); these two order the 4 names differently
+        out = tmp_path / seed
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        subprocess.run([sys.executable, "-c", _SAVE_LORA, str(out)], check=True, env=env, capture_output=True)
+        files.append((out / "pytorch_lora_weights.safetensors").read_bytes())
+    assert all(f == files[0] for f in files[1:])
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "0" / "pytorch_lora_weights.safetensors"), "pt") as f:  # still a valid file
+        adapter = json.loads(f.metadata()["lora_adapter_metadata"])
+        assert adapter["unet.target_modules"] == ["to_k", "to_out.0", "to_q", "to_v"]
+        assert all(".lora." in k and f.get_tensor(k).numel() for k in f.keys())
+
+
+def test_safetensors_metadata_is_rewritten_sorted_in_place(tmp_path):
+    """safetensors writes its metadata map in a per-process random order (a Rust HashMap): save_lora sorts it."""
+    from safetensors.torch import load_file
+
+    from aifeedback.storage.checkpoints import _sort_header_metadata
+
+    header = b'{"__metadata__":{"format":"pt","a":"x\\n\\u00e9"},"t":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}'
+    header = header.ljust(len(header) + 3)  # padded, as safetensors pads to 8 bytes
+    path = tmp_path / "f.safetensors"
+    path.write_bytes(len(header).to_bytes(8, "little") + header + b"\x00\x00\x80\x3f")
+    _sort_header_metadata(path)
+    data = path.read_bytes()
+    assert data[8:8 + len(header)].rstrip().startswith(b'{"__metadata__":{"a":"x\\n\xc3\xa9","format":"pt"}')
+    assert len(data) == 8 + len(header) + 4 and load_file(str(path))["t"].item() == 1.0

@@ -351,3 +351,90 @@ def test_vae_encoding_is_the_inverse_of_generate_decoding(tiny_sd15, stats):
     ours = np.asarray(decode_latents(pipe, z)[0], dtype=np.float32)
     direct = pipe.image_processor.postprocess(pipe.vae.decode(raw).sample.detach(), output_type="pil")[0]
     assert np.abs(ours - np.asarray(direct, dtype=np.float32)).max() <= 1
+
+
+def poison_steps(monkeypatch, steps):
+    """Make the loss NaN (and so every gradient) in the given optimizer steps, as an overflow would."""
+    from aifeedback.stages.train import TrainRecipe
+
+    real = TrainRecipe._step
+
+    def step(self, batch):
+        if self.step + 1 not in steps:
+            return real(self, batch)
+        loss_fn = self.loss_fn
+        self.loss_fn = lambda *a: (lambda loss, metrics: (loss * float("nan"), metrics))(*loss_fn(*a))
+        try:
+            return real(self, batch)
+        finally:
+            self.loss_fn = loss_fn
+
+    monkeypatch.setattr(TrainRecipe, "_step", step)
+
+
+def test_a_nonfinite_loss_stops_before_the_update_or_is_skipped_when_asked(human, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from aifeedback.stages.train import run
+
+    def weights(step):
+        path = tmp_path / "run" / "checkpoints" / f"checkpoint-{step:06d}" / "pytorch_lora_weights.safetensors"
+        return load_file(path)
+
+    poison_steps(monkeypatch, {3})
+    kw = dict(model="tiny-sd15", lora_rank=2, max_steps=4, checkpoint_every=2)
+    with pytest.raises(AifError, match=r"step 3: the loss is not finite.*last good checkpoint is "
+                                       r".*checkpoint-000002: rerun the same command with --skip-nonfinite N"):
+        run(tiny_train(human, tmp_path / "run", **kw))
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["checkpoint-000002"]
+    assert [r["step"] for r in read_metrics(tmp_path / "run")] == [1, 2]
+
+    run(tiny_train(human, tmp_path / "run", **dict(kw, skip_nonfinite=1, checkpoint_every=1)))  # resumes at 2
+    m = read_metrics(tmp_path / "run")
+    assert [r["step"] for r in m] == [1, 2, 3, 4] and [r.get("skipped_nonfinite") for r in m[2:]] == [1, 1]
+    assert all(torch.equal(weights(2)[k], weights(3)[k]) for k in weights(2))  # step 3 made no update
+    assert all(torch.isfinite(v).all() for v in weights(4).values())
+    assert any(not torch.equal(weights(3)[k], weights(4)[k]) for k in weights(3))  # step 4 trained again
+    poison_steps(monkeypatch, {5, 6})
+    with pytest.raises(AifError, match="step 6: the loss is not finite"):  # 1 skip so far + 2 > 2
+        run(tiny_train(human, tmp_path / "run", **dict(kw, skip_nonfinite=2, max_steps=6, checkpoint_every=1)))
+
+
+_POISONED_RANK = """
+from aifeedback.cli import main
+from aifeedback.stages.train import TrainRecipe
+
+real = TrainRecipe._step
+
+
+def step(self, batch):  # NaN loss on process 1 only, at step 2: only the gradient all-reduce would spread it
+    if self.rank == 1 and self.step + 1 == 2:
+        loss_fn = self.loss_fn
+        self.loss_fn = lambda *a: (lambda loss, metrics: (loss * float("nan"), metrics))(*loss_fn(*a))
+        try:
+            return real(self, batch)
+        finally:
+            self.loss_fn = loss_fn
+    return real(self, batch)
+
+
+TrainRecipe._step = step
+main()
+"""
+
+
+def test_processes_agree_to_stop_on_one_process_nonfinite_loss(human, tmp_path):
+    script = tmp_path / "poisoned.py"
+    script.write_text(_POISONED_RANK)
+    launch = accelerate_launch(2)
+    cmd = [*launch[: launch.index("-m", 3)], str(script),
+           "train", "--dataset", str(human), "--model", "tiny-sd15", "--resolution", "16", "--batch-size", "1",
+           "--lora-rank", "2", "--max-steps", "3", "--checkpoint-every", "1", "--validation-every", "0",
+           "--num-workers", "0", "--trackers", "none", "--out", str(tmp_path / "run")]
+    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0
+    # both processes stop at the same step (no hang in a collective), each with the clear error
+    errors = re.findall(r"error: step 2: the loss is not finite \(NaN or inf\) on 1 of 2 processes.*checkpoint-000001",
+                        res.stderr)
+    assert len(errors) == 2, res.stderr[-3000:]
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["checkpoint-000001"]

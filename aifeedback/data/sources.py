@@ -127,9 +127,25 @@ class PairTable:
             if streaming and isinstance(self.ds, datasets.Dataset):
                 return self.ds.to_iterable_dataset()
             return self.ds
+        if not any(file_rows(f) for f in self.files):  # `datasets` cannot build a split with no rows
+            raise self._no_rows_error()
         builder = self.files[0].suffix[1:]
         return datasets.load_dataset(builder, data_files=[str(f) for f in self.files], split="train",
                                      streaming=streaming)
+
+    def _no_rows_error(self) -> DataError:
+        """Why a table of files holds no pair: for an `aif score` output, what its run dropped."""
+        counts = (self.manifest or {}).get("counts")
+        if counts is None:
+            return DataError(f"no usable preference pairs in {self.label}: its {len(self.files)} file(s) hold no rows. "
+                             "Fix: pass a dataset with labelled pairs")
+        config = self.manifest.get("config", {})
+        return DataError(
+            f"no usable preference pairs in {self.label}: its `aif score` run made 0 pairs from {counts.get('units')} "
+            f"prompts or pairs ({counts.get('ties_dropped')} pairs closer than --min-margin "
+            f"{config.get('min_margin')} dropped as ties, {counts.get('images_failed')} unreadable images, "
+            f"{counts.get('units_without_pair')} prompts left without a pair). Fix: rescore with a lower --min-margin "
+            "or --keep-ties, or with more readable images per prompt")
 
     def rows(self) -> ParquetRows | HubRows:
         """Random access to the rows (`aif score`): straight from the Parquet files when there are some."""
@@ -148,6 +164,14 @@ class PairTable:
             return
         for row in self.dataset(streaming=True):
             yield {c: row.get(c) for c in cols}
+
+
+def file_rows(path: Path) -> int:
+    """The number of rows of a Parquet or Arrow file, read from its metadata only (Arrow: counted in batches)."""
+    if path.suffix != ".arrow":
+        return pq.ParquetFile(path).metadata.num_rows
+    with pa.memory_map(str(path)) as f:
+        return sum(batch.num_rows for batch in pa.ipc.open_stream(f))
 
 
 def file_columns(path: Path) -> list[str]:

@@ -297,6 +297,7 @@ class TrainRecipe:
         sums: dict[str, float] = defaultdict(float)
         grad_norm = torch.zeros((), device=self.device)
         bad = 0
+        self.losses_finite = True  # this process's micro-step losses so far; _finite_update reads it
         for _ in range(self.cfg.grad_accum):
             batch = next(self.batches)
             for row, why in batch["skipped"]:
@@ -337,11 +338,41 @@ class TrainRecipe:
                     with torch.no_grad():
                         ref_w, ref_l = self._reference_mse(noisy, t, prompts, micro, target).chunk(2)
                 loss, metrics = self.loss_fn(model_w, model_l, ref_w, ref_l, self.cfg.beta)
+            self.losses_finite &= bool(torch.isfinite(loss.detach()))
             acc.backward(loss)
             norm = acc.clip_grad_norm_(self.params, self.cfg.max_grad_norm or math.inf) if acc.sync_gradients else None
-            self.optimizer.step()
+            if norm is None or self._finite_update(norm):
+                self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         return loss, metrics, norm
+
+    def _finite_update(self, grad_norm: torch.Tensor) -> bool:
+        """Whether this optimizer step's loss (every micro-step, every process) and gradient are finite. If not, the
+        update is skipped (--skip-nonfinite allows it so many times) or the run stops with the last good checkpoint:
+        a non-finite update would poison every weight and every later checkpoint. Under fp16 an infinite gradient is
+        the grad scaler's business (it skips that step and lowers its scale), so only the loss is checked then."""
+        acc = self.accelerator
+        bad_grad = acc.scaler is None and not bool(torch.isfinite(grad_norm))
+        flags = acc.reduce(torch.tensor([float(not self.losses_finite), float(bad_grad)], device=self.device),
+                           reduction="sum")
+        bad_losses, bad_grads = (int(v) for v in flags.tolist())
+        if bad_losses + bad_grads == 0:  # every process takes the same decision from the same sums
+            return True
+        # One process's NaN loss reaches every gradient through the all-reduce: count the losses, the root cause.
+        what = "the gradient is not finite (NaN or inf)"
+        if bad_losses:
+            what = "the loss is not finite (NaN or inf)" + (f" on {bad_losses} of {self.world} processes"
+                                                            if self.world > 1 else "")
+        step = self.step + 1
+        self.state["skipped_nonfinite"] = self.state.get("skipped_nonfinite", 0) + 1
+        if self.state["skipped_nonfinite"] > self.cfg.skip_nonfinite:
+            raise nonfinite_error(self.out, f"step {step}: {what}; the run stopped before that update, so no "
+                                  "checkpoint holds it")
+        self._say(f"step {step}: {what}; update skipped ({self.state['skipped_nonfinite']} of --skip-nonfinite "
+                  f"{self.cfg.skip_nonfinite})")
+        if acc.scaler is not None:
+            acc.scaler.update()  # clip_grad_norm_ unscaled the gradients: the scaler expects an update before the next
+        return False
 
     def _reference_mse(self, noisy, t, prompts, micro, target) -> torch.Tensor:
         if self.ref is not None:
@@ -366,6 +397,8 @@ class TrainRecipe:
                   "lr": self.lr_sched.get_last_lr()[0], "pairs_per_s": round(self.pairs_per_step / seconds, 3),
                   "epoch": round(step * self.pairs_per_step / n_pairs, 4) if n_pairs else None,
                   "bad_images": self.state["bad_images"]}
+        if self.cfg.skip_nonfinite:
+            record["skipped_nonfinite"] = self.state.get("skipped_nonfinite", 0)
         if self.main:
             with open(self.out / "metrics.jsonl", "a") as fh:
                 fh.write(json.dumps(record) + "\n")
@@ -382,6 +415,11 @@ class TrainRecipe:
         """checkpoints/checkpoint-NNNNNN of the current step: written under a temporary name, renamed when complete
         (--resume only ever sees complete checkpoints), then older ones pruned."""
         acc, step = self.accelerator, self.step
+        bad = acc.reduce(torch.stack([(~torch.isfinite(p.detach())).any() for p in self.params]).any().float()
+                         .reshape(1), reduction="sum")
+        if bad.item():  # every update was finite, so only weights grown past the dtype's range get here
+            raise nonfinite_error(self.out, f"step {step}: the trained weights hold NaN or inf values, so no "
+                                  "checkpoint was written", skip=False)
         final = self.out / "checkpoints" / ck.checkpoint_name(step)
         tmp = temporary_path(final)
         if self.main:
@@ -419,6 +457,16 @@ class TrainRecipe:
         for tracker in self.accelerator.trackers:
             tracker.finish()
         self.accelerator.wait_for_everyone()
+
+
+def nonfinite_error(out: Path, what: str, skip: bool = True) -> AifError:
+    """The error for non-finite training numbers: what happened, the last good checkpoint, and how to go on."""
+    ckpts = ck.list_checkpoints(out)
+    last = f"The last good checkpoint is {ckpts[-1]}" if ckpts else "No checkpoint was written yet"
+    if skip:
+        last += ": rerun the same command with --skip-nonfinite N to continue from it, skipping up to N such steps"
+    return AifError(f"{what}. {last}; or start over (another --out) with a lower --lr, a smaller --beta, "
+                    "--max-grad-norm, or --mixed-precision bf16 instead of fp16")
 
 
 def _optimizer(cfg: TrainConfig, params: list, lr: float):

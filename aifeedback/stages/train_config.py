@@ -59,6 +59,10 @@ class TrainConfig:
     lr_schedule: Literal["constant", "linear", "cosine"] = option("constant", "lr decay after the warmup")
     warmup_steps: int = option(0, "linear lr warmup in optimizer steps (paper: 25% of the steps)", min=0)
     max_grad_norm: float = option(1.0, "clip the gradient norm to this value; 0 = no clipping", min=0.0)
+    skip_nonfinite: int = option(0, "skip up to N optimizer steps whose loss or gradient is NaN/inf (no update; "
+                                    "counted as skipped_nonfinite in metrics.jsonl); 0 = stop at the first with an "
+                                    "error. Not part of the run's identity: it changes nothing unless it triggers, and "
+                                    "a stopped run is resumed with it", min=0, identity=False)
     max_steps: int = option(2000, "optimizer steps to train (a resumed run may extend it)", min=1, identity=False)
     batch_size: int = option(1, "pairs per process per micro-step", min=1)
     grad_accum: int = option(1, "micro-steps accumulated per optimizer step", min=1)

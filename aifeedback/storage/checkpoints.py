@@ -12,6 +12,7 @@ a half checkpoint that `--resume latest` would pick up):
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -101,9 +102,36 @@ def save_lora(unet: Any, out_dir: str | Path, pipeline_cls: Any, state_dict: dic
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, state_dict=state_dict))
     pipeline_cls.save_lora_weights(
         str(out_dir), unet_lora_layers=layers, safe_serialization=True,
-        unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
+        unet_lora_adapter_metadata=_sorted_sets(unet.peft_config["default"].to_dict()),
     )
-    return Path(out_dir) / LORA_FILE
+    path = Path(out_dir) / LORA_FILE
+    _sort_header_metadata(path)
+    return path
+
+
+def _sorted_sets(value: Any) -> Any:
+    """value with every set (peft's target_modules) as a sorted list: diffusers writes a set in its iteration order,
+    which follows the process's string hash seed, so identical adapters would give files differing in metadata."""
+    if isinstance(value, dict):
+        return {k: _sorted_sets(v) for k, v in value.items()}
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=str)
+    return value
+
+
+def _sort_header_metadata(path: Path) -> None:
+    """Rewrite a safetensors file's header with its metadata keys sorted, in place (same length: only the order
+    changes). safetensors keeps the metadata in a Rust HashMap, written in a per-process random order."""
+    with open(path, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        if "__metadata__" in header:
+            header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > size:  # cannot happen for a reordering; never shift the tensor data
+            raise CheckpointError(f"{path}: cannot rewrite its header in place")
+        f.seek(8)
+        f.write(text.ljust(size))  # safetensors pads headers with spaces
 
 
 def load_lora_into(unet: Any, lora_file: str | Path) -> None:

@@ -21,14 +21,22 @@ def shard_done(out_dir: str | Path, index: int) -> bool:
 
 
 def write_shard(out_dir: str | Path, index: int, rows: list[dict[str, Any]], schema=None) -> Path:
-    """Write rows as shard `index` atomically (see storage.publish)."""
+    """Write rows as shard `index` atomically (see storage.publish).
+
+    A shard with no rows (every pair of its prompts dropped, say) is still written, so a rerun counts it as done,
+    but with no row group at all: `datasets` reads a Parquet file's row groups in batches of the first group's
+    size, and a 0-row group makes that 0 (ArrowInvalid "BatchSize must be greater than 0"); it skips a file with
+    none. The file keeps the schema, so readers still see the columns."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     path = shard_path(out_dir, index)
     table = pa.Table.from_pylist(rows, schema=schema)
     with publishing(path, replace=True) as tmp:
-        pq.write_table(table, tmp)
+        if rows:
+            pq.write_table(table, tmp)
+        else:
+            pq.ParquetWriter(tmp, table.schema).close()
     return path
 
 
