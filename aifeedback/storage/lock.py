@@ -4,8 +4,8 @@ Two runs writing one folder interleave their shards, checkpoints and metrics.jso
 second is refused before it writes anything. The lock is `fcntl.flock` (through `filelock`) on a hidden file next to
 the folder, `.NAME.lock`: next to it rather than inside, because a stage may replace the whole folder (export
 publishes it at once). The kernel releases the lock when the holder exits in any way, SIGKILL included, so a killed
-run never blocks its rerun; a finished run also removes the file. The holder writes its pid and host into the file,
-for the refusal to name. Light: imports no torch.
+run never blocks its rerun (its lock file stays, unlocked, until a run ends normally and removes it). The holder
+writes its pid and host into the file, for the refusal to name. Light: imports no torch.
 
 Under `accelerate launch` the processes of one run share its output: only the main process takes the lock (the
 others wait for it at their first barrier, and torchrun stops them when it is refused).
@@ -66,6 +66,9 @@ def output_lock(out: str | Path, option: str = "--out") -> Iterator[None]:
     try:
         yield
     finally:
+        # removed while still held, so no other run can have locked this very file (filelock retries a lock it
+        # gets on a file removed meanwhile); unlocked by release, or by the kernel when the process dies first
+        path.unlink(missing_ok=True)
         lock.release()
 
 
