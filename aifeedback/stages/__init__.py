@@ -37,8 +37,8 @@ class Stage:
         """Check cfg's names and paths (cfg.preflight(), light), then import the stage and run it, holding the lock on
         its output folder throughout (a second run into the same folder is refused before it writes anything)."""
         check_output(cfg.out)  # every stage writes a folder: a file or a read-only disk there fails first
+        cfg.preflight()  # writes nothing: a typo leaves no folder behind
         with output_lock(cfg.out):
-            cfg.preflight()
             return importlib.import_module(self.module).run(cfg)
 
 
