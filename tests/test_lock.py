@@ -88,3 +88,17 @@ def test_the_lock_is_released_when_the_stage_fails(tmp_path):
             STAGES["export"].run(cfg)
         assert not isinstance(e.value, OutputBusyError)
     assert not lock_path(tmp_path / "o").exists()
+
+
+def test_a_file_system_without_locks_runs_with_a_warning(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import filelock
+
+    def no_flock(self, *args, **kwargs):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(filelock.FileLock, "acquire", no_flock)
+    with output_lock(tmp_path / "out"):
+        pass
+    assert "cannot lock" in capsys.readouterr().err

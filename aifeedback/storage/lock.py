@@ -22,6 +22,7 @@ from typing import Iterator
 
 from filelock import FileLock, Timeout
 
+from aifeedback.console import note
 from aifeedback.errors import AifError
 
 # Where launchers put a process's global rank: torchrun (accelerate launch --multi_gpu), then the MPI launchers.
@@ -63,6 +64,11 @@ def output_lock(out: str | Path, option: str = "--out") -> Iterator[None]:
         raise OutputBusyError(
             f"{option} {out} is being written by another run ({_holder(path)}): two runs writing one folder would "
             f"corrupt it. Fix: wait for that run to finish or stop it, or choose another {option}.") from None
+    except OSError as e:  # a file system without flock (some network mounts): the run still works, unguarded
+        note(f"warning: cannot lock {path} ({e.strerror or e}), so another run into {option} {out} would not be "
+             f"refused; make sure none runs.")
+        yield
+        return
     try:
         yield
     finally:
