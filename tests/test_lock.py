@@ -102,3 +102,17 @@ def test_a_file_system_without_locks_runs_with_a_warning(tmp_path, monkeypatch, 
     with output_lock(tmp_path / "out"):
         pass
     assert "cannot lock" in capsys.readouterr().err
+
+
+def test_a_launched_run_is_refused_too(holder, tmp_path):
+    """Under accelerate launch only rank 0 asks for the lock; its refusal ends the whole launch (torchrun stops the
+    other rank, which would wait for rank 0 before writing), and nothing is written. ~2 s: rank 0 stops before torch."""
+    from tests.launch import accelerate_launch
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a prompt\n")
+    r = subprocess.run([*accelerate_launch(2), "generate", "--model", "tiny-sd15", "--prompts", str(prompts),
+                        "--steps", "1", "--out", str(tmp_path / "out")],
+                       env=env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "is being written by another run" in " ".join(r.stderr.split()), r.stderr[-3000:]
+    assert not (tmp_path / "out").exists()
