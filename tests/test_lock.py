@@ -116,3 +116,9 @@ def test_a_launched_run_is_refused_too(holder, tmp_path):
                        env=env(), capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and "is being written by another run" in " ".join(r.stderr.split()), r.stderr[-3000:]
     assert not (tmp_path / "out").exists()
+
+
+def test_every_spelling_of_a_folder_names_one_lock(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    assert lock_path(tmp_path / "link") == lock_path(tmp_path / "x" / ".." / "real") == tmp_path / ".real.lock"

@@ -34,9 +34,10 @@ class OutputBusyError(AifError):
 
 
 def lock_path(out: str | Path) -> Path:
-    """The lock file of output folder `out`: the hidden sibling .NAME.lock."""
-    out = Path(out).expanduser().absolute()
-    return out.with_name(f".{out.name}.lock")
+    """The lock file of output folder `out`: the hidden sibling .NAME.lock (of the real path: a symlink or `..` in
+    --out names the same lock as the plain path)."""
+    out = Path(out).expanduser().resolve()
+    return out.parent / f".{out.name or 'root'}.lock"
 
 
 def is_main_process() -> bool:
