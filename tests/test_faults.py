@@ -50,7 +50,7 @@ def same_run(whole: Path, rerun: Path) -> None:
 
 @pytest.fixture(scope="module")
 def jobs(tmp_path_factory, tiny_sd15):
-    """Per stage: its settings and the output of an uninterrupted run."""
+    """stage -> (its settings, the output of an uninterrupted run), each run on first use."""
     root = tmp_path_factory.mktemp("faults")
     prompts = root / "prompts.txt"
     prompts.write_text("\n".join(f"prompt number {i}" for i in range(6)) + "\n")
@@ -63,9 +63,14 @@ def jobs(tmp_path_factory, tiny_sd15):
                       resolution=16, max_steps=6, batch_size=2, lr=1e-4, scale_lr=False, checkpoint_every=2,
                       validation_every=0, num_workers=0, trackers="none"),
     }
-    for stage, v in values.items():
-        run_stage(stage, v, root / f"whole-{stage}")
-    return root, values
+
+    def job(stage: str) -> tuple[dict, Path]:
+        whole = root / f"whole-{stage}"
+        if not whole.exists():
+            run_stage(stage, values[stage], whole)
+        return values[stage], whole
+
+    return job
 
 
 WRITES = {"SHARD_WRITE", "SCORES_WRITE", "CHECKPOINT_PUBLISH", "CHECKPOINT_SAVE"}
@@ -88,15 +93,16 @@ MATRIX = [  # stage, fault point, slow
                                                       marks=[pytest.mark.slow] if slow else [])
                                          for stage, point, slow in MATRIX])
 def test_killed_then_rerun_equals_uninterrupted(jobs, stage, point, tmp_path):
-    root, values = jobs
+    values, whole = jobs(stage)
     fault = getattr(F, point)
     out = tmp_path / "killed"
-    F.run_killed(fault, stage, [*F.cli_args(values[stage]), "--out", str(out)])
+    F.run_killed(fault, stage, [*F.cli_args(values), "--out", str(out)])
+    assert lock_path(out).exists()  # the killed run's lock file (no longer locked: the kernel freed it)
     if out.exists() and (out / "manifest.json").exists():
         assert not read_manifest(out)["complete"]
     if point in WRITES:  # killed between writing a shard or checkpoint and renaming it into place
         assert [p for p in out.rglob(".*") if p.name.endswith(".tmp")], "the kill did not land inside a write"
-    run_stage(stage, values[stage], out)  # the same command again: not refused by the lock the killed run held
+    run_stage(stage, values, out)  # the same command again: not refused by the lock the killed run held
     assert read_manifest(out)["complete"] and not lock_path(out).exists()
     assert not [p for p in out.rglob(".*") if p.name.endswith(".tmp")], "temporaries left behind"
-    (same_run if stage == "train" else same_shards)(root / f"whole-{stage}", out)
+    (same_run if stage == "train" else same_shards)(whole, out)
