@@ -21,6 +21,7 @@ from aifeedback.stages.generate_config import GenerateConfig
 from aifeedback.stages.sample_config import SampleConfig
 from aifeedback.stages.score_config import ScoreConfig
 from aifeedback.stages.train_config import TrainConfig
+from aifeedback.storage.lock import output_lock
 
 
 @dataclass(frozen=True)
@@ -33,10 +34,12 @@ class Stage:
     module: str  # defines run(cfg); imported when the stage runs
 
     def run(self, cfg: Any) -> Any:
-        """Check cfg's names and paths (cfg.preflight(), light), then import the stage and run it."""
+        """Check cfg's names and paths (cfg.preflight(), light), then import the stage and run it, holding the lock on
+        its output folder throughout (a second run into the same folder is refused before it writes anything)."""
         check_output(cfg.out)  # every stage writes a folder: a file or a read-only disk there fails first
-        cfg.preflight()
-        return importlib.import_module(self.module).run(cfg)
+        cfg.preflight()  # writes nothing: a typo leaves no folder behind
+        with output_lock(cfg.out):
+            return importlib.import_module(self.module).run(cfg)
 
 
 STAGES: Registry[Stage] = Registry("stage", [

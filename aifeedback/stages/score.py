@@ -31,6 +31,7 @@ from aifeedback.stages.score_config import ScoreConfig
 from aifeedback.storage import shards as storage_shards
 from aifeedback.storage.files import atomic_write_bytes, read_json, write_json
 from aifeedback.storage.manifest import MANIFEST, completed_output, fingerprint, finish_output, prepare_output_synced
+from aifeedback.storage.publish import remove_stale
 from aifeedback.storage.shards import chunks, my_shards, shard_done
 
 SCORES_DIR = "image_scores"  # per-image raw scores: OUT/image_scores/scores-NNNNN.parquet
@@ -70,6 +71,8 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
         return read_json(out / "summary.json")
     if state.is_main_process:
         _clear_replaced_scores(out, identity, inputs, cfg.overwrite)
+        for folder in (out / SCORES_DIR, out / storage_shards.SHARD_DIR):  # before any process writes again
+            remove_stale(folder)  # the temporaries a killed run left; never a complete file
     manifest = prepare_output_synced(state, out, "score", to_dict(cfg), identity, cfg.overwrite, inputs)
     if state.is_main_process:
         save_config(cfg, out / "config.yaml")
