@@ -209,12 +209,7 @@ def summarize(cfg, inp, table, combined) -> dict[str, Any]:
     def values(u: int, r: Record, s: int) -> float:
         return r.raw[s] if s < len(specs) else combined[(u, r.slot)]
 
-    agreement = {}
-    for s in range(len(names)):
-        for t in range(s + 1, len(names)):
-            acc, n = order_agreement([(values(u, a, s), values(u, b, s), values(u, a, t), values(u, b, t))
-                                      for u, a, b in within])
-            agreement[f"{names[s]} vs {names[t]}"] = {"agreement": acc, "image_pairs": n}
+    agreement = _scorer_agreement(names, within, values)
     summary: dict[str, Any] = {
         "input": cfg.input, "kind": inp.kind, "scorer": specs, "weights": [float(w) for w in (cfg.weights or [])],
         "normalize": cfg.normalize if len(specs) > 1 else None,
@@ -235,6 +230,17 @@ def summarize(cfg, inp, table, combined) -> dict[str, Any]:
     if inp.kind == "pairs" and inp.has_labels:
         summary["human_agreement"] = _human_agreement(inp, table, combined, names, values)
     return summary
+
+
+def _scorer_agreement(names: list[str], within: list, values) -> dict[str, Any]:
+    """How often each two scorers order the image pairs of a unit the same way."""
+    agreement = {}
+    for s in range(len(names)):
+        for t in range(s + 1, len(names)):
+            acc, n = order_agreement([(values(u, a, s), values(u, b, s), values(u, a, t), values(u, b, t))
+                                      for u, a, b in within])
+            agreement[f"{names[s]} vs {names[t]}"] = {"agreement": acc, "image_pairs": n}
+    return agreement
 
 
 def _human_agreement(inp, table, combined, names, values) -> dict[str, Any]:
