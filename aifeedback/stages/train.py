@@ -77,7 +77,8 @@ class TrainRecipe:
       is a frozen copy in the compute dtype), both run in train mode, so with one shared noise and timestep per
       pair the first DPO loss is exactly ln 2;
     - accelerate: mixed precision (fp16/bf16 autocast, frozen parts stored in it), gradient accumulation,
-      multi-process DDP, FSDP/DeepSpeed (sharded state dicts are gathered when saving);
+      multi-process DDP, FSDP/DeepSpeed (sharded state dicts are gathered when saving; every process joins the
+      reference and validation forwards);
     - gradient checkpointing; AdamW, 8-bit AdamW, Adafactor; constant/linear/cosine lr with warmup;
     - data: Pick-a-Pic-layout pairs or `aif score` outputs, downloaded or streamed, with stored latents when they fit;
     - exact resume from the latest (or a given) checkpoint, including data position and every process's RNG;
