@@ -57,8 +57,8 @@ def test_scorer_bf16_on_gpu_matches_cpu(spec):
     assert gpu == pytest.approx(cpu, abs=0.05 * max(1.0, max(abs(c) for c in cpu)))
 
 
-def test_fsdp_config_trains_checkpoints_and_resumes(tmp_path):
-    # accelerate's FSDP needs an accelerator, so the shipped FSDP config can only be exercised here (1 process).
+def _fsdp_train(data, out, steps: int, processes: int, *options: str):
+    """`aif train` launched by accelerate with the shipped FSDP config (accelerate runs FSDP only on an accelerator)."""
     import os
     import subprocess
     import sys
@@ -67,23 +67,50 @@ def test_fsdp_config_trains_checkpoints_and_resumes(tmp_path):
     from tests.launch import free_port
 
     root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(root / "recipes/accelerate/fsdp_8gpu.yaml"), "--num_processes", str(processes), "--main_process_port",
+           str(free_port()), "-m", "aifeedback", "train", "--dataset", str(data), "--model", "tiny-sd15",
+           "--resolution", "16", "--batch-size", "2", "--max-steps", str(steps), "--checkpoint-every", "2",
+           "--validation-every", "2", "--validation-steps", "2", "--num-workers", "0", "--trackers", "none",
+           "--out", str(out), *options]
+    return subprocess.run(cmd, env=dict(os.environ, PYTHONPATH=str(root)), capture_output=True, text=True,
+                          timeout=600)
+
+
+def _validation_grids_drawn(out, steps) -> None:
+    import numpy as np
+    from PIL import Image
+
+    for step in steps:
+        pixels = np.asarray(Image.open(out / "validation" / f"step-{step:06d}.png"))
+        assert pixels.std() > 0  # drawn by the sharded model, not a blank canvas
+
+
+def test_fsdp_config_trains_checkpoints_and_resumes(tmp_path):
     data = write_pickapic(tmp_path / "pairs", pickapic_rows(8))
     out = tmp_path / "run"
-
-    def train(steps: int) -> subprocess.CompletedProcess:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(root / "recipes/accelerate/fsdp_8gpu.yaml"), "--num_processes", "1", "--main_process_port",
-               str(free_port()), "-m", "aifeedback", "train", "--dataset", str(data), "--model", "tiny-sd15",
-               "--resolution", "16", "--batch-size", "2", "--max-steps", str(steps), "--checkpoint-every", "2",
-               "--validation-every", "0", "--num-workers", "0", "--trackers", "none", "--out", str(out)]
-        return subprocess.run(cmd, env=dict(os.environ, PYTHONPATH=str(root)), capture_output=True, text=True,
-                              timeout=600)
-
-    first = train(2)
+    first = _fsdp_train(data, out, 2, 1)
     assert first.returncode == 0, first.stderr[-3000:]
     assert (out / "checkpoints" / "checkpoint-000002" / "unet" / "diffusion_pytorch_model.safetensors").exists()
-    again = train(4)  # resumes from the sharded checkpoint
+    again = _fsdp_train(data, out, 4, 1)  # resumes from the sharded checkpoint
     assert again.returncode == 0, again.stderr[-3000:]
     metrics = read_metrics(out)
     assert [m["step"] for m in metrics] == [1, 2, 3, 4] and abs(metrics[0]["loss"] - math.log(2)) < 1e-6
     assert all(math.isfinite(m["loss"]) for m in metrics)
+    _validation_grids_drawn(out, [2, 4])
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_fsdp_lora_reference_and_validation_on_every_process(tmp_path, processes):
+    # Every process joins each forward of the sharded UNet: the LoRA reference pass and the validation sampling.
+    if torch.cuda.device_count() < processes:
+        pytest.skip(f"{processes} FSDP processes need {processes} GPUs (NCCL takes one device per process)")
+    data = write_pickapic(tmp_path / "pairs", pickapic_rows(8))
+    out = tmp_path / "run"
+    res = _fsdp_train(data, out, 2, processes, "--lora-rank", "4")
+    assert res.returncode == 0, res.stderr[-3000:]
+    metrics = read_metrics(out)
+    assert abs(metrics[0]["loss"] - math.log(2)) < 1e-6  # the reference (adapters off) equals the policy at step 0
+    assert all(math.isfinite(m["loss"]) for m in metrics)
+    assert (out / "checkpoints" / "checkpoint-000002" / "pytorch_lora_weights.safetensors").exists()
+    _validation_grids_drawn(out, [2])

@@ -77,7 +77,8 @@ class TrainRecipe:
       is a frozen copy in the compute dtype), both run in train mode, so with one shared noise and timestep per
       pair the first DPO loss is exactly ln 2;
     - accelerate: mixed precision (fp16/bf16 autocast, frozen parts stored in it), gradient accumulation,
-      multi-process DDP, FSDP/DeepSpeed (sharded state dicts are gathered when saving);
+      multi-process DDP, FSDP/DeepSpeed (sharded state dicts are gathered when saving; every process joins the
+      reference and validation forwards);
     - gradient checkpointing; AdamW, 8-bit AdamW, Adafactor; constant/linear/cosine lr with warmup;
     - data: Pick-a-Pic-layout pairs or `aif score` outputs, downloaded or streamed, with stored latents when they fit;
     - exact resume from the latest (or a given) checkpoint, including data position and every process's RNG;
@@ -196,7 +197,7 @@ class TrainRecipe:
         """Checkpoints hold the model in the diffusers format (denoiser folder or LoRA file) instead of accelerate's
         own copy; under FSDP/DeepSpeed accelerate's sharded files are kept."""
         acc = self.accelerator
-        self.sharded = acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+        self.sharded = sharded(acc)
 
         def drop_default_weights(models, weights, output_dir):
             if not self.sharded:
@@ -377,10 +378,12 @@ class TrainRecipe:
     def _reference_mse(self, noisy, t, prompts, micro, target) -> torch.Tensor:
         if self.ref is not None:
             return denoising_mse(self.family.predict(self.ref, noisy, t, prompts, micro), target)
-        base = self.accelerator.unwrap_model(self.model)  # LoRA: the reference is the network without its adapters
+        # LoRA: the reference is the network without its adapters. The forward goes through the prepared (wrapped)
+        # model: under FSDP/ZeRO-3 its forward gathers the sharded parameters, a collective every process joins.
+        base = self.accelerator.unwrap_model(self.model)
         base.disable_adapters()
         try:
-            return denoising_mse(self.family.predict(base, noisy, t, prompts, micro), target)
+            return denoising_mse(self.family.predict(self.model, noisy, t, prompts, micro), target)
         finally:
             base.enable_adapters()
 
@@ -556,11 +559,20 @@ def _truncate_metrics(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
 
+def sharded(accelerator) -> bool:
+    """Whether the prepared model's parameters are sharded across processes (FSDP, DeepSpeed): then its state dict
+    is gathered collectively, and every process must take part in each of its forwards."""
+    return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
 def _validate(cfg: TrainConfig, accelerator, pipe, family: Family, model, vae, res: int, step: int, out: Path) -> Path:
     """Write a PNG grid (rows = prompts, columns = seeds) of the current weights, without touching the training RNG;
-    return its path."""
-    if accelerator.is_main_process:
-        setattr(pipe, family.denoiser, accelerator.unwrap_model(model))
+    return its path. Unsharded, the main process alone generates with the unwrapped model; sharded, every process
+    generates the same grid through the prepared model (its forwards gather the shards) and the main one saves it."""
+    path = out / "validation" / f"step-{step:06d}.png"
+    everywhere = sharded(accelerator)
+    if everywhere or accelerator.is_main_process:
+        setattr(pipe, family.denoiser, model if everywhere else accelerator.unwrap_model(model))
         pipe.vae = vae
         images = []
         with torch.random.fork_rng(devices=[accelerator.device] if accelerator.device.type == "cuda" else []), \
@@ -570,12 +582,12 @@ def _validate(cfg: TrainConfig, accelerator, pipe, family: Family, model, vae, r
                     g = torch.Generator(accelerator.device).manual_seed(seed)
                     images.append(pipe(prompt, height=res, width=res, num_inference_steps=cfg.validation_steps,
                                        guidance_scale=cfg.validation_guidance, generator=g).images[0])
-        grid = _grid(images, rows=len(cfg.validation_prompts), cols=len(cfg.validation_seeds))
-        buf = io.BytesIO()
-        grid.save(buf, format="PNG")
-        atomic_write_bytes(out / "validation" / f"step-{step:06d}.png", buf.getvalue())
+        if accelerator.is_main_process:
+            buf = io.BytesIO()
+            _grid(images, rows=len(cfg.validation_prompts), cols=len(cfg.validation_seeds)).save(buf, format="PNG")
+            atomic_write_bytes(path, buf.getvalue())
     accelerator.wait_for_everyone()
-    return out / "validation" / f"step-{step:06d}.png"
+    return path
 
 
 def _grid(images: list, rows: int, cols: int):
