@@ -84,7 +84,8 @@ class TrainRecipe:
     - gradient checkpointing; AdamW, 8-bit AdamW, Adafactor; constant/linear/cosine lr with warmup;
     - data: Pick-a-Pic-layout pairs or `aif score` outputs, downloaded or streamed, with stored latents when they fit;
     - exact resume from the latest (or a given) checkpoint, including data position and every process's RNG;
-    - metrics.jsonl, tensorboard/wandb trackers, validation image grids, a progress bar.
+    - metrics.jsonl, tensorboard/wandb trackers, validation image grids (also sent to the tracker, from a step-0
+      baseline of the untrained model), a progress bar.
     """
 
     def __init__(self, cfg: TrainConfig):
