@@ -94,13 +94,17 @@ def _worker(rank: int, port: int, out: str) -> None:
     acc = FakeFSDPAccelerator(rank, DistributedType.FSDP)
     recipe = TrainRecipe.__new__(TrainRecipe)
     recipe.ref, recipe.accelerator, recipe.model, recipe.family = None, acc, model, family
+    rng = torch.get_rng_state()
+    # As in a run: the step-0 baseline grid is the sharded model's first forward (FSDP initialises lazily there).
+    _validate(cfg, acc, pipe, family, model, pipe.vae, res, 0, base / f"fsdp{rank}")
+    baseline_calls = len(calls)
     with torch.no_grad():
         ref = recipe._reference_mse(noisy, t, prompts, None, target)
-        ref_calls = len(calls)
+        ref_calls = len(calls) - baseline_calls
         policy_after = denoising_mse(family.predict(model, noisy, t, prompts, None), target)
-    rng = torch.get_rng_state()
     _validate(cfg, acc, pipe, family, model, pipe.vae, res, 1, base / f"fsdp{rank}")
-    result = dict(ref_calls=ref_calls, validation_calls=len(calls) - ref_calls - 1,
+    result = dict(ref_calls=ref_calls, baseline_calls=baseline_calls,
+                  validation_calls=len(calls) - baseline_calls - ref_calls - 1,
                   ref=ref.tolist(), expected_ref=expected_ref.tolist(), policy=policy.tolist(),
                   policy_after=policy_after.tolist(), rng_kept=bool(torch.equal(rng, torch.get_rng_state())))
     (base / f"result{rank}.json").write_text(json.dumps(result))
@@ -112,14 +116,14 @@ def test_fsdp_validation_and_lora_reference_run_on_every_process(tmp_path, tiny_
     results = [json.loads((tmp_path / f"result{r}.json").read_text()) for r in range(2)]
     for r in results:
         assert r["ref_calls"] == 1  # the reference went through the wrapped model, which gathers the shards
-        assert r["validation_calls"] == STEPS * len(SEEDS)  # every process joined every validation forward
+        assert r["validation_calls"] == r["baseline_calls"] == STEPS * len(SEEDS)  # all joined every forward
         assert r["rng_kept"]
         # The same float32 math on gathered copies of the same weights: equal up to summation order.
         np.testing.assert_allclose(r["ref"], r["expected_ref"], rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(r["policy_after"], r["policy"], rtol=1e-5, atol=1e-7)  # adapters back on
         assert not np.allclose(r["ref"], r["policy"], rtol=1e-3)  # the adapters were really off for the reference
-    grid = "validation/step-000001.png"
     assert not (tmp_path / "fsdp1").exists()  # the other process writes nothing
-    sharded = np.asarray(Image.open(tmp_path / "fsdp0" / grid), dtype=np.int16)
-    plain = np.asarray(Image.open(tmp_path / "plain0" / grid), dtype=np.int16)
-    assert np.abs(sharded - plain).max() <= 2  # the unsharded grid, up to rounding to 8 bits of tiny float drift
+    plain = np.asarray(Image.open(tmp_path / "plain0/validation/step-000001.png"), dtype=np.int16)
+    for step in (0, 1):  # the same weights at both: each grid is the unsharded one
+        sharded = np.asarray(Image.open(tmp_path / f"fsdp0/validation/step-00000{step}.png"), dtype=np.int16)
+        assert np.abs(sharded - plain).max() <= 2  # up to rounding to 8 bits of tiny float drift

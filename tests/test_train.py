@@ -438,3 +438,93 @@ def test_processes_agree_to_stop_on_one_process_nonfinite_loss(human, tmp_path):
                         res.stderr)
     assert len(errors) == 2, res.stderr[-3000:]
     assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["checkpoint-000001"]
+
+
+def _tracked(event_file: Path) -> tuple[dict, dict]:
+    """({(tag, step): decoded RGB pixels}, {(tag, step): text}) of the images and texts in a tensorboard event file."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import IMAGES, TENSORS, EventAccumulator
+
+    acc = EventAccumulator(str(event_file), size_guidance={IMAGES: 0, TENSORS: 0})  # 0: keep all, not a sample
+    acc.Reload()
+    images = {(tag, ev.step): np.asarray(Image.open(io.BytesIO(ev.encoded_image_string)).convert("RGB"))
+              for tag in acc.Tags()[IMAGES] for ev in acc.Images(tag)}
+    texts = {(tag, ev.step): ev.tensor_proto.string_val[0].decode() for tag in acc.Tags()[TENSORS]
+             for ev in acc.Tensors(tag) if ev.tensor_proto.string_val}
+    return images, texts
+
+
+def test_validation_images_reach_tensorboard_with_a_step0_baseline_once(human, tmp_path):
+    """Step 0 (untrained) and step 1 grids land in the event file as one tag per prompt/seed, equal to the PNG grid's
+    cells; the resumed run does not redo step 0; and the validation forwards leave training bitwise unchanged."""
+    import numpy as np
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    from aifeedback.stages.train import run
+
+    prompts, seeds = ["a red cat", "a blue dog"], [1, 2]
+    kw = dict(validation_every=1, validation_steps=2, validation_prompts=prompts, validation_seeds=seeds,
+              trackers="tensorboard", checkpoint_every=1, keep_checkpoints=0)
+    out = run(tiny_train(human, tmp_path / "run", **dict(kw, max_steps=1)))
+    first = sorted((out / "logs").rglob("events.out.tfevents.*"))
+    images, texts = {}, {}
+    for f in first:
+        found = _tracked(f)
+        images.update(found[0])
+        texts.update(found[1])
+    tags = [f"validation/p{i}_seed{s}" for i in range(2) for s in seeds]
+    assert sorted(images) == sorted((tag, step) for tag in tags for step in (0, 1))
+    for step in (0, 1):
+        grid = np.asarray(Image.open(out / "validation" / f"step-{step:06d}.png").convert("RGB"))
+        for k, tag in enumerate(tags):  # grid cell (row = prompt, column = seed) k, 16 px square
+            r, c = divmod(k, len(seeds))
+            np.testing.assert_array_equal(images[tag, step], grid[16 * r:16 * (r + 1), 16 * c:16 * (c + 1)])
+    assert images[tags[0], 0].std() > 0  # a drawn image, not a blank canvas
+    legend = texts["validation/prompts/text_summary", 0]  # torch's add_text appends /text_summary
+    assert "p0: a red cat" in legend and "p1: a blue dog" in legend and "seeds: 1, 2" in legend
+
+    (out / "validation" / "step-000000.png").unlink()
+    run(tiny_train(human, tmp_path / "run", **dict(kw, max_steps=2)))  # resumes from checkpoint-000001
+    assert not (out / "validation" / "step-000000.png").exists()
+    assert (out / "validation" / "step-000002.png").exists()
+    resumed = {}
+    for f in set((out / "logs").rglob("events.out.tfevents.*")) - set(first):
+        resumed.update(_tracked(f)[0])
+    assert {step for _, step in resumed} == {2}
+
+    plain = run(tiny_train(human, tmp_path / "plain", max_steps=2))  # no validation, no tracker
+    name = "unet/diffusion_pytorch_model.safetensors"
+    wa, wb = (load_file(d / "checkpoints/checkpoint-000002" / name) for d in (out, plain))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)  # validation forks the RNG: training is untouched
+
+
+def test_validation_images_reach_wandb_captioned(monkeypatch):
+    """wandb is optional (not installed here): a fake module and tracker receive captioned images at the step."""
+    import sys
+    from types import ModuleType, SimpleNamespace
+
+    from PIL import Image
+
+    from aifeedback.stages.train import track_validation
+
+    class FakeImage:
+        def __init__(self, data, caption=None):
+            self.data, self.caption = data, caption
+
+    wandb = ModuleType("wandb")
+    wandb.Image = FakeImage
+    monkeypatch.setitem(sys.modules, "wandb", wandb)
+    logged = []
+    tracker = SimpleNamespace(name="wandb", log=lambda values, step: logged.append((values, step)))
+    cfg = SimpleNamespace(validation_prompts=["a red cat", "a blue dog"], validation_seeds=[0, 7])
+    images = [Image.new("RGB", (4, 4), color) for color in ("red", "green", "blue", "white")]
+    track_validation([tracker], cfg, images, 0)
+    [(values, step)] = logged
+    assert step == 0 and list(values) == ["validation"]
+    assert [(im.data, im.caption) for im in values["validation"]] == [
+        (images[0], "a red cat (seed 0)"), (images[1], "a red cat (seed 7)"),
+        (images[2], "a blue dog (seed 0)"), (images[3], "a blue dog (seed 7)")]

@@ -6,7 +6,8 @@ model families (text encoders, conditioning, noise and target, LoRA layers) is a
 (families/base.py), so the loop has no per-family branch.
 
 Run folder: config.yaml, manifest.json, metrics.jsonl (one line per optimizer step), logs/ (tensorboard),
-validation/step-NNNNNN.png, checkpoints/checkpoint-NNNNNN/ (see checkpoints.py). A run killed at any moment and
+validation/step-NNNNNN.png (step 0: the untrained baseline; the grids also go to the tracker),
+checkpoints/checkpoint-NNNNNN/ (see checkpoints.py). A run killed at any moment and
 restarted with the same command continues from its latest checkpoint and ends with the same weights.
 """
 
@@ -23,6 +24,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
@@ -82,7 +84,8 @@ class TrainRecipe:
     - gradient checkpointing; AdamW, 8-bit AdamW, Adafactor; constant/linear/cosine lr with warmup;
     - data: Pick-a-Pic-layout pairs or `aif score` outputs, downloaded or streamed, with stored latents when they fit;
     - exact resume from the latest (or a given) checkpoint, including data position and every process's RNG;
-    - metrics.jsonl, tensorboard/wandb trackers, validation image grids, a progress bar.
+    - metrics.jsonl, tensorboard/wandb trackers, validation image grids (also sent to the tracker, from a step-0
+      baseline of the untrained model), a progress bar.
     """
 
     def __init__(self, cfg: TrainConfig):
@@ -277,6 +280,8 @@ class TrainRecipe:
                   f"pairs/step, lr {self.lr:g}, beta {cfg.beta:g}, {self.resolution}px, {self.world} process(es)")
         bar = progress(total=cfg.max_steps, initial=self.step, desc="train", unit="step",
                        enabled=cfg.progress and self.main)
+        if cfg.validation_every and self.step == 0:  # the untrained baseline; a resumed run already has it
+            self._validation()
         while self.step < cfg.max_steps:
             t_start = time.perf_counter()
             sums, grad_norm, bad = self._optimizer_step()
@@ -284,14 +289,21 @@ class TrainRecipe:
             self.step += 1
             self._log(sums, grad_norm, bad, time.perf_counter() - t_start, bar)
             if cfg.validation_every and self.step % cfg.validation_every == 0:
-                grid = _validate(cfg, self.accelerator, self.pipe, self.family, self.model, self.vae,
-                                 self.resolution, self.step, self.out)
-                self._say(f"step {self.step}: wrote validation grid {grid}")
+                self._validation()
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
                 self.save_checkpoint()
         bar.close()
         if self.main:
             self._publish()
+
+    def _validation(self) -> None:
+        """The validation grid of the current weights: a PNG in validation/ and images in the active tracker."""
+        grid, images = _validate(self.cfg, self.accelerator, self.pipe, self.family, self.model, self.vae,
+                                 self.resolution, self.step, self.out)
+        if self.main:
+            track_validation(self.accelerator.trackers, self.cfg, images, self.step)
+        baseline = " (untrained baseline)" if self.step == 0 else ""
+        self._say(f"step {self.step}{baseline}: wrote validation grid {grid}")
 
     def _optimizer_step(self) -> tuple[dict[str, float], torch.Tensor, int]:
         """grad_accum micro-steps: (mean loss and metrics, gradient norm, this process's unreadable pairs)."""
@@ -565,16 +577,18 @@ def sharded(accelerator) -> bool:
     return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
-def _validate(cfg: TrainConfig, accelerator, pipe, family: Family, model, vae, res: int, step: int, out: Path) -> Path:
+def _validate(cfg: TrainConfig, accelerator, pipe, family: Family, model, vae, res: int, step: int,
+              out: Path) -> tuple[Path, list]:
     """Write a PNG grid (rows = prompts, columns = seeds) of the current weights, without touching the training RNG;
-    return its path. Unsharded, the main process alone generates with the unwrapped model; sharded, every process
-    generates the same grid through the prepared model (its forwards gather the shards) and the main one saves it."""
+    return its path and the images (prompt-major; empty on a process that drew none). Unsharded, the main process
+    alone generates with the unwrapped model; sharded, every process generates the same grid through the prepared
+    model (its forwards gather the shards) and the main one saves it."""
     path = out / "validation" / f"step-{step:06d}.png"
     everywhere = sharded(accelerator)
+    images = []
     if everywhere or accelerator.is_main_process:
         setattr(pipe, family.denoiser, model if everywhere else accelerator.unwrap_model(model))
         pipe.vae = vae
-        images = []
         with torch.random.fork_rng(devices=[accelerator.device] if accelerator.device.type == "cuda" else []), \
                 torch.no_grad(), accelerator.autocast():
             for prompt in cfg.validation_prompts:
@@ -587,7 +601,30 @@ def _validate(cfg: TrainConfig, accelerator, pipe, family: Family, model, vae, r
             _grid(images, rows=len(cfg.validation_prompts), cols=len(cfg.validation_seeds)).save(buf, format="PNG")
             atomic_write_bytes(path, buf.getvalue())
     accelerator.wait_for_everyone()
-    return path
+    return path, images
+
+
+def track_validation(trackers: list, cfg: TrainConfig, images: list, step: int) -> None:
+    """Send one validation grid's images to the active trackers, each labelled with its prompt and seed.
+    tensorboard: one image tag per cell, validation/p{prompt index}_seed{seed} (its step slider compares one prompt
+    and seed across training), and a text entry validation/prompts naming each index; wandb: the images under
+    "validation", captioned with prompt and seed."""
+    cells = [(i, prompt, seed) for i, prompt in enumerate(cfg.validation_prompts) for seed in cfg.validation_seeds]
+    for tracker in trackers:
+        if tracker.name == "tensorboard":
+            writer = tracker.writer
+            for (i, _, seed), img in zip(cells, images, strict=True):
+                writer.add_image(f"validation/p{i}_seed{seed}", np.asarray(img.convert("RGB")), step,
+                                 dataformats="HWC")
+            legend = "\n".join(f"- p{i}: {p}" for i, p in enumerate(cfg.validation_prompts))
+            writer.add_text("validation/prompts", f"{legend}\n\nseeds: {', '.join(map(str, cfg.validation_seeds))}",
+                            step)
+            writer.flush()
+        elif tracker.name == "wandb":
+            import wandb  # optional: preflight checked it is installed when --trackers wandb
+
+            tracker.log({"validation": [wandb.Image(img, caption=f"{prompt} (seed {seed})")
+                                        for (_, prompt, seed), img in zip(cells, images, strict=True)]}, step=step)
 
 
 def _grid(images: list, rows: int, cols: int):
