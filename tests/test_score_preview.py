@@ -14,7 +14,7 @@ from tests.test_score import cfg, make_generate_dir, read_pairs, redness, run
 
 
 class Sections(HTMLParser):
-    """Per <h2> section: the images' data URIs (in order) and the card notes (<p class=scores>)."""
+    """Per <h2> section: the images' data URIs (in order), their captions and the card notes (<p class=scores>)."""
 
     def __init__(self):
         super().__init__()
@@ -22,8 +22,8 @@ class Sections(HTMLParser):
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
-        if tag == "h2":
-            self._in = "h2"
+        if tag in ("h2", "figcaption"):
+            self._in = tag
         elif tag == "img" and self.current:
             self.sections[self.current]["images"].append(attrs["src"])
         elif tag == "p" and attrs.get("class") == "scores" and self.current:
@@ -31,13 +31,15 @@ class Sections(HTMLParser):
             self.sections[self.current]["notes"].append("")
 
     def handle_endtag(self, tag):
-        if tag in ("h2", "p"):
+        if tag in ("h2", "p", "figcaption"):
             self._in = None
 
     def handle_data(self, data):
         if self._in == "h2":
             self.current = data.split(" (")[0]
-            self.sections[self.current] = {"images": [], "notes": []}
+            self.sections[self.current] = {"images": [], "notes": [], "captions": []}
+        elif self._in == "figcaption":
+            self.sections[self.current]["captions"].append(data)
         elif self._in == "note":
             self.sections[self.current]["notes"][-1] += data
 
@@ -91,3 +93,17 @@ def test_preview_is_seeded_and_can_be_turned_off(tmp_path):
     assert pages[0] == pages[1]  # same seed, same pairs: the same page
     run(cfg(input=str(tmp_path / "gen"), out=str(tmp_path / "none"), scorer="redness", preview=0))
     assert not (tmp_path / "none" / "preview.html").exists()
+
+
+def test_preview_marks_kept_ties_and_shows_them_first_among_the_closest_calls(tmp_path):
+    make_generate_dir(tmp_path / "gen", latents=False)
+    out = tmp_path / "pairs"
+    run(cfg(input=str(tmp_path / "gen"), out=str(out), scorer="redness", pairing="all", min_margin=0.3,
+            keep_ties=True, preview=24))  # 24 pairs in all: every pair is in both sections
+    n_ties = sum(r["label_0"] == 0.5 for r in read_pairs(out))
+    assert 0 < n_ties < 24
+    page = Sections()
+    page.feed((out / "preview.html").read_text("utf-8"))
+    winners = page.sections["Closest calls"]["captions"][::2]
+    assert [c.startswith("winner (tie)") for c in winners] == [True] * n_ties + [False] * (24 - n_ties)
+    assert sum(c.startswith("winner (tie)") for c in page.sections["Random sample of pairs"]["captions"]) == n_ties
