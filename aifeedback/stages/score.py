@@ -95,9 +95,9 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
     summary = score_pairs.summarize(cfg, inp, table, combined)
     if state.is_main_process:
         write_json(out / "summary.json", summary)
-        finish_output(out, manifest, **summary["counts"], processes=state.num_processes)
-        if cfg.preview:
+        if cfg.preview:  # before the manifest says complete: a rerun after a failure here writes it again
             write_preview(out, cfg.preview, cfg.seed)
+        finish_output(out, manifest, **summary["counts"], processes=state.num_processes)
         print(score_pairs.format_summary(summary, out))
         model = _generator_model(inputs)
         finish("score", out, f"{summary['counts']['pairs']} preference pairs"
