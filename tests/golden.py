@@ -87,7 +87,7 @@ def _collect(work: Path) -> tuple[dict[str, torch.Tensor], dict]:
         tensors[f"full/{name}"] = w
     for name, w in _weights(work / "export/pytorch_lora_weights.safetensors").items():
         tensors[f"export/{name}"] = w
-    samples = sorted((work / "sample").glob("*.png"))
+    samples = sorted((work / "sample" / "train").glob("*.png"))  # the imagefolder layout of aif sample
     tensors["sample/pixels"] = torch.from_numpy(np.stack([_pixels(p.read_bytes()) for p in samples]))
     report = json.loads((work / "eval" / "report.json").read_text())
     values = {

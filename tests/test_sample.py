@@ -35,6 +35,10 @@ def _cfg(tmp_path, model, **kw):
     return build_config(SampleConfig, {**values, **kw})
 
 
+def _metadata(out):
+    return [json.loads(line) for line in (out / "train" / "metadata.jsonl").read_text().splitlines()]
+
+
 def _pixels(path):
     return np.asarray(Image.open(path).convert("RGB"))
 
@@ -45,7 +49,9 @@ def test_sample_files_grid_and_resume(tmp_path, tiny_sd15):
     assert [p.name for p in paths] == ["0000_0.png", "0000_1.png", "0001_0.png", "0001_1.png"]
     assert all(Image.open(p).size == (16, 16) for p in paths)
     assert Image.open(tmp_path / "out" / "grid.png").size == (2 * 32, 2 * 32)
-    index = [json.loads(line) for line in (tmp_path / "out" / "index.jsonl").read_text().splitlines()]
+    index = _metadata(tmp_path / "out")
+    assert [r["file_name"] for r in index] == [p.name for p in paths]
+    assert all(p.parent == tmp_path / "out" / "train" for p in paths)
     assert [(r["prompt"], r["k"]) for r in index] == [("a red cube", 0), ("a red cube", 1), ("a blue sphere", 0),
                                                       ("a blue sphere", 1)]
     assert len({r["seed"] for r in index}) == 4
@@ -75,7 +81,7 @@ def test_sample_matches_generate_and_tuned_changes_images(tmp_path, tiny_sd15):
                                                out=str(gen_out))))
     rows = {(r["prompt"], r["k"]): r for r in read_rows(gen_out)}
     paths = run(_cfg(tmp_path, tiny_sd15, grid=False))
-    index = [json.loads(line) for line in (tmp_path / "out" / "index.jsonl").read_text().splitlines()]
+    index = _metadata(tmp_path / "out")
     for r, p in zip(index, paths):
         g = rows[(r["prompt"], r["k"])]
         assert g["seed"] == r["seed"]
@@ -84,6 +90,26 @@ def test_sample_matches_generate_and_tuned_changes_images(tmp_path, tiny_sd15):
     unet = perturbed_unet(tiny_sd15, tmp_path / "tuned_unet")
     tuned = run(_cfg(tmp_path, tiny_sd15, tuned=str(unet), out=str(tmp_path / "tuned")))
     assert not np.array_equal(_pixels(tuned[0]), _pixels(paths[0]))
+
+
+def test_sample_loads_as_an_imagefolder_with_prompts_and_without_the_grid(tmp_path, tiny_sd15):
+    """`load_dataset("imagefolder", data_dir=OUT)` (offline, local) gives exactly the sampled images, in order,
+    each with its prompt, seed and k; grid.png in the same folder is not one of them."""
+    import datasets
+
+    unet = perturbed_unet(tiny_sd15, tmp_path / "tuned_unet")
+    cfg = _cfg(tmp_path, tiny_sd15, tuned=str(unet))
+    paths = run(cfg)
+    assert (tmp_path / "out" / "grid.png").exists()
+    ds = datasets.load_dataset("imagefolder", data_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "hf"))
+    assert list(ds) == ["train"]
+    rows = list(ds["train"])
+    assert [(r["prompt"], r["k"]) for r in rows] == [("a red cube", 0), ("a red cube", 1), ("a blue sphere", 0),
+                                                     ("a blue sphere", 1)]
+    assert [r["seed"] for r in rows] == [r["seed"] for r in _metadata(tmp_path / "out")]
+    assert all(r["model"] == str(tiny_sd15) and r["tuned"] == str(unet) for r in rows)
+    for r, p in zip(rows, paths, strict=True):  # the pixels of each file, not the grid's
+        np.testing.assert_array_equal(np.asarray(r["image"].convert("RGB")), _pixels(p))
 
 
 def test_pin_tuned_resolves_a_run_dir_to_its_latest_checkpoint(tmp_path):

@@ -227,6 +227,15 @@ def _pair_labels(e: dict[str, Any], primary: str) -> tuple[str, str]:
     return f"base {_num(s['base'])}", f"tuned {_num(s['tuned'])}"
 
 
+def figure_card(title: str, figures: list[tuple[bytes, str]], note: str, thumb: int = 256) -> str:
+    """One card of a page: a title line, images side by side (each a thumbnail data URI with its caption) and a
+    note below. title and note are HTML (escape what they quote); captions are plain text."""
+
+    figs = "".join(f'<figure><img src="{data_uri(image, thumb)}" alt="{html.escape(cap)}">'
+                   f'<figcaption>{html.escape(cap)}</figcaption></figure>' for image, cap in figures)
+    return f'<div class=card><p class=prompt>{title}</p><div class=pair>{figs}</div><p class=scores>{note}</p></div>'
+
+
 def _examples_html(examples: list[dict[str, Any]], images: dict[Key, tuple[bytes, bytes]], thumb: int) -> str:
     cards = []
     for e in examples:
@@ -234,25 +243,27 @@ def _examples_html(examples: list[dict[str, Any]], images: dict[Key, tuple[bytes
         scores = "; ".join(f"{html.escape(n)} {_num(s['base'])} &rarr; "
                            f"{_num(s['tuned'])}" for n, s in e["scores"].items())
         cat = f" <span class=cat>{html.escape(str(e['category']))}</span>" if e.get("category") else ""
-        cards.append(
-            f'<div class=card><p class=prompt>{html.escape(e["prompt"])}{cat}</p>'
-            f'<div class=pair><figure><img src="{data_uri(base, thumb)}" '
-            'alt="base"><figcaption>base</figcaption></figure>'
-            f'<figure><img src="{data_uri(tuned, thumb)}" alt="tuned"><figcaption>tuned</figcaption></figure></div>'
-            f'<p class=scores>seed {e["seed"]}; {scores}</p></div>'
-        )
+        cards.append(figure_card(html.escape(e["prompt"]) + cat, [(base, "base"), (tuned, "tuned")],
+                                 f'seed {e["seed"]}; {scores}', thumb))
     return "<div class=cards>" + "".join(cards) + "</div>"
+
+
+def render_template(name: str, **values: str) -> str:
+    """templates/NAME with its $fields filled; every page gets the shared stylesheet (templates/style.css) as
+    $style, so the eval report and the score preview look alike."""
+
+    templates = resources.files("aifeedback.evaluation").joinpath("templates")
+    style = templates.joinpath("style.css").read_text("utf-8")
+    return string.Template(templates.joinpath(name).read_text("utf-8")).substitute(style=style, **values)
 
 
 def render_html(report: dict[str, Any], images: dict[Key, tuple[bytes, bytes]], thumb: int = 256) -> str:
     """report.html from templates/report.html: tables, the SVG chart and embedded image pairs."""
-    template = string.Template(
-        resources.files("aifeedback.evaluation").joinpath("templates/report.html").read_text("utf-8")
-    )
     cat = _category_table(report)
     primary = html.escape(report["primary_scorer"])
     ex = report["examples"]
-    return template.substitute(
+    return render_template(
+        "report.html",
         title=html.escape(f"aifeedback eval: {report.get('tuned', 'tuned')} vs {report.get('base', 'base')}"),
         setup=_html_table(["setting", "value"], [[k, v] for k, v in _setup_items(report)]),
         chart=win_rate_chart(report),

@@ -2,7 +2,9 @@
 
 The images are rendered exactly as `aif generate` renders them (same seeds from --seed, prompt and k, same
 sampling code), so a sample of the base model with the same flags shows the very images `aif eval` compares.
-Files are named PROMPT#_K.png (or .jpg); index.jsonl maps each to its prompt and seed. A rerun of the same job
+Files are OUT/train/PROMPT#_K.png (or .jpg); train/metadata.jsonl maps each `file_name` to its prompt and seed (the
+`datasets` imagefolder layout: the split-named folder keeps grid.png out of `load_dataset("imagefolder",
+data_dir=OUT)`, whatever the datasets version does with images a metadata file does not list). A rerun of the same job
 keeps the files already written and renders only what is missing; a different job into the same folder is refused
 (or, with --overwrite, replaces the old files). Processes under `accelerate launch` split the prompts.
 """
@@ -29,6 +31,9 @@ from aifeedback.storage.files import atomic_write_bytes, atomic_write_text, read
 from aifeedback.storage.manifest import MANIFEST, completed_output, fingerprint, finish_output, prepare_output
 from aifeedback.storage.shards import chunks
 
+IMAGES_DIR = "train"  # a split name: imagefolder reads only this folder, so OUT/grid.png is never a sample
+METADATA = "metadata.jsonl"  # the name (and `file_name` key) datasets' imagefolder looks for
+
 
 def run(cfg: SampleConfig) -> list[Path]:
     """Render the prompts into cfg.out; return the image paths (all of them, in prompt order)."""
@@ -37,10 +42,10 @@ def run(cfg: SampleConfig) -> list[Path]:
     prompts = load_prompts(cfg.prompts, cfg.prompt_column, cfg.split, cfg.limit)
     state = process_state()
     out = Path(cfg.out)
-    items = image_items(cfg, prompts)
     tuned = pin_tuned(cfg.tuned)
+    items = image_items(cfg, prompts, tuned)
     inputs = {"prompts": fingerprint([p.prompt_id for p in prompts]), "tuned": tuned}
-    paths = [out / it["file"] for it in items]
+    paths = [out / IMAGES_DIR / it["file_name"] for it in items]
     wanted = paths + ([out / "grid.png"] if cfg.grid else [])
     if completed_output(out, "sample", identity_dict(cfg), inputs) and all(p.exists() for p in wanted):
         if state.is_main_process:  # a rerun of a finished job: nothing to render, so no model to load
@@ -49,7 +54,7 @@ def run(cfg: SampleConfig) -> list[Path]:
     manifest = start_output(cfg, out, inputs, items, state)
     # Each process takes every world-th prompt; files already on disk (an earlier run) are not rendered again.
     todo = [it for it in items if it["index"] % state.num_processes == state.process_index
-            and not (out / it["file"]).exists()]
+            and not (out / IMAGES_DIR / it["file_name"]).exists()]
     if todo:
         device, dtype = device_and_dtype(cfg, state)
         pipe = load_pipeline(cfg.model, dtype, device, vae=cfg.vae, scheduler=cfg.scheduler, tuned=tuned)
@@ -60,17 +65,19 @@ def run(cfg: SampleConfig) -> list[Path]:
     return paths
 
 
-def image_items(cfg: SampleConfig, prompts: list) -> list[dict]:
-    """One entry per image, in prompt order: its prompt, k, seed and file name (the lines of index.jsonl)."""
+def image_items(cfg: SampleConfig, prompts: list, tuned: str | None) -> list[dict]:
+    """One entry per image, in prompt order (the lines of metadata.jsonl): its file name (relative to the
+    metadata file, as imagefolder wants), prompt, k, seed, and the model and tuned weights that drew it."""
 
     ext = "png" if cfg.image_format == "png" else "jpg"
-    return [dict(index=i, prompt_id=p.prompt_id, prompt=p.text, category=p.category, k=k,
-                 seed=image_seed(cfg.seed, p.prompt_id, k), file=f"{i:04d}_{k}.{ext}")
+    return [dict(file_name=f"{i:04d}_{k}.{ext}", index=i, prompt_id=p.prompt_id, prompt=p.text,
+                 category=p.category, k=k, seed=image_seed(cfg.seed, p.prompt_id, k), model=cfg.model,
+                 tuned=tuned)
             for i, p in enumerate(prompts) for k in range(cfg.images_per_prompt)]
 
 
 def start_output(cfg: SampleConfig, out: Path, inputs: dict, items: list[dict], state) -> dict | None:
-    """The main process claims cfg.out (manifest, config.yaml, index.jsonl), dropping a replaced job's images;
+    """The main process claims cfg.out (manifest, config.yaml, train/metadata.jsonl), dropping a replaced job's images;
     every process waits for it. Returns the manifest on the main process, None elsewhere."""
 
     manifest = None
@@ -78,10 +85,10 @@ def start_output(cfg: SampleConfig, out: Path, inputs: dict, items: list[dict], 
         old = read_json(out / MANIFEST).get("fingerprint") if (out / MANIFEST).exists() else None
         manifest = prepare_output(out, "sample", to_dict(cfg), identity_dict(cfg), cfg.overwrite, inputs)
         if old is not None and old != manifest["fingerprint"]:  # --overwrite of a different job: drop its images
-            for f in [*out.glob("[0-9][0-9][0-9][0-9]_*.*"), out / "grid.png"]:
+            for f in [*(out / IMAGES_DIR).glob("[0-9][0-9][0-9][0-9]_*.*"), out / "grid.png"]:
                 f.unlink(missing_ok=True)
         save_config(cfg, out / "config.yaml")
-        atomic_write_text(out / "index.jsonl", "".join(json.dumps(it) + "\n" for it in items))
+        atomic_write_text(out / IMAGES_DIR / METADATA, "".join(json.dumps(it) + "\n" for it in items))
     state.wait_for_everyone()
     return manifest
 
@@ -95,7 +102,8 @@ def render_files(cfg: SampleConfig, pipe, todo: list[dict], out: Path, state) ->
                         guidance=cfg.guidance, width=cfg.resolution, height=cfg.resolution,
                         negative_prompt=cfg.negative_prompt)
         for it, image in zip(batch, result.images):
-            atomic_write_bytes(out / it["file"], encode_image(image, cfg.image_format, cfg.jpeg_quality))
+            data = encode_image(image, cfg.image_format, cfg.jpeg_quality)
+            atomic_write_bytes(out / IMAGES_DIR / it["file_name"], data)
         bar.update(len(batch))
     bar.close()
 

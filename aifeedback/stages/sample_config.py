@@ -24,7 +24,7 @@ class SampleConfig:
     split: Optional[str] = option(None, "dataset split to read")
     limit: Optional[int] = option(8, "use only the first N prompts (null: all)", min=1)
     images_per_prompt: int = option(1, "images per prompt", min=1)
-    out: str = option("outputs/sample", "output folder for the image files, grid.png and index.jsonl", identity=False)
+    out: str = option("outputs/sample", "output folder: train/ (images, metadata.jsonl) and grid.png", identity=False)
     steps: int = option(50, "denoising steps", min=1, max=1000)
     guidance: Optional[float] = option(None, "classifier-free guidance scale (default: 5.0 for SDXL, 7.5 for "
                                              "SD1.5)", min=0)

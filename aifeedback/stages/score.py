@@ -27,6 +27,7 @@ from aifeedback.scoring import scorers as registry  # module attributes: tests p
 from aifeedback.scoring.inputs import open_input
 from aifeedback.scoring.labels import scores_schema
 from aifeedback.scoring.loop import ImageGroup, TableImages, score_groups
+from aifeedback.scoring.preview import PREVIEW, write_preview
 from aifeedback.stages.score_config import ScoreConfig
 from aifeedback.storage import shards as storage_shards
 from aifeedback.storage.files import atomic_write_bytes, read_json, write_json
@@ -94,11 +95,14 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
     summary = score_pairs.summarize(cfg, inp, table, combined)
     if state.is_main_process:
         write_json(out / "summary.json", summary)
+        if cfg.preview:  # before the manifest says complete: a rerun after a failure here writes it again
+            write_preview(out, cfg.preview, cfg.seed)
         finish_output(out, manifest, **summary["counts"], processes=state.num_processes)
         print(score_pairs.format_summary(summary, out))
         model = _generator_model(inputs)
-        finish("score", out, f"{summary['counts']['pairs']} preference pairs", f"aif train --data ai --dataset {out} "
-               + (f"--model {model} " if model else "") + f"--out {out}-dpo")
+        finish("score", out, f"{summary['counts']['pairs']} preference pairs"
+               + (f"; check the labels in {out / PREVIEW}" if cfg.preview else ""),
+               f"aif train --data ai --dataset {out} " + (f"--model {model} " if model else "") + f"--out {out}-dpo")
     state.wait_for_everyone()  # a stage run next in these processes must see the finished manifest
     return summary
 

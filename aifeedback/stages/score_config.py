@@ -43,6 +43,8 @@ class ScoreConfig:
                                          "cpu)", identity=False)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = option("auto", "scorer dtype; auto = bfloat16 on CUDA, "
                                                                               "float32 on CPU")
+    preview: int = option(8, "preview.html shows this many sampled pairs and this many closest calls, winner | "
+                          "loser | margin (0: no preview)", min=0, identity=False)
     overwrite: bool = option(False, "replace a different job's results in --out", identity=False)
     progress: bool = option(True, "show a progress bar (in a log: a plain line every 30 s)", identity=False)
 
