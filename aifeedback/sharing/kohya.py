@@ -11,18 +11,18 @@ import json
 
 import torch
 from diffusers.loaders.lora_conversion_utils import _convert_non_diffusers_lora_to_diffusers
-from diffusers.utils import convert_state_dict_to_kohya
+from diffusers.utils import convert_state_dict_to_kohya, convert_unet_state_dict_to_peft
 
 from aifeedback.errors import AifError
 
-ADAPTER_METADATA = "unet_lora_adapter_metadata"  # the key diffusers' save_lora_weights stores the peft config under
+ADAPTER_METADATA = "lora_adapter_metadata"  # where diffusers' save_lora_weights keeps the peft config ("unet.*" keys)
 
 
 def to_kohya(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None) -> dict[str, torch.Tensor]:
-    """Our diffusers-format UNet LoRA (`unet.<module>.lora_A.weight`) -> kohya keys with per-module alphas."""
-    if not all(k.startswith("unet.") and (".lora_A." in k or ".lora_B." in k) for k in tensors):
-        raise AifError("--format kohya converts UNet LoRA weights (unet.*.lora_A/B); this file holds other keys")
-    kohya = convert_state_dict_to_kohya(tensors)
+    """Our diffusers-format UNet LoRA (`unet.<module>.lora.down.weight`) -> kohya keys with per-module alphas."""
+    if not all(k.startswith("unet.") and (".lora.down." in k or ".lora.up." in k) for k in tensors):
+        raise AifError("--format kohya converts UNet LoRA weights (unet.*.lora.down/up); this file holds other keys")
+    kohya = convert_state_dict_to_kohya(to_peft(tensors))  # diffusers converts to kohya from peft keys only
     alpha = _lora_alpha(metadata)
     if alpha is not None:
         for key in [k for k in kohya if k.endswith(".alpha")]:
@@ -31,10 +31,17 @@ def to_kohya(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None) 
 
 
 def from_kohya(kohya: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """kohya keys -> diffusers' keys (`unet.<module>.lora.down.weight`) and alphas, as load_lora_weights reads them."""
-    return _convert_non_diffusers_lora_to_diffusers(dict(kohya))
+    """kohya keys -> peft keys (`unet.<module>.lora_A.weight`) and per-module alphas, through diffusers' own readers
+    (the path `load_lora_weights` takes for a kohya file)."""
+    tensors, alphas = _convert_non_diffusers_lora_to_diffusers(dict(kohya))
+    return convert_unet_state_dict_to_peft(tensors), alphas
+
+
+def to_peft(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our diffusers-format LoRA keys -> peft keys (what from_kohya gives back)."""
+    return convert_unet_state_dict_to_peft(tensors)
 
 
 def _lora_alpha(metadata: dict[str, str] | None) -> float | None:
     config = json.loads((metadata or {}).get(ADAPTER_METADATA, "{}"))
-    return float(config["lora_alpha"]) if "lora_alpha" in config else None
+    return float(config["unet.lora_alpha"]) if "unet.lora_alpha" in config else None
