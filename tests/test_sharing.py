@@ -50,7 +50,9 @@ def test_lora_export_has_a_model_card_with_training_facts_eval_and_grid(lora_run
     assert meta["base_model"] == "tiny-sdxl" and meta["library_name"] == "diffusers"
     assert {"text-to-image", "diffusers", "dpo", "lora"} <= set(meta["tags"])
     assert meta["license"] == "other" and "base" in meta["license_name"]
-    assert meta["datasets"] == [str(lora_run.parent / "data")]
+    assert "datasets" not in meta and "license_link" not in meta  # a local folder and a tiny model: no hub ids
+    assert str(lora_run.parent / "data") in text and meta["widget"] == [{"text": "a red cat",
+                                                                        "output": {"url": "sample_grid.png"}}]
     run_cfg = yaml.safe_load((lora_run / "config.yaml").read_text())
     assert meta["training"] == {"loss": "dpo", "beta": run_cfg["beta"], "lr": 1e-2, "steps": 1,
                                 "pairs_seen": 2, "lora_rank": 2}  # 1 step x batch 2 x 1 process
@@ -70,6 +72,7 @@ def test_full_card_without_eval_or_grid(tmp_path):
     write_json(ckpt / "trainer_state.json", {"step": 10, "processes": 2})
     meta = front_matter(write_model_card(tmp_path, ckpt, "full", "diffusers").read_text())
     assert "lora" not in meta["tags"] and "widget" not in meta and "eval_win_rates" not in meta
+    assert meta["datasets"] == ["d/pairs"] and meta["license_link"] == "https://huggingface.co/m/base"
     assert meta["training"]["pairs_seen"] == 10 * 4 * 2 * 2 and meta["training"]["loss"] == "ipo"
     with pytest.raises(AifError, match="report.json"):
         write_model_card(tmp_path, ckpt, "full", "diffusers", eval_dir=str(tmp_path / "nowhere"))

@@ -7,6 +7,7 @@ Light on purpose (no torch): the facts come from the run's config.yaml, manifest
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -50,10 +51,15 @@ def training_facts(ckpt: Path) -> dict[str, Any]:
     return {
         "run": run, "model": cfg.get("model"), "dataset": cfg.get("dataset"), "data": cfg.get("data"),
         "split": cfg.get("split"), "loss": cfg.get("loss"), "beta": cfg.get("beta"), "lr": cfg.get("lr"),
-        "lora_rank": cfg.get("lora_rank"), "steps": step,
+        "lora_rank": cfg.get("lora_rank"), "steps": step, "prompt": (cfg.get("validation_prompts") or [""])[0],
         "pairs_seen": step * per_step if step is not None else None,
         "dataset_pairs": manifest.get("counts", {}).get("pairs"),
     }
+
+
+def _hub_id(name: Any) -> bool:
+    """Whether name reads as a hub repo id (owner/name) rather than a local path or a built-in tiny model."""
+    return isinstance(name, str) and bool(re.fullmatch(r"[\w.-]+/[\w.-]+", name)) and not Path(name).exists()
 
 
 def eval_win_rates(eval_dir: str | Path) -> dict[str, Any]:
@@ -85,15 +91,16 @@ def write_model_card(out: Path, ckpt: Path, kind: str, fmt: str, eval_dir: str |
     base = facts["model"] or "BASE_MODEL"
     tags = ["text-to-image", "diffusers", "dpo", "aifeedback"] + (["lora"] if kind == "lora" else [])
     meta: dict[str, Any] = {"base_model": base, "library_name": "diffusers", "tags": tags,
-                            "license": "other", "license_name": "same-as-base-model",
-                            "license_link": f"https://huggingface.co/{base}"}
-    if facts["dataset"]:
-        meta["datasets"] = [str(facts["dataset"])]
+                            "license": "other", "license_name": "same-as-base-model"}
+    if _hub_id(base):
+        meta["license_link"] = f"https://huggingface.co/{base}"
+    if _hub_id(facts["dataset"]):  # the hub's metadata names hub datasets; a local folder is named in the body only
+        meta["datasets"] = [facts["dataset"]]
     meta["training"] = {k: facts[k] for k in ("loss", "beta", "lr", "steps", "pairs_seen", "lora_rank")}
     if evals:
         meta["eval_win_rates"] = {name: s["win_rate"] for name, s in evals["scorers"].items()}
     if grid:
-        meta["widget"] = [{"output": {"url": grid}}]
+        meta["widget"] = [{"text": facts["prompt"], "output": {"url": grid}}]
     return _write(out, render(meta, _model_body(facts, kind, fmt, evals, grid)))
 
 
@@ -108,7 +115,7 @@ def _model_body(facts: dict[str, Any], kind: str, fmt: str, evals: dict | None, 
              f"{facts['dataset_pairs']} usable pairs) |"]
     lines += [f"| {k.replace('_', ' ')} | {facts[k]} |" for k in ("loss", "beta", "lr", "steps", "pairs_seen")]
     if evals:
-        lines += ["", f"## Evaluation (`aif eval`, {evals['n_prompts']} prompts, tuned vs base)", "",
+        lines += ["", f"## Evaluation (`aif eval` of `{evals['tuned']}`, {evals['n_prompts']} prompts, vs base)", "",
                   "| scorer | tuned win rate | 95% CI | n |", "|---|---|---|---|"]
         lines += [f"| {n} | {s['win_rate']:.1%} | {s['ci_low']:.1%} - {s['ci_high']:.1%} | {s['n']} |"
                   for n, s in evals["scorers"].items()]
