@@ -173,3 +173,19 @@ def test_score_writes_a_dataset_card_and_pushes_a_dataset(tmp_path, hub_calls):
     files = hub_calls[1]["files"]
     assert "README.md" in files and "summary.json" in files and ".x.tmp" not in files
     assert any(f.startswith("data/train-") and f.endswith(".parquet") for f in files)
+
+
+def test_a_refused_upload_says_how_to_log_in(tmp_path, monkeypatch):
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from aifeedback.sharing.hub import push_folder
+
+    def refuse(self, *a, **kw):
+        raise HfHubHTTPError("401 Client Error: Unauthorized")
+
+    monkeypatch.setattr(HfApi, "create_repo", refuse)
+    with pytest.raises(AifError, match="hf auth login"):
+        push_folder(tmp_path, "me/x", "model")
+    with pytest.raises(ValueError, match="model or dataset"):
+        push_folder(tmp_path, "me/x", "space")
