@@ -74,6 +74,9 @@ def test_full_card_without_eval_or_grid(tmp_path):
     assert "lora" not in meta["tags"] and "widget" not in meta and "eval_win_rates" not in meta
     assert meta["datasets"] == ["d/pairs"] and meta["license_link"] == "https://huggingface.co/m/base"
     assert meta["training"]["pairs_seen"] == 10 * 4 * 2 * 2 and meta["training"]["loss"] == "ipo"
+    piped = write_model_card(tmp_path, ckpt, "lora", "pipeline").read_text()  # LoRA fused into a pipeline folder
+    assert "lora" not in front_matter(piped)["tags"]
+    assert 'DiffusionPipeline.from_pretrained("REPO_OR_FOLDER")' in piped and "load_lora_weights" not in piped
     with pytest.raises(AifError, match="report.json"):
         write_model_card(tmp_path, ckpt, "full", "diffusers", eval_dir=str(tmp_path / "nowhere"))
 

@@ -84,12 +84,15 @@ def copy_latest_grid(run: Path, out: Path) -> str | None:
 
 
 def write_model_card(out: Path, ckpt: Path, kind: str, fmt: str, eval_dir: str | None = None) -> Path:
-    """OUT/README.md (and OUT/sample_grid.png when the run has a validation grid) for an exported model."""
+    """OUT/README.md (and OUT/sample_grid.png when the run has a validation grid) for an exported model.
+
+    kind: 'lora' or 'full' (the checkpoint); fmt: 'diffusers', 'kohya' or 'pipeline' (what the export wrote)."""
     facts = training_facts(ckpt)
     evals = eval_win_rates(eval_dir) if eval_dir else None
     grid = copy_latest_grid(facts["run"], out)
     base = facts["model"] or "BASE_MODEL"
-    tags = ["text-to-image", "diffusers", "dpo", "aifeedback"] + (["lora"] if kind == "lora" else [])
+    lora = kind == "lora" and fmt != "pipeline"  # a pipeline export has the LoRA fused into the UNet
+    tags = ["text-to-image", "diffusers", "dpo", "aifeedback"] + (["lora"] if lora else [])
     meta: dict[str, Any] = {"base_model": base, "library_name": "diffusers", "tags": tags,
                             "license": "other", "license_name": "same-as-base-model"}
     if _hub_id(base):
@@ -106,16 +109,17 @@ def write_model_card(out: Path, ckpt: Path, kind: str, fmt: str, eval_dir: str |
 
 def _model_body(facts: dict[str, Any], kind: str, fmt: str, evals: dict | None, grid: str | None) -> str:
     base = facts["model"] or "BASE_MODEL"
-    what = "a LoRA adapter for" if kind == "lora" else "a fine-tune of"
-    lines = [f"# {what.split(' ', 1)[1].capitalize()} {base}, aligned with Diffusion-DPO", "",
-             f"This is {what} `{base}` trained with [aifeedback](https://github.com/) on preference pairs.",
+    what = "LoRA adapter" if kind == "lora" else "Fine-tune"
+    usable = f", {facts['dataset_pairs']} usable pairs" if facts["dataset_pairs"] is not None else ""
+    lines = [f"# {what} of {base}, aligned with Diffusion-DPO", "",
+             f"A {what.lower()} of `{base}`, trained by aifeedback on preference pairs (Diffusion-DPO).", "",
              f"**License:** the license of the base model `{base}` applies to these weights.", "",
              "## Training", "", "| setting | value |", "|---|---|",
-             f"| training data | {facts['dataset']} ({facts['data']} pairs, split {facts['split']}, "
-             f"{facts['dataset_pairs']} usable pairs) |"]
+             f"| training data | {facts['dataset']} ({facts['data']} pairs, split {facts['split']}{usable}) |"]
     lines += [f"| {k.replace('_', ' ')} | {facts[k]} |" for k in ("loss", "beta", "lr", "steps", "pairs_seen")]
     if evals:
-        lines += ["", f"## Evaluation (`aif eval` of `{evals['tuned']}`, {evals['n_prompts']} prompts, vs base)", "",
+        of = f" of `{evals['tuned']}`" if evals["tuned"] else ""
+        lines += ["", f"## Evaluation (`aif eval`{of}, {evals['n_prompts']} prompts, vs base)", "",
                   "| scorer | tuned win rate | 95% CI | n |", "|---|---|---|---|"]
         lines += [f"| {n} | {s['win_rate']:.1%} | {s['ci_low']:.1%} - {s['ci_high']:.1%} | {s['n']} |"
                   for n, s in evals["scorers"].items()]
@@ -127,6 +131,9 @@ def _model_body(facts: dict[str, Any], kind: str, fmt: str, evals: dict | None, 
 
 
 def _usage(base: str, kind: str, fmt: str) -> str:
+    if fmt == "pipeline":
+        return ('```python\nfrom diffusers import DiffusionPipeline\n\npipe = DiffusionPipeline.from_pretrained('
+                '"REPO_OR_FOLDER")  # the whole pipeline, tuned weights included\n```')
     if fmt == "kohya":
         return ("`pytorch_lora_weights.safetensors` holds the LoRA in the kohya key format (`lora_unet_...`): put it "
                 "in ComfyUI's `models/loras/` or A1111's `models/Lora/`. diffusers reads it too:\n\n```python\n"
@@ -138,8 +145,7 @@ def _usage(base: str, kind: str, fmt: str) -> str:
                 'image = pipe("a photo of a cat").images[0]\n```')
     return ("```python\nfrom diffusers import DiffusionPipeline, UNet2DConditionModel\n\n"
             'unet = UNet2DConditionModel.from_pretrained("REPO_OR_FOLDER", subfolder="unet")\n'
-            f'pipe = DiffusionPipeline.from_pretrained("{base}", unet=unet)\n'
-            "# a --pipeline export loads whole: DiffusionPipeline.from_pretrained(\"REPO_OR_FOLDER\")\n```")
+            f'pipe = DiffusionPipeline.from_pretrained("{base}", unet=unet)\n```')
 
 
 # ---- dataset card (aif score) ----

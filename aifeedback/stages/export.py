@@ -58,7 +58,8 @@ def run(cfg: ExportConfig) -> Path:
 
             unet = UNet2DConditionModel.from_pretrained(ckpt, subfolder="unet", dtype=dtype)
             unet.save_pretrained(tmp / "unet", safe_serialization=True)
-        write_model_card(tmp, ckpt, kind, cfg.format, cfg.eval)  # inside the publish: the card comes with the weights
+        # inside the publish: the card comes with the weights
+        write_model_card(tmp, ckpt, kind, "pipeline" if cfg.pipeline else cfg.format, cfg.eval)
     if cfg.push_to_hub:
         print(f"uploaded to {push_folder(out, cfg.push_to_hub, 'model', private=not cfg.hub_public)}")
     what = "pipeline" if cfg.pipeline else ("LoRA" if kind == "lora" else "UNet")
