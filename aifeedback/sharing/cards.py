@@ -164,10 +164,8 @@ def write_dataset_card(out: Path, summary: dict[str, Any]) -> Path:
         "Pairs of images for one prompt, labelled by automatic scorers, in the Pick-a-Pic layout (`caption`, "
         "`jpg_0`, `jpg_1`, `label_0`, `label_1`) that Diffusion-DPO trainers read.", "",
         "| | |", "|---|---|",
-        f"| source images | `{summary['input']}` ({summary['kind']} input, {counts['units']} prompts or pairs) |",
-        f"| scorers | {', '.join(summary['scorer'])}"
-        + (f" (weights {summary['weights']}, {summary['normalize']} normalisation)" if summary.get("normalize") else "")
-        + " |",
+        f"| source images | `{summary['input']}` ({_units(summary['kind'], counts['units'])}) |",
+        f"| scorers | {', '.join(summary['scorer'])}{_ensemble(summary)} |",
         f"| pairing | {summary['pairing']}, min margin {summary['min_margin']}, ties "
         f"{'kept as 0.5/0.5' if summary['keep_ties'] else 'dropped'} |",
         f"| pairs | {counts['pairs']} ({counts['pairs_decisive']} decisive, {counts['ties_kept']} ties kept, "
@@ -176,10 +174,22 @@ def write_dataset_card(out: Path, summary: dict[str, Any]) -> Path:
         f"| label balance | jpg_0 wins {labels['0']}, jpg_1 wins {labels['1']}, ties {labels['tie']} |",
         "", "Full statistics (score distributions, scorer agreement) are in `summary.json`.", "",
         "## How to load", "", "```python\nimport datasets\n\n"
-        'pairs = datasets.load_dataset("parquet", data_dir="REPO_OR_FOLDER/data", split="train")\n```', "",
-        "or train on it directly: `aif train --data ai --dataset REPO_OR_FOLDER`.",
+        'pairs = datasets.load_dataset("parquet", data_dir="FOLDER", split="train")  # this folder, on disk\n'
+        'pairs = datasets.load_dataset("USER/REPO", split="train")  # after aif score --push-to-hub USER/REPO\n```', "",
+        "or train on it directly: `aif train --data ai --dataset FOLDER`.",
     ]
     return _write(out, render(meta, "\n".join(body)))
+
+
+def _units(kind: str, n: int) -> str:
+    return f"`aif generate` output, {n} prompts" if kind == "generate" else f"{n} given pairs, relabelled"
+
+
+def _ensemble(summary: dict[str, Any]) -> str:
+    if not summary.get("normalize"):
+        return ""
+    weights = ", ".join(f"{w:g}" for w in summary["weights"]) or "equal"
+    return f" (ensemble: weights {weights}, per-prompt {summary['normalize']} normalisation)"
 
 
 def _size_category(n: int) -> str:
