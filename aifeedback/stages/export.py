@@ -4,6 +4,9 @@
   whole pipeline folder (`DiffusionPipeline.from_pretrained(OUT)`);
 - LoRA -> OUT/pytorch_lora_weights.safetensors (`pipe.load_lora_weights(OUT)`), or with --pipeline a pipeline
   folder with the LoRA fused into the UNet.
+- `--format kohya`: the LoRA file in the kohya key format (ComfyUI, A1111).
+Every export gets a model card, OUT/README.md (plus OUT/sample_grid.png, the run's last validation grid); --eval
+puts an `aif eval` output's win rates in it; --push-to-hub uploads the finished folder (aifeedback.sharing).
 The folder is written under a temporary name and renamed when complete.
 """
 
@@ -19,6 +22,9 @@ from safetensors.torch import load_file, save_file
 from aifeedback.console import finish, quiet_libraries
 from aifeedback.errors import AifError
 from aifeedback.families.loading import load_pipeline, torch_dtype
+from aifeedback.sharing.cards import write_model_card
+from aifeedback.sharing.hub import push_folder
+from aifeedback.sharing.kohya import to_kohya
 from aifeedback.stages.export_config import ExportConfig
 from aifeedback.storage.checkpoints import LORA_FILE, checkpoint_kind, resolve_checkpoint
 from aifeedback.storage.publish import publishing
@@ -47,16 +53,15 @@ def run(cfg: ExportConfig) -> Path:
                 pipe.unet = UNet2DConditionModel.from_pretrained(ckpt, subfolder="unet")
             pipe.to(dtype=dtype).save_pretrained(tmp, safe_serialization=True)
         elif kind == "lora":
-
-            tensors = {k: v.to(dtype).contiguous() for k, v in load_file(str(ckpt / LORA_FILE)).items()}
-
-            with safe_open(str(ckpt / LORA_FILE), "pt") as f:
-                metadata = f.metadata()  # keeps the adapter config (rank, alpha) that load_lora_weights reads
-            save_file(tensors, str(tmp / LORA_FILE), metadata=metadata)
+            _export_lora(ckpt, tmp, dtype, cfg.format)
         else:
 
             unet = UNet2DConditionModel.from_pretrained(ckpt, subfolder="unet", dtype=dtype)
             unet.save_pretrained(tmp / "unet", safe_serialization=True)
+        # inside the publish: the card comes with the weights
+        write_model_card(tmp, ckpt, kind, "pipeline" if cfg.pipeline else cfg.format, cfg.eval)
+    if cfg.push_to_hub:
+        print(f"uploaded to {push_folder(out, cfg.push_to_hub, 'model', private=not cfg.hub_public)}")
     what = "pipeline" if cfg.pipeline else ("LoRA" if kind == "lora" else "UNet")
     model = cfg.model or _recorded_model(ckpt) or "BASE_MODEL"
     base = str(out) if cfg.pipeline else model
@@ -64,6 +69,15 @@ def run(cfg: ExportConfig) -> Path:
     finish("export", out, f"{what} ({cfg.dtype}) from {ckpt}", f"aif sample --model {base}{tuned}",
            f"aif eval --base {model} --tuned {out}")
     return out
+
+
+def _export_lora(ckpt: Path, tmp: Path, dtype, fmt: str) -> None:
+    tensors = {k: v.to(dtype).contiguous() for k, v in load_file(str(ckpt / LORA_FILE)).items()}
+    with safe_open(str(ckpt / LORA_FILE), "pt") as f:
+        metadata = f.metadata()  # keeps the adapter config (rank, alpha) that load_lora_weights reads
+    if fmt == "kohya":  # the alphas now carry the scale; diffusers' adapter metadata would not match kohya keys
+        tensors, metadata = to_kohya(tensors, metadata), None
+    save_file(tensors, str(tmp / LORA_FILE), metadata=metadata)
 
 
 def _base_pipeline(cfg: ExportConfig, ckpt: Path):

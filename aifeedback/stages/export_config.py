@@ -25,19 +25,34 @@ class ExportConfig:
                                   path=True)
     dtype: Literal["float32", "float16", "bfloat16"] = option("float32", "dtype of the written weights")
     overwrite: bool = option(False, "replace an existing --out folder")
+    format: Literal["diffusers", "kohya"] = option("diffusers", "LoRA key format: diffusers (load_lora_weights) or "
+                                                                 "kohya (ComfyUI, A1111; diffusers reads it too)")
+    eval: Optional[str] = option(None, "an `aif eval` output of this run: its win rates go into the model card",
+                                 path=True, identity=False)
+    push_to_hub: Optional[str] = option(None, "after exporting, upload the folder to this hub model repo (user/name; "
+                                              "token from `hf auth login`)", identity=False)
+    hub_public: bool = option(False, "make the --push-to-hub repo public (default: private)", identity=False)
     progress: bool = option(True, "accepted for a uniform command line; export draws no progress bar", identity=False)
 
     def validate(self) -> list[str]:
-        return [] if self.checkpoint else ["checkpoint: pass the checkpoint or run folder to export"]
+        problems = [] if self.checkpoint else ["checkpoint: pass the checkpoint or run folder to export"]
+        if self.format == "kohya" and self.pipeline:
+            problems.append("format: kohya is a LoRA file format; drop --pipeline (or --format kohya)")
+        return problems
 
     def preflight(self) -> None:
         """Fail fast, before torch is imported: the checkpoint and, for --pipeline, the base model."""
         from aifeedback.families.resolve import check_available
         from aifeedback.preflight import check_apart
-        from aifeedback.storage.checkpoints import resolve_checkpoint
+        from aifeedback.storage.checkpoints import checkpoint_kind, resolve_checkpoint
 
         ckpt = resolve_checkpoint(self.checkpoint)
         check_apart(self.out, input_paths(self))  # the inputs exist: an --out over one would clobber it
+        if self.format == "kohya" and checkpoint_kind(ckpt) != "lora":
+            raise AifError(f"--format kohya needs a LoRA checkpoint; {ckpt} is a full fine-tune (export it as "
+                           "diffusers)")
+        if self.eval is not None and not (Path(self.eval) / "report.json").is_file():
+            raise AifError(f"--eval {self.eval}: no report.json there; pass a finished `aif eval` output folder")
         if self.pipeline:
             check_available(self.base_model(ckpt), "base model")
 

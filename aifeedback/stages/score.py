@@ -28,6 +28,8 @@ from aifeedback.scoring.inputs import open_input
 from aifeedback.scoring.labels import scores_schema
 from aifeedback.scoring.loop import ImageGroup, TableImages, score_groups
 from aifeedback.scoring.preview import PREVIEW, write_preview
+from aifeedback.sharing.cards import write_dataset_card
+from aifeedback.sharing.hub import push_folder
 from aifeedback.stages.score_config import ScoreConfig
 from aifeedback.storage import shards as storage_shards
 from aifeedback.storage.files import atomic_write_bytes, read_json, write_json
@@ -69,6 +71,7 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
     if done:  # a rerun of a finished job: nothing to score, so no scorer to load
         if state.is_main_process:
             print(f"already complete: {out} ({done['counts']['pairs']} pairs)")
+            share(out, read_json(out / "summary.json"), cfg.push_to_hub, cfg.hub_public)  # e.g. a later --push-to-hub
         return read_json(out / "summary.json")
     if state.is_main_process:
         _clear_replaced_scores(out, identity, inputs, cfg.overwrite)
@@ -99,12 +102,20 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
             write_preview(out, cfg.preview, cfg.seed)
         finish_output(out, manifest, **summary["counts"], processes=state.num_processes)
         print(score_pairs.format_summary(summary, out))
+        share(out, summary, cfg.push_to_hub, cfg.hub_public)
         model = _generator_model(inputs)
         finish("score", out, f"{summary['counts']['pairs']} preference pairs"
                + (f"; check the labels in {out / PREVIEW}" if cfg.preview else ""),
                f"aif train --data ai --dataset {out} " + (f"--model {model} " if model else "") + f"--out {out}-dpo")
     state.wait_for_everyone()  # a stage run next in these processes must see the finished manifest
     return summary
+
+
+def share(out: Path, summary: dict[str, Any], repo: str | None, public: bool) -> None:
+    """The dataset card next to the shards, then (--push-to-hub) the upload of the complete folder."""
+    write_dataset_card(out, summary)
+    if repo:
+        print(f"uploaded to {push_folder(out, repo, 'dataset', private=not public)}")
 
 
 def _generator_model(inputs: dict[str, Any]) -> str | None:

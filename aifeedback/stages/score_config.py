@@ -47,6 +47,9 @@ class ScoreConfig:
                           "loser | margin (0: no preview)", min=0, identity=False)
     overwrite: bool = option(False, "replace a different job's results in --out", identity=False)
     progress: bool = option(True, "show a progress bar (in a log: a plain line every 30 s)", identity=False)
+    push_to_hub: Optional[str] = option(None, "when complete, upload --out to this hub dataset repo (user/name; token "
+                                              "from `hf auth login`)", identity=False)
+    hub_public: bool = option(False, "make the --push-to-hub repo public (default: private)", identity=False)
 
     def validate(self) -> list[str]:
         problems = []
