@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from aifeedback.data.labels import LABEL_COLUMNS, PAIR_COLUMNS
 from aifeedback.data.rows import HubRows, ParquetRows
+from aifeedback.data.trl import TRL_COLUMNS, to_pairs
 from aifeedback.errors import DataError, first_line
 from aifeedback.preflight import is_hub_id
 from aifeedback.registry import Registry
@@ -294,6 +295,31 @@ def _open_pickapic(target: str, how: Opening) -> PairTable:
     return PairTable(str(path), "pickapic", split_files(path, data_files(path), how.split))
 
 
+def _is_trl(target: str) -> bool:
+    """Local files with TRL's columns (and not Pick-a-Pic's, which win when a file has both). A hub id is left to
+    the Pick-a-Pic fallback: its columns are known only once loaded (download it and pass the folder)."""
+    path = Path(target).expanduser()
+    files = data_files(path) if path.exists() else []
+    have = file_columns(files[0]) if files else []
+    return all(c in have for c in TRL_COLUMNS) and not all(c in have for c in PAIR_COLUMNS)
+
+
+def _open_trl(target: str, how: Opening) -> PairTable:
+    """TRL layout in a local Parquet/Arrow file or folder, mapped to the canonical columns (aifeedback.data.trl);
+    image paths are resolved inside the folder (a file's own folder for a single file)."""
+    path = Path(target).expanduser()
+    files = split_files(path, data_files(path), how.split)
+    counts = [file_rows(f) for f in files]
+    if not any(counts):  # `datasets` cannot build a split with no rows
+        raise DataError(f"no usable preference pairs in {path}: its {len(files)} file(s) hold no rows. Fix: pass a "
+                        "dataset with labelled pairs")
+    for f in files:  # every file, not just the first: the check names the one that lacks a column
+        require_columns(str(f), file_columns(f), TRL_COLUMNS, "TRL")
+    ds = datasets.load_dataset(files[0].suffix[1:], data_files=[str(f) for f in files], split="train")
+    ds = to_pairs(ds, path if path.is_dir() else path.parent, files, counts)
+    return PairTable(str(path), "trl", ds=ds.to_iterable_dataset() if how.streaming else ds)
+
+
 def _open_hub(name: str, how: Opening) -> PairTable:
     split = how.split or how.hub_split
     label = f"{name}[{split or 'default split'}]"
@@ -316,6 +342,8 @@ def _open_hub(name: str, how: Opening) -> PairTable:
 
 register(PairSource("aif-score", "an `aif score` output: manifest.json + data/train-*.parquet pairs",
                     "`aif score` output", (), _is_output, _open_output))
+register(PairSource("trl", "prompt, chosen, rejected (images as bytes, `datasets` Images or paths inside the "
+                    "folder): a local Parquet/Arrow file or folder", "TRL", TRL_COLUMNS, _is_trl, _open_trl))
 register(PairSource("pickapic", "caption, jpg_0, jpg_1, label_0, label_1: a local Parquet/Arrow file or folder, "
                     "a save_to_disk folder, or a hub id", "Pick-a-Pic", PAIR_COLUMNS, _is_pickapic, _open_pickapic,
                     fallback=True))
