@@ -31,6 +31,12 @@ LOSSES: Registry[Loss] = Registry("loss", [
          "aifeedback.losses.dpo"),
     Loss("sft", "denoising MSE on the preferred images only (the paper's SFT baseline)", False,
          "aifeedback.losses.dpo"),
+    Loss("hinge", "hinge form of Diffusion-DPO, relu(1 - inside), against the frozen reference (diffusers' hinge)",
+         True, "aifeedback.losses.dpo"),
+    Loss("ipo", "IPO form of Diffusion-DPO, (h - 1/(2 tau))^2 with tau = beta/2, against the frozen reference",
+         True, "aifeedback.losses.dpo"),
+    Loss("mapo", "MaPO, reference-free: winner MSE + margin on log-odds (Hong et al. 2024; use --beta 0.1)",
+         False, "aifeedback.losses.mapo"),
 ])
 
 
