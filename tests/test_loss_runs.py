@@ -39,10 +39,21 @@ def test_mapo_trains_without_any_reference(human, tmp_path, monkeypatch, model, 
     def no_reference(*args, **kwargs):
         raise AssertionError("MaPO ran a reference forward")
 
+    import aifeedback.losses.mapo as M
+
+    calls = []
+    real = M.mapo
+
+    def mapo_spy(*args, timesteps=None, **kwargs):
+        calls.append(timesteps)
+        return real(*args, timesteps=timesteps, **kwargs)
+
+    monkeypatch.setattr(M, "mapo", mapo_spy)
     monkeypatch.setattr(TrainRecipe, "_setup_models", spy)
     monkeypatch.setattr(TrainRecipe, "_reference_mse", no_reference)
     m = read_metrics(run(tiny_train(human, tmp_path / "run", model=model, lora_rank=rank, loss="mapo", beta=0.1)))
     assert refs == [None]  # no frozen copy for a full fine-tune either
+    assert calls == [1000, 1000]  # T from the tiny model's noise scheduler, one call per step
     assert [r["step"] for r in m] == [1, 2] and all(math.isfinite(r["loss"]) for r in m)
     assert "mse_ref_w" not in m[0]
     # loss = winner MSE + margin term, each a mean over the step's pairs (metrics are rounded to 8 decimals)

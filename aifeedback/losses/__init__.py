@@ -2,6 +2,8 @@
 
 To add an objective: write its function (formula, source and value at step 0 in the docstring) in a module here,
 register it below, and test it against a hand computation. `aif train --loss` takes any registered name.
+A loss that also needs the number of train timesteps T (MaPO) takes a keyword argument `timesteps`; the trainer
+passes the noise scheduler's num_train_timesteps to every loss whose function has it.
 """
 
 from __future__ import annotations

@@ -25,7 +25,9 @@ import torch.nn.functional as F
 from aifeedback.losses.base import LossOutput, common_metrics
 
 SNR_VALUE = 0.5  # the official code's `--snr_value` default, used in the paper's runs
-TRAIN_TIMESTEPS = 1000  # T: num_train_timesteps of every family's noise scheduler (SD1.5, SDXL, the toy world)
+# T when called directly; `aif train` passes its noise scheduler's num_train_timesteps (1000 for SD1.5, SDXL and
+# the toy world), so a model trained with another T gets its own.
+TRAIN_TIMESTEPS = 1000
 
 
 def mapo(model_w: torch.Tensor, model_l: torch.Tensor, ref_w: torch.Tensor | None, ref_l: torch.Tensor | None,
