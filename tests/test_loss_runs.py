@@ -59,3 +59,11 @@ def test_mapo_trains_without_any_reference(human, tmp_path, monkeypatch, model, 
     # loss = winner MSE + margin term, each a mean over the step's pairs (metrics are rounded to 8 decimals)
     assert m[0]["loss"] == pytest.approx(m[0]["mse_model_w"] + m[0]["margin_loss"], abs=1e-7)
     assert m[0]["margin_loss"] > 0  # -beta * logsigmoid(.) is positive
+
+
+def test_mapo_with_the_dpo_default_beta_is_refused(human, tmp_path):
+    from aifeedback.config import ConfigError
+
+    with pytest.raises(ConfigError, match="pass --beta 0.1"):
+        tiny_train(human, tmp_path / "run", loss="mapo")  # beta left at the DPO default 5000
+    tiny_train(human, tmp_path / "run", loss="dpo")  # DPO keeps its default
