@@ -2,6 +2,8 @@
 
 To add an objective: write its function (formula, source and value at step 0 in the docstring) in a module here,
 register it below, and test it against a hand computation. `aif train --loss` takes any registered name.
+A loss that also needs the number of train timesteps T (MaPO) takes a keyword argument `timesteps`; the trainer
+passes the noise scheduler's num_train_timesteps to every loss whose function has it.
 """
 
 from __future__ import annotations
@@ -31,6 +33,12 @@ LOSSES: Registry[Loss] = Registry("loss", [
          "aifeedback.losses.dpo"),
     Loss("sft", "denoising MSE on the preferred images only (the paper's SFT baseline)", False,
          "aifeedback.losses.dpo"),
+    Loss("hinge", "hinge form of Diffusion-DPO, relu(1 - inside), against the frozen reference (diffusers' hinge)",
+         True, "aifeedback.losses.dpo"),
+    Loss("ipo", "IPO form of Diffusion-DPO, (h - 1/(2 tau))^2 with tau = beta/2, against the frozen reference",
+         True, "aifeedback.losses.dpo"),
+    Loss("mapo", "MaPO, reference-free: winner MSE + margin on log-odds (Hong et al. 2024; use --beta 0.1)",
+         False, "aifeedback.losses.mapo"),
 ])
 
 

@@ -14,6 +14,8 @@ restarted with the same command continues from its latest checkpoint and ends wi
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import io
 import json
 import math
@@ -109,6 +111,8 @@ class TrainRecipe:
         self.weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[acc.mixed_precision]
         self.text, self.vae = self._setup_frozen_parts()
         self.scheduler = self.family.noise_scheduler(self.pipe)
+        if "timesteps" in inspect.signature(self.loss_fn).parameters:  # MaPO scales its margin by the scheduler's T
+            self.loss_fn = functools.partial(self.loss_fn, timesteps=self.scheduler.config.num_train_timesteps)
         self.model, self.ref = self._setup_models()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.pairs_per_step = self.cfg.batch_size * self.cfg.grad_accum * self.world

@@ -12,6 +12,7 @@ from typing import Literal, Optional
 from aifeedback.config import input_paths, option
 from aifeedback.losses import LOSSES
 
+MAPO_BETA_MAX = 10.0  # MaPO's beta is ~0.1; anything above this is a DPO beta left in place by mistake
 DEFAULT_VALIDATION_PROMPTS = [
     "a photo of a cat wearing a red hat",
     "an astronaut riding a horse, oil painting",
@@ -97,6 +98,9 @@ class TrainConfig:
             problems.append(f"warmup_steps ({self.warmup_steps}) exceeds max_steps ({self.max_steps})")
         if self.streaming and self.max_pairs is not None:
             problems.append("max_pairs cannot be combined with streaming")
+        if self.loss == "mapo" and self.beta > MAPO_BETA_MAX:  # the DPO default 5000 would drown MaPO's SFT term
+            problems.append(f"beta {self.beta:g} is a DPO-scale beta; MaPO's beta (beta_mapo) weighs its margin term "
+                            f"against the winner MSE, 0.1 in the paper: pass --beta 0.1")
         return problems
 
     def preflight(self) -> None:
