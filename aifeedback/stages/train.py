@@ -49,9 +49,15 @@ from aifeedback.families.loading import load_pipeline
 from aifeedback.losses import get_loss
 from aifeedback.losses.base import denoising_mse
 from aifeedback.stages.train_config import TrainConfig
+from aifeedback.stages.train_resume import (
+    finished_step,
+    input_fingerprint,
+    resume_point,
+    truncate_metrics,
+)
 from aifeedback.storage import checkpoints as ck
-from aifeedback.storage.files import atomic_write_bytes, atomic_write_text, read_json, write_json
-from aifeedback.storage.manifest import completed_output, fingerprint, finish_output, job_changes, prepare_output
+from aifeedback.storage.files import atomic_write_bytes, read_json, write_json
+from aifeedback.storage.manifest import finish_output, prepare_output
 from aifeedback.storage.publish import discard, publish, temporary_path
 
 
@@ -60,7 +66,7 @@ def run(cfg: TrainConfig) -> Path:
     cfg.preflight()
     quiet_libraries()
     recipe = TrainRecipe(cfg)
-    done = _finished_step(cfg, recipe.out)
+    done = finished_step(cfg, recipe.out)
     if done is not None:  # a rerun of a finished run: nothing to train, so no model to load
         if process_state().is_main_process:
             print(f"already complete: {recipe.out} (step {done} of --max-steps {cfg.max_steps}; raise it to train on)")
@@ -145,14 +151,14 @@ class TrainRecipe:
     def _setup_run_folder(self) -> Optional[Path]:
         """Prepare --out (its manifest and config); returns the checkpoint to continue from, or None."""
         cfg, out = self.cfg, self.out
-        resume_from = _resume_point(cfg, out)
+        resume_from = resume_point(cfg, out)
         if self.main:
             if resume_from is None and cfg.overwrite:
                 for name in ("checkpoints", "logs", "validation", "metrics.jsonl", "manifest.json"):
                     p = out / name
                     shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
             prepare_output(out, "train", to_dict(cfg), identity_dict(cfg), overwrite=cfg.overwrite,
-                           inputs=_input_fingerprint(cfg))
+                           inputs=input_fingerprint(cfg))
             save_config(cfg, out / "config.yaml")
         self.accelerator.wait_for_everyone()
         return resume_from
@@ -257,7 +263,7 @@ class TrainRecipe:
             self.accelerator.load_state(str(self.resume_from))
             self._say(f"resuming from {self.resume_from} (step {state['step']})")
         if self.main:
-            _truncate_metrics(self.out / "metrics.jsonl", state["step"])
+            truncate_metrics(self.out / "metrics.jsonl", state["step"])
         return state
 
     def _setup_batches(self) -> Iterator[dict[str, Any]]:
@@ -500,79 +506,6 @@ def _optimizer(cfg: TrainConfig, params: list, lr: float):
     # As the Diffusion-DPO SDXL runs: a fixed lr, no relative steps or parameter scaling.
     return Adafactor(params, lr=lr, weight_decay=cfg.weight_decay, scale_parameter=False, relative_step=False,
                      warmup_init=False, clip_threshold=1.0)
-
-
-def _resume_point(cfg: TrainConfig, out: Path) -> Optional[Path]:
-    """The checkpoint to continue from, or None to start fresh (see the --resume help)."""
-    existing = ck.list_checkpoints(out)
-    if cfg.resume == "auto":
-        if existing and not _same_job(cfg, out):
-            if cfg.overwrite:
-                return None
-            raise AifError(f"{out} holds checkpoints of a different training job{_changes(cfg, out)}. Use another "
-                           "--out, or pass --overwrite to delete them and start over")
-        return existing[-1] if existing else None
-    if cfg.resume == "latest":
-        if not existing:
-            raise AifError(f"--resume latest: {out} has no complete checkpoint (checkpoints/checkpoint-NNNNNN). "
-                           "Use --resume auto to start fresh when there is none")
-        return existing[-1]
-    if cfg.resume == "none":
-        if existing and not cfg.overwrite:
-            raise AifError(f"--resume none: {out} already holds checkpoints; pass --overwrite to delete them and start "
-                           "over, or use another --out")
-        return None
-    return ck.resolve_checkpoint(cfg.resume)
-
-
-def _finished_step(cfg: TrainConfig, out: Path) -> Optional[int]:
-    """The step of --out's latest checkpoint when this very run already reached --max-steps and finished, else None
-    (a run resumed with a higher --max-steps trains on)."""
-    if cfg.resume not in ("auto", "latest") or not completed_output(out, "train", identity_dict(cfg),
-                                                                     _input_fingerprint(cfg)):
-        return None
-    ckpts = ck.list_checkpoints(out)
-    step = read_json(ckpts[-1] / ck.STATE_FILE)["step"] if ckpts else -1
-    return step if step >= cfg.max_steps else None
-
-
-def _same_job(cfg: TrainConfig, out: Path) -> bool:
-    try:
-        old = read_json(out / "manifest.json")
-    except (OSError, ValueError):
-        return False
-    key = fingerprint({"stage": "train", "identity": identity_dict(cfg), "inputs": _input_fingerprint(cfg)})
-    return old.get("fingerprint") == key
-
-
-def _changes(cfg: TrainConfig, out: Path) -> str:
-    """' (differs in: what changed)' between --out's recorded run and this one, or '' when nothing says."""
-    try:
-        changes = job_changes(read_json(out / "manifest.json"), identity_dict(cfg), _input_fingerprint(cfg))
-    except (OSError, ValueError):
-        return ""
-    return f" (differs in: {changes})" if changes else ""
-
-
-def _input_fingerprint(cfg: TrainConfig) -> dict:
-    manifest = Path(cfg.dataset) / "manifest.json"
-    if manifest.exists():
-        return {"dataset_fingerprint": json.loads(manifest.read_text()).get("fingerprint")}
-    return {}
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines past the resumed step (a killed run may have logged steps it never checkpointed)."""
-    if not path.exists():
-        return
-    keep = []
-    for ln in path.read_text().splitlines():
-        try:
-            if json.loads(ln)["step"] <= step:
-                keep.append(ln)
-        except (ValueError, KeyError, TypeError):  # a line torn by a kill mid-write: it was never checkpointed
-            continue
-    atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
 
 def sharded(accelerator) -> bool:

@@ -1,0 +1,88 @@
+"""The training run folder: which checkpoint a run continues from, whether --out holds the same job (and what
+changed when it does not), and trimming metrics.jsonl back to the resumed step."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from aifeedback.config import identity_dict
+from aifeedback.errors import AifError
+from aifeedback.stages.train_config import TrainConfig
+from aifeedback.storage import checkpoints as ck
+from aifeedback.storage.files import atomic_write_text, read_json
+from aifeedback.storage.manifest import completed_output, fingerprint, job_changes
+
+
+def resume_point(cfg: TrainConfig, out: Path) -> Optional[Path]:
+    """The checkpoint to continue from, or None to start fresh (see the --resume help)."""
+    existing = ck.list_checkpoints(out)
+    if cfg.resume == "auto":
+        if existing and not same_job(cfg, out):
+            if cfg.overwrite:
+                return None
+            raise AifError(f"{out} holds checkpoints of a different training job{changes(cfg, out)}. Use another "
+                           "--out, or pass --overwrite to delete them and start over")
+        return existing[-1] if existing else None
+    if cfg.resume == "latest":
+        if not existing:
+            raise AifError(f"--resume latest: {out} has no complete checkpoint (checkpoints/checkpoint-NNNNNN). "
+                           "Use --resume auto to start fresh when there is none")
+        return existing[-1]
+    if cfg.resume == "none":
+        if existing and not cfg.overwrite:
+            raise AifError(f"--resume none: {out} already holds checkpoints; pass --overwrite to delete them and start "
+                           "over, or use another --out")
+        return None
+    return ck.resolve_checkpoint(cfg.resume)
+
+
+def finished_step(cfg: TrainConfig, out: Path) -> Optional[int]:
+    """The step of --out's latest checkpoint when this very run already reached --max-steps and finished, else None
+    (a run resumed with a higher --max-steps trains on)."""
+    if cfg.resume not in ("auto", "latest") or not completed_output(out, "train", identity_dict(cfg),
+                                                                     input_fingerprint(cfg)):
+        return None
+    ckpts = ck.list_checkpoints(out)
+    step = read_json(ckpts[-1] / ck.STATE_FILE)["step"] if ckpts else -1
+    return step if step >= cfg.max_steps else None
+
+
+def same_job(cfg: TrainConfig, out: Path) -> bool:
+    try:
+        old = read_json(out / "manifest.json")
+    except (OSError, ValueError):
+        return False
+    key = fingerprint({"stage": "train", "identity": identity_dict(cfg), "inputs": input_fingerprint(cfg)})
+    return old.get("fingerprint") == key
+
+
+def changes(cfg: TrainConfig, out: Path) -> str:
+    """' (differs in: what changed)' between --out's recorded run and this one, or '' when nothing says."""
+    try:
+        changes = job_changes(read_json(out / "manifest.json"), identity_dict(cfg), input_fingerprint(cfg))
+    except (OSError, ValueError):
+        return ""
+    return f" (differs in: {changes})" if changes else ""
+
+
+def input_fingerprint(cfg: TrainConfig) -> dict:
+    manifest = Path(cfg.dataset) / "manifest.json"
+    if manifest.exists():
+        return {"dataset_fingerprint": json.loads(manifest.read_text()).get("fingerprint")}
+    return {}
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines past the resumed step (a killed run may have logged steps it never checkpointed)."""
+    if not path.exists():
+        return
+    keep = []
+    for ln in path.read_text().splitlines():
+        try:
+            if json.loads(ln)["step"] <= step:
+                keep.append(ln)
+        except (ValueError, KeyError, TypeError):  # a line torn by a kill mid-write: it was never checkpointed
+            continue
+    atomic_write_text(path, "".join(ln + "\n" for ln in keep))
