@@ -7,6 +7,12 @@ from typing import Any
 
 PAIR_COLUMNS = ("caption", "jpg_0", "jpg_1")
 LABEL_COLUMNS = ("label_0", "label_1")
+RANKED_PAIRINGS = ("all", "best-worst")  # --ranked-pairs: the pairs a ranked list of images gives (data/ranked.py)
+COLUMNS_HELP = ("read another layout: caption=COL,image_0=COL,image_1=COL,label=COL (label: 0 = image_0 preferred, "
+                "1 = image_1, 0.5 = tie; or label_0=COL,label_1=COL as 1/0); images as bytes, `datasets` Images or "
+                "paths inside the dataset folder")
+RANKED_HELP = ("pairs of a ranked list (HPDv2, ImageRewardDB): all = every two differently ranked images of a prompt, "
+               "best-worst = the best against the worst; equal ranks are ties, dropped")
 
 
 def winner_of(l0: Any, l1: Any, has_label: Any = None) -> int | None | str:

@@ -23,11 +23,12 @@ from typing import Any, Iterator
 
 import datasets
 
+from aifeedback.data.labels import RANKED_PAIRINGS
 from aifeedback.data.mapping import map_columns
 from aifeedback.errors import DataError
 from aifeedback.scoring.pairing import label, select_pairs
 
-RANKED_PAIRINGS = ("all", "best-worst")
+__all__ = ["RANKED_PAIRINGS", "Group", "pair_rows", "pairs_table"]
 HPD_KEYS = (("file_path", "human_preference"), ("image_path", "rank"))  # (images, preference) per HPDv2 file
 IMAGEREWARD_COLUMNS = ("prompt_id", "prompt", "rank")
 LIGHT = datasets.Features({"caption": datasets.Value("string"), "where": datasets.Value("string"),

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from aifeedback.config import input_paths, option
+from aifeedback.data.labels import COLUMNS_HELP, RANKED_HELP, RANKED_PAIRINGS
+from aifeedback.data.mapping import columns_problems
 
 
 @dataclass
@@ -34,6 +36,8 @@ class ScoreConfig:
                              "label_0 != 0 as 'jpg_0 wins', so it trains on kept ties as jpg_0 wins")
     seed: int = option(0, "seed of --pairing random")
     split: Optional[str] = option(None, "split of a hub / local Pick-a-Pic dataset (e.g. validation)")
+    columns: list[str] = option([], COLUMNS_HELP + " (pairs input; no label needed)")
+    ranked_pairs: Literal[RANKED_PAIRINGS] = option("all", RANKED_HELP)
     limit: Optional[int] = option(None, "only the first N prompts (generate input) or pairs (Pick-a-Pic input)", min=1)
     shard_size: int = option(64, "prompts (or pairs) per output shard; a shard is the unit of resume", min=1)
     batch_size: int = option(64, "images per scorer forward pass", min=1, identity=False)
@@ -66,6 +70,7 @@ class ScoreConfig:
                             "scorer")
         if self.weights and sum(abs(w) for w in self.weights) == 0:
             problems.append("weights: all zero")
+        problems += columns_problems(self.columns)
         return problems
 
     def preflight(self) -> None:

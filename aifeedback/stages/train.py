@@ -233,7 +233,7 @@ class TrainRecipe:
     def _setup_data(self) -> tuple[Any, D.PairStats, Any, Optional[int], D.Transform]:
         """(table, label counts, map-style dataset or None when streaming, number of pairs or None, transform)."""
         cfg, res = self.cfg, self.resolution
-        table = D.open_table(cfg.data, cfg.dataset, cfg.split, cfg.streaming)
+        table = D.open_table(cfg.data, cfg.dataset, cfg.split, cfg.streaming, cfg.columns, cfg.ranked_pairs)
         transform = D.Transform(res, cfg.random_crop, cfg.flip, cfg.caption_dropout)
         if cfg.streaming:
             return table, D.PairStats(), None, None, transform

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from aifeedback.config import input_paths, option
+from aifeedback.data.labels import COLUMNS_HELP, RANKED_HELP, RANKED_PAIRINGS
+from aifeedback.data.mapping import columns_problems
 from aifeedback.losses import LOSSES
 
 MAPO_BETA_MAX = 10.0  # MaPO's beta is ~0.1; anything above this is a DPO beta left in place by mistake
@@ -29,6 +31,8 @@ class TrainConfig:
                                                        "Parquet/Arrow folder, or `aif score` output", path=True)
     split: str = option("train", "dataset split (kashif/pickascore has only 'validation'); ignored for `aif score` "
                                  "outputs")
+    columns: list[str] = option([], COLUMNS_HELP)
+    ranked_pairs: Literal[RANKED_PAIRINGS] = option("all", RANKED_HELP)
     streaming: bool = option(False, "stream the dataset instead of downloading it (for the 335 GB pickapic_v2)")
     shuffle_buffer: int = option(1000, "shuffle buffer size when streaming", min=1)
     max_pairs: Optional[int] = option(None, "use only the first N usable pairs (after dropping ties); null = "
@@ -96,6 +100,7 @@ class TrainConfig:
             problems.append("lora_alpha is set but lora_rank is 0 (full fine-tune); set --lora-rank")
         if self.warmup_steps > self.max_steps:
             problems.append(f"warmup_steps ({self.warmup_steps}) exceeds max_steps ({self.max_steps})")
+        problems += columns_problems(self.columns)
         if self.streaming and self.max_pairs is not None:
             problems.append("max_pairs cannot be combined with streaming")
         if self.loss == "mapo" and self.beta > MAPO_BETA_MAX:  # the DPO default 5000 would drown MaPO's SFT term
