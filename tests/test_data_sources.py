@@ -164,3 +164,17 @@ def test_train_two_steps_on_each_layout(tmp_path, layout):
         extra["columns"] = ",".join(f"{k}={v}" for k, v in CUSTOM.items())
     STAGES["train"].run(tiny_train(folder, tmp_path / "run", data="human", split="train", **extra))
     assert [m["step"] for m in read_metrics(tmp_path / "run") if "loss" in m][-1] == 2
+
+
+def test_no_default_or_recipe_reads_the_removed_pickapic_v2_repo():
+    """yuvalkirstain/pickapic_v2 answers 404 since April 2025: neither `aif train`'s default nor a shipped recipe
+    may name it (comments may say where it went)."""
+    import yaml
+
+    from aifeedback.recipe import list_recipes
+    from aifeedback.stages.train_config import TrainConfig
+
+    gone = "yuvalkirstain/pickapic_v2"
+    assert TrainConfig().dataset != gone and S.source_for(TrainConfig().dataset).name == "pickapic"  # hub fallback
+    for name, (path, _) in list_recipes().items():
+        assert gone not in json.dumps(yaml.safe_load(path.read_text())), f"{name} reads {gone}"

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from aifeedback.data import ranked
-from aifeedback.data.labels import LABEL_COLUMNS, PAIR_COLUMNS
+from aifeedback.data.labels import LABEL_COLUMNS, OPEN_PREFERENCES, PAIR_COLUMNS
 from aifeedback.data.mapping import check_mapping, map_columns, suggest
 from aifeedback.data.rows import HubRows, ParquetRows
 from aifeedback.data.trl import TRL_COLUMNS, to_pairs
@@ -230,7 +230,7 @@ def open_pairs(target: str, split: str | None = None, *, labels: bool = True, st
     is given), and check its columns (labels too if asked)."""
     if not Path(target).expanduser().exists() and not is_hub_id(target):
         raise DataError(f"'{target}' is neither a local path nor a hub dataset id (org/name): no such file or "
-                        "directory. Fix: check the path, or pass a hub id such as yuvalkirstain/pickapic_v2")
+                        f"directory. Fix: check the path, or pass a hub id such as {OPEN_PREFERENCES}")
     how = Opening(split, streaming, hub_split, columns or None, pairing, labels)
     source = SOURCES[MAPPED] if columns else source_for(target)
     table = source.open(target, how)
@@ -344,9 +344,10 @@ def _open_hub(name: str, how: Opening) -> PairTable:
         first = first_line(e)
         raise DataError(
             f"could not load the dataset '{name}'{f' split {split}' if split else ''}: {first}.\n"
-            f"  Fix: check the id and --split (Pick-a-Pic v2 splits: train, validation, test, validation_unique, "
-            f"test_unique; kashif/pickascore: validation), or download it (`hf download --repo-type "
-            f"dataset ID`) and pass the local Parquet folder."
+            f"  Fix: check the id and --split (kashif/pickascore: validation; Pick-a-Pic v2 copies: train, validation, "
+            f"test, validation_unique, test_unique), or download it (`hf download --repo-type dataset ID`) and pass "
+            f"the local folder. yuvalkirstain/pickapic_v2 answers 404 on the Hub since April 2025: pass a local "
+            f"Parquet copy of it, or another set such as {OPEN_PREFERENCES}."
         ) from None
     if split:
         return _hub_table(label, ds, how)

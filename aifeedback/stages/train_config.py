@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from aifeedback.config import input_paths, option
-from aifeedback.data.labels import COLUMNS_HELP, RANKED_HELP, RANKED_PAIRINGS
+from aifeedback.data.labels import COLUMNS_HELP, OPEN_PREFERENCES, RANKED_HELP, RANKED_PAIRINGS
 from aifeedback.data.mapping import columns_problems
 from aifeedback.losses import LOSSES
 
@@ -25,15 +25,16 @@ DEFAULT_VALIDATION_PROMPTS = [
 @dataclass
 class TrainConfig:
     # data
-    data: Literal["human", "ai"] = option("human", "human: Pick-a-Pic-layout pairs (hub id or local folder); ai: an "
-                                                   "`aif score` output folder")
-    dataset: str = option("yuvalkirstain/pickapic_v2", "hub id (yuvalkirstain/pickapic_v2, kashif/pickascore), local "
-                                                       "Parquet/Arrow folder, or `aif score` output", path=True)
+    data: Literal["human", "ai"] = option("human", "human: preference pairs any pair source reads (hub id or local "
+                                                   "folder); ai: an `aif score` output folder")
+    dataset: str = option(OPEN_PREFERENCES, f"hub id (e.g. {OPEN_PREFERENCES}, TRL layout), "
+                          "local folder (Pick-a-Pic or TRL Parquet, HPDv2, ImageRewardDB, or any layout with "
+                          "--columns), or `aif score` output", path=True)
     split: str = option("train", "dataset split (kashif/pickascore has only 'validation'); ignored for `aif score` "
                                  "outputs")
     columns: list[str] = option([], COLUMNS_HELP)
     ranked_pairs: Literal[RANKED_PAIRINGS] = option("all", RANKED_HELP)
-    streaming: bool = option(False, "stream the dataset instead of downloading it (for the 335 GB pickapic_v2)")
+    streaming: bool = option(False, "stream the dataset instead of downloading it (for sets of hundreds of GB)")
     shuffle_buffer: int = option(1000, "shuffle buffer size when streaming", min=1)
     max_pairs: Optional[int] = option(None, "use only the first N usable pairs (after dropping ties); null = "
                                             "all", min=1)
