@@ -178,3 +178,41 @@ def test_no_default_or_recipe_reads_the_removed_pickapic_v2_repo():
     assert TrainConfig().dataset != gone and S.source_for(TrainConfig().dataset).name == "pickapic"  # hub fallback
     for name, (path, _) in list_recipes().items():
         assert gone not in json.dumps(yaml.safe_load(path.read_text())), f"{name} reads {gone}"
+
+
+def test_inspect_counts_a_dataset_and_shows_example_pairs(tmp_path):
+    from aifeedback.stages import STAGES
+
+    folder = write_imagereward(tmp_path / "ir", prompts=3)
+    cfg = build_config(STAGES["inspect"].config, {"dataset": str(folder), "split": "train", "out": str(tmp_path / "o"),
+                                                  "examples": 4})
+    summary = STAGES["inspect"].run(cfg)
+    assert (summary["source"], summary["rows"], summary["pairs"], summary["ties"], summary["bad_rows"]) == \
+        ("imagerewarddb", 9, 6, 3, 0)
+    assert summary["label_balance"] == {"jpg_0": 3, "jpg_1": 3}  # blue-red (red is jpg_1), red-green (red is jpg_0)
+    assert json.loads((tmp_path / "o" / "summary.json").read_text()) == summary
+    page = (tmp_path / "o" / "inspect.html").read_text()
+    assert page.count("<div class=card>") == 4 and "preferred (jpg_" in page and "data:image/png;base64," in page
+
+
+def test_inspect_runs_from_the_command_line_without_model_libraries(tmp_path):
+    """`aif inspect` is a stage like the others (derived from STAGES) and loads no model code; a bad layout fails
+    with the --columns fix and leaves no --out behind."""
+    import subprocess
+    import sys
+
+    from aifeedback.stages import STAGES
+
+    folder = write_custom(tmp_path / "custom")
+    fix = "caption=text,image_0=left,image_1=right,label=winner"
+    with pytest.raises(DataError, match=f"--columns {fix}"):
+        STAGES["inspect"].run(build_config(STAGES["inspect"].config, {"dataset": str(folder),
+                                                                      "out": str(tmp_path / "o")}))
+    assert not (tmp_path / "o").exists()
+    code = ("import sys; from aifeedback.cli import main; sys.argv = ['aif', 'inspect'] + sys.argv[1:]\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "print('MODELS', [m for m in ('diffusers', 'transformers', 'open_clip') if m in sys.modules])")
+    good = subprocess.run([sys.executable, "-c", code, str(folder), "--out", str(tmp_path / "o"), "--columns", fix],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert good.returncode == 0, good.stderr
+    assert "4 rows: 3 pairs with a clear winner, 1 ties" in good.stdout and "MODELS []" in good.stdout
