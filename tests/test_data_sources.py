@@ -101,6 +101,23 @@ def test_columns_maps_a_custom_layout(tmp_path):
                             labels=False).dataset()) == 4  # `aif score` relabels: no label needed
 
 
+def test_score_and_eval_read_mapped_and_ranked_sets(tmp_path):
+    """`aif score` (relabelling) and `aif eval --scorer-accuracy` read through the same reader, --columns and
+    --ranked-pairs included."""
+    from aifeedback.scoring.inputs import open_input
+    from aifeedback.stages.evaluate import preference_pairs
+
+    custom = write_custom(tmp_path / "custom")
+    spec = [f"{k}={v}" for k, v in CUSTOM.items()]
+    scored = open_input(str(custom), None, columns=spec)
+    assert [u.prompt for u in scored.units] == [f"{w} custom {i}" for i, w in enumerate(("red", "blue", "cat", "dog"))]
+    pairs = list(preference_pairs(str(custom), None, columns=spec))
+    assert [p["caption"] for p in pairs] == ["blue custom 1", "cat custom 2", "dog custom 3"]  # the tie dropped
+    hpd = write_hpdv2(tmp_path / "hpd")
+    assert len(list(preference_pairs(str(hpd), "test", pairing="best-worst"))) == 2
+    assert len(open_input(str(hpd), "test", pairing="all").units) == 6
+
+
 def test_a_bad_layout_names_the_missing_columns_and_the_mapping_that_fixes_it(tmp_path):
     folder = write_custom(tmp_path / "custom")
     fix = "--columns caption=text,image_0=left,image_1=right,label=winner"
