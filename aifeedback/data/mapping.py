@@ -158,18 +158,20 @@ def _canonical(batch: dict[str, list], indices: list[int], mapping: dict[str, st
     """One batch of mapped rows in the canonical columns."""
     from aifeedback.data.trl import image_bytes
 
-    def where(i: int) -> str:
-        if "where" in batch:  # ranked lists: the record and images the pair came from
-            return batch["where"][indices.index(i)]
+    def where(k: int) -> str:
+        """The k-th row of the batch, for errors: the record and images a ranked pair came from, or file and row."""
+        if "where" in batch:
+            return batch["where"][k]
+        i = indices[k]
         if not files:
             return f"{label} row {i}"
         f = bisect.bisect_right(offsets, i) - 1
         return f"{files[f]} row {i - offsets[f]}"
 
-    def cell(value: Any, i: int, column: str) -> bytes | None:
+    def cell(value: Any, k: int, column: str) -> bytes | None:
         if isinstance(value, dict):  # a `datasets` Image: its bytes, else its path (resolved like any path)
             value = value["bytes"] if value.get("bytes") is not None else value.get("path")
-        here = lambda: f"{where(i)} ({column})"  # noqa: E731 - called only to word an error
+        here = lambda: f"{where(k)} ({column})"  # noqa: E731 - called only to word an error
         if root is None and isinstance(value, str):
             raise DataError(f"{here()}: the image is a path ('{value}'), which a hub dataset cannot resolve. Fix: "
                             "download the dataset with its images (`hf download --repo-type dataset ID`) and pass the "
@@ -180,7 +182,7 @@ def _canonical(batch: dict[str, list], indices: list[int], mapping: dict[str, st
     out: dict[str, list] = {"caption": batch[mapping["caption"]]}
     for key in ("image_0", "image_1"):
         column = mapping[key]
-        out[CANONICAL[key]] = [cell(v, i, column) for v, i in zip(batch[column], indices, strict=True)]
+        out[CANONICAL[key]] = [cell(v, k, column) for k, v in enumerate(batch[column])]
     if first_wins:
         out["label_0"], out["label_1"] = [1.0] * n, [0.0] * n
     elif "label" in mapping:
