@@ -157,7 +157,7 @@ def test_a_trl_layout_hub_dataset_is_mapped_once_loaded(tmp_path, monkeypatch):
                                                        "image_1": "chosen", "label": "side"}).dataset()
     assert [(r["jpg_1"], r["label_1"]) for r in mapped] == [(r["chosen"], 1.0) for r in rows]
     loaded = datasets.Dataset.from_list([dict(r, chosen="images/0.jpg") for r in rows])  # a path: nothing to read it in
-    with pytest.raises(DataError, match=r"org/paths\[train\] row 0 \(chosen\): the image is a path .* hf download"):
+    with pytest.raises(DataError, match=r"org/paths\[train\] row 0 \(chosen\): the image is a path .*`hf download"):
         S.open_pairs("org/paths", "train")
 
 
