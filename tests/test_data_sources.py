@@ -47,6 +47,8 @@ def test_hpdv2_preferences_and_ranks_become_pairs(tmp_path):
     assert winners(test) == ["red", None, "red"] * 2
     assert winners(S.open_pairs(str(folder), "test", pairing="best-worst").dataset()) == ["red"] * 2
     assert len(S.open_pairs(str(folder / "test.json"), None).dataset()) == 6  # one annotation file
+    (folder / "train" / "0-r.jpg").write_bytes((folder / "train" / "1-b.jpg").read_bytes())
+    assert colour(train[0]["jpg_0"]) == "blue"  # images are read when a pair is used, never copied at open
 
 
 @pytest.mark.parametrize("kind", ["paths", "image"])
@@ -78,8 +80,12 @@ def test_image_paths_never_leave_the_dataset_folder(tmp_path):
     records = json.loads((folder / "train.json").read_text())
     records[1]["file_path"][0] = "../../secret.jpg"
     (folder / "train.json").write_text(json.dumps(records))
-    with pytest.raises(DataError, match=r"train.json record 1 images 0 and 1 \(image_0\): the image path "
-                                        r"'../../secret.jpg' lies outside the dataset folder"):
+    with pytest.raises(DataError, match=r"train.json record 1 image 0: the image path '../../secret.jpg' lies "
+                                        r"outside the dataset folder"):
+        S.open_pairs(str(folder), "train")  # refused when the set is opened, before any step runs
+    records[1]["file_path"][0] = "missing.jpg"
+    (folder / "train.json").write_text(json.dumps(records))
+    with pytest.raises(DataError, match=r"train.json record 1 image 0: cannot read the image path 'missing.jpg'"):
         S.open_pairs(str(folder), "train")
     custom = write_custom(tmp_path / "custom", n=2)
     import pyarrow.parquet as pq

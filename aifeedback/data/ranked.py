@@ -4,7 +4,8 @@ Each prompt's images get a score (higher = preferred); `--ranked-pairs` picks th
 rule (aifeedback.scoring.pairing.select_pairs: every pair, or the best against the worst), and a pair's labels
 come from the same rule as `aif score`'s (pairing.label with no margin): equal scores are a tie, kept as a
 0.5/0.5 row that the one label rule drops and counts. A record whose preferences are not numbers becomes one row
-with NaN labels: counted as a bad row, never trained on.
+with NaN labels: counted as a bad row, never trained on. The table of pairs is light (captions, labels, image
+references); an image is read when its pair is used (`Resolver`), never copied into a cache.
 
 - HPDv2 (ymhao/HPDv2): `train.json` = [{prompt, file_path: [..], human_preference: [1 for the preferred, 0]}],
   `test.json` = [{prompt, image_path: [..], rank: [..] (1 = best), raw_annotations}]. Image paths are relative to
@@ -16,6 +17,7 @@ with NaN labels: counted as a bad row, never trained on.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,17 +26,15 @@ from typing import Any, Iterator
 import datasets
 
 from aifeedback.data.labels import RANKED_PAIRINGS
-from aifeedback.data.mapping import map_columns
+from aifeedback.data.trl import inside_path
 from aifeedback.errors import DataError
 from aifeedback.scoring.pairing import label, select_pairs
 
-__all__ = ["RANKED_PAIRINGS", "Group", "pair_rows", "pairs_table"]
+__all__ = ["RANKED_PAIRINGS", "Group", "Resolver", "pair_rows", "pairs_table"]
 HPD_KEYS = (("file_path", "human_preference"), ("image_path", "rank"))  # (images, preference) per HPDv2 file
 IMAGEREWARD_COLUMNS = ("prompt_id", "prompt", "rank")
 LIGHT = datasets.Features({"caption": datasets.Value("string"), "where": datasets.Value("string"),
                            "label_0": datasets.Value("float64"), "label_1": datasets.Value("float64")})
-PAIR_MAPPING = {"caption": "caption", "image_0": "image_0", "image_1": "image_1", "label_0": "label_0",
-                "label_1": "label_1"}
 
 
 @dataclass
@@ -131,37 +131,69 @@ def imagereward_groups(ds: Any, files: list[Path], counts: list[int]) -> tuple[l
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Groups -> a table of canonical pairs
+# Groups -> a light table of pairs whose images are read when a pair is used
 
-def pairs_table(groups: list[Group], how: str, root: Path, key: str, images: Any = None) -> Any:
-    """A `datasets` Dataset of the groups' pairs in the canonical columns. `key` (files and their sizes and times)
-    names the cached light table; `images`: the table whose `image` column the row numbers point into."""
+class Resolver:
+    """A batch's image references -> encoded images: a checked absolute path's file, or a row number of the
+    `images` table (its `image` column). The `datasets` transform of a ranked table: an image is read when a pair is
+    used, so a list's images are never copied (with --ranked-pairs all an image is in many pairs). A file gone since
+    the table was opened reads as None: training and scoring count it as unreadable."""
+
+    def __init__(self, images: Any = None):
+        if images is not None:
+            images = images.cast_column("image", datasets.Image(decode=False)).select_columns(["image"])
+        self.images = images
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        for c in ("jpg_0", "jpg_1"):
+            if c in batch:
+                batch[c] = [self.read(ref) for ref in batch[c]]
+        return batch
+
+    def read(self, ref: Any) -> bytes | None:
+        if ref is None:
+            return None
+        if isinstance(ref, str):
+            try:
+                return Path(ref).read_bytes()
+            except OSError:
+                return None
+        return self.images[int(ref)]["image"]["bytes"]
+
+
+def pairs_table(groups: list[Group], how: str, root: Path | None, key: str, images: Any = None) -> Any:
+    """The groups' pairs as a light `datasets` Dataset in the canonical columns, jpg_0/jpg_1 holding image
+    references (set a `Resolver` as its transform to read them): absolute paths, checked now (inside `root`, an
+    existing file; else an error naming the record), or row numbers of `images`. `key` (the source files' sizes and
+    times) and the images' sizes and times name the cached table, so a file replaced in place is read again."""
+    if images is None:
+        stamp = hashlib.sha256(key.encode())
+        groups = [Group(g.caption, [_checked(v, root, f"{g.where} image {n}", stamp) for n, v in enumerate(g.images)],
+                        g.scores, g.where) for g in groups]
+        key = stamp.hexdigest()
     kind = datasets.Value("int64") if images is not None else datasets.Value("string")
-    features = datasets.Features({**LIGHT, "image_0": kind, "image_1": kind})
-    light = datasets.Dataset.from_generator(_generate, features=features,
-                                            gen_kwargs={"groups": groups, "how": how, "key": key})
-    if images is not None:
-        light = _fetch_images(light, images)
-    return map_columns(light, PAIR_MAPPING, root, key)
+    features = datasets.Features({**LIGHT, "jpg_0": kind, "jpg_1": kind})
+    return datasets.Dataset.from_generator(_generate, features=features,
+                                           gen_kwargs={"groups": groups, "how": how, "key": key})
+
+
+def _checked(value: Any, root: Path, where: str, stamp: Any) -> str:
+    """An image path of a record as an absolute path inside `root` naming a file (its size and time go into
+    `stamp`)."""
+    if not isinstance(value, str):
+        raise DataError(f"{where} is a {type(value).__name__}, not an image path relative to the dataset folder")
+    file = inside_path(value, root, lambda: where)
+    try:
+        st = file.stat()
+    except OSError as e:
+        raise DataError(f"{where}: cannot read the image path '{value}' ({e.strerror or e}) under {root}. Fix: "
+                        "paths are relative to the dataset folder; check the file is there") from None
+    stamp.update(f"{file} {st.st_size} {st.st_mtime_ns}".encode())
+    return str(file)
 
 
 def _generate(groups: list[Group], how: str, key: str) -> Iterator[dict[str, Any]]:
-    """from_generator's rows; `key` only makes the cache name depend on the source files."""
-    yield from pair_rows(groups, how)
-
-
-def _fetch_images(light: Any, images: Any) -> Any:
-    """Row numbers -> the image table's stored images ({'bytes', 'path'}), read batch by batch."""
-    images = images.cast_column("image", datasets.Image(decode=False)).select_columns(["image"])
-    kind = datasets.Image(decode=False)
-    features = datasets.Features({**LIGHT, "image_0": kind, "image_1": kind})
-
-    def fetch(batch: dict[str, list]) -> dict[str, list]:
-        for c in ("image_0", "image_1"):
-            rows = [r for r in batch[c] if r is not None]
-            found = iter(images[rows]["image"]) if rows else iter(())
-            batch[c] = [next(found) if r is not None else None for r in batch[c]]
-        return batch
-
-    return light.map(fetch, batched=True, features=features, new_fingerprint=f"{light._fingerprint}-images",
-                     desc="ranked images")
+    """from_generator's rows; `key` only makes the cache name depend on the files."""
+    for row in pair_rows(groups, how):
+        yield {"caption": row["caption"], "jpg_0": row["image_0"], "jpg_1": row["image_1"],
+               "label_0": row["label_0"], "label_1": row["label_1"], "where": row["where"]}

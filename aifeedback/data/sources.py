@@ -109,6 +109,7 @@ class PairTable:
     ds: Any = None  # a datasets Dataset / IterableDataset when there are no files
     manifest: dict[str, Any] | None = None  # an aifeedback output's manifest
     schemas: dict[str, list[str]] = field(default_factory=dict)  # file -> its columns
+    lazy: Callable[[dict], dict] | None = None  # ds's transform (ranked lists: reads the images a batch refers to)
 
     def __post_init__(self) -> None:
         self.schemas = {str(f): file_columns(f) for f in self.files}
@@ -133,6 +134,8 @@ class PairTable:
         """A `datasets` Dataset (IterableDataset when streaming) of the pairs, rows in file order."""
         if self.ds is not None:
             if streaming and isinstance(self.ds, datasets.Dataset):
+                if self.lazy is not None:  # a transform does not carry over to a stream: mapped there, lazily
+                    return self.ds.with_format(None).to_iterable_dataset().map(self.lazy, batched=True)
                 return self.ds.to_iterable_dataset()
             return self.ds
         if not any(file_rows(f) for f in self.files):  # `datasets` cannot build a split with no rows
@@ -411,7 +414,8 @@ def _open_hpdv2(target: str, how: Opening) -> PairTable:
         raise DataError(f"no usable preference pairs in {path}: {', '.join(map(str, files))} hold no records. Fix: "
                         "pass HPDv2's train.json or test.json with their image folders")
     ds = tables[0] if len(tables) == 1 else datasets.concatenate_datasets(tables)
-    return PairTable(str(path), "hpdv2", ds=ds.to_iterable_dataset() if how.streaming else ds)
+    resolver = ranked.Resolver()
+    return PairTable(str(path), "hpdv2", ds=ds.with_transform(resolver), lazy=resolver)
 
 
 def _is_imagereward(target: str) -> bool:
@@ -436,8 +440,10 @@ def _open_imagereward(target: str, how: Opening) -> PairTable:
     groups, column = ranked.imagereward_groups(ds, files, counts)
     root = path if path.is_dir() else path.parent
     key = " ".join(_stamp(f) for f in files)
-    table = ranked.pairs_table(groups, how.pairing, root, key, images=ds if column == "image" else None)
-    return PairTable(str(path), "imagerewarddb", ds=table.to_iterable_dataset() if how.streaming else table)
+    images = ds if column == "image" else None
+    table = ranked.pairs_table(groups, how.pairing, root, key, images=images)
+    resolver = ranked.Resolver(images)
+    return PairTable(str(path), "imagerewarddb", ds=table.with_transform(resolver), lazy=resolver)
 
 
 def _open_mapped(target: str, how: Opening) -> PairTable:
