@@ -64,3 +64,80 @@ def test_kto_is_registered_as_an_unpaired_loss_with_a_reference():
     assert LOSSES["kto"].unpaired and LOSSES["kto"].needs_reference
     assert not any(LOSSES[n].unpaired for n in ("dpo", "sft", "hinge", "ipo", "mapo"))
     assert LOSSES["kto"].function() is kto
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training on unpaired images
+
+def unpaired_rows(n):
+    """Each pair of pickapic_rows as two unpaired rows: the red image desirable, the blue one not."""
+    from tests.pairs_fixtures import pickapic_rows
+
+    rows = []
+    for r in pickapic_rows(n):
+        win = 0 if r["label_0"] == 1.0 else 1
+        rows += [{"caption": r["caption"], "jpg": r[f"jpg_{win}"], "desirable": True, "score": 1.0},
+                 {"caption": r["caption"], "jpg": r[f"jpg_{1 - win}"], "desirable": False, "score": 0.0}]
+    return rows
+
+
+@pytest.fixture(scope="module")
+def unpaired(tmp_path_factory):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path_factory.mktemp("unpaired")
+    pq.write_table(pa.Table.from_pylist(unpaired_rows(3)), folder / "images-00000.parquet")
+    return folder
+
+
+def test_kto_trains_on_single_images_from_one_half(unpaired, tmp_path, monkeypatch):
+    from aifeedback.stages.train import TrainRecipe, run
+    from tests.pairs_fixtures import read_metrics, tiny_train
+
+    fed = []
+    real = TrainRecipe._inputs
+
+    def spy(self, batch):
+        out = real(self, batch)
+        fed.append((out[0].shape[0], batch["desirable"].tolist()))
+        return out
+
+    monkeypatch.setattr(TrainRecipe, "_inputs", spy)
+    m = read_metrics(run(tiny_train(unpaired, tmp_path / "run", loss="kto", beta=1000.0, batch_size=3)))
+    assert [r["step"] for r in m] == [1, 2] and all(math.isfinite(r["loss"]) for r in m)
+    # full fine-tune: the policy starts as an exact copy of the reference, so g = 0 and the loss is 1/2
+    assert m[0]["loss"] == pytest.approx(0.5, abs=1e-7) and m[0]["implicit_acc"] == 0.5 and m[0]["kl"] == 0.0
+    assert {"mse_model", "mse_ref", "reward_desirable", "reward_undesirable"} <= set(m[0])
+    assert [n for n, _ in fed] == [3, 3]  # one image per example (groups=1), not winner + loser
+    assert sum(len(d) for _, d in fed) == 6 and {v for _, d in fed for v in d} <= {True, False}
+
+
+def test_pairs_with_kto_and_unpaired_images_with_dpo_are_refused_with_the_fix(unpaired, tmp_path):
+    from aifeedback.data.pairs import open_table
+    from aifeedback.errors import DataError
+    from tests.pairs_fixtures import pickapic_rows, write_pickapic
+
+    pairs = write_pickapic(tmp_path / "pairs", pickapic_rows(2))
+    with pytest.raises(DataError, match=r"holds preference pairs .*Fix: score with `aif score --unpaired`.*--loss "
+                                        r"dpo, sft"):
+        open_table("human", str(pairs), "train", unpaired=True)
+    with pytest.raises(DataError, match=r"holds unpaired images .*Fix: .*--loss kto"):
+        open_table("human", str(unpaired), "train")
+    assert open_table("human", str(unpaired), "train", unpaired=True).num_rows == 6
+
+
+def test_bad_desirable_flags_are_counted_and_streaming_is_refused(tmp_path):
+    import datasets
+
+    from aifeedback.config import ConfigError
+    from aifeedback.data.unpaired import filter_desirable
+    from tests.pairs_fixtures import tiny_train
+
+    ds = datasets.Dataset.from_dict({"desirable": [True, None, False, True]})
+    keep, stats = filter_desirable(ds)
+    assert keep == [(0, 1), (2, 0), (3, 1)] and stats.bad_labels == 1
+    assert "3 images kept (2 desirable, 1 undesirable), 1 rows with a bad desirable flag" in stats.summary("d")
+    assert "row 1: desirable=None" in stats.summary("d")
+    with pytest.raises(ConfigError, match="drop --streaming"):
+        tiny_train(tmp_path, tmp_path / "run", loss="kto", streaming=True)

@@ -17,9 +17,10 @@ from typing import Any
 
 import pyarrow as pa
 
+from aifeedback.data.labels import UNPAIRED_DIR
 from aifeedback.scoring.desirable import desirable_flags
 
-UNPAIRED_DIR = "unpaired"
+__all__ = ["UNPAIRED_DIR", "image_labels", "unpaired_counts", "unpaired_path", "unpaired_rows", "unpaired_schema"]
 
 
 def unpaired_path(out: Path, index: int) -> Path:

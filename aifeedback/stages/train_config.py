@@ -98,6 +98,9 @@ class TrainConfig:
             problems.append(f"warmup_steps ({self.warmup_steps}) exceeds max_steps ({self.max_steps})")
         if self.streaming and self.max_pairs is not None:
             problems.append("max_pairs cannot be combined with streaming")
+        if self.streaming and LOSSES[self.loss].unpaired:
+            problems.append(f"streaming: --loss {self.loss} reads its unpaired images from local files; drop "
+                            "--streaming")
         if self.loss == "mapo" and self.beta > MAPO_BETA_MAX:  # the DPO default 5000 would drown MaPO's SFT term
             problems.append(f"beta {self.beta:g} is a DPO-scale beta; MaPO's beta (beta_mapo) weighs its margin term "
                             f"against the winner MSE, 0.1 in the paper: pass --beta 0.1")
