@@ -141,3 +141,46 @@ def test_bad_desirable_flags_are_counted_and_streaming_is_refused(tmp_path):
     assert "row 1: desirable=None" in stats.summary("d")
     with pytest.raises(ConfigError, match="drop --streaming"):
         tiny_train(tmp_path, tmp_path / "run", loss="kto", streaming=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Evidence in the toy world
+
+@pytest.mark.slow  # ~75 s wall on 2 busy cores: one generate + score, two 60-step KTO runs and their evals
+def test_kto_on_redness_labels_makes_held_out_images_redder_and_swapped_labels_less_red(toy_sd15, tmp_path):
+    """The demo's toy loop with `aif score --unpaired` (desirable: the redder half of each prompt's 8 images) and
+    Diffusion-KTO instead of DPO pairs; then the same with every label flipped. Measured (seed 0): tuned wins
+    100% of the 128 held-out twins on redness, swapped 2.3%."""
+    import shutil
+
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from aifeedback.config import build_config
+    from aifeedback.stages import STAGES
+    from aifeedback.stages.demo import DemoConfig, stage_configs, write_prompts
+
+    cfg = DemoConfig(out=str(tmp_path), prompts=32, eval_prompts=32, eval_seeds=4, progress=False)
+    configs = stage_configs(cfg)
+    write_prompts(cfg)
+    STAGES["generate"].run(configs["generate"])
+    summary = STAGES["score"].run(build_config(type(configs["score"]), {**vars(configs["score"]), "unpaired": True}))
+    assert summary["counts"]["images_desirable"] == summary["counts"]["images_undesirable"] == 32 * 4
+    unpaired = tmp_path / "pairs" / "unpaired"
+    swapped = tmp_path / "swapped" / "unpaired"  # with the score manifest above it: its stored latents are used too
+    swapped.mkdir(parents=True)
+    shutil.copy(unpaired.parent / "manifest.json", swapped.parent)
+    for f in sorted(unpaired.glob("*.parquet")):
+        t = pq.read_table(f)
+        pq.write_table(t.set_column(t.schema.get_field_index("desirable"), "desirable",
+                                    pc.invert(t.column("desirable"))), swapped / f.name)
+    win = {}
+    for name, data in (("kto", unpaired), ("swapped", swapped)):
+        # lr 1e-4 (between the demo's 5e-5 and test_demo's 3e-4): a large effect in 60 steps; beta as the official
+        train = {**vars(configs["train"]), "dataset": str(data), "loss": "kto", "beta": 1000.0, "lr": 1e-4,
+                 "max_steps": 60, "checkpoint_every": 60, "batch_size": 16, "out": str(tmp_path / f"{name}-run")}
+        run_dir = STAGES["train"].run(build_config(type(configs["train"]), train))
+        report = STAGES["eval"].run(build_config(type(configs["eval"]), {**vars(configs["eval"]), "tuned": str(run_dir),
+                                                                        "out": str(tmp_path / f"{name}-eval")}))
+        win[name] = report["scorers"]["redness"]["win_rate"]
+    assert win["kto"] >= 0.65 and win["swapped"] < 0.35, win
