@@ -184,3 +184,17 @@ def test_kto_on_redness_labels_makes_held_out_images_redder_and_swapped_labels_l
                                                                         "out": str(tmp_path / f"{name}-eval")}))
         win[name] = report["scorers"]["redness"]["win_rate"]
     assert win["kto"] >= 0.65 and win["swapped"] < 0.35, win
+
+
+def test_train_refuses_pairs_for_kto_before_loading_the_model(tmp_path, monkeypatch):
+    from aifeedback.errors import DataError
+    from aifeedback.stages.train import TrainRecipe, run
+    from tests.pairs_fixtures import pickapic_rows, tiny_train, write_pickapic
+
+    def no_setup(self):
+        raise AssertionError("the model was loaded before the layout check")
+
+    monkeypatch.setattr(TrainRecipe, "setup", no_setup)
+    pairs = write_pickapic(tmp_path / "pairs", pickapic_rows(2))
+    with pytest.raises(DataError, match="holds preference pairs"):
+        run(tiny_train(pairs, tmp_path / "run", loss="kto"))

@@ -69,6 +69,11 @@ def test_unpaired_output_next_to_the_pairs(tmp_path):
         assert r["desirable"] == (r["score"] >= mine[-(-len(mine) // 2) - 1])
     assert sum(ds["desirable"]) == 2 + 2 + 2 + 2  # ceil(n / 2) per prompt, n = 4, 3, 4, 4
     assert summary["counts"]["images_desirable"] == 8 and summary["counts"]["images_undesirable"] == 7
+    # training finds the stored latents' model through the output's manifest, one folder up
+    from aifeedback.data.pairs import check_source, latent_source
+
+    check_source("ai", str(out / "unpaired"))  # --data ai: an `aif score` output's folder
+    assert latent_source(str(out / "unpaired")) == {"model": "tiny-sd15", "vae": None}
 
 
 def test_unpaired_global_threshold_and_pickapic_input(tmp_path):

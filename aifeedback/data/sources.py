@@ -224,12 +224,19 @@ def open_pairs(target: str, split: str | None = None, *, labels: bool = True, st
     if not Path(target).expanduser().exists() and not is_hub_id(target):
         raise DataError(f"'{target}' is neither a local path nor a hub dataset id (org/name): no such file or "
                         "directory. Fix: check the path, or pass a hub id such as yuvalkirstain/pickapic_v2")
-    source = source_for(target)
-    if source.unpaired != unpaired:
-        raise layout_mismatch(target, source)
+    source = check_layout(target, unpaired)
     table = source.open(target, Opening(split, streaming, hub_split))
     table.require(UNPAIRED_COLUMNS if unpaired else PAIR_COLUMNS + (LABEL_COLUMNS if labels else ()))
     return table
+
+
+def check_layout(target: str, unpaired: bool) -> PairSource:
+    """The source that reads `target`, which must hold unpaired images if `unpaired`, else pairs (reads no rows:
+    `aif train` checks it before loading the model)."""
+    source = source_for(target)
+    if source.unpaired != unpaired:
+        raise layout_mismatch(target, source)
+    return source
 
 
 def layout_mismatch(target: str, source: PairSource) -> DataError:

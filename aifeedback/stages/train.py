@@ -42,6 +42,7 @@ from aifeedback.config import identity_dict, save_config, to_dict
 from aifeedback.console import finish, note, progress, quiet_libraries
 from aifeedback.data import pairs as D
 from aifeedback.data import unpaired as U
+from aifeedback.data.sources import check_layout
 from aifeedback.dist import process_state
 from aifeedback.errors import AifError
 from aifeedback.families import detect
@@ -67,6 +68,7 @@ def run(cfg: TrainConfig) -> Path:
     cfg.preflight()
     quiet_libraries()
     recipe = TrainRecipe(cfg)
+    check_layout(cfg.dataset, recipe.unpaired)  # pairs for a paired loss, single images for kto: before the model
     done = finished_step(cfg, recipe.out)
     if done is not None:  # a rerun of a finished run: nothing to train, so no model to load
         if process_state().is_main_process:

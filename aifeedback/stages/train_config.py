@@ -47,7 +47,7 @@ class TrainConfig:
     loss: Literal[LOSSES.names()] = option("dpo", "objective; " + "; ".join(f"{k}: "
                                                                             f"{v.help}" for k, v in LOSSES.items()))
     beta: float = option(5000.0, "DPO beta WITH the paper's 0.5 factor: 5000 for SDXL, 2000 for SD1.5 (code folding "
-                                 "the 0.5 in uses half)", min=0.0)
+                                 "the 0.5 in uses half); kto: the official beta as is (1000)", min=0.0)
     lora_rank: int = option(0, "LoRA rank on the UNet attention projections; 0 = full fine-tune", min=0)
     lora_alpha: Optional[float] = option(None, "LoRA alpha; null = the rank (scale 1)", min=0.0)
     # optimisation
