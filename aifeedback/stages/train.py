@@ -292,8 +292,9 @@ class TrainRecipe:
         cfg = self.cfg
         what = f"LoRA r={cfg.lora_rank}" if self.lora else "full UNet"
         pairs = self.n_pairs if self.n_pairs is not None else "streamed"
-        self._say(f"training {self.family.name} {what} with {cfg.loss} on {pairs} pairs: {self.pairs_per_step} "
-                  f"pairs/step, lr {self.lr:g}, beta {cfg.beta:g}, {self.resolution}px, {self.world} process(es)")
+        unit = "images" if self.unpaired else "pairs"
+        self._say(f"training {self.family.name} {what} with {cfg.loss} on {pairs} {unit}: {self.pairs_per_step} "
+                  f"{unit}/step, lr {self.lr:g}, beta {cfg.beta:g}, {self.resolution}px, {self.world} process(es)")
         bar = progress(total=cfg.max_steps, initial=self.step, desc="train", unit="step",
                        enabled=cfg.progress and self.main)
         if cfg.validation_every and self.step == 0:  # the untrained baseline; a resumed run already has it
@@ -483,7 +484,8 @@ class TrainRecipe:
                       ties_dropped=stats.ties, bad_labels=stats.bad_labels, bad_images=self.state["bad_images"],
                       processes=self.world)
         pairs = self.n_pairs if self.n_pairs is not None else "streamed"
-        finish("train", out, f"{self.step} {cfg.loss} steps on {pairs} pairs, checkpoints in {out / 'checkpoints'}",
+        unit = "images" if self.unpaired else "pairs"
+        finish("train", out, f"{self.step} {cfg.loss} steps on {pairs} {unit}, checkpoints in {out / 'checkpoints'}",
                f"aif eval --base {cfg.model} --tuned {out}", f"aif sample --model {cfg.model} --tuned {out}",
                f"aif export {out} --out {out}-export")
 
