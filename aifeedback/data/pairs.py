@@ -85,14 +85,17 @@ def check_source(data: str, dataset: str) -> None:
     check_dataset(dataset, "--dataset")
 
 
-def open_table(data: str, dataset: str, split: str, streaming: bool = False, unpaired: bool = False) -> Any:
+def open_table(data: str, dataset: str, split: str, streaming: bool = False, unpaired: bool = False,
+               columns: list[str] | None = None, pairing: str = "all") -> Any:
     """A `datasets` Dataset (or IterableDataset when streaming) of labelled pairs (unpaired: of labelled images),
-    read by the source that detects `dataset` (see aifeedback.data.sources); --split does not apply to an `aif
-    score` output."""
+    read by the source that detects `dataset` (or the --columns mapping; see aifeedback.data.sources); --split does
+    not apply to an `aif score` output."""
+    from aifeedback.data.mapping import parse_columns
     from aifeedback.data.sources import open_pairs  # imports `datasets`: the train preflight imports this module
 
     check_source(data, dataset)
-    return open_pairs(dataset, split, labels=True, streaming=streaming, unpaired=unpaired).dataset(streaming)
+    return open_pairs(dataset, split, labels=True, streaming=streaming, unpaired=unpaired,
+                      columns=parse_columns(columns), pairing=pairing).dataset(streaming)
 
 
 def filter_labels(ds: Any, limit: int | None = None) -> tuple[list[tuple[int, int]], PairStats]:

@@ -60,7 +60,7 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
     cfg.preflight()
     quiet_libraries()
     state = process_state()
-    inp = open_input(cfg.input, cfg.split, cfg.limit)
+    inp = open_input(cfg.input, cfg.split, cfg.limit, cfg.columns, cfg.ranked_pairs)
     if inp.kind == "pairs" and cfg.pairing != "best-worst":
         raise AifError(
             f"--pairing {cfg.pairing} applies to `aif generate` inputs; {cfg.input} already holds pairs, which are "

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from aifeedback.config import input_paths, option
+from aifeedback.data.labels import COLUMNS_HELP, RANKED_HELP, RANKED_PAIRINGS
+from aifeedback.data.mapping import columns_problems
 
 
 @dataclass
@@ -44,6 +46,8 @@ class ScoreConfig:
                                                         "(ensemble) score >= this; replaces --desirable-top")
     seed: int = option(0, "seed of --pairing random")
     split: Optional[str] = option(None, "split of a hub / local Pick-a-Pic dataset (e.g. validation)")
+    columns: list[str] = option([], COLUMNS_HELP + " (pairs input; no label needed)")
+    ranked_pairs: Literal[RANKED_PAIRINGS] = option("all", RANKED_HELP)
     limit: Optional[int] = option(None, "only the first N prompts (generate input) or pairs (Pick-a-Pic input)", min=1)
     shard_size: int = option(64, "prompts (or pairs) per output shard; a shard is the unit of resume", min=1)
     batch_size: int = option(64, "images per scorer forward pass", min=1, identity=False)
@@ -78,6 +82,7 @@ class ScoreConfig:
             problems.append("weights: all zero")
         if self.desirable_top == 0:
             problems.append("desirable_top: 0 would label no image desirable; give a share in (0, 1], e.g. 0.5")
+        problems += columns_problems(self.columns)
         return problems
 
     def preflight(self) -> None:

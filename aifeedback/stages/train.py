@@ -68,7 +68,7 @@ def run(cfg: TrainConfig) -> Path:
     cfg.preflight()
     quiet_libraries()
     recipe = TrainRecipe(cfg)
-    check_layout(cfg.dataset, recipe.unpaired)  # pairs for a paired loss, single images for kto: before the model
+    check_layout(cfg.dataset, recipe.unpaired, cfg.columns)  # pairs for a paired loss, images for kto: before the model
     done = finished_step(cfg, recipe.out)
     if done is not None:  # a rerun of a finished run: nothing to train, so no model to load
         if process_state().is_main_process:
@@ -237,7 +237,8 @@ class TrainRecipe:
     def _setup_data(self) -> tuple[Any, D.PairStats, Any, Optional[int], D.Transform]:
         """(table, label counts, map-style dataset or None when streaming, number of pairs or None, transform)."""
         cfg, res = self.cfg, self.resolution
-        table = D.open_table(cfg.data, cfg.dataset, cfg.split, cfg.streaming, unpaired=self.unpaired)
+        table = D.open_table(cfg.data, cfg.dataset, cfg.split, cfg.streaming, unpaired=self.unpaired,
+                             columns=cfg.columns, pairing=cfg.ranked_pairs)
         transform = D.Transform(res, cfg.random_crop, cfg.flip, cfg.caption_dropout, unpaired=self.unpaired)
         if cfg.streaming:
             return table, D.PairStats(), None, None, transform
