@@ -10,11 +10,12 @@ Every stage is the real one, called through `STAGES[name].run(cfg)`, into OUT/ro
 "Train from the current weights": every round exports its model as a whole diffusers pipeline (a LoRA is fused
 into the UNet), so the next round's generate loads it as --model like any base model, full fine-tune or LoRA alike.
 The DPO reference (--reference):
+- base (the default): round r trains with --model the base and resumes round r-1's last checkpoint (--resume PATH,
+  --max-steps r x --train-steps): the policy continues from its weights, optimizer state and step count, and the
+  reference stays the base model (LoRA: the adapters switched off; full: the frozen copy made before the weights
+  load), as in online DPO with a fixed reference;
 - previous: round r trains a fresh run with --model round r-1's pipeline, so policy and reference both start from
-  it (a new LoRA, or a full copy, on top of it: iterative DPO);
-- base: round r trains with --model the base and resumes round r-1's last checkpoint (--resume PATH, --max-steps
-  r x --train-steps): the policy continues from its weights, optimizer state and step count, and the reference
-  stays the base model (LoRA: the adapters switched off; full: the frozen copy made before the weights load).
+  it (a new LoRA, or a full copy, on top of it: iterative DPO).
 Every eval compares round r's model with the original base on the same held-out prompts and seeds.
 A killed loop resumes at the first round and stage whose output is unfinished; each stage itself resumes its
 shards or checkpoints.
@@ -32,6 +33,7 @@ import pyarrow.parquet as pq
 from aifeedback.config import build_config, identity_dict, save_config, to_dict
 from aifeedback.console import finish, nested, quiet_libraries
 from aifeedback.dist import process_state
+from aifeedback.errors import AifError
 from aifeedback.evaluation.rounds import build_loop_report, round_record, write_loop_report
 from aifeedback.stages import STAGES
 from aifeedback.stages.loop_config import TOY, LoopConfig
@@ -84,9 +86,12 @@ def train_values(cfg: LoopConfig, r: int) -> dict[str, Any]:
         values.update(model=policy(out, cfg.model, r), seed=cfg.seed + r - 1, max_steps=cfg.train_steps)
     else:
         own = ck.list_checkpoints(here)  # a killed run of this round continues from its own checkpoint
-        prev = ck.list_checkpoints(stage_dir(out, r - 1, "train"))[-1]
+        prev = ck.list_checkpoints(stage_dir(out, r - 1, "train"))
+        if not prev:
+            raise AifError(f"{stage_dir(out, r - 1, 'train')} has no checkpoint to continue round {r} from "
+                           "(--reference base); rerun the loop with --overwrite, or use another --out")
         values.update(model=cfg.model, seed=cfg.seed, max_steps=r * cfg.train_steps,
-                      resume="auto" if own else str(prev))
+                      resume="auto" if own else str(prev[-1]))
     values["checkpoint_every"] = values["max_steps"]
     return values
 
