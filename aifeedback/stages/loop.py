@@ -191,12 +191,12 @@ def summary(report: dict[str, Any]) -> str:
              f"{'eval reward':>11} {'fidelity':>8}"]
     for rec in report["rounds"]:
         s, e = rec["samples"], rec["eval"]
-        fid = "-" if e.get("fidelity_tuned") is None else f"{100 * e['fidelity_tuned']:.1f}%"
+        fid = "-" if e.get("fidelity_tuned") is None else f"{e['fidelity_tuned']:.3f}"  # a share, or a CLIP score
         ci = f"{100 * e['win_rate']:.1f}% ({100 * e['ci_low']:.0f}-{100 * e['ci_high']:.0f}%)"
         lines.append(f"{rec['round']:>5} {s['mean_reward']:>13.4f} {s['diversity']:>9.4f} {ci:>22} "
                      f"{e['mean_tuned']:>11.4f} {fid:>8}")
     base = report["base"]
     if base:
-        fid = "" if base.get("fidelity") is None else f", fidelity {100 * base['fidelity']:.1f}%"
+        fid = "" if base.get("fidelity") is None else f", fidelity {base['fidelity']:.3f}"
         lines.append(f"base: eval reward {base['mean_reward']:.4f}, diversity {base['diversity']:.4f}{fid}")
     return "\n".join(lines)
