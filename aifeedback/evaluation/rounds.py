@@ -72,8 +72,10 @@ def line_chart(title: str, series: Sequence[Series], baseline: Optional[float] =
     ys = [v for p in points for v in p[1:] if v is not None] + ([baseline] if baseline is not None else [])
     lo, hi = y_range or (min(ys, default=0.0), max(ys, default=1.0))
     hi = hi if hi > lo else lo + 1.0
+    if y_range is None:  # a margin, so that no point sits on the frame
+        lo, hi = lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo)
     x_max = max([p[0] for p in points], default=1)
-    x = lambda v: left + (v - 1) / max(x_max - 1, 1) * pw  # noqa: E731
+    x = lambda v: left + 16 + (v - 1) / max(x_max - 1, 1) * (pw - 32)  # noqa: E731
     y = lambda v: top + (hi - v) / (hi - lo) * ph  # noqa: E731
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" role="img" '
              f'aria-label="{html.escape(title)}">',
@@ -82,6 +84,7 @@ def line_chart(title: str, series: Sequence[Series], baseline: Optional[float] =
         parts.append(f'<text x="{left - 6}" y="{y(v) + 4:.1f}" font-size="10" text-anchor="end">{v:.3g}</text>')
     for r in range(1, x_max + 1):
         parts.append(f'<text x="{x(r):.1f}" y="{h - 10}" font-size="10" text-anchor="middle">{r}</text>')
+    parts.append(f'<text x="{left + pw}" y="{h - 10}" font-size="10" text-anchor="start">round</text>')
     parts.append(f'<line x1="{left}" x2="{left}" y1="{top}" y2="{top + ph}" stroke="#999"/>')
     if baseline is not None:
         parts.append(f'<line x1="{left}" x2="{left + pw}" y1="{y(baseline):.1f}" y2="{y(baseline):.1f}" '
