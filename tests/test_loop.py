@@ -108,6 +108,20 @@ def test_a_finished_loop_reruns_as_already_complete(loop, monkeypatch, capsys):
     assert ran == ["loop"] and "already complete" in capsys.readouterr().out
 
 
+def test_raising_rounds_runs_only_the_new_round(loop, tmp_path, monkeypatch):
+    import shutil
+
+    cfg, report, _ = loop
+    copy = tmp_path / "loop"
+    shutil.copytree(cfg.out, copy)  # a copy: the other tests read the 2-round folder
+    ran, stage_run = [], Stage.run
+    monkeypatch.setattr(Stage, "run", lambda self, c: ran.append(Path(c.out).relative_to(copy).as_posix())
+                        or stage_run(self, c))
+    more = STAGES["loop"].run(build_config(LoopConfig, {**vars(cfg), "out": str(copy), "rounds": 3}))
+    assert ran == ["."] + [f"round-03/{s}" for s in ROUND_STAGES]
+    assert more["rounds"][:2] == report["rounds"] and more["rounds"][2]["round"] == 3
+
+
 def test_loop_refuses_another_loop_in_the_same_folder(loop):
     from aifeedback.storage.manifest import OutputConflictError
 
