@@ -173,8 +173,8 @@ def run(cfg: LoopConfig) -> dict[str, Any]:
             with nested():
                 STAGES[stage].run(stage_cfg)
             state.wait_for_everyone()  # the next stage (on every process) reads what this one's main process wrote
-        if main:
-            report(cfg)
+        if main and r < cfg.rounds:
+            report(cfg)  # the report grows as the rounds finish (the last one is written below)
     result = report(cfg) if main else None
     if main:
         finish_output(out, manifest, rounds=len(result["rounds"]))
