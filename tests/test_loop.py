@@ -130,6 +130,18 @@ def test_loop_refuses_another_loop_in_the_same_folder(loop):
         STAGES["loop"].run(build_config(LoopConfig, {**vars(cfg), "images_per_prompt": 3}))
 
 
+def test_reference_previous_trains_a_fresh_full_run_on_the_previous_model(tiny_sd15, tmp_path):
+    cfg = build_config(LoopConfig, dict(TINY, model=tiny_sd15, out=str(tmp_path), lora_rank=0, reference="previous"))
+    report = STAGES["loop"].run(cfg)
+    assert [r["round"] for r in report["rounds"]] == [1, 2]
+    train2 = json.loads((stage_dir(tmp_path, 2, "train") / "manifest.json").read_text())["config"]
+    assert train2["model"] == str(stage_dir(tmp_path, 1, "export"))  # policy and reference start at round 1's model
+    metrics = [json.loads(ln) for ln in (stage_dir(tmp_path, 2, "train") / "metrics.jsonl").open()]
+    assert [m["step"] for m in metrics] == [1]  # a fresh run
+    assert metrics[0]["loss"] == pytest.approx(0.6931471805599453, abs=1e-6)  # policy == reference at its step 1
+    assert (stage_dir(tmp_path, 2, "export") / "unet").is_dir()
+
+
 # ---- pure helpers -------------------------------------------------------------------------------------------
 
 def _finish(out: Path, r: int, stage: str) -> None:
