@@ -44,6 +44,8 @@ from aifeedback.storage.manifest import MANIFEST, fingerprint, finish_output, pr
 from aifeedback.storage.shards import shard_files
 from aifeedback.zoo.toy_world import toy_prompts
 
+SINGLE_PROCESS = ("export",)  # one process writes the pipeline folder (under accelerate launch the others wait)
+
 
 def prompt_paths(cfg: LoopConfig) -> tuple[str, str]:
     """The training and held-out prompt sources (OUT/prompts/*.txt when toy)."""
@@ -170,8 +172,9 @@ def run(cfg: LoopConfig) -> dict[str, Any]:
                 continue
             stage_cfg = stage_config(cfg, r, stage)
             say(f"[loop] round {r}/{cfg.rounds} {stage} ({time.time() - start:.0f}s)")
-            with nested():
-                STAGES[stage].run(stage_cfg)
+            if main or stage not in SINGLE_PROCESS:
+                with nested():
+                    STAGES[stage].run(stage_cfg)
             state.wait_for_everyone()  # the next stage (on every process) reads what this one's main process wrote
         if main and r < cfg.rounds:
             report(cfg)  # the report grows as the rounds finish (the last one is written below)
