@@ -253,6 +253,12 @@ def test_loop_config_checks_the_toy_caption_budget():
         build_config(LoopConfig, {"toy_prompts": 100, "toy_eval_prompts": 64})
 
 
+def test_loop_config_refuses_what_round_1s_train_would_refuse():
+    with pytest.raises(ConfigError, match=r"DPO-scale beta.*round 1's aif train"):
+        build_config(LoopConfig, {"loss": "mapo"})  # the loop's default beta (2000) is a DPO beta
+    assert build_config(LoopConfig, {"loss": "mapo", "beta": 0.1}).beta == 0.1
+
+
 # ---- evidence: online vs offline in the toy world -----------------------------------------------------------
 
 @pytest.mark.slow

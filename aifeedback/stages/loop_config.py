@@ -1,7 +1,7 @@
 """`aif loop`'s settings: `LoopConfig`, one documented field per option (read by the command line and recipes).
 
 Light on purpose (no torch): `aif --help` and recipe checks import it; the stage itself is `stages/loop.py`.
-The defaults run in the toy world on a CPU in about a minute per round, like `aif demo`.
+The defaults run in the toy world on a CPU (about 40 s of CPU time for the 3 rounds), like `aif demo`.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Literal, Optional
 
 from aifeedback.config import input_paths, option
 from aifeedback.losses import LOSSES
+from aifeedback.stages.train_config import TrainConfig
 
 TOY = "toy"  # --prompts / --eval-prompts: captions of the toy world, written to OUT/prompts/
 
@@ -66,6 +67,13 @@ class LoopConfig:
         from aifeedback.zoo.toy_world import all_captions
 
         problems = []
+        if getattr(LOSSES[self.loss], "unpaired", False):  # e.g. kto: it trains on scored single images, not pairs
+            problems.append(f"loss: {self.loss} trains on unpaired images; the loop trains on pairs, so choose a "
+                            f"paired loss ({', '.join(k for k, v in LOSSES.items() if not getattr(v, 'unpaired', 0))})")
+        else:  # what aif train would refuse in round 1 (e.g. mapo with a DPO-scale beta), refused before any image
+            train = TrainConfig(loss=self.loss, beta=self.beta, lr=self.lr, lora_rank=self.lora_rank,
+                                max_steps=self.train_steps, warmup_steps=0)
+            problems += [f"{p} (round 1's aif train)" for p in train.validate()]
         n = len(all_captions())
         wanted = self.toy_prompts * (self.prompts == TOY) + self.toy_eval_prompts * (self.eval_prompts == TOY)
         if wanted > n:
