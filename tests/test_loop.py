@@ -85,6 +85,7 @@ def test_loop_report_numbers_are_the_stages_outputs(loop):
         summary = json.loads((stage_dir(out, r, "score") / "summary.json").read_text())
         ev = json.loads((stage_dir(out, r, "eval") / "report.json").read_text())["scorers"]
         assert rec["samples"]["mean_reward"] == summary["scores"]["redness"]["mean"]
+        assert rec["samples"]["model"] == (cfg.model if r == 1 else str(stage_dir(out, r - 1, "export")))
         assert rec["samples"]["images"] == 2 * 2 and rec["samples"]["pairs"] == summary["counts"]["pairs"]
         for key in ("win_rate", "ci_low", "ci_high", "mean_base", "mean_tuned", "n"):
             assert rec["eval"][key] == ev["redness"][key]

@@ -34,7 +34,8 @@ def round_record(r: int, folders: dict[str, Path], scorer: str, fidelity: Option
                      diversity_tuned=folder_diversity(folders["eval"] / "tuned")["mean"])
     return {
         "round": r,
-        "samples": {"images": summary["counts"]["images_scored"], "pairs": summary["counts"]["pairs"],
+        "samples": {"model": read_json(folders["generate"] / "manifest.json")["config"]["model"],
+                    "images": summary["counts"]["images_scored"], "pairs": summary["counts"]["pairs"],
                     "mean_reward": summary["scores"][scorer]["mean"],
                     "diversity": folder_diversity(folders["generate"])["mean"]},
         "eval": eval_part,
