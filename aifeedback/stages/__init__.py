@@ -19,6 +19,7 @@ from aifeedback.stages.evaluate_config import EvalConfig
 from aifeedback.stages.export_config import ExportConfig
 from aifeedback.stages.generate_config import GenerateConfig
 from aifeedback.stages.inspect_config import InspectConfig
+from aifeedback.stages.loop_config import LoopConfig
 from aifeedback.stages.sample_config import SampleConfig
 from aifeedback.stages.score_config import ScoreConfig
 from aifeedback.stages.train_config import TrainConfig
@@ -57,6 +58,8 @@ STAGES: Registry[Stage] = Registry("stage", [
           "aifeedback.stages.sample"),
     Stage("eval", "Win rates of a tuned model against its base, with a report.", EvalConfig,
           "aifeedback.stages.evaluate"),
+    Stage("loop", "Online AI feedback: rounds of generate, score, train, eval on the current model's samples.",
+          LoopConfig, "aifeedback.stages.loop"),
     Stage("demo", "The whole loop on the toy model, offline, in minutes on a CPU.", DemoConfig,
           "aifeedback.stages.demo"),
 ])
