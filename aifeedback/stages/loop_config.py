@@ -67,9 +67,9 @@ class LoopConfig:
         from aifeedback.zoo.toy_world import all_captions
 
         problems = []
-        if getattr(LOSSES[self.loss], "unpaired", False):  # e.g. kto: it trains on scored single images, not pairs
+        if LOSSES[self.loss].unpaired:  # e.g. kto: it trains on scored single images, not pairs
             problems.append(f"loss: {self.loss} trains on unpaired images; the loop trains on pairs, so choose a "
-                            f"paired loss ({', '.join(k for k, v in LOSSES.items() if not getattr(v, 'unpaired', 0))})")
+                            f"paired loss ({', '.join(k for k, v in LOSSES.items() if not v.unpaired)})")
         else:  # what aif train would refuse in round 1 (e.g. mapo with a DPO-scale beta), refused before any image
             train = TrainConfig(loss=self.loss, beta=self.beta, lr=self.lr, lora_rank=self.lora_rank,
                                 max_steps=self.train_steps, warmup_steps=0)
