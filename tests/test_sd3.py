@@ -140,6 +140,22 @@ def test_latents_are_shifted_and_scaled_both_ways(pipe):
     assert (ours - torch.from_numpy(image * 255).round()).abs().max() <= 1  # PIL rounding vs numpy float
 
 
+def test_tuned_transformer_must_fit_its_base(tmp_path):
+    from diffusers import AutoModel
+
+    from aifeedback.families.loading import load_pipeline
+    from aifeedback.families.resolve import TunedLoadError
+    from aifeedback.zoo import tiny_pipeline_path
+
+    with pytest.raises(TunedLoadError, match="holds a transformer, but base model .* has none"):
+        load_pipeline("tiny-sd15", tuned="tiny-sd3")  # would otherwise be dropped by diffusers without a word
+    config = dict(AutoModel.load_config(tiny_pipeline_path("tiny-sd3"), subfolder="transformer"), num_layers=1)
+    shallower = tmp_path / "transformer"
+    AutoModel.from_config(config).save_pretrained(shallower)
+    with pytest.raises(TunedLoadError, match="transformer num_layers is 1, the base has 2"):
+        load_pipeline("tiny-sd3", tuned=str(shallower))
+
+
 def test_flow_models_refuse_ddpm_samplers(pipe):
     from aifeedback.families.loading import set_scheduler
 

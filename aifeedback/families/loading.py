@@ -108,6 +108,9 @@ def load_denoiser(where: str, td: Any = None) -> tuple[str, Any]:
 def _check_tuned_fits(pipe: Any, base: str, tuned: str, component: str) -> None:
     """A tuned denoiser must come from the same family and size as the base (SDXL vs SD1.5 mix-ups are common)."""
 
+    if getattr(pipe, component, None) is None:  # diffusers drops a component the pipeline does not have, silently
+        raise TunedLoadError(f"--tuned {tuned} holds a {component}, but base model {base} has none (its denoiser is "
+                             f"the {detect(pipe).denoiser}). Fix: pass the base model it was trained from (--model).")
     try:
         base_cfg = AutoModel.load_config(base, subfolder=component)
     except (OSError, ValueError, EnvironmentError):
