@@ -26,7 +26,11 @@ from aifeedback.families.base import Family
 class FlowFamily(Family):
     """Flow-matching transformer families. A subclass sets the facts of `Family` (resolution, guidance, lora targets,
     lora_pipeline) and implements `matches`, `text_encoders`, `encode_prompts` and `predict`; it may override the
-    timestep-sampling class variables below (the defaults are diffusers' SD3 script's)."""
+    timestep-sampling class variables below (the defaults are diffusers' SD3 script's).
+
+    `predict` gets the noisy latents in the VAE's (B, C, h, w) layout and timesteps in the scheduler's units (0..1000,
+    as the SD3 transformer takes them) and must return the velocity in that layout: a family whose transformer wants
+    another form (FLUX: 2x2-packed latents, position ids, t / 1000, a guidance value) converts inside `predict`."""
 
     denoiser = "transformer"
     weighting_scheme: ClassVar[str] = "logit_normal"  # sigma_sqrt | logit_normal | mode | cosmap | none
