@@ -226,7 +226,7 @@ class TrainRecipe:
             while models:
                 m = acc.unwrap_model(models.pop())
                 if self.lora:
-                    ck.load_lora_into(m, Path(input_dir) / ck.LORA_FILE)
+                    ck.load_lora_into(m, Path(input_dir) / ck.LORA_FILE, self.family.denoiser)
                 else:
                     saved = type(m).from_pretrained(input_dir, subfolder=self.family.denoiser)
                     m.load_state_dict(saved.state_dict())
@@ -291,7 +291,7 @@ class TrainRecipe:
     def train(self) -> None:
         """Optimizer steps up to --max-steps, with metrics, validation grids and checkpoints; then publish the run."""
         cfg = self.cfg
-        what = f"LoRA r={cfg.lora_rank}" if self.lora else "full UNet"
+        what = f"LoRA r={cfg.lora_rank}" if self.lora else f"full {self.family.denoiser}"
         pairs = self.n_pairs if self.n_pairs is not None else "streamed"
         unit = "images" if self.unpaired else "pairs"
         self._say(f"training {self.family.name} {what} with {cfg.loss} on {pairs} {unit}: {self.pairs_per_step} "
@@ -362,12 +362,13 @@ class TrainRecipe:
         """One micro-step: forward, loss, backward, and (at the end of an accumulation) clip and optimizer step."""
         acc, predict = self.accelerator, self.family.predict
         noisy, t, target, prompts, micro = self._inputs(batch)
+        weights = self.family.loss_weights(self.scheduler, t)  # per-sample weights of the error (None: uniform)
         with acc.accumulate(self.model):
             with acc.autocast():
-                model_err, ref_err = denoising_mse(predict(self.model, noisy, t, prompts, micro), target), None
+                model_err, ref_err = denoising_mse(predict(self.model, noisy, t, prompts, micro), target, weights), None
                 if self.needs_ref:
                     with torch.no_grad():
-                        ref_err = self._reference_mse(noisy, t, prompts, micro, target)
+                        ref_err = self._reference_mse(noisy, t, prompts, micro, target, weights)
                 if self.unpaired:
                     desirable = batch["desirable"].to(self.device)
                     loss, metrics = self.loss_fn(model_err, ref_err, desirable, self.cfg.beta)
@@ -410,15 +411,15 @@ class TrainRecipe:
             acc.scaler.update()  # clip_grad_norm_ unscaled the gradients: the scaler expects an update before the next
         return False
 
-    def _reference_mse(self, noisy, t, prompts, micro, target) -> torch.Tensor:
+    def _reference_mse(self, noisy, t, prompts, micro, target, weights=None) -> torch.Tensor:
         if self.ref is not None:
-            return denoising_mse(self.family.predict(self.ref, noisy, t, prompts, micro), target)
+            return denoising_mse(self.family.predict(self.ref, noisy, t, prompts, micro), target, weights)
         # LoRA: the reference is the network without its adapters. The forward goes through the prepared (wrapped)
         # model: under FSDP/ZeRO-3 its forward gathers the sharded parameters, a collective every process joins.
         base = self.accelerator.unwrap_model(self.model)
         base.disable_adapters()
         try:
-            return denoising_mse(self.family.predict(self.model, noisy, t, prompts, micro), target)
+            return denoising_mse(self.family.predict(self.model, noisy, t, prompts, micro), target, weights)
         finally:
             base.enable_adapters()
 
@@ -468,7 +469,7 @@ class TrainRecipe:
         if self.main:
             model = acc.unwrap_model(self.model)
             if self.lora:
-                ck.save_lora(model, tmp, self.family.lora_pipeline, state_dict=sd)
+                ck.save_lora(model, tmp, self.family.lora_pipeline, state_dict=sd, denoiser=self.family.denoiser)
             else:
                 model.save_pretrained(tmp / self.family.denoiser, state_dict=sd, safe_serialization=True)
             position = step * self.cfg.grad_accum * self.cfg.batch_size * self.world
