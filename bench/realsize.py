@@ -127,15 +127,21 @@ def build_pipeline(family: str, device: str = "cpu", dtype: str = "float16", fp1
     return pipe.to(dtype=td)
 
 
-def build_transformer(name: str, device: str = "cpu") -> Any:
-    """The SD3.5 (SD3Transformer2DModel) or FLUX.1 (FluxTransformer2DModel) denoiser of TRANSFORMERS[name]."""
+def build_transformer(name: str, device: str = "cpu", dtype: Any = None) -> Any:
+    """The SD3.5 (SD3Transformer2DModel) or FLUX.1 (FluxTransformer2DModel) denoiser of TRANSFORMERS[name],
+    initialised directly in `dtype` (default float32)."""
     import torch
     from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
 
     cls = FluxTransformer2DModel if name.startswith("flux") else SD3Transformer2DModel
     torch.manual_seed(0)
-    with torch.device(device):
-        return cls(**TRANSFORMERS[name])
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype or torch.float32)
+    try:
+        with torch.device(device):
+            return cls(**TRANSFORMERS[name])
+    finally:
+        torch.set_default_dtype(default)
 
 
 def flow_pipeline(name: str, device: str = "cpu", dtype: str = "bfloat16") -> Any:
