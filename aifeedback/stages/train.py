@@ -353,13 +353,15 @@ class TrainRecipe:
         """One micro-step: forward, loss, backward, and (at the end of an accumulation) clip and optimizer step."""
         acc, predict = self.accelerator, self.family.predict
         noisy, t, target, prompts, micro = self._inputs(batch)
+        weights = self.family.loss_weights(self.scheduler, t)  # per-sample weights of the error (None: uniform)
         with acc.accumulate(self.model):
             with acc.autocast():
-                model_w, model_l = denoising_mse(predict(self.model, noisy, t, prompts, micro), target).chunk(2)
+                model_w, model_l = denoising_mse(predict(self.model, noisy, t, prompts, micro), target,
+                                                 weights).chunk(2)
                 ref_w = ref_l = None
                 if self.needs_ref:
                     with torch.no_grad():
-                        ref_w, ref_l = self._reference_mse(noisy, t, prompts, micro, target).chunk(2)
+                        ref_w, ref_l = self._reference_mse(noisy, t, prompts, micro, target, weights).chunk(2)
                 loss, metrics = self.loss_fn(model_w, model_l, ref_w, ref_l, self.cfg.beta)
             self.losses_finite &= bool(torch.isfinite(loss.detach()))
             acc.backward(loss)
@@ -397,15 +399,15 @@ class TrainRecipe:
             acc.scaler.update()  # clip_grad_norm_ unscaled the gradients: the scaler expects an update before the next
         return False
 
-    def _reference_mse(self, noisy, t, prompts, micro, target) -> torch.Tensor:
+    def _reference_mse(self, noisy, t, prompts, micro, target, weights=None) -> torch.Tensor:
         if self.ref is not None:
-            return denoising_mse(self.family.predict(self.ref, noisy, t, prompts, micro), target)
+            return denoising_mse(self.family.predict(self.ref, noisy, t, prompts, micro), target, weights)
         # LoRA: the reference is the network without its adapters. The forward goes through the prepared (wrapped)
         # model: under FSDP/ZeRO-3 its forward gathers the sharded parameters, a collective every process joins.
         base = self.accelerator.unwrap_model(self.model)
         base.disable_adapters()
         try:
-            return denoising_mse(self.family.predict(self.model, noisy, t, prompts, micro), target)
+            return denoising_mse(self.family.predict(self.model, noisy, t, prompts, micro), target, weights)
         finally:
             base.enable_adapters()
 
