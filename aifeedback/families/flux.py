@@ -75,6 +75,10 @@ class Flux(FlowFamily):
         # back to (n, c, h, w): _unpack_latents takes pixel sizes and the VAE factor; factor 1 makes them latent sizes
         return FluxPipeline._unpack_latents(out, h, w, 1)
 
+    def pipeline_latents(self, pipe: Any, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        # FluxPipeline returns packed latents for output_type="latent"; it unpacks them itself before decoding
+        return FluxPipeline._unpack_latents(latents, height, width, pipe.vae_scale_factor)
+
 
 def denoiser_config(model: Any) -> Any:
     """The transformer's config through the wrappers training puts around it (DDP, FSDP, torch.compile)."""
