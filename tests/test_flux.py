@@ -113,3 +113,29 @@ def test_lora_targets_are_the_transformer_layers_diffusers_adapts(pipes):
     model = type(transformer).from_config(transformer.config)
     model.add_adapter(LoraConfig(r=2, target_modules=list(fam.lora_targets)))
     assert any("lora_A" in n for n, _ in model.named_parameters())
+
+
+@pytest.mark.parametrize("config, model", [("fsdp_flux_8gpu.yaml", "tiny-flux-dev"),
+                                           ("fsdp_sd35_8gpu.yaml", "tiny-sd3")])
+def test_fsdp_configs_wrap_every_transformer_block(config, model, aif_cache):
+    """The shipped FSDP configs name classes accelerate finds in the family's transformer (it refuses a missing one)
+    and that cover every block, so each block is one FSDP unit."""
+    from pathlib import Path
+
+    import yaml
+    from accelerate.utils.dataclasses import get_module_class_from_name
+
+    from aifeedback.families import detect
+    from aifeedback.families.loading import load_pipeline
+
+    path = Path(__file__).resolve().parents[1] / "recipes" / "accelerate" / config
+    fsdp = yaml.safe_load(path.read_text())["fsdp_config"]
+    assert fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+    pipe = load_pipeline(model)
+    transformer = getattr(pipe, detect(pipe).denoiser)
+    classes = tuple(get_module_class_from_name(transformer, name)
+                    for name in fsdp["fsdp_transformer_layer_cls_to_wrap"].split(","))
+    assert None not in classes
+    blocks = [b for name in ("transformer_blocks", "single_transformer_blocks")
+              for b in getattr(transformer, name, [])]
+    assert blocks and all(isinstance(b, classes) for b in blocks)
