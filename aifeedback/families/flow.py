@@ -29,7 +29,6 @@ class FlowFamily(Family):
     timestep-sampling class variables below (the defaults are diffusers' SD3 script's)."""
 
     denoiser = "transformer"
-    lora_weights_key: ClassVar[str] = "transformer_lora_layers"  # save_lora_weights' keyword for the denoiser
     weighting_scheme: ClassVar[str] = "logit_normal"  # sigma_sqrt | logit_normal | mode | cosmap | none
     logit_mean: ClassVar[float] = 0.0
     logit_std: ClassVar[float] = 1.0

@@ -222,7 +222,7 @@ class TrainRecipe:
             while models:
                 m = acc.unwrap_model(models.pop())
                 if self.lora:
-                    ck.load_lora_into(m, Path(input_dir) / ck.LORA_FILE)
+                    ck.load_lora_into(m, Path(input_dir) / ck.LORA_FILE, self.family.denoiser)
                 else:
                     saved = type(m).from_pretrained(input_dir, subfolder=self.family.denoiser)
                     m.load_state_dict(saved.state_dict())
@@ -284,7 +284,7 @@ class TrainRecipe:
     def train(self) -> None:
         """Optimizer steps up to --max-steps, with metrics, validation grids and checkpoints; then publish the run."""
         cfg = self.cfg
-        what = f"LoRA r={cfg.lora_rank}" if self.lora else "full UNet"
+        what = f"LoRA r={cfg.lora_rank}" if self.lora else f"full {self.family.denoiser}"
         pairs = self.n_pairs if self.n_pairs is not None else "streamed"
         self._say(f"training {self.family.name} {what} with {cfg.loss} on {pairs} pairs: {self.pairs_per_step} "
                   f"pairs/step, lr {self.lr:g}, beta {cfg.beta:g}, {self.resolution}px, {self.world} process(es)")
@@ -457,7 +457,7 @@ class TrainRecipe:
         if self.main:
             model = acc.unwrap_model(self.model)
             if self.lora:
-                ck.save_lora(model, tmp, self.family.lora_pipeline, state_dict=sd)
+                ck.save_lora(model, tmp, self.family.lora_pipeline, state_dict=sd, denoiser=self.family.denoiser)
             else:
                 model.save_pretrained(tmp / self.family.denoiser, state_dict=sd, safe_serialization=True)
             position = step * self.cfg.grad_accum * self.cfg.batch_size * self.world
