@@ -3,10 +3,14 @@ and the denoiser call as diffusers' FluxPipeline computes them, and (slow) every
 (LoRA, full) -> export -> stock diffusers -> sample / eval, the first loss ln 2, resume."""
 
 import hashlib
+import math
+import subprocess
 
 import numpy as np
 import pytest
 import torch
+
+from tests.pairs_fixtures import pickapic_rows, read_metrics, tiny_train, write_pickapic
 
 PROMPTS = ["a red cube on a table", "a blue bird in the sky"]
 
@@ -22,6 +26,11 @@ def pipes(aif_cache):
     from aifeedback.families.loading import load_pipeline
 
     return {name: load_pipeline(name) for name in ("tiny-flux", "tiny-flux-dev")}
+
+
+@pytest.fixture(scope="module")
+def human(tmp_path_factory):
+    return write_pickapic(tmp_path_factory.mktemp("human"), pickapic_rows(4))
 
 
 def _weights_hash(module: torch.nn.Module) -> str:
@@ -139,3 +148,105 @@ def test_fsdp_configs_wrap_every_transformer_block(config, model, aif_cache):
     blocks = [b for name in ("transformer_blocks", "single_transformer_blocks")
               for b in getattr(transformer, name, [])]
     assert blocks and all(isinstance(b, classes) for b in blocks)
+
+
+def test_lora_dpo_first_loss_is_ln2_and_the_file_is_keyed_for_flux_pipeline(human, tmp_path, pipes):
+    from safetensors import safe_open
+
+    from aifeedback.stages.train import run
+
+    out = run(tiny_train(human, tmp_path / "run", model="tiny-flux-dev", lora_rank=2, lr=1e-2, max_steps=2))
+    m = read_metrics(out)
+    # LoRA B starts at zero and the reference is the same network with adapters off: at step 0 the DPO margin is
+    # exactly 0 and the loss is ln 2 up to float32 rounding of log(1 + exp(0)) (~1e-7).
+    assert abs(m[0]["loss"] - math.log(2)) < 1e-6 and m[0]["implicit_acc"] == 0.5
+    assert m[1]["loss"] != m[0]["loss"]  # the adapters moved
+    lora = out / "checkpoints" / "checkpoint-000002" / "pytorch_lora_weights.safetensors"
+    with safe_open(str(lora), "pt") as f:
+        keys = list(f.keys())
+    assert keys and all(k.startswith("transformer.") for k in keys)  # the prefix FluxPipeline.load_lora_weights wants
+    assert any(".ff_context.net.2." in k for k in keys) and any("single_transformer_blocks" in k for k in keys)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["tiny-flux-dev", "tiny-flux"])
+def test_every_stage_on_tiny_flux(model, tmp_path):
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+
+    from aifeedback.zoo import tiny_pipeline_path
+    from tests.golden import aif
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS + ["a green tree by a lake"]) + "\n")
+    gen, pairs, size = tmp_path / "gen", tmp_path / "pairs", ["--resolution", "32"]
+    common = ["--steps", "2", "--batch-size", "2", *size]
+    aif("generate", "--model", model, "--prompts", str(prompts), "--images-per-prompt", "3", *common,
+        "--save-latents", "--out", str(gen))
+    aif("score", "--input", str(gen), "--out", str(pairs), "--scorer", "redness", "--workers", "0", "--no-progress")
+    train = ["train", "--model", model, "--data", "ai", "--dataset", str(pairs), "--max-steps", "2", *size,
+             "--batch-size", "2", "--no-scale-lr", "--checkpoint-every", "2", "--validation-every", "0",
+             "--num-workers", "0", "--trackers", "none"]
+    aif(*train, "--lora-rank", "4", "--lr", "1e-2", "--out", str(tmp_path / "lora"))
+    aif(*train, "--lr", "1e-3", "--out", str(tmp_path / "full"))
+    for run_dir in ("lora", "full"):
+        assert abs(read_metrics(tmp_path / run_dir)[0]["loss"] - math.log(2)) < 1e-6
+    aif("export", str(tmp_path / "lora"), "--out", str(tmp_path / "lora-x"))
+    aif("export", str(tmp_path / "full"), "--out", str(tmp_path / "full-x"))
+
+    # Stock diffusers, no aifeedback code: the exported files load with FLUX's own classes and change the images.
+    base = FluxPipeline.from_pretrained(tiny_pipeline_path(model))
+    kw = dict(num_inference_steps=2, height=32, width=32, output_type="np")
+    before = base(PROMPTS[0], generator=torch.Generator().manual_seed(0), **kw).images
+    base.load_lora_weights(str(tmp_path / "lora-x"))
+    with_lora = base(PROMPTS[0], generator=torch.Generator().manual_seed(0), **kw).images
+    assert with_lora.shape == before.shape and not (with_lora == before).all()
+    transformer = FluxTransformer2DModel.from_pretrained(tmp_path / "full-x", subfolder="transformer")
+    full = FluxPipeline.from_pretrained(tiny_pipeline_path(model), transformer=transformer)
+    assert not (full(PROMPTS[0], generator=torch.Generator().manual_seed(0), **kw).images == before).all()
+
+    aif("sample", "--model", model, "--tuned", str(tmp_path / "lora-x"), "--prompts", str(prompts), *size,
+        "--limit", "2", "--steps", "2", "--no-grid", "--out", str(tmp_path / "sample"))
+    assert len(list((tmp_path / "sample").rglob("*.png"))) == 2
+    aif("eval", "--base", model, "--tuned", str(tmp_path / "full"), "--prompts", str(prompts), *size,
+        "--seeds-per-prompt", "2", "--steps", "2", "--scorers", "redness", "--bootstrap", "100",
+        "--out", str(tmp_path / "eval"))
+    assert (tmp_path / "eval" / "report.json").exists()
+
+
+@pytest.mark.slow
+def test_resume_equals_uninterrupted_full_and_lora(human, tmp_path):
+    from safetensors.torch import load_file
+
+    from aifeedback.stages.train import run
+
+    for kind, kw, name in [("full", dict(lr=1e-3), "transformer/diffusion_pytorch_model.safetensors"),
+                           ("lora", dict(lora_rank=2, lr=1e-2), "pytorch_lora_weights.safetensors")]:
+        kw = dict(kw, model="tiny-flux-dev", max_steps=4, checkpoint_every=2)
+        run(tiny_train(human, tmp_path / kind / "a", **kw))
+        run(tiny_train(human, tmp_path / kind / "b", **dict(kw, max_steps=2)))
+        run(tiny_train(human, tmp_path / kind / "b", **kw))  # resumes from checkpoint-000002
+        wa = load_file(tmp_path / kind / "a" / "checkpoints/checkpoint-000004" / name)
+        wb = load_file(tmp_path / kind / "b" / "checkpoints/checkpoint-000004" / name)
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), kind
+        assert [r["loss"] for r in read_metrics(tmp_path / kind / "a")] == \
+            [r["loss"] for r in read_metrics(tmp_path / kind / "b")]
+
+
+@pytest.mark.slow
+def test_two_process_lora_run(human, tmp_path):
+    import os
+    from pathlib import Path
+
+    from tests.launch import accelerate_launch
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
+    out = tmp_path / "ddp"
+    cmd = [*accelerate_launch(2), "train", "--dataset", str(human), "--model", "tiny-flux-dev", "--lora-rank", "2",
+           "--resolution", "16", "--batch-size", "1", "--max-steps", "2", "--checkpoint-every", "2",
+           "--validation-every", "0", "--num-workers", "0", "--trackers", "none", "--out", str(out)]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    m = read_metrics(out)
+    assert [r["step"] for r in m] == [1, 2] and abs(m[0]["loss"] - math.log(2)) < 1e-6
+    assert "2 process(es)" in res.stderr
