@@ -250,3 +250,21 @@ def test_two_process_lora_run(human, tmp_path):
     m = read_metrics(out)
     assert [r["step"] for r in m] == [1, 2] and abs(m[0]["loss"] - math.log(2)) < 1e-6
     assert "2 process(es)" in res.stderr
+
+
+def test_training_uses_the_stored_flux_latents(tmp_path, capsys, aif_cache):
+    """`aif generate --save-latents` stores FLUX latents unpacked (16 channels, training's space): train uses them
+    instead of encoding the images again (the transformer's 64 input channels are the packed view)."""
+    from aifeedback.stages.train import run
+    from tests.golden import aif
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    gen, pairs = tmp_path / "gen", tmp_path / "pairs"
+    aif("generate", "--model", "tiny-flux", "--prompts", str(prompts), "--images-per-prompt", "2", "--steps", "1",
+        "--resolution", "16", "--save-latents", "--out", str(gen), "--no-progress")
+    aif("score", "--input", str(gen), "--out", str(pairs), "--scorer", "redness", "--workers", "0", "--no-progress")
+    capsys.readouterr()
+    run(tiny_train(pairs, tmp_path / "run", data="ai", model="tiny-flux", lora_rank=2, max_steps=1,
+                   checkpoint_every=1))
+    assert "using the stored latents [16, 8, 8] (VAE encoder skipped)" in capsys.readouterr().err

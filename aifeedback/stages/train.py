@@ -242,8 +242,9 @@ class TrainRecipe:
         if not pairs:
             raise D.no_pairs_error(cfg.dataset, stats)
         f = vae_factor(self.vae.config)
-        in_channels = self.accelerator.unwrap_model(self.model).config.in_channels
-        latent_shape, why = D.stored_latent_shape(table, pairs, (in_channels, res // f, res // f),
+        # the VAE's latents, as stored and encoded (FLUX's transformer takes them packed: 4x the channels)
+        channels = self.vae.config.latent_channels
+        latent_shape, why = D.stored_latent_shape(table, pairs, (channels, res // f, res // f),
                                                   D.latent_source(cfg.dataset), {"model": cfg.model, "vae": cfg.vae})
         if any(c in table.column_names for c in D.LATENT_COLUMNS):
             self._say(why)
