@@ -9,7 +9,7 @@ target noise - x0, FLUX on packed 2x2 latents with its position ids and (dev) gu
   python bench/train.py --family sdxl --resolution 1024 --batch-size 1 --lora-rank 0 --mixed-precision bf16 \\
       --gradient-checkpointing
   python bench/train.py --family flux-dev --batch-size 1 --lora-rank 16 --mixed-precision bf16 --gradient-checkpointing
-  python bench/train.py --tiny            # the tiny zoo UNet on CPU at 32 px
+  python bench/train.py --tiny            # the tiny zoo UNet on CPU at 32 px (--family flux-dev: tiny-flux-dev)
 """
 
 from __future__ import annotations
@@ -29,13 +29,15 @@ UNET_LORA = ["to_k", "to_q", "to_v", "to_out.0"]
 SD3_LORA = ["attn.add_k_proj", "attn.add_q_proj", "attn.add_v_proj", "attn.to_add_out", "attn.to_k", "attn.to_out.0",
             "attn.to_q", "attn.to_v"]
 FLUX_LORA = SD3_LORA + ["ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2"]
+TINY = {"flux-dev": "tiny-flux-dev", "flux-schnell": "tiny-flux", "sd35m": "tiny-sd3", "sd35l": "tiny-sd3"}
 TEXT_TOKENS = {"sd35": 77 + 256, "flux": 512}  # pipeline defaults: CLIP 77 + T5 256 (SD3), T5 512 (FLUX.1-dev)
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--family", choices=["sdxl", "sd15", *TRANSFORMERS], default="sdxl")
-    p.add_argument("--tiny", action="store_true", help="tiny zoo UNet (tiny-sdxl / tiny-sd15) on CPU")
+    p.add_argument("--tiny", action="store_true", help="the family's tiny zoo denoiser (tiny-sdxl, tiny-sd15, "
+                   "tiny-flux-dev, tiny-flux, tiny-sd3) on CPU")
     p.add_argument("--resolution", type=int, default=None, help="pixels (default 1024; SD1.5 512, tiny 32)")
     p.add_argument("--batch-size", type=int, default=1, help="pairs per step")
     p.add_argument("--lora-rank", type=int, default=0)
@@ -44,8 +46,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     args = p.parse_args()
-    if args.tiny and args.family in TRANSFORMERS:
-        p.error("--tiny covers the UNet families (sdxl, sd15)")
     return args
 
 
@@ -54,10 +54,14 @@ def build_model(args: argparse.Namespace, device: str) -> tuple[Any, int, int]:
     from diffusers import UNet2DConditionModel
 
     if args.tiny:
+        from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+
         from aifeedback.zoo import tiny_pipeline_path
 
-        unet = UNet2DConditionModel.from_pretrained(tiny_pipeline_path(f"tiny-{args.family}"), subfolder="unet")
-        return unet, args.resolution or 32, 2
+        name = TINY.get(args.family, f"tiny-{args.family}")
+        cls, sub = ((FluxTransformer2DModel if "flux" in name else SD3Transformer2DModel, "transformer")
+                    if args.family in TRANSFORMERS else (UNet2DConditionModel, "unet"))
+        return cls.from_pretrained(tiny_pipeline_path(name), subfolder=sub), args.resolution or 32, 2
     if args.family in TRANSFORMERS:
         from realsize import build_transformer
 

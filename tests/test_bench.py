@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-# ~50 s of CPU in fresh processes; they guard scripts used in GPU sessions, not the stages: `make test-slow`
+# ~70 s of CPU in fresh processes; they guard scripts used in GPU sessions, not the stages: `make test-slow`
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,6 +21,11 @@ CASES = {
     "score": ["--tiny", "--images", "48", "--batch-size", "8", "--workers", "0"],
     "score-decode-only": ["--decode-only", "--device", "cpu", "--images", "48", "--batch-size", "8", "--workers", "1"],
     "train": ["--tiny", "--steps", "3", "--warmup", "1"],
+    # the flow-matching path gpu.sh takes for FLUX.1 / SD3.5, on their tiny zoo transformers (LoRA, checkpointing)
+    "train-flux": ["--tiny", "--family", "flux-dev", "--lora-rank", "4", "--gradient-checkpointing", "--steps", "2",
+                   "--warmup", "1", "--mixed-precision", "no"],
+    "train-sd35": ["--tiny", "--family", "sd35m", "--lora-rank", "4", "--gradient-checkpointing", "--steps", "2",
+                   "--warmup", "1", "--mixed-precision", "no"],
 }
 
 
