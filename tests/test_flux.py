@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from aifeedback.errors import AifError
 from tests.pairs_fixtures import pickapic_rows, read_metrics, tiny_train, write_pickapic
 
 PROMPTS = ["a red cube on a table", "a blue bird in the sky"]
@@ -97,6 +98,8 @@ def test_prediction_is_the_velocity_flux_pipeline_steps_with(pipes, name):
     with torch.no_grad():
         v = fam.predict(pipe.transformer, noise, torch.full((2,), 1000.0), prompts, None)
     torch.testing.assert_close(v, v_pipe, rtol=1e-5, atol=1e-5)  # float32: the step's subtraction rounds
+    with pytest.raises(AifError, match="multiple of 16"):  # odd latent sides cannot be packed
+        fam.predict(pipe.transformer, noise[..., :15, :15], torch.full((2,), 1000.0), prompts, None)
 
 
 def test_render_decodes_what_flux_pipeline_decodes(pipes):

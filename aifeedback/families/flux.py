@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from diffusers import FluxPipeline
 
+from aifeedback.errors import AifError
 from aifeedback.families.base import TextEncoders, tokenize
 from aifeedback.families.flow import FlowFamily
 
@@ -61,8 +62,8 @@ class Flux(FlowFamily):
                 micro: torch.Tensor | None) -> torch.Tensor:
         n, c, h, w = noisy.shape
         if h % 2 or w % 2:
-            raise ValueError(f"FLUX packs 2x2 latent patches: latents {h}x{w} must have even sides (use a resolution "
-                             "that is a multiple of 16 for the real VAE)")
+            raise AifError(f"FLUX packs 2x2 patches of latents: these are {h}x{w}, an odd side. Fix: pass a "
+                           "--resolution that is a multiple of 16 (the VAE's 8 x the patch's 2), e.g. 1024.")
         embeds = prompts["embeds"]
         packed = FluxPipeline._pack_latents(noisy, n, c, h, w)
         img_ids = FluxPipeline._prepare_latent_image_ids(n, h // 2, w // 2, noisy.device, embeds.dtype)
