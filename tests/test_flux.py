@@ -324,3 +324,23 @@ def test_fsdp_sharded_flux_transformer_predicts_and_trains(tmp_path, aif_cache):
         assert r["units"] == 1 + 1 + 1  # the root and tiny-flux-dev's one double and one single block
         assert r["diff"] < 1e-5  # the same float32 math on gathered shards: equal up to summation order
         assert r["moved"] > 1e-3  # the sharded step changed the weights on every process
+
+
+def test_training_sigmas_are_uniform_and_unshifted_as_diffusers_flux_script_draws_them(pipes):
+    """train_dreambooth_lora_flux.py: weighting "none" = u ~ U[0, 1), grid index floor(u * 1000) of the scheduler
+    built from the model's config, whose sigmas are unshifted for dev (dynamic shifting applies only when sampling)
+    and for schnell (shift 1); x_t = (1 - sigma) x0 + sigma noise, target noise - x0, unit loss weights."""
+    fam = _flux()
+    for pipe in pipes.values():
+        sched = fam.noise_scheduler(pipe)
+        x0 = torch.randn(6, 16, 4, 4, generator=torch.Generator().manual_seed(1))  # 3 winners, then their losers
+        torch.manual_seed(7)
+        noisy, t, target = fam.training_noise(sched, x0, groups=2)
+        torch.manual_seed(7)  # by hand, from the same RNG: the noise of 3 items, then the uniform draw
+        noise = torch.randn(3, 16, 4, 4)
+        sigma = (1000 - (torch.rand(3) * 1000).long()).float() / 1000  # the unshifted grid: 1, 0.999, ..., 0.001
+        torch.testing.assert_close(t, (sigma * 1000).repeat(2), rtol=1e-5, atol=1e-4)  # float32 grid rounding
+        s = sigma.repeat(2).view(-1, 1, 1, 1)
+        torch.testing.assert_close(noisy, (1 - s) * x0 + s * noise.repeat(2, 1, 1, 1), rtol=1e-5, atol=1e-6)
+        assert torch.equal(target, noise.repeat(2, 1, 1, 1) - x0)
+        assert torch.equal(fam.loss_weights(sched, t), torch.ones(6))
