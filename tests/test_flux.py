@@ -344,3 +344,23 @@ def test_training_sigmas_are_uniform_and_unshifted_as_diffusers_flux_script_draw
         torch.testing.assert_close(noisy, (1 - s) * x0 + s * noise.repeat(2, 1, 1, 1), rtol=1e-5, atol=1e-6)
         assert torch.equal(target, noise.repeat(2, 1, 1, 1) - x0)
         assert torch.equal(fam.loss_weights(sched, t), torch.ones(6))
+
+
+def test_bf16_lora_run_loads_the_pipeline_in_bf16(human, tmp_path, monkeypatch):
+    """FLUX.1-dev loaded in float32 on the CPU takes ~67 GB of host RAM; a bf16 LoRA run casts every part to bf16
+    anyway, so it loads in bf16 (~34 GB) and still starts at ln 2."""
+    import aifeedback.stages.train as T
+
+    seen, load = [], T.load_pipeline
+
+    def recording(name, dtype, *args, **kw):
+        seen.append(dtype)
+        return load(name, dtype, *args, **kw)
+
+    monkeypatch.setattr(T, "load_pipeline", recording)
+    out = T.run(tiny_train(human, tmp_path / "lora", model="tiny-flux", lora_rank=2, mixed_precision="bf16",
+                           max_steps=1, checkpoint_every=1))
+    assert seen == ["bfloat16"] and abs(read_metrics(out)[0]["loss"] - math.log(2)) < 1e-6
+    T.run(tiny_train(human, tmp_path / "full", model="tiny-flux", mixed_precision="bf16", max_steps=1,
+                     checkpoint_every=1))
+    assert seen == ["bfloat16", "float32"]  # a full fine-tune keeps fp32 master weights: loaded in fp32

@@ -164,7 +164,10 @@ class TrainRecipe:
         return resume_from
 
     def _setup_pipeline(self) -> tuple[Any, Family]:
-        pipe = load_pipeline(self.cfg.model, "float32", "cpu", vae=self.cfg.vae)
+        # A bf16 LoRA run keeps every part in bf16 (the trainable adapters are created later, in fp32): loading it so
+        # gives the same weights and halves the host RAM at start-up (FLUX.1-dev: ~34 GB instead of ~67).
+        dtype = "bfloat16" if self.lora and self.accelerator.mixed_precision == "bf16" else "float32"
+        pipe = load_pipeline(self.cfg.model, dtype, "cpu", vae=self.cfg.vae)
         return pipe, detect(pipe)
 
     def _setup_frozen_parts(self) -> tuple[Any, Any]:
