@@ -181,7 +181,7 @@ def test_every_stage_on_tiny_sd3(tmp_path):
     aif("score", "--input", str(gen), "--out", str(pairs), "--scorer", "redness", "--workers", "0", "--no-progress")
     train = ["train", "--model", "tiny-sd3", "--data", "ai", "--dataset", str(pairs), "--max-steps", "2",
              "--batch-size", "2", "--no-scale-lr", "--checkpoint-every", "2", "--validation-every", "0",
-             "--num-workers", "0", "--trackers", "none"]
+             "--num-workers", "0", "--trackers", "none", "--resolution", "32"]  # the stored latents' size
     aif(*train, "--lora-rank", "4", "--lr", "1e-2", "--out", str(tmp_path / "lora"))
     aif(*train, "--lr", "1e-3", "--out", str(tmp_path / "full"))
     for run_dir in ("lora", "full"):
@@ -240,7 +240,8 @@ def test_two_process_lora_run(human, tmp_path):
     out = tmp_path / "ddp"
     cmd = [*accelerate_launch(2), "train", "--dataset", str(human), "--model", "tiny-sd3", "--lora-rank", "2",
            "--batch-size", "1", "--max-steps", "2", "--checkpoint-every", "2", "--validation-every", "0",
-           "--num-workers", "0", "--trackers", "none", "--out", str(out)]
+           "--num-workers", "0", "--trackers", "none", "--resolution", "16", "--lr", "1e-2", "--no-scale-lr",
+           "--out", str(out)]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     m = read_metrics(out)
