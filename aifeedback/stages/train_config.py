@@ -33,8 +33,8 @@ class TrainConfig:
     shuffle_buffer: int = option(1000, "shuffle buffer size when streaming", min=1)
     max_pairs: Optional[int] = option(None, "use only the first N usable pairs (after dropping ties); null = "
                                             "all", min=1)
-    resolution: Optional[int] = option(None, "training resolution in pixels; null = the family's: 1024 for SDXL "
-                                             "and SD3, 512 for SD1.5", min=8)
+    resolution: Optional[int] = option(None, "training resolution in pixels; null = the family's: 1024 for SDXL, "
+                                             "SD3 and FLUX, 512 for SD1.5", min=8)
     random_crop: bool = option(False, "random square crop instead of a centre crop")
     flip: bool = option(True, "random horizontal flip (same flip for winner and loser)")
     caption_dropout: float = option(0.0, "probability of training a pair with the empty prompt (paper: 0.2 for "
