@@ -45,6 +45,9 @@ FAMILIES: Registry[FamilyEntry] = Registry("model family", [
                 "(1024 px)", "aifeedback.families.sdxl", "SDXL"),
     FamilyEntry("sd3", "Stable Diffusion 3 / 3.5 layout: MMDiT transformer trained by flow matching; CLIP-L + CLIP-G "
                 "(pooled) + T5 text encoders, 16-channel VAE (1024 px)", "aifeedback.families.sd3", "SD3"),
+    FamilyEntry("flux", "FLUX.1 layout (dev, schnell): flow-matching transformer on packed latents; CLIP-L pooled "
+                "+ T5, the dev model's guidance embedding, 16-channel VAE (1024 px)",
+                "aifeedback.families.flux", "Flux"),
 ])
 
 

@@ -79,6 +79,11 @@ class Family(ABC):
         """Per-sample weights of the denoising error at timesteps t (shape (N,)), or None for uniform weights."""
         return None
 
+    def pipeline_latents(self, pipe: Any, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """What the pipeline returns with output_type="latent" -> (N, C, h, w) latents of an image height x width
+        (FLUX returns them packed)."""
+        return latents
+
     def encode_images(self, vae: Any, pixels: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] -> the latents the denoiser works on."""
         return encode_images(vae, pixels)

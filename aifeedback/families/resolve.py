@@ -25,6 +25,10 @@ KNOWN_MODELS: dict[str, str] = {
                                                        "licence on the hub), 1024 px",
     "stabilityai/stable-diffusion-3.5-medium": "SD3.5 medium (2.5B MMDiT-X, flow matching; gated), 1024 px",
     "stabilityai/stable-diffusion-3.5-large": "SD3.5 large (8B MMDiT, flow matching; gated), 1024 px",
+    "black-forest-labs/FLUX.1-dev": "FLUX.1 dev (12B transformer, guidance-distilled, flow matching; gated, "
+                                    "non-commercial licence), 1024 px",
+    "black-forest-labs/FLUX.1-schnell": "FLUX.1 schnell (12B transformer, timestep-distilled: 1-4 steps, no "
+                                        "guidance; Apache-2.0, gated), 1024 px",
 }
 
 

@@ -71,6 +71,7 @@ def render(pipe: Any, prompts: list[str], seeds: list[int], *, steps: int = 50, 
             generator=generators,
             output_type="latent",
         ).images
+        latents = detect(pipe).pipeline_latents(pipe, latents, height or size, width or size)
         images = decode_latents(pipe, latents)
     return Rendered(images, latents.float().cpu() if return_latents else None)
 
