@@ -23,6 +23,10 @@ class Loss:
     help: str
     needs_reference: bool  # the loss reads the frozen reference model's errors
     module: str  # defines a function called `name`: (model_w, model_l, ref_w, ref_l, beta) -> LossOutput
+    # `aif demo --loss NAME`'s defaults in the toy world (tuned there, README "Preference objectives"); a beta's
+    # scale is the loss's own (DPO's 2000 is 20000 times MaPO's 0.1), so each loss has its own.
+    toy_beta: float = 2000.0
+    toy_lr: float = 5e-5
 
     def function(self) -> Callable[..., Any]:
         return getattr(importlib.import_module(self.module), self.name)
@@ -38,7 +42,7 @@ LOSSES: Registry[Loss] = Registry("loss", [
     Loss("ipo", "IPO form of Diffusion-DPO, (h - 1/(2 tau))^2 with tau = beta/2, against the frozen reference",
          True, "aifeedback.losses.dpo"),
     Loss("mapo", "MaPO, reference-free: winner MSE + margin on log-odds (Hong et al. 2024; use --beta 0.1)",
-         False, "aifeedback.losses.mapo"),
+         False, "aifeedback.losses.mapo", toy_beta=0.1),
 ])
 
 
