@@ -48,6 +48,17 @@ class TrainConfig:
                                                                             f"{v.help}" for k, v in LOSSES.items()))
     beta: float = option(5000.0, "DPO beta WITH the paper's 0.5 factor: 5000 for SDXL, 2000 for SD1.5 (code folding "
                                  "the 0.5 in uses half)", min=0.0)
+    snr_gamma: float = option(0.0, "min-SNR loss weighting (Hang et al. 2023) with this gamma, as diffusers' "
+                                   "train_text_to_image.py --snr_gamma (5.0 recommended there): each denoising error "
+                                   "weighted by min(SNR, gamma)/SNR (epsilon) or /(SNR+1) (v-prediction), policy and "
+                                   "reference alike; 0 = off. DDPM-style (UNet) families only", min=0.0)
+    noise_offset: float = option(0.0, "offset noise (diffusers' --noise_offset, e.g. 0.1 for SDXL fine-tunes): adds "
+                                      "offset * N(0,1) per image and channel to the training noise, so the model can "
+                                      "learn darker and brighter images; 0 = off. UNet families only", min=0.0)
+    ema_decay: float = option(0.0, "keep an exponential moving average of the trained weights (diffusers' EMAModel: "
+                                   "decay per step min(ema_decay, (1+n)/(10+n)), 0.9999 is its default); checkpoints "
+                                   "hold it in ema/, resume restores it, and `aif export` exports it as the final "
+                                   "model; 0 = off (costs one more copy of the trained weights)", min=0.0)
     lora_rank: int = option(0, "LoRA rank on the UNet attention projections; 0 = full fine-tune", min=0)
     lora_alpha: Optional[float] = option(None, "LoRA alpha; null = the rank (scale 1)", min=0.0)
     # optimisation
@@ -96,6 +107,9 @@ class TrainConfig:
             problems.append("lora_alpha is set but lora_rank is 0 (full fine-tune); set --lora-rank")
         if self.warmup_steps > self.max_steps:
             problems.append(f"warmup_steps ({self.warmup_steps}) exceeds max_steps ({self.max_steps})")
+        if self.ema_decay >= 1:
+            problems.append(f"ema_decay {self.ema_decay:g} would never move the average; use a decay below 1 (e.g. "
+                            "0.9999), or 0 for no EMA")
         if self.streaming and self.max_pairs is not None:
             problems.append("max_pairs cannot be combined with streaming")
         if self.loss == "mapo" and self.beta > MAPO_BETA_MAX:  # the DPO default 5000 would drown MaPO's SFT term

@@ -6,6 +6,7 @@ a half checkpoint that `--resume latest` would pick up):
   RUN/checkpoints/checkpoint-000500/
     unet/                               full fine-tune: UNet2DConditionModel.save_pretrained (safetensors)
     pytorch_lora_weights.safetensors    LoRA: what `pipe.load_lora_weights` reads
+    ema/                                with --ema-decay: the moving average, as unet/ or the LoRA file above
     trainer_state.json                  step, data position, counters
     optimizer.bin, scheduler.bin, random_states_*.pkl, ...   accelerate.save_state (exact resume)
 """
@@ -23,6 +24,7 @@ from aifeedback.storage.publish import remove_stale
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 STATE_FILE = "trainer_state.json"
+EMA_DIR = "ema"  # a checkpoint's moving average of the trained weights (aif train --ema-decay), same layout
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
