@@ -182,3 +182,16 @@ def test_ema_decay_of_one_is_refused():
 
     with pytest.raises(ConfigError, match="ema_decay 1 would never move"):
         tiny_train("unused", "unused", ema_decay=1.0)
+
+
+def test_train_help_lists_every_loss_on_its_own_line():
+    import re
+
+    from typer.testing import CliRunner
+
+    from aifeedback.cli import app
+    from aifeedback.losses import LOSSES
+
+    out = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "300", "TERMINAL_WIDTH": "300"}).output
+    for name, loss in LOSSES.items():  # at 300 columns no entry wraps: the whole line is there, starting a line
+        assert re.search(rf"│\s+{re.escape(f'{name}: {loss.help}')}", out), name
