@@ -175,6 +175,9 @@ def test_export_writes_the_ema_weights_unless_no_ema(human, tmp_path):
         exported = UNet2DConditionModel.from_pretrained(folder, subfolder="unet").state_dict()
         expected = _load(source / "unet" / UNET)
         assert all(torch.equal(exported[k], expected[k]) for k in expected), ema
+    from aifeedback.families.resolve import resolve_tuned
+
+    assert resolve_tuned(str(ckpt / "ema")) == ("unet", str(ckpt / "ema" / "unet"))  # sample/eval --tuned CKPT/ema
 
 
 def test_ema_decay_of_one_is_refused():
