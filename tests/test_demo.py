@@ -106,4 +106,6 @@ def test_swap_labels_exchanges_winner_and_loser_and_the_fingerprint(tmp_path):
     configs = stage_configs(cfg)
     assert configs["train"].dataset == str(tmp_path / "pairs-swapped")
     assert configs["train"].out == str(tmp_path / "hinge-swapped") == configs["eval"].tuned
-    assert configs["eval"].out == str(tmp_path / "eval-swapped")
+    assert configs["eval"].out == str(tmp_path / "eval-hinge-swapped")
+    default = stage_configs(build_config(DemoConfig, {"out": str(tmp_path)}))
+    assert (default["train"].out, default["eval"].out) == (str(tmp_path / "dpo"), str(tmp_path / "eval"))

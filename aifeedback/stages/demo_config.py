@@ -11,6 +11,8 @@ from typing import Literal, Optional
 from aifeedback.config import option
 from aifeedback.losses import LOSSES
 
+DEFAULT_LOSS = "dpo"  # its eval folder keeps the demo's original name, OUT/eval/
+
 
 @dataclass
 class DemoConfig:
@@ -23,10 +25,12 @@ class DemoConfig:
     scorer: str = option("redness", "the reward that labels the pairs, e.g. redness, brightness, color:blue")
     sampling_steps: int = option(10, "DDIM steps for every image", min=1)
     guidance: float = option(1.0, "classifier-free guidance scale for every image (1 = off)", min=0.0)
-    loss: Literal[LOSSES.names()] = option("dpo", "training objective (`aif train --help` lists them)")
-    swap_labels: bool = option(False, "train on the pairs with winner and loser swapped (OUT/pairs-swapped/, the run "
-                                      "in OUT/LOSS-swapped/, eval in OUT/eval-swapped/): a sanity check, the tuned "
-                                      "model should then LOSE to its base")
+    loss: Literal[LOSSES.names()] = option(DEFAULT_LOSS, "training objective (`aif train --help` lists them); the "
+                                                         "run goes to OUT/LOSS/, its eval to OUT/eval-LOSS/ (dpo: "
+                                                         "OUT/eval/)")
+    swap_labels: bool = option(False, "train on the pairs with winner and loser swapped (OUT/pairs-swapped/; the run "
+                                      "and eval folders get a -swapped suffix): a sanity check, the tuned model "
+                                      "should then LOSE to its base")
     train_steps: int = option(150, "optimizer steps", min=1)
     batch_size: int = option(16, "pairs per optimizer step", min=1)
     # null: the loss's own toy default (losses/__init__.py `toy_beta`): a beta's scale is the objective's (DPO's
@@ -48,8 +52,12 @@ class DemoConfig:
         return LOSSES[self.loss].toy_lr if self.lr is None else self.lr
 
     def run_name(self, stage: str) -> str:
-        """The folder of the training run ("train") or the eval ("eval") under --out."""
-        name = self.loss if stage == "train" else stage
+        """The folder of the training run ("train") or the eval ("eval") under --out: one per loss and labelling, so
+        runs of several objectives share one generate and score output."""
+        if stage == "train":
+            name = self.loss
+        else:
+            name = stage if self.loss == DEFAULT_LOSS else f"{stage}-{self.loss}"
         return f"{name}-swapped" if self.swap_labels else name
 
     def validate(self) -> list[str]:
