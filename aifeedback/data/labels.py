@@ -1,12 +1,26 @@
-"""The canonical pair columns and the one label rule shared by training and scorer accuracy (light: no imports)."""
+"""The canonical pair columns and the one label rule shared by training and scorer accuracy, and the unpaired
+layout's columns (light: no heavy imports)."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 PAIR_COLUMNS = ("caption", "jpg_0", "jpg_1")
 LABEL_COLUMNS = ("label_0", "label_1")
+UNPAIRED_COLUMNS = ("caption", "jpg", "desirable")  # one image per row (`aif score --unpaired`, Diffusion-KTO)
+UNPAIRED_DIR = "unpaired"  # where `aif score --unpaired` writes them, inside its output folder
+
+
+def manifest_path(dataset: str | Path) -> Path:
+    """The manifest.json describing a dataset folder: its own, or for the unpaired/ folder of an `aif score` output
+    (which has none) the output's."""
+    path = Path(dataset).expanduser()
+    own = path / "manifest.json"
+    if not own.exists() and path.name == UNPAIRED_DIR and (path.parent / "manifest.json").exists():
+        return path.parent / "manifest.json"
+    return own
 
 
 def winner_of(l0: Any, l1: Any, has_label: Any = None) -> int | None | str:

@@ -17,10 +17,9 @@ every process keeps the same batch size.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterator
 
-from aifeedback.data.labels import LABEL_COLUMNS, PAIR_COLUMNS, winner_of
+from aifeedback.data.labels import LABEL_COLUMNS, PAIR_COLUMNS, manifest_path, winner_of
 from aifeedback.data.transforms import LATENT_COLUMNS, Transform, latent_source, stored_latent_shape
 
 __all__ = ["LATENT_COLUMNS", "Transform", "latent_source", "stored_latent_shape"]  # train's names, kept here too
@@ -80,19 +79,20 @@ def check_source(data: str, dataset: str) -> None:
     """Fail before any import on a --dataset that cannot be what --data says (see aifeedback.preflight)."""
     from aifeedback.preflight import check_dataset
 
-    if data == "ai" and not (Path(dataset) / "manifest.json").exists():
+    if data == "ai" and not manifest_path(dataset).exists():
         raise DataError(f"--data ai needs an `aif score` output folder, but {dataset} has no manifest.json. Fix: run "
                         "`aif score` first, or use --data human for a Pick-a-Pic-layout dataset")
     check_dataset(dataset, "--dataset")
 
 
-def open_table(data: str, dataset: str, split: str, streaming: bool = False) -> Any:
-    """A `datasets` Dataset (or IterableDataset when streaming) of labelled pairs, read by the pair source that
-    detects `dataset` (see aifeedback.data.sources); --split does not apply to an `aif score` output."""
+def open_table(data: str, dataset: str, split: str, streaming: bool = False, unpaired: bool = False) -> Any:
+    """A `datasets` Dataset (or IterableDataset when streaming) of labelled pairs (unpaired: of labelled images),
+    read by the source that detects `dataset` (see aifeedback.data.sources); --split does not apply to an `aif
+    score` output."""
     from aifeedback.data.sources import open_pairs  # imports `datasets`: the train preflight imports this module
 
     check_source(data, dataset)
-    return open_pairs(dataset, split, labels=True, streaming=streaming).dataset(streaming)
+    return open_pairs(dataset, split, labels=True, streaming=streaming, unpaired=unpaired).dataset(streaming)
 
 
 def filter_labels(ds: Any, limit: int | None = None) -> tuple[list[tuple[int, int]], PairStats]:
@@ -203,6 +203,8 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     }
     key = "latents" if "latents" in items[0] else "pixels"
     out[key] = torch.stack([it[key] for it in items])
+    if "desirable" in items[0]:  # unpaired rows: (B, 1, ...) images and their labels
+        out["desirable"] = torch.tensor([it["desirable"] for it in items])
     return out
 
 

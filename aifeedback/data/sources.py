@@ -21,7 +21,7 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from aifeedback.data.labels import LABEL_COLUMNS, PAIR_COLUMNS
+from aifeedback.data.labels import LABEL_COLUMNS, PAIR_COLUMNS, UNPAIRED_COLUMNS
 from aifeedback.data.rows import HubRows, ParquetRows
 from aifeedback.data.trl import TRL_COLUMNS, to_pairs
 from aifeedback.errors import DataError, first_line
@@ -202,6 +202,7 @@ class PairSource:
     detect: Callable[[str], bool]
     open: Callable[[str, Opening], PairTable]
     fallback: bool = False  # asked after every other source (the Pick-a-Pic source takes any hub id)
+    unpaired: bool = False  # one labelled image per row (UNPAIRED_COLUMNS): what an unpaired loss trains on
 
 
 SOURCES: Registry[PairSource] = Registry("pair source")  # tried in registration order
@@ -217,14 +218,41 @@ def source_for(target: str) -> PairSource:
 
 
 def open_pairs(target: str, split: str | None = None, *, labels: bool = True, streaming: bool = False,
-               hub_split: str | None = None) -> PairTable:
-    """Open `target` (path or hub id) with the source that reads it, and check its columns (labels too if asked)."""
+               hub_split: str | None = None, unpaired: bool = False) -> PairTable:
+    """Open `target` (path or hub id) with the source that reads it, and check its columns (labels too if asked).
+    unpaired: the caller trains on single labelled images (an unpaired loss), so `target` must hold those."""
     if not Path(target).expanduser().exists() and not is_hub_id(target):
         raise DataError(f"'{target}' is neither a local path nor a hub dataset id (org/name): no such file or "
                         "directory. Fix: check the path, or pass a hub id such as yuvalkirstain/pickapic_v2")
-    table = source_for(target).open(target, Opening(split, streaming, hub_split))
-    table.require(PAIR_COLUMNS + (LABEL_COLUMNS if labels else ()))
+    source = check_layout(target, unpaired)
+    table = source.open(target, Opening(split, streaming, hub_split))
+    table.require(UNPAIRED_COLUMNS if unpaired else PAIR_COLUMNS + (LABEL_COLUMNS if labels else ()))
     return table
+
+
+def check_layout(target: str, unpaired: bool) -> PairSource:
+    """The source that reads `target`, which must hold unpaired images if `unpaired`, else pairs (reads no rows:
+    `aif train` checks it before loading the model)."""
+    source = source_for(target)
+    if source.unpaired != unpaired:
+        raise layout_mismatch(target, source)
+    return source
+
+
+def layout_mismatch(target: str, source: PairSource) -> DataError:
+    """The error for pairs given to an unpaired loss, or unpaired images given where pairs are needed."""
+    from aifeedback.losses import LOSSES
+
+    unpaired = ", ".join(n for n, loss in LOSSES.items() if loss.unpaired)
+    paired = ", ".join(n for n, loss in LOSSES.items() if not loss.unpaired)
+    if source.unpaired:
+        return DataError(f"{target} holds unpaired images ({', '.join(UNPAIRED_COLUMNS)}: one image per row), but "
+                         f"this needs preference pairs. Fix: train on it with an unpaired loss (--loss {unpaired}), "
+                         "or pass pairs (the `aif score` output folder itself, or Pick-a-Pic-layout data)")
+    return DataError(f"{target} holds preference pairs ({source.title} layout), but an unpaired loss ({unpaired}) "
+                     f"trains on single images labelled desirable or not ({', '.join(UNPAIRED_COLUMNS)}). Fix: "
+                     "score with `aif score --unpaired` and pass its OUT/unpaired folder, or use a paired loss "
+                     f"(--loss {paired})")
 
 
 def unknown_layout(target: str) -> DataError:
@@ -237,7 +265,7 @@ def unknown_layout(target: str) -> DataError:
     have = file_columns(files[0])
     by_columns = [s for s in SOURCES.values() if s.columns]
     lacks = {s.name: [c for c in s.columns if c not in have] for s in by_columns}
-    closest = min(by_columns, key=lambda s: len(lacks[s.name]))
+    closest = min(by_columns, key=lambda s: (len(lacks[s.name]), s.unpaired))  # a tie: name a pair layout
     per = "; ".join(f"{name}: {', '.join(m)}" for name, m in lacks.items())
     return DataError(f"{target} lacks the {closest.title} column(s) {', '.join(lacks[closest.name])} "
                      f"(it has: {', '.join(have)}), so no pair source reads it; per source it lacks columns: {per}. "
@@ -320,6 +348,20 @@ def _open_trl(target: str, how: Opening) -> PairTable:
     return PairTable(str(path), "trl", ds=ds.to_iterable_dataset() if how.streaming else ds)
 
 
+def _is_unpaired(target: str) -> bool:
+    """Local files with the unpaired columns (and not the Pick-a-Pic pair columns, which win when a file has both)."""
+    path = Path(target).expanduser()
+    files = data_files(path) if path.exists() else []
+    have = file_columns(files[0]) if files else []
+    return all(c in have for c in UNPAIRED_COLUMNS) and not all(c in have for c in PAIR_COLUMNS)
+
+
+def _open_unpaired(target: str, how: Opening) -> PairTable:
+    """Unpaired images in a local Parquet/Arrow file or folder (`aif score --unpaired` writes OUT/unpaired/)."""
+    path = Path(target).expanduser()
+    return PairTable(str(path), "unpaired", split_files(path, data_files(path), how.split))
+
+
 def _open_hub(name: str, how: Opening) -> PairTable:
     split = how.split or how.hub_split
     label = f"{name}[{split or 'default split'}]"
@@ -342,6 +384,9 @@ def _open_hub(name: str, how: Opening) -> PairTable:
 
 register(PairSource("aif-score", "an `aif score` output: manifest.json + data/train-*.parquet pairs",
                     "`aif score` output", (), _is_output, _open_output))
+register(PairSource("unpaired", "caption, jpg, desirable (one image per row, for --loss kto): `aif score --unpaired`'s "
+                    "OUT/unpaired folder or any local Parquet/Arrow file or folder", "unpaired",
+                    UNPAIRED_COLUMNS, _is_unpaired, _open_unpaired, unpaired=True))
 register(PairSource("trl", "prompt, chosen, rejected (images as bytes, `datasets` Images or paths inside the "
                     "folder): a local Parquet/Arrow file or folder", "TRL", TRL_COLUMNS, _is_trl, _open_trl))
 register(PairSource("pickapic", "caption, jpg_0, jpg_1, label_0, label_1: a local Parquet/Arrow file or folder, "

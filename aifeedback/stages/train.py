@@ -41,12 +41,14 @@ from transformers.optimization import Adafactor
 from aifeedback.config import identity_dict, save_config, to_dict
 from aifeedback.console import finish, note, progress, quiet_libraries
 from aifeedback.data import pairs as D
+from aifeedback.data import unpaired as U
+from aifeedback.data.sources import check_layout
 from aifeedback.dist import process_state
 from aifeedback.errors import AifError
 from aifeedback.families import detect
 from aifeedback.families.base import Family, UNetFamily, min_snr_weights, vae_factor
 from aifeedback.families.loading import load_pipeline
-from aifeedback.losses import get_loss
+from aifeedback.losses import LOSSES, get_loss
 from aifeedback.losses.base import denoising_mse
 from aifeedback.stages.train_config import TrainConfig
 from aifeedback.stages.train_ema import STATE_KEY as EMA_STEPS
@@ -68,6 +70,7 @@ def run(cfg: TrainConfig) -> Path:
     cfg.preflight()
     quiet_libraries()
     recipe = TrainRecipe(cfg)
+    check_layout(cfg.dataset, recipe.unpaired)  # pairs for a paired loss, single images for kto: before the model
     done = finished_step(cfg, recipe.out)
     if done is not None:  # a rerun of a finished run: nothing to train, so no model to load
         if process_state().is_main_process:
@@ -103,6 +106,7 @@ class TrainRecipe:
         self.out = Path(cfg.out)
         self.lora = cfg.lora_rank > 0
         self.loss_fn, self.needs_ref = get_loss(cfg.loss)
+        self.unpaired = LOSSES[cfg.loss].unpaired  # Diffusion-KTO: single labelled images instead of pairs
 
     # ---- setup ------------------------------------------------------------------------------------------------
 
@@ -259,19 +263,21 @@ class TrainRecipe:
     def _setup_data(self) -> tuple[Any, D.PairStats, Any, Optional[int], D.Transform]:
         """(table, label counts, map-style dataset or None when streaming, number of pairs or None, transform)."""
         cfg, res = self.cfg, self.resolution
-        table = D.open_table(cfg.data, cfg.dataset, cfg.split, cfg.streaming)
-        transform = D.Transform(res, cfg.random_crop, cfg.flip, cfg.caption_dropout)
+        table = D.open_table(cfg.data, cfg.dataset, cfg.split, cfg.streaming, unpaired=self.unpaired)
+        transform = D.Transform(res, cfg.random_crop, cfg.flip, cfg.caption_dropout, unpaired=self.unpaired)
         if cfg.streaming:
             return table, D.PairStats(), None, None, transform
-        pairs, stats = D.filter_labels(table, cfg.max_pairs)
+        pairs, stats = (U.filter_desirable if self.unpaired else D.filter_labels)(table, cfg.max_pairs)
         self._say(stats.summary(cfg.dataset))
         if not pairs:
             raise D.no_pairs_error(cfg.dataset, stats)
         f = vae_factor(self.vae.config)
         in_channels = self.accelerator.unwrap_model(self.model).config.in_channels
+        columns = U.LATENTS if self.unpaired else D.LATENT_COLUMNS
         latent_shape, why = D.stored_latent_shape(table, pairs, (in_channels, res // f, res // f),
-                                                  D.latent_source(cfg.dataset), {"model": cfg.model, "vae": cfg.vae})
-        if any(c in table.column_names for c in D.LATENT_COLUMNS):
+                                                  D.latent_source(cfg.dataset), {"model": cfg.model, "vae": cfg.vae},
+                                                  columns)
+        if any(c in table.column_names for c in columns):
             self._say(why)
         transform.latent_shape = latent_shape
         dataset = D.PairDataset(table, pairs, transform, cfg.seed, window=cfg.batch_size * self.world)
@@ -324,8 +330,9 @@ class TrainRecipe:
         cfg = self.cfg
         what = f"LoRA r={cfg.lora_rank}" if self.lora else "full UNet"
         pairs = self.n_pairs if self.n_pairs is not None else "streamed"
-        self._say(f"training {self.family.name} {what} with {cfg.loss} on {pairs} pairs: {self.pairs_per_step} "
-                  f"pairs/step, lr {self.lr:g}, beta {cfg.beta:g}, {self.resolution}px, {self.world} process(es)")
+        unit = "images" if self.unpaired else "pairs"
+        self._say(f"training {self.family.name} {what} with {cfg.loss} on {pairs} {unit}: {self.pairs_per_step} "
+                  f"{unit}/step, lr {self.lr:g}, beta {cfg.beta:g}, {self.resolution}px, {self.world} process(es)")
         bar = progress(total=cfg.max_steps, initial=self.step, desc="train", unit="step",
                        enabled=cfg.progress and self.main)
         if cfg.validation_every and self.step == 0:  # the untrained baseline; a resumed run already has it
@@ -377,17 +384,18 @@ class TrainRecipe:
 
     @torch.no_grad()
     def _inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
-        """(noisy latents, timesteps, target, prompt conditioning, micro-conditioning); rows: B winners, B losers."""
-        if "latents" in batch:  # stored latents: already in denoiser space
-            latents = torch.cat([batch["latents"][:, 0], batch["latents"][:, 1]]).to(self.device)
-        else:
-            pixels = torch.cat([batch["pixels"][:, 0], batch["pixels"][:, 1]]).to(self.device)
-            latents = self.family.encode_images(self.vae, pixels)
+        """(noisy latents, timesteps, target, prompt conditioning, micro-conditioning); rows: B winners, B losers
+        (unpaired data: B images)."""
+        key = "latents" if "latents" in batch else "pixels"
+        groups = batch[key].shape[1]  # images per example: 2 for a pair, 1 for an unpaired image
+        images = torch.cat(batch[key].unbind(1)).to(self.device)
+        # stored latents are already in denoiser space
+        latents = images if key == "latents" else self.family.encode_images(self.vae, images)
         prompts = self.family.encode_prompts(self.text, batch["captions"])
-        prompts = {k: v.repeat(2, *[1] * (v.dim() - 1)) for k, v in prompts.items()}
-        micro = torch.cat([batch["time_ids"][:, 0], batch["time_ids"][:, 1]])
+        prompts = {k: v.repeat(groups, *[1] * (v.dim() - 1)) for k, v in prompts.items()}
+        micro = torch.cat(batch["time_ids"].unbind(1))
         offset = {"noise_offset": self.cfg.noise_offset} if self.cfg.noise_offset else {}  # UNet families only
-        noisy, t, target = self.family.training_noise(self.scheduler, latents, groups=2, **offset)  # noise, t per pair
+        noisy, t, target = self.family.training_noise(self.scheduler, latents, groups=groups, **offset)  # per pair
         return noisy, t, target, prompts, micro
 
     def _step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor], Optional[torch.Tensor]]:
@@ -400,13 +408,17 @@ class TrainRecipe:
                 snr = min_snr_weights(self.scheduler, t, self.cfg.snr_gamma)
                 weights = snr if weights is None else weights * snr
             with acc.autocast():
-                model_w, model_l = denoising_mse(predict(self.model, noisy, t, prompts, micro), target,
-                                                 weights).chunk(2)
-                ref_w = ref_l = None
+                model_err = denoising_mse(predict(self.model, noisy, t, prompts, micro), target, weights)
+                ref_err = None
                 if self.needs_ref:
                     with torch.no_grad():
-                        ref_w, ref_l = self._reference_mse(noisy, t, prompts, micro, target, weights).chunk(2)
-                loss, metrics = self.loss_fn(model_w, model_l, ref_w, ref_l, self.cfg.beta)
+                        ref_err = self._reference_mse(noisy, t, prompts, micro, target, weights)
+                if self.unpaired:
+                    desirable = batch["desirable"].to(self.device)
+                    loss, metrics = self.loss_fn(model_err, ref_err, desirable, self.cfg.beta)
+                else:
+                    ref_w, ref_l = ref_err.chunk(2) if ref_err is not None else (None, None)
+                    loss, metrics = self.loss_fn(*model_err.chunk(2), ref_w, ref_l, self.cfg.beta)
             self.losses_finite &= bool(torch.isfinite(loss.detach()))
             acc.backward(loss)
             norm = acc.clip_grad_norm_(self.params, self.cfg.max_grad_norm or math.inf) if acc.sync_gradients else None
@@ -528,7 +540,8 @@ class TrainRecipe:
                       ties_dropped=stats.ties, bad_labels=stats.bad_labels, bad_images=self.state["bad_images"],
                       processes=self.world)
         pairs = self.n_pairs if self.n_pairs is not None else "streamed"
-        finish("train", out, f"{self.step} {cfg.loss} steps on {pairs} pairs, checkpoints in {out / 'checkpoints'}",
+        unit = "images" if self.unpaired else "pairs"
+        finish("train", out, f"{self.step} {cfg.loss} steps on {pairs} {unit}, checkpoints in {out / 'checkpoints'}",
                f"aif eval --base {cfg.model} --tuned {out}", f"aif sample --model {cfg.model} --tuned {out}",
                f"aif export {out} --out {out}-export")
 

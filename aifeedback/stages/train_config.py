@@ -48,7 +48,7 @@ class TrainConfig:
     loss: Literal[LOSSES.names()] = option("dpo", "objective, one of:\n\n" + "\n\n".join(
         f"{k}: {v.help}" for k, v in LOSSES.items()))
     beta: float = option(5000.0, "DPO beta WITH the paper's 0.5 factor: 5000 for SDXL, 2000 for SD1.5 (code folding "
-                                 "the 0.5 in uses half)", min=0.0)
+                                 "the 0.5 in uses half); kto: the official beta as is (1000)", min=0.0)
     lora_rank: int = option(0, "LoRA rank on the UNet attention projections; 0 = full fine-tune", min=0)
     lora_alpha: Optional[float] = option(None, "LoRA alpha; null = the rank (scale 1)", min=0.0)
     # optimisation
@@ -113,6 +113,9 @@ class TrainConfig:
                             "0.9999), or 0 for no EMA")
         if self.streaming and self.max_pairs is not None:
             problems.append("max_pairs cannot be combined with streaming")
+        if self.streaming and LOSSES[self.loss].unpaired:
+            problems.append(f"streaming: --loss {self.loss} reads its unpaired images from local files; drop "
+                            "--streaming")
         if self.loss == "mapo" and self.beta > MAPO_BETA_MAX:  # the DPO default 5000 would drown MaPO's SFT term
             problems.append(f"beta {self.beta:g} is a DPO-scale beta; MaPO's beta (beta_mapo) weighs its margin term "
                             f"against the winner MSE, 0.1 in the paper: pass --beta 0.1")
