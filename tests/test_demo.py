@@ -95,8 +95,13 @@ def test_swap_labels_exchanges_winner_and_loser_and_the_fingerprint(tmp_path):
     from aifeedback.stages.demo import swap_labels
     from tests.pairs_fixtures import pickapic_rows, write_score_dir
 
+    import pyarrow as pa
+
     src = write_score_dir(tmp_path / "pairs", pickapic_rows(4))
+    (src / "unpaired").mkdir()
+    pq.write_table(pa.table({"caption": ["a", "b"], "desirable": [True, False]}), src / "unpaired" / "images.parquet")
     swapped = swap_labels(src, tmp_path / "pairs-swapped")
+    assert pq.read_table(swapped / "unpaired" / "images.parquet").column("desirable").to_pylist() == [False, True]
     before = pq.read_table(next((src / "data").glob("*.parquet"))).to_pylist()
     after = pq.read_table(next((swapped / "data").glob("*.parquet"))).to_pylist()
     assert [(r["label_0"], r["label_1"]) for r in after] == [(r["label_1"], r["label_0"]) for r in before]
@@ -109,3 +114,6 @@ def test_swap_labels_exchanges_winner_and_loser_and_the_fingerprint(tmp_path):
     assert configs["eval"].out == str(tmp_path / "eval-hinge-swapped")
     default = stage_configs(build_config(DemoConfig, {"out": str(tmp_path)}))
     assert (default["train"].out, default["eval"].out) == (str(tmp_path / "dpo"), str(tmp_path / "eval"))
+    kto = stage_configs(build_config(DemoConfig, {"out": str(tmp_path), "loss": "kto", "swap_labels": True}))
+    assert kto["train"].dataset == str(tmp_path / "pairs-swapped" / "unpaired")  # the per-image labels
+    assert default["score"].unpaired and kto["score"] == default["score"]  # one score output for every loss

@@ -20,12 +20,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from aifeedback.config import build_config, fields
 from aifeedback.console import finish, nested, quiet_libraries
+from aifeedback.data.labels import UNPAIRED_DIR
 from aifeedback.dist import process_state
 from aifeedback.families.resolve import resolve_model
+from aifeedback.losses import LOSSES
 from aifeedback.stages import STAGES
 from aifeedback.stages.demo_config import DemoConfig
 from aifeedback.storage.files import atomic_write_text, read_json, write_json
@@ -42,6 +45,7 @@ def stage_configs(cfg: DemoConfig) -> dict[str, Any]:
     """The configs of the stages the demo runs (generate, score, train, eval, in that order), by stage name."""
 
     out = Path(cfg.out)
+    unpaired = LOSSES[cfg.loss].unpaired  # kto trains on the per-image labels of the same score output
     # float32 everywhere (also on a GPU, where generate would default to float16): the toy model costs nothing.
     common = {"steps": cfg.sampling_steps, "guidance": cfg.guidance, "dtype": "float32", "batch_size": 64,
               "overwrite": cfg.overwrite, "progress": cfg.progress}
@@ -51,9 +55,12 @@ def stage_configs(cfg: DemoConfig) -> dict[str, Any]:
             "seed": cfg.seed, "image_format": "png", "save_latents": True, "out": str(out / "generate"), **common},
         "score": {
             "input": str(out / "generate"), "scorer": [cfg.scorer], "pairing": "best-worst", "workers": 0,
-            "out": str(out / "pairs"), "overwrite": cfg.overwrite, "progress": cfg.progress},
+            # also per image (desirable: the redder half of each caption's K) for unpaired losses (kto): one score
+            # output serves every objective
+            "unpaired": True, "out": str(out / "pairs"), "overwrite": cfg.overwrite, "progress": cfg.progress},
         "train": {
-            "data": "ai", "dataset": str(out / pairs_folder(cfg)), "model": MODEL, "resolution": SIZE,
+            "data": "ai", "dataset": str(out / pairs_folder(cfg) / (UNPAIRED_DIR if unpaired else "")),
+            "model": MODEL, "resolution": SIZE,
             "loss": cfg.loss, "beta": cfg.train_beta(), "lr": cfg.train_lr(), "scale_lr": False, "weight_decay": 0.0,
             "max_grad_norm": 0.0, "max_steps": cfg.train_steps,
             "batch_size": cfg.batch_size, "seed": cfg.seed, "checkpoint_every": cfg.train_steps,
@@ -74,8 +81,8 @@ def pairs_folder(cfg: DemoConfig) -> str:
 
 def swap_labels(src: Path, dst: Path) -> Path:
     """A copy of the `aif score` output src in dst with label_0 and label_1 exchanged in every pair (the winner
-    becomes the loser), published atomically. Its manifest fingerprint is derived from src's, so a training run
-    on it is never taken for one on src."""
+    becomes the loser) and every unpaired image's `desirable` flag inverted, published atomically. Its manifest
+    fingerprint is derived from src's, so a training run on it is never taken for one on src."""
     with publishing(dst, folder=True, replace=True) as tmp:
         shutil.copytree(src, tmp, dirs_exist_ok=True)
         for shard in sorted((tmp / "data").glob("*.parquet")):
@@ -83,6 +90,10 @@ def swap_labels(src: Path, dst: Path) -> Path:
             i0, i1 = t.schema.get_field_index("label_0"), t.schema.get_field_index("label_1")
             l0, l1 = t.column(i0), t.column(i1)
             pq.write_table(t.set_column(i0, "label_0", l1).set_column(i1, "label_1", l0), shard)
+        for shard in sorted((tmp / UNPAIRED_DIR).glob("*.parquet")):
+            t = pq.read_table(shard)
+            i = t.schema.get_field_index("desirable")
+            pq.write_table(t.set_column(i, "desirable", pc.invert(t.column(i))), shard)
         manifest = read_json(tmp / "manifest.json")
         manifest["fingerprint"] = fingerprint({"swapped_labels_of": manifest.get("fingerprint")})
         write_json(tmp / "manifest.json", manifest)
