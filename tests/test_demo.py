@@ -90,12 +90,11 @@ def test_demo_loss_option_picks_the_loss_and_its_own_toy_beta(tmp_path):
 
 
 def test_swap_labels_exchanges_winner_and_loser_and_the_fingerprint(tmp_path):
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from aifeedback.stages.demo import swap_labels
     from tests.pairs_fixtures import pickapic_rows, write_score_dir
-
-    import pyarrow as pa
 
     src = write_score_dir(tmp_path / "pairs", pickapic_rows(4))
     (src / "unpaired").mkdir()

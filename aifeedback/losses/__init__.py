@@ -48,7 +48,7 @@ LOSSES: Registry[Loss] = Registry("loss", [
     Loss("mapo", "MaPO, reference-free: winner MSE + margin on log-odds (Hong et al. 2024; use --beta 0.1)",
          False, "aifeedback.losses.mapo", toy_beta=0.1, toy_lr=5e-6),
     Loss("kto", "Diffusion-KTO on unpaired images labelled desirable/undesirable (`aif score --unpaired`; Li et al. "
-         "2024; use --beta 1000)", True, "aifeedback.losses.kto", unpaired=True),
+         "2024; use --beta 1000)", True, "aifeedback.losses.kto", unpaired=True, toy_beta=1000.0),
 ])
 
 
