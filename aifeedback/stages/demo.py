@@ -166,8 +166,9 @@ def summary(report: dict[str, Any], cfg: DemoConfig, out: Path, seconds: float) 
     """The demo's closing table: per scorer, how often the tuned image beats its base twin."""
     lines = [
         "",
-        f"Tuned ({cfg.train_steps} {cfg.loss} steps on {cfg.scorer} best-vs-worst pairs"
-        f"{', winner and loser SWAPPED' if cfg.swap_labels else ''}) vs base, on "
+        f"Tuned ({cfg.train_steps} {cfg.loss} steps on {cfg.scorer} "
+        f"{'desirable/undesirable images' if LOSSES[cfg.loss].unpaired else 'best-vs-worst pairs'}"
+        f"{', labels SWAPPED' if cfg.swap_labels else ''}) vs base, on "
         f"{cfg.eval_prompts} held-out captions x {cfg.eval_seeds} seeds (same seed for both twins):",
         f"  {'scorer':<12} {'tuned wins':>10}  {'95% CI':<13} mean base -> tuned",
     ]
