@@ -72,3 +72,47 @@ def test_demo_rerun_reuses_every_stage(demo, capsys):
 def test_demo_config_refuses_more_captions_than_the_toy_world_has():
     with pytest.raises(ConfigError, match="132 distinct captions"):
         build_config(DemoConfig, {"prompts": 100, "eval_prompts": 64})
+
+
+def test_demo_loss_option_picks_the_loss_and_its_own_toy_beta(tmp_path):
+    from aifeedback.losses import LOSSES
+
+    for name, loss in LOSSES.items():
+        train = stage_configs(build_config(DemoConfig, {"out": str(tmp_path), "loss": name}))["train"]
+        assert (train.loss, train.beta, train.lr) == (name, loss.toy_beta, loss.toy_lr)
+        assert train.out == str(tmp_path / name)
+    mapo = stage_configs(build_config(DemoConfig, {"out": str(tmp_path), "loss": "mapo"}))["train"]
+    assert mapo.beta == pytest.approx(0.1)  # MaPO's paper value: DPO's 2000 would be refused by train
+    given = stage_configs(build_config(DemoConfig, {"out": str(tmp_path), "loss": "mapo", "beta": 0.5, "lr": 1e-3}))
+    assert (given["train"].beta, given["train"].lr) == (0.5, 1e-3)
+    with pytest.raises(ConfigError, match="did you mean|valid|must be one of"):
+        build_config(DemoConfig, {"loss": "dop"})
+
+
+def test_swap_labels_exchanges_winner_and_loser_and_the_fingerprint(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from aifeedback.stages.demo import swap_labels
+    from tests.pairs_fixtures import pickapic_rows, write_score_dir
+
+    src = write_score_dir(tmp_path / "pairs", pickapic_rows(4))
+    (src / "unpaired").mkdir()
+    pq.write_table(pa.table({"caption": ["a", "b"], "desirable": [True, False]}), src / "unpaired" / "images.parquet")
+    swapped = swap_labels(src, tmp_path / "pairs-swapped")
+    assert pq.read_table(swapped / "unpaired" / "images.parquet").column("desirable").to_pylist() == [False, True]
+    before = pq.read_table(next((src / "data").glob("*.parquet"))).to_pylist()
+    after = pq.read_table(next((swapped / "data").glob("*.parquet"))).to_pylist()
+    assert [(r["label_0"], r["label_1"]) for r in after] == [(r["label_1"], r["label_0"]) for r in before]
+    assert [r["jpg_0"] for r in after] == [r["jpg_0"] for r in before]  # only the labels move
+    assert json.loads((swapped / "manifest.json").read_text())["fingerprint"] != "test"
+    cfg = build_config(DemoConfig, {"out": str(tmp_path), "loss": "hinge", "swap_labels": True})
+    configs = stage_configs(cfg)
+    assert configs["train"].dataset == str(tmp_path / "pairs-swapped")
+    assert configs["train"].out == str(tmp_path / "hinge-swapped") == configs["eval"].tuned
+    assert configs["eval"].out == str(tmp_path / "eval-hinge-swapped")
+    default = stage_configs(build_config(DemoConfig, {"out": str(tmp_path)}))
+    assert (default["train"].out, default["eval"].out) == (str(tmp_path / "dpo"), str(tmp_path / "eval"))
+    kto = stage_configs(build_config(DemoConfig, {"out": str(tmp_path), "loss": "kto", "swap_labels": True}))
+    assert kto["train"].dataset == str(tmp_path / "pairs-swapped" / "unpaired")  # the per-image labels
+    assert default["score"].unpaired and kto["score"] == default["score"]  # one score output for every loss

@@ -269,3 +269,22 @@ def test_model_check_needs_no_heavy_imports(tmp_path):
         check_available("./no/such/folder")
     with pytest.raises(ModelLoadError, match=r"(?s)VAE 'someone/missing-vae'.*Fix:.*tiny-sdxl"):
         check_available("someone/missing-vae", "VAE")
+
+
+def test_retrained_tuned_weights_at_the_same_path_are_a_new_job(tmp_path):
+    """A run retrained with --overwrite keeps its checkpoint names: generate (and so eval and the demo) must not take
+    its old images for the new weights' ("already complete")."""
+    from aifeedback.stages.generate import completed
+    from aifeedback.stages.train import run as train
+    from tests.pairs_fixtures import pickapic_rows, tiny_train, write_pickapic
+
+    data = write_pickapic(tmp_path / "data", pickapic_rows(2))
+    train(tiny_train(data, tmp_path / "run", model="tiny-sdxl", lora_rank=2, max_steps=1, checkpoint_every=1))
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red cat\n")
+    gen = cfg(tmp_path / "gen", prompts, tuned=str(tmp_path / "run"), resolution=16, images_per_prompt=1)
+    run(gen)
+    assert completed(gen) is not None
+    train(tiny_train(data, tmp_path / "run", model="tiny-sdxl", lora_rank=2, max_steps=1, checkpoint_every=1,
+                     lr=1e-2, overwrite=True))  # the same checkpoint-000001 path, other weights
+    assert completed(gen) is None

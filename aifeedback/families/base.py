@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 import torch
 from diffusers import DDPMScheduler
+from diffusers.training_utils import compute_snr
 
 
 @dataclass
@@ -116,10 +117,18 @@ class UNetFamily(Family):
     def noise_scheduler(self, pipe: Any) -> Any:
         return DDPMScheduler.from_config(pipe.scheduler.config)  # keeps the betas and prediction_type
 
-    def training_noise(self, scheduler: Any, latents: torch.Tensor, groups: int
+    def training_noise(self, scheduler: Any, latents: torch.Tensor, groups: int, noise_offset: float = 0.0
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """noise_offset > 0: offset noise (Guttenberg 2023, "Diffusion with Offset Noise"), as diffusers' training
+        scripts add it: noise += offset * randn(N, C, 1, 1), one constant per image and channel, which lets the model
+        learn to change an image's overall brightness. Drawn after the noise, only when on (the RNG stream is
+        unchanged when off); like the noise, shared by the groups (winner and loser)."""
         n = len(latents) // groups
-        noise = torch.randn_like(latents[:n]).repeat(groups, *[1] * (latents.dim() - 1))
+        noise = torch.randn_like(latents[:n])
+        if noise_offset:
+            noise = noise + noise_offset * torch.randn(*noise.shape[:2], *[1] * (noise.dim() - 2),
+                                                       device=noise.device, dtype=noise.dtype)
+        noise = noise.repeat(groups, *[1] * (latents.dim() - 1))
         t = torch.randint(0, scheduler.config.num_train_timesteps, (n,), device=latents.device).repeat(groups)
         return scheduler.add_noise(latents, noise, t), t, training_target(scheduler, latents, noise, t)
 
@@ -166,6 +175,22 @@ def training_target(scheduler: Any, latents: torch.Tensor, noise: torch.Tensor, 
     if kind == "v_prediction":
         return scheduler.get_velocity(latents, noise, t)
     raise ValueError(f"unsupported prediction_type '{kind}' in the model's scheduler config (epsilon or v_prediction)")
+
+
+def min_snr_weights(scheduler: Any, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023, arXiv 2303.09556) per sample at timesteps t, as diffusers'
+    examples/text_to_image/train_text_to_image.py computes them: snr = alpha_bar / (1 - alpha_bar)
+    (`diffusers.training_utils.compute_snr`), weight = min(snr, gamma) / snr for epsilon-prediction and
+    min(snr, gamma) / (snr + 1) for v-prediction (the v error is (snr + 1) times the epsilon error, so both weigh
+    the x0 error by min(snr, gamma)). Needs a DDPM-style schedule (`alphas_cumprod`)."""
+    snr = compute_snr(scheduler, t)
+    clipped = torch.clamp(snr, max=gamma)
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return clipped / snr
+    if kind == "v_prediction":
+        return clipped / (snr + 1)
+    raise ValueError(f"min-SNR weighting: unsupported prediction_type '{kind}' (epsilon or v_prediction)")
 
 
 def vae_factor(vae_config: Any) -> int:

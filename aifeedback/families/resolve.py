@@ -8,6 +8,7 @@ stage checks its model arguments here first, so a misspelt name fails in a secon
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from aifeedback.errors import AifError, first_line
@@ -164,6 +165,20 @@ def resolve_tuned(tuned: str) -> tuple[str, str]:
         f"--tuned {p} holds neither {LORA_FILE}, unet/config.json, transformer/config.json, config.json nor "
         "checkpoints/. Fix: pass a LoRA file, a denoiser or pipeline folder, a training checkpoint or run directory."
     )
+
+
+def tuned_fingerprint(tuned: str | None) -> str | None:
+    """A fingerprint of the local weights a --tuned value names (name, size and modification time of each file), so a
+    job that records it sees retrained weights at the same path (a run retrained with --overwrite keeps its
+    checkpoint names); None without local weights (no --tuned, a tiny name, a hub id)."""
+    if not tuned or tuned in tiny_names():
+        return None
+    where = Path(resolve_tuned(tuned)[1])
+    if not where.exists():
+        return None
+    files = [where] if where.is_file() else sorted(p for p in where.rglob("*") if p.is_file())
+    stats = [(str(p.relative_to(where.parent)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    return hashlib.sha256(repr(stats).encode()).hexdigest()[:16]
 
 
 def check_tuned(tuned: str) -> tuple[str, str]:

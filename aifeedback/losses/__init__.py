@@ -26,6 +26,11 @@ class Loss:
     needs_reference: bool  # the loss reads the frozen reference model's errors
     module: str  # defines a function called `name`: (model_w, model_l, ref_w, ref_l, beta) -> LossOutput
     unpaired: bool = False  # trains on single labelled images: (model, ref, desirable, beta) -> LossOutput
+    # `aif demo --loss NAME`'s defaults in the toy world, tuned there for a redness gain at DPO's prompt fidelity
+    # (README "The toy world and `aif demo`"): a beta's scale is the loss's own (DPO's 2000 is 20000 times MaPO's
+    # 0.1); IPO's target margin is 1/beta, so a smaller beta moves more; MaPO (no reference) wants a 10x lower lr.
+    toy_beta: float = 2000.0
+    toy_lr: float = 5e-5
 
     def function(self) -> Callable[..., Any]:
         return getattr(importlib.import_module(self.module), self.name)
@@ -39,11 +44,11 @@ LOSSES: Registry[Loss] = Registry("loss", [
     Loss("hinge", "hinge form of Diffusion-DPO, relu(1 - inside), against the frozen reference (diffusers' hinge)",
          True, "aifeedback.losses.dpo"),
     Loss("ipo", "IPO form of Diffusion-DPO, (h - 1/(2 tau))^2 with tau = beta/2, against the frozen reference",
-         True, "aifeedback.losses.dpo"),
+         True, "aifeedback.losses.dpo", toy_beta=200.0),
     Loss("mapo", "MaPO, reference-free: winner MSE + margin on log-odds (Hong et al. 2024; use --beta 0.1)",
-         False, "aifeedback.losses.mapo"),
+         False, "aifeedback.losses.mapo", toy_beta=0.1, toy_lr=5e-6),
     Loss("kto", "Diffusion-KTO on unpaired images labelled desirable/undesirable (`aif score --unpaired`; Li et al. "
-         "2024; use --beta 1000)", True, "aifeedback.losses.kto", unpaired=True),
+         "2024; use --beta 1000)", True, "aifeedback.losses.kto", unpaired=True, toy_beta=1000.0),
 ])
 
 

@@ -6,6 +6,8 @@
 - LoRA -> OUT/pytorch_lora_weights.safetensors (`pipe.load_lora_weights(OUT)`), or with --pipeline a pipeline
   folder with the LoRA fused into the denoiser.
 - `--format kohya`: the LoRA file in the kohya key format (ComfyUI, A1111).
+- a run trained with --ema-decay: the moving average (CHECKPOINT/ema/, same layout) is the exported model, unless
+  --no-ema.
 Every export gets a model card, OUT/README.md (plus OUT/sample_grid.png, the run's last validation grid); --eval
 puts an `aif eval` output's win rates in it; --push-to-hub uploads the finished folder (aifeedback.sharing).
 The folder is written under a temporary name and renamed when complete.
@@ -36,7 +38,8 @@ def run(cfg: ExportConfig) -> Path:
 
     quiet_libraries()
     ckpt = resolve_checkpoint(cfg.checkpoint)
-    kind = checkpoint_kind(ckpt)
+    weights = cfg.weights(ckpt)  # ckpt, or its ema/ folder
+    kind = checkpoint_kind(weights)
     out = Path(cfg.out)
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise AifError(f"{out} already exists and is not empty. Use another --out, or pass --overwrite")
@@ -45,16 +48,16 @@ def run(cfg: ExportConfig) -> Path:
         if cfg.pipeline:
             pipe = _base_pipeline(cfg, ckpt)
             if kind == "lora":
-                pipe.load_lora_weights(str(ckpt / LORA_FILE))
+                pipe.load_lora_weights(str(weights / LORA_FILE))
                 pipe.fuse_lora()
                 pipe.unload_lora_weights()
             else:
-                setattr(pipe, *load_denoiser(str(denoiser_dir(ckpt))))
+                setattr(pipe, *load_denoiser(str(denoiser_dir(weights))))
             pipe.to(dtype=dtype).save_pretrained(tmp, safe_serialization=True)
         elif kind == "lora":
-            _export_lora(ckpt, tmp, dtype, cfg.format)
+            _export_lora(weights, tmp, dtype, cfg.format)
         else:
-            component, model = load_denoiser(str(denoiser_dir(ckpt)), dtype)
+            component, model = load_denoiser(str(denoiser_dir(weights)), dtype)
             model.save_pretrained(tmp / component, safe_serialization=True)
         # inside the publish: the card comes with the weights
         write_model_card(tmp, ckpt, kind, "pipeline" if cfg.pipeline else cfg.format, cfg.eval)
@@ -64,7 +67,7 @@ def run(cfg: ExportConfig) -> Path:
     model = cfg.model or _recorded_model(ckpt) or "BASE_MODEL"
     base = str(out) if cfg.pipeline else model
     tuned = "" if cfg.pipeline else f" --tuned {out}"
-    finish("export", out, f"{what} ({cfg.dtype}) from {ckpt}", f"aif sample --model {base}{tuned}",
+    finish("export", out, f"{what} ({cfg.dtype}) from {weights}", f"aif sample --model {base}{tuned}",
            f"aif eval --base {model} --tuned {out}")
     return out
 

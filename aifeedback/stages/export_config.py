@@ -23,6 +23,8 @@ class ExportConfig:
     pipeline: bool = option(False, "write a whole diffusers pipeline folder (base model + tuned denoiser, LoRA fused)")
     model: Optional[str] = option(None, "base model for --pipeline; null = the model recorded in the run's config.yaml",
                                   path=True)
+    ema: bool = option(True, "when the checkpoint holds a moving average of the weights (trained with --ema-decay: "
+                             "CHECKPOINT/ema/), export it as the final model; --no-ema exports the trained weights")
     dtype: Literal["float32", "float16", "bfloat16"] = option("float32", "dtype of the written weights")
     overwrite: bool = option(False, "replace an existing --out folder")
     format: Literal["diffusers", "kohya"] = option("diffusers", "LoRA key format: diffusers (load_lora_weights) or "
@@ -48,13 +50,19 @@ class ExportConfig:
 
         ckpt = resolve_checkpoint(self.checkpoint)
         check_apart(self.out, input_paths(self))  # the inputs exist: an --out over one would clobber it
-        if self.format == "kohya" and checkpoint_kind(ckpt) != "lora":
+        if self.format == "kohya" and checkpoint_kind(self.weights(ckpt)) != "lora":
             raise AifError(f"--format kohya needs a LoRA checkpoint; {ckpt} is a full fine-tune (export it as "
                            "diffusers)")
         if self.eval is not None and not (Path(self.eval) / "report.json").is_file():
             raise AifError(f"--eval {self.eval}: no report.json there; pass a finished `aif eval` output folder")
         if self.pipeline:
             check_available(self.base_model(ckpt), "base model")
+
+    def weights(self, ckpt: Path) -> Path:
+        """The folder whose weights are exported: the checkpoint's ema/ (with --ema, when there) or the checkpoint."""
+        from aifeedback.storage.checkpoints import EMA_DIR
+
+        return ckpt / EMA_DIR if self.ema and (ckpt / EMA_DIR).is_dir() else ckpt
 
     def base_model(self, ckpt: Path) -> str:
         """--model, else the model recorded in the training run's config.yaml."""

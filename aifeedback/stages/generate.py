@@ -20,6 +20,7 @@ from aifeedback.console import finish, progress, quiet_libraries
 from aifeedback.data.prompts import load_prompts
 from aifeedback.dist import process_state
 from aifeedback.families.loading import load_pipeline
+from aifeedback.families.resolve import tuned_fingerprint
 from aifeedback.families.sampling import (
     default_guidance,
     default_size,
@@ -73,18 +74,21 @@ def device_and_dtype(cfg: GenerateConfig | SampleConfig, state) -> tuple[str, st
     return device, cfg.dtype if cfg.dtype != "auto" else ("float16" if device.startswith("cuda") else "float32")
 
 
-def job_inputs(prompts: list, dtype: str) -> dict:
+def job_inputs(prompts: list, dtype: str, tuned: str | None = None) -> dict:
     """What besides the config makes a generate job: the prompt list itself (an edited prompt file must not be
-    mixed into old shards) and the resolved dtype."""
+    mixed into old shards), the resolved dtype, and the --tuned weights' files (retrained weights at the same path
+    are a new job, not "already complete")."""
 
-    return {"prompts": fingerprint([p.prompt_id for p in prompts]), "n_prompts": len(prompts), "dtype": dtype}
+    inputs = {"prompts": fingerprint([p.prompt_id for p in prompts]), "n_prompts": len(prompts), "dtype": dtype}
+    weights = tuned_fingerprint(tuned)
+    return inputs if weights is None else dict(inputs, tuned_weights=weights)
 
 
 def completed(cfg: GenerateConfig) -> dict | None:
     """The manifest of cfg.out when it already holds this job, finished (a rerun has nothing to do), else None."""
 
     prompts = load_prompts(cfg.prompts, cfg.prompt_column, cfg.split, cfg.limit, cfg.dedupe)
-    inputs = job_inputs(prompts, device_and_dtype(cfg, process_state())[1])
+    inputs = job_inputs(prompts, device_and_dtype(cfg, process_state())[1], cfg.tuned)
     return completed_output(cfg.out, "generate", identity_dict(cfg), inputs)
 
 
@@ -96,7 +100,7 @@ def run(cfg: GenerateConfig) -> Path:
     state = process_state()  # under `accelerate launch`: rank, world size and this rank's GPU
     device, dtype = device_and_dtype(cfg, state)
     out = Path(cfg.out)
-    inputs = job_inputs(prompts, dtype)
+    inputs = job_inputs(prompts, dtype, cfg.tuned)
     done = completed_output(out, "generate", identity_dict(cfg), inputs)
     if done:  # a rerun of a finished job: nothing to render, so no model to load
         if state.is_main_process:

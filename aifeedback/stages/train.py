@@ -46,11 +46,13 @@ from aifeedback.data.sources import check_layout
 from aifeedback.dist import process_state
 from aifeedback.errors import AifError
 from aifeedback.families import detect
-from aifeedback.families.base import Family, vae_factor
+from aifeedback.families.base import Family, UNetFamily, min_snr_weights, vae_factor
 from aifeedback.families.loading import load_pipeline
 from aifeedback.losses import LOSSES, get_loss
 from aifeedback.losses.base import denoising_mse
 from aifeedback.stages.train_config import TrainConfig
+from aifeedback.stages.train_ema import STATE_KEY as EMA_STEPS
+from aifeedback.stages.train_ema import WeightsEMA
 from aifeedback.stages.train_resume import (
     finished_step,
     input_fingerprint,
@@ -121,6 +123,7 @@ class TrainRecipe:
         self.weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[acc.mixed_precision]
         self.text, self.vae = self._setup_frozen_parts()
         self.scheduler = self.family.noise_scheduler(self.pipe)
+        self._check_family_options()
         if "timesteps" in inspect.signature(self.loss_fn).parameters:  # MaPO scales its margin by the scheduler's T
             self.loss_fn = functools.partial(self.loss_fn, timesteps=self.scheduler.config.num_train_timesteps)
         self.model, self.ref = self._setup_models()
@@ -131,6 +134,7 @@ class TrainRecipe:
         self.model, self.optimizer = acc.prepare(self.model, optimizer)  # DDP / FSDP wrapping
         acc.register_for_checkpointing(self.lr_sched)  # not prepare(): that would step it once per process
         self._setup_checkpoint_hooks()
+        self.ema = self._setup_ema()
         self.table, self.stats, self.dataset, self.n_pairs, self.transform = self._setup_data()
         self.state = self._setup_resume()
         self.step = self.state["step"]
@@ -227,15 +231,37 @@ class TrainRecipe:
             if self.sharded:
                 return
             while models:
-                m = acc.unwrap_model(models.pop())
-                if self.lora:
-                    ck.load_lora_into(m, Path(input_dir) / ck.LORA_FILE, self.family.denoiser)
-                else:
-                    saved = type(m).from_pretrained(input_dir, subfolder=self.family.denoiser)
-                    m.load_state_dict(saved.state_dict())
+                self._load_weights(acc.unwrap_model(models.pop()), Path(input_dir))
 
         acc.register_save_state_pre_hook(drop_default_weights)
         acc.register_load_state_pre_hook(load_diffusers_weights)
+
+    def _load_weights(self, model: Any, folder: Path) -> None:
+        """Load weights saved by `_save_weights` (a checkpoint, or its ema/ folder) into the unwrapped model."""
+        if self.lora:
+            ck.load_lora_into(model, folder / ck.LORA_FILE, self.family.denoiser)
+        else:
+            model.load_state_dict(type(model).from_pretrained(folder, subfolder=self.family.denoiser).state_dict())
+
+    def _check_family_options(self) -> None:
+        """Options that only some model families support: refused with the reason, before any training."""
+        cfg, name = self.cfg, self.family.name
+        if cfg.snr_gamma and not hasattr(self.scheduler, "alphas_cumprod"):
+            raise AifError(f"--snr-gamma: min-SNR weighting needs a DDPM-style noise schedule (alphas_cumprod); the "
+                           f"{name} family trains with flow matching ({type(self.scheduler).__name__}), whose loss "
+                           "weighting is its own. Fix: drop --snr-gamma")
+        if cfg.noise_offset and not isinstance(self.family, UNetFamily):
+            raise AifError(f"--noise-offset is implemented for the DDPM-style UNet families (sd15, sdxl), not "
+                           f"{name}. Fix: drop --noise-offset")
+
+    def _setup_ema(self) -> Optional[WeightsEMA]:
+        """The moving average of the trained weights (--ema-decay), starting from the initial weights."""
+        if not self.cfg.ema_decay:
+            return None
+        if self.sharded:  # each process holds a shard: an average of shards would need gathering every step
+            raise AifError("--ema-decay is not supported with FSDP/DeepSpeed sharding yet. Fix: drop --ema-decay, "
+                           "or train with plain DDP (accelerate launch --multi_gpu)")
+        return WeightsEMA(self.params, self.cfg.ema_decay)
 
     def _setup_data(self) -> tuple[Any, D.PairStats, Any, Optional[int], D.Transform]:
         """(table, label counts, map-style dataset or None when streaming, number of pairs or None, transform)."""
@@ -272,10 +298,22 @@ class TrainRecipe:
                                f"it with the same number (this one has {self.world}), or start a new run with another "
                                "--out.")
             self.accelerator.load_state(str(self.resume_from))
+            self._resume_ema(state)
             self._say(f"resuming from {self.resume_from} (step {state['step']})")
         if self.main:
             truncate_metrics(self.out / "metrics.jsonl", state["step"])
         return state
+
+    def _resume_ema(self, state: dict[str, Any]) -> None:
+        """The resumed checkpoint's moving average (ema/), exactly; one without it starts the average anew."""
+        if self.ema is None:
+            return
+        folder = self.resume_from / ck.EMA_DIR
+        if not folder.is_dir():
+            self._say(f"{self.resume_from} holds no EMA weights ({ck.EMA_DIR}/): the average starts from its weights")
+            return
+        model = self.accelerator.unwrap_model(self.model)
+        self.ema.load(lambda: self._load_weights(model, folder), state[EMA_STEPS])
 
     def _setup_batches(self) -> Iterator[dict[str, Any]]:
         """This process's batches, from the data position of the current step on."""
@@ -308,6 +346,8 @@ class TrainRecipe:
             t_start = time.perf_counter()
             sums, grad_norm, bad = self._optimizer_step()
             self.lr_sched.step()
+            if self.ema is not None:
+                self.ema.step()
             self.step += 1
             self._log(sums, grad_norm, bad, time.perf_counter() - t_start, bar)
             if cfg.validation_every and self.step % cfg.validation_every == 0:
@@ -359,7 +399,8 @@ class TrainRecipe:
         prompts = self.family.encode_prompts(self.text, batch["captions"])
         prompts = {k: v.repeat(groups, *[1] * (v.dim() - 1)) for k, v in prompts.items()}
         micro = torch.cat(batch["time_ids"].unbind(1))
-        noisy, t, target = self.family.training_noise(self.scheduler, latents, groups=groups)  # one noise + t per pair
+        offset = {"noise_offset": self.cfg.noise_offset} if self.cfg.noise_offset else {}  # UNet families only
+        noisy, t, target = self.family.training_noise(self.scheduler, latents, groups=groups, **offset)  # per pair
         return noisy, t, target, prompts, micro
 
     def _step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor], Optional[torch.Tensor]]:
@@ -368,8 +409,12 @@ class TrainRecipe:
         noisy, t, target, prompts, micro = self._inputs(batch)
         weights = self.family.loss_weights(self.scheduler, t)  # per-sample weights of the error (None: uniform)
         with acc.accumulate(self.model):
+            if self.cfg.snr_gamma:  # min-SNR multiplies in (DDPM families; _check_family_options)
+                snr = min_snr_weights(self.scheduler, t, self.cfg.snr_gamma)
+                weights = snr if weights is None else weights * snr
             with acc.autocast():
-                model_err, ref_err = denoising_mse(predict(self.model, noisy, t, prompts, micro), target, weights), None
+                model_err = denoising_mse(predict(self.model, noisy, t, prompts, micro), target, weights)
+                ref_err = None
                 if self.needs_ref:
                     with torch.no_grad():
                         ref_err = self._reference_mse(noisy, t, prompts, micro, target, weights)
@@ -472,16 +517,26 @@ class TrainRecipe:
         sd = acc.get_state_dict(self.model)  # collective: gathers FSDP / ZeRO shards
         if self.main:
             model = acc.unwrap_model(self.model)
-            if self.lora:
-                ck.save_lora(model, tmp, self.family.lora_pipeline, state_dict=sd, denoiser=self.family.denoiser)
-            else:
-                model.save_pretrained(tmp / self.family.denoiser, state_dict=sd, safe_serialization=True)
+            self._save_weights(model, tmp, sd)
+            extra = {}
+            if self.ema is not None:  # not sharded (_setup_ema), so the unwrapped model holds every weight
+                with self.ema.swapped_in():
+                    self._save_weights(model, tmp / ck.EMA_DIR, None)
+                extra[EMA_STEPS] = self.ema.steps
             position = step * self.cfg.grad_accum * self.cfg.batch_size * self.world
-            write_json(tmp / ck.STATE_FILE, dict(self.state, step=step, processes=self.world, data_position=position))
+            write_json(tmp / ck.STATE_FILE, dict(self.state, step=step, processes=self.world, data_position=position,
+                                                 **extra))
             publish(tmp, final, replace=True)  # atomic: --resume only ever sees complete checkpoints
             ck.prune(self.out, self.cfg.keep_checkpoints)
             self._say(f"step {step}: wrote checkpoint {final}")
         acc.wait_for_everyone()
+
+    def _save_weights(self, model: Any, folder: Path, sd: Optional[dict]) -> None:
+        """The model's weights in the diffusers format: a LoRA file, or the denoiser's folder."""
+        if self.lora:
+            ck.save_lora(model, folder, self.family.lora_pipeline, state_dict=sd, denoiser=self.family.denoiser)
+        else:
+            model.save_pretrained(folder / self.family.denoiser, state_dict=sd, safe_serialization=True)
 
     def _publish(self) -> None:
         """Finish the manifest and tell the user what to run next (main process)."""

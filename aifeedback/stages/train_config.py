@@ -49,8 +49,9 @@ class TrainConfig:
     model: str = option("stabilityai/stable-diffusion-xl-base-1.0", "base model: tiny name, hub id or local diffusers "
                                                                     "folder (SDXL or SD1.5)", path=True)
     vae: Optional[str] = option(None, "VAE override, e.g. madebyollin/sdxl-vae-fp16-fix for fp16 SDXL", path=True)
-    loss: Literal[LOSSES.names()] = option("dpo", "objective; " + "; ".join(f"{k}: "
-                                                                            f"{v.help}" for k, v in LOSSES.items()))
+    # one paragraph per loss: --help shows each on its own line (README "Preference objectives" has the formulas)
+    loss: Literal[LOSSES.names()] = option("dpo", "objective, one of:\n\n" + "\n\n".join(
+        f"{k}: {v.help}" for k, v in LOSSES.items()))
     beta: float = option(5000.0, "DPO beta WITH the paper's 0.5 factor: 5000 for SDXL, 2000 for SD1.5 (code folding "
                                  "the 0.5 in uses half); kto: the official beta as is (1000)", min=0.0)
     lora_rank: int = option(0, "LoRA rank on the UNet attention projections; 0 = full fine-tune", min=0)
@@ -65,6 +66,17 @@ class TrainConfig:
     lr_schedule: Literal["constant", "linear", "cosine"] = option("constant", "lr decay after the warmup")
     warmup_steps: int = option(0, "linear lr warmup in optimizer steps (paper: 25% of the steps)", min=0)
     max_grad_norm: float = option(1.0, "clip the gradient norm to this value; 0 = no clipping", min=0.0)
+    snr_gamma: float = option(0.0, "min-SNR loss weighting (Hang et al. 2023) with this gamma, as diffusers' "
+                                   "train_text_to_image.py --snr_gamma (5.0 recommended there): each denoising error "
+                                   "weighted by min(SNR, gamma)/SNR (epsilon) or /(SNR+1) (v-prediction), policy and "
+                                   "reference alike; 0 = off. DDPM-style (UNet) families only", min=0.0)
+    noise_offset: float = option(0.0, "offset noise (diffusers' --noise_offset, e.g. 0.1 for SDXL fine-tunes): adds "
+                                      "offset * N(0,1) per image and channel to the training noise, so the model can "
+                                      "learn darker and brighter images; 0 = off. UNet families only", min=0.0)
+    ema_decay: float = option(0.0, "keep an exponential moving average of the trained weights (diffusers' EMAModel: "
+                                   "decay per step min(ema_decay, (1+n)/(10+n)), 0.9999 is its default); checkpoints "
+                                   "hold it in ema/, resume restores it, and `aif export` exports it as the final "
+                                   "model; 0 = off (costs one more copy of the trained weights)", min=0.0)
     skip_nonfinite: int = option(0, "skip up to N optimizer steps whose loss or gradient is NaN/inf (no update; "
                                     "counted as skipped_nonfinite in metrics.jsonl); 0 = stop at the first with an "
                                     "error. Not part of the run's identity: it changes nothing unless it triggers, and "
@@ -102,6 +114,9 @@ class TrainConfig:
         if self.warmup_steps > self.max_steps:
             problems.append(f"warmup_steps ({self.warmup_steps}) exceeds max_steps ({self.max_steps})")
         problems += columns_problems(self.columns)
+        if self.ema_decay >= 1:
+            problems.append(f"ema_decay {self.ema_decay:g} would never move the average; use a decay below 1 (e.g. "
+                            "0.9999), or 0 for no EMA")
         if self.streaming and self.max_pairs is not None:
             problems.append("max_pairs cannot be combined with streaming")
         if self.streaming and LOSSES[self.loss].unpaired:

@@ -7,6 +7,7 @@ a half checkpoint that `--resume latest` would pick up):
     unet/ or transformer/               full fine-tune: the denoiser's save_pretrained (safetensors), named as the
                                         pipeline component it replaces (UNet families, flow-matching transformers)
     pytorch_lora_weights.safetensors    LoRA: what `pipe.load_lora_weights` reads
+    ema/                                with --ema-decay: the moving average, as unet/ or the LoRA file above
     trainer_state.json                  step, data position, counters
     optimizer.bin, scheduler.bin, random_states_*.pkl, ...   accelerate.save_state (exact resume)
 """
@@ -25,6 +26,7 @@ from aifeedback.storage.publish import remove_stale
 LORA_FILE = "pytorch_lora_weights.safetensors"
 DENOISER_DIRS = ("unet", "transformer")  # the pipeline components a full fine-tune can hold (Family.denoiser)
 STATE_FILE = "trainer_state.json"
+EMA_DIR = "ema"  # a checkpoint's moving average of the trained weights (aif train --ema-decay), same layout
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
