@@ -87,17 +87,27 @@ def check_source(data: str, dataset: str) -> None:
 
 
 def open_table(data: str, dataset: str, split: str, streaming: bool = False) -> Any:
-    """A `datasets` Dataset (or IterableDataset when streaming) of labelled pairs, read by the pair source that
-    detects `dataset` (see aifeedback.data.sources); --split does not apply to an `aif score` output."""
+    """The labelled pairs of `dataset`, read by the pair source that detects it (see aifeedback.data.sources):
+    local Parquet/Arrow files are read in place (`ParquetRows`: row groups, memory-mapped; no copy into the
+    `datasets` cache), anything else is a `datasets` Dataset; streaming gives an IterableDataset. --split does not
+    apply to an `aif score` output."""
     from aifeedback.data.sources import open_pairs  # imports `datasets`: the train preflight imports this module
 
     check_source(data, dataset)
-    return open_pairs(dataset, split, labels=True, streaming=streaming).dataset(streaming)
+    table = open_pairs(dataset, split, labels=True, streaming=streaming)
+    if streaming or not table.files:
+        return table.dataset(streaming)
+    rows = table.rows([c for c in COLUMNS + ("has_label",) + LATENT_COLUMNS if c in table.columns])
+    if not len(rows):
+        raise table.no_rows_error()
+    return rows
 
 
 def filter_labels(ds: Any, limit: int | None = None) -> tuple[list[tuple[int, int]], PairStats]:
     """Scan the label columns only: [(row, winner index)] of the usable pairs, and the counts."""
-    labels = ds.select_columns([c for c in LABELS if c in ds.column_names]).to_dict()
+    from aifeedback.data.rows import read_columns
+
+    labels = read_columns(ds, [c for c in LABELS if c in ds.column_names])
     stats = PairStats(rows=len(labels["label_0"]))
     keep: list[tuple[int, int]] = []
     has = labels.get("has_label", [None] * stats.rows)
