@@ -1,6 +1,7 @@
 """Reading pairs at scale: local Parquet read in place (no copy into the `datasets` cache, exact random access),
 and streams split across processes with exact resumes."""
 
+import json
 from pathlib import Path
 
 import pyarrow as pa
@@ -92,3 +93,104 @@ def test_arrow_files_are_memory_mapped_in_place(tmp_path, monkeypatch):
     assert [table[i]["caption"] for i in range(4)] == [r["caption"] for r in rows]
     assert _files_under(tmp_path / "hf-cache") == []
 
+
+
+def _stream_folder(tmp_path: Path, n: int, files: int) -> tuple[Path, dict[str, int]]:
+    """A Pick-a-Pic folder of `files` Parquet shards; returns it and caption -> row of every row."""
+    rows = pickapic_rows(n)
+    for i, r in enumerate(rows):
+        r["caption"] = f"pair {i}"
+    return _write_groups(tmp_path / "stream", rows, files=files, group=2), {r["caption"]: i for i, r in enumerate(rows)}
+
+
+def _captions(stream, batches: int) -> list[str]:
+    return [c for _ in range(batches) for c in next(stream)["captions"]]
+
+
+def test_two_processes_stream_disjoint_shards_covering_every_pair_and_resume_at_the_same_pair(tmp_path):
+    from aifeedback.data import pairs as D
+    from aifeedback.data.stream import PairStream
+
+    folder, index = _stream_folder(tmp_path, 24, files=4)
+    ds = D.open_table("human", str(folder), "train", streaming=True)
+    assert ds.num_shards == 4
+    tr = D.Transform(16)
+    streams = [PairStream(ds, tr, 2, rank, 2, 0, 4, D.PairStats()) for rank in (0, 1)]
+    epoch = [_captions(s, 6) for s in streams]  # 12 pairs each: one epoch of 24 over 2 processes
+    assert not set(epoch[0]) & set(epoch[1]) and len(set(epoch[0]) | set(epoch[1])) == 24
+    assert epoch[0] != sorted(epoch[0], key=index.get)  # shuffled within blocks
+    # each process reads its own shards: process 0 the files 0 and 2, process 1 the files 1 and 3
+    assert {index[c] // 6 for c in epoch[0]} == {0, 2} and {index[c] // 6 for c in epoch[1]} == {1, 3}
+
+    # Resume process 1 after 5 batches (10 pairs: its blocks of 4 are rows 6-9, 10-11 + 18-19, 20-23, so it is
+    # inside the third block, in file 3): it continues at the same pair, and reads nothing before its block (the
+    # file it consumed is replaced by ties: read again, they would shift every block).
+    s1 = PairStream(ds, tr, 2, 1, 2, 0, 4, D.PairStats())
+    before = _captions(s1, 5)
+    state = s1.state()
+    expect = next(s1)
+    assert before == epoch[1][:10] and (state["epoch"], state["block"], state["taken"]) == (0, 2, 2)
+    consumed = folder / "train-00001-of-00004.parquet"
+    table = pq.read_table(consumed)
+    ties = pa.array([0.5] * len(table), pa.float64())
+    table = table.set_column(table.schema.get_field_index("label_0"), "label_0", ties)
+    pq.write_table(table.set_column(table.schema.get_field_index("label_1"), "label_1", ties), consumed,
+                   row_group_size=2)
+    resumed = PairStream(ds, tr, 2, 1, 2, 0, 4, D.PairStats(), state=json.loads(json.dumps(state)))
+    got = next(resumed)
+    assert got["captions"] == expect["captions"] == epoch[1][10:]
+    assert torch.equal(got["pixels"], expect["pixels"]) and got["rows"] == expect["rows"] == [10, 11]
+
+
+def _weights(run: Path, step: int) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(run / f"checkpoints/checkpoint-{step:06d}/unet/diffusion_pytorch_model.safetensors")
+
+
+def test_streamed_training_resumes_exactly_from_its_checkpoint(tmp_path):
+    from aifeedback.stages.train import run
+    from tests.pairs_fixtures import read_metrics, tiny_train
+
+    folder, _ = _stream_folder(tmp_path, 10, files=2)
+    kw = dict(streaming=True, shuffle_buffer=3, max_steps=3, checkpoint_every=1, keep_checkpoints=0)
+    run(tiny_train(folder, tmp_path / "a", **kw))
+    run(tiny_train(folder, tmp_path / "b", **dict(kw, max_steps=2)))
+    state = json.loads((tmp_path / "b/checkpoints/checkpoint-000002/trainer_state.json").read_text())
+    assert state["streams"][0]["pairs"] == 4  # 2 steps x 2 pairs, recorded per process
+    run(tiny_train(folder, tmp_path / "b", **kw))  # resumes at checkpoint-000002
+    wa, wb = _weights(tmp_path / "a", 3), _weights(tmp_path / "b", 3)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert [r["loss"] for r in read_metrics(tmp_path / "a")] == [r["loss"] for r in read_metrics(tmp_path / "b")]
+
+
+@pytest.mark.slow
+def test_two_process_streamed_training_resumes_exactly(tmp_path):
+    """2 CPU processes stream their own shards; a run stopped at step 2 and resumed ends with the weights of an
+    uninterrupted one."""
+    import os
+    import subprocess
+
+    from tests.launch import accelerate_launch
+    from tests.pairs_fixtures import read_metrics
+
+    folder, _ = _stream_folder(tmp_path, 16, files=4)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), OMP_NUM_THREADS="1")
+
+    def launch(out: str, steps: int) -> str:
+        cmd = [*accelerate_launch(2), "train", "--dataset", str(folder), "--streaming", "--shuffle-buffer", "3",
+               "--model", "tiny-sd15", "--resolution", "16", "--batch-size", "1", "--max-steps", str(steps),
+               "--checkpoint-every", "2", "--validation-every", "0", "--num-workers", "0", "--trackers", "none",
+               "--lr", "1e-4", "--no-scale-lr", "--out", str(tmp_path / out)]
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+        return res.stderr
+
+    launch("a", 4)
+    launch("b", 2)
+    state = json.loads((tmp_path / "b/checkpoints/checkpoint-000002/trainer_state.json").read_text())
+    assert [s["pairs"] for s in state["streams"]] == [2, 2]
+    launch("b", 4)
+    wa, wb = _weights(tmp_path / "a", 4), _weights(tmp_path / "b", 4)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert [r["loss"] for r in read_metrics(tmp_path / "a")] == [r["loss"] for r in read_metrics(tmp_path / "b")]

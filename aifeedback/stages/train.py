@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
+from accelerate.utils import DistributedType, ProjectConfiguration, gather_object, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import cast_training_params
 from peft import LoraConfig
@@ -41,6 +41,7 @@ from transformers.optimization import Adafactor
 from aifeedback.config import identity_dict, save_config, to_dict
 from aifeedback.console import finish, note, progress, quiet_libraries
 from aifeedback.data import pairs as D
+from aifeedback.data.stream import PairStream
 from aifeedback.dist import process_state
 from aifeedback.errors import AifError
 from aifeedback.families import detect
@@ -270,9 +271,9 @@ class TrainRecipe:
         """This process's batches, from the data position of the current step on."""
         cfg = self.cfg
         start_micro = self.step * cfg.grad_accum  # global micro-batches already consumed: the data position
-        if cfg.streaming:
-            return D.stream_batches(self.table, self.transform, cfg.batch_size, self.rank, self.world, start_micro,
-                                    cfg.seed, cfg.shuffle_buffer, self.stats)
+        if cfg.streaming:  # each process reads its own part of the stream, from where its checkpoint says
+            return PairStream(self.table, self.transform, cfg.batch_size, self.rank, self.world, cfg.seed,
+                              cfg.shuffle_buffer, self.stats, stream_state(self.state, self.rank, start_micro))
         return D.batches(self.dataset, cfg.batch_size, self.rank, self.world, start_micro, cfg.num_workers, cfg.seed)
 
     def _say(self, msg: str) -> None:
@@ -451,6 +452,7 @@ class TrainRecipe:
             discard(tmp)  # a killed save's leftover
         acc.wait_for_everyone()
         acc.save_state(str(tmp))  # optimizer, lr schedule, grad scaler, every process's RNG
+        streams = gather_object([self.batches.state()]) if self.cfg.streaming else None  # collective
         sd = acc.get_state_dict(self.model)  # collective: gathers FSDP / ZeRO shards
         if self.main:
             model = acc.unwrap_model(self.model)
@@ -459,7 +461,10 @@ class TrainRecipe:
             else:
                 model.save_pretrained(tmp / self.family.denoiser, state_dict=sd, safe_serialization=True)
             position = step * self.cfg.grad_accum * self.cfg.batch_size * self.world
-            write_json(tmp / ck.STATE_FILE, dict(self.state, step=step, processes=self.world, data_position=position))
+            state = dict(self.state, step=step, processes=self.world, data_position=position)
+            if streams is not None:
+                state["streams"] = streams  # per process: where its stream continues
+            write_json(tmp / ck.STATE_FILE, state)
             publish(tmp, final, replace=True)  # atomic: --resume only ever sees complete checkpoints
             ck.prune(self.out, self.cfg.keep_checkpoints)
             self._say(f"step {step}: wrote checkpoint {final}")
@@ -492,6 +497,16 @@ def nonfinite_error(out: Path, what: str, skip: bool = True) -> AifError:
         last += ": rerun the same command with --skip-nonfinite N to continue from it, skipping up to N such steps"
     return AifError(f"{what}. {last}; or start over (another --out) with a lower --lr, a smaller --beta, "
                     "--max-grad-norm, or --mixed-precision bf16 instead of fp16")
+
+
+def stream_state(state: dict[str, Any], rank: int, start_micro: int) -> Optional[dict[str, Any]]:
+    """Where process `rank`'s stream continues: its checkpoint's record, or None to start at the beginning."""
+    if "streams" in state:
+        return state["streams"][rank]
+    if start_micro:  # a checkpoint of a run that did not stream: its data position cannot be found in a stream
+        raise AifError("this checkpoint records no position in a streamed dataset (it was written by a run without "
+                       "--streaming, or by an older version); resume it without --streaming, or start a new run")
+    return None
 
 
 def _optimizer(cfg: TrainConfig, params: list, lr: float):
