@@ -344,6 +344,10 @@ class TrainRecipe:
         else:
             pixels = torch.cat([batch["pixels"][:, 0], batch["pixels"][:, 1]]).to(self.device)
             latents = self.family.encode_images(self.vae, pixels)
+        # The noise is drawn like the latents (randn_like keeps their memory layout, and draws in layout order): make
+        # it independent of the layout the VAE's kernels chose (channels-last on some CPUs), so images, stored
+        # latents and an `aif cache` give the same noise on every machine.
+        latents = latents.contiguous()
         prompts = self.family.encode_prompts(self.text, batch["captions"])
         prompts = {k: v.repeat(2, *[1] * (v.dim() - 1)) for k, v in prompts.items()}
         micro = torch.cat([batch["time_ids"][:, 0], batch["time_ids"][:, 1]])
