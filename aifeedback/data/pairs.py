@@ -202,7 +202,8 @@ class PositionSampler:
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack items into a batch: winner/loser along dim 1 of pixels (B, 2, 3, H, W) or latents (B, 2, C, h, w)."""
+    """Stack items into a batch: winner/loser along dim 1 of pixels (B, 2, 3, H, W), latents (B, 2, C, h, w) or
+    cached posteriors (B, 2, 2C, h, w)."""
     import torch
 
     out: dict[str, Any] = {
@@ -211,8 +212,11 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         "rows": [it["row"] for it in items],
         "skipped": [s for it in items for s in it.get("skipped", [])],
     }
-    key = "latents" if "latents" in items[0] else "pixels"
-    out[key] = torch.stack([it[key] for it in items])
+    for key in ("latents", "pixels", "posteriors"):  # stored latents, images, or an `aif cache`'s posteriors
+        if key in items[0]:
+            out[key] = torch.stack([it[key] for it in items])
+    if "prompt" in items[0]:  # an `aif cache`'s prompt conditioning
+        out["prompts"] = {k: torch.stack([it["prompt"][k] for it in items]) for k in items[0]["prompt"]}
     return out
 
 

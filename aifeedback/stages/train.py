@@ -41,6 +41,7 @@ from transformers.optimization import Adafactor
 from aifeedback.config import identity_dict, save_config, to_dict
 from aifeedback.console import finish, note, progress, quiet_libraries
 from aifeedback.data import pairs as D
+from aifeedback.data.cache import StoredPosterior, cache_key, is_cache, open_cache
 from aifeedback.data.stream import PairStream
 from aifeedback.dist import process_state
 from aifeedback.errors import AifError
@@ -234,6 +235,8 @@ class TrainRecipe:
     def _setup_data(self) -> tuple[Any, D.PairStats, Any, Optional[int], D.Transform]:
         """(table, label counts, map-style dataset or None when streaming, number of pairs or None, transform)."""
         cfg, res = self.cfg, self.resolution
+        if is_cache(cfg.dataset):
+            return self._setup_cached_data()
         table = D.open_table(cfg.data, cfg.dataset, cfg.split, cfg.streaming)
         transform = D.Transform(res, cfg.random_crop, cfg.flip, cfg.caption_dropout)
         if cfg.streaming:
@@ -251,6 +254,20 @@ class TrainRecipe:
         transform.latent_shape = latent_shape
         dataset = D.PairDataset(table, pairs, transform, cfg.seed, window=cfg.batch_size * self.world)
         return table, stats, dataset, len(pairs), transform
+
+    def _setup_cached_data(self) -> tuple[Any, D.PairStats, Any, int, Any]:
+        """_setup_data for an `aif cache` output made for this model, VAE, resolution, crop/flip and dtype (else
+        refused): the step reads its posteriors and prompt conditioning instead of running the encoders."""
+        cfg = self.cfg
+        if cfg.streaming:
+            raise AifError(f"{cfg.dataset} is an `aif cache` output, read in place: drop --streaming")
+        key = cache_key(cfg, self.family.name, self.resolution, self.accelerator.mixed_precision)
+        rows, transform = open_cache(cfg.dataset, key, cfg.caption_dropout)
+        pairs, stats = D.filter_labels(rows, cfg.max_pairs)
+        self._say(f"{stats.summary(cfg.dataset)}; using its cached latents and prompt embeddings (no VAE or text "
+                  "encoder in the step)")
+        dataset = D.PairDataset(rows, pairs, transform, cfg.seed, window=cfg.batch_size * self.world)
+        return rows, stats, dataset, len(pairs), transform
 
     def _setup_resume(self) -> dict[str, Any]:
         """The trainer state: a fresh one, or the resumed checkpoint's (whose optimizer, lr and RNGs are loaded)."""
@@ -341,6 +358,9 @@ class TrainRecipe:
         """(noisy latents, timesteps, target, prompt conditioning, micro-conditioning); rows: B winners, B losers."""
         if "latents" in batch:  # stored latents: already in denoiser space
             latents = torch.cat([batch["latents"][:, 0], batch["latents"][:, 1]]).to(self.device)
+        elif "posteriors" in batch:  # an `aif cache`: the family samples and normalises them as the VAE's output
+            moments = torch.cat([batch["posteriors"][:, 0], batch["posteriors"][:, 1]]).to(self.device)
+            latents = self.family.encode_images(StoredPosterior(self.vae.config, moments), moments)
         else:
             pixels = torch.cat([batch["pixels"][:, 0], batch["pixels"][:, 1]]).to(self.device)
             latents = self.family.encode_images(self.vae, pixels)
@@ -348,7 +368,10 @@ class TrainRecipe:
         # it independent of the layout the VAE's kernels chose (channels-last on some CPUs), so images, stored
         # latents and an `aif cache` give the same noise on every machine.
         latents = latents.contiguous()
-        prompts = self.family.encode_prompts(self.text, batch["captions"])
+        if "prompts" in batch:
+            prompts = {k: v.to(self.device) for k, v in batch["prompts"].items()}
+        else:
+            prompts = self.family.encode_prompts(self.text, batch["captions"])
         prompts = {k: v.repeat(2, *[1] * (v.dim() - 1)) for k, v in prompts.items()}
         micro = torch.cat([batch["time_ids"][:, 0], batch["time_ids"][:, 1]])
         noisy, t, target = self.family.training_noise(self.scheduler, latents, groups=2)  # one noise + t per pair
