@@ -194,3 +194,26 @@ def test_two_process_streamed_training_resumes_exactly(tmp_path):
     wa, wb = _weights(tmp_path / "a", 4), _weights(tmp_path / "b", 4)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert [r["loss"] for r in read_metrics(tmp_path / "a")] == [r["loss"] for r in read_metrics(tmp_path / "b")]
+
+
+@pytest.mark.slow
+def test_bench_scripts_run_and_in_place_reading_leaves_no_copy(tmp_path):
+    """bench/data.py and bench/cache.py, shrunk: the in-place reader adds no disk, the datasets path does."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
+
+    def bench(script: str, *args: str) -> list[dict]:
+        r = subprocess.run([sys.executable, str(root / "bench" / script), *args], env=env, capture_output=True,
+                           text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return json.loads(r.stdout.strip().splitlines()[-1])["results"]
+
+    inplace, converted = bench("data.py", "--pairs", "3000", "--repeat", "1", "--work", str(tmp_path))
+    assert inplace["mode"] == "in-place" and inplace["extra_disk_mb"] == 0 and inplace["pairs"] == 3000
+    assert converted["extra_disk_mb"] > 0
+    (cached,) = bench("cache.py", "--models", "tiny-sd15", "--pairs", "8", "--steps", "2", "--resolution", "16")
+    assert cached["step_cpu_s_images"] > 0 and cached["step_cpu_s_cache"] > 0
