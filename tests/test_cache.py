@@ -1,6 +1,8 @@
 """`aif cache`: pairs encoded once into the family's posteriors and prompt conditioning; `aif train` on the cache
 trains as on the images, and refuses a cache made for another setup."""
 
+import json
+
 import pytest
 import torch
 
@@ -66,8 +68,6 @@ def test_a_cache_made_for_another_setup_is_refused_naming_each_difference(cached
 
 
 def test_cache_layout_resume_and_rerun(human, cached, tmp_path, capsys):
-    import json
-
     import pyarrow.parquet as pq
 
     from aifeedback.data.cache import bytes_tensor
@@ -92,3 +92,30 @@ def test_cache_layout_resume_and_rerun(human, cached, tmp_path, capsys):
     capsys.readouterr()
     run(cache_config(human, cached))
     assert "already complete" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_two_processes_write_the_cache_of_one(human, cached, tmp_path):
+    """Under `accelerate launch` the processes take shards round-robin; the shards are those of a 1-process run."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    from tests.launch import accelerate_launch
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "two"
+    cmd = [*accelerate_launch(2), "cache", "--dataset", str(human), "--model", "tiny-sd15", "--resolution", "16",
+           "--batch-size", "2", "--shard-size", "3", "--no-progress", "--out", str(out)]
+    env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    one, two = (sorted((d / "data").glob("*.parquet")) for d in (cached, out))
+    assert [p.name for p in one] == [p.name for p in two]
+    for a, b in zip(one, two, strict=True):  # the same pairs, crops and captions; encoder outputs to round-off
+        ta, tb = pq.read_table(a).to_pylist(), pq.read_table(b).to_pylist()
+        assert [(r["row"], r["caption"], r["time_ids_1_0"]) for r in ta] == \
+            [(r["row"], r["caption"], r["time_ids_1_0"]) for r in tb]
+    assert json.loads((out / "manifest.json").read_text())["counts"]["processes"] == 2
