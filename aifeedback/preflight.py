@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+from aifeedback.data.labels import OPEN_PREFERENCES
 from aifeedback.errors import AifError, DataError, OutputWriteError
 
 # A scorer MODEL that names a file by its extension is a local checkpoint, never a hub id or a version.
@@ -56,7 +57,7 @@ def check_dataset(source: str, option: str) -> None:
     if not is_hub_id(source):
         raise DataError(f"could not load dataset '{source}' ({option}): it is neither a local path nor a hub "
                         f"dataset id (org/name). Fix: check the path, or pass a hub id such as "
-                        f"yuvalkirstain/pickapic_v2.")
+                        f"{OPEN_PREFERENCES}.")
 
 
 def check_output(out: str | Path, option: str = "--out") -> None:

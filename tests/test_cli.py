@@ -60,7 +60,7 @@ def _help_text(cmd: str) -> str:
 
 def test_help_shows_each_option_type_and_default():
     text = _help_text("train")
-    for expected in ("[float; default: 5000.0]", "[int; default: 2000]", "[dpo|sft|hinge|ipo|mapo; default: dpo]",
+    for expected in ("[float; default: 5000.0]", "[int; default: 2000]", "[dpo|sft|hinge|ipo|mapo|kto; default: dpo]",
                      "[list of str (comma-separated); default: a photo of a cat wearing a red hat,",
                      "[str or null; default: null]", "[bool; default: true]",
                      "[tensorboard|wandb|none; default: tensorboard]"):

@@ -51,10 +51,10 @@ def test_swapping_winner_and_loser_flips_the_gradient():
 def test_sft_is_winner_mse_and_registry_lists_losses():
     mw, ml = torch.tensor([0.2, 0.4]), torch.tensor([0.9, 0.9])
     assert sft(mw, ml, None, None, 1.0).loss.item() == pytest.approx(0.3)
-    assert set(list_losses()) == set(LOSSES) == {"dpo", "sft", "hinge", "ipo", "mapo"}
+    assert set(list_losses()) == set(LOSSES) == {"dpo", "sft", "hinge", "ipo", "mapo", "kto"}
     assert get_loss("dpo")[1] is True and get_loss("sft")[1] is False
     with pytest.raises(ValueError, match="valid: .*dpo.*mapo"):
-        get_loss("kto")
+        get_loss("orpo")
 
 
 def test_denoising_mse_is_per_sample():

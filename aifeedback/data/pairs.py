@@ -17,10 +17,9 @@ every process keeps the same batch size.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterator
 
-from aifeedback.data.labels import LABEL_COLUMNS, PAIR_COLUMNS, winner_of
+from aifeedback.data.labels import LABEL_COLUMNS, PAIR_COLUMNS, manifest_path, winner_of
 from aifeedback.data.transforms import LATENT_COLUMNS, Transform, latent_source, stored_latent_shape
 
 __all__ = ["LATENT_COLUMNS", "Transform", "latent_source", "stored_latent_shape"]  # train's names, kept here too
@@ -80,24 +79,28 @@ def check_source(data: str, dataset: str) -> None:
     """Fail before any import on a --dataset that cannot be what --data says (see aifeedback.preflight)."""
     from aifeedback.preflight import check_dataset
 
-    if data == "ai" and not (Path(dataset) / "manifest.json").exists():
+    if data == "ai" and not manifest_path(dataset).exists():
         raise DataError(f"--data ai needs an `aif score` output folder, but {dataset} has no manifest.json. Fix: run "
                         "`aif score` first, or use --data human for a Pick-a-Pic-layout dataset")
     check_dataset(dataset, "--dataset")
 
 
-def open_table(data: str, dataset: str, split: str, streaming: bool = False) -> Any:
-    """The labelled pairs of `dataset`, read by the pair source that detects it (see aifeedback.data.sources):
-    local Parquet/Arrow files are read in place (`ParquetRows`: row groups, memory-mapped; no copy into the
-    `datasets` cache), anything else is a `datasets` Dataset; streaming gives an IterableDataset. --split does not
-    apply to an `aif score` output."""
+def open_table(data: str, dataset: str, split: str, streaming: bool = False, unpaired: bool = False,
+               columns: list[str] | None = None, pairing: str = "all") -> Any:
+    """The labelled pairs (unpaired: labelled images) of `dataset`, read by the source that detects it (or the
+    --columns mapping; see aifeedback.data.sources): local Parquet/Arrow files are read in place (`ParquetRows`: row
+    groups, memory-mapped; no copy into the `datasets` cache), anything else is a `datasets` Dataset; streaming
+    gives an IterableDataset. --split does not apply to an `aif score` output."""
+    from aifeedback.data.mapping import parse_columns
     from aifeedback.data.sources import open_pairs  # imports `datasets`: the train preflight imports this module
 
     check_source(data, dataset)
-    table = open_pairs(dataset, split, labels=True, streaming=streaming)
+    table = open_pairs(dataset, split, labels=True, streaming=streaming, unpaired=unpaired,
+                       columns=parse_columns(columns), pairing=pairing)
     if streaming or not table.files:
         return table.dataset(streaming)
-    rows = table.rows([c for c in COLUMNS + ("has_label",) + LATENT_COLUMNS if c in table.columns])
+    wanted = None if unpaired else [c for c in COLUMNS + ("has_label",) + LATENT_COLUMNS if c in table.columns]
+    rows = table.rows(wanted)  # unpaired: every column (its latent columns have other names)
     if not len(rows):
         raise table.no_rows_error()
     return rows
@@ -217,6 +220,8 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
             out[key] = torch.stack([it[key] for it in items])
     if "prompt" in items[0]:  # an `aif cache`'s prompt conditioning
         out["prompts"] = {k: torch.stack([it["prompt"][k] for it in items]) for k in items[0]["prompt"]}
+    if "desirable" in items[0]:  # unpaired rows: (B, 1, ...) images and their labels
+        out["desirable"] = torch.tensor([it["desirable"] for it in items])
     return out
 
 

@@ -7,7 +7,8 @@ the source's other columns). The `SOURCES` registry is tried in order, fallbacks
 Every consumer goes through `open_pairs`, so all three share:
 - one split rule (`split_files`): --split S keeps the files named S-*.* or S.* or lying under a folder named S; no
   split keeps every file; a folder whose file names carry no split at all is one split, read whatever S is;
-- one column check (`require_columns`), naming the file and the missing columns;
+- one column check (`require_columns`), naming the file, the missing columns and the `--columns` mapping that
+  would read it (aifeedback.data.mapping: any other layout, mapped by the user);
 - one label rule (`aifeedback.data.labels.winner_of`).
 """
 
@@ -21,7 +22,9 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from aifeedback.data.labels import LABEL_COLUMNS, PAIR_COLUMNS
+from aifeedback.data import ranked
+from aifeedback.data.labels import LABEL_COLUMNS, OPEN_PREFERENCES, PAIR_COLUMNS, UNPAIRED_COLUMNS
+from aifeedback.data.mapping import check_mapping, map_columns, suggest
 from aifeedback.data.rows import HubRows, ParquetRows
 from aifeedback.data.trl import TRL_COLUMNS, to_pairs
 from aifeedback.errors import DataError, first_line
@@ -77,7 +80,8 @@ def require_columns(where: str, have: list[str], needed: tuple[str, ...], layout
     missing = [c for c in needed if c not in have]
     if missing:
         raise DataError(f"{where} lacks the {layout} column(s) {', '.join(missing)} (it has: {', '.join(have)}). "
-                        f"Fix: rename its columns to {', '.join(needed)}")
+                        f"Fix: pass --columns {suggest(have)} (naming its columns), or rename its columns to "
+                        f"{', '.join(needed)}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -90,6 +94,9 @@ class Opening:
     split: str | None = None
     streaming: bool = False
     hub_split: str | None = None
+    columns: dict[str, str] | None = None  # --columns: the user's mapping of another layout (data/mapping.py)
+    pairing: str = "all"  # --ranked-pairs: which pairs a ranked list gives (data/ranked.py)
+    labels: bool = True  # whether the consumer needs labels (`aif score` relabels pairs)
 
 
 @dataclass
@@ -102,6 +109,7 @@ class PairTable:
     ds: Any = None  # a datasets Dataset / IterableDataset when there are no files
     manifest: dict[str, Any] | None = None  # an aifeedback output's manifest
     schemas: dict[str, list[str]] = field(default_factory=dict)  # file -> its columns
+    lazy: Callable[[dict], dict] | None = None  # ds's transform (ranked lists: reads the images a batch refers to)
 
     def __post_init__(self) -> None:
         self.schemas = {str(f): file_columns(f) for f in self.files}
@@ -126,6 +134,8 @@ class PairTable:
         """A `datasets` Dataset (IterableDataset when streaming) of the pairs, rows in file order."""
         if self.ds is not None:
             if streaming and isinstance(self.ds, datasets.Dataset):
+                if self.lazy is not None:  # a transform does not carry over to a stream: mapped there, lazily
+                    return self.ds.with_format(None).to_iterable_dataset().map(self.lazy, batched=True)
                 return self.ds.to_iterable_dataset()
             return self.ds
         if not any(file_rows(f) for f in self.files):  # `datasets` cannot build a split with no rows
@@ -203,6 +213,7 @@ class PairSource:
     detect: Callable[[str], bool]
     open: Callable[[str, Opening], PairTable]
     fallback: bool = False  # asked after every other source (the Pick-a-Pic source takes any hub id)
+    unpaired: bool = False  # one labelled image per row (UNPAIRED_COLUMNS): what an unpaired loss trains on
 
 
 SOURCES: Registry[PairSource] = Registry("pair source")  # tried in registration order
@@ -218,14 +229,49 @@ def source_for(target: str) -> PairSource:
 
 
 def open_pairs(target: str, split: str | None = None, *, labels: bool = True, streaming: bool = False,
-               hub_split: str | None = None) -> PairTable:
-    """Open `target` (path or hub id) with the source that reads it, and check its columns (labels too if asked)."""
+               hub_split: str | None = None, unpaired: bool = False, columns: dict[str, str] | None = None,
+               pairing: str = "all") -> PairTable:
+    """Open `target` (path or hub id) with the source that reads it (the `columns` source when a --columns mapping
+    is given), and check its columns (labels too if asked). unpaired: the caller trains on single labelled images
+    (an unpaired loss), so `target` must hold those."""
     if not Path(target).expanduser().exists() and not is_hub_id(target):
         raise DataError(f"'{target}' is neither a local path nor a hub dataset id (org/name): no such file or "
-                        "directory. Fix: check the path, or pass a hub id such as yuvalkirstain/pickapic_v2")
-    table = source_for(target).open(target, Opening(split, streaming, hub_split))
-    table.require(PAIR_COLUMNS + (LABEL_COLUMNS if labels else ()))
+                        f"directory. Fix: check the path, or pass a hub id such as {OPEN_PREFERENCES}")
+    how = Opening(split, streaming, hub_split, columns or None, pairing, labels)
+    source = check_layout(target, unpaired, columns)
+    table = source.open(target, how)
+    table.require(UNPAIRED_COLUMNS if unpaired else PAIR_COLUMNS + (LABEL_COLUMNS if labels else ()))
     return table
+
+
+def check_layout(target: str, unpaired: bool, columns: Any = None) -> PairSource:
+    """The source that reads `target`, which must hold unpaired images if `unpaired`, else pairs (reads no rows:
+    `aif train` checks it before loading the model); with a --columns mapping, the `columns` source."""
+    if columns and unpaired:
+        raise DataError(f"--columns maps preference pairs, but an unpaired loss reads single labelled images "
+                        f"({', '.join(UNPAIRED_COLUMNS)}). Fix: drop --columns, or use a paired loss")
+    if columns:
+        return SOURCES[MAPPED]
+    source = source_for(target)
+    if source.unpaired != unpaired:
+        raise layout_mismatch(target, source)
+    return source
+
+
+def layout_mismatch(target: str, source: PairSource) -> DataError:
+    """The error for pairs given to an unpaired loss, or unpaired images given where pairs are needed."""
+    from aifeedback.losses import LOSSES
+
+    unpaired = ", ".join(n for n, loss in LOSSES.items() if loss.unpaired)
+    paired = ", ".join(n for n, loss in LOSSES.items() if not loss.unpaired)
+    if source.unpaired:
+        return DataError(f"{target} holds unpaired images ({', '.join(UNPAIRED_COLUMNS)}: one image per row), but "
+                         f"this needs preference pairs. Fix: train on it with an unpaired loss (--loss {unpaired}), "
+                         "or pass pairs (the `aif score` output folder itself, or Pick-a-Pic-layout data)")
+    return DataError(f"{target} holds preference pairs ({source.title} layout), but an unpaired loss ({unpaired}) "
+                     f"trains on single images labelled desirable or not ({', '.join(UNPAIRED_COLUMNS)}). Fix: "
+                     "score with `aif score --unpaired` and pass its OUT/unpaired folder, or use a paired loss "
+                     f"(--loss {paired})")
 
 
 def unknown_layout(target: str) -> DataError:
@@ -238,11 +284,13 @@ def unknown_layout(target: str) -> DataError:
     have = file_columns(files[0])
     by_columns = [s for s in SOURCES.values() if s.columns]
     lacks = {s.name: [c for c in s.columns if c not in have] for s in by_columns}
-    closest = min(by_columns, key=lambda s: len(lacks[s.name]))
+    # a tie: name a pair layout, the last registered (Pick-a-Pic) first
+    closest = min(by_columns[::-1], key=lambda s: (len(lacks[s.name]), s.unpaired))
     per = "; ".join(f"{name}: {', '.join(m)}" for name, m in lacks.items())
     return DataError(f"{target} lacks the {closest.title} column(s) {', '.join(lacks[closest.name])} "
                      f"(it has: {', '.join(have)}), so no pair source reads it; per source it lacks columns: {per}. "
-                     f"Fix: rename its columns to one layout's names")
+                     f"Fix: pass --columns {suggest(have)} (naming its columns), or rename its columns to one "
+                     "layout's names")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -321,30 +369,165 @@ def _open_trl(target: str, how: Opening) -> PairTable:
     return PairTable(str(path), "trl", ds=ds.to_iterable_dataset() if how.streaming else ds)
 
 
+def _is_unpaired(target: str) -> bool:
+    """Local files with the unpaired columns (and not the Pick-a-Pic pair columns, which win when a file has both)."""
+    path = Path(target).expanduser()
+    files = data_files(path) if path.exists() else []
+    have = file_columns(files[0]) if files else []
+    return all(c in have for c in UNPAIRED_COLUMNS) and not all(c in have for c in PAIR_COLUMNS)
+
+
+def _open_unpaired(target: str, how: Opening) -> PairTable:
+    """Unpaired images in a local Parquet/Arrow file or folder (`aif score --unpaired` writes OUT/unpaired/)."""
+    path = Path(target).expanduser()
+    return PairTable(str(path), "unpaired", split_files(path, data_files(path), how.split))
+
+
 def _open_hub(name: str, how: Opening) -> PairTable:
     split = how.split or how.hub_split
     label = f"{name}[{split or 'default split'}]"
     try:
         if split:
-            return PairTable(label, "pickapic", ds=datasets.load_dataset(name, split=split, streaming=how.streaming))
-        dd = datasets.load_dataset(name, streaming=how.streaming)
+            ds = datasets.load_dataset(name, split=split, streaming=how.streaming)
+        else:
+            dd = datasets.load_dataset(name, streaming=how.streaming)
     except Exception as e:  # datasets raises many types (not found, offline, bad split): all the user's input
         first = first_line(e)
         raise DataError(
             f"could not load the dataset '{name}'{f' split {split}' if split else ''}: {first}.\n"
-            f"  Fix: check the id and --split (Pick-a-Pic v2 splits: train, validation, test, validation_unique, "
-            f"test_unique; kashif/pickascore: validation), or download it (`hf download --repo-type "
-            f"dataset ID`) and pass the local Parquet folder."
+            f"  Fix: check the id and --split (kashif/pickascore: validation; Pick-a-Pic v2 copies: train, validation, "
+            f"test, validation_unique, test_unique), or download it (`hf download --repo-type dataset ID`) and pass "
+            f"the local folder. yuvalkirstain/pickapic_v2 answers 404 on the Hub since April 2025: pass a local "
+            f"Parquet copy of it, or another set such as {OPEN_PREFERENCES}."
         ) from None
+    if split:
+        return _hub_table(label, ds, how)
     if len(dd) != 1:
         raise DataError(f"dataset '{name}' has splits {', '.join(dd)}; choose one with --split")
-    return PairTable(label, "pickapic", ds=next(iter(dd.values())))
+    return _hub_table(label, next(iter(dd.values())), how)
 
 
+def _hub_table(label: str, ds: Any, how: Opening) -> PairTable:
+    """A loaded hub dataset as pairs: mapped by --columns, else TRL's columns mapped, else Pick-a-Pic's as they are
+    (a hub dataset's layout is known only once it is loaded)."""
+    have = list(ds.column_names) if ds.column_names is not None else None
+    if how.columns:
+        check_mapping(how.columns, have, label, how.labels)
+        return PairTable(label, MAPPED, ds=map_columns(ds, how.columns, None, label))
+    if have is not None and all(c in have for c in TRL_COLUMNS) and not all(c in have for c in PAIR_COLUMNS):
+        trl = {"caption": "prompt", "image_0": "chosen", "image_1": "rejected"}
+        return PairTable(label, "trl", ds=map_columns(ds, trl, None, label, first_wins=True))
+    return PairTable(label, "pickapic", ds=ds)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Ranked lists (aifeedback.data.ranked) and the user's --columns mapping (aifeedback.data.mapping)
+
+def _stamp(path: Path) -> str:
+    """A file's path, size and time: the cache key of what is made from it."""
+    st = path.stat()
+    return f"{path.resolve()} {st.st_size} {st.st_mtime_ns}"
+
+
+def _json_files(path: Path) -> list[Path]:
+    """The JSON files of a file or folder, top level only (image folders may hold other JSON files)."""
+    if path.is_file():
+        return [path] if path.suffix == ".json" else []
+    return sorted(path.glob("*.json")) if path.is_dir() else []
+
+
+def _hpd_files(path: Path) -> list[Path]:
+    """The HPDv2 annotation files of a file or folder, told by the keys in their first 4 KB (light)."""
+    def opening(f: Path) -> str:
+        with open(f, encoding="utf-8", errors="replace") as h:
+            return h.read(4096)
+
+    return [f for f in _json_files(path) if ranked.hpd_kind(opening(f))]
+
+
+def _is_hpdv2(target: str) -> bool:
+    return bool(_hpd_files(Path(target).expanduser()))
+
+
+def _open_hpdv2(target: str, how: Opening) -> PairTable:
+    """HPDv2 annotation files (train.json, test.json) made pairs; each file's images under its own split folder."""
+    path = Path(target).expanduser()
+    files = split_files(path, _hpd_files(path), how.split)
+    tables = []
+    for f in files:
+        groups = ranked.hpd_groups(f)
+        if groups:
+            tables.append(ranked.pairs_table(groups, how.pairing, ranked.hpd_image_root(f), _stamp(f)))
+    if not tables:
+        raise DataError(f"no usable preference pairs in {path}: {', '.join(map(str, files))} hold no records. Fix: "
+                        "pass HPDv2's train.json or test.json with their image folders")
+    ds = tables[0] if len(tables) == 1 else datasets.concatenate_datasets(tables)
+    resolver = ranked.Resolver()
+    return PairTable(str(path), "hpdv2", ds=ds.with_transform(resolver), lazy=resolver)
+
+
+def _is_imagereward(target: str) -> bool:
+    path = Path(target).expanduser()
+    files = data_files(path) if path.exists() else []
+    have = file_columns(files[0]) if files else []
+    return all(c in have for c in ranked.IMAGEREWARD_COLUMNS) and ("image_path" in have or "image" in have)
+
+
+def _open_imagereward(target: str, how: Opening) -> PairTable:
+    """ImageRewardDB tables: metadata-SPLIT.parquet (images by path) or an export with an `image` column."""
+    path = Path(target).expanduser()
+    files = data_files(path)
+    named = [f for f in files if how.split and f.name.split(".")[0].endswith(f"-{how.split}")]
+    files = named or split_files(path, files, how.split)
+    for f in files:
+        require_columns(str(f), file_columns(f), ranked.IMAGEREWARD_COLUMNS, "ImageRewardDB")
+    counts = [file_rows(f) for f in files]
+    if not any(counts):
+        raise DataError(f"no usable preference pairs in {path}: its {len(files)} file(s) hold no rows")
+    ds = datasets.load_dataset(files[0].suffix[1:], data_files=[str(f) for f in files], split="train")
+    groups, column = ranked.imagereward_groups(ds, files, counts)
+    root = path if path.is_dir() else path.parent
+    key = " ".join(_stamp(f) for f in files)
+    images = ds if column == "image" else None
+    table = ranked.pairs_table(groups, how.pairing, root, key, images=images)
+    resolver = ranked.Resolver(images)
+    return PairTable(str(path), "imagerewarddb", ds=table.with_transform(resolver), lazy=resolver)
+
+
+def _open_mapped(target: str, how: Opening) -> PairTable:
+    """Any layout, mapped by --columns: local Parquet/Arrow files (image paths inside the folder) or a hub id."""
+    path = Path(target).expanduser()
+    if not path.exists():
+        return _open_hub(target, how)
+    files = split_files(path, data_files(path), how.split)
+    if not files:
+        raise DataError(f"{path} holds no .parquet or .arrow files. Fix: pass a folder or file of preference pairs")
+    for f in files:
+        check_mapping(how.columns, file_columns(f), str(f), how.labels)
+    counts = [file_rows(f) for f in files]
+    if not any(counts):
+        raise DataError(f"no usable preference pairs in {path}: its {len(files)} file(s) hold no rows")
+    ds = datasets.load_dataset(files[0].suffix[1:], data_files=[str(f) for f in files], split="train")
+    ds = map_columns(ds, how.columns, path if path.is_dir() else path.parent, str(path), files, counts)
+    return PairTable(str(path), MAPPED, ds=ds.to_iterable_dataset() if how.streaming else ds)
+
+
+MAPPED = "columns"
 register(PairSource("aif-score", "an `aif score` output: manifest.json + data/train-*.parquet pairs",
                     "`aif score` output", (), _is_output, _open_output))
+register(PairSource("hpdv2", "HPDv2 annotation JSON (prompt + file_path + human_preference, or prompt + image_path "
+                    "+ rank) with its image folders; ranked lists made pairs (--ranked-pairs)", "HPDv2", (),
+                    _is_hpdv2, _open_hpdv2))
+register(PairSource("imagerewarddb", "ImageRewardDB tables (prompt_id, prompt, rank, image_path or image: one row "
+                    "per image); ranked lists made pairs (--ranked-pairs)", "ImageRewardDB",
+                    ranked.IMAGEREWARD_COLUMNS, _is_imagereward, _open_imagereward))
+register(PairSource("unpaired", "caption, jpg, desirable (one image per row, for --loss kto): `aif score --unpaired`'s "
+                    "OUT/unpaired folder or any local Parquet/Arrow file or folder", "unpaired",
+                    UNPAIRED_COLUMNS, _is_unpaired, _open_unpaired, unpaired=True))
 register(PairSource("trl", "prompt, chosen, rejected (images as bytes, `datasets` Images or paths inside the "
                     "folder): a local Parquet/Arrow file or folder", "TRL", TRL_COLUMNS, _is_trl, _open_trl))
 register(PairSource("pickapic", "caption, jpg_0, jpg_1, label_0, label_1: a local Parquet/Arrow file or folder, "
                     "a save_to_disk folder, or a hub id", "Pick-a-Pic", PAIR_COLUMNS, _is_pickapic, _open_pickapic,
                     fallback=True))
+register(PairSource(MAPPED, "any other layout, named by --columns caption=COL,image_0=COL,image_1=COL,label=COL: "
+                    "local Parquet/Arrow or a hub id", "--columns", (), lambda target: False, _open_mapped))

@@ -5,7 +5,6 @@ the training resolution (checked by `stored_latent_shape`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from aifeedback.data.images import decode_image
@@ -23,8 +22,10 @@ class Transform:
     flip: bool = False
     caption_dropout: float = 0.0
     latent_shape: tuple[int, ...] | None = None  # use stored latents of this shape instead of images
+    unpaired: bool = False  # one image per row (jpg / latent), labelled desirable or not, instead of a pair
 
     def __call__(self, row: dict[str, Any], winner: int, rng: Any) -> dict[str, Any]:
+        """winner: the index of a pair's preferred image (it comes first); for an unpaired row, 1 if desirable."""
         import torch
 
         caption = row["caption"]
@@ -34,21 +35,23 @@ class Transform:
         drop, u, v, flip = rng.random(), rng.random(), rng.random(), rng.random()
         if drop < self.caption_dropout:
             caption = ""
-        order = (winner, 1 - winner)
+        order = ("",) if self.unpaired else (f"_{winner}", f"_{1 - winner}")  # column suffixes: jpg or jpg_0/_1
+        label = {"desirable": bool(winner)} if self.unpaired else {}
         r = self.resolution
         if self.latent_shape is not None:
             from aifeedback.storage.shards import bytes_to_latent
 
-            lat = torch.stack([bytes_to_latent(row[f"latent_{i}"], row["latent_shape"]) for i in order])
-            ids = torch.tensor([[r, r, 0, 0, r, r]] * 2, dtype=torch.float32)
-            return {"caption": caption, "latents": lat, "time_ids": ids}
+            lat = torch.stack([bytes_to_latent(row[f"latent{i}"], row["latent_shape"]) for i in order])
+            ids = torch.tensor([[r, r, 0, 0, r, r]] * len(order), dtype=torch.float32)
+            return {"caption": caption, "latents": lat, "time_ids": ids, **label}
         pixels, ids = [], []
         for i in order:
-            img = upright(decode_image(row[f"jpg_{i}"], rgb=False))
+            img = upright(decode_image(row[f"jpg{i}"], rgb=False))
             t, tid = self.image(img, u, v, flip < 0.5 and self.flip)
             pixels.append(t)
             ids.append(tid)
-        return {"caption": caption, "pixels": torch.stack(pixels), "time_ids": torch.tensor(ids, dtype=torch.float32)}
+        return {"caption": caption, "pixels": torch.stack(pixels), "time_ids": torch.tensor(ids, dtype=torch.float32),
+                **label}
 
     def image(self, img: Any, u: float, v: float, flip: bool) -> tuple[Any, list[int]]:
         """Resize the short side to the resolution, crop a square (random at (u, v) or centre), maybe flip."""
@@ -84,19 +87,20 @@ def upright(img: Any) -> Any:
 
 def latent_source(dataset: str) -> dict[str, Any] | None:
     """The model and VAE that made an `aif score` output's stored latents (recorded from the generate manifest)."""
+    from aifeedback.data.labels import manifest_path
     from aifeedback.storage.files import read_json
-    from aifeedback.storage.manifest import MANIFEST
 
-    path = Path(dataset) / MANIFEST
+    path = manifest_path(dataset)
     return read_json(path).get("inputs", {}).get("latents_from") if path.exists() else None
 
 
 def stored_latent_shape(ds: Any, pairs: list[tuple[int, int]], expected: tuple[int, ...],
-                        made_by: dict[str, Any] | None = None,
-                        model: dict[str, Any] | None = None) -> tuple[tuple[int, ...] | None, str]:
+                        made_by: dict[str, Any] | None = None, model: dict[str, Any] | None = None,
+                        columns: tuple[str, ...] = LATENT_COLUMNS) -> tuple[tuple[int, ...] | None, str]:
     """expected if every kept row stores latents of that shape, made by this model and VAE (so the VAE encoder can
-    be skipped), else None and why not. made_by / model: {"model": ..., "vae": ...} of the latents / of training."""
-    if not all(c in ds.column_names for c in LATENT_COLUMNS):
+    be skipped), else None and why not. made_by / model: {"model": ..., "vae": ...} of the latents / of training;
+    columns: the latent columns (those of an unpaired dataset: latent, latent_shape)."""
+    if not all(c in ds.column_names for c in columns):
         return None, "the dataset stores no latents (generate with --save-latents to skip the VAE encoder)"
     if made_by is not None and model is not None and made_by != model:
         # Same shape is not enough: SDXL and SD1.5 latents at 512 px are both 4x64x64, in different spaces.

@@ -77,13 +77,20 @@ def image_bytes(value: Any, root: Path, where: Any) -> bytes | None:
     if not isinstance(value, str):
         raise DataError(f"{where()} is a {type(value).__name__}; a TRL image column holds image bytes, a `datasets` "
                         "Image or a file path relative to the dataset folder")
-    inside = root.resolve()
-    file = (inside / value).resolve()  # resolve() follows symlinks: a link pointing out is refused too
-    if not file.is_relative_to(inside):
-        raise DataError(f"{where()}: the image path '{value}' lies outside the dataset folder {root}; image paths "
-                        "are read only inside it. Fix: copy the image into the folder and give its relative path")
+    file = inside_path(value, root, where)
     try:
         return file.read_bytes()
     except OSError as e:
         raise DataError(f"{where()}: cannot read the image path '{value}' ({e.strerror or e}) under {root}. "
                         "Fix: paths are relative to the dataset folder; check the file is there") from None
+
+
+def inside_path(value: str, root: Path, where: Any) -> Path:
+    """The file an image path names, resolved inside `root`; a path leading outside it is refused (`where()` names
+    the cell)."""
+    inside = root.resolve()
+    file = (inside / value).resolve()  # resolve() follows symlinks: a link pointing out is refused too
+    if not file.is_relative_to(inside):
+        raise DataError(f"{where()}: the image path '{value}' lies outside the dataset folder {root}; image paths "
+                        "are read only inside it. Fix: copy the image into the folder and give its relative path")
+    return file

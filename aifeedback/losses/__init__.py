@@ -4,6 +4,8 @@ To add an objective: write its function (formula, source and value at step 0 in 
 register it below, and test it against a hand computation. `aif train --loss` takes any registered name.
 A loss that also needs the number of train timesteps T (MaPO) takes a keyword argument `timesteps`; the trainer
 passes the noise scheduler's num_train_timesteps to every loss whose function has it.
+An unpaired loss (`unpaired=True`, Diffusion-KTO) trains on single images labelled desirable or not: its function is
+(model, ref, desirable, beta) -> LossOutput over per-image errors, and `aif train` feeds it an unpaired dataset.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ class Loss:
     help: str
     needs_reference: bool  # the loss reads the frozen reference model's errors
     module: str  # defines a function called `name`: (model_w, model_l, ref_w, ref_l, beta) -> LossOutput
+    unpaired: bool = False  # trains on single labelled images: (model, ref, desirable, beta) -> LossOutput
 
     def function(self) -> Callable[..., Any]:
         return getattr(importlib.import_module(self.module), self.name)
@@ -39,6 +42,8 @@ LOSSES: Registry[Loss] = Registry("loss", [
          True, "aifeedback.losses.dpo"),
     Loss("mapo", "MaPO, reference-free: winner MSE + margin on log-odds (Hong et al. 2024; use --beta 0.1)",
          False, "aifeedback.losses.mapo"),
+    Loss("kto", "Diffusion-KTO on unpaired images labelled desirable/undesirable (`aif score --unpaired`; Li et al. "
+         "2024; use --beta 1000)", True, "aifeedback.losses.kto", unpaired=True),
 ])
 
 

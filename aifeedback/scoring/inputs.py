@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from aifeedback.data.labels import LABEL_COLUMNS, PAIR_COLUMNS
+from aifeedback.data.mapping import parse_columns
 from aifeedback.data.rows import HubRows, ParquetRows  # noqa: F401  (HubRows: part of this module's interface)
 from aifeedback.data.sources import open_pairs, require_columns
 from aifeedback.errors import DataError
@@ -53,13 +54,14 @@ def prompt_id_of(caption: str) -> str:
     return "c" + hashlib.sha1(caption.encode("utf-8")).hexdigest()[:12]
 
 
-def open_input(source: str, split: str | None = None, limit: int | None = None) -> Input:
+def open_input(source: str, split: str | None = None, limit: int | None = None, columns: list[str] | None = None,
+               pairing: str = "all") -> Input:
     """Open `source`: an `aif generate` output dir, or preference pairs any pair source reads (a local Parquet dir
     or file in the Pick-a-Pic layout, an `aif score` output, a hub id; see aifeedback.data.sources)."""
     path = Path(source).expanduser()
     if (path / MANIFEST).exists() and read_json(path / MANIFEST).get("stage") == "generate":
         return _generate_input(path, limit)
-    table = open_pairs(source, split, labels=False)
+    table = open_pairs(source, split, labels=False, columns=parse_columns(columns), pairing=pairing)
     if table.files:
         fp = {"path": str(path.resolve()), "files": _stat(table.files)}
     elif path.exists():  # a save_to_disk folder

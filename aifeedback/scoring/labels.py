@@ -280,6 +280,9 @@ def format_summary(s: dict[str, Any], out: Path) -> str:
     for name, d in s["scores"].items():
         stats = "  ".join(_f(d[k]) for k in ("mean", "std", "min", "median", "max"))
         lines.append(f"    {name}  {d['n']}  {stats}")
+    if "images_desirable" in c:
+        lines.append(f"  unpaired images: {c['images_desirable']} desirable, {c['images_undesirable']} undesirable "
+                     f"(in {out / 'unpaired'})")
     for k, v in s["scorer_agreement"].items():
         lines.append(f"  agreement {k}: {_f(v['agreement'], 3)} over {v['image_pairs']} image pairs")
     for k, v in s.get("human_agreement", {}).items():

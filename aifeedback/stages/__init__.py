@@ -19,6 +19,7 @@ from aifeedback.stages.demo_config import DemoConfig
 from aifeedback.stages.evaluate_config import EvalConfig
 from aifeedback.stages.export_config import ExportConfig
 from aifeedback.stages.generate_config import GenerateConfig
+from aifeedback.stages.inspect_config import InspectConfig
 from aifeedback.stages.sample_config import SampleConfig
 from aifeedback.stages.score_config import ScoreConfig
 from aifeedback.stages.train_config import TrainConfig
@@ -46,6 +47,8 @@ class Stage:
 STAGES: Registry[Stage] = Registry("stage", [
     Stage("generate", "Sample K candidate images per prompt (SDXL / SD1.5).", GenerateConfig,
           "aifeedback.stages.generate"),
+    Stage("inspect", "What a preference dataset holds: source, counts, label balance, example pairs (no model).",
+          InspectConfig, "aifeedback.stages.inspect"),
     Stage("score", "Score images with reward models and write preference pairs.", ScoreConfig,
           "aifeedback.stages.score"),
     Stage("cache", "Encode pairs once into a model's latents and prompt embeddings for faster training.", CacheConfig,

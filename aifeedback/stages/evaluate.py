@@ -26,6 +26,7 @@ from accelerate.utils import gather_object
 from aifeedback.config import build_config, identity_dict, save_config, to_dict
 from aifeedback.console import finish, nested, progress, quiet_libraries
 from aifeedback.data.labels import LABEL_COLUMNS, PAIR_COLUMNS, winner_of
+from aifeedback.data.mapping import parse_columns
 from aifeedback.data.sources import open_pairs
 from aifeedback.dist import process_state
 from aifeedback.errors import DataError
@@ -272,14 +273,16 @@ def _print_summary(report: dict[str, Any], out: Path) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # Scorer accuracy against human labels (the paper's Table 2)
 
-def preference_pairs(source: str, split: str | None = None, limit: int | None = None) -> Iterator[dict[str, Any]]:
+def preference_pairs(source: str, split: str | None = None, limit: int | None = None,
+                     columns: list[str] | None = None, pairing: str = "all") -> Iterator[dict[str, Any]]:
     """Labelled pairs (caption, jpg_0, jpg_1, label_0 in {0, 1}) of any pair source, streamed.
 
     source: whatever `aifeedback.data.sources` reads (a local Parquet file or folder, with the one split rule; an
     `aif score` output, its data/ shards; a hub id, default split validation). The source is checked (files,
     columns) when this is called, the pairs are read while iterating.
     """
-    table = open_pairs(source, split, labels=True, streaming=True, hub_split="validation")
+    table = open_pairs(source, split, labels=True, streaming=True, hub_split="validation",
+                       columns=parse_columns(columns), pairing=pairing)
     return _decisive(table.iter_rows(list(PAIR_COLUMNS + LABEL_COLUMNS) + ["has_label"]), limit)
 
 
@@ -304,7 +307,8 @@ def scorer_accuracy(cfg: EvalConfig) -> dict[str, Any] | None:
         if state.is_main_process:
             print(f"already complete: {out} ({done['n_pairs']} pairs)\n{accuracy_markdown(done)}")
         return done if state.is_main_process else None
-    pairs = preference_pairs(cfg.scorer_accuracy, cfg.split, cfg.limit)  # checks the files before any scorer loads
+    # checks the files before any scorer loads
+    pairs = preference_pairs(cfg.scorer_accuracy, cfg.split, cfg.limit, cfg.columns, cfg.ranked_pairs)
     manifest = prepare_output_synced(state, out, "eval", to_dict(cfg), identity_dict(cfg), cfg.overwrite)
     labels: list[float] = []  # every pair's, in order: a process keeps those of its share
 

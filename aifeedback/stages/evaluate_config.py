@@ -6,9 +6,11 @@ Light on purpose (no torch): `aif --help` and recipe checks import it; the stage
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional
 
 from aifeedback.config import input_paths, option
+from aifeedback.data.labels import COLUMNS_HELP, RANKED_HELP, RANKED_PAIRINGS
+from aifeedback.data.mapping import columns_problems
 from aifeedback.families.resolve import DTYPES, SCHEDULERS
 
 
@@ -53,6 +55,8 @@ class EvalConfig:
     scorer_accuracy: Optional[str] = option(
         None, "instead of comparing models: accuracy of each scorer vs human labels on this Pick-a-Pic-layout set "
         "(local Parquet dir or hub id)", path=True)
+    columns: list[str] = option([], COLUMNS_HELP + " (--scorer-accuracy)")
+    ranked_pairs: Literal[RANKED_PAIRINGS] = option("all", RANKED_HELP + " (--scorer-accuracy)")
     overwrite: bool = option(False, "replace a different job's results in --out", identity=False)
     progress: bool = option(True, "show progress bars (in a log: a plain line every 30 s)", identity=False)
 
@@ -63,6 +67,7 @@ class EvalConfig:
         if not self.scorer_accuracy:
             problems += [f"{k}: required (or pass --scorer-accuracy DATASET)" for k in ("base", "tuned")
                          if not getattr(self, k)]
+        problems += columns_problems(self.columns)
         return problems
 
     def preflight(self) -> None:

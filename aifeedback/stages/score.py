@@ -23,7 +23,8 @@ from aifeedback.console import finish, progress, quiet_libraries
 from aifeedback.dist import process_state
 from aifeedback.errors import AifError
 from aifeedback.scoring import labels as score_pairs
-from aifeedback.scoring import scorers as registry  # module attributes: tests patch load_scorer, write_shard
+from aifeedback.scoring import scorers as registry
+from aifeedback.scoring import unpaired  # module attributes: tests patch load_scorer, write_shard
 from aifeedback.scoring.inputs import open_input
 from aifeedback.scoring.labels import scores_schema
 from aifeedback.scoring.loop import ImageGroup, TableImages, score_groups
@@ -34,7 +35,7 @@ from aifeedback.stages.score_config import ScoreConfig
 from aifeedback.storage import shards as storage_shards
 from aifeedback.storage.files import atomic_write_bytes, read_json, write_json
 from aifeedback.storage.manifest import MANIFEST, completed_output, fingerprint, finish_output, prepare_output_synced
-from aifeedback.storage.publish import remove_stale
+from aifeedback.storage.publish import publishing, remove_stale
 from aifeedback.storage.shards import chunks, my_shards, shard_done
 
 SCORES_DIR = "image_scores"  # per-image raw scores: OUT/image_scores/scores-NNNNN.parquet
@@ -59,7 +60,7 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
     cfg.preflight()
     quiet_libraries()
     state = process_state()
-    inp = open_input(cfg.input, cfg.split, cfg.limit)
+    inp = open_input(cfg.input, cfg.split, cfg.limit, cfg.columns, cfg.ranked_pairs)
     if inp.kind == "pairs" and cfg.pairing != "best-worst":
         raise AifError(
             f"--pairing {cfg.pairing} applies to `aif generate` inputs; {cfg.input} already holds pairs, which are "
@@ -75,7 +76,8 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
         return read_json(out / "summary.json")
     if state.is_main_process:
         _clear_replaced_scores(out, identity, inputs, cfg.overwrite)
-        for folder in (out / SCORES_DIR, out / storage_shards.SHARD_DIR):  # before any process writes again
+        # before any process writes again
+        for folder in (out / SCORES_DIR, out / storage_shards.SHARD_DIR, out / unpaired.UNPAIRED_DIR):
             remove_stale(folder)  # the temporaries a killed run left; never a complete file
     manifest = prepare_output_synced(state, out, "score", to_dict(cfg), identity, cfg.overwrite, inputs)
     if state.is_main_process:
@@ -89,13 +91,19 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
 
     table = score_pairs.load_scores(sorted((out / SCORES_DIR).glob("scores-*.parquet")), len(cfg.scorer))
     combined = score_pairs.combined_scores(table, ensemble_weights(cfg), cfg.normalize)
+    labels = unpaired.image_labels(cfg, table, combined) if cfg.unpaired else {}
     for i in mine:
         if not shard_done(out, i):
             rows = score_pairs.shard_rows(cfg, inp, shards[i], starts[i], table, combined, scorer_label(cfg))
             storage_shards.write_shard(out, i, rows, schema=score_pairs.output_schema(cfg, inp))
+        if cfg.unpaired and not unpaired.unpaired_path(out, i).exists():
+            _write_unpaired(cfg, inp, out, i, unpaired.unpaired_rows(cfg, inp, shards[i], starts[i], table, combined,
+                                                                     labels, scorer_label(cfg)))
     state.wait_for_everyone()
 
     summary = score_pairs.summarize(cfg, inp, table, combined)
+    if cfg.unpaired:
+        summary["counts"].update(unpaired.unpaired_counts(labels))
     if state.is_main_process:
         write_json(out / "summary.json", summary)
         if cfg.preview:  # before the manifest says complete: a rerun after a failure here writes it again
@@ -106,7 +114,9 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
         model = _generator_model(inputs)
         finish("score", out, f"{summary['counts']['pairs']} preference pairs"
                + (f"; check the labels in {out / PREVIEW}" if cfg.preview else ""),
-               f"aif train --data ai --dataset {out} " + (f"--model {model} " if model else "") + f"--out {out}-dpo")
+               f"aif train --data ai --dataset {out} " + (f"--model {model} " if model else "") + f"--out {out}-dpo",
+               *([f"aif train --loss kto --dataset {out / unpaired.UNPAIRED_DIR} "
+                  + (f"--model {model} " if model else "") + f"--out {out}-kto"] if cfg.unpaired else []))
     state.wait_for_everyone()  # a stage run next in these processes must see the finished manifest
     return summary
 
@@ -136,8 +146,18 @@ def _write_scores(out: Path, index: int, rows: list[dict[str, Any]]) -> None:
     atomic_write_bytes(scores_path(out, index), buf.getvalue().to_pybytes())
 
 
+def _write_unpaired(cfg: ScoreConfig, inp, out: Path, index: int, rows: list[dict[str, Any]]) -> None:
+    """Unpaired shard `index`, atomically; an empty one keeps the schema without a row group (see write_shard)."""
+    table = pa.Table.from_pylist(rows, schema=unpaired.unpaired_schema(cfg, inp))
+    with publishing(unpaired.unpaired_path(out, index), replace=True) as tmp:
+        if rows:
+            pq.write_table(table, tmp)
+        else:
+            pq.ParquetWriter(tmp, table.schema).close()
+
+
 def _clear_replaced_scores(out: Path, identity: dict, inputs: dict, overwrite: bool) -> None:
-    # prepare_output removes a replaced job's data/ shards; the per-image scores must go with them.
+    # prepare_output removes a replaced job's data/ shards; the per-image scores and unpaired rows must go with them.
     mpath = out / MANIFEST
     if overwrite and mpath.exists():
         try:
@@ -146,6 +166,7 @@ def _clear_replaced_scores(out: Path, identity: dict, inputs: dict, overwrite: b
             old = None
         if old != fingerprint({"stage": "score", "identity": identity, "inputs": inputs}):
             shutil.rmtree(out / SCORES_DIR, ignore_errors=True)
+            shutil.rmtree(out / unpaired.UNPAIRED_DIR, ignore_errors=True)
 
 
 def _resolve_dtype(cfg: ScoreConfig, device: str) -> str:

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from aifeedback.config import input_paths, option
+from aifeedback.data.labels import COLUMNS_HELP, RANKED_HELP, RANKED_PAIRINGS
+from aifeedback.data.mapping import columns_problems
 
 
 @dataclass
@@ -32,8 +34,20 @@ class ScoreConfig:
     keep_ties: bool = option(False, "keep ties (and near-ties below --min-margin) labelled 0.5/0.5 instead of "
                              "dropping them; aif train drops them, but diffusers' train_diffusion_dpo.py reads any "
                              "label_0 != 0 as 'jpg_0 wins', so it trains on kept ties as jpg_0 wins")
+    unpaired: bool = option(False, "also write one row per scored image (caption, jpg, score, desirable) to "
+                                   "OUT/unpaired/images-*.parquet, the input of `aif train --loss kto --dataset "
+                                   "OUT/unpaired`")
+    desirable_top: float = option(0.5, "--unpaired: the top-scoring share of images labelled desirable, per prompt or "
+                                       "over all images (--desirable-scope); ties with the cut are all desirable",
+                                  min=0.0, max=1.0)
+    desirable_scope: Literal["prompt", "global"] = option("prompt", "--unpaired: --desirable-top counts within each "
+                                                                    "prompt's images, or over all images")
+    desirable_threshold: Optional[float] = option(None, "--unpaired: label by score instead: desirable when the "
+                                                        "(ensemble) score >= this; replaces --desirable-top")
     seed: int = option(0, "seed of --pairing random")
     split: Optional[str] = option(None, "split of a hub / local Pick-a-Pic dataset (e.g. validation)")
+    columns: list[str] = option([], COLUMNS_HELP + " (pairs input; no label needed)")
+    ranked_pairs: Literal[RANKED_PAIRINGS] = option("all", RANKED_HELP)
     limit: Optional[int] = option(None, "only the first N prompts (generate input) or pairs (Pick-a-Pic input)", min=1)
     shard_size: int = option(64, "prompts (or pairs) per output shard; a shard is the unit of resume", min=1)
     batch_size: int = option(64, "images per scorer forward pass", min=1, identity=False)
@@ -66,6 +80,9 @@ class ScoreConfig:
                             "scorer")
         if self.weights and sum(abs(w) for w in self.weights) == 0:
             problems.append("weights: all zero")
+        if self.desirable_top == 0:
+            problems.append("desirable_top: 0 would label no image desirable; give a share in (0, 1], e.g. 0.5")
+        problems += columns_problems(self.columns)
         return problems
 
     def preflight(self) -> None:

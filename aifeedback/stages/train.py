@@ -41,14 +41,16 @@ from transformers.optimization import Adafactor
 from aifeedback.config import identity_dict, save_config, to_dict
 from aifeedback.console import finish, note, progress, quiet_libraries
 from aifeedback.data import pairs as D
+from aifeedback.data import unpaired as U
 from aifeedback.data.cache import StoredPosterior, cache_key, is_cache, open_cache
+from aifeedback.data.sources import check_layout
 from aifeedback.data.stream import PairStream
 from aifeedback.dist import process_state
 from aifeedback.errors import AifError
 from aifeedback.families import detect
 from aifeedback.families.base import Family, vae_factor
 from aifeedback.families.loading import load_pipeline
-from aifeedback.losses import get_loss
+from aifeedback.losses import LOSSES, get_loss
 from aifeedback.losses.base import denoising_mse
 from aifeedback.stages.train_config import TrainConfig
 from aifeedback.stages.train_resume import (
@@ -68,6 +70,7 @@ def run(cfg: TrainConfig) -> Path:
     cfg.preflight()
     quiet_libraries()
     recipe = TrainRecipe(cfg)
+    check_layout(cfg.dataset, recipe.unpaired, cfg.columns)  # pairs for a paired loss, images for kto: before the model
     done = finished_step(cfg, recipe.out)
     if done is not None:  # a rerun of a finished run: nothing to train, so no model to load
         if process_state().is_main_process:
@@ -103,6 +106,7 @@ class TrainRecipe:
         self.out = Path(cfg.out)
         self.lora = cfg.lora_rank > 0
         self.loss_fn, self.needs_ref = get_loss(cfg.loss)
+        self.unpaired = LOSSES[cfg.loss].unpaired  # Diffusion-KTO: single labelled images instead of pairs
 
     # ---- setup ------------------------------------------------------------------------------------------------
 
@@ -237,19 +241,22 @@ class TrainRecipe:
         cfg, res = self.cfg, self.resolution
         if is_cache(cfg.dataset):
             return self._setup_cached_data()
-        table = D.open_table(cfg.data, cfg.dataset, cfg.split, cfg.streaming)
-        transform = D.Transform(res, cfg.random_crop, cfg.flip, cfg.caption_dropout)
+        table = D.open_table(cfg.data, cfg.dataset, cfg.split, cfg.streaming, unpaired=self.unpaired,
+                             columns=cfg.columns, pairing=cfg.ranked_pairs)
+        transform = D.Transform(res, cfg.random_crop, cfg.flip, cfg.caption_dropout, unpaired=self.unpaired)
         if cfg.streaming:
             return table, D.PairStats(), None, None, transform
-        pairs, stats = D.filter_labels(table, cfg.max_pairs)
+        pairs, stats = (U.filter_desirable if self.unpaired else D.filter_labels)(table, cfg.max_pairs)
         self._say(stats.summary(cfg.dataset))
         if not pairs:
             raise D.no_pairs_error(cfg.dataset, stats)
         f = vae_factor(self.vae.config)
         in_channels = self.accelerator.unwrap_model(self.model).config.in_channels
+        columns = U.LATENTS if self.unpaired else D.LATENT_COLUMNS
         latent_shape, why = D.stored_latent_shape(table, pairs, (in_channels, res // f, res // f),
-                                                  D.latent_source(cfg.dataset), {"model": cfg.model, "vae": cfg.vae})
-        if any(c in table.column_names for c in D.LATENT_COLUMNS):
+                                                  D.latent_source(cfg.dataset), {"model": cfg.model, "vae": cfg.vae},
+                                                  columns)
+        if any(c in table.column_names for c in columns):
             self._say(why)
         transform.latent_shape = latent_shape
         dataset = D.PairDataset(table, pairs, transform, cfg.seed, window=cfg.batch_size * self.world)
@@ -259,8 +266,9 @@ class TrainRecipe:
         """_setup_data for an `aif cache` output made for this model, VAE, resolution, crop/flip and dtype (else
         refused): the step reads its posteriors and prompt conditioning instead of running the encoders."""
         cfg = self.cfg
-        if cfg.streaming:
-            raise AifError(f"{cfg.dataset} is an `aif cache` output, read in place: drop --streaming")
+        if cfg.streaming or self.unpaired:
+            raise AifError(f"{cfg.dataset} is an `aif cache` output (pairs, read in place): it cannot be streamed nor "
+                           f"trained with the unpaired loss {cfg.loss}. Fix: drop --streaming, or use a paired loss")
         key = cache_key(cfg, self.family.name, self.resolution, self.accelerator.mixed_precision)
         rows, transform = open_cache(cfg.dataset, key, cfg.caption_dropout)
         pairs, stats = D.filter_labels(rows, cfg.max_pairs)
@@ -304,8 +312,9 @@ class TrainRecipe:
         cfg = self.cfg
         what = f"LoRA r={cfg.lora_rank}" if self.lora else "full UNet"
         pairs = self.n_pairs if self.n_pairs is not None else "streamed"
-        self._say(f"training {self.family.name} {what} with {cfg.loss} on {pairs} pairs: {self.pairs_per_step} "
-                  f"pairs/step, lr {self.lr:g}, beta {cfg.beta:g}, {self.resolution}px, {self.world} process(es)")
+        unit = "images" if self.unpaired else "pairs"
+        self._say(f"training {self.family.name} {what} with {cfg.loss} on {pairs} {unit}: {self.pairs_per_step} "
+                  f"{unit}/step, lr {self.lr:g}, beta {cfg.beta:g}, {self.resolution}px, {self.world} process(es)")
         bar = progress(total=cfg.max_steps, initial=self.step, desc="train", unit="step",
                        enabled=cfg.progress and self.main)
         if cfg.validation_every and self.step == 0:  # the untrained baseline; a resumed run already has it
@@ -355,15 +364,17 @@ class TrainRecipe:
 
     @torch.no_grad()
     def _inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
-        """(noisy latents, timesteps, target, prompt conditioning, micro-conditioning); rows: B winners, B losers."""
-        if "latents" in batch:  # stored latents: already in denoiser space
-            latents = torch.cat([batch["latents"][:, 0], batch["latents"][:, 1]]).to(self.device)
-        elif "posteriors" in batch:  # an `aif cache`: the family samples and normalises them as the VAE's output
-            moments = torch.cat([batch["posteriors"][:, 0], batch["posteriors"][:, 1]]).to(self.device)
-            latents = self.family.encode_images(StoredPosterior(self.vae.config, moments), moments)
+        """(noisy latents, timesteps, target, prompt conditioning, micro-conditioning); rows: B winners, B losers
+        (unpaired data: B images)."""
+        key = next(k for k in ("latents", "posteriors", "pixels") if k in batch)
+        groups = batch[key].shape[1]  # images per example: 2 for a pair, 1 for an unpaired image
+        images = torch.cat(batch[key].unbind(1)).to(self.device)
+        if key == "latents":  # stored latents: already in denoiser space
+            latents = images
+        elif key == "posteriors":  # an `aif cache`: the family samples and normalises them as the VAE's output
+            latents = self.family.encode_images(StoredPosterior(self.vae.config, images), images)
         else:
-            pixels = torch.cat([batch["pixels"][:, 0], batch["pixels"][:, 1]]).to(self.device)
-            latents = self.family.encode_images(self.vae, pixels)
+            latents = self.family.encode_images(self.vae, images)
         # The noise is drawn like the latents (randn_like keeps their memory layout, and draws in layout order): make
         # it independent of the layout the VAE's kernels chose (channels-last on some CPUs), so images, stored
         # latents and an `aif cache` give the same noise on every machine.
@@ -372,9 +383,9 @@ class TrainRecipe:
             prompts = {k: v.to(self.device) for k, v in batch["prompts"].items()}
         else:
             prompts = self.family.encode_prompts(self.text, batch["captions"])
-        prompts = {k: v.repeat(2, *[1] * (v.dim() - 1)) for k, v in prompts.items()}
-        micro = torch.cat([batch["time_ids"][:, 0], batch["time_ids"][:, 1]])
-        noisy, t, target = self.family.training_noise(self.scheduler, latents, groups=2)  # one noise + t per pair
+        prompts = {k: v.repeat(groups, *[1] * (v.dim() - 1)) for k, v in prompts.items()}
+        micro = torch.cat(batch["time_ids"].unbind(1))
+        noisy, t, target = self.family.training_noise(self.scheduler, latents, groups=groups)  # one noise + t per pair
         return noisy, t, target, prompts, micro
 
     def _step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor], Optional[torch.Tensor]]:
@@ -383,12 +394,16 @@ class TrainRecipe:
         noisy, t, target, prompts, micro = self._inputs(batch)
         with acc.accumulate(self.model):
             with acc.autocast():
-                model_w, model_l = denoising_mse(predict(self.model, noisy, t, prompts, micro), target).chunk(2)
-                ref_w = ref_l = None
+                model_err, ref_err = denoising_mse(predict(self.model, noisy, t, prompts, micro), target), None
                 if self.needs_ref:
                     with torch.no_grad():
-                        ref_w, ref_l = self._reference_mse(noisy, t, prompts, micro, target).chunk(2)
-                loss, metrics = self.loss_fn(model_w, model_l, ref_w, ref_l, self.cfg.beta)
+                        ref_err = self._reference_mse(noisy, t, prompts, micro, target)
+                if self.unpaired:
+                    desirable = batch["desirable"].to(self.device)
+                    loss, metrics = self.loss_fn(model_err, ref_err, desirable, self.cfg.beta)
+                else:
+                    ref_w, ref_l = ref_err.chunk(2) if ref_err is not None else (None, None)
+                    loss, metrics = self.loss_fn(*model_err.chunk(2), ref_w, ref_l, self.cfg.beta)
             self.losses_finite &= bool(torch.isfinite(loss.detach()))
             acc.backward(loss)
             norm = acc.clip_grad_norm_(self.params, self.cfg.max_grad_norm or math.inf) if acc.sync_gradients else None
@@ -504,7 +519,8 @@ class TrainRecipe:
                       ties_dropped=stats.ties, bad_labels=stats.bad_labels, bad_images=self.state["bad_images"],
                       processes=self.world)
         pairs = self.n_pairs if self.n_pairs is not None else "streamed"
-        finish("train", out, f"{self.step} {cfg.loss} steps on {pairs} pairs, checkpoints in {out / 'checkpoints'}",
+        unit = "images" if self.unpaired else "pairs"
+        finish("train", out, f"{self.step} {cfg.loss} steps on {pairs} {unit}, checkpoints in {out / 'checkpoints'}",
                f"aif eval --base {cfg.model} --tuned {out}", f"aif sample --model {cfg.model} --tuned {out}",
                f"aif export {out} --out {out}-export")
 

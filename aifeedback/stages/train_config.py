@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from aifeedback.config import input_paths, option
+from aifeedback.data.labels import COLUMNS_HELP, OPEN_PREFERENCES, RANKED_HELP, RANKED_PAIRINGS
+from aifeedback.data.mapping import columns_problems
 from aifeedback.losses import LOSSES
 
 MAPO_BETA_MAX = 10.0  # MaPO's beta is ~0.1; anything above this is a DPO beta left in place by mistake
@@ -23,10 +25,11 @@ DEFAULT_VALIDATION_PROMPTS = [
 @dataclass
 class TrainConfig:
     # data
-    data: Literal["human", "ai"] = option("human", "human: Pick-a-Pic-layout pairs (hub id or local folder); ai: an "
-                                                   "`aif score` output folder")
-    dataset: str = option("yuvalkirstain/pickapic_v2", "hub id (yuvalkirstain/pickapic_v2, kashif/pickascore), local "
-                                                       "Parquet/Arrow folder, or `aif score` output", path=True)
+    data: Literal["human", "ai"] = option("human", "human: preference pairs any pair source reads (hub id or local "
+                                                   "folder); ai: an `aif score` output folder")
+    dataset: str = option(OPEN_PREFERENCES, f"hub id (e.g. {OPEN_PREFERENCES}, TRL layout), "
+                          "local folder (Pick-a-Pic or TRL Parquet, HPDv2, ImageRewardDB, or any layout with "
+                          "--columns), or `aif score` output", path=True)
     split: str = option("train", "dataset split (kashif/pickascore has only 'validation'); ignored for `aif score` "
                                  "outputs")
     streaming: bool = option(False, "stream the dataset instead of downloading it (hub ids; a local folder is read in "
@@ -36,6 +39,8 @@ class TrainConfig:
                                             "all", min=1)
     resolution: Optional[int] = option(None, "training resolution in pixels; null = 1024 for SDXL, 512 for "
                                              "SD1.5", min=8)
+    columns: list[str] = option([], COLUMNS_HELP)
+    ranked_pairs: Literal[RANKED_PAIRINGS] = option("all", RANKED_HELP)
     random_crop: bool = option(False, "random square crop instead of a centre crop")
     flip: bool = option(True, "random horizontal flip (same flip for winner and loser)")
     caption_dropout: float = option(0.0, "probability of training a pair with the empty prompt (paper: 0.2 for "
@@ -48,7 +53,7 @@ class TrainConfig:
     loss: Literal[LOSSES.names()] = option("dpo", "objective; " + "; ".join(f"{k}: "
                                                                             f"{v.help}" for k, v in LOSSES.items()))
     beta: float = option(5000.0, "DPO beta WITH the paper's 0.5 factor: 5000 for SDXL, 2000 for SD1.5 (code folding "
-                                 "the 0.5 in uses half)", min=0.0)
+                                 "the 0.5 in uses half); kto: the official beta as is (1000)", min=0.0)
     lora_rank: int = option(0, "LoRA rank on the UNet attention projections; 0 = full fine-tune", min=0)
     lora_alpha: Optional[float] = option(None, "LoRA alpha; null = the rank (scale 1)", min=0.0)
     # optimisation
@@ -97,8 +102,12 @@ class TrainConfig:
             problems.append("lora_alpha is set but lora_rank is 0 (full fine-tune); set --lora-rank")
         if self.warmup_steps > self.max_steps:
             problems.append(f"warmup_steps ({self.warmup_steps}) exceeds max_steps ({self.max_steps})")
+        problems += columns_problems(self.columns)
         if self.streaming and self.max_pairs is not None:
             problems.append("max_pairs cannot be combined with streaming")
+        if self.streaming and LOSSES[self.loss].unpaired:
+            problems.append(f"streaming: --loss {self.loss} reads its unpaired images from local files; drop "
+                            "--streaming")
         if self.loss == "mapo" and self.beta > MAPO_BETA_MAX:  # the DPO default 5000 would drown MaPO's SFT term
             problems.append(f"beta {self.beta:g} is a DPO-scale beta; MaPO's beta (beta_mapo) weighs its margin term "
                             f"against the winner MSE, 0.1 in the paper: pass --beta 0.1")

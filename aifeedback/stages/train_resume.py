@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 from aifeedback.config import identity_dict
+from aifeedback.data.labels import manifest_path
 from aifeedback.errors import AifError
 from aifeedback.stages.train_config import TrainConfig
 from aifeedback.storage import checkpoints as ck
@@ -68,7 +69,7 @@ def changes(cfg: TrainConfig, out: Path) -> str:
 
 
 def input_fingerprint(cfg: TrainConfig) -> dict:
-    manifest = Path(cfg.dataset) / "manifest.json"
+    manifest = manifest_path(cfg.dataset)  # an unpaired/ folder of `aif score`: the output's
     if manifest.exists():
         return {"dataset_fingerprint": json.loads(manifest.read_text()).get("fingerprint")}
     return {}
