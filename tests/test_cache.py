@@ -119,3 +119,22 @@ def test_two_processes_write_the_cache_of_one(human, cached, tmp_path):
         assert [(r["row"], r["caption"], r["time_ids_1_0"]) for r in ta] == \
             [(r["row"], r["caption"], r["time_ids_1_0"]) for r in tb]
     assert json.loads((out / "manifest.json").read_text())["counts"]["processes"] == 2
+
+
+def test_cache_reads_every_source_the_trainer_reads(tmp_path):
+    """A ranked HPDv2 folder (images by path, pairs made per prompt) and a --columns mapping are cached like
+    Pick-a-Pic, with the same options as `aif train`."""
+    import pyarrow.parquet as pq
+
+    from aifeedback.stages.cache import run
+    from tests.layouts_fixtures import write_custom, write_hpdv2
+
+    hpd = run(cache_config(write_hpdv2(tmp_path / "hpd"), tmp_path / "c-hpd", split="test",
+                           ranked_pairs="best-worst", flip=False))
+    rows = [r for f in sorted((hpd / "data").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    assert [r["caption"] for r in rows] == ["test 0", "test 1"]  # one best-vs-worst pair per prompt, no mirrors
+    assert "image_1_0" not in rows[0]
+    custom = run(cache_config(write_custom(tmp_path / "custom"), tmp_path / "c-custom",
+                              columns=["caption=text", "image_0=left", "image_1=right", "label=winner"]))
+    counts = json.loads((custom / "manifest.json").read_text())["counts"]
+    assert (counts["pairs"], counts["ties_dropped"]) == (3, 1)  # its "tie" row is left out

@@ -103,7 +103,7 @@ def run(cfg: CacheConfig) -> Path:
     cfg.preflight()  # cheap and idempotent: STAGES[name].run checks before the import, direct callers here
     quiet_libraries()
     state, out = process_state(), Path(cfg.out)
-    table = D.open_table(cfg.data, cfg.dataset, cfg.split)
+    table = D.open_table(cfg.data, cfg.dataset, cfg.split, columns=cfg.columns, pairing=cfg.ranked_pairs)
     pairs, stats = D.filter_labels(table, cfg.max_pairs)
     if not pairs:
         raise D.no_pairs_error(cfg.dataset, stats)

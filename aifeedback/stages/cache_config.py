@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from aifeedback.config import input_paths, option
+from aifeedback.data.labels import COLUMNS_HELP, RANKED_HELP, RANKED_PAIRINGS
+from aifeedback.data.mapping import columns_problems
 
 
 @dataclass
@@ -19,6 +21,8 @@ class CacheConfig:
     dataset: str = option("", "the pairs to encode: local Parquet/Arrow folder, `aif score` output or hub id",
                           path=True)
     split: str = option("train", "dataset split; ignored for `aif score` outputs")
+    columns: list[str] = option([], COLUMNS_HELP)
+    ranked_pairs: Literal[RANKED_PAIRINGS] = option("all", RANKED_HELP)
     max_pairs: Optional[int] = option(None, "encode only the first N usable pairs (after dropping ties); null = "
                                             "all", min=1)
     # the key: training uses the cache only when all of these match its own settings
@@ -43,7 +47,8 @@ class CacheConfig:
     progress: bool = option(True, "show a progress bar (in a log: a plain line every 30 s)", identity=False)
 
     def validate(self) -> list[str]:
-        return [] if self.dataset else ["dataset: pass the pairs to encode (--dataset)"]
+        problems = [] if self.dataset else ["dataset: pass the pairs to encode (--dataset)"]
+        return problems + columns_problems(self.columns)
 
     def preflight(self) -> None:
         """Fail fast, before torch is imported: the model, VAE and dataset."""
