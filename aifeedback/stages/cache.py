@@ -138,7 +138,8 @@ def run(cfg: CacheConfig) -> Path:
                       ties_dropped=stats.ties, images_failed=failed, processes=state.num_processes)
         finish(STAGE, out, f"{n} pairs encoded for {enc.family.name} at {enc.resolution}px"
                f"{' (+ mirrored)' if cfg.flip else ''}", f"aif train --dataset {out} --model {cfg.model} "
-               f"--resolution {enc.resolution}{'' if cfg.flip else ' --no-flip'}")
+               f"--resolution {enc.resolution}{'' if cfg.flip else ' --no-flip'}"
+               f"{'' if cfg.mixed_precision == 'no' else ' --mixed-precision ' + cfg.mixed_precision}")
     state.wait_for_everyone()  # a stage run next in these processes must see the finished manifest
     return out
 
