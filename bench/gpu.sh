@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU figure of bench/RESULTS.md in one run, for a host without network: real-size architectures with
-# random weights, nothing downloaded. Planned at about 6 minutes on one H100 (not yet run on one); it stops
+# random weights, nothing downloaded. Planned at about 8 minutes on one H100 (not yet run on one); it stops
 # starting steps after $GPU_BENCH_SECONDS (default 540) so a 10-minute call always returns its results.
 #
 #   here:            bash bench/fetch_wheels.sh          # wheels the GPU host lacks -> .whl/ (git-ignored)
@@ -56,6 +56,13 @@ step 60 score-decode-512 python3 bench/score.py --decode-only --workers 16 --ima
 step 60 score-decode-1024 python3 bench/score.py --decode-only --workers 16 --image-size 1024
 step 120 score-pickscore-512 python3 bench/score.py --random-weights --device cuda --dtype bfloat16 --batch-size 256 --workers 15
 step 90 score-pickscore-1024 python3 bench/score.py --random-weights --device cuda --dtype bfloat16 --batch-size 256 --workers 15 --image-size 1024
+# The flow-matching transformers at real size (random weights): LoRA DPO at 1024 px, bf16 base, reference = adapters
+# off, gradient checkpointing, one pair per step; peak memory answers README "Memory at real size". Before the
+# compiled generation, so the time box keeps them.
+T="python3 bench/train.py --batch-size 1 --mixed-precision bf16 --gradient-checkpointing --steps 3 --warmup 1"
+step 150 train-flux-dev-lora $T --family flux-dev --lora-rank 16
+step 120 train-sd35l-lora $T --family sd35l --lora-rank 16
+step 90 train-sd35m-lora $T --family sd35m --lora-rank 16
 step 240 generate-compiled $G --compile --compile-mode default --channels-last --fuse-qkv
 step 120 train-sdxl-full python3 bench/train.py --family sdxl --batch-size 1 --mixed-precision bf16 --gradient-checkpointing --steps 5
 step 120 train-sdxl-lora python3 bench/train.py --family sdxl --batch-size 4 --lora-rank 64 --mixed-precision bf16 --gradient-checkpointing --steps 5

@@ -1,12 +1,15 @@
-"""Benchmark one Diffusion-DPO training step: pairs/s and peak memory of the UNet part of `aif train`.
+"""Benchmark one Diffusion-DPO training step: pairs/s and peak memory of the denoiser part of `aif train`.
 
-Real size (GPU): SDXL / SD1.5 UNets built from their published configs with random weights (no download), stored
-latents and text embeddings as input (the `--data ai` path with latents; the VAE and text encoders are outside the
-timing). Policy forward+backward on winners+losers, reference forward (adapters off for LoRA, a frozen copy for
-full), DPO loss, optimizer step.
+Real size (GPU): SDXL / SD1.5 UNets and the SD3.5 / FLUX.1 transformers built from their published configs with
+random weights (no download, bench/realsize.py), stored latents and text embeddings as input (the `--data ai` path
+with latents; the VAE and text encoders are outside the timing). Policy forward+backward on winners+losers,
+reference forward (adapters off for LoRA, a frozen copy for full), DPO loss, optimizer step. The UNets are noised
+DDPM-style (epsilon target); the flow-matching transformers at x_t = (1 - sigma) x0 + sigma noise with the velocity
+target noise - x0, FLUX on packed 2x2 latents with its position ids and (dev) guidance embedding.
   python bench/train.py --family sdxl --resolution 1024 --batch-size 1 --lora-rank 0 --mixed-precision bf16 \\
       --gradient-checkpointing
-  python bench/train.py --tiny            # the tiny zoo UNet on CPU at 32 px
+  python bench/train.py --family flux-dev --batch-size 1 --lora-rank 16 --mixed-precision bf16 --gradient-checkpointing
+  python bench/train.py --tiny            # the tiny zoo UNet on CPU at 32 px (--family flux-dev: tiny-flux-dev)
 """
 
 from __future__ import annotations
@@ -15,16 +18,27 @@ import argparse
 import copy
 import json
 import time
+from typing import Any, Callable
 
 import torch
-from realsize import SD15_UNET, SDXL_UNET  # bench/ is on sys.path as the script folder
+from realsize import SD15_UNET, SDXL_UNET, TRANSFORMERS  # bench/ is on sys.path as the script folder
+
+UNET_LORA = ["to_k", "to_q", "to_v", "to_out.0"]
+# The adapted layers of diffusers' train_dreambooth_lora_sd3.py / _flux.py (their defaults): attention of both
+# streams, and for FLUX the feed-forwards of the double blocks too.
+SD3_LORA = ["attn.add_k_proj", "attn.add_q_proj", "attn.add_v_proj", "attn.to_add_out", "attn.to_k", "attn.to_out.0",
+            "attn.to_q", "attn.to_v"]
+FLUX_LORA = SD3_LORA + ["ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2"]
+TINY = {"flux-dev": "tiny-flux-dev", "flux-schnell": "tiny-flux", "sd35m": "tiny-sd3", "sd35l": "tiny-sd3"}
+TEXT_TOKENS = {"sd35": 77 + 256, "flux": 512}  # pipeline defaults: CLIP 77 + T5 256 (SD3), T5 512 (FLUX.1-dev)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--family", choices=["sdxl", "sd15"], default="sdxl")
-    p.add_argument("--tiny", action="store_true", help="tiny zoo UNet (tiny-sdxl / tiny-sd15) on CPU")
-    p.add_argument("--resolution", type=int, default=None, help="pixels (default 1024 SDXL, 512 SD1.5, 32 tiny)")
+    p.add_argument("--family", choices=["sdxl", "sd15", *TRANSFORMERS], default="sdxl")
+    p.add_argument("--tiny", action="store_true", help="the family's tiny zoo denoiser (tiny-sdxl, tiny-sd15, "
+                   "tiny-flux-dev, tiny-flux, tiny-sd3) on CPU")
+    p.add_argument("--resolution", type=int, default=None, help="pixels (default 1024; SD1.5 512, tiny 32)")
     p.add_argument("--batch-size", type=int, default=1, help="pairs per step")
     p.add_argument("--lora-rank", type=int, default=0)
     p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="bf16")
@@ -32,81 +46,151 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     args = p.parse_args()
+    return args
 
+
+def build_model(args: argparse.Namespace, device: str) -> tuple[Any, int, int]:
+    """(denoiser, resolution, VAE downsampling factor)."""
     from diffusers import UNet2DConditionModel
 
-    from aifeedback.losses.base import denoising_mse
-    from aifeedback.losses.dpo import dpo
-
-    device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
     if args.tiny:
+        from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+
         from aifeedback.zoo import tiny_pipeline_path
 
-        unet = UNet2DConditionModel.from_pretrained(tiny_pipeline_path(f"tiny-{args.family}"), subfolder="unet")
-        res, factor = args.resolution or 32, 2
-    else:
-        with torch.device(device):  # initialise on the GPU: seconds instead of a minute on its CPU
-            unet = UNet2DConditionModel(**(SDXL_UNET if args.family == "sdxl" else SD15_UNET))
-        res, factor = args.resolution or (1024 if args.family == "sdxl" else 512), 8
-    dtype = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.mixed_precision]
-    ref = None
-    if args.lora_rank:
-        from peft import LoraConfig
+        name = TINY.get(args.family, f"tiny-{args.family}")
+        cls, sub = ((FluxTransformer2DModel if "flux" in name else SD3Transformer2DModel, "transformer")
+                    if args.family in TRANSFORMERS else (UNet2DConditionModel, "unet"))
+        return cls.from_pretrained(tiny_pipeline_path(name), subfolder=sub), args.resolution or 32, 2
+    if args.family in TRANSFORMERS:
+        from realsize import build_transformer
 
-        unet.requires_grad_(False).to(device, dtype)
-        unet.add_adapter(LoraConfig(r=args.lora_rank, lora_alpha=args.lora_rank, init_lora_weights="gaussian",
-                                    target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
-        for prm in unet.parameters():
-            if prm.requires_grad:
-                prm.data = prm.data.float()
-    else:
-        unet.to(device)
-        ref = copy.deepcopy(unet).requires_grad_(False).to(dtype)
-    if args.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    unet.train()
-    params = [q for q in unet.parameters() if q.requires_grad]
-    if args.family == "sdxl" and not args.tiny:
-        from transformers.optimization import Adafactor
+        # LoRA keeps the base in the compute dtype: build it there (FLUX in fp32 would need 48 GB for a moment)
+        dtype = torch.bfloat16 if args.lora_rank and args.mixed_precision == "bf16" else torch.float32
+        return build_transformer(args.family, device, dtype), args.resolution or 1024, 8
+    with torch.device(device):  # initialise on the GPU: seconds instead of a minute on its CPU
+        unet = UNet2DConditionModel(**(SDXL_UNET if args.family == "sdxl" else SD15_UNET))
+    return unet, args.resolution or (1024 if args.family == "sdxl" else 512), 8
 
-        opt = Adafactor(params, lr=1e-8, scale_parameter=False, relative_step=False)
-    else:
-        opt = torch.optim.AdamW(params, lr=1e-8)
 
+def unet_inputs(unet: Any, n: int, res: int, h: int, device: str, dtype: torch.dtype) -> tuple[torch.Tensor, Callable]:
+    """Latents (n, C, h, h) and `forward(model, noisy, t) -> prediction` of a UNet with random text conditioning."""
     cfg = unet.config
-    B, h = args.batch_size, res // factor
-    lat = torch.randn(2 * B, cfg.in_channels, h, h, device=device)
-    emb = torch.randn(2 * B, 77, cfg.cross_attention_dim, device=device, dtype=dtype)
+    lat = torch.randn(n, cfg.in_channels, h, h, device=device)
+    emb = torch.randn(n, 77, cfg.cross_attention_dim, device=device, dtype=dtype)
     cond = {}
     if cfg.addition_embed_type == "text_time":
         pooled_dim = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
-        cond = {
-            "added_cond_kwargs": {
-                "text_embeds": torch.randn(2 * B, pooled_dim, device=device, dtype=dtype),
-                "time_ids": torch.tensor([[res, res, 0, 0, res, res]] * 2 * B, device=device, dtype=dtype),
-            }
-        }
-    autocast = torch.autocast(device_type=device, dtype=dtype, enabled=args.mixed_precision != "no")
+        cond = {"added_cond_kwargs": {
+            "text_embeds": torch.randn(n, pooled_dim, device=device, dtype=dtype),
+            "time_ids": torch.tensor([[res, res, 0, 0, res, res]] * n, device=device, dtype=dtype),
+        }}
+    return lat, lambda m, noisy, t: m(noisy, t * 1000, emb, **cond).sample
+
+
+def transformer_inputs(model: Any, family: str, n: int, h: int, device: str, dtype: torch.dtype
+                       ) -> tuple[torch.Tensor, Callable]:
+    """Latents and `forward(model, noisy, sigma) -> prediction` of an SD3.5 / FLUX.1 transformer (random text
+    embeddings as long as the pipelines' prompt encodings)."""
+    cfg = model.config
+    kw = lambda *shape: torch.randn(*shape, device=device, dtype=dtype)  # noqa: E731
+    if family.startswith("sd35"):
+        lat = torch.randn(n, cfg.in_channels, h, h, device=device)
+        text = dict(encoder_hidden_states=kw(n, TEXT_TOKENS["sd35"], cfg.joint_attention_dim),
+                    pooled_projections=kw(n, cfg.pooled_projection_dim))
+        return lat, lambda m, noisy, s: m(hidden_states=noisy, timestep=s * 1000, **text).sample
+    from diffusers import FluxPipeline
+
+    lat = torch.randn(n, (h // 2) ** 2, cfg.in_channels, device=device)  # packed: 2x2 patches of 16 channels
+    text = dict(encoder_hidden_states=kw(n, TEXT_TOKENS["flux"], cfg.joint_attention_dim),
+                pooled_projections=kw(n, cfg.pooled_projection_dim),
+                txt_ids=torch.zeros(TEXT_TOKENS["flux"], 3, device=device, dtype=dtype),
+                img_ids=FluxPipeline._prepare_latent_image_ids(n, h // 2, h // 2, device, dtype))
+    if cfg.guidance_embeds:  # FLUX.1-dev: the distilled guidance as diffusers' training script passes it
+        text["guidance"] = torch.full((n,), 3.5, device=device)
+    return lat, lambda m, noisy, s: m(hidden_states=noisy, timestep=s, **text).sample
+
+
+def prepare(model: Any, args: argparse.Namespace, device: str, dtype: torch.dtype) -> Any:
+    """LoRA adapters on a frozen base in `dtype` (reference = adapters off), or a frozen copy as the reference."""
+    if not args.lora_rank:
+        model.to(device)
+        return copy.deepcopy(model).requires_grad_(False).to(dtype)
+    from peft import LoraConfig
+
+    targets = UNET_LORA if args.family in ("sdxl", "sd15") else FLUX_LORA if "flux" in args.family else SD3_LORA
+    model.requires_grad_(False).to(device, dtype)
+    model.add_adapter(LoraConfig(r=args.lora_rank, lora_alpha=args.lora_rank, init_lora_weights="gaussian",
+                                 target_modules=targets))
+    for prm in model.parameters():
+        if prm.requires_grad:
+            prm.data = prm.data.float()  # trainable adapters in fp32, as the diffusers scripts keep them
+    return None
+
+
+def make_step(model: Any, ref: Any, forward: Callable, lat: torch.Tensor, flow: bool, opt: Any,
+              autocast: Any) -> Callable[[], None]:
+    """One DPO step on winners + losers (same noise and timestep per pair)."""
+    from aifeedback.losses.base import denoising_mse
+    from aifeedback.losses.dpo import dpo
+
+    B = len(lat) // 2
+    params = [q for q in model.parameters() if q.requires_grad]
+    shape = (-1,) + (1,) * (lat.dim() - 1)
+
+    def reference(noisy, t, target):
+        if ref is not None:
+            return denoising_mse(forward(ref, noisy, t), target).chunk(2)
+        model.disable_adapters()
+        try:
+            return denoising_mse(forward(model, noisy, t), target).chunk(2)
+        finally:
+            model.enable_adapters()
 
     def step() -> None:
-        noise = torch.randn_like(lat[:B]).repeat(2, 1, 1, 1)
-        t = torch.randint(0, 1000, (B,), device=device).repeat(2)
-        noisy = lat + noise  # the schedule's arithmetic is negligible next to the UNet
+        noise = torch.randn_like(lat[:B]).repeat(2, *[1] * (lat.dim() - 1))
+        t = torch.rand(B, device=lat.device).repeat(2)
+        # the schedules' arithmetic is negligible next to the denoiser: flow-matching interpolation, or DDPM-like
+        s = t.view(shape)
+        noisy, target = ((1 - s) * lat + s * noise, noise - lat) if flow else (lat + noise, noise)
         with autocast:
-            mw, ml = denoising_mse(unet(noisy, t, emb, **cond).sample, noise).chunk(2)
+            mw, ml = denoising_mse(forward(model, noisy, t), target).chunk(2)
             with torch.no_grad():
-                if ref is None:
-                    unet.disable_adapters()
-                    rw, rl = denoising_mse(unet(noisy, t, emb, **cond).sample, noise).chunk(2)
-                    unet.enable_adapters()
-                else:
-                    rw, rl = denoising_mse(ref(noisy, t, emb, **cond).sample, noise).chunk(2)
+                rw, rl = reference(noisy, t, target)
             loss = dpo(mw, ml, rw, rl, 5000.0).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    return step
+
+
+def main() -> None:
+    args = parse_args()
+    device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
+    dtype = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.mixed_precision]
+    model, res, factor = build_model(args, device)
+    ref = prepare(model, args, device, dtype)
+    if args.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    model.train()
+    n, h, flow = 2 * args.batch_size, res // factor, args.family in TRANSFORMERS
+    lat, forward = (transformer_inputs(model, args.family, n, h, device, dtype) if flow
+                    else unet_inputs(model, n, res, h, device, dtype))
+    params = [q for q in model.parameters() if q.requires_grad]
+    if not args.lora_rank and not args.tiny and args.family != "sd15":
+        from transformers.optimization import Adafactor  # full fine-tunes of the large models: factored state
+
+        opt = Adafactor(params, lr=1e-8, scale_parameter=False, relative_step=False)
+    else:
+        opt = torch.optim.AdamW(params, lr=1e-8)
+    autocast = torch.autocast(device_type=device, dtype=dtype, enabled=args.mixed_precision != "no")
+    step = make_step(model, ref, forward, lat, flow, opt, autocast)
+    report(args, device, res, step, sum(p.numel() for p in params))
+
+
+def report(args: argparse.Namespace, device: str, res: int, step: Callable[[], None], trainable: int) -> None:
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     for _ in range(args.warmup):
         step()
@@ -118,17 +202,18 @@ def main() -> None:
         step()
     sync()
     dt = (time.perf_counter() - t0) / args.steps
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
-    if device == "cpu":
+    if device == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**30
+    else:
         import resource
 
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # process RSS, GiB
     print(json.dumps({
         "device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-        "unet": f"tiny-{args.family}" if args.tiny else args.family, "resolution": res, "pairs_per_step": B,
-        "lora_rank": args.lora_rank, "mixed_precision": args.mixed_precision,
-        "gradient_checkpointing": args.gradient_checkpointing, "s_per_step": round(dt, 4),
-        "pairs_per_s": round(B / dt, 3), "peak_memory_gib": round(peak, 2),
+        "denoiser": f"tiny-{args.family}" if args.tiny else args.family, "resolution": res,
+        "pairs_per_step": args.batch_size, "lora_rank": args.lora_rank, "trainable_parameters": trainable,
+        "mixed_precision": args.mixed_precision, "gradient_checkpointing": args.gradient_checkpointing,
+        "s_per_step": round(dt, 4), "pairs_per_s": round(args.batch_size / dt, 3), "peak_memory_gib": round(peak, 2),
         "peak_memory_kind": "cuda max allocated" if device == "cuda" else "process max RSS",
     }))
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-# ~50 s of CPU in fresh processes; they guard scripts used in GPU sessions, not the stages: `make test-slow`
+# ~70 s of CPU in fresh processes; they guard scripts used in GPU sessions, not the stages: `make test-slow`
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,6 +21,11 @@ CASES = {
     "score": ["--tiny", "--images", "48", "--batch-size", "8", "--workers", "0"],
     "score-decode-only": ["--decode-only", "--device", "cpu", "--images", "48", "--batch-size", "8", "--workers", "1"],
     "train": ["--tiny", "--steps", "3", "--warmup", "1"],
+    # the flow-matching path gpu.sh takes for FLUX.1 / SD3.5, on their tiny zoo transformers (LoRA, checkpointing)
+    "train-flux": ["--tiny", "--family", "flux-dev", "--lora-rank", "4", "--gradient-checkpointing", "--steps", "2",
+                   "--warmup", "1", "--mixed-precision", "no"],
+    "train-sd35": ["--tiny", "--family", "sd35m", "--lora-rank", "4", "--gradient-checkpointing", "--steps", "2",
+                   "--warmup", "1", "--mixed-precision", "no"],
 }
 
 
@@ -53,3 +58,49 @@ def test_real_size_architectures_match_the_released_checkpoints():
         counts = {name: sum(p.numel() for p in getattr(pipe, name).parameters()) for name in parts}
         assert counts == parts, family
         assert type(pipe).__name__ == ("StableDiffusionXLPipeline" if family == "sdxl" else "StableDiffusionPipeline")
+
+
+# Parameters of the released flow-matching checkpoints. FLUX.1: the bf16 safetensors totals of the hub repos'
+# transformer/ (23,802,816,640 bytes for dev = 11,901,408,320 parameters; schnell 10,229,760 fewer: no guidance
+# embedder), and the tensor count of FLUX.1-dev's vae/. SD3-medium (stabilityai/stable-diffusion-3-medium-diffusers,
+# 2,028,328,000) anchors the MMDiT code path exactly; SD3.5 medium adds dual attention in its first 13 blocks, QK RMS
+# norm and a 384 position grid, and both SD3.5 counts (2.24 B, 8.06 B) are what their config.json builds (the model
+# cards round them to "2.5B" and "8.1B"; no exact published figure could be read offline). The text encoders: CLIP
+# ViT-L/14 (with projection in SD3, as its text_encoder), OpenCLIP bigG (SDXL's text_encoder_2), T5 v1.1 XXL encoder.
+T5_XXL, CLIP_L, CLIP_L_PROJ, CLIP_G, VAE16 = 4_762_310_656, 123_060_480, 123_650_304, 694_659_840, 83_819_683
+FLOW_RELEASES = {
+    "flux-dev": {"transformer": 11_901_408_320, "vae": VAE16, "text_encoder": CLIP_L, "text_encoder_2": T5_XXL},
+    "flux-schnell": {"transformer": 11_891_178_560, "vae": VAE16, "text_encoder": CLIP_L, "text_encoder_2": T5_XXL},
+    "sd35m": {"transformer": 2_243_171_520, "vae": VAE16, "text_encoder": CLIP_L_PROJ, "text_encoder_2": CLIP_G,
+              "text_encoder_3": T5_XXL},
+    "sd35l": {"transformer": 8_056_627_520, "vae": VAE16, "text_encoder": CLIP_L_PROJ, "text_encoder_2": CLIP_G,
+              "text_encoder_3": T5_XXL},
+}
+
+
+def _realsize():
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import realsize
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    return realsize
+
+
+@pytest.mark.parametrize("name", sorted(FLOW_RELEASES))
+def test_real_size_flow_transformers_match_the_released_checkpoints(name):
+    """bench/realsize.py's SD3.5 / FLUX.1 pipelines hold the released parameter counts, component by component."""
+    pipe = _realsize().build_pipeline(name, device="meta", dtype="float32")
+    counts = {part: sum(p.numel() for p in getattr(pipe, part).parameters()) for part in FLOW_RELEASES[name]}
+    assert counts == FLOW_RELEASES[name]
+    assert type(pipe).__name__ == ("FluxPipeline" if name.startswith("flux") else "StableDiffusion3Pipeline")
+
+
+def test_sd3_medium_architecture_matches_its_release():
+    """The MMDiT the SD3.5 configs build on: SD3-medium's config gives its released 2,028,328,000 parameters."""
+    import torch
+    from diffusers import SD3Transformer2DModel
+
+    cfg = {**_realsize().SD35_MEDIUM, "pos_embed_max_size": 192, "dual_attention_layers": (), "qk_norm": None}
+    with torch.device("meta"):
+        assert sum(p.numel() for p in SD3Transformer2DModel(**cfg).parameters()) == 2_028_328_000

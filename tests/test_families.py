@@ -26,7 +26,7 @@ def test_detect_pipeline_and_its_unet(pipes, name):
 def test_registry_lists_every_family_once():
     from aifeedback.families import FAMILIES, get_family
 
-    assert list(FAMILIES) == ["sd15", "sdxl"]
+    assert list(FAMILIES) == ["sd15", "sdxl", "sd3", "flux"]
     for name, help in FAMILIES.describe().items():  # each entry loads its family, which carries the entry's name
         assert help and get_family(name).name == name and get_family(name).help == help
 

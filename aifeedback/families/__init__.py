@@ -43,6 +43,11 @@ FAMILIES: Registry[FamilyEntry] = Registry("model family", [
                 "aifeedback.families.sd15", "SD15"),
     FamilyEntry("sdxl", "Stable Diffusion XL layout: two CLIP text encoders, pooled embedding and size/crop time ids "
                 "(1024 px)", "aifeedback.families.sdxl", "SDXL"),
+    FamilyEntry("sd3", "Stable Diffusion 3 / 3.5 layout: MMDiT transformer trained by flow matching; CLIP-L + CLIP-G "
+                "(pooled) + T5 text encoders, 16-channel VAE (1024 px)", "aifeedback.families.sd3", "SD3"),
+    FamilyEntry("flux", "FLUX.1 layout (dev, schnell): flow-matching transformer on packed latents; CLIP-L pooled "
+                "+ T5, the dev model's guidance embedding, 16-channel VAE (1024 px)",
+                "aifeedback.families.flux", "Flux"),
 ])
 
 
@@ -69,7 +74,7 @@ def detect(pipe_or_denoiser: Any) -> "Family":
 
 
 def family(pipe_or_denoiser: Any) -> str:
-    """The name of the detected family ('sd15', 'sdxl')."""
+    """The name of the detected family ('sd15', 'sdxl', 'sd3')."""
     return detect(pipe_or_denoiser).name
 
 

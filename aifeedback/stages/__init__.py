@@ -20,6 +20,7 @@ from aifeedback.stages.evaluate_config import EvalConfig
 from aifeedback.stages.export_config import ExportConfig
 from aifeedback.stages.generate_config import GenerateConfig
 from aifeedback.stages.inspect_config import InspectConfig
+from aifeedback.stages.loop_config import LoopConfig
 from aifeedback.stages.sample_config import SampleConfig
 from aifeedback.stages.score_config import ScoreConfig
 from aifeedback.stages.train_config import TrainConfig
@@ -54,12 +55,14 @@ STAGES: Registry[Stage] = Registry("stage", [
     Stage("cache", "Encode pairs once into a model's latents and prompt embeddings for faster training.", CacheConfig,
           "aifeedback.stages.cache"),
     Stage("train", "Diffusion-DPO (or SFT) on human or AI-labelled pairs.", TrainConfig, "aifeedback.stages.train"),
-    Stage("export", "Turn a training checkpoint into a diffusers UNet or LoRA file.", ExportConfig,
+    Stage("export", "Turn a training checkpoint into a diffusers denoiser or LoRA file.", ExportConfig,
           "aifeedback.stages.export"),
-    Stage("sample", "Generate images from a trained model (base + UNet/LoRA).", SampleConfig,
+    Stage("sample", "Generate images from a trained model (base + denoiser/LoRA).", SampleConfig,
           "aifeedback.stages.sample"),
     Stage("eval", "Win rates of a tuned model against its base, with a report.", EvalConfig,
           "aifeedback.stages.evaluate"),
+    Stage("loop", "Online AI feedback: rounds of generate, score, train, eval on the current model's samples.",
+          LoopConfig, "aifeedback.stages.loop"),
     Stage("demo", "The whole loop on the toy model, offline, in minutes on a CPU.", DemoConfig,
           "aifeedback.stages.demo"),
 ])

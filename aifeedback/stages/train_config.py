@@ -37,8 +37,8 @@ class TrainConfig:
     shuffle_buffer: int = option(1000, "when streaming: pairs per block, each block visited in a seeded order", min=1)
     max_pairs: Optional[int] = option(None, "use only the first N usable pairs (after dropping ties); null = "
                                             "all", min=1)
-    resolution: Optional[int] = option(None, "training resolution in pixels; null = 1024 for SDXL, 512 for "
-                                             "SD1.5", min=8)
+    resolution: Optional[int] = option(None, "training resolution in pixels; null = the family's: 1024 for SDXL, "
+                                             "SD3 and FLUX, 512 for SD1.5", min=8)
     columns: list[str] = option([], COLUMNS_HELP)
     ranked_pairs: Literal[RANKED_PAIRINGS] = option("all", RANKED_HELP)
     random_crop: bool = option(False, "random square crop instead of a centre crop")

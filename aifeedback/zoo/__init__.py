@@ -37,6 +37,12 @@ ZOO: Registry[ZooModel] = Registry("offline model", [
     ZooModel("tiny-sdxl", "tiny random StableDiffusionXLPipeline (2 text encoders, text_time), for tests",
              "aifeedback.zoo.tiny:build_tiny_sdxl"),
     ZooModel("tiny-sd15", "tiny random StableDiffusionPipeline, for tests", "aifeedback.zoo.tiny:build_tiny_sd15"),
+    ZooModel("tiny-sd3", "tiny random StableDiffusion3Pipeline (CLIP-L, CLIP-G, T5; flow matching), for tests",
+             "aifeedback.zoo.tiny:build_tiny_sd3"),
+    ZooModel("tiny-flux", "tiny random FluxPipeline like FLUX.1-schnell (CLIP-L pooled + T5, no guidance embedding), "
+             "for tests", "aifeedback.zoo.tiny_flux:build_tiny_flux"),
+    ZooModel("tiny-flux-dev", "tiny random FluxPipeline like FLUX.1-dev (guidance embedding, dynamic shift), for tests",
+             "aifeedback.zoo.tiny_flux:build_tiny_flux_dev"),
     # toy-sd15 version 2: centred discs, 24 captions held out of pretraining (prompt fidelity)
     ZooModel("toy-sd15", "toy StableDiffusionPipeline pretrained on coloured discs (8x8 px) for `aif demo`",
              "aifeedback.zoo.toy:build_toy_sd15", version="2"),
