@@ -234,14 +234,18 @@ def test_streaming_batches_resume_at_the_same_position(human):
     import datasets
 
     from aifeedback.data import pairs as D
+    from aifeedback.data.stream import PairStream
 
     ds = D.open_table("human", str(human), "train", streaming=True)
     assert isinstance(ds, datasets.IterableDataset)
     tr = D.Transform(16)
-    full = D.stream_batches(ds, tr, 2, 0, 1, 0, 0, 4, D.PairStats())
-    first = [next(full)["rows"] for _ in range(3)]  # one epoch of 6 pairs
+    full = PairStream(ds, tr, 2, 0, 1, 0, 4, D.PairStats())
+    first, states = [], []
+    for _ in range(3):  # one epoch of 6 pairs
+        states.append(full.state())
+        first.append(next(full)["rows"])
     assert sorted(r for rows in first for r in rows) == list(range(6))
-    resumed = D.stream_batches(ds, tr, 2, 0, 1, 2, 0, 4, D.PairStats())
+    resumed = PairStream(ds, tr, 2, 0, 1, 0, 4, D.PairStats(), state=states[2])
     assert next(resumed)["rows"] == first[2]
 
 

@@ -87,20 +87,30 @@ def check_source(data: str, dataset: str) -> None:
 
 def open_table(data: str, dataset: str, split: str, streaming: bool = False, unpaired: bool = False,
                columns: list[str] | None = None, pairing: str = "all") -> Any:
-    """A `datasets` Dataset (or IterableDataset when streaming) of labelled pairs (unpaired: of labelled images),
-    read by the source that detects `dataset` (or the --columns mapping; see aifeedback.data.sources); --split does
-    not apply to an `aif score` output."""
+    """The labelled pairs (unpaired: labelled images) of `dataset`, read by the source that detects it (or the
+    --columns mapping; see aifeedback.data.sources): local Parquet/Arrow files are read in place (`ParquetRows`: row
+    groups, memory-mapped; no copy into the `datasets` cache), anything else is a `datasets` Dataset; streaming
+    gives an IterableDataset. --split does not apply to an `aif score` output."""
     from aifeedback.data.mapping import parse_columns
     from aifeedback.data.sources import open_pairs  # imports `datasets`: the train preflight imports this module
 
     check_source(data, dataset)
-    return open_pairs(dataset, split, labels=True, streaming=streaming, unpaired=unpaired,
-                      columns=parse_columns(columns), pairing=pairing).dataset(streaming)
+    table = open_pairs(dataset, split, labels=True, streaming=streaming, unpaired=unpaired,
+                       columns=parse_columns(columns), pairing=pairing)
+    if streaming or not table.files:
+        return table.dataset(streaming)
+    wanted = None if unpaired else [c for c in COLUMNS + ("has_label",) + LATENT_COLUMNS if c in table.columns]
+    rows = table.rows(wanted)  # unpaired: every column (its latent columns have other names)
+    if not len(rows):
+        raise table.no_rows_error()
+    return rows
 
 
 def filter_labels(ds: Any, limit: int | None = None) -> tuple[list[tuple[int, int]], PairStats]:
     """Scan the label columns only: [(row, winner index)] of the usable pairs, and the counts."""
-    labels = ds.select_columns([c for c in LABELS if c in ds.column_names]).to_dict()
+    from aifeedback.data.rows import read_columns
+
+    labels = read_columns(ds, [c for c in LABELS if c in ds.column_names])
     stats = PairStats(rows=len(labels["label_0"]))
     keep: list[tuple[int, int]] = []
     has = labels.get("has_label", [None] * stats.rows)
@@ -195,7 +205,8 @@ class PositionSampler:
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack items into a batch: winner/loser along dim 1 of pixels (B, 2, 3, H, W) or latents (B, 2, C, h, w)."""
+    """Stack items into a batch: winner/loser along dim 1 of pixels (B, 2, 3, H, W), latents (B, 2, C, h, w) or
+    cached posteriors (B, 2, 2C, h, w)."""
     import torch
 
     out: dict[str, Any] = {
@@ -204,8 +215,11 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         "rows": [it["row"] for it in items],
         "skipped": [s for it in items for s in it.get("skipped", [])],
     }
-    key = "latents" if "latents" in items[0] else "pixels"
-    out[key] = torch.stack([it[key] for it in items])
+    for key in ("latents", "pixels", "posteriors"):  # stored latents, images, or an `aif cache`'s posteriors
+        if key in items[0]:
+            out[key] = torch.stack([it[key] for it in items])
+    if "prompt" in items[0]:  # an `aif cache`'s prompt conditioning
+        out["prompts"] = {k: torch.stack([it["prompt"][k] for it in items]) for k in items[0]["prompt"]}
     if "desirable" in items[0]:  # unpaired rows: (B, 1, ...) images and their labels
         out["desirable"] = torch.tensor([it["desirable"] for it in items])
     return out
@@ -224,60 +238,3 @@ def batches(dataset: PairDataset, batch_size: int, rank: int, world: int, start_
         generator=torch.Generator().manual_seed(seed),
     )
     return iter(loader)
-
-
-def stream_batches(ds: Any, transform: Transform, batch_size: int, rank: int, world: int, start_micro: int,
-                   seed: int, shuffle_buffer: int, stats: PairStats) -> Iterator[dict[str, Any]]:
-    """The streaming counterpart of `batches` for datasets too large to download (`--streaming`).
-
-    The stream is shuffled with a seeded buffer and epoch; rows without a clear winner are dropped (and counted);
-    every process reads the same stream and keeps its slice of each global micro-batch. Resuming skips the
-    already-consumed pairs (reading, not decoding them).
-    """
-    window = batch_size * world
-    position, epoch, skip = 0, 0, start_micro * window
-    buf: list[tuple[dict, int, int]] = []
-    while True:
-        ds_epoch = ds.shuffle(seed=seed, buffer_size=shuffle_buffer)
-        ds_epoch.set_epoch(epoch)
-        any_row = False
-        for row_i, row in enumerate(ds_epoch):
-            any_row = True
-            w = winner_of(row.get("label_0"), row.get("label_1"), row.get("has_label"))
-            if w not in (0, 1):
-                if epoch == 0:
-                    stats.count(w, row_i, row.get("label_0"), row.get("label_1"))
-                continue
-            if position < skip:
-                position += 1
-                continue
-            buf.append((row, w, position))
-            position += 1
-            if len(buf) == window:
-                yield _stream_batch(buf, transform, batch_size, rank, seed)
-                buf = []
-        if not any_row or (epoch == 0 and position == 0):
-            raise no_pairs_error("the streamed dataset", stats)
-        epoch += 1
-
-
-def _stream_batch(buf: list, transform: Transform, b: int, rank: int, seed: int) -> dict[str, Any]:
-    import numpy as np
-
-    items = []
-    for k in range(rank * b, rank * b + b):
-        skipped = []
-        for j in range(len(buf)):
-            row, w, pos = buf[(k + j) % len(buf)]
-            try:
-                item = transform(row, w, np.random.default_rng([seed, 1, pos]))
-            except CORRUPT as e:
-                skipped.append((pos, corrupt_reason(e)))
-                continue
-            item["row"], item["skipped"] = pos, skipped
-            items.append(item)
-            break
-        else:
-            raise DataError("every pair of a streamed global batch is unreadable: "
-                            + "; ".join(f"{r}: {w}" for r, w in skipped))
-    return collate(items)

@@ -139,12 +139,12 @@ class PairTable:
                 return self.ds.to_iterable_dataset()
             return self.ds
         if not any(file_rows(f) for f in self.files):  # `datasets` cannot build a split with no rows
-            raise self._no_rows_error()
+            raise self.no_rows_error()
         builder = self.files[0].suffix[1:]
         return datasets.load_dataset(builder, data_files=[str(f) for f in self.files], split="train",
                                      streaming=streaming)
 
-    def _no_rows_error(self) -> DataError:
+    def no_rows_error(self) -> DataError:
         """Why a table of files holds no pair: for an `aif score` output, what its run dropped."""
         counts = (self.manifest or {}).get("counts")
         if counts is None:
@@ -158,10 +158,11 @@ class PairTable:
             f"{counts.get('units_without_pair')} prompts left without a pair). Fix: rescore with a lower --min-margin "
             "or --keep-ties, or with more readable images per prompt")
 
-    def rows(self) -> ParquetRows | HubRows:
-        """Random access to the rows (`aif score`): straight from the Parquet files when there are some."""
-        if self.files and self.files[0].suffix == ".parquet":
-            return ParquetRows(self.files, self.label)
+    def rows(self, columns: list[str] | None = None) -> ParquetRows | HubRows:
+        """Random access to the rows (`aif score`, `aif train`): local files are read in place (never copied into
+        the `datasets` cache); `columns`: what `rows[i]` returns (None: all)."""
+        if self.files:
+            return ParquetRows(self.files, self.label, columns)
         return HubRows(self.dataset(), self.label)
 
     def iter_rows(self, columns: list[str]) -> Iterator[dict[str, Any]]:

@@ -46,7 +46,7 @@ class Transform:
             return {"caption": caption, "latents": lat, "time_ids": ids, **label}
         pixels, ids = [], []
         for i in order:
-            img = decode_image(row[f"jpg{i}"])
+            img = upright(decode_image(row[f"jpg{i}"], rgb=False))
             t, tid = self.image(img, u, v, flip < 0.5 and self.flip)
             pixels.append(t)
             ids.append(tid)
@@ -75,6 +75,16 @@ class Transform:
         return x, time_ids((h0, w0), (top, left), (r, r))
 
 
+def upright(img: Any) -> Any:
+    """An RGB image turned as its EXIF orientation says, as `datasets` decodes an Image feature: the same pixels
+    whether a table is read in place (bytes) or through `datasets` (decoded images)."""
+    from PIL import ImageOps
+
+    if img.getexif().get(0x0112) is not None:  # the Orientation tag
+        img = ImageOps.exif_transpose(img)
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
 def latent_source(dataset: str) -> dict[str, Any] | None:
     """The model and VAE that made an `aif score` output's stored latents (recorded from the generate manifest)."""
     from aifeedback.data.labels import manifest_path
@@ -96,7 +106,9 @@ def stored_latent_shape(ds: Any, pairs: list[tuple[int, int]], expected: tuple[i
         # Same shape is not enough: SDXL and SD1.5 latents at 512 px are both 4x64x64, in different spaces.
         return None, (f"the stored latents were made by model {made_by['model']} (vae {made_by.get('vae')}), training "
                       f"uses {model['model']} (vae {model.get('vae')}); encoding the images with the VAE instead")
-    shapes = ds.select_columns(["latent_shape"]).to_dict()["latent_shape"]
+    from aifeedback.data.rows import read_columns
+
+    shapes = read_columns(ds, ["latent_shape"])["latent_shape"]
     for row, _ in pairs:
         if shapes[row] is None or tuple(shapes[row]) != tuple(expected):
             return None, (f"row {row} stores a latent of shape {shapes[row]}, training needs {list(expected)} "

@@ -33,7 +33,9 @@ class ImageStats(PairStats):
 
 def filter_desirable(ds: Any, limit: int | None = None) -> tuple[list[tuple[int, int]], ImageStats]:
     """Scan the desirable column only: [(row, 1 if desirable else 0)] of the usable rows, and the counts."""
-    flags = ds.select_columns(["desirable"]).to_dict()["desirable"]
+    from aifeedback.data.rows import read_columns  # local files are read in place (`ParquetRows`)
+
+    flags = read_columns(ds, ["desirable"])["desirable"]
     stats = ImageStats(rows=len(flags))
     keep: list[tuple[int, int]] = []
     for row, flag in enumerate(flags):

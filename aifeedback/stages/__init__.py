@@ -14,6 +14,7 @@ from typing import Any
 
 from aifeedback.preflight import check_output
 from aifeedback.registry import Registry
+from aifeedback.stages.cache_config import CacheConfig
 from aifeedback.stages.demo_config import DemoConfig
 from aifeedback.stages.evaluate_config import EvalConfig
 from aifeedback.stages.export_config import ExportConfig
@@ -51,6 +52,8 @@ STAGES: Registry[Stage] = Registry("stage", [
           InspectConfig, "aifeedback.stages.inspect"),
     Stage("score", "Score images with reward models and write preference pairs.", ScoreConfig,
           "aifeedback.stages.score"),
+    Stage("cache", "Encode pairs once into a model's latents and prompt embeddings for faster training.", CacheConfig,
+          "aifeedback.stages.cache"),
     Stage("train", "Diffusion-DPO (or SFT) on human or AI-labelled pairs.", TrainConfig, "aifeedback.stages.train"),
     Stage("export", "Turn a training checkpoint into a diffusers denoiser or LoRA file.", ExportConfig,
           "aifeedback.stages.export"),

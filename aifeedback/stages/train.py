@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
+from accelerate.utils import DistributedType, ProjectConfiguration, gather_object, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import cast_training_params
 from peft import LoraConfig
@@ -42,7 +42,9 @@ from aifeedback.config import identity_dict, save_config, to_dict
 from aifeedback.console import finish, note, progress, quiet_libraries
 from aifeedback.data import pairs as D
 from aifeedback.data import unpaired as U
+from aifeedback.data.cache import StoredPosterior, cache_key, is_cache, open_cache
 from aifeedback.data.sources import check_layout
+from aifeedback.data.stream import PairStream
 from aifeedback.dist import process_state
 from aifeedback.errors import AifError
 from aifeedback.families import detect
@@ -266,6 +268,8 @@ class TrainRecipe:
     def _setup_data(self) -> tuple[Any, D.PairStats, Any, Optional[int], D.Transform]:
         """(table, label counts, map-style dataset or None when streaming, number of pairs or None, transform)."""
         cfg, res = self.cfg, self.resolution
+        if is_cache(cfg.dataset):
+            return self._setup_cached_data()
         table = D.open_table(cfg.data, cfg.dataset, cfg.split, cfg.streaming, unpaired=self.unpaired,
                              columns=cfg.columns, pairing=cfg.ranked_pairs)
         transform = D.Transform(res, cfg.random_crop, cfg.flip, cfg.caption_dropout, unpaired=self.unpaired)
@@ -287,6 +291,21 @@ class TrainRecipe:
         transform.latent_shape = latent_shape
         dataset = D.PairDataset(table, pairs, transform, cfg.seed, window=cfg.batch_size * self.world)
         return table, stats, dataset, len(pairs), transform
+
+    def _setup_cached_data(self) -> tuple[Any, D.PairStats, Any, int, Any]:
+        """_setup_data for an `aif cache` output made for this model, VAE, resolution, crop/flip and dtype (else
+        refused): the step reads its posteriors and prompt conditioning instead of running the encoders."""
+        cfg = self.cfg
+        if cfg.streaming or self.unpaired:
+            raise AifError(f"{cfg.dataset} is an `aif cache` output (pairs, read in place): it cannot be streamed nor "
+                           f"trained with the unpaired loss {cfg.loss}. Fix: drop --streaming, or use a paired loss")
+        key = cache_key(cfg, self.family.name, self.resolution, self.accelerator.mixed_precision)
+        rows, transform = open_cache(cfg.dataset, key, cfg.caption_dropout)
+        pairs, stats = D.filter_labels(rows, cfg.max_pairs)
+        self._say(f"{stats.summary(cfg.dataset)}; using its cached latents and prompt embeddings (no VAE or text "
+                  "encoder in the step)")
+        dataset = D.PairDataset(rows, pairs, transform, cfg.seed, window=cfg.batch_size * self.world)
+        return rows, stats, dataset, len(pairs), transform
 
     def _setup_resume(self) -> dict[str, Any]:
         """The trainer state: a fresh one, or the resumed checkpoint's (whose optimizer, lr and RNGs are loaded)."""
@@ -319,9 +338,9 @@ class TrainRecipe:
         """This process's batches, from the data position of the current step on."""
         cfg = self.cfg
         start_micro = self.step * cfg.grad_accum  # global micro-batches already consumed: the data position
-        if cfg.streaming:
-            return D.stream_batches(self.table, self.transform, cfg.batch_size, self.rank, self.world, start_micro,
-                                    cfg.seed, cfg.shuffle_buffer, self.stats)
+        if cfg.streaming:  # each process reads its own part of the stream, from where its checkpoint says
+            return PairStream(self.table, self.transform, cfg.batch_size, self.rank, self.world, cfg.seed,
+                              cfg.shuffle_buffer, self.stats, stream_state(self.state, self.rank, start_micro))
         return D.batches(self.dataset, cfg.batch_size, self.rank, self.world, start_micro, cfg.num_workers, cfg.seed)
 
     def _say(self, msg: str) -> None:
@@ -391,12 +410,23 @@ class TrainRecipe:
     def _inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
         """(noisy latents, timesteps, target, prompt conditioning, micro-conditioning); rows: B winners, B losers
         (unpaired data: B images)."""
-        key = "latents" if "latents" in batch else "pixels"
+        key = next(k for k in ("latents", "posteriors", "pixels") if k in batch)
         groups = batch[key].shape[1]  # images per example: 2 for a pair, 1 for an unpaired image
         images = torch.cat(batch[key].unbind(1)).to(self.device)
-        # stored latents are already in denoiser space
-        latents = images if key == "latents" else self.family.encode_images(self.vae, images)
-        prompts = self.family.encode_prompts(self.text, batch["captions"])
+        if key == "latents":  # stored latents: already in denoiser space
+            latents = images
+        elif key == "posteriors":  # an `aif cache`: the family samples and normalises them as the VAE's output
+            latents = self.family.encode_images(StoredPosterior(self.vae.config, images), images)
+        else:
+            latents = self.family.encode_images(self.vae, images)
+        # The noise is drawn like the latents (randn_like keeps their memory layout, and draws in layout order): make
+        # it independent of the layout the VAE's kernels chose (channels-last on some CPUs), so images, stored
+        # latents and an `aif cache` give the same noise on every machine.
+        latents = latents.contiguous()
+        if "prompts" in batch:
+            prompts = {k: v.to(self.device) for k, v in batch["prompts"].items()}
+        else:
+            prompts = self.family.encode_prompts(self.text, batch["captions"])
         prompts = {k: v.repeat(groups, *[1] * (v.dim() - 1)) for k, v in prompts.items()}
         micro = torch.cat(batch["time_ids"].unbind(1))
         offset = {"noise_offset": self.cfg.noise_offset} if self.cfg.noise_offset else {}  # UNet families only
@@ -514,6 +544,7 @@ class TrainRecipe:
             discard(tmp)  # a killed save's leftover
         acc.wait_for_everyone()
         acc.save_state(str(tmp))  # optimizer, lr schedule, grad scaler, every process's RNG
+        streams = gather_object([self.batches.state()]) if self.cfg.streaming else None  # collective
         sd = acc.get_state_dict(self.model)  # collective: gathers FSDP / ZeRO shards
         if self.main:
             model = acc.unwrap_model(self.model)
@@ -524,8 +555,10 @@ class TrainRecipe:
                     self._save_weights(model, tmp / ck.EMA_DIR, None)
                 extra[EMA_STEPS] = self.ema.steps
             position = step * self.cfg.grad_accum * self.cfg.batch_size * self.world
-            write_json(tmp / ck.STATE_FILE, dict(self.state, step=step, processes=self.world, data_position=position,
-                                                 **extra))
+            state = dict(self.state, step=step, processes=self.world, data_position=position, **extra)
+            if streams is not None:
+                state["streams"] = streams  # per process: where its stream continues
+            write_json(tmp / ck.STATE_FILE, state)
             publish(tmp, final, replace=True)  # atomic: --resume only ever sees complete checkpoints
             ck.prune(self.out, self.cfg.keep_checkpoints)
             self._say(f"step {step}: wrote checkpoint {final}")
@@ -566,6 +599,16 @@ def nonfinite_error(out: Path, what: str, skip: bool = True) -> AifError:
         last += ": rerun the same command with --skip-nonfinite N to continue from it, skipping up to N such steps"
     return AifError(f"{what}. {last}; or start over (another --out) with a lower --lr, a smaller --beta, "
                     "--max-grad-norm, or --mixed-precision bf16 instead of fp16")
+
+
+def stream_state(state: dict[str, Any], rank: int, start_micro: int) -> Optional[dict[str, Any]]:
+    """Where process `rank`'s stream continues: its checkpoint's record, or None to start at the beginning."""
+    if "streams" in state:
+        return state["streams"][rank]
+    if start_micro:  # a checkpoint of a run that did not stream: its data position cannot be found in a stream
+        raise AifError("this checkpoint records no position in a streamed dataset (it was written by a run without "
+                       "--streaming, or by an older version); resume it without --streaming, or start a new run")
+    return None
 
 
 def _optimizer(cfg: TrainConfig, params: list, lr: float):

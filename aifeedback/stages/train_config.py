@@ -32,8 +32,9 @@ class TrainConfig:
                           "--columns), or `aif score` output", path=True)
     split: str = option("train", "dataset split (kashif/pickascore has only 'validation'); ignored for `aif score` "
                                  "outputs")
-    streaming: bool = option(False, "stream the dataset instead of downloading it (for the 335 GB pickapic_v2)")
-    shuffle_buffer: int = option(1000, "shuffle buffer size when streaming", min=1)
+    streaming: bool = option(False, "stream the dataset instead of downloading it (hub ids; a local folder is read in "
+                                    "place anyway): each process reads its own shards, a resume reads no pair again")
+    shuffle_buffer: int = option(1000, "when streaming: pairs per block, each block visited in a seeded order", min=1)
     max_pairs: Optional[int] = option(None, "use only the first N usable pairs (after dropping ties); null = "
                                             "all", min=1)
     resolution: Optional[int] = option(None, "training resolution in pixels; null = the family's: 1024 for SDXL, "
