@@ -23,6 +23,7 @@ class ZooModel:
     help: str
     builder: str  # "module:function" writing the pipeline folder
     version: str = ZOO_VERSION  # bump when the builder changes what it builds, so an older cached build is not reused
+    like: str | None = None  # the real model (hub id) whose defaults it shares (families.resolve.MODEL_DEFAULTS)
 
     def build(self, out: Path) -> None:
         module, _, function = self.builder.partition(":")
@@ -37,6 +38,11 @@ ZOO: Registry[ZooModel] = Registry("offline model", [
     ZooModel("tiny-sdxl", "tiny random StableDiffusionXLPipeline (2 text encoders, text_time), for tests",
              "aifeedback.zoo.tiny:build_tiny_sdxl"),
     ZooModel("tiny-sd15", "tiny random StableDiffusionPipeline, for tests", "aifeedback.zoo.tiny:build_tiny_sd15"),
+    ZooModel("tiny-sdxl-turbo", "tiny-sdxl with SDXL Turbo's sampler (EulerAncestral, trailing) and defaults (1 "
+             "step, no guidance), for tests", "aifeedback.zoo.tiny:build_tiny_sdxl_turbo",
+             like="stabilityai/sdxl-turbo"),
+    ZooModel("tiny-sdxl-refiner", "tiny random SDXL refiner (StableDiffusionXLImg2ImgPipeline: second text encoder "
+             "only, aesthetic score), for tests", "aifeedback.zoo.tiny:build_tiny_sdxl_refiner"),
     # toy-sd15 version 2: centred discs, 24 captions held out of pretraining (prompt fidelity)
     ZooModel("toy-sd15", "toy StableDiffusionPipeline pretrained on coloured discs (8x8 px) for `aif demo`",
              "aifeedback.zoo.toy:build_toy_sd15", version="2"),
