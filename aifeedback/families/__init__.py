@@ -46,6 +46,8 @@ FAMILIES: Registry[FamilyEntry] = Registry("model family", [
     FamilyEntry("sdxl-refiner", "SDXL refiner layout: second text encoder only, pooled embedding and size/crop/"
                 "aesthetic-score time ids (1024 px, img2img pipeline)", "aifeedback.families.sdxl_refiner",
                 "SDXLRefiner"),
+    FamilyEntry("sd3", "Stable Diffusion 3 / 3.5 layout: MMDiT transformer trained by flow matching; CLIP-L + CLIP-G "
+                "(pooled) + T5 text encoders, 16-channel VAE (1024 px)", "aifeedback.families.sd3", "SD3"),
 ])
 
 
@@ -72,7 +74,7 @@ def detect(pipe_or_denoiser: Any) -> "Family":
 
 
 def family(pipe_or_denoiser: Any) -> str:
-    """The name of the detected family ('sd15', 'sdxl')."""
+    """The name of the detected family ('sd15', 'sdxl', 'sd3')."""
     return detect(pipe_or_denoiser).name
 
 

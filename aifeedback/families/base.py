@@ -81,6 +81,10 @@ class Family(ABC):
         width x height from noise (text-to-image pipelines: the size)."""
         return {"width": width, "height": height}
 
+    def loss_weights(self, scheduler: Any, t: torch.Tensor) -> torch.Tensor | None:
+        """Per-sample weights of the denoising error at timesteps t (shape (N,)), or None for uniform weights."""
+        return None
+
     def encode_images(self, vae: Any, pixels: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] -> the latents the denoiser works on."""
         return encode_images(vae, pixels)
@@ -140,13 +144,17 @@ def tokenize(tokenizer: Any, captions: list[str]) -> torch.Tensor:
 
 @torch.no_grad()
 def encode_images(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1], (N, 3, H, W) -> denoiser-space latents (N, C, H/f, W/f), scaled by the VAE's factor.
+    """Images in [-1, 1], (N, 3, H, W) -> denoiser-space latents (N, C, H/f, W/f), normalised as the VAE declares.
 
     Uses a sample of the posterior (as the diffusers and Diffusion-DPO training scripts do); the sample draws from
     the global torch RNG, which checkpoints save, so resumes stay exact.
     """
     latents = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist.sample().float()
-    # The inverse of sampling.decode_latents: VAEs that declare per-channel latent statistics are normalised by them.
+    # The inverse of sampling.decode_latents: VAEs that declare per-channel latent statistics are normalised by them;
+    # the 16-channel VAEs of SD3 and FLUX declare a shift (diffusers' SD3/FLUX training: (z - shift) * scale).
+    shift = getattr(vae.config, "shift_factor", None)
+    if shift is not None:
+        return (latents - shift) * vae.config.scaling_factor
     mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
     if mean is not None and std is not None:
         shape = (1, latents.shape[1], 1, 1)

@@ -11,11 +11,19 @@ from typing import Any
 
 import diffusers
 import torch
-from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, AutoModel, DiffusionPipeline
 
 from aifeedback.console import quiet_libraries
 from aifeedback.families import detect
 from aifeedback.families.resolve import DTYPES, SCHEDULERS, TunedLoadError, check_pipeline, load_error, resolve_model
+from aifeedback.storage.checkpoints import DENOISER_DIRS
+
+# Denoiser config fields a tuned denoiser must share with its base model's (mixing up bases is a common mistake).
+_FIT_KEYS = {
+    "unet": ("cross_attention_dim", "addition_embed_type", "block_out_channels", "in_channels"),
+    "transformer": ("in_channels", "num_layers", "num_attention_heads", "attention_head_dim", "joint_attention_dim",
+                    "pooled_projection_dim", "patch_size"),
+}
 
 
 def torch_dtype(name: str):
@@ -30,10 +38,11 @@ def torch_dtype(name: str):
 
 def load_pipeline(name: str, dtype: str = "float32", device: str = "cpu", vae: str | None = None,
                   scheduler: str = "default", tuned: str | None = None) -> Any:
-    """A diffusers text-to-image pipeline (SDXL or SD1.5 family) by tiny name, hub id or local path.
+    """A diffusers text-to-image pipeline (of a registered family) by tiny name, hub id or local path.
 
-    `tuned` swaps in fine-tuned weights (see `resolve_tuned`): a LoRA file or folder, a UNet folder, a pipeline
-    folder with unet/, or a training run directory (its latest checkpoint).
+    `tuned` swaps in fine-tuned weights (see `resolve_tuned`): a LoRA file or folder, a denoiser (UNet or
+    transformer) folder, a pipeline folder with unet/ or transformer/, or a training run directory (its latest
+    checkpoint).
     """
     kind, where = check_pipeline(name, vae, tuned)
 
@@ -46,15 +55,15 @@ def load_pipeline(name: str, dtype: str = "float32", device: str = "cpu", vae: s
             kwargs["vae"] = AutoencoderKL.from_pretrained(resolve_model(vae), dtype=td)
         except (OSError, ValueError, EnvironmentError) as e:
             raise load_error(vae, "VAE", e) from None
-    if kind == "unet":  # load the tuned UNet instead of (not after) the base one: SDXL's is 5 GB in fp16
-        kwargs["unet"] = _load_tuned_unet(where, td)
+    if kind == "unet":  # load the tuned denoiser instead of (not after) the base one: SDXL's UNet is 5 GB in fp16
+        component, kwargs[component] = load_denoiser(where, td)
     try:
         pipe = DiffusionPipeline.from_pretrained(path, **kwargs)
     except (OSError, ValueError, EnvironmentError) as e:
         raise load_error(name, "model", e) from None
     detect(pipe)  # refuse unsupported pipelines early
     if kind == "unet":
-        _check_tuned_fits(pipe, path, tuned)
+        _check_tuned_fits(pipe, path, tuned, component)
     elif kind == "lora":
         _load_lora(pipe, where, tuned)
     if getattr(pipe, "safety_checker", None) is not None:
@@ -74,34 +83,40 @@ def set_scheduler(pipe: Any, name: str) -> None:
     }
     if name == "default":
         return
+    if "FlowMatch" in type(pipe.scheduler).__name__:
+        raise ValueError(f"--scheduler {name} is a sampler for DDPM-style models; a flow-matching model (sd3, flux) "
+                         "samples with its own flow-matching scheduler: pass --scheduler default")
     if name not in classes:
         raise ValueError(f"unknown scheduler '{name}'; use one of {', '.join(SCHEDULERS)}")
     pipe.scheduler = getattr(diffusers, classes[name]).from_config(pipe.scheduler.config)
 
 
-def _load_tuned_unet(where: str, td: Any) -> Any:
+def load_denoiser(where: str, td: Any = None) -> tuple[str, Any]:
+    """(pipeline component, model) of denoiser weights: a local UNet or transformer folder, or a hub repo with unet/
+    or transformer/. The model class is the one its config names; the component is its family's denoiser."""
+    error: Exception = OSError("no unet/ or transformer/ folder")
+    for sub in [None] if Path(where).exists() else DENOISER_DIRS:
+        try:
+            model = AutoModel.from_pretrained(where, subfolder=sub, dtype=td)  # the class its config names
+        except (OSError, ValueError, EnvironmentError, KeyError, AttributeError) as e:
+            error = e
+            continue
+        return detect(model).denoiser, model
+    raise load_error(where, "tuned denoiser", error) from None
 
-    local = Path(where).exists()
+
+def _check_tuned_fits(pipe: Any, base: str, tuned: str, component: str) -> None:
+    """A tuned denoiser must come from the same family and size as the base (SDXL vs SD1.5 mix-ups are common)."""
+
     try:
-        if local:
-            return UNet2DConditionModel.from_pretrained(where, dtype=td)
-        return UNet2DConditionModel.from_pretrained(where, subfolder="unet", dtype=td)
-    except (OSError, ValueError, EnvironmentError) as e:
-        raise load_error(where, "tuned UNet", e) from None
-
-
-def _check_tuned_fits(pipe: Any, base: str, tuned: str) -> None:
-    """A tuned UNet must come from the same family and size as the base (SDXL vs SD1.5 mix-ups are common)."""
-
-    try:
-        base_cfg = UNet2DConditionModel.load_config(base, subfolder="unet")
+        base_cfg = AutoModel.load_config(base, subfolder=component)
     except (OSError, ValueError, EnvironmentError):
-        return  # a base without a separate unet config: nothing to compare against
-    for key in ("cross_attention_dim", "addition_embed_type", "block_out_channels", "in_channels"):
-        a, b = base_cfg.get(key), pipe.unet.config.get(key)
+        return  # a base without a separate denoiser config: nothing to compare against
+    for key in _FIT_KEYS[component]:
+        a, b = base_cfg.get(key), getattr(pipe, component).config.get(key)
         if (list(a) if isinstance(a, (list, tuple)) else a) != (list(b) if isinstance(b, (list, tuple)) else b):
-            raise TunedLoadError(f"--tuned {tuned} does not fit base model {base}: UNet {key} is {b}, the base "
-                                 f"has {a}. Fix: pass the base model the UNet was trained from (--model).")
+            raise TunedLoadError(f"--tuned {tuned} does not fit base model {base}: {component} {key} is {b}, the "
+                                 f"base has {a}. Fix: pass the base model the {component} was trained from (--model).")
 
 
 def _load_lora(pipe: Any, file: str, tuned: str) -> None:

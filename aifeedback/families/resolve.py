@@ -1,7 +1,8 @@
 """What a model argument names, and whether it can be loaded, checked without importing torch or diffusers.
 
 A model is a tiny/toy name (built offline), a local diffusers folder or a hub id; tuned weights (`--tuned`) are a
-LoRA file or folder, a UNet or pipeline folder, a training run or checkpoint, or a hub repo with `unet/`. Every
+LoRA file or folder, a denoiser (UNet or transformer) or pipeline folder, a training run or checkpoint, or a hub repo
+with `unet/` or `transformer/`. Every
 stage checks its model arguments here first, so a misspelt name fails in a second with the fix.
 """
 
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aifeedback.errors import AifError, first_line
-from aifeedback.storage.checkpoints import LORA_FILE, CheckpointError, latest_checkpoint
+from aifeedback.storage.checkpoints import DENOISER_DIRS, LORA_FILE, CheckpointError, denoiser_dir, latest_checkpoint
 from aifeedback.zoo import ZOO
 
 # Real models users commonly pass; listed by `aif models` (any other hub id or local path works too).
@@ -24,6 +25,10 @@ KNOWN_MODELS: dict[str, str] = {
     "stabilityai/sdxl-turbo": "SDXL Turbo (sdxl family, distilled): 1 step, no guidance, 512 px by default",
     "stabilityai/stable-diffusion-xl-refiner-1.0": "SDXL refiner (sdxl-refiner family): second text encoder only, "
                                                    "aesthetic-score conditioning, 1024 px",
+    "stabilityai/stable-diffusion-3-medium-diffusers": "SD3 medium (2B MMDiT, flow matching; gated: accept the "
+                                                       "licence on the hub), 1024 px",
+    "stabilityai/stable-diffusion-3.5-medium": "SD3.5 medium (2.5B MMDiT-X, flow matching; gated), 1024 px",
+    "stabilityai/stable-diffusion-3.5-large": "SD3.5 large (8B MMDiT, flow matching; gated), 1024 px",
 }
 
 
@@ -108,7 +113,7 @@ def check_available(name: str, what: str = "model") -> None:
                              f"  Fix: check the path, or pass a hub id such as {next(iter(KNOWN_MODELS))}.")
     from huggingface_hub import constants, model_info, try_to_load_from_cache
 
-    for file in ("model_index.json", "config.json", "unet/config.json"):
+    for file in ("model_index.json", "config.json", *(f"{d}/config.json" for d in DENOISER_DIRS)):
         if isinstance(try_to_load_from_cache(name, file), str):
             return
     if constants.HF_HUB_OFFLINE:
@@ -129,12 +134,13 @@ def check_pipeline(name: str, vae: str | None = None, tuned: str | None = None) 
 
 
 class TunedLoadError(ModelLoadError):
-    """A --tuned path that holds no LoRA, UNet or checkpoint."""
+    """A --tuned path that holds no LoRA, denoiser or checkpoint."""
 
 
 def is_pipeline(name: str) -> bool:
     """Whether `name` is a whole text-to-image model (a tiny name, a folder with model_index.json, or a hub repo with
-    one) rather than weights for a base model (LoRA, UNet folder, checkpoint, run dir, hub repo with only unet/)."""
+    one) rather than weights for a base model (LoRA, denoiser folder, checkpoint, run dir, hub repo with only unet/
+    or transformer/)."""
     if name in tiny_names():
         return True
     path = Path(name).expanduser()
@@ -155,19 +161,20 @@ def is_pipeline(name: str) -> bool:
 
 
 def resolve_tuned(tuned: str) -> tuple[str, str]:
-    """('lora' | 'unet', where) for a --tuned value; `where` is a file, a UNet folder, or a hub id.
+    """('lora' | 'unet', where) for a --tuned value; `where` is a file, a denoiser folder, or a hub id. The kind
+    'unet' stands for any denoiser weights (a UNet or a transformer), named by the component they replace.
 
-    A tiny name -> its UNet. Local paths: a LoRA `.safetensors` file, a folder holding
-    `pytorch_lora_weights.safetensors`, a folder with `unet/config.json`, a UNet folder itself, or a training run
-    (has `checkpoints/`) -> its latest checkpoint.
-    Anything else is a hub id of a repo with a `unet/` folder (e.g. mhdang/dpo-sdxl-text2image-v1).
+    A tiny name -> its denoiser. Local paths: a LoRA `.safetensors` file, a folder holding
+    `pytorch_lora_weights.safetensors`, a folder with `unet/config.json` or `transformer/config.json`, a denoiser
+    folder itself, or a training run (has `checkpoints/`) -> its latest checkpoint.
+    Anything else is a hub id of a repo with a `unet/` or `transformer/` folder (e.g. mhdang/dpo-sdxl-text2image-v1).
     """
-    if tuned in tiny_names():  # a whole tiny pipeline: its UNet
-        return "unet", str(Path(resolve_model(tuned)) / "unet")
+    if tuned in tiny_names():  # a whole tiny pipeline: its denoiser
+        return "unet", str(denoiser_dir(resolve_model(tuned)))
     p = Path(tuned).expanduser()
     if not p.exists():
         if tuned.startswith((".", "/", "~")) or p.suffix == ".safetensors":
-            raise TunedLoadError(f"--tuned {tuned} does not exist. Fix: check the path (a LoRA file, a UNet or "
+            raise TunedLoadError(f"--tuned {tuned} does not exist. Fix: check the path (a LoRA file, a denoiser or "
                                  f"pipeline folder, or a training run directory).")
         return "unet", tuned
     if (p / "checkpoints").is_dir():
@@ -181,19 +188,19 @@ def resolve_tuned(tuned: str) -> tuple[str, str]:
         return "lora", str(p)
     if (p / LORA_FILE).is_file():
         return "lora", str(p / LORA_FILE)
-    if (p / "unet" / "config.json").is_file():
-        return "unet", str(p / "unet")
+    if denoiser_dir(p) is not None:
+        return "unet", str(denoiser_dir(p))
     if (p / "config.json").is_file():
         return "unet", str(p)
     raise TunedLoadError(
-        f"--tuned {p} holds neither {LORA_FILE}, unet/config.json, config.json nor checkpoints/. "
-        f"Fix: pass a LoRA file, a UNet or pipeline folder, a training checkpoint or run directory."
+        f"--tuned {p} holds neither {LORA_FILE}, unet/config.json, transformer/config.json, config.json nor "
+        "checkpoints/. Fix: pass a LoRA file, a denoiser or pipeline folder, a training checkpoint or run directory."
     )
 
 
 def check_tuned(tuned: str) -> tuple[str, str]:
-    """resolve_tuned, plus (for a hub UNet) the quick check that it can be loaded, before diffusers is imported."""
+    """resolve_tuned, plus (for a hub denoiser) the quick check that it can be loaded, before diffusers is imported."""
     kind, where = resolve_tuned(tuned)
     if kind == "unet" and not Path(where).exists():
-        check_available(where, "tuned UNet")
+        check_available(where, "tuned denoiser")
     return kind, where

@@ -27,8 +27,10 @@ def image_seed(seed: int, prompt_id: str, k: int) -> int:
 
 
 def default_size(pipe: Any) -> int:
-    """The model's native resolution in pixels (1024 for SDXL base, 512 for SD1.5, 32 for the tiny models)."""
-    return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
+    """The model's native resolution in pixels (1024 for SDXL base and SD3, 512 for SD1.5, 32 for the tiny models):
+    the denoiser's sample size in latent pixels, else the pipeline's default (a transformer without one, FLUX)."""
+    size = getattr(getattr(pipe, detect(pipe).denoiser).config, "sample_size", None)
+    return int((size or pipe.default_sample_size) * pipe.vae_scale_factor)
 
 
 def default_guidance(pipe: Any, model: str = "") -> float:
@@ -45,7 +47,8 @@ def default_steps(pipe: Any, model: str = "") -> int:
 
 @dataclass
 class Rendered:
-    """Images (PIL) and, when asked for, latents (N, C, h, w) in UNet space (scaled by the VAE factor), on CPU."""
+    """Images (PIL) and, when asked for, latents (N, C, h, w) in the denoiser's space (normalised as the VAE
+    declares: what training's encode_images gives), on CPU."""
 
     images: list
     latents: Any = None
@@ -80,7 +83,7 @@ def render(pipe: Any, prompts: list[str], seeds: list[int], *, steps: int | None
 
 
 def decode_latents(pipe: Any, latents: Any) -> list:
-    """UNet-space latents -> PIL images, as the SDXL / SD1.5 pipelines decode them.
+    """Denoiser-space latents -> PIL images, as the family's diffusers pipeline decodes them.
 
     A float16 VAE whose config says `force_upcast` (the stock SDXL VAE overflows in fp16) is moved to float32
     once and kept there; an fp16-safe VAE (e.g. madebyollin/sdxl-vae-fp16-fix) decodes in float16.
@@ -91,7 +94,10 @@ def decode_latents(pipe: Any, latents: Any) -> list:
         vae.to(torch.float32)
     z = latents.to(vae.device, vae.dtype)
     mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
-    if mean is not None and std is not None:
+    shift = getattr(vae.config, "shift_factor", None)
+    if shift is not None:  # the 16-channel SD3/FLUX VAEs, as their pipelines decode
+        z = z / vae.config.scaling_factor + shift
+    elif mean is not None and std is not None:
         c = z.shape[1]
         std, mean = torch.tensor(std).view(1, c, 1, 1).to(z), torch.tensor(mean).view(1, c, 1, 1).to(z)
         z = z * std / vae.config.scaling_factor + mean
@@ -120,11 +126,12 @@ def encode_image(image: Any, fmt: str = "jpeg", quality: int = 95) -> bytes:
 
 def optimize_pipeline(pipe: Any, channels_last: bool = False, compile: bool = False,
                       compile_mode: str = "max-autotune") -> Any:
-    """Speed options for long GPU runs: channels_last memory format and torch.compile of the UNet."""
+    """Speed options for long GPU runs: channels_last memory format and torch.compile of the denoiser."""
 
+    name = detect(pipe).denoiser
     if channels_last:
-        pipe.unet.to(memory_format=torch.channels_last)
+        getattr(pipe, name).to(memory_format=torch.channels_last)
         pipe.vae.to(memory_format=torch.channels_last)
     if compile:
-        pipe.unet = torch.compile(pipe.unet, mode=compile_mode, fullgraph=True)
+        setattr(pipe, name, torch.compile(getattr(pipe, name), mode=compile_mode, fullgraph=True))
     return pipe

@@ -12,9 +12,11 @@ class LossOutput(NamedTuple):
     metrics: dict[str, torch.Tensor]  # detached scalars for logging
 
 
-def denoising_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-sample mean squared error over all but the batch dimension, in float32."""
-    return (pred.float() - target.float()).pow(2).mean(dim=tuple(range(1, pred.dim())))
+def denoising_mse(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample mean squared error over all but the batch dimension, in float32, times each sample's weight
+    (`weights`, shape (N,), e.g. `Family.loss_weights`; None = uniform, the plain error)."""
+    mse = (pred.float() - target.float()).pow(2).mean(dim=tuple(range(1, pred.dim())))
+    return mse if weights is None else mse * weights.to(mse)
 
 
 def common_metrics(model_w, model_l, ref_w, ref_l) -> dict[str, torch.Tensor]:

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from aifeedback.errors import AifError
+from aifeedback.storage.checkpoints import denoiser_dir
 from aifeedback.storage.files import atomic_write_bytes, read_json
 
 CARD = "README.md"
@@ -91,7 +92,7 @@ def write_model_card(out: Path, ckpt: Path, kind: str, fmt: str, eval_dir: str |
     evals = eval_win_rates(eval_dir) if eval_dir else None
     grid = copy_latest_grid(facts["run"], out)
     base = facts["model"] or "BASE_MODEL"
-    lora = kind == "lora" and fmt != "pipeline"  # a pipeline export has the LoRA fused into the UNet
+    lora = kind == "lora" and fmt != "pipeline"  # a pipeline export has the LoRA fused into the denoiser
     tags = ["text-to-image", "diffusers", "dpo", "aifeedback"] + (["lora"] if lora else [])
     meta: dict[str, Any] = {"base_model": base, "library_name": "diffusers", "tags": tags,
                             "license": "other", "license_name": "same-as-base-model"}
@@ -104,10 +105,11 @@ def write_model_card(out: Path, ckpt: Path, kind: str, fmt: str, eval_dir: str |
         meta["eval_win_rates"] = {name: s["win_rate"] for name, s in evals["scorers"].items()}
     if grid:
         meta["widget"] = [{"text": facts["prompt"], "output": {"url": grid}}]
-    return _write(out, render(meta, _model_body(facts, kind, fmt, evals, grid)))
+    return _write(out, render(meta, _model_body(facts, kind, fmt, evals, grid, denoiser_dir(ckpt))))
 
 
-def _model_body(facts: dict[str, Any], kind: str, fmt: str, evals: dict | None, grid: str | None) -> str:
+def _model_body(facts: dict[str, Any], kind: str, fmt: str, evals: dict | None, grid: str | None,
+                denoiser: Path | None = None) -> str:
     base = facts["model"] or "BASE_MODEL"
     what = "LoRA adapter" if kind == "lora" else "Fine-tune"
     usable = f", {facts['dataset_pairs']} usable pairs" if facts["dataset_pairs"] is not None else ""
@@ -126,11 +128,11 @@ def _model_body(facts: dict[str, Any], kind: str, fmt: str, evals: dict | None, 
     if grid:
         lines += ["", "## Samples", "", "The run's last validation grid (rows: prompts, columns: seeds):", "",
                   f"![validation grid]({grid})"]
-    lines += ["", "## How to use", "", _usage(base, kind, fmt)]
+    lines += ["", "## How to use", "", _usage(base, kind, fmt, denoiser)]
     return "\n".join(lines)
 
 
-def _usage(base: str, kind: str, fmt: str) -> str:
+def _usage(base: str, kind: str, fmt: str, denoiser: Path | None = None) -> str:
     if fmt == "pipeline":
         return ('```python\nfrom diffusers import DiffusionPipeline\n\npipe = DiffusionPipeline.from_pretrained('
                 '"REPO_OR_FOLDER")  # the whole pipeline, tuned weights included\n```')
@@ -143,9 +145,13 @@ def _usage(base: str, kind: str, fmt: str) -> str:
         return ("```python\nfrom diffusers import DiffusionPipeline\n\n"
                 f'pipe = DiffusionPipeline.from_pretrained("{base}")\npipe.load_lora_weights("REPO_OR_FOLDER")\n'
                 'image = pipe("a photo of a cat").images[0]\n```')
-    return ("```python\nfrom diffusers import DiffusionPipeline, UNet2DConditionModel\n\n"
-            'unet = UNet2DConditionModel.from_pretrained("REPO_OR_FOLDER", subfolder="unet")\n'
-            f'pipe = DiffusionPipeline.from_pretrained("{base}", unet=unet)\n```')
+    # a full fine-tune: the denoiser under its pipeline component's name (unet/ or transformer/), its own class
+    name = denoiser.name if denoiser is not None else "unet"
+    cls = read_json(denoiser / "config.json").get("_class_name") if denoiser is not None else None
+    cls = cls or "UNet2DConditionModel"
+    return (f"```python\nfrom diffusers import DiffusionPipeline, {cls}\n\n"
+            f'{name} = {cls}.from_pretrained("REPO_OR_FOLDER", subfolder="{name}")\n'
+            f'pipe = DiffusionPipeline.from_pretrained("{base}", {name}={name})\n```')
 
 
 # ---- dataset card (aif score) ----

@@ -16,8 +16,9 @@ from aifeedback.families.resolve import DTYPES, SCHEDULERS
 class EvalConfig:
     base: str = option("", "base model: tiny name, hub id (stabilityai/stable-diffusion-xl-base-1.0) or local folder",
                        path=True)
-    tuned: str = option("", "tuned model: anything --base takes (a whole model), or weights for the base: UNet folder, "
-                        "LoRA .safetensors, training checkpoint, run dir (latest checkpoint), hub repo with only unet/",
+    tuned: str = option("", "tuned model: anything --base takes (a whole model), or weights for the base: denoiser "
+                        "folder, LoRA .safetensors, training checkpoint, run dir (latest checkpoint), hub repo with "
+                        "only unet/ or transformer/",
                         path=True)
     out: str = option("outputs/eval", "output directory (base/ and tuned/ images, report.json/.md/.html, grids/)",
                       identity=False)

@@ -1,9 +1,10 @@
 """`aif export`: a training checkpoint -> files the diffusers ecosystem loads directly (safetensors only).
 
-- full fine-tune -> OUT/unet/ (`UNet2DConditionModel.from_pretrained(OUT, subfolder="unet")`), or with --pipeline a
-  whole pipeline folder (`DiffusionPipeline.from_pretrained(OUT)`);
+- full fine-tune -> OUT/unet/ or OUT/transformer/, the denoiser under its pipeline component's name
+  (`UNet2DConditionModel.from_pretrained(OUT, subfolder="unet")`, `SD3Transformer2DModel...(subfolder="transformer")`),
+  or with --pipeline a whole pipeline folder (`DiffusionPipeline.from_pretrained(OUT)`);
 - LoRA -> OUT/pytorch_lora_weights.safetensors (`pipe.load_lora_weights(OUT)`), or with --pipeline a pipeline
-  folder with the LoRA fused into the UNet.
+  folder with the LoRA fused into the denoiser.
 - `--format kohya`: the LoRA file in the kohya key format (ComfyUI, A1111).
 Every export gets a model card, OUT/README.md (plus OUT/sample_grid.png, the run's last validation grid); --eval
 puts an `aif eval` output's win rates in it; --push-to-hub uploads the finished folder (aifeedback.sharing).
@@ -15,18 +16,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from diffusers import UNet2DConditionModel
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from aifeedback.console import finish, quiet_libraries
 from aifeedback.errors import AifError
-from aifeedback.families.loading import load_pipeline, torch_dtype
+from aifeedback.families.loading import load_denoiser, load_pipeline, torch_dtype
 from aifeedback.sharing.cards import write_model_card
 from aifeedback.sharing.hub import push_folder
 from aifeedback.sharing.kohya import to_kohya
 from aifeedback.stages.export_config import ExportConfig
-from aifeedback.storage.checkpoints import LORA_FILE, checkpoint_kind, resolve_checkpoint
+from aifeedback.storage.checkpoints import LORA_FILE, checkpoint_kind, denoiser_dir, resolve_checkpoint
 from aifeedback.storage.publish import publishing
 
 
@@ -49,20 +49,18 @@ def run(cfg: ExportConfig) -> Path:
                 pipe.fuse_lora()
                 pipe.unload_lora_weights()
             else:
-
-                pipe.unet = UNet2DConditionModel.from_pretrained(ckpt, subfolder="unet")
+                setattr(pipe, *load_denoiser(str(denoiser_dir(ckpt))))
             pipe.to(dtype=dtype).save_pretrained(tmp, safe_serialization=True)
         elif kind == "lora":
             _export_lora(ckpt, tmp, dtype, cfg.format)
         else:
-
-            unet = UNet2DConditionModel.from_pretrained(ckpt, subfolder="unet", dtype=dtype)
-            unet.save_pretrained(tmp / "unet", safe_serialization=True)
+            component, model = load_denoiser(str(denoiser_dir(ckpt)), dtype)
+            model.save_pretrained(tmp / component, safe_serialization=True)
         # inside the publish: the card comes with the weights
         write_model_card(tmp, ckpt, kind, "pipeline" if cfg.pipeline else cfg.format, cfg.eval)
     if cfg.push_to_hub:
         print(f"uploaded to {push_folder(out, cfg.push_to_hub, 'model', private=not cfg.hub_public)}")
-    what = "pipeline" if cfg.pipeline else ("LoRA" if kind == "lora" else "UNet")
+    what = "pipeline" if cfg.pipeline else ("LoRA" if kind == "lora" else denoiser_dir(ckpt).name)
     model = cfg.model or _recorded_model(ckpt) or "BASE_MODEL"
     base = str(out) if cfg.pipeline else model
     tuned = "" if cfg.pipeline else f" --tuned {out}"

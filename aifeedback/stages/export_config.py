@@ -20,7 +20,7 @@ class ExportConfig:
     checkpoint: str = option("", "a checkpoint folder (RUN/checkpoints/checkpoint-NNNNNN) or a run folder (-> its "
                                  "latest)", positional=True, path=True)
     out: str = option("export", "output folder")
-    pipeline: bool = option(False, "write a whole diffusers pipeline folder (base model + tuned UNet, LoRA fused)")
+    pipeline: bool = option(False, "write a whole diffusers pipeline folder (base model + tuned denoiser, LoRA fused)")
     model: Optional[str] = option(None, "base model for --pipeline; null = the model recorded in the run's config.yaml",
                                   path=True)
     dtype: Literal["float32", "float16", "bfloat16"] = option("float32", "dtype of the written weights")

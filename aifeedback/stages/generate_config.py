@@ -40,18 +40,18 @@ class GenerateConfig:
     seed: int = option(0, "run seed; image k of a prompt uses a seed derived from (seed, prompt_id, k)", min=0)
     dtype: str = option("auto", "weights dtype (auto: float16 on GPU, float32 on CPU)", choices=("auto",) + DTYPES)
     vae: Optional[str] = option(None, "replacement VAE (e.g. madebyollin/sdxl-vae-fp16-fix for fp16 SDXL)", path=True)
-    tuned: Optional[str] = option(None, "fine-tuned weights: LoRA file/folder, UNet or pipeline folder, or training "
-                                        "run dir", path=True)
+    tuned: Optional[str] = option(None, "fine-tuned weights: LoRA file/folder, denoiser or pipeline folder, or "
+                                        "training run dir", path=True)
     image_format: Literal["jpeg", "png"] = option("jpeg", "how images are encoded in the rows")
     jpeg_quality: int = option(95, "JPEG quality", min=1, max=100)
-    save_latents: bool = option(False, "also store each final latent (UNet space, float16) so training can skip the "
-                                       "VAE encoder")
+    save_latents: bool = option(False, "also store each final latent (the denoiser's space, float16) so training "
+                                       "can skip the VAE encoder")
     shard_size: int = option(64, "images per Parquet shard (the unit of resume and of work split across "
                                  "processes)", min=1)
     batch_size: int = option(4, "images rendered per pipeline call", min=1, identity=False)
     device: str = option("auto", "device: auto (the process's GPU under accelerate, else CPU), cuda, cuda:N, "
                                  "cpu", identity=False)
-    compile: bool = option(False, "torch.compile the UNet (worth it for long GPU runs)", identity=False)
+    compile: bool = option(False, "torch.compile the denoiser (worth it for long GPU runs)", identity=False)
     compile_mode: str = option("max-autotune", "torch.compile mode for --compile (max-autotune tunes kernels for "
                                                "minutes; default compiles faster)",
                                choices=COMPILE_MODES, identity=False)

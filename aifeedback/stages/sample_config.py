@@ -16,7 +16,7 @@ from aifeedback.families.resolve import DTYPES, SCHEDULERS
 class SampleConfig:
     model: str = option("stabilityai/stable-diffusion-xl-base-1.0", "base model: hub id, local folder, or tiny-sdxl / "
                                                                     "tiny-sd15", path=True)
-    tuned: Optional[str] = option(None, "fine-tuned weights: LoRA file/folder, UNet or pipeline folder, training "
+    tuned: Optional[str] = option(None, "fine-tuned weights: LoRA file/folder, denoiser or pipeline folder, training "
                                         "checkpoint or run dir", path=True)
     prompts: str = option("parti", "prompt source: parti, a .txt/.jsonl/.csv/.tsv file, or a local / hub datasets "
                                    "dataset", path=True)

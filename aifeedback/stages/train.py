@@ -224,7 +224,7 @@ class TrainRecipe:
             while models:
                 m = acc.unwrap_model(models.pop())
                 if self.lora:
-                    ck.load_lora_into(m, Path(input_dir) / ck.LORA_FILE)
+                    ck.load_lora_into(m, Path(input_dir) / ck.LORA_FILE, self.family.denoiser)
                 else:
                     saved = type(m).from_pretrained(input_dir, subfolder=self.family.denoiser)
                     m.load_state_dict(saved.state_dict())
@@ -286,7 +286,7 @@ class TrainRecipe:
     def train(self) -> None:
         """Optimizer steps up to --max-steps, with metrics, validation grids and checkpoints; then publish the run."""
         cfg = self.cfg
-        what = f"LoRA r={cfg.lora_rank}" if self.lora else "full UNet"
+        what = f"LoRA r={cfg.lora_rank}" if self.lora else f"full {self.family.denoiser}"
         pairs = self.n_pairs if self.n_pairs is not None else "streamed"
         self._say(f"training {self.family.name} {what} with {cfg.loss} on {pairs} pairs: {self.pairs_per_step} "
                   f"pairs/step, lr {self.lr:g}, beta {cfg.beta:g}, {self.resolution}px, {self.world} process(es)")
@@ -355,13 +355,15 @@ class TrainRecipe:
         """One micro-step: forward, loss, backward, and (at the end of an accumulation) clip and optimizer step."""
         acc, predict = self.accelerator, self.family.predict
         noisy, t, target, prompts, micro = self._inputs(batch)
+        weights = self.family.loss_weights(self.scheduler, t)  # per-sample weights of the error (None: uniform)
         with acc.accumulate(self.model):
             with acc.autocast():
-                model_w, model_l = denoising_mse(predict(self.model, noisy, t, prompts, micro), target).chunk(2)
+                model_w, model_l = denoising_mse(predict(self.model, noisy, t, prompts, micro), target,
+                                                 weights).chunk(2)
                 ref_w = ref_l = None
                 if self.needs_ref:
                     with torch.no_grad():
-                        ref_w, ref_l = self._reference_mse(noisy, t, prompts, micro, target).chunk(2)
+                        ref_w, ref_l = self._reference_mse(noisy, t, prompts, micro, target, weights).chunk(2)
                 loss, metrics = self.loss_fn(model_w, model_l, ref_w, ref_l, self.cfg.beta)
             self.losses_finite &= bool(torch.isfinite(loss.detach()))
             acc.backward(loss)
@@ -399,15 +401,15 @@ class TrainRecipe:
             acc.scaler.update()  # clip_grad_norm_ unscaled the gradients: the scaler expects an update before the next
         return False
 
-    def _reference_mse(self, noisy, t, prompts, micro, target) -> torch.Tensor:
+    def _reference_mse(self, noisy, t, prompts, micro, target, weights=None) -> torch.Tensor:
         if self.ref is not None:
-            return denoising_mse(self.family.predict(self.ref, noisy, t, prompts, micro), target)
+            return denoising_mse(self.family.predict(self.ref, noisy, t, prompts, micro), target, weights)
         # LoRA: the reference is the network without its adapters. The forward goes through the prepared (wrapped)
         # model: under FSDP/ZeRO-3 its forward gathers the sharded parameters, a collective every process joins.
         base = self.accelerator.unwrap_model(self.model)
         base.disable_adapters()
         try:
-            return denoising_mse(self.family.predict(self.model, noisy, t, prompts, micro), target)
+            return denoising_mse(self.family.predict(self.model, noisy, t, prompts, micro), target, weights)
         finally:
             base.enable_adapters()
 
@@ -457,7 +459,7 @@ class TrainRecipe:
         if self.main:
             model = acc.unwrap_model(self.model)
             if self.lora:
-                ck.save_lora(model, tmp, self.family.lora_pipeline, state_dict=sd)
+                ck.save_lora(model, tmp, self.family.lora_pipeline, state_dict=sd, denoiser=self.family.denoiser)
             else:
                 model.save_pretrained(tmp / self.family.denoiser, state_dict=sd, safe_serialization=True)
             position = step * self.cfg.grad_accum * self.cfg.batch_size * self.world

@@ -4,7 +4,8 @@ Layout of one checkpoint (written under a temporary name and renamed when comple
 a half checkpoint that `--resume latest` would pick up):
 
   RUN/checkpoints/checkpoint-000500/
-    unet/                               full fine-tune: UNet2DConditionModel.save_pretrained (safetensors)
+    unet/ or transformer/               full fine-tune: the denoiser's save_pretrained (safetensors), named as the
+                                        pipeline component it replaces (UNet families, flow-matching transformers)
     pytorch_lora_weights.safetensors    LoRA: what `pipe.load_lora_weights` reads
     trainer_state.json                  step, data position, counters
     optimizer.bin, scheduler.bin, random_states_*.pkl, ...   accelerate.save_state (exact resume)
@@ -22,6 +23,7 @@ from aifeedback.errors import AifError
 from aifeedback.storage.publish import remove_stale
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
+DENOISER_DIRS = ("unet", "transformer")  # the pipeline components a full fine-tune can hold (Family.denoiser)
 STATE_FILE = "trainer_state.json"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
@@ -60,12 +62,13 @@ def latest_checkpoint(run_dir: str | Path, require_state: bool = False) -> Path:
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint folder, or a run folder (-> its latest checkpoint)."""
     p = Path(path)
-    if (p / STATE_FILE).exists() or (p / LORA_FILE).exists() or (p / "unet" / "config.json").exists():
+    if (p / STATE_FILE).exists() or (p / LORA_FILE).exists() or denoiser_dir(p) is not None:
         return p
     if (p / "checkpoints").is_dir():
         return latest_checkpoint(p, require_state=True)
     raise CheckpointError(
-        f"{p} is neither a training checkpoint (checkpoint-NNNNNN/ with unet/ or {LORA_FILE}) nor a run folder "
+        f"{p} is neither a training checkpoint (checkpoint-NNNNNN/ with unet/, transformer/ or {LORA_FILE}) nor a "
+        "run folder "
         "with checkpoints/. Fix: pass RUN_DIR or RUN_DIR/checkpoints/checkpoint-NNNNNN"
     )
 
@@ -75,9 +78,17 @@ def checkpoint_kind(ckpt: str | Path) -> str:
     ckpt = Path(ckpt)
     if (ckpt / LORA_FILE).exists():
         return "lora"
-    if (ckpt / "unet" / "config.json").exists():
+    if denoiser_dir(ckpt) is not None:
         return "full"
-    raise CheckpointError(f"{ckpt} holds neither unet/ nor {LORA_FILE}")
+    raise CheckpointError(f"{ckpt} holds neither unet/, transformer/ nor {LORA_FILE}")
+
+
+def denoiser_dir(folder: str | Path) -> Path | None:
+    """The denoiser subfolder (unet/ or transformer/, with its config.json) of a checkpoint or pipeline folder."""
+    for name in DENOISER_DIRS:
+        if (Path(folder) / name / "config.json").exists():
+            return Path(folder) / name
+    return None
 
 
 def prune(run_dir: str | Path, keep: int) -> None:
@@ -91,18 +102,25 @@ def prune(run_dir: str | Path, keep: int) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # LoRA in the diffusers format
 
-def save_lora(unet: Any, out_dir: str | Path, pipeline_cls: Any, state_dict: dict | None = None) -> Path:
-    """Write the UNet's LoRA adapter as `pytorch_lora_weights.safetensors`, loadable by `pipe.load_lora_weights`.
+def save_lora(model: Any, out_dir: str | Path, pipeline_cls: Any, state_dict: dict | None = None,
+              denoiser: str = "unet") -> Path:
+    """Write the denoiser's LoRA adapter as `pytorch_lora_weights.safetensors`, loadable by `pipe.load_lora_weights`.
 
-    pipeline_cls: the diffusers pipeline class of the model's family (`Family.lora_pipeline`), which writes the file.
-    state_dict: the full UNet state dict when it had to be gathered from shards (FSDP, ZeRO-3)."""
+    pipeline_cls: the diffusers pipeline class of the model's family (`Family.lora_pipeline`), which writes the file
+    with keys prefixed by the component (`unet.`, `transformer.`). denoiser: that component (`Family.denoiser`).
+    state_dict: the full denoiser state dict when it had to be gathered from shards (FSDP, ZeRO-3).
+    Keys are written as diffusers' own training scripts write them: UNet LoRAs in the diffusers layout
+    (`lora.down`/`lora.up`), transformer LoRAs in peft's (`lora_A`/`lora_B`)."""
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, state_dict=state_dict))
+    layers = get_peft_model_state_dict(model, state_dict=state_dict)
+    if denoiser == "unet":
+        layers = convert_state_dict_to_diffusers(layers)
     pipeline_cls.save_lora_weights(
-        str(out_dir), unet_lora_layers=layers, safe_serialization=True,
-        unet_lora_adapter_metadata=_sorted_sets(unet.peft_config["default"].to_dict()),
+        str(out_dir), safe_serialization=True, **{
+            f"{denoiser}_lora_layers": layers,
+            f"{denoiser}_lora_adapter_metadata": _sorted_sets(model.peft_config["default"].to_dict())},
     )
     path = Path(out_dir) / LORA_FILE
     _sort_header_metadata(path)
@@ -134,14 +152,20 @@ def _sort_header_metadata(path: Path) -> None:
         f.write(text.ljust(size))  # safetensors pads headers with spaces
 
 
-def load_lora_into(unet: Any, lora_file: str | Path) -> None:
-    """Load a LoRA file written by save_lora into a UNet that already has the 'default' adapter (resume)."""
+def load_lora_into(model: Any, lora_file: str | Path, denoiser: str = "unet") -> None:
+    """Load a LoRA file written by save_lora into a denoiser (the pipeline component `denoiser`) that already has
+    the 'default' adapter (resume)."""
     from diffusers.utils import convert_unet_state_dict_to_peft
     from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    sd = {k.removeprefix("unet."): v for k, v in load_file(str(lora_file)).items() if k.startswith("unet.")}
-    result = set_peft_model_state_dict(unet, convert_unet_state_dict_to_peft(sd), adapter_name="default")
+    prefix = f"{denoiser}."
+    sd = {k.removeprefix(prefix): v for k, v in load_file(str(lora_file)).items() if k.startswith(prefix)}
+    if not sd:
+        raise CheckpointError(f"{lora_file} holds no LoRA weights for the {denoiser} (no '{prefix}' keys); was it "
+                              "trained on another model family?")
+    # peft-layout keys (lora_A/B) pass through the conversion unchanged
+    result = set_peft_model_state_dict(model, convert_unet_state_dict_to_peft(sd), adapter_name="default")
     unexpected = getattr(result, "unexpected_keys", None)
     if unexpected:
         raise CheckpointError(f"{lora_file} does not match this model's LoRA layers (e.g. {unexpected[:3]}); "

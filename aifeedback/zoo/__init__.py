@@ -43,6 +43,8 @@ ZOO: Registry[ZooModel] = Registry("offline model", [
              like="stabilityai/sdxl-turbo"),
     ZooModel("tiny-sdxl-refiner", "tiny random SDXL refiner (StableDiffusionXLImg2ImgPipeline: second text encoder "
              "only, aesthetic score), for tests", "aifeedback.zoo.tiny:build_tiny_sdxl_refiner"),
+    ZooModel("tiny-sd3", "tiny random StableDiffusion3Pipeline (CLIP-L, CLIP-G, T5; flow matching), for tests",
+             "aifeedback.zoo.tiny:build_tiny_sd3"),
     # toy-sd15 version 2: centred discs, 24 captions held out of pretraining (prompt fidelity)
     ZooModel("toy-sd15", "toy StableDiffusionPipeline pretrained on coloured discs (8x8 px) for `aif demo`",
              "aifeedback.zoo.toy:build_toy_sd15", version="2"),

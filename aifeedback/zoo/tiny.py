@@ -1,9 +1,9 @@
 """The offline tiny-model zoo: small random-initialised diffusers pipelines with the real architectures.
 
-No weights can be downloaded in tests or CI, so `tiny-sdxl` and `tiny-sd15` are built here from a fixed seed
+No weights can be downloaded in tests or CI, so `tiny-sdxl`, `tiny-sd15` and `tiny-sd3` are built here from a fixed seed
 (same bytes on every machine), saved once under the cache directory, and then loaded with `from_pretrained`
-like any hub model. Their tokenizers are the real CLIP BPE tokenizer, built from the vocab file that open_clip
-ships, so prompts tokenise exactly as with the real models.
+like any hub model. Their CLIP tokenizers are the real CLIP BPE tokenizer, built from the vocab file that open_clip
+ships, so prompts tokenise exactly as with the real models; tiny-sd3's T5 tokenizer is a small offline one.
 """
 
 from __future__ import annotations
@@ -16,14 +16,17 @@ from diffusers import (
     DDIMScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
     StableDiffusionPipeline,
     StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
-from aifeedback.zoo.tokenizer import BOS, EOS, VOCAB_SIZE, clip_tokenizer
+from aifeedback.zoo.tokenizer import BOS, EOS, VOCAB_SIZE, clip_tokenizer, t5_tokenizer
 
 
 def _text_config(hidden: int, projection: int):
@@ -35,13 +38,13 @@ def _text_config(hidden: int, projection: int):
     )
 
 
-def _vae(scaling_factor: float):
+def _vae(scaling_factor: float, latent_channels: int = 4, **flow):
 
     # Two blocks = one 2x downsample (the real VAE has four blocks, 8x); same class and code path.
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+        in_channels=3, out_channels=3, latent_channels=latent_channels, block_out_channels=(8, 16), layers_per_block=1,
         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        norm_num_groups=8, sample_size=32, scaling_factor=scaling_factor,
+        norm_num_groups=8, sample_size=32, scaling_factor=scaling_factor, **flow,
     )
 
 
@@ -129,5 +132,36 @@ def build_tiny_sd15(out: Path) -> None:
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=te, tokenizer=clip_tokenizer(), unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(out)
+
+
+def build_tiny_sd3(out: Path) -> None:
+    """A StableDiffusion3Pipeline: CLIP-L- and CLIP-G-like encoders with projections, a T5 encoder, an MMDiT
+    transformer (patch 2, ~50k parameters) and a 16-channel VAE with SD3's shift and scale; flow-matching scheduler
+    with SD3's shift 3."""
+
+    torch.manual_seed(0)
+    te1 = CLIPTextModelWithProjection(_text_config(hidden=16, projection=16))
+    torch.manual_seed(1)
+    te2 = CLIPTextModelWithProjection(_text_config(hidden=16, projection=16))
+    t5_tok = t5_tokenizer()
+    torch.manual_seed(4)
+    te3 = T5EncoderModel(T5Config(vocab_size=len(t5_tok), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                                  relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1))
+    torch.manual_seed(2)
+    transformer = SD3Transformer2DModel(
+        sample_size=16, patch_size=2, in_channels=16, out_channels=16, num_layers=2, attention_head_dim=8,
+        num_attention_heads=2, caption_projection_dim=16,  # = heads * head dim, as in the real models
+        joint_attention_dim=32,  # T5's width; the CLIP states (16 + 16) are zero-padded to it
+        pooled_projection_dim=32,  # the two CLIP projections, concatenated
+        pos_embed_max_size=16,
+    )
+    torch.manual_seed(3)
+    vae = _vae(1.5035, latent_channels=16, shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False)
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
+        text_encoder=te1, tokenizer=clip_tokenizer(), text_encoder_2=te2, tokenizer_2=clip_tokenizer("!"),
+        text_encoder_3=te3, tokenizer_3=t5_tok,
     )
     pipe.save_pretrained(out)

@@ -1,13 +1,16 @@
-"""The real CLIP BPE tokenizer, built offline from the vocabulary open_clip ships."""
+"""Offline tokenizers for the tiny models: the real CLIP BPE tokenizer, built from the vocabulary open_clip ships,
+and a small character-level T5 tokenizer (T5's real SentencePiece vocabulary cannot be downloaded here; the real
+models load the hub's)."""
 
 from __future__ import annotations
 
 import gzip
 import json
+import string
 from pathlib import Path
 
 import open_clip
-from transformers import CLIPTokenizer
+from transformers import CLIPTokenizer, T5TokenizerFast
 
 from aifeedback.zoo.cache import cached_build
 
@@ -52,3 +55,22 @@ VOCAB_SIZE = 49408
 
 
 BOS, EOS = 49406, 49407
+
+
+T5_MAX_LENGTH = 256  # what StableDiffusion3Pipeline pads T5 prompts to by default (max_sequence_length)
+
+
+def t5_tokenizer_files(out: Path) -> Path:
+    """Write a T5TokenizerFast folder: T5's layout (<pad> 0, </s> 1, <unk> 2, the word-start mark, 100 sentinels,
+    the Metaspace pre-tokenizer and </s> appended) over a unigram vocabulary of the printable ASCII characters,
+    each alone and word-initial, so any English prompt tokenises without <unk>. Fixed list, same bytes everywhere."""
+    chars = [c for c in string.printable if not c.isspace()]
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    pieces += [(c, -3.0) for c in chars] + [("\u2581" + c, -3.0) for c in chars]
+    T5TokenizerFast(vocab=pieces, model_max_length=T5_MAX_LENGTH).save_pretrained(str(out))
+    return out
+
+
+def t5_tokenizer():
+    """The offline character-level T5 tokenizer (see t5_tokenizer_files), loaded as T5TokenizerFast."""
+    return T5TokenizerFast.from_pretrained(str(cached_build("t5-tokenizer", t5_tokenizer_files)))

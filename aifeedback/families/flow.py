@@ -1,0 +1,68 @@
+"""Flow-matching (rectified flow) transformer families: SD3 / SD3.5 and FLUX.1 share the training side here.
+
+What diffusers' own training scripts do (examples/dreambooth/train_dreambooth_lora_sd3.py and _flux.py), with the
+DPO twist that winner and loser share the noise and sigma (Flow-DPO, Liu et al. 2025, arXiv 2501.13918):
+- sigma: `u = compute_density_for_timestep_sampling(scheme, n, logit_mean, logit_std, mode_scale)` (diffusers'
+  training_utils), `index = int(u * num_train_timesteps)`, timestep = `scheduler.timesteps[index]`, sigma = the
+  scheduler's sigma at that timestep; the scheduler is a fresh FlowMatchEulerDiscreteScheduler from the pipeline's
+  scheduler config (its shift included), never the sampling one, whose `set_timesteps` moves the grid;
+- noising: x_t = (1 - sigma) x0 + sigma noise; target: the velocity noise - x0;
+- loss weighting: `compute_loss_weighting_for_sd3(scheme, sigma)` per sample (uniform for logit_normal and mode,
+  whose sampling density already does the weighting).
+Latents are the VAE's, `(z - shift_factor) * scaling_factor` (families/base.py encode_images).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
+
+from aifeedback.families.base import Family
+
+
+class FlowFamily(Family):
+    """Flow-matching transformer families. A subclass sets the facts of `Family` (resolution, guidance, lora targets,
+    lora_pipeline) and implements `matches`, `text_encoders`, `encode_prompts` and `predict`; it may override the
+    timestep-sampling class variables below (the defaults are diffusers' SD3 script's)."""
+
+    denoiser = "transformer"
+    weighting_scheme: ClassVar[str] = "logit_normal"  # sigma_sqrt | logit_normal | mode | cosmap | none
+    logit_mean: ClassVar[float] = 0.0
+    logit_std: ClassVar[float] = 1.0
+    mode_scale: ClassVar[float] = 1.29
+
+    def noise_scheduler(self, pipe: Any) -> Any:
+        return FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
+
+    def training_noise(self, scheduler: Any, latents: torch.Tensor, groups: int
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        n = len(latents) // groups
+        noise = torch.randn_like(latents[:n]).repeat(groups, *[1] * (latents.dim() - 1))
+        t = self.sample_timesteps(scheduler, n).to(latents.device).repeat(groups)
+        sigma = flow_sigmas(scheduler, t).to(latents).view(-1, *[1] * (latents.dim() - 1))
+        return (1 - sigma) * latents + sigma * noise, t, noise - latents
+
+    def sample_timesteps(self, scheduler: Any, n: int) -> torch.Tensor:
+        """n training timesteps drawn as diffusers' SD3/FLUX scripts draw them (on the CPU, from the global RNG,
+        which checkpoints save)."""
+        u = compute_density_for_timestep_sampling(self.weighting_scheme, n, logit_mean=self.logit_mean,
+                                                  logit_std=self.logit_std, mode_scale=self.mode_scale)
+        steps = scheduler.config.num_train_timesteps
+        # u is in [0, 1]; the "mode" density reaches 1 exactly when its uniform draw is 0, one past the last index.
+        return scheduler.timesteps[(u * steps).long().clamp(0, steps - 1)]
+
+    def loss_weights(self, scheduler: Any, t: torch.Tensor) -> torch.Tensor:
+        return compute_loss_weighting_for_sd3(self.weighting_scheme, flow_sigmas(scheduler, t)).float().to(t.device)
+
+
+def flow_sigmas(scheduler: Any, t: torch.Tensor) -> torch.Tensor:
+    """The scheduler's sigma at each timestep of t (on t's device): the first grid position holding it, as diffusers'
+    training scripts look it up."""
+    grid = scheduler.timesteps.to(t.device)
+    hits = grid[None, :] == t[:, None]
+    if not bool(hits.any(dim=1).all()):
+        raise ValueError("flow_sigmas: a timestep is not on the scheduler's training grid (use sample_timesteps)")
+    return scheduler.sigmas.to(t.device)[hits.float().argmax(dim=1)]
