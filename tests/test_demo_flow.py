@@ -29,6 +29,7 @@ def test_flow_demo_aligns_the_toy_model_to_redness(demo):
     redness = report["scorers"]["redness"]
     assert redness["n"] == 32 * 4
     assert redness["win_rate"] >= 0.65 and redness["mean_tuned"] > redness["mean_base"]
+    assert report["scorers"]["toy-fidelity"]["mean_base"] >= 0.8  # the base model draws what its captions say
     metrics = [json.loads(line) for line in (Path(cfg.out) / "dpo" / "metrics.jsonl").open()]
     assert len(metrics) == SIZES["train_steps"]
     assert metrics[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # policy == reference at step 1
