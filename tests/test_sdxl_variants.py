@@ -93,7 +93,7 @@ def test_turbo_defaults_drive_generate_sample_and_validation(aif_cache, tmp_path
 
     from aifeedback.stages import generate, sample, train
     from aifeedback.storage.shards import read_rows
-    from tests.pairs_fixtures import pickapic_rows, tiny_train, write_pickapic
+    from tests.pairs_fixtures import pickapic_rows, read_metrics, tiny_train, write_pickapic
 
     calls = []
     original = diffusers.StableDiffusionXLPipeline.__call__
@@ -117,6 +117,7 @@ def test_turbo_defaults_drive_generate_sample_and_validation(aif_cache, tmp_path
                          checkpoint_every=1, validation_every=1, validation_prompts=["a red cat"],
                          validation_seeds=[0]))
     assert calls == [(1, 0.0), (1, 0.0), (2, 3.0), (1, 0.0), (1, 0.0)]  # generate, sample x2, validation x2
+    assert math.isclose(read_metrics(tmp_path / "run")[0]["loss"], math.log(2), abs_tol=1e-6)  # policy == ref
 
 
 def test_refiner_generate_score_train_export_load(refiner, tmp_path):
