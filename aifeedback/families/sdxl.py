@@ -52,6 +52,7 @@ def is_refiner_unet(config: Any) -> bool:
     alone, so its context width is that encoder's width, which is also its pooled width (OpenCLIP bigG: 1280 both),
     and its added embedding holds five time ids (original size, crop, aesthetic score) besides the pooled embedding:
     2560 = 5 * 256 + 1280. The base holds six time ids and a wider context: 2816 = 6 * 256 + 1280, context 2048."""
-    dim = config.get("addition_time_embed_dim")
-    return dim is not None and config.get("projection_class_embeddings_input_dim") == \
-        5 * dim + config.get("cross_attention_dim")
+    dim, context = config.get("addition_time_embed_dim"), config.get("cross_attention_dim")
+    if not (isinstance(dim, int) and isinstance(context, int)):  # context may be per-block (a list) in other UNets
+        return False
+    return config.get("projection_class_embeddings_input_dim") == 5 * dim + context

@@ -14,8 +14,8 @@ from aifeedback.zoo import toy_models
 @dataclass
 class DemoConfig:
     out: str = option("runs/demo", "output folder: prompts/, generate/, pairs/, dpo/, eval/ and commands.txt")
-    model: str = option(toy_models()[0], "the toy model the loop runs on: toy-sd15 (DDPM UNet) or toy-sd3 "
-                                         "(flow-matching MMDiT, the SD3/FLUX objective)", choices=toy_models())
+    model: str = option(toy_models()[0], "the toy model the loop runs on (the zoo's toy models: a DDPM UNet, or a "
+                                         "flow-matching MMDiT as SD3/FLUX; see `aif models`)", choices=toy_models())
     prompts: int = option(64, "training captions (each gets --images-per-prompt candidates)", min=2)
     images_per_prompt: int = option(8, "candidates per caption (K); the best- and worst-scored become a pair", min=2)
     eval_prompts: int = option(64, "held-out captions for the eval (none of them is a training caption)", min=1)
