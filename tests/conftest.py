@@ -45,3 +45,11 @@ def toy_sd15(aif_cache):
     from aifeedback.zoo import tiny_pipeline_path
 
     return tiny_pipeline_path("toy-sd15")
+
+
+@pytest.fixture(scope="session")
+def toy_sd3(aif_cache):
+    """Path of the pretrained toy SD3 (flow-matching) pipeline folder (built and pretrained once per cache)."""
+    from aifeedback.zoo import tiny_pipeline_path
+
+    return tiny_pipeline_path("toy-sd3")

@@ -11,10 +11,11 @@ import torch
 def pipes(tiny_sd15, tiny_sdxl):
     from aifeedback.families.loading import load_pipeline
 
-    return {"sd15": load_pipeline("tiny-sd15"), "sdxl": load_pipeline("tiny-sdxl")}
+    return {"sd15": load_pipeline("tiny-sd15"), "sdxl": load_pipeline("tiny-sdxl"),
+            "sdxl-refiner": load_pipeline("tiny-sdxl-refiner")}
 
 
-@pytest.mark.parametrize("name", ["sd15", "sdxl"])
+@pytest.mark.parametrize("name", ["sd15", "sdxl", "sdxl-refiner"])
 def test_detect_pipeline_and_its_unet(pipes, name):
     from aifeedback.families import detect, family, get_family
 
@@ -26,7 +27,7 @@ def test_detect_pipeline_and_its_unet(pipes, name):
 def test_registry_lists_every_family_once():
     from aifeedback.families import FAMILIES, get_family
 
-    assert list(FAMILIES) == ["sd15", "sdxl", "sd3", "flux"]
+    assert list(FAMILIES) == ["sd15", "sdxl", "sdxl-refiner", "sd3", "flux"]
     for name, help in FAMILIES.describe().items():  # each entry loads its family, which carries the entry's name
         assert help and get_family(name).name == name and get_family(name).help == help
 
@@ -54,7 +55,7 @@ def test_unknown_family_name_suggests_the_closest():
     from aifeedback.families import get_family
     from aifeedback.registry import UnknownNameError
 
-    with pytest.raises(UnknownNameError, match="Did you mean 'sdxl'.*valid: sd15, sdxl"):
+    with pytest.raises(UnknownNameError, match="Did you mean 'sdxl'.*valid: sd15, sdxl, sdxl-refiner, sd3, flux"):
         get_family("sdx")
 
 
@@ -84,7 +85,8 @@ def test_sdxl_uses_the_micro_conditioning_and_sd15_ignores_it(pipes):
     from aifeedback.families import detect
 
     outs = {}
-    for name, pipe in pipes.items():
+    for name in ("sd15", "sdxl"):
+        pipe = pipes[name]
         fam = detect(pipe)
         prompts = fam.encode_prompts(fam.text_encoders(pipe), ["a red cube"])
         z = torch.randn(1, pipe.unet.config.in_channels, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -97,7 +99,7 @@ def test_sdxl_uses_the_micro_conditioning_and_sd15_ignores_it(pipes):
         detect(pipes["sdxl"]).predict(pipes["sdxl"].unet, z, torch.tensor([500]), prompts, None)
 
 
-@pytest.mark.parametrize("name", ["sd15", "sdxl"])
+@pytest.mark.parametrize("name", ["sd15", "sdxl", "sdxl-refiner"])
 def test_training_noise_is_shared_across_groups(pipes, name):
     from aifeedback.families import detect
 
@@ -110,7 +112,7 @@ def test_training_noise_is_shared_across_groups(pipes, name):
     assert torch.equal(target[:3], target[3:])  # epsilon targets: the noise itself, one per pair
 
 
-@pytest.mark.parametrize("name", ["sd15", "sdxl"])
+@pytest.mark.parametrize("name", ["sd15", "sdxl", "sdxl-refiner"])
 def test_family_facts(pipes, name):
     from aifeedback.families import detect
     from aifeedback.families.sampling import default_guidance
@@ -121,8 +123,8 @@ def test_family_facts(pipes, name):
     for target in fam.lora_targets:  # every LoRA target names attention layers of the real architecture
         assert any(n.endswith(target) for n in modules), target
     assert isinstance(pipe, fam.lora_pipeline)
-    assert default_guidance(pipe) == fam.guidance == {"sd15": 7.5, "sdxl": 5.0}[name]
-    assert fam.resolution == {"sd15": 512, "sdxl": 1024}[name]
+    assert default_guidance(pipe) == fam.guidance == {"sd15": 7.5, "sdxl": 5.0, "sdxl-refiner": 5.0}[name]
+    assert fam.resolution == {"sd15": 512, "sdxl": 1024, "sdxl-refiner": 1024}[name]
 
 
 def test_vae_dtype_rule():

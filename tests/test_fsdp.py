@@ -75,8 +75,8 @@ def _worker(rank: int, port: int, out: str) -> None:
             if "lora_B" in name:
                 p.normal_(0, 0.5)
     noisy, t, prompts, target = _inputs(unet)
-    cfg = SimpleNamespace(validation_prompts=["a red cat"], validation_seeds=SEEDS, validation_steps=STEPS,
-                          validation_guidance=5.0)
+    cfg = SimpleNamespace(model="tiny-sd15", validation_prompts=["a red cat"], validation_seeds=SEEDS,
+                          validation_steps=STEPS, validation_guidance=5.0)
     res, base = 32, Path(out)
     with torch.no_grad():
         policy = denoising_mse(family.predict(unet, noisy, t, prompts, None), target)

@@ -18,7 +18,7 @@ def _weights_hash(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-@pytest.mark.parametrize("name", ["tiny-sdxl", "tiny-sd15", "tiny-sd3"])
+@pytest.mark.parametrize("name", ["tiny-sdxl", "tiny-sd15", "tiny-sd3", "tiny-sdxl-refiner"])
 def test_tiny_pipeline_is_deterministic(name, tmp_path):
     from diffusers import DiffusionPipeline
 

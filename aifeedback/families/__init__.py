@@ -43,6 +43,9 @@ FAMILIES: Registry[FamilyEntry] = Registry("model family", [
                 "aifeedback.families.sd15", "SD15"),
     FamilyEntry("sdxl", "Stable Diffusion XL layout: two CLIP text encoders, pooled embedding and size/crop time ids "
                 "(1024 px)", "aifeedback.families.sdxl", "SDXL"),
+    FamilyEntry("sdxl-refiner", "SDXL refiner layout: second text encoder only, pooled embedding and size/crop/"
+                "aesthetic-score time ids (1024 px, img2img pipeline)", "aifeedback.families.sdxl_refiner",
+                "SDXLRefiner"),
     FamilyEntry("sd3", "Stable Diffusion 3 / 3.5 layout: MMDiT transformer trained by flow matching; CLIP-L + CLIP-G "
                 "(pooled) + T5 text encoders, 16-channel VAE (1024 px)", "aifeedback.families.sd3", "SD3"),
     FamilyEntry("flux", "FLUX.1 layout (dev, schnell): flow-matching transformer on packed latents; CLIP-L pooled "

@@ -43,6 +43,7 @@ class Family(ABC):
     denoiser: ClassVar[str]  # the pipeline component that is trained ("unet", "transformer")
     resolution: ClassVar[int]  # native resolution in pixels (the training default)
     guidance: ClassVar[float]  # diffusers' default classifier-free guidance scale
+    steps: ClassVar[int] = 50  # diffusers' default number of sampling steps
     lora_targets: ClassVar[tuple[str, ...]]  # module names LoRA adapts in the denoiser
     lora_pipeline: ClassVar[Any]  # diffusers pipeline class whose save_lora_weights writes the LoRA file
     vae_fp16_safe: ClassVar[bool] = True  # False: the stock VAE overflows in fp16 (keep it in fp32)
@@ -75,6 +76,11 @@ class Family(ABC):
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(noisy latents, timesteps, target) for one training step. `latents` are `groups` stacked blocks of the
         same items (DPO: winners, then losers); every block gets the same noise and timesteps."""
+
+    def sampling_inputs(self, pipe: Any, n: int, width: int, height: int) -> dict[str, Any]:
+        """What the family's diffusers pipeline takes, besides prompts and sampling settings, to draw n images of
+        width x height from noise (text-to-image pipelines: the size)."""
+        return {"width": width, "height": height}
 
     def loss_weights(self, scheduler: Any, t: torch.Tensor) -> torch.Tensor | None:
         """Per-sample weights of the denoising error at timesteps t (shape (N,)), or None for uniform weights."""
@@ -109,6 +115,9 @@ class UNetFamily(Family):
     denoiser = "unet"
     addition_embed_type: ClassVar[str | None]
     lora_targets = ("to_k", "to_q", "to_v", "to_out.0")
+    # Training draws timesteps from the lowest fraction of the schedule: all of it, unless the model was trained on
+    # low noise levels only (the SDXL refiner).
+    train_noise_fraction: ClassVar[float] = 1.0
 
     @classmethod
     def matches(cls, config: Any) -> bool:
@@ -129,7 +138,8 @@ class UNetFamily(Family):
             noise = noise + noise_offset * torch.randn(*noise.shape[:2], *[1] * (noise.dim() - 2),
                                                        device=noise.device, dtype=noise.dtype)
         noise = noise.repeat(groups, *[1] * (latents.dim() - 1))
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (n,), device=latents.device).repeat(groups)
+        high = round(scheduler.config.num_train_timesteps * self.train_noise_fraction)
+        t = torch.randint(0, high, (n,), device=latents.device).repeat(groups)
         return scheduler.add_noise(latents, noise, t), t, training_target(scheduler, latents, noise, t)
 
     def predict(self, model: Any, noisy: torch.Tensor, t: torch.Tensor, prompts: dict[str, torch.Tensor],

@@ -9,6 +9,7 @@ stage checks its model arguments here first, so a misspelt name fails in a secon
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 from aifeedback.errors import AifError, first_line
@@ -22,6 +23,9 @@ KNOWN_MODELS: dict[str, str] = {
                                                    "px",
     "mhdang/dpo-sdxl-text2image-v1": "the paper's released DPO-SDXL UNet (use as --tuned in eval)",
     "madebyollin/sdxl-vae-fp16-fix": "SDXL VAE that does not overflow in fp16 (pass as --vae)",
+    "stabilityai/sdxl-turbo": "SDXL Turbo (sdxl family, distilled): 1 step, no guidance, 512 px by default",
+    "stabilityai/stable-diffusion-xl-refiner-1.0": "SDXL refiner (sdxl-refiner family): second text encoder only, "
+                                                   "aesthetic-score conditioning, 1024 px",
     "stabilityai/stable-diffusion-3-medium-diffusers": "SD3 medium (2B MMDiT, flow matching; gated: accept the "
                                                        "licence on the hub), 1024 px",
     "stabilityai/stable-diffusion-3.5-medium": "SD3.5 medium (2.5B MMDiT-X, flow matching; gated), 1024 px",
@@ -31,6 +35,38 @@ KNOWN_MODELS: dict[str, str] = {
     "black-forest-labs/FLUX.1-schnell": "FLUX.1 schnell (12B transformer, timestep-distilled: 1-4 steps, no "
                                         "guidance; Apache-2.0, gated), 1024 px",
 }
+
+
+@dataclass(frozen=True)
+class ModelDefaults:
+    """Settings a model needs that differ from its family's defaults; None keeps the family's (families/base.py).
+
+    steps and guidance are what generate, sample, eval and training's validation images use when no flag sets
+    them; resolution is training's default size (sampling uses the model's native size from its UNet config)."""
+
+    steps: int | None = None
+    guidance: float | None = None
+    resolution: int | None = None
+
+
+# Per-model defaults, by hub id (a zoo model shares a real model's through ZooModel.like). SDXL Turbo is
+# adversarially distilled to sample in 1-4 steps without classifier-free guidance at 512 px: its model card and the
+# diffusers docs sample it with num_inference_steps=1, guidance_scale=0.0. Its sampler (EulerAncestral, "trailing"
+# timesteps) is in its own scheduler config, which `--scheduler default` keeps.
+MODEL_DEFAULTS: dict[str, ModelDefaults] = {
+    "stabilityai/sdxl-turbo": ModelDefaults(steps=1, guidance=0.0, resolution=512),
+}
+
+
+def model_defaults(name: str) -> ModelDefaults:
+    """The defaults of a model argument: a hub id, a zoo name (its `like`), or a Hugging Face cache snapshot folder
+    (.../models--OWNER--NAME/snapshots/REV, the path `hf download` prints); any other model has its family's."""
+    if name in ZOO and ZOO[name].like:
+        name = ZOO[name].like
+    parts = Path(name).expanduser().parts
+    if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
+        name = parts[-3].removeprefix("models--").replace("--", "/", 1)
+    return MODEL_DEFAULTS.get(name, ModelDefaults())
 
 
 DTYPES = ("float32", "float16", "bfloat16")

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from aifeedback.families import detect
+from aifeedback.families.resolve import model_defaults
 
 
 def image_seed(seed: int, prompt_id: str, k: int) -> int:
@@ -32,9 +33,16 @@ def default_size(pipe: Any) -> int:
     return int((size or pipe.default_sample_size) * pipe.vae_scale_factor)
 
 
-def default_guidance(pipe: Any) -> float:
-    """diffusers' default classifier-free guidance scale of the pipeline's family (SDXL 5.0, SD1.5 7.5)."""
-    return detect(pipe).guidance
+def default_guidance(pipe: Any, model: str = "") -> float:
+    """The classifier-free guidance scale `model` samples with by default: its own (SDXL Turbo 0.0, see
+    resolve.MODEL_DEFAULTS), else diffusers' default for the pipeline's family (SDXL 5.0, SD1.5 7.5)."""
+    own = model_defaults(model).guidance
+    return detect(pipe).guidance if own is None else own
+
+
+def default_steps(pipe: Any, model: str = "") -> int:
+    """The number of sampling steps `model` takes by default: its own (SDXL Turbo 1), else its family's (50)."""
+    return model_defaults(model).steps or detect(pipe).steps
 
 
 @dataclass
@@ -46,14 +54,14 @@ class Rendered:
     latents: Any = None
 
 
-def render(pipe: Any, prompts: list[str], seeds: list[int], *, steps: int = 50, guidance: float | None = None,
-           width: int | None = None, height: int | None = None, negative_prompt: str = "",
-           return_latents: bool = False) -> Rendered:
+def render(pipe: Any, prompts: list[str], seeds: list[int], *, steps: int | None = None,
+           guidance: float | None = None, width: int | None = None, height: int | None = None,
+           negative_prompt: str = "", return_latents: bool = False, model: str = "") -> Rendered:
     """Render prompts[i] with seeds[i] in one batch; returns PIL images (and latents if return_latents).
 
-    `pipe` is a diffusers pipeline of a registered family (from `loading.load_pipeline`). guidance/width/height
-    default to the family's guidance and the model's native size. An empty negative prompt keeps each
-    pipeline's own default (SDXL uses zero embeddings for it).
+    `pipe` is a diffusers pipeline of a registered family (e.g. from `loading.load_pipeline`). steps/guidance
+    default to those of `model` (the name it was loaded by, see default_steps), width/height to the model's native
+    size. An empty negative prompt keeps each pipeline's own default (SDXL uses zero embeddings for it).
     """
 
     if len(prompts) != len(seeds):
@@ -64,12 +72,11 @@ def render(pipe: Any, prompts: list[str], seeds: list[int], *, steps: int = 50, 
         latents = pipe(
             prompt=list(prompts),
             negative_prompt=[negative_prompt] * len(prompts) if negative_prompt else None,
-            num_inference_steps=steps,
-            guidance_scale=default_guidance(pipe) if guidance is None else guidance,
-            width=width or size,
-            height=height or size,
+            num_inference_steps=default_steps(pipe, model) if steps is None else steps,
+            guidance_scale=default_guidance(pipe, model) if guidance is None else guidance,
             generator=generators,
             output_type="latent",
+            **detect(pipe).sampling_inputs(pipe, len(prompts), width or size, height or size),
         ).images
         latents = detect(pipe).pipeline_latents(pipe, latents, height or size, width or size)
         images = decode_latents(pipe, latents)

@@ -4,9 +4,11 @@
                  -> aif train --data ai (Diffusion-DPO, or --loss) -> aif eval (base vs tuned, held-out captions)
 
 Every step is the real stage, called through its public `run(Config)`, on `toy-sd15` (see `aifeedback.zoo.toy`), a
-StableDiffusionPipeline pretrained on coloured discs on first use. The reward is redness, so the tuned model should
-draw redder images than its base on captions it was never trained on; `aif eval` measures how often it does, and
-its toy-fidelity scorer how often each model still draws the colours the caption names (reward hacking shows there).
+StableDiffusionPipeline pretrained on coloured discs on first use, or with `--model toy-sd3` on its flow-matching
+twin (`aifeedback.zoo.toy_sd3`, a StableDiffusion3Pipeline: the sd3 family's Flow-DPO objective). The reward is
+redness, so the tuned model should draw redder images than its base on captions it was never trained on; `aif eval`
+measures how often it does, and its toy-fidelity scorer how often each model still draws the colours the caption
+names (reward hacking shows there).
 Each stage's output folder is an ordinary stage output: a rerun resumes or reuses it, and OUT/commands.txt lists the
 `aif` commands that reproduce the demo stage by stage. --swap-labels trains on the same pairs with winner and loser
 swapped (OUT/pairs-swapped/): the check that an objective follows its labels, the tuned model should then lose.
@@ -36,7 +38,6 @@ from aifeedback.storage.manifest import fingerprint
 from aifeedback.storage.publish import publishing
 from aifeedback.zoo.toy_world import SIZE, toy_prompts
 
-MODEL = "toy-sd15"
 FIDELITY = "toy-fidelity"  # does an image show its caption's colours? A reward bought with fidelity shows here
 SWAPPED = "pairs-swapped"  # --swap-labels: the pairs with winner and loser exchanged
 
@@ -51,8 +52,9 @@ def stage_configs(cfg: DemoConfig) -> dict[str, Any]:
               "overwrite": cfg.overwrite, "progress": cfg.progress}
     values = {
         "generate": {
-            "model": MODEL, "prompts": str(out / "prompts" / "train.txt"), "images_per_prompt": cfg.images_per_prompt,
-            "seed": cfg.seed, "image_format": "png", "save_latents": True, "out": str(out / "generate"), **common},
+            "model": cfg.model, "prompts": str(out / "prompts" / "train.txt"),
+            "images_per_prompt": cfg.images_per_prompt, "seed": cfg.seed, "image_format": "png", "save_latents": True,
+            "out": str(out / "generate"), **common},
         "score": {
             "input": str(out / "generate"), "scorer": [cfg.scorer], "pairing": "best-worst", "workers": 0,
             # also per image (desirable: the redder half of each caption's K) for unpaired losses (kto): one score
@@ -60,14 +62,14 @@ def stage_configs(cfg: DemoConfig) -> dict[str, Any]:
             "unpaired": True, "out": str(out / "pairs"), "overwrite": cfg.overwrite, "progress": cfg.progress},
         "train": {
             "data": "ai", "dataset": str(out / pairs_folder(cfg) / (UNPAIRED_DIR if unpaired else "")),
-            "model": MODEL, "resolution": SIZE,
+            "model": cfg.model, "resolution": SIZE,
             "loss": cfg.loss, "beta": cfg.train_beta(), "lr": cfg.train_lr(), "scale_lr": False, "weight_decay": 0.0,
             "max_grad_norm": 0.0, "max_steps": cfg.train_steps,
             "batch_size": cfg.batch_size, "seed": cfg.seed, "checkpoint_every": cfg.train_steps,
             "keep_checkpoints": 1, "validation_every": 0, "num_workers": 0, "trackers": "none",
             "out": str(out / cfg.run_name("train")), "overwrite": cfg.overwrite, "progress": cfg.progress},
         "eval": {
-            "base": MODEL, "tuned": str(out / cfg.run_name("train")), "prompts": str(out / "prompts" / "eval.txt"),
+            "base": cfg.model, "tuned": str(out / cfg.run_name("train")), "prompts": str(out / "prompts" / "eval.txt"),
             "seeds_per_prompt": cfg.eval_seeds, "seed": cfg.seed + 1,
             "scorers": list(dict.fromkeys([cfg.scorer, "redness", "brightness", "saturation", FIDELITY])),
             "out": str(out / cfg.run_name("eval")), **common},
@@ -134,9 +136,9 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     main = state.is_main_process
     say = print if main else (lambda *a, **k: None)
     start = time.time()
-    path = resolve_model(MODEL)  # built and pretrained on first use (under a lock), then cached
+    path = resolve_model(cfg.model)  # built and pretrained on first use (under a lock), then cached
     took = time.time() - start
-    say(f"[demo] toy model {MODEL}: {path} ({f'built and pretrained in {took:.0f}s' if took > 5 else 'cached'})")
+    say(f"[demo] toy model {cfg.model}: {path} ({f'built and pretrained in {took:.0f}s' if took > 5 else 'cached'})")
     configs = stage_configs(cfg)
     if main:
         write_prompts(cfg)

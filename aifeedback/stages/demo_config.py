@@ -10,6 +10,7 @@ from typing import Literal, Optional
 
 from aifeedback.config import option
 from aifeedback.losses import LOSSES
+from aifeedback.zoo import toy_models
 
 DEFAULT_LOSS = "dpo"  # its eval folder keeps the demo's original name, OUT/eval/
 
@@ -18,12 +19,15 @@ DEFAULT_LOSS = "dpo"  # its eval folder keeps the demo's original name, OUT/eval
 class DemoConfig:
     out: str = option("runs/demo", "output folder: prompts/, generate/, pairs/, LOSS/ (the run), eval/ and "
                                    "commands.txt")
+    model: str = option(toy_models()[0], "the toy model the loop runs on (the zoo's toy models: a DDPM UNet, or a "
+                                         "flow-matching MMDiT as SD3/FLUX; see `aif models`)", choices=toy_models())
     prompts: int = option(64, "training captions (each gets --images-per-prompt candidates)", min=2)
     images_per_prompt: int = option(8, "candidates per caption (K); the best- and worst-scored become a pair", min=2)
     eval_prompts: int = option(64, "held-out captions for the eval (none of them is a training caption)", min=1)
     eval_seeds: int = option(4, "images per held-out caption and model (base and tuned twins share a seed)", min=1)
     scorer: str = option("redness", "the reward that labels the pairs, e.g. redness, brightness, color:blue")
-    sampling_steps: int = option(10, "DDIM steps for every image", min=1)
+    sampling_steps: int = option(10, "sampling steps for every image (the toy model's sampler: DDIM, or Euler for "
+                                     "flow matching)", min=1)
     guidance: float = option(1.0, "classifier-free guidance scale for every image (1 = off)", min=0.0)
     loss: Literal[LOSSES.names()] = option(DEFAULT_LOSS, "training objective (`aif train --help` lists them); the "
                                                          "run goes to OUT/LOSS/, its eval to OUT/eval-LOSS/ (dpo: "

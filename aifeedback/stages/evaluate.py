@@ -251,9 +251,9 @@ def report_meta(cfg: EvalConfig, out: Path) -> dict[str, Any]:
     tuned = read_json(out / "tuned" / "manifest.json")
     meta = {"base": cfg.base, "tuned": cfg.tuned, "tuned_weights": tuned["config"].get("tuned"), "prompts": cfg.prompts,
             "seeds_per_prompt": cfg.seeds_per_prompt, "seed": cfg.seed, "steps": base["config"].get("steps")}
-    # Values generate resolved from the model (guidance, size, sampler) are in its manifest's "resolved".
+    # Values generate resolved from the model (steps, guidance, size, sampler) are in its manifest's "resolved".
     recorded = {**base.get("inputs", {}), **base.get("resolved", {})}
-    for key in ("guidance", "width", "height", "scheduler", "dtype"):
+    for key in ("steps", "guidance", "width", "height", "scheduler", "dtype"):
         if recorded.get(key) is not None:
             meta[key] = recorded[key]
     if base["config"].get("negative_prompt"):

@@ -24,6 +24,7 @@ from aifeedback.families.resolve import tuned_fingerprint
 from aifeedback.families.sampling import (
     default_guidance,
     default_size,
+    default_steps,
     encode_image,
     image_seed,
     optimize_pipeline,
@@ -124,12 +125,13 @@ def run(cfg: GenerateConfig) -> Path:
 
 
 def resolve_settings(cfg: GenerateConfig, pipe) -> dict:
-    """Size, guidance and scheduler as rendered: the flags, or the model's defaults where a flag is unset."""
+    """Size, steps, guidance and scheduler as rendered: the flags, or the model's defaults where a flag is unset."""
 
     width = cfg.width or cfg.resolution or default_size(pipe)
     height = cfg.height or cfg.resolution or default_size(pipe)
-    guidance = default_guidance(pipe) if cfg.guidance is None else cfg.guidance
-    return dict(width=width, height=height, guidance=guidance, scheduler=type(pipe.scheduler).__name__)
+    steps = default_steps(pipe, cfg.model) if cfg.steps is None else cfg.steps
+    guidance = default_guidance(pipe, cfg.model) if cfg.guidance is None else cfg.guidance
+    return dict(width=width, height=height, steps=steps, guidance=guidance, scheduler=type(pipe.scheduler).__name__)
 
 
 def start_output(cfg: GenerateConfig, out: Path, args: tuple, state) -> dict | None:
@@ -165,14 +167,14 @@ def render_rows(cfg: GenerateConfig, pipe, resolved: dict, batch: list[tuple]) -
     """One pipeline call for a batch of (prompt, k): its rows, images encoded (and latents, with --save-latents)."""
 
     seeds = [image_seed(cfg.seed, p.prompt_id, k) for p, k in batch]
-    result = render(pipe, [p.text for p, _ in batch], seeds, steps=cfg.steps, guidance=resolved["guidance"],
+    result = render(pipe, [p.text for p, _ in batch], seeds, steps=resolved["steps"], guidance=resolved["guidance"],
                     width=resolved["width"], height=resolved["height"], negative_prompt=cfg.negative_prompt,
                     return_latents=cfg.save_latents)
     rows = []
     for j, ((p, k), seed, image) in enumerate(zip(batch, seeds, result.images)):
         row = dict(prompt_id=p.prompt_id, prompt=p.text, category=p.category, k=k, seed=seed,
                    image=encode_image(image, cfg.image_format, cfg.jpeg_quality), width=image.width,
-                   height=image.height, model=cfg.model, scheduler=resolved["scheduler"], steps=cfg.steps,
+                   height=image.height, model=cfg.model, scheduler=resolved["scheduler"], steps=resolved["steps"],
                    guidance=resolved["guidance"])
         if cfg.save_latents:
             row["latent"], row["latent_shape"] = latent_to_bytes(result.latents[j])

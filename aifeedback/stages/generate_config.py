@@ -27,9 +27,10 @@ class GenerateConfig:
     dedupe: bool = option(True, "drop repeated prompts")
     images_per_prompt: int = option(4, "candidate images per prompt (K)", min=1)
     out: str = option("outputs/generate", "output directory (Parquet shards + manifest.json)", identity=False)
-    steps: int = option(50, "denoising steps", min=1, max=1000)
-    guidance: Optional[float] = option(None, "classifier-free guidance scale (default: 5.0 for SDXL, 7.5 for "
-                                             "SD1.5)", min=0)
+    steps: Optional[int] = option(None, "denoising steps (default: the model's: 50; 1 for SDXL Turbo)", min=1,
+                                  max=1000)
+    guidance: Optional[float] = option(None, "classifier-free guidance scale (default: the model's: 5.0 for SDXL, "
+                                             "7.5 for SD1.5, 0 for SDXL Turbo)", min=0)
     resolution: Optional[int] = option(None, "image size in pixels (default: the model's native size, 1024 for "
                                              "SDXL)", min=8)
     width: Optional[int] = option(None, "image width, overrides --resolution", min=8)

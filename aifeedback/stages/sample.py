@@ -100,7 +100,7 @@ def render_files(cfg: SampleConfig, pipe, todo: list[dict], out: Path, state) ->
     for batch in chunks(todo, cfg.batch_size):
         result = render(pipe, [it["prompt"] for it in batch], [it["seed"] for it in batch], steps=cfg.steps,
                         guidance=cfg.guidance, width=cfg.resolution, height=cfg.resolution,
-                        negative_prompt=cfg.negative_prompt)
+                        negative_prompt=cfg.negative_prompt, model=cfg.model)
         for it, image in zip(batch, result.images):
             data = encode_image(image, cfg.image_format, cfg.jpeg_quality)
             atomic_write_bytes(out / IMAGES_DIR / it["file_name"], data)

@@ -25,9 +25,10 @@ class SampleConfig:
     limit: Optional[int] = option(8, "use only the first N prompts (null: all)", min=1)
     images_per_prompt: int = option(1, "images per prompt", min=1)
     out: str = option("outputs/sample", "output folder: train/ (images, metadata.jsonl) and grid.png", identity=False)
-    steps: int = option(50, "denoising steps", min=1, max=1000)
-    guidance: Optional[float] = option(None, "classifier-free guidance scale (default: 5.0 for SDXL, 7.5 for "
-                                             "SD1.5)", min=0)
+    steps: Optional[int] = option(None, "denoising steps (default: the model's: 50; 1 for SDXL Turbo)", min=1,
+                                  max=1000)
+    guidance: Optional[float] = option(None, "classifier-free guidance scale (default: the model's: 5.0 for SDXL, "
+                                             "7.5 for SD1.5, 0 for SDXL Turbo)", min=0)
     resolution: Optional[int] = option(None, "image size in pixels (default: the model's native size)", min=8)
     negative_prompt: str = option("", "negative prompt used for every image")
     scheduler: str = option("default", "sampler (default keeps the model's own)", choices=SCHEDULERS)

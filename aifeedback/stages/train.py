@@ -50,6 +50,8 @@ from aifeedback.errors import AifError
 from aifeedback.families import detect
 from aifeedback.families.base import Family, UNetFamily, min_snr_weights, vae_factor
 from aifeedback.families.loading import load_pipeline
+from aifeedback.families.resolve import model_defaults
+from aifeedback.families.sampling import default_guidance
 from aifeedback.losses import LOSSES, get_loss
 from aifeedback.losses.base import denoising_mse
 from aifeedback.stages.train_config import TrainConfig
@@ -121,7 +123,7 @@ class TrainRecipe:
         self.resume_from = self._setup_run_folder()
         set_seed(self.cfg.seed, device_specific=True)  # noise/timesteps differ per process; checkpoints save each RNG
         self.pipe, self.family = self._setup_pipeline()
-        self.resolution = self.cfg.resolution or self.family.resolution
+        self.resolution = self.cfg.resolution or model_defaults(self.cfg.model).resolution or self.family.resolution
         self.weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[acc.mixed_precision]
         self.text, self.vae = self._setup_frozen_parts()
         self.scheduler = self.family.noise_scheduler(self.pipe)
@@ -639,6 +641,9 @@ def _validate(cfg: TrainConfig, accelerator, pipe, family: Family, model, vae, r
     model (its forwards gather the shards) and the main one saves it."""
     path = out / "validation" / f"step-{step:06d}.png"
     everywhere = sharded(accelerator)
+    # A preview: half diffusers' 50 steps, unless the model has its own (SDXL Turbo: 1).
+    steps = cfg.validation_steps or model_defaults(cfg.model).steps or 25
+    guidance = default_guidance(pipe, cfg.model) if cfg.validation_guidance is None else cfg.validation_guidance
     images = []
     if everywhere or accelerator.is_main_process:
         setattr(pipe, family.denoiser, model if everywhere else accelerator.unwrap_model(model))
@@ -648,8 +653,8 @@ def _validate(cfg: TrainConfig, accelerator, pipe, family: Family, model, vae, r
             for prompt in cfg.validation_prompts:
                 for seed in cfg.validation_seeds:
                     g = torch.Generator(accelerator.device).manual_seed(seed)
-                    images.append(pipe(prompt, height=res, width=res, num_inference_steps=cfg.validation_steps,
-                                       guidance_scale=cfg.validation_guidance, generator=g).images[0])
+                    images.append(pipe(prompt, num_inference_steps=steps, guidance_scale=guidance, generator=g,
+                                       **family.sampling_inputs(pipe, 1, res, res)).images[0])
         if accelerator.is_main_process:
             buf = io.BytesIO()
             _grid(images, rows=len(cfg.validation_prompts), cols=len(cfg.validation_seeds)).save(buf, format="PNG")

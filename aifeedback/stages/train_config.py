@@ -102,8 +102,10 @@ class TrainConfig:
     validation_every: int = option(500, "save a validation image grid every N steps; 0 = never", min=0, identity=False)
     validation_prompts: list[str] = option(DEFAULT_VALIDATION_PROMPTS, "validation prompts (grid rows)", identity=False)
     validation_seeds: list[int] = option([0, 1], "validation seeds (grid columns)", identity=False)
-    validation_steps: int = option(25, "sampling steps for validation images", min=1, identity=False)
-    validation_guidance: float = option(5.0, "classifier-free guidance for validation images", min=0.0, identity=False)
+    validation_steps: Optional[int] = option(None, "sampling steps for validation images (default: the model's own, "
+                                                   "e.g. 1 for SDXL Turbo, else 25)", min=1, identity=False)
+    validation_guidance: Optional[float] = option(None, "classifier-free guidance for validation images (default: "
+                                                        "the model's, as in aif generate)", min=0.0, identity=False)
     trackers: Literal["tensorboard", "wandb", "none"] = option("tensorboard", "experiment tracker (via accelerate) "
                                                                               "besides metrics.jsonl", identity=False)
     progress: bool = option(True, "show a progress bar (in a log: a plain line every 30 s)", identity=False)

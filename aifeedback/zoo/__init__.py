@@ -23,6 +23,8 @@ class ZooModel:
     help: str
     builder: str  # "module:function" writing the pipeline folder
     version: str = ZOO_VERSION  # bump when the builder changes what it builds, so an older cached build is not reused
+    like: str | None = None  # the real model (hub id) whose defaults it shares (families.resolve.MODEL_DEFAULTS)
+    toy: bool = False  # pretrained on the toy world (zoo/toy_world.py): `aif demo --model` runs the loop on it
 
     def build(self, out: Path) -> None:
         module, _, function = self.builder.partition(":")
@@ -37,6 +39,11 @@ ZOO: Registry[ZooModel] = Registry("offline model", [
     ZooModel("tiny-sdxl", "tiny random StableDiffusionXLPipeline (2 text encoders, text_time), for tests",
              "aifeedback.zoo.tiny:build_tiny_sdxl"),
     ZooModel("tiny-sd15", "tiny random StableDiffusionPipeline, for tests", "aifeedback.zoo.tiny:build_tiny_sd15"),
+    ZooModel("tiny-sdxl-turbo", "tiny-sdxl with SDXL Turbo's sampler (EulerAncestral, trailing) and defaults (1 "
+             "step, no guidance), for tests", "aifeedback.zoo.tiny:build_tiny_sdxl_turbo",
+             like="stabilityai/sdxl-turbo"),
+    ZooModel("tiny-sdxl-refiner", "tiny random SDXL refiner (StableDiffusionXLImg2ImgPipeline: second text encoder "
+             "only, aesthetic score), for tests", "aifeedback.zoo.tiny:build_tiny_sdxl_refiner"),
     ZooModel("tiny-sd3", "tiny random StableDiffusion3Pipeline (CLIP-L, CLIP-G, T5; flow matching), for tests",
              "aifeedback.zoo.tiny:build_tiny_sd3"),
     ZooModel("tiny-flux", "tiny random FluxPipeline like FLUX.1-schnell (CLIP-L pooled + T5, no guidance embedding), "
@@ -45,8 +52,15 @@ ZOO: Registry[ZooModel] = Registry("offline model", [
              "aifeedback.zoo.tiny_flux:build_tiny_flux_dev"),
     # toy-sd15 version 2: centred discs, 24 captions held out of pretraining (prompt fidelity)
     ZooModel("toy-sd15", "toy StableDiffusionPipeline pretrained on coloured discs (8x8 px) for `aif demo`",
-             "aifeedback.zoo.toy:build_toy_sd15", version="2"),
+             "aifeedback.zoo.toy:build_toy_sd15", version="2", toy=True),
+    ZooModel("toy-sd3", "toy StableDiffusion3Pipeline (flow-matching MMDiT) pretrained on coloured discs (8x8 px) for "
+             "`aif demo --model toy-sd3`", "aifeedback.zoo.toy_sd3:build_toy_sd3", toy=True),
 ])
+
+
+def toy_models() -> tuple[str, ...]:
+    """The offline models pretrained on the toy world, in registry order (the first is the demo's default)."""
+    return tuple(name for name, model in ZOO.items() if model.toy)
 
 
 def tiny_pipeline_path(name: str) -> Path:

@@ -14,11 +14,13 @@ import torch
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
+    EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
     StableDiffusionPipeline,
+    StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
@@ -46,33 +48,66 @@ def _vae(scaling_factor: float, latent_channels: int = 4, **flow):
     )
 
 
-def build_tiny_sdxl(out: Path) -> None:
-    """A StableDiffusionXLPipeline with two text encoders and text_time conditioning, ~1M UNet parameters."""
+def _sdxl_unet(cross_attention_dim: int, time_ids: int, pooled_dim: int) -> UNet2DConditionModel:
+    """A ~1M-parameter SDXL-layout UNet: text_time conditioning on `time_ids` micro-conditioning values (six for the
+    base, five for the refiner) plus the pooled text embedding."""
+    time_dim = 8
+    torch.manual_seed(2)
+    return UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), transformer_layers_per_block=(1, 1), use_linear_projection=True,
+        cross_attention_dim=cross_attention_dim, addition_embed_type="text_time", addition_time_embed_dim=time_dim,
+        projection_class_embeddings_input_dim=time_ids * time_dim + pooled_dim, norm_num_groups=8,
+    )
 
+
+def _sdxl_scheduler() -> EulerDiscreteScheduler:
+    return EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+        timestep_spacing="leading", prediction_type="epsilon",
+    )
+
+
+def _tiny_sdxl(scheduler) -> StableDiffusionXLPipeline:
     torch.manual_seed(0)
     te1 = CLIPTextModel(_text_config(hidden=16, projection=16))
     torch.manual_seed(1)
     te2 = CLIPTextModelWithProjection(_text_config(hidden=16, projection=16))
-    time_dim = 8
-    torch.manual_seed(2)
-    unet = UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4), transformer_layers_per_block=(1, 1), use_linear_projection=True,
-        cross_attention_dim=32,  # te1 hidden + te2 hidden, concatenated as in SDXL
-        addition_embed_type="text_time", addition_time_embed_dim=time_dim,
-        projection_class_embeddings_input_dim=6 * time_dim + 16,  # six time ids + pooled te2 projection
-        norm_num_groups=8,
-    )
+    unet = _sdxl_unet(cross_attention_dim=32, time_ids=6, pooled_dim=16)  # te1 + te2 hidden, concatenated as in SDXL
     torch.manual_seed(3)
-    vae = _vae(0.13025)
-    scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
-        timestep_spacing="leading", prediction_type="epsilon",
-    )
-    pipe = StableDiffusionXLPipeline(
-        vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=clip_tokenizer("<|endoftext|>"),
+    return StableDiffusionXLPipeline(
+        vae=_vae(0.13025), text_encoder=te1, text_encoder_2=te2, tokenizer=clip_tokenizer("<|endoftext|>"),
         tokenizer_2=clip_tokenizer("!"), unet=unet, scheduler=scheduler,
+    )
+
+
+def build_tiny_sdxl(out: Path) -> None:
+    """A StableDiffusionXLPipeline with two text encoders and text_time conditioning, ~1M UNet parameters."""
+    _tiny_sdxl(_sdxl_scheduler()).save_pretrained(out)
+
+
+def build_tiny_sdxl_turbo(out: Path) -> None:
+    """tiny-sdxl's weights with SDXL Turbo's sampler: EulerAncestral on "trailing" timesteps (the settings of
+    stabilityai/sdxl-turbo's scheduler config), so one step starts from the last training timestep."""
+    scheduler = EulerAncestralDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+        timestep_spacing="trailing", prediction_type="epsilon",
+    )
+    _tiny_sdxl(scheduler).save_pretrained(out)
+
+
+def build_tiny_sdxl_refiner(out: Path) -> None:
+    """A StableDiffusionXLImg2ImgPipeline laid out as the SDXL refiner: the second (OpenCLIP-style) text encoder
+    alone, whose width is the UNet's context and pooled width, and five micro-conditioning values (original size,
+    crop, aesthetic score) instead of six; `requires_aesthetics_score` as in the refiner's model_index.json."""
+    torch.manual_seed(1)
+    te2 = CLIPTextModelWithProjection(_text_config(hidden=32, projection=32))
+    unet = _sdxl_unet(cross_attention_dim=32, time_ids=5, pooled_dim=32)
+    torch.manual_seed(3)
+    pipe = StableDiffusionXLImg2ImgPipeline(
+        vae=_vae(0.13025), text_encoder=None, text_encoder_2=te2, tokenizer=None, tokenizer_2=clip_tokenizer("!"),
+        unet=unet, scheduler=_sdxl_scheduler(), requires_aesthetics_score=True, force_zeros_for_empty_prompt=False,
     )
     pipe.save_pretrained(out)
 
