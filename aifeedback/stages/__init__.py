@@ -46,7 +46,7 @@ class Stage:
 
 
 STAGES: Registry[Stage] = Registry("stage", [
-    Stage("generate", "Sample K candidate images per prompt (SDXL / SD1.5).", GenerateConfig,
+    Stage("generate", "Sample K candidate images per prompt from any supported model (`aif models`).", GenerateConfig,
           "aifeedback.stages.generate"),
     Stage("inspect", "What a preference dataset holds: source, counts, label balance, example pairs (no model).",
           InspectConfig, "aifeedback.stages.inspect"),
@@ -54,7 +54,8 @@ STAGES: Registry[Stage] = Registry("stage", [
           "aifeedback.stages.score"),
     Stage("cache", "Encode pairs once into a model's latents and prompt embeddings for faster training.", CacheConfig,
           "aifeedback.stages.cache"),
-    Stage("train", "Diffusion-DPO (or SFT) on human or AI-labelled pairs.", TrainConfig, "aifeedback.stages.train"),
+    Stage("train", "Preference fine-tuning (Diffusion-DPO, KTO, MaPO, ...) on human or AI-labelled data.",
+          TrainConfig, "aifeedback.stages.train"),
     Stage("export", "Turn a training checkpoint into a diffusers denoiser or LoRA file.", ExportConfig,
           "aifeedback.stages.export"),
     Stage("sample", "Generate images from a trained model (base + denoiser/LoRA).", SampleConfig,

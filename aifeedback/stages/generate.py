@@ -1,4 +1,4 @@
-"""`aif generate`: K candidate images per prompt from an SDXL / SD1.5 model, as a resumable Parquet dataset.
+"""`aif generate`: K candidate images per prompt from a model of any registered family, as a resumable Parquet dataset.
 
 The work is the list of (prompt, k) pairs in prompt order, cut into shards of `shard_size` images; shard i always
 holds the same images, so processes can take shards round-robin (`accelerate launch`) and a rerun after a crash

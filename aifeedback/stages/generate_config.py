@@ -16,8 +16,9 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 
 @dataclass
 class GenerateConfig:
-    model: str = option("stabilityai/stable-diffusion-xl-base-1.0", "diffusers SDXL / SD1.5 model: hub id, local "
-                                                                    "folder, or tiny-sdxl / tiny-sd15", path=True)
+    model: str = option("stabilityai/stable-diffusion-xl-base-1.0", "diffusers model of a supported family (`aif "
+                                                                    "models`): hub id, local folder, or tiny name",
+                        path=True)
     prompts: str = option("parti", "prompt source: parti, a .txt/.jsonl/.csv/.tsv file, or a local / hub datasets "
                                    "dataset", path=True)
     prompt_column: Optional[str] = option(None, "column holding the prompt (.jsonl/.csv/.tsv/datasets; default: "

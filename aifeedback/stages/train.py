@@ -90,16 +90,20 @@ class TrainRecipe:
     """Preference fine-tuning of a text-to-image denoiser, one process of a (possibly multi-process) run.
 
     Supports:
-    - objectives: Diffusion-DPO (sigmoid loss against a frozen reference) and SFT (denoising MSE on winners);
-    - every registered model family (SD1.5, SDXL): conditioning, noise and target come from its `Family`;
+    - objectives: every registered loss (`LOSSES`): Diffusion-DPO, hinge, IPO, SFT, MaPO (reference-free) on pairs,
+      Diffusion-KTO on single images labelled desirable or not; per-sample weights (the family's, min-SNR);
+    - every registered model family (SD1.5, SDXL, SDXL refiner, SD3/SD3.5, FLUX.1): conditioning, noise and target
+      (DDPM epsilon/v or flow-matching velocity) come from its `Family`;
     - LoRA (peft; the reference is the same network with its adapters disabled) or a full fine-tune (the reference
       is a frozen copy in the compute dtype), both run in train mode, so with one shared noise and timestep per
       pair the first DPO loss is exactly ln 2;
     - accelerate: mixed precision (fp16/bf16 autocast, frozen parts stored in it), gradient accumulation,
       multi-process DDP, FSDP/DeepSpeed (sharded state dicts are gathered when saving; every process joins the
       reference and validation forwards);
-    - gradient checkpointing; AdamW, 8-bit AdamW, Adafactor; constant/linear/cosine lr with warmup;
-    - data: Pick-a-Pic-layout pairs or `aif score` outputs, downloaded or streamed, with stored latents when they fit;
+    - gradient checkpointing; AdamW, 8-bit AdamW, Adafactor; constant/linear/cosine lr with warmup; EMA of the
+      trained weights; offset noise;
+    - data: every registered pair source (data/sources.py), read in place or streamed (each process its own shards),
+      with stored latents when they fit or an `aif cache` output that matches;
     - exact resume from the latest (or a given) checkpoint, including data position and every process's RNG;
     - metrics.jsonl, tensorboard/wandb trackers, validation image grids (also sent to the tracker, from a step-0
       baseline of the untrained model), a progress bar.

@@ -48,14 +48,16 @@ class TrainConfig:
     num_workers: int = option(2, "data loader worker processes (0 = load in the main process)", min=0, identity=False)
     # model and objective
     model: str = option("stabilityai/stable-diffusion-xl-base-1.0", "base model: tiny name, hub id or local diffusers "
-                                                                    "folder (SDXL or SD1.5)", path=True)
+                                                                    "folder of a supported family (`aif models`)",
+                        path=True)
     vae: Optional[str] = option(None, "VAE override, e.g. madebyollin/sdxl-vae-fp16-fix for fp16 SDXL", path=True)
     # one paragraph per loss: --help shows each on its own line (README "Preference objectives" has the formulas)
     loss: Literal[LOSSES.names()] = option("dpo", "objective, one of:\n\n" + "\n\n".join(
         f"{k}: {v.help}" for k, v in LOSSES.items()))
     beta: float = option(5000.0, "DPO beta WITH the paper's 0.5 factor: 5000 for SDXL, 2000 for SD1.5 (code folding "
                                  "the 0.5 in uses half); kto: the official beta as is (1000)", min=0.0)
-    lora_rank: int = option(0, "LoRA rank on the UNet attention projections; 0 = full fine-tune", min=0)
+    lora_rank: int = option(0, "LoRA rank on the denoiser's attention projections (the family's targets); 0 = full "
+                               "fine-tune", min=0)
     lora_alpha: Optional[float] = option(None, "LoRA alpha; null = the rank (scale 1)", min=0.0)
     # optimisation
     lr: float = option(1e-8, "learning rate (multiplied by the pairs per optimizer step when scale_lr is on)", min=0.0)
@@ -87,7 +89,7 @@ class TrainConfig:
     grad_accum: int = option(1, "micro-steps accumulated per optimizer step", min=1)
     mixed_precision: Literal["no", "fp16", "bf16"] = option("no", "autocast dtype; frozen parts are stored in it "
                                                                   "(paper: fp16/bf16)")
-    gradient_checkpointing: bool = option(False, "recompute UNet activations in backward (saves memory, ~30% "
+    gradient_checkpointing: bool = option(False, "recompute denoiser activations in backward (saves memory, ~30% "
                                                  "slower)", identity=False)
     seed: int = option(0, "seed of data order, crops, noise and timesteps")
     # output, checkpoints, validation
