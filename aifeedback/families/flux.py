@@ -27,6 +27,7 @@ TRAIN_GUIDANCE = 3.5  # train_dreambooth_lora_flux.py --guidance_scale default (
 class Flux(FlowFamily):
     resolution = 1024
     guidance = 3.5  # FluxPipeline's default guidance_scale (an embedded number for dev; schnell ignores it)
+    steps = 28  # FluxPipeline's default num_inference_steps
     lora_pipeline = FluxPipeline
     # train_dreambooth_lora_flux.py's default target modules: attention of both streams and the double blocks'
     # feed-forwards

@@ -55,6 +55,8 @@ class ModelDefaults:
 # timesteps) is in its own scheduler config, which `--scheduler default` keeps.
 MODEL_DEFAULTS: dict[str, ModelDefaults] = {
     "stabilityai/sdxl-turbo": ModelDefaults(steps=1, guidance=0.0, resolution=512),
+    # timestep-distilled: its model card samples 4 steps without guidance (max_sequence_length 256)
+    "black-forest-labs/FLUX.1-schnell": ModelDefaults(steps=4, guidance=0.0),
 }
 
 

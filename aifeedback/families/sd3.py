@@ -20,6 +20,7 @@ from aifeedback.families.flow import FlowFamily
 class SD3(FlowFamily):
     resolution = 1024
     guidance = 7.0
+    steps = 28  # StableDiffusion3Pipeline's default num_inference_steps
     lora_pipeline = StableDiffusion3Pipeline
     # diffusers' SD3 LoRA script's default target modules: the joint attention's image and text projections
     lora_targets = ("attn.add_k_proj", "attn.add_q_proj", "attn.add_v_proj", "attn.to_add_out", "attn.to_k",
