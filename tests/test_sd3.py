@@ -3,7 +3,6 @@ computation, conditioning and latents as diffusers' StableDiffusion3Pipeline com
 generate -> score -> train (LoRA, full) -> export -> stock diffusers -> sample / eval, resume, two processes."""
 
 import math
-import subprocess
 
 import pytest
 import torch
@@ -223,43 +222,3 @@ def test_every_stage_on_tiny_sd3(tmp_path):
         "--seeds-per-prompt", "2", "--steps", "2", "--scorers", "redness", "--bootstrap", "100",
         "--out", str(tmp_path / "eval"))
     assert (tmp_path / "eval" / "report.json").exists()
-
-
-@pytest.mark.slow
-def test_resume_equals_uninterrupted_full_and_lora(human, tmp_path):
-    from safetensors.torch import load_file
-
-    from aifeedback.stages.train import run
-
-    for kind, kw, name in [("full", dict(lr=1e-3), "transformer/diffusion_pytorch_model.safetensors"),
-                           ("lora", dict(lora_rank=2, lr=1e-2), "pytorch_lora_weights.safetensors")]:
-        kw = dict(kw, model="tiny-sd3", max_steps=4, checkpoint_every=2)
-        run(tiny_train(human, tmp_path / kind / "a", **kw))
-        run(tiny_train(human, tmp_path / kind / "b", **dict(kw, max_steps=2)))
-        run(tiny_train(human, tmp_path / kind / "b", **kw))  # resumes from checkpoint-000002
-        wa = load_file(tmp_path / kind / "a" / "checkpoints/checkpoint-000004" / name)
-        wb = load_file(tmp_path / kind / "b" / "checkpoints/checkpoint-000004" / name)
-        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), kind
-        assert [r["loss"] for r in read_metrics(tmp_path / kind / "a")] == \
-            [r["loss"] for r in read_metrics(tmp_path / kind / "b")]
-
-
-@pytest.mark.slow
-def test_two_process_lora_run(human, tmp_path):
-    import os
-    from pathlib import Path
-
-    from tests.launch import accelerate_launch
-
-    root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
-    out = tmp_path / "ddp"
-    cmd = [*accelerate_launch(2), "train", "--dataset", str(human), "--model", "tiny-sd3", "--lora-rank", "2",
-           "--batch-size", "1", "--max-steps", "2", "--checkpoint-every", "2", "--validation-every", "0",
-           "--num-workers", "0", "--trackers", "none", "--resolution", "16", "--lr", "1e-2", "--no-scale-lr",
-           "--out", str(out)]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
-    m = read_metrics(out)
-    assert [r["step"] for r in m] == [1, 2] and abs(m[0]["loss"] - math.log(2)) < 1e-6
-    assert "2 process(es)" in res.stderr
