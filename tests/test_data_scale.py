@@ -65,7 +65,6 @@ def test_local_trl_and_mapped_parquet_are_read_in_place_with_the_same_pairs(tmp_
     from aifeedback.data import pairs as D
     from aifeedback.data import sources as S
     from aifeedback.data.mapping import parse_columns
-    from aifeedback.data.rows import MappedRows
     from tests.layouts_fixtures import write_custom
     from tests.test_data_sources import CUSTOM
     from tests.test_trl import trl_rows, write_trl
@@ -78,7 +77,6 @@ def test_local_trl_and_mapped_parquet_are_read_in_place_with_the_same_pairs(tmp_
     else:
         folder, columns = write_trl(tmp_path / "set", trl_rows(7), kind), None
     table = D.open_table("human", str(folder), "train", columns=columns)
-    assert isinstance(table, MappedRows)
     pairs, stats = D.filter_labels(table)
     tr = D.Transform(16, random_crop=True, flip=True, caption_dropout=0.3)
     items = [D.PairDataset(table, pairs, tr, seed=3, window=2)[p] for p in range(9)]  # past an epoch: reshuffled
