@@ -157,7 +157,6 @@ def _fingerprint(ds: Any, mapping: dict[str, str], root: Path | None, first_wins
 def _canonical(batch: dict[str, list], indices: list[int], mapping: dict[str, str], root: Path | None, label: str,
                files: list[str], offsets: list[int], first_wins: bool) -> dict:
     """One batch of mapped rows in the canonical columns."""
-
     def where(k: int) -> str:
         """The k-th row of the batch, for errors: the record and images a ranked pair came from, or file and row."""
         if "where" in batch:

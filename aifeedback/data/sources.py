@@ -442,8 +442,7 @@ def _hub_table(label: str, ds: Any, how: Opening) -> PairTable:
         check_mapping(how.columns, have, label, how.labels)
         return PairTable(label, MAPPED, ds=map_columns(ds, how.columns, None, label))
     if have is not None and all(c in have for c in TRL_COLUMNS) and not all(c in have for c in PAIR_COLUMNS):
-        trl = {"caption": "prompt", "image_0": "chosen", "image_1": "rejected"}
-        return PairTable(label, "trl", ds=map_columns(ds, trl, None, label, first_wins=True))
+        return PairTable(label, "trl", ds=map_columns(ds, TRL_MAPPING, None, label, first_wins=True))
     return PairTable(label, "pickapic", ds=ds)
 
 
