@@ -75,7 +75,7 @@ def child(mode: str, dataset: str, out: str) -> dict:
 
     quiet_libraries()
     if mode == "datasets-cache":  # the path before in-place reading: every local table through load_dataset
-        D.open_table = lambda data, ds, split, streaming=False: open_pairs(ds, split).dataset(streaming)
+        D.open_table = lambda data, ds, split, streaming=False, **_: open_pairs(ds, split).dataset(streaming)
     cfg = build_config(TrainConfig, dict(dataset=dataset, model="tiny-sd15", out=out, resolution=8, max_steps=1,
                                          batch_size=2, validation_every=0, num_workers=0, trackers="none",
                                          progress=False, checkpoint_every=1))

@@ -56,6 +56,61 @@ def test_local_parquet_is_read_in_place_with_the_same_pairs_in_the_same_order(tm
         assert torch.equal(item["pixels"], want["pixels"]) and torch.equal(item["time_ids"], want["time_ids"])
 
 
+@pytest.mark.parametrize("kind", ["bytes", "image", "paths", "columns"])
+def test_local_trl_and_mapped_parquet_are_read_in_place_with_the_same_pairs(tmp_path, monkeypatch, kind):
+    """TRL (images as bytes, `datasets` Image structs, relative paths) and a --columns layout: mapped row by row
+    over the files in place, giving the pairs the `datasets` path gives (bitwise), with nothing in its cache."""
+    import datasets
+
+    from aifeedback.data import pairs as D
+    from aifeedback.data import sources as S
+    from aifeedback.data.mapping import parse_columns
+    from tests.layouts_fixtures import write_custom
+    from tests.test_data_sources import CUSTOM
+    from tests.test_trl import trl_rows, write_trl
+
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    if kind == "columns":
+        (tmp_path / "set").mkdir()
+        folder, columns = write_custom(tmp_path / "set", 7), ",".join(f"{k}={v}" for k, v in CUSTOM.items())
+    else:
+        folder, columns = write_trl(tmp_path / "set", trl_rows(7), kind), None
+    table = D.open_table("human", str(folder), "train", columns=columns)
+    pairs, stats = D.filter_labels(table)
+    tr = D.Transform(16, random_crop=True, flip=True, caption_dropout=0.3)
+    items = [D.PairDataset(table, pairs, tr, seed=3, window=2)[p] for p in range(9)]  # past an epoch: reshuffled
+    assert _files_under(cache) == [], "nothing may be copied into the datasets cache"
+    # The reference: the same files through `datasets` (what main did), which writes its Arrow cache.
+    ref_table = S.open_pairs(str(folder), "train", columns=parse_columns(columns)).dataset()
+    ref_pairs, ref_stats = D.filter_labels(ref_table)
+    assert (pairs, stats) == (ref_pairs, ref_stats) and stats.ties == (kind == "columns")
+    ref = D.PairDataset(ref_table, ref_pairs, tr, seed=3, window=2)
+    for p, item in enumerate(items):
+        want = ref[p]
+        assert item["row"] == want["row"] and item["caption"] == want["caption"]
+        assert torch.equal(item["pixels"], want["pixels"]) and torch.equal(item["time_ids"], want["time_ids"])
+    for row in (0, 3, 6):  # the encoded images and labels themselves, as `datasets` gives them
+        want = {c: ref_table[row][c] for c in S.PAIR_COLUMNS + S.LABEL_COLUMNS}
+        assert table.take([row], list(want)) == [want]
+
+
+def test_mapped_labels_are_read_without_touching_an_image(tmp_path):
+    from aifeedback.data import pairs as D
+    from aifeedback.data import sources as S
+    from aifeedback.errors import DataError
+    from tests.test_trl import trl_rows, write_trl
+
+    folder = write_trl(tmp_path / "set", trl_rows(3), "paths")
+    pair_table = S.open_pairs(str(folder), "train")
+    table = D.open_table("human", str(folder), "train")
+    (folder / "images").rename(tmp_path / "away")  # the images are gone: labels are still read, images are not
+    assert D.filter_labels(table)[0] == [(0, 0), (1, 0), (2, 0)]
+    assert [r["label_1"] for r in pair_table.iter_rows(["label_1", "caption"])] == [0.0] * 3
+    with pytest.raises(DataError, match=r"row 1 \(chosen\): cannot read the image path 'images/1-chosen.jpg'"):
+        table[1]
+
+
 def test_in_place_rows_pickle_light_and_name_broken_files(tmp_path):
     import pickle
 

@@ -17,6 +17,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+from aifeedback.data.trl import image_bytes
 from aifeedback.errors import DataError
 
 REQUIRED_KEYS = ("caption", "image_0", "image_1")
@@ -156,8 +157,6 @@ def _fingerprint(ds: Any, mapping: dict[str, str], root: Path | None, first_wins
 def _canonical(batch: dict[str, list], indices: list[int], mapping: dict[str, str], root: Path | None, label: str,
                files: list[str], offsets: list[int], first_wins: bool) -> dict:
     """One batch of mapped rows in the canonical columns."""
-    from aifeedback.data.trl import image_bytes
-
     def where(k: int) -> str:
         """The k-th row of the batch, for errors: the record and images a ranked pair came from, or file and row."""
         if "where" in batch:
@@ -168,29 +167,61 @@ def _canonical(batch: dict[str, list], indices: list[int], mapping: dict[str, st
         f = bisect.bisect_right(offsets, i) - 1
         return f"{files[f]} row {i - offsets[f]}"
 
-    def cell(value: Any, k: int, column: str) -> bytes | None:
-        if isinstance(value, dict):  # a `datasets` Image: its bytes, else its path (resolved like any path)
-            value = value["bytes"] if value.get("bytes") is not None else value.get("path")
-        here = lambda: f"{where(k)} ({column})"  # noqa: E731 - called only to word an error
-        if root is None and isinstance(value, str):
-            raise DataError(f"{here()}: the image is a path ('{value}'), which a hub dataset cannot resolve. Fix: "
-                            "download the dataset with its images (`hf download --repo-type dataset ID`) and pass the "
-                            "local folder")
-        return image_bytes(value, root or Path("."), here)
-
-    n = len(indices)
     out: dict[str, list] = {"caption": batch[mapping["caption"]]}
     for key in ("image_0", "image_1"):
         column = mapping[key]
-        out[CANONICAL[key]] = [cell(v, k, column) for k, v in enumerate(batch[column])]
-    if first_wins:
-        out["label_0"], out["label_1"] = [1.0] * n, [0.0] * n
-    elif "label" in mapping:
-        pairs = [side_labels(v, (mapping["image_0"], mapping["image_1"])) for v in batch[mapping["label"]]]
+        out[CANONICAL[key]] = [image_cell(v, root, lambda k=k, c=column: f"{where(k)} ({c})")
+                               for k, v in enumerate(batch[column])]
+    sources = label_sources(mapping, first_wins)
+    if sources is not None:
+        rows = [{c: batch[c][k] for c in sources} for k in range(len(indices))]
+        pairs = [row_labels(mapping, r, first_wins) for r in rows]
         out["label_0"], out["label_1"] = [p[0] for p in pairs], [p[1] for p in pairs]
-    elif "label_0" in mapping:
-        out["label_0"], out["label_1"] = ([_number(v) for v in batch[mapping[k]]] for k in ("label_0", "label_1"))
     return out
+
+
+def label_sources(mapping: dict[str, str], first_wins: bool) -> list[str] | None:
+    """The columns the labels are read from ([] when image_0 always wins); None: the mapping has no label."""
+    if first_wins:
+        return []
+    keys = [k for k in LABEL_KEYS if k in mapping]
+    return [mapping[k] for k in keys] if keys else None
+
+
+def row_labels(mapping: dict[str, str], row: dict[str, Any], first_wins: bool) -> tuple[float, float]:
+    """(label_0, label_1) of one row (holding the label_sources columns); NaNs for a bad label."""
+    if first_wins:
+        return 1.0, 0.0
+    if "label" in mapping:
+        return side_labels(row[mapping["label"]], (mapping["image_0"], mapping["image_1"]))
+    return _number(row[mapping["label_0"]]), _number(row[mapping["label_1"]])
+
+
+def mapped_names(have: list[str], mapping: dict[str, str], first_wins: bool) -> list[str]:
+    """The columns of a mapped table whose source has columns `have`: the unmapped ones, then the canonical ones."""
+    out = ["caption", "jpg_0", "jpg_1"] + (["label_0", "label_1"] if label_sources(mapping, first_wins) is not None
+                                           else [])
+    return [c for c in have if c not in mapping.values() and c not in out] + out
+
+
+def source_columns(name: str, mapping: dict[str, str], first_wins: bool) -> list[str]:
+    """The source columns a mapped column is made from (labels: never an image column)."""
+    if name in ("label_0", "label_1"):
+        return label_sources(mapping, first_wins) or []
+    key = {v: k for k, v in CANONICAL.items()}.get(name)
+    return [mapping[key]] if key in ("caption", "image_0", "image_1") else [name]
+
+
+def image_cell(value: Any, root: Path | None, where: Any) -> bytes | None:
+    """The encoded image of one mapped cell (bytes, a `datasets` Image or a path inside `root`; None: a hub
+    dataset, whose paths cannot be read). `where()` names the cell in errors."""
+    if isinstance(value, dict):  # a `datasets` Image: its bytes, else its path (resolved like any path)
+        value = value["bytes"] if value.get("bytes") is not None else value.get("path")
+    if root is None and isinstance(value, str):
+        raise DataError(f"{where()}: the image is a path ('{value}'), which a hub dataset cannot resolve. Fix: "
+                        "download the dataset with its images (`hf download --repo-type dataset ID`) and pass the "
+                        "local folder")
+    return image_bytes(value, root or Path("."), where)
 
 
 def _number(value: Any) -> float:

@@ -1,7 +1,7 @@
-"""Random access to the rows of a table of pairs (or images): local Parquet/Arrow files read in place, or a
-`datasets.Dataset`.
+"""Random access to the rows of a table of pairs (or images): local Parquet/Arrow files read in place (as they are,
+or another layout's seen in the canonical columns: `MappedRows`), or a `datasets.Dataset`.
 
-Both give `len`, `where(row)` (for error messages), `column(name)` (one light column, in order) and
+All give `len`, `where(row)` (for error messages), `column(name)` (one light column, in order) and
 `take(rows, columns)`; `aif score` reads its inputs through them, and `aif train` its pairs (`rows[i]`), in
 DataLoader workers too (they pickle light).
 """
@@ -16,6 +16,7 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from aifeedback.data.mapping import image_cell, mapped_names, row_labels, source_columns
 from aifeedback.errors import DataError
 
 
@@ -156,6 +157,59 @@ class HubRows:
 
 def read_columns(table: Any, names: list[str]) -> dict[str, list]:
     """Whole light columns (labels, shapes) of local rows or a `datasets.Dataset`, without touching the others."""
-    if isinstance(table, (ParquetRows, HubRows)):
+    if isinstance(table, (ParquetRows, HubRows, MappedRows)):
         return {n: table.column(n) for n in names}
     return table.select_columns(names).to_dict()
+
+
+class MappedRows:
+    """Local files in another layout (TRL, --columns) seen in the canonical columns, read in place: a view over
+    `ParquetRows` that maps each row when it is taken. Label columns are made from their source columns only (never
+    an image); an image is read (a path: inside `root` only) when its row is taken, and decoded by its consumer."""
+
+    def __init__(self, rows: ParquetRows, mapping: dict[str, str], root: Path, first_wins: bool,
+                 columns: list[str] | None = None):
+        self.rows, self.mapping, self.root, self.first_wins = rows, mapping, root, first_wins
+        self.label = rows.label
+        self.read_columns = columns  # what `self[row]` returns (None: every column)
+        canonical = {"caption": pa.string(), "jpg_0": pa.binary(), "jpg_1": pa.binary(), "label_0": pa.float64(),
+                     "label_1": pa.float64()}
+        names = mapped_names(rows.column_names, mapping, first_wins)
+        self.schema = pa.schema([(c, canonical[c]) if c in canonical else rows.schema.field(c) for c in names])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def column_names(self) -> list[str]:
+        return list(self.schema.names)
+
+    def where(self, row: int) -> str:
+        return self.rows.where(row)
+
+    def column(self, name: str) -> list:
+        """One column of every row, in order, read from its source columns only."""
+        sources = source_columns(name, self.mapping, self.first_wins)
+        values = {s: self.rows.column(s) for s in sources}
+        return [self._cell(name, {s: values[s][i] for s in sources}, i) for i in range(len(self))]
+
+    def __getitem__(self, row: int) -> dict[str, Any]:
+        return self.take([row], self.read_columns or self.column_names)[0]
+
+    def take(self, rows: list[int], columns: list[str]) -> list[dict[str, Any]]:
+        """The given rows (global indices), restricted to `columns` (mapped)."""
+        sources = list(dict.fromkeys(s for c in columns for s in source_columns(c, self.mapping, self.first_wins)))
+        return [{c: self._cell(c, raw, row) for c in columns}
+                for row, raw in zip(rows, self.rows.take(rows, sources), strict=True)]
+
+    def _cell(self, name: str, raw: dict[str, Any], row: int) -> Any:
+        """Mapped column `name` of one row from its source cells `raw`."""
+        if name in ("label_0", "label_1"):
+            return row_labels(self.mapping, raw, self.first_wins)[name == "label_1"]
+        key = {"caption": "caption", "jpg_0": "image_0", "jpg_1": "image_1"}.get(name)
+        if key is None:
+            return raw[name]
+        value = raw[self.mapping[key]]
+        if key == "caption":
+            return value
+        return image_cell(value, self.root, lambda: f"{self.where(row)} ({self.mapping[key]})")

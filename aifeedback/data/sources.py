@@ -24,9 +24,9 @@ import pyarrow.parquet as pq
 
 from aifeedback.data import ranked
 from aifeedback.data.labels import LABEL_COLUMNS, OPEN_PREFERENCES, PAIR_COLUMNS, UNPAIRED_COLUMNS
-from aifeedback.data.mapping import check_mapping, map_columns, suggest
-from aifeedback.data.rows import HubRows, ParquetRows
-from aifeedback.data.trl import TRL_COLUMNS, to_pairs
+from aifeedback.data.mapping import check_mapping, map_columns, mapped_names, suggest
+from aifeedback.data.rows import HubRows, MappedRows, ParquetRows
+from aifeedback.data.trl import TRL_COLUMNS, TRL_MAPPING, check_path
 from aifeedback.errors import DataError, first_line
 from aifeedback.preflight import is_hub_id
 from aifeedback.registry import Registry
@@ -110,6 +110,10 @@ class PairTable:
     manifest: dict[str, Any] | None = None  # an aifeedback output's manifest
     schemas: dict[str, list[str]] = field(default_factory=dict)  # file -> its columns
     lazy: Callable[[dict], dict] | None = None  # ds's transform (ranked lists: reads the images a batch refers to)
+    # Files of another layout (TRL, --columns): {key: column} as --columns, image paths read inside `root` only
+    mapping: dict[str, str] | None = None
+    root: Path | None = None
+    first_wins: bool = False  # image_0 is always the preferred one (TRL's chosen), no label column
 
     def __post_init__(self) -> None:
         self.schemas = {str(f): file_columns(f) for f in self.files}
@@ -119,15 +123,16 @@ class PairTable:
         """The columns every file has (None: a streamed dataset that does not know its columns)."""
         if self.files:
             first = self.schemas[str(self.files[0])]
-            return [c for c in first if all(c in s for s in self.schemas.values())]
+            have = [c for c in first if all(c in s for s in self.schemas.values())]
+            return mapped_names(have, self.mapping, self.first_wins) if self.mapping else have
         names = self.ds.column_names
         return list(names) if names is not None else None
 
     def require(self, needed: tuple[str, ...]) -> None:
         """Every file (or the dataset) has the needed columns."""
-        for f, names in self.schemas.items():
+        for f, names in self.schemas.items() if not self.mapping else ():  # mapped: its files checked when opened
             require_columns(f, names, needed)
-        if self.ds is not None and self.columns is not None:
+        if (self.ds is not None or self.mapping) and self.columns is not None:
             require_columns(self.label, self.columns, needed)
 
     def dataset(self, streaming: bool = False) -> Any:
@@ -141,8 +146,12 @@ class PairTable:
         if not any(file_rows(f) for f in self.files):  # `datasets` cannot build a split with no rows
             raise self.no_rows_error()
         builder = self.files[0].suffix[1:]
-        return datasets.load_dataset(builder, data_files=[str(f) for f in self.files], split="train",
-                                     streaming=streaming)
+        ds = datasets.load_dataset(builder, data_files=[str(f) for f in self.files], split="train",
+                                   streaming=streaming)
+        if self.mapping:
+            return map_columns(ds, self.mapping, self.root, self.label, self.files,
+                               [file_rows(f) for f in self.files], self.first_wins)
+        return ds
 
     def no_rows_error(self) -> DataError:
         """Why a table of files holds no pair: for an `aif score` output, what its run dropped."""
@@ -158,9 +167,11 @@ class PairTable:
             f"{counts.get('units_without_pair')} prompts left without a pair). Fix: rescore with a lower --min-margin "
             "or --keep-ties, or with more readable images per prompt")
 
-    def rows(self, columns: list[str] | None = None) -> ParquetRows | HubRows:
+    def rows(self, columns: list[str] | None = None) -> ParquetRows | MappedRows | HubRows:
         """Random access to the rows (`aif score`, `aif train`): local files are read in place (never copied into
-        the `datasets` cache); `columns`: what `rows[i]` returns (None: all)."""
+        the `datasets` cache; another layout's mapped row by row); `columns`: what `rows[i]` returns (None: all)."""
+        if self.files and self.mapping:
+            return MappedRows(ParquetRows(self.files, self.label), self.mapping, self.root, self.first_wins, columns)
         if self.files:
             return ParquetRows(self.files, self.label, columns)
         return HubRows(self.dataset(), self.label)
@@ -169,6 +180,11 @@ class PairTable:
         """Stream the rows, restricted to `columns` (those the table has)."""
         have = self.columns
         cols = [c for c in columns if have is None or c in have]
+        if self.files and self.mapping:  # in place, mapped: label columns never touch an image
+            rows = self.rows()
+            for start in range(0, len(rows), 64):
+                yield from rows.take(list(range(start, min(start + 64, len(rows)))), cols)
+            return
         if self.files and self.files[0].suffix == ".parquet":
             for f in self.files:
                 for batch in pq.ParquetFile(f).iter_batches(batch_size=64, columns=cols):
@@ -358,15 +374,26 @@ def _open_trl(target: str, how: Opening) -> PairTable:
     image paths are resolved inside the folder (a file's own folder for a single file)."""
     path = Path(target).expanduser()
     files = split_files(path, data_files(path), how.split)
-    counts = [file_rows(f) for f in files]
-    if not any(counts):  # `datasets` cannot build a split with no rows
+    if not any(file_rows(f) for f in files):
         raise DataError(f"no usable preference pairs in {path}: its {len(files)} file(s) hold no rows. Fix: pass a "
                         "dataset with labelled pairs")
     for f in files:  # every file, not just the first: the check names the one that lacks a column
         require_columns(str(f), file_columns(f), TRL_COLUMNS, "TRL")
-    ds = datasets.load_dataset(files[0].suffix[1:], data_files=[str(f) for f in files], split="train")
-    ds = to_pairs(ds, path if path.is_dir() else path.parent, files, counts)
-    return PairTable(str(path), "trl", ds=ds.to_iterable_dataset() if how.streaming else ds)
+    return _in_place(path, files, "trl", TRL_MAPPING, first_wins=True)
+
+
+def _in_place(path: Path, files: list[Path], source: str, mapping: dict[str, str], first_wins: bool) -> PairTable:
+    """Local files of another layout, read in place and mapped row by row (`MappedRows`: nothing is copied into the
+    `datasets` cache). Every image path is checked now (light: the paths, not the images), so a path outside the
+    folder or a missing file is refused naming its row before any step runs; images are read when a pair is used."""
+    root = path if path.is_dir() else path.parent
+    table = PairTable(str(path), source, files, mapping=mapping, root=root, first_wins=first_wins)
+    rows = ParquetRows(files, str(path))
+    for column in (mapping["image_0"], mapping["image_1"]):
+        if rows.schema.field(column).type in (pa.string(), pa.large_string()):  # paths (Image structs: when read)
+            for i, value in enumerate(rows.column(column)):
+                check_path(value, root, lambda i=i, c=column: f"{rows.where(i)} ({c})")
+    return table
 
 
 def _is_unpaired(target: str) -> bool:
@@ -415,8 +442,7 @@ def _hub_table(label: str, ds: Any, how: Opening) -> PairTable:
         check_mapping(how.columns, have, label, how.labels)
         return PairTable(label, MAPPED, ds=map_columns(ds, how.columns, None, label))
     if have is not None and all(c in have for c in TRL_COLUMNS) and not all(c in have for c in PAIR_COLUMNS):
-        trl = {"caption": "prompt", "image_0": "chosen", "image_1": "rejected"}
-        return PairTable(label, "trl", ds=map_columns(ds, trl, None, label, first_wins=True))
+        return PairTable(label, "trl", ds=map_columns(ds, TRL_MAPPING, None, label, first_wins=True))
     return PairTable(label, "pickapic", ds=ds)
 
 
@@ -504,12 +530,9 @@ def _open_mapped(target: str, how: Opening) -> PairTable:
         raise DataError(f"{path} holds no .parquet or .arrow files. Fix: pass a folder or file of preference pairs")
     for f in files:
         check_mapping(how.columns, file_columns(f), str(f), how.labels)
-    counts = [file_rows(f) for f in files]
-    if not any(counts):
+    if not any(file_rows(f) for f in files):
         raise DataError(f"no usable preference pairs in {path}: its {len(files)} file(s) hold no rows")
-    ds = datasets.load_dataset(files[0].suffix[1:], data_files=[str(f) for f in files], split="train")
-    ds = map_columns(ds, how.columns, path if path.is_dir() else path.parent, str(path), files, counts)
-    return PairTable(str(path), MAPPED, ds=ds.to_iterable_dataset() if how.streaming else ds)
+    return _in_place(path, files, MAPPED, how.columns, first_wins=False)
 
 
 MAPPED = "columns"

@@ -1,5 +1,6 @@
 """TRL's preference convention (`prompt`, `chosen`, `rejected`, here two images) mapped to the canonical pair columns:
-caption=prompt, jpg_0=chosen, jpg_1=rejected, label_0=1, label_1=0.
+caption=prompt, jpg_0=chosen, jpg_1=rejected, label_0=1, label_1=0 (as a --columns mapping whose image_0 always
+wins: aifeedback.data.mapping; local files are read in place by aifeedback.data.rows.MappedRows).
 
 An image cell may hold bytes, a `datasets` Image feature ({'bytes', 'path'}) or a file path. Paths are resolved
 inside the dataset folder and never outside it (a dataset from elsewhere must not make us read /etc or ~/.ssh);
@@ -8,63 +9,13 @@ an escaping or unreadable path is refused naming the file and row, before any st
 
 from __future__ import annotations
 
-import bisect
-import hashlib
 from pathlib import Path
 from typing import Any
 
-import datasets
-
-from aifeedback.data.labels import LABEL_COLUMNS, PAIR_COLUMNS
 from aifeedback.errors import DataError
 
 TRL_COLUMNS = ("prompt", "chosen", "rejected")
-
-
-def to_pairs(ds: Any, root: Path, files: list[Path], rows_per_file: list[int]) -> Any:
-    """`ds` (the rows of `files`, in order) with TRL's columns replaced by the canonical ones, images as bytes."""
-    for c in TRL_COLUMNS[1:]:  # keep stored images as {'bytes', 'path'}: never decode them here
-        if isinstance(ds.features[c], datasets.Image):
-            ds = ds.cast_column(c, datasets.Image(decode=False))
-    offsets = [0]
-    for n in rows_per_file:
-        offsets.append(offsets[-1] + n)
-    features = datasets.Features({c: f for c, f in ds.features.items() if c not in TRL_COLUMNS + PAIR_COLUMNS
-                                  + LABEL_COLUMNS})
-    features.update({"caption": datasets.Value("string"), "jpg_0": datasets.Value("binary"),
-                     "jpg_1": datasets.Value("binary"), "label_0": datasets.Value("float64"),
-                     "label_1": datasets.Value("float64")})
-    where = {"root": str(root), "files": [str(f) for f in files], "offsets": offsets}
-    replaced = [c for c in ds.column_names if c in TRL_COLUMNS + PAIR_COLUMNS + LABEL_COLUMNS]
-    return ds.map(_canonical, batched=True, with_indices=True, fn_kwargs=where, features=features,
-                  remove_columns=replaced, new_fingerprint=_fingerprint(ds, root), desc="TRL pairs")
-
-
-def _fingerprint(ds: Any, root: Path) -> str:
-    """The converted table's cache key: the files' (ds's fingerprint) and, for path columns, the size and time of
-    every image file they name, so an image replaced in place is read again, never served from the cache."""
-    h = hashlib.sha256(f"trl-v1 {ds._fingerprint} {root.resolve()}".encode())
-    for c in TRL_COLUMNS[1:]:
-        if ds.features[c] == datasets.Value("string"):  # light: the paths, not the images
-            for name in ds[c]:
-                st = (root / name).stat() if name is not None and (root / name).is_file() else None
-                h.update(f"{name} {st and (st.st_size, st.st_mtime_ns)}".encode())
-    return h.hexdigest()[:32]
-
-
-def _canonical(batch: dict[str, list], indices: list[int], root: str, files: list[str], offsets: list[int]) -> dict:
-    """One batch of TRL rows as canonical pairs (the chosen image is always jpg_0)."""
-
-    def where(i: int) -> str:
-        f = bisect.bisect_right(offsets, i) - 1
-        return f"{files[f]} row {i - offsets[f]}"
-
-    n = len(indices)
-    out = {"caption": batch["prompt"], "label_0": [1.0] * n, "label_1": [0.0] * n}
-    for column, canonical in (("chosen", "jpg_0"), ("rejected", "jpg_1")):
-        out[canonical] = [image_bytes(v, Path(root), lambda i=i, c=column: f"{where(i)} ({c})")
-                          for v, i in zip(batch[column], indices, strict=True)]
-    return out
+TRL_MAPPING = {"caption": "prompt", "image_0": "chosen", "image_1": "rejected"}  # as --columns; chosen always wins
 
 
 def image_bytes(value: Any, root: Path, where: Any) -> bytes | None:
@@ -81,8 +32,19 @@ def image_bytes(value: Any, root: Path, where: Any) -> bytes | None:
     try:
         return file.read_bytes()
     except OSError as e:
-        raise DataError(f"{where()}: cannot read the image path '{value}' ({e.strerror or e}) under {root}. "
-                        "Fix: paths are relative to the dataset folder; check the file is there") from None
+        raise unreadable(value, root, where, e.strerror or str(e)) from None
+
+
+def check_path(value: Any, root: Path, where: Any) -> None:
+    """An image path cell names a file inside `root` (light: nothing is read), so a bad path is refused when the
+    table is opened, before any step runs; other cells (bytes, None) pass."""
+    if isinstance(value, str) and not inside_path(value, root, where).is_file():
+        raise unreadable(value, root, where, "no such file")
+
+
+def unreadable(value: str, root: Path, where: Any, why: str) -> DataError:
+    return DataError(f"{where()}: cannot read the image path '{value}' ({why}) under {root}. "
+                     "Fix: paths are relative to the dataset folder; check the file is there")
 
 
 def inside_path(value: str, root: Path, where: Any) -> Path:
