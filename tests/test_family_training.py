@@ -1,5 +1,6 @@
-"""What every flow-matching family (SD3, FLUX.1) must hold in training, run on each tiny model: a killed and resumed
-run ends bitwise where an uninterrupted one does (full and LoRA), and a 2-process LoRA run starts at ln 2."""
+"""What every family added after SD1.5/SDXL (SD3, FLUX.1, the SDXL refiner) must hold in training, run on each tiny
+model: a killed and resumed run ends bitwise where an uninterrupted one does (full and LoRA), and a 2-process LoRA
+run starts at ln 2 (SD1.5 and SDXL have the same checks in tests/test_train.py)."""
 
 import math
 import os
@@ -11,7 +12,8 @@ import torch
 
 from tests.pairs_fixtures import pickapic_rows, read_metrics, tiny_train, write_pickapic
 
-MODELS = ["tiny-sd3", "tiny-flux-dev"]  # flux-dev: the guidance embedding is the FLUX path with the most inputs
+# model -> its denoiser's folder; flux-dev: the guidance embedding is the FLUX path with the most inputs
+MODELS = {"tiny-sd3": "transformer", "tiny-flux-dev": "transformer", "tiny-sdxl-refiner": "unet"}
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +28,7 @@ def test_resume_equals_uninterrupted_full_and_lora(model, human, tmp_path):
 
     from aifeedback.stages.train import run
 
-    for kind, kw, name in [("full", dict(lr=1e-3), "transformer/diffusion_pytorch_model.safetensors"),
+    for kind, kw, name in [("full", dict(lr=1e-3), f"{MODELS[model]}/diffusion_pytorch_model.safetensors"),
                            ("lora", dict(lora_rank=2, lr=1e-2), "pytorch_lora_weights.safetensors")]:
         kw = dict(kw, model=model, max_steps=4, checkpoint_every=2)
         run(tiny_train(human, tmp_path / kind / "a", **kw))
