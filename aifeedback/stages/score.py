@@ -89,16 +89,7 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
     _score_phase(cfg, inp, shards, starts, [i for i in mine if not scores_path(out, i).exists()], out, state)
     state.wait_for_everyone()
 
-    table = score_pairs.load_scores(sorted((out / SCORES_DIR).glob("scores-*.parquet")), len(cfg.scorer))
-    combined = score_pairs.combined_scores(table, ensemble_weights(cfg), cfg.normalize)
-    labels = unpaired.image_labels(cfg, table, combined) if cfg.unpaired else {}
-    for i in mine:
-        if not shard_done(out, i):
-            rows = score_pairs.shard_rows(cfg, inp, shards[i], starts[i], table, combined, scorer_label(cfg))
-            storage_shards.write_shard(out, i, rows, schema=score_pairs.output_schema(cfg, inp))
-        if cfg.unpaired and not unpaired.unpaired_path(out, i).exists():
-            _write_unpaired(cfg, inp, out, i, unpaired.unpaired_rows(cfg, inp, shards[i], starts[i], table, combined,
-                                                                     labels, scorer_label(cfg)))
+    table, combined, labels = _label_phase(cfg, inp, shards, starts, mine, out)
     state.wait_for_everyone()
 
     summary = score_pairs.summarize(cfg, inp, table, combined)
@@ -119,6 +110,23 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
                   + (f"--model {model} " if model else "") + f"--out {out}-kto"] if cfg.unpaired else []))
     state.wait_for_everyone()  # a stage run next in these processes must see the finished manifest
     return summary
+
+
+def _label_phase(cfg: ScoreConfig, inp: Any, shards: list, starts: list[int], mine: list[int], out: Path
+                 ) -> tuple[Any, Any, dict]:
+    """Every process's scores -> this process's pair shards (and unpaired rows with --unpaired); returns the scores
+    table, the combined score per image and the unpaired labels."""
+    table = score_pairs.load_scores(sorted((out / SCORES_DIR).glob("scores-*.parquet")), len(cfg.scorer))
+    combined = score_pairs.combined_scores(table, ensemble_weights(cfg), cfg.normalize)
+    labels = unpaired.image_labels(cfg, table, combined) if cfg.unpaired else {}
+    for i in mine:
+        if not shard_done(out, i):
+            rows = score_pairs.shard_rows(cfg, inp, shards[i], starts[i], table, combined, scorer_label(cfg))
+            storage_shards.write_shard(out, i, rows, schema=score_pairs.output_schema(cfg, inp))
+        if cfg.unpaired and not unpaired.unpaired_path(out, i).exists():
+            _write_unpaired(cfg, inp, out, i, unpaired.unpaired_rows(cfg, inp, shards[i], starts[i], table, combined,
+                                                                     labels, scorer_label(cfg)))
+    return table, combined, labels
 
 
 def share(out: Path, summary: dict[str, Any], repo: str | None, public: bool) -> None:
