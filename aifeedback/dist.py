@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 from accelerate import PartialState
+from accelerate.utils import DistributedType
 
 
 def process_state() -> Any:
@@ -17,3 +18,9 @@ def process_state() -> Any:
     """
 
     return PartialState(cpu=not torch.cuda.is_available())
+
+
+def sharded(accelerator) -> bool:
+    """Whether the prepared model's parameters are sharded across processes (FSDP, DeepSpeed): then its state dict
+    is gathered collectively, and every process must take part in each of its forwards."""
+    return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)

@@ -59,7 +59,8 @@ def _worker(rank: int, port: int, out: str) -> None:
     from aifeedback.families import detect
     from aifeedback.families.loading import load_pipeline
     from aifeedback.losses.base import denoising_mse
-    from aifeedback.stages.train import TrainRecipe, _validate
+    from aifeedback.stages.train import TrainRecipe
+    from aifeedback.stages.train_validation import validation_grid
 
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", message=".*has both parameters with requires_grad")  # as accelerate wraps LoRA
@@ -84,8 +85,8 @@ def _worker(rank: int, port: int, out: str) -> None:
         expected_ref = denoising_mse(family.predict(unet, noisy, t, prompts, None), target)
         unet.enable_adapters()
     # The grid the unsharded path (one process, unwrapped model) draws: what FSDP must reproduce.
-    _validate(cfg, FakeFSDPAccelerator(0, DistributedType.NO), pipe, family, unet, pipe.vae, res, 1,
-              base / f"plain{rank}")
+    validation_grid(cfg, FakeFSDPAccelerator(0, DistributedType.NO), pipe, family, unet, pipe.vae, res, 1,
+                    base / f"plain{rank}")
 
     model = FSDP(unet, device_id=torch.device("cpu"), use_orig_params=True,
                  auto_wrap_policy=ModuleWrapPolicy({ResnetBlock2D, BasicTransformerBlock}))
@@ -96,13 +97,13 @@ def _worker(rank: int, port: int, out: str) -> None:
     recipe.ref, recipe.accelerator, recipe.model, recipe.family = None, acc, model, family
     rng = torch.get_rng_state()
     # As in a run: the step-0 baseline grid is the sharded model's first forward (FSDP initialises lazily there).
-    _validate(cfg, acc, pipe, family, model, pipe.vae, res, 0, base / f"fsdp{rank}")
+    validation_grid(cfg, acc, pipe, family, model, pipe.vae, res, 0, base / f"fsdp{rank}")
     baseline_calls = len(calls)
     with torch.no_grad():
         ref = recipe._reference_mse(noisy, t, prompts, None, target)
         ref_calls = len(calls) - baseline_calls
         policy_after = denoising_mse(family.predict(model, noisy, t, prompts, None), target)
-    _validate(cfg, acc, pipe, family, model, pipe.vae, res, 1, base / f"fsdp{rank}")
+    validation_grid(cfg, acc, pipe, family, model, pipe.vae, res, 1, base / f"fsdp{rank}")
     result = dict(ref_calls=ref_calls, baseline_calls=baseline_calls,
                   validation_calls=len(calls) - baseline_calls - ref_calls - 1,
                   ref=ref.tolist(), expected_ref=expected_ref.tolist(), policy=policy.tolist(),

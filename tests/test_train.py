@@ -514,7 +514,7 @@ def test_validation_images_reach_wandb_captioned(monkeypatch):
 
     from PIL import Image
 
-    from aifeedback.stages.train import track_validation
+    from aifeedback.stages.train_validation import track_validation
 
     class FakeImage:
         def __init__(self, data, caption=None):

@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
-import io
 import json
 import math
 import shutil
@@ -26,15 +25,13 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import DistributedType, ProjectConfiguration, gather_object, set_seed
+from accelerate.utils import ProjectConfiguration, gather_object, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import cast_training_params
 from peft import LoraConfig
-from PIL import Image
 from tqdm.auto import tqdm
 from transformers.optimization import Adafactor
 
@@ -45,13 +42,12 @@ from aifeedback.data import unpaired as U
 from aifeedback.data.cache import StoredPosterior, cache_key, is_cache, open_cache
 from aifeedback.data.sources import check_layout
 from aifeedback.data.stream import PairStream
-from aifeedback.dist import process_state
+from aifeedback.dist import process_state, sharded
 from aifeedback.errors import AifError
 from aifeedback.families import detect
 from aifeedback.families.base import Family, UNetFamily, min_snr_weights, vae_factor
 from aifeedback.families.loading import load_pipeline
 from aifeedback.families.resolve import model_defaults
-from aifeedback.families.sampling import default_guidance
 from aifeedback.losses import LOSSES, get_loss
 from aifeedback.losses.base import denoising_mse
 from aifeedback.stages.train_config import TrainConfig
@@ -63,8 +59,9 @@ from aifeedback.stages.train_resume import (
     resume_point,
     truncate_metrics,
 )
+from aifeedback.stages.train_validation import track_validation, validation_grid
 from aifeedback.storage import checkpoints as ck
-from aifeedback.storage.files import atomic_write_bytes, read_json, write_json
+from aifeedback.storage.files import read_json, write_json
 from aifeedback.storage.manifest import finish_output, prepare_output
 from aifeedback.storage.publish import discard, publish, temporary_path
 
@@ -385,7 +382,7 @@ class TrainRecipe:
 
     def _validation(self) -> None:
         """The validation grid of the current weights: a PNG in validation/ and images in the active tracker."""
-        grid, images = _validate(self.cfg, self.accelerator, self.pipe, self.family, self.model, self.vae,
+        grid, images = validation_grid(self.cfg, self.accelerator, self.pipe, self.family, self.model, self.vae,
                                  self.resolution, self.step, self.out)
         if self.main:
             track_validation(self.accelerator.trackers, self.cfg, images, self.step)
@@ -629,70 +626,3 @@ def _optimizer(cfg: TrainConfig, params: list, lr: float):
     # As the Diffusion-DPO SDXL runs: a fixed lr, no relative steps or parameter scaling.
     return Adafactor(params, lr=lr, weight_decay=cfg.weight_decay, scale_parameter=False, relative_step=False,
                      warmup_init=False, clip_threshold=1.0)
-
-
-def sharded(accelerator) -> bool:
-    """Whether the prepared model's parameters are sharded across processes (FSDP, DeepSpeed): then its state dict
-    is gathered collectively, and every process must take part in each of its forwards."""
-    return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
-
-
-def _validate(cfg: TrainConfig, accelerator, pipe, family: Family, model, vae, res: int, step: int,
-              out: Path) -> tuple[Path, list]:
-    """Write a PNG grid (rows = prompts, columns = seeds) of the current weights, without touching the training RNG;
-    return its path and the images (prompt-major; empty on a process that drew none). Unsharded, the main process
-    alone generates with the unwrapped model; sharded, every process generates the same grid through the prepared
-    model (its forwards gather the shards) and the main one saves it."""
-    path = out / "validation" / f"step-{step:06d}.png"
-    everywhere = sharded(accelerator)
-    # A preview: half diffusers' 50 steps, unless the model has its own (SDXL Turbo: 1).
-    steps = cfg.validation_steps or model_defaults(cfg.model).steps or 25
-    guidance = default_guidance(pipe, cfg.model) if cfg.validation_guidance is None else cfg.validation_guidance
-    images = []
-    if everywhere or accelerator.is_main_process:
-        setattr(pipe, family.denoiser, model if everywhere else accelerator.unwrap_model(model))
-        pipe.vae = vae
-        with torch.random.fork_rng(devices=[accelerator.device] if accelerator.device.type == "cuda" else []), \
-                torch.no_grad(), accelerator.autocast():
-            for prompt in cfg.validation_prompts:
-                for seed in cfg.validation_seeds:
-                    g = torch.Generator(accelerator.device).manual_seed(seed)
-                    images.append(pipe(prompt, num_inference_steps=steps, guidance_scale=guidance, generator=g,
-                                       **family.sampling_inputs(pipe, 1, res, res)).images[0])
-        if accelerator.is_main_process:
-            buf = io.BytesIO()
-            _grid(images, rows=len(cfg.validation_prompts), cols=len(cfg.validation_seeds)).save(buf, format="PNG")
-            atomic_write_bytes(path, buf.getvalue())
-    accelerator.wait_for_everyone()
-    return path, images
-
-
-def track_validation(trackers: list, cfg: TrainConfig, images: list, step: int) -> None:
-    """Send one validation grid's images to the active trackers, each labelled with its prompt and seed.
-    tensorboard: one image tag per cell, validation/p{prompt index}_seed{seed} (its step slider compares one prompt
-    and seed across training), and a text entry validation/prompts naming each index; wandb: the images under
-    "validation", captioned with prompt and seed."""
-    cells = [(i, prompt, seed) for i, prompt in enumerate(cfg.validation_prompts) for seed in cfg.validation_seeds]
-    for tracker in trackers:
-        if tracker.name == "tensorboard":
-            writer = tracker.writer
-            for (i, _, seed), img in zip(cells, images, strict=True):
-                writer.add_image(f"validation/p{i}_seed{seed}", np.asarray(img.convert("RGB")), step,
-                                 dataformats="HWC")
-            legend = "\n".join(f"- p{i}: {p}" for i, p in enumerate(cfg.validation_prompts))
-            writer.add_text("validation/prompts", f"{legend}\n\nseeds: {', '.join(map(str, cfg.validation_seeds))}",
-                            step)
-            writer.flush()
-        elif tracker.name == "wandb":
-            import wandb  # optional: preflight checked it is installed when --trackers wandb
-
-            tracker.log({"validation": [wandb.Image(img, caption=f"{prompt} (seed {seed})")
-                                        for (_, prompt, seed), img in zip(cells, images, strict=True)]}, step=step)
-
-
-def _grid(images: list, rows: int, cols: int):
-    w, h = images[0].size
-    grid = Image.new("RGB", (cols * w, rows * h))
-    for i, img in enumerate(images):
-        grid.paste(img, ((i % cols) * w, (i // cols) * h))
-    return grid
