@@ -3,13 +3,12 @@ winner and loser swapped makes them less red. This is the test that fails when t
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import pytest
 
 from aifeedback.config import ConfigError, build_config
-from aifeedback.stages.demo import DemoConfig, run, stage_configs
+from aifeedback.stages.demo import DemoConfig, run, stage_configs, swap_labels
 
 # Smaller than the demo's defaults (64 captions, 150 steps) to keep the suite fast, at a higher learning rate (the
 # demo's 5e-5 keeps prompt fidelity; 3e-4 makes the effect of fewer steps large enough to test either sign).
@@ -37,20 +36,11 @@ def test_demo_aligns_the_toy_model_to_redness(demo, capsys):
 
 
 def test_demo_with_swapped_labels_makes_images_less_red(demo, tmp_path):
-    import pyarrow.parquet as pq
-
     from aifeedback.stages import evaluate, train
 
     cfg, _ = demo
     configs = stage_configs(cfg)
-    swapped = tmp_path / "pairs-swapped"
-    shutil.copytree(configs["score"].out, swapped)
-    for shard in sorted((swapped / "data").glob("*.parquet")):
-        t = pq.read_table(shard)
-        l0, l1 = t.column("label_0"), t.column("label_1")
-        t = t.set_column(t.schema.get_field_index("label_0"), "label_0", l1)
-        t = t.set_column(t.schema.get_field_index("label_1"), "label_1", l0)
-        pq.write_table(t, shard)
+    swapped = swap_labels(Path(configs["score"].out), tmp_path / "pairs-swapped")
     run_dir = train.run(build_config(train.TrainConfig, {**vars(configs["train"]), "dataset": str(swapped),
                                                          "out": str(tmp_path / "dpo")}))
     report = evaluate.run(build_config(evaluate.EvalConfig, {**vars(configs["eval"]), "tuned": str(run_dir),
@@ -93,7 +83,6 @@ def test_swap_labels_exchanges_winner_and_loser_and_the_fingerprint(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from aifeedback.stages.demo import swap_labels
     from tests.pairs_fixtures import pickapic_rows, write_score_dir
 
     src = write_score_dir(tmp_path / "pairs", pickapic_rows(4))

@@ -4,13 +4,12 @@ sharing noise and sigma). DPO on redness pairs makes held-out images redder; swa
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import pytest
 
 from aifeedback.config import build_config
-from aifeedback.stages.demo import DemoConfig, run, stage_configs
+from aifeedback.stages.demo import DemoConfig, run, stage_configs, swap_labels
 
 # As tests/test_demo.py: fewer captions and steps than the demo's defaults, a learning rate that makes the effect of
 # 60 steps large enough to test either sign.
@@ -38,20 +37,11 @@ def test_flow_demo_aligns_the_toy_model_to_redness(demo):
 
 @pytest.mark.slow
 def test_flow_demo_with_swapped_labels_makes_images_less_red(demo, tmp_path):
-    import pyarrow.parquet as pq
-
     from aifeedback.stages import evaluate, train
 
     cfg, _ = demo
     configs = stage_configs(cfg)
-    swapped = tmp_path / "pairs-swapped"
-    shutil.copytree(configs["score"].out, swapped)
-    for shard in sorted((swapped / "data").glob("*.parquet")):
-        t = pq.read_table(shard)
-        l0, l1 = t.column("label_0"), t.column("label_1")
-        t = t.set_column(t.schema.get_field_index("label_0"), "label_0", l1)
-        t = t.set_column(t.schema.get_field_index("label_1"), "label_1", l0)
-        pq.write_table(t, shard)
+    swapped = swap_labels(Path(configs["score"].out), tmp_path / "pairs-swapped")
     run_dir = train.run(build_config(train.TrainConfig, {**vars(configs["train"]), "dataset": str(swapped),
                                                          "out": str(tmp_path / "dpo")}))
     report = evaluate.run(build_config(evaluate.EvalConfig, {**vars(configs["eval"]), "tuned": str(run_dir),
