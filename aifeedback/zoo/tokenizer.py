@@ -74,3 +74,41 @@ def t5_tokenizer_files(out: Path) -> Path:
 def t5_tokenizer():
     """The offline character-level T5 tokenizer (see t5_tokenizer_files), loaded as T5TokenizerFast."""
     return T5TokenizerFast.from_pretrained(str(cached_build("t5-tokenizer", t5_tokenizer_files)))
+
+
+# Qwen2's special tokens in the order of the real tokenizer (ids 151643..151656 there; here right after the vocabulary).
+QWEN_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+                "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>",
+                "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+# Words that are one token each, as in the real Qwen2 vocabulary (the VLM judges' answers among them).
+QWEN_WORDS = ("Yes", "No", "yes", "no", "YES", "NO")
+
+
+def qwen_tokenizer_files(out: Path) -> Path:
+    """A Qwen2TokenizerFast folder: byte-level BPE (GPT-2 byte alphabet, so any text tokenises) whose merges make each
+    of QWEN_WORDS one token, alone and after a space, and Qwen2's special tokens. Fixed lists, same bytes everywhere."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import Qwen2TokenizerFast
+
+    to_char = _bytes_to_unicode()
+    vocab = {c: i for i, c in enumerate(to_char.values())}
+    merges: list[tuple[str, str]] = []
+    for word in QWEN_WORDS:
+        chars = [to_char[b] for b in word.encode()]
+        piece = chars[0]
+        for c in chars[1:]:
+            if (piece, c) not in merges:
+                merges.append((piece, c))
+            piece += c
+            vocab.setdefault(piece, len(vocab))
+    for word in QWEN_WORDS:  # then " word" = the space's character + the word
+        merges.append((to_char[32], word))
+        vocab.setdefault(to_char[32] + word, len(vocab))
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = Qwen2TokenizerFast(tokenizer_object=tok, unk_token=None, bos_token=None, eos_token="<|im_end|>",
+                              pad_token="<|endoftext|>", model_max_length=32768)
+    fast.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIAL)})
+    fast.save_pretrained(str(out))
+    return out
