@@ -92,6 +92,10 @@ def probe(spec: str, server: Server) -> str:
     try:
         listing = Server(server.base, timeout=min(server.timeout, 5.0)).get("/models")
         served = [m["id"] for m in listing["data"]]
+    except urllib.error.HTTPError as e:  # reachable, but no model list at that path
+        raise ServerError(f"scorer '{spec}': {server.base}/models did not answer an OpenAI-compatible model list "
+                          f"(HTTP {e.code}). Fix: give the API base of a vLLM or SGLang server (usually "
+                          f"http://HOST:PORT/v1).") from None
     except (urllib.error.URLError, TimeoutError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise ServerError(f"scorer '{spec}': the VLM server at {server.base} could not be reached (GET "
