@@ -33,6 +33,7 @@ class Fake:
         self.bodies: list[dict] = []
         self.in_flight = self.max_in_flight = 0
         self.delay = 0.0
+        self.by_red = False  # P(Yes) = 0.01 + 0.98 * the image's mean red, P(No) the rest
         self.lock = threading.Lock()
 
     def next_action(self, body):
@@ -71,7 +72,9 @@ def handler(fake: Fake):
                     return self.reply(int(action), {"error": {"message": f"fake {action}"}})
                 logprobs = None if action == "nologprobs" else {"content": [{"token": "Yes", "logprob": -0.69,
                                                                             "top_logprobs": TOP}]}
-                if action == "noanswer":
+                if self.by_red_image(body, logprobs):
+                    pass
+                elif action == "noanswer":
                     logprobs["content"][0]["top_logprobs"] = [{"token": "The", "logprob": -0.1}]
                 choice = {"index": 0, "message": {"role": "assistant", "content": "Yes"}, "logprobs": logprobs,
                           "finish_reason": "length"}
@@ -81,6 +84,15 @@ def handler(fake: Fake):
             finally:
                 with fake.lock:
                     fake.in_flight -= 1
+
+        def by_red_image(self, body, logprobs):
+            if not fake.by_red or logprobs is None:
+                return False
+            data = body["messages"][0]["content"][0]["image_url"]["url"].split(",", 1)[1]
+            red = np.asarray(Image.open(io.BytesIO(base64.b64decode(data))), dtype=np.float64)[..., 0].mean() / 255
+            logprobs["content"][0]["top_logprobs"] = [{"token": "Yes", "logprob": math.log(0.01 + 0.98 * red)},
+                                                      {"token": "No", "logprob": math.log(0.99 - 0.98 * red)}]
+            return True
 
     return Handler
 
@@ -205,3 +217,20 @@ def test_a_server_that_is_not_the_api_fails_in_preflight(server):
     url, _ = server
     with pytest.raises(ServerError, match="did not answer an OpenAI-compatible model list"):
         check_scorers([f"vlm:{url}/api"])
+
+
+def test_aif_score_runs_on_the_served_judge(server, tmp_path):
+    """`aif score --scorer vlm:URL` end to end (DataLoader transform -> data URL -> server -> pairs)."""
+    from aifeedback.stages.score import run
+    from tests.test_score import cfg, image_scores, make_generate_dir, read_pairs
+
+    url, fake = server
+    fake.by_red = True
+    rows = make_generate_dir(tmp_path / "gen", n_prompts=2, k=3)
+    run(cfg(input=str(tmp_path / "gen"), out=str(tmp_path / "pairs"), scorer=f"vlm:{url}/v1", batch_size=4))
+    assert len(fake.bodies) == 6 and len(read_pairs(tmp_path / "pairs")) == 2
+    red = [np.asarray(Image.open(io.BytesIO(r["image"])).convert("RGB"), np.float64)[..., 0].mean() / 255 for r in rows]
+    scored = image_scores(tmp_path / "pairs")
+    assert len(scored) == 6
+    for r in scored:
+        assert r["raw"][0] == pytest.approx(0.01 + 0.98 * red[r["row"]], abs=2e-3)
