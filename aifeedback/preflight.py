@@ -9,14 +9,15 @@ The stage-specific combinations live in each config's `preflight()` method.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 from pathlib import Path
 from typing import Iterable
 
 from aifeedback.data.labels import OPEN_PREFERENCES
 from aifeedback.errors import AifError, DataError, OutputWriteError
-from aifeedback.scoring.scorers.vlm_judges import JUDGES, VLM_TYPES
+from aifeedback.scoring.scorers.vlm_check import check_vlm
+from aifeedback.scoring.scorers.vlm_judges import JUDGES
+from aifeedback.scoring.scorers.vlm_served import is_url
 
 # A scorer MODEL that names a file by its extension is a local checkpoint, never a hub id or a version.
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
@@ -42,38 +43,13 @@ def check_scorers(specs: Iterable[str], option: str = "--scorer") -> None:
         name, model = parse_spec(spec)
         if name in JUDGES:
             check_vlm(spec, name, model)
+            if is_url(model):  # probed
+                continue
         if model is None or Path(model).expanduser().exists():
             continue
         if model.startswith((".", "/", "~")) or Path(model).suffix.lower() in _WEIGHT_SUFFIXES:
             raise ScorerLoadError(f"{option} {spec}: {model} does not exist. Fix: check the path, or use NAME:tiny "
                                   f"for an offline test model (`aif models` lists the scorers).")
-
-
-def check_vlm(spec: str, name: str, model: str | None) -> None:
-    """A VLM judge's server answers its model list (a URL), or its local checkpoint is a Qwen2.5-VL (a folder or a
-    cached hub id whose config.json can be read; other hub ids are left to the load, which names the fix)."""
-    from aifeedback.scoring.scorers.vlm_served import Server, is_url, probe
-
-    if is_url(model):
-        probe(spec, Server.parse(spec, model))
-        return
-    if model == "tiny":
-        return
-    where = model or JUDGES[name].model
-    config = Path(where).expanduser() / "config.json"
-    if not config.exists() and not where.startswith((".", "/", "~")) and where.count("/") == 1:
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(where, "config.json")
-        config = Path(cached) if isinstance(cached, str) else config
-    try:
-        model_type = json.loads(config.read_text()).get("model_type")
-    except (OSError, ValueError, AttributeError):
-        return
-    if model_type not in VLM_TYPES:
-        raise AifError(f"--scorer {spec}: {where} is a '{model_type}' model, not a vision-language model this judge "
-                       f"runs ({', '.join(VLM_TYPES)}). Fix: give a Qwen2.5-VL checkpoint (e.g. {JUDGES[name].model}), "
-                       f"or serve another VLM with vLLM/SGLang and give its URL ({name}:http://HOST:PORT/v1).")
 
 
 def is_hub_id(source: str) -> bool:

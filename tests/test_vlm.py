@@ -97,6 +97,7 @@ def test_judge_score_renormalises_over_the_answers():
     assert yes_no.score(lp) == pytest.approx(0.6 / 0.8)
     assert yes_no.score(merge_logprobs([("No", -0.1)])) == 0.0  # Yes absent = p 0
     assert yes_no.score(merge_logprobs([("The", -0.1)])) is None  # no answer at all
+    assert yes_no.score({"yes": -2000.0, "no": -2000.0 - math.log(3)}) == pytest.approx(0.75)  # no underflow
     ratings = JUDGES["unifiedreward"]
     lp = merge_logprobs([("5", math.log(0.3)), ("4", math.log(0.3)), ("1", math.log(0.2)), ("x", math.log(0.2))])
     assert ratings.score(lp) == pytest.approx((5 * 0.3 + 4 * 0.3 + 1 * 0.2) / 0.8)
@@ -207,6 +208,8 @@ def test_a_model_that_is_not_a_vlm_fails_in_preflight(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "clip"}')
     with pytest.raises(AifError, match=r"(?s)'clip' model, not a vision-language model.*Fix: give a Qwen2.5-VL"):
         check_scorers([f"vlm:{tmp_path}"])
+    with pytest.raises(AifError, match="not a vision-language model"):
+        load_scorer(f"vlm:{tmp_path}")  # the API checks too, before loading weights
     (tmp_path / "config.json").write_text('{"model_type": "qwen2_5_vl"}')
     check_scorers([f"vlm:{tmp_path}"])
     check_scorers(["vlm:tiny", "unifiedreward:tiny"])

@@ -20,6 +20,7 @@ from aifeedback.errors import AifError
 from aifeedback.families.loading import torch_dtype
 from aifeedback.scoring.scorers import model_error
 from aifeedback.scoring.scorers.base import Scorer
+from aifeedback.scoring.scorers.vlm_check import check_vlm
 from aifeedback.scoring.scorers.vlm_judges import JUDGES, QwenImage, answer_word
 from aifeedback.zoo.cache import cached_build
 
@@ -110,6 +111,7 @@ class LocalJudge(Scorer):
         self.name, self.judge = name, JUDGES[judge]
         self.device, self.dtype = torch.device(device), torch_dtype(dtype)
         self.uses_prompt = self.judge.uses_prompt
+        check_vlm(name, judge, model)  # a checkpoint of another kind fails here, naming the fix
         path = str(cached_build("scorer-vlm-tiny", build_tiny)) if model == "tiny" else (model or self.judge.model)
         try:
             self.processor = AutoProcessor.from_pretrained(path)

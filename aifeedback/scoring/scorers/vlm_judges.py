@@ -48,11 +48,12 @@ class Judge:
     def score(self, logprobs: dict[str, float]) -> float | None:
         """The score from answer word -> log-probability (summed over its spellings; absent words have p = 0);
         None when no answer word has any probability."""
-        ps = {w: math.exp(lp) for w, lp in logprobs.items() if w in self.words() and lp > -math.inf}
-        total = sum(ps.values())
-        if total <= 0.0:
+        found = {w: lp for w, lp in logprobs.items() if w in self.words() and lp > -math.inf}
+        if not found:
             return None
-        return sum(value * ps.get(word, 0.0) for word, value in self.answers) / total
+        top = max(found.values())  # renormalised in log space: no underflow however unlikely the answers are
+        ps = {w: math.exp(lp - top) for w, lp in found.items()}
+        return sum(value * ps.get(word, 0.0) for word, value in self.answers) / sum(ps.values())
 
 
 def answer_word(token: str) -> str:
