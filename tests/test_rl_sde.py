@@ -178,10 +178,18 @@ def test_ddim_step_equals_ddpo(shape, clip):
     ours = ddim_step(eps, x, t, ac, 50, eta=1.0, clip_sample=clip, noise=noise)
     for a, b in zip((ours.prev_sample, ours.log_prob, ours.prev_sample_mean), ref):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-    stored = ours.prev_sample
-    again = ddim_step(eps.bfloat16(), x.bfloat16(), t, ac, 50, clip_sample=clip, prev_sample=stored)
-    assert torch.equal(again.log_prob, ddim_step(eps.bfloat16().float(), x.bfloat16().float(), t, ac, 50,
-                                                 clip_sample=clip, prev_sample=stored).log_prob)
+
+
+def test_ddim_bf16_sampled_step_recomputes_to_the_same_log_prob():
+    """DDPO returns prev_sample in the input dtype (bf16), so its recomputed log-prob differs from the stored one;
+    ours stays float32 and the ratio at the first update is exactly 1."""
+    ac, t = sd_alphas_cumprod(), torch.tensor([981, 1])
+    x, eps = torch.randn(2, 4, 8, 8).bfloat16(), torch.randn(2, 4, 8, 8).bfloat16()
+    sampled = ddim_step(eps, x, t, ac, 50, generator=torch.Generator().manual_seed(0))
+    assert sampled.prev_sample.dtype == torch.float32
+    again = ddim_step(eps, x, t, ac, 50, prev_sample=sampled.prev_sample)
+    assert torch.equal(again.log_prob, sampled.log_prob)
+    assert grpo(again.log_prob, sampled.log_prob, torch.ones(2)).metrics["ratio_dev"].item() == 0.0
 
 
 def test_ddim_step_equals_diffusers_ddim_and_eta_zero_is_deterministic():
