@@ -15,9 +15,10 @@ One deliberate difference: a group whose rewards are all equal gets advantages e
 gives ~1e-13 instead of 0, and its "filter samples whose advantages are all zero" then keeps them.
 
 Several rewards (`--reward pickscore:1.0,aesthetic:0.5`): Flow-GRPO (`flow_grpo/rewards.py` `multi_score`) and TRL's
-GRPOTrainer (`_calculate_rewards` then group normalisation) both sum the RAW rewards with their weights and then
-normalise the sum per prompt, so a reward with a large spread (PickScore ~ +-1 around 22) silently outweighs one with
-a small spread whatever the weights say. Our rule, as issue 22 asks ("each reward normalised before the sum"):
+GRPOTrainer (`_generate_and_score_completions`: gathered rewards_per_func times reward_weights, nansum, then group
+mean/std) both sum the RAW rewards with their weights and then normalise the sum per prompt, so a reward with a large
+spread (PickScore ~ +-1 around 22) silently outweighs one with a small spread whatever the weights say.
+Our rule, as issue 22 asks ("each reward normalised before the sum"):
 
     r_i = sum_k w_k * (r_k,i - mean_batch(r_k)) / (std_batch(r_k) + 1e-4)        (only when there are >= 2 rewards)
 
