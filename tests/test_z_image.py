@@ -281,3 +281,17 @@ def test_every_stage_on_tiny_z_image(tmp_path):
         "--seeds-per-prompt", "2", "--steps", "2", "--scorers", "redness", "--bootstrap", "100",
         "--out", str(tmp_path / "eval"))
     assert (tmp_path / "eval" / "report.json").exists()
+
+
+def test_tuned_z_image_transformer_must_fit_its_base(tmp_path):
+    from diffusers import AutoModel
+
+    from aifeedback.families.loading import load_pipeline
+    from aifeedback.families.resolve import TunedLoadError
+    from aifeedback.zoo import tiny_pipeline_path
+
+    config = dict(AutoModel.load_config(tiny_pipeline_path("tiny-z-image"), subfolder="transformer"), n_layers=1)
+    shallower = tmp_path / "transformer"
+    AutoModel.from_config(config).save_pretrained(shallower)
+    with pytest.raises(TunedLoadError, match="transformer n_layers is 1, the base has 2"):
+        load_pipeline("tiny-z-image", tuned=str(shallower))
