@@ -74,3 +74,39 @@ def t5_tokenizer_files(out: Path) -> Path:
 def t5_tokenizer():
     """The offline character-level T5 tokenizer (see t5_tokenizer_files), loaded as T5TokenizerFast."""
     return T5TokenizerFast.from_pretrained(str(cached_build("t5-tokenizer", t5_tokenizer_files)))
+
+
+# Qwen3's chat template, reduced to what ZImagePipeline renders (system / user / assistant messages, no tools): each
+# message as <|im_start|>ROLE\nCONTENT<|im_end|>\n, then the assistant's turn; with enable_thinking=False an empty
+# think block, as Qwen3's own template writes it.
+QWEN_CHAT_TEMPLATE = (
+    "{%- for message in messages %}{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
+    "{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
+    "{%- endif %}"
+)
+QWEN_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>")
+
+
+def qwen_tokenizer_files(out: Path) -> Path:
+    """Write a Qwen2Tokenizer folder (the class of Qwen3's tokenizer): Qwen's byte-level BPE layout over the 256 byte
+    symbols with no merges (one token per UTF-8 byte, so any prompt in any language tokenises without <unk>), Qwen's
+    special tokens (<|endoftext|> as pad, <|im_start|>, <|im_end|>, <think>, </think>) and its chat template. Qwen3's
+    real 151k-token vocabulary cannot be downloaded here; the real models load the hub's. Same bytes everywhere."""
+    from transformers import Qwen2Tokenizer
+
+    byte_chars = list(_bytes_to_unicode().values())
+    vocab = {c: i for i, c in enumerate(byte_chars)}
+    vocab.update({tok: len(byte_chars) + i for i, tok in enumerate(QWEN_SPECIAL)})
+    tok = Qwen2Tokenizer(vocab=vocab, merges=[], model_max_length=512)
+    tok.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIAL[1:])})
+    tok.chat_template = QWEN_CHAT_TEMPLATE
+    tok.save_pretrained(str(out))
+    return out
+
+
+def qwen_tokenizer():
+    """The offline byte-level Qwen tokenizer (see qwen_tokenizer_files), loaded as Qwen2Tokenizer."""
+    from transformers import Qwen2Tokenizer
+
+    return Qwen2Tokenizer.from_pretrained(str(cached_build("qwen-tokenizer", qwen_tokenizer_files)))
