@@ -51,6 +51,9 @@ FAMILIES: Registry[FamilyEntry] = Registry("model family", [
     FamilyEntry("flux", "FLUX.1 layout (dev, schnell): flow-matching transformer on packed latents; CLIP-L pooled "
                 "+ T5, the dev model's guidance embedding, 16-channel VAE (1024 px)",
                 "aifeedback.families.flux", "Flux"),
+    FamilyEntry("z-image", "Z-Image layout (Z-Image, Z-Image-Turbo): single-stream flow-matching transformer; Qwen3 "
+                "text encoder (chat template, second-to-last hidden state), 16-channel FLUX VAE (1024 px)",
+                "aifeedback.families.z_image", "ZImage"),
 ])
 
 

@@ -157,13 +157,15 @@ def tokenize(tokenizer: Any, captions: list[str]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_images(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
+def encode_images(vae: Any, pixels: torch.Tensor, sample: bool = True) -> torch.Tensor:
     """Images in [-1, 1], (N, 3, H, W) -> denoiser-space latents (N, C, H/f, W/f), normalised as the VAE declares.
 
     Uses a sample of the posterior (as the diffusers and Diffusion-DPO training scripts do); the sample draws from
-    the global torch RNG, which checkpoints save, so resumes stay exact.
+    the global torch RNG, which checkpoints save, so resumes stay exact. sample=False: the posterior's mode (its
+    mean; diffusers' Z-Image script), which draws nothing.
     """
-    latents = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist.sample().float()
+    dist = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist
+    latents = (dist.sample() if sample else dist.mode()).float()
     # The inverse of sampling.decode_latents: VAEs that declare per-channel latent statistics are normalised by them;
     # the 16-channel VAEs of SD3 and FLUX declare a shift (diffusers' SD3/FLUX training: (z - shift) * scale).
     shift = getattr(vae.config, "shift_factor", None)

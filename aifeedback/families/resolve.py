@@ -34,6 +34,9 @@ KNOWN_MODELS: dict[str, str] = {
                                     "non-commercial licence), 1024 px",
     "black-forest-labs/FLUX.1-schnell": "FLUX.1 schnell (12B transformer, timestep-distilled: 1-4 steps, no "
                                         "guidance; Apache-2.0, gated), 1024 px",
+    "Tongyi-MAI/Z-Image": "Z-Image (6B single-stream transformer, Qwen3-4B text encoder, flow matching; Apache-2.0), "
+                          "1024 px",
+    "Tongyi-MAI/Z-Image-Turbo": "Z-Image-Turbo (Z-Image distilled: 8 steps, no guidance; Apache-2.0), 1024 px",
 }
 
 
@@ -57,6 +60,9 @@ MODEL_DEFAULTS: dict[str, ModelDefaults] = {
     "stabilityai/sdxl-turbo": ModelDefaults(steps=1, guidance=0.0, resolution=512),
     # timestep-distilled: its model card samples 4 steps without guidance (max_sequence_length 256)
     "black-forest-labs/FLUX.1-schnell": ModelDefaults(steps=4, guidance=0.0),
+    # distilled to 8 function evaluations without guidance: diffusers' Z-Image docs sample it with
+    # num_inference_steps=8, guidance_scale=0.0
+    "Tongyi-MAI/Z-Image-Turbo": ModelDefaults(steps=8, guidance=0.0),
 }
 
 

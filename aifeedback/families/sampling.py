@@ -29,8 +29,12 @@ def image_seed(seed: int, prompt_id: str, k: int) -> int:
 def default_size(pipe: Any) -> int:
     """The model's native resolution in pixels (1024 for SDXL base and SD3, 512 for SD1.5, 32 for the tiny models):
     the denoiser's sample size in latent pixels, else the pipeline's default (a transformer without one, FLUX)."""
-    size = getattr(getattr(pipe, detect(pipe).denoiser).config, "sample_size", None)
-    return int((size or pipe.default_sample_size) * pipe.vae_scale_factor)
+    fam = detect(pipe)
+    size = getattr(getattr(pipe, fam.denoiser).config, "sample_size", None)
+    size = size or getattr(pipe, "default_sample_size", None)
+    if size is None:  # ZImagePipeline has neither: it draws `height or 1024` px, the family's size at the real 8x VAE
+        size = fam.resolution // 8
+    return int(size * pipe.vae_scale_factor)
 
 
 def default_guidance(pipe: Any, model: str = "") -> float:

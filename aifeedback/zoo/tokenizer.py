@@ -76,39 +76,64 @@ def t5_tokenizer():
     return T5TokenizerFast.from_pretrained(str(cached_build("t5-tokenizer", t5_tokenizer_files)))
 
 
-# Qwen2's special tokens in the order of the real tokenizer (ids 151643..151656 there; here right after the vocabulary).
-QWEN_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
-                "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>",
-                "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
-# Words that are one token each, as in the real Qwen2 vocabulary (the VLM judges' answers among them).
-QWEN_WORDS = ("Yes", "No", "yes", "no", "YES", "NO")
+# Qwen3's chat template, reduced to what ZImagePipeline renders (system / user / assistant messages, no tools): each
+# message as <|im_start|>ROLE\nCONTENT<|im_end|>\n, then the assistant's turn; with enable_thinking=False an empty
+# think block, as Qwen3's own template writes it.
+QWEN_CHAT_TEMPLATE = (
+    "{%- for message in messages %}{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
+    "{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
+    "{%- endif %}"
+)
+QWEN_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>")
 
 
-def qwen_tokenizer_files(out: Path) -> Path:
-    """A Qwen2TokenizerFast folder: byte-level BPE (GPT-2 byte alphabet, so any text tokenises) whose merges make each
-    of QWEN_WORDS one token, alone and after a space, and Qwen2's special tokens. Fixed lists, same bytes everywhere."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import Qwen2TokenizerFast
+# Qwen2-VL / Qwen2.5-VL's special tokens, in the real tokenizer's order (ids 151643..151656 there), for the VLM judges'
+# tiny model; and words that are one token each in the real vocabulary (the judges' answers among them).
+QWEN_VL_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+                   "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+                   "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+QWEN_VL_WORDS = ("Yes", "No", "yes", "no", "YES", "NO")
+
+
+def qwen_tokenizer_files(out: Path, special: tuple[str, ...] = QWEN_SPECIAL, words: tuple[str, ...] = (),
+                         chat_template: str | None = QWEN_CHAT_TEMPLATE, max_length: int = 512) -> Path:
+    """Write a Qwen2Tokenizer folder (the class of Qwen3's tokenizer): Qwen's byte-level BPE layout over the 256 byte
+    symbols (so any prompt in any language tokenises without <unk>), Qwen's special tokens (<|endoftext|> as pad,
+    <|im_start|>, <|im_end|>, <think>, </think>) and its chat template. No merges, one token per UTF-8 byte, except
+    that each of `words` is one token, alone and after a space (as in the real vocabulary). Qwen3's real 151k-token
+    vocabulary cannot be downloaded here; the real models load the hub's. Same bytes everywhere."""
+    from transformers import Qwen2Tokenizer
 
     to_char = _bytes_to_unicode()
     vocab = {c: i for i, c in enumerate(to_char.values())}
     merges: list[tuple[str, str]] = []
-    for word in QWEN_WORDS:
+    for word in words:  # "word" by merging its characters left to right, then " word" = the space's char + "word"
         chars = [to_char[b] for b in word.encode()]
-        piece = chars[0]
         for c in chars[1:]:
-            if (piece, c) not in merges:
-                merges.append((piece, c))
-            piece += c
-            vocab.setdefault(piece, len(vocab))
-    for word in QWEN_WORDS:  # then " word" = the space's character + the word
+            merges.append((chars[0], c))
+            chars[0] += c
+            vocab.setdefault(chars[0], len(vocab))
+    for word in words:
         merges.append((to_char[32], word))
         vocab.setdefault(to_char[32] + word, len(vocab))
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    fast = Qwen2TokenizerFast(tokenizer_object=tok, unk_token=None, bos_token=None, eos_token="<|im_end|>",
-                              pad_token="<|endoftext|>", model_max_length=32768)
-    fast.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIAL)})
-    fast.save_pretrained(str(out))
+    vocab.update({tok: len(vocab) + i for i, tok in enumerate(special)})
+    tok = Qwen2Tokenizer(vocab=vocab, merges=list(dict.fromkeys(merges)), model_max_length=max_length)
+    tok.add_special_tokens({"additional_special_tokens": list(special[1:])})
+    if chat_template is not None:
+        tok.chat_template = chat_template
+    tok.save_pretrained(str(out))
     return out
+
+
+def qwen_vl_tokenizer_files(out: Path) -> Path:
+    """The tiny VLM judge's tokenizer: qwen_tokenizer_files with Qwen2.5-VL's special tokens and one-token answers
+    (its chat template is the processor's; 32768 tokens, as Qwen2.5-VL's)."""
+    return qwen_tokenizer_files(out, QWEN_VL_SPECIAL, QWEN_VL_WORDS, chat_template=None, max_length=32768)
+
+
+def qwen_tokenizer():
+    """The offline byte-level Qwen tokenizer (see qwen_tokenizer_files), loaded as Qwen2Tokenizer."""
+    from transformers import Qwen2Tokenizer
+
+    return Qwen2Tokenizer.from_pretrained(str(cached_build("qwen-tokenizer", qwen_tokenizer_files)))

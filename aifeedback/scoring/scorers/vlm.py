@@ -77,9 +77,9 @@ def build_tiny(out: Path) -> None:
     processor settings and chat template), saved with save_pretrained."""
     from transformers import AutoTokenizer, Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
-    from aifeedback.zoo.tokenizer import qwen_tokenizer_files
+    from aifeedback.zoo.tokenizer import qwen_vl_tokenizer_files
 
-    tokenizer = AutoTokenizer.from_pretrained(str(qwen_tokenizer_files(out)))
+    tokenizer = AutoTokenizer.from_pretrained(str(qwen_vl_tokenizer_files(out)))
     processor = Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(**IMAGE_PROCESSOR), tokenizer=tokenizer,
                                     video_processor=Qwen2VLVideoProcessor(), chat_template=CHAT_TEMPLATE)
     processor.save_pretrained(str(out))
