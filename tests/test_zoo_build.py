@@ -2,6 +2,7 @@
 interpreter (not multiprocessing's spawn, which re-runs the caller's unguarded `__main__`) with a timeout, and a
 process waiting for another's build gives up after the same timeout; both end with an error that says what to do."""
 
+import json
 import os
 import sys
 import time
@@ -98,3 +99,30 @@ def test_a_bad_build_timeout_is_refused(group, monkeypatch, value):
     monkeypatch.setenv("AIF_BUILD_TIMEOUT", value)
     with pytest.raises(AifError, match=rf"AIF_BUILD_TIMEOUT='{value}' is not a number of seconds above 0"):
         cached_build("any", write_build)
+
+
+_UNGUARDED_LAUNCHER = """
+from aifeedback.cli import main
+
+main()  # no `if __name__ == "__main__":` guard: a spawned child that re-runs this file would start the stage again
+"""
+
+
+def test_two_processes_launched_from_an_unguarded_script_build_on_a_fresh_cache(tmp_path):
+    """The model is built while both processes are in their group (rank 0 or 1 builds, the other waits): the build
+    must neither re-run the launcher script nor wait forever (it used to hang until this test's timeout)."""
+    from tests.launch import accelerate_launch, run_group
+
+    script = tmp_path / "launcher.py"
+    script.write_text(_UNGUARDED_LAUNCHER)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red cat\na blue dog\n")
+    launch = accelerate_launch(2)
+    cache = tmp_path / "fresh-cache"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), AIF_CACHE=str(cache),
+               OMP_NUM_THREADS="1")
+    r = run_group([*launch[: launch.index("-m", 3)], str(script), "generate", "--model", "tiny-sd15", "--prompts",
+                   str(prompts), "--steps", "1", "--out", str(tmp_path / "out")], env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert intact(cache / "models" / f"tiny-sd15-v{C.ZOO_VERSION}")
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["complete"]
