@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from aifeedback.errors import AifError, DataError
-from tests.launch import accelerate_launch
+from tests.launch import accelerate_launch, run_group
 from tests.pairs_fixtures import pickapic_rows, read_metrics, tiny_train, write_pickapic, write_score_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -405,10 +405,21 @@ def test_a_nonfinite_loss_stops_before_the_update_or_is_skipped_when_asked(human
 
 
 _POISONED_RANK = """
+import time
+
+from accelerate import Accelerator
+
 from aifeedback.cli import main
 from aifeedback.stages.train import TrainRecipe
 
 real = TrainRecipe._step
+real_save = Accelerator.save_state
+
+
+def late_save(self, *args, **kwargs):  # process 1 writes its share of a checkpoint late, as on a loaded machine
+    if self.process_index == 1:
+        time.sleep(3)
+    return real_save(self, *args, **kwargs)
 
 
 def step(self, batch):  # NaN loss on process 1 only, at step 2: only the gradient all-reduce would spread it
@@ -423,6 +434,7 @@ def step(self, batch):  # NaN loss on process 1 only, at step 2: only the gradie
 
 
 TrainRecipe._step = step
+Accelerator.save_state = late_save
 main()
 """
 
@@ -435,14 +447,16 @@ def test_processes_agree_to_stop_on_one_process_nonfinite_loss(human, tmp_path):
            "train", "--dataset", str(human), "--model", "tiny-sd15", "--resolution", "16", "--batch-size", "1",
            "--lora-rank", "2", "--max-steps", "3", "--checkpoint-every", "1", "--validation-every", "0",
            "--num-workers", "0", "--trackers", "none", "--out", str(tmp_path / "run")]
-    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    res = run_group(cmd, env=_env(), timeout=300)
     assert res.returncode != 0
     # both processes stop at the same step (no hang in a collective: the run ends well before the timeout) with the
     # clear error; the launcher may end the second process before it prints, so at least one prints it
     errors = re.findall(r"error: step 2: the loss is not finite \(NaN or inf\) on 1 of 2 processes.*checkpoint-000001",
                         res.stderr)
     assert 1 <= len(errors) <= 2, res.stderr[-3000:]
+    # no temporary folder beside it: the checkpoint is renamed only once every process has written its part
     assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["checkpoint-000001"]
+    assert (tmp_path / "run" / "checkpoints" / "checkpoint-000001" / "random_states_1.pkl").exists()
 
 
 def _tracked(event_file: Path) -> tuple[dict, dict]:
