@@ -6,7 +6,6 @@ import math
 import os
 import re
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -168,7 +167,7 @@ def test_two_process_accelerate_launch(tmp_path):
            "train", "--dataset", str(data), "--model", "tiny-sd15", "--resolution", "16", "--batch-size", "1",
            "--max-steps", "4", "--checkpoint-every", "2", "--validation-every", "0", "--num-workers", "0",
            "--trackers", "none", "--out", str(out)]
-    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    res = run_group(cmd, env=_env(), timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     m = read_metrics(out)
     assert [r["step"] for r in m] == [1, 2, 3, 4] and abs(m[0]["loss"] - math.log(2)) < 1e-6
