@@ -449,3 +449,27 @@ def test_tiny_generate_then_score(tiny_sd15, tmp_path):
     assert {"caption", "jpg_0", "jpg_1", "label_0", "label_1", "latent_0", "latent_shape"} <= set(ds.column_names)
     assert set(ds["label_0"]) <= {0.0, 0.5, 1.0} and set(ds["caption"]) == {"a red apple", "a blue sky"}
     assert all(len(r["latent_0"]) == 2 * int(np.prod(r["latent_shape"])) for r in ds)  # float16 bytes
+
+
+_SPAWNING_LAUNCHER = """
+import multiprocessing
+
+multiprocessing.set_start_method("spawn")  # the default on macOS; Linux's forkserver (Python 3.14) also re-runs this
+
+from aifeedback.cli import main
+
+main()  # unguarded: a worker process that imports this file as its `__main__` starts the whole stage again
+"""
+
+
+def test_decoding_workers_never_run_the_callers_unguarded_main(tmp_path):
+    """`--workers N` decodes in DataLoader processes: they must not depend on the caller's `if __name__ ==
+    "__main__":` guard, whatever the default start method (spawn and forkserver import the caller's script)."""
+    gen = tmp_path / "gen"
+    make_generate_dir(gen, n_prompts=2, k=2, latents=False)
+    script = tmp_path / "launcher.py"
+    script.write_text(_SPAWNING_LAUNCHER)
+    r = run_group([sys.executable, str(script), "score", "--input", str(gen), "--out", str(tmp_path / "o"),
+                   "--scorer", "redness", "--workers", "1", "--no-progress"], env=_env(), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert read_manifest(tmp_path / "o", "score")["complete"]

@@ -6,6 +6,7 @@ import math
 import os
 import re
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -546,3 +547,19 @@ def test_validation_images_reach_wandb_captioned(monkeypatch):
     assert [(im.data, im.caption) for im in values["validation"]] == [
         (images[0], "a red cat (seed 0)"), (images[1], "a red cat (seed 7)"),
         (images[2], "a blue dog (seed 0)"), (images[3], "a blue dog (seed 7)")]
+
+
+@pytest.mark.slow  # a training process started from a script (~20 s); test_score checks the same for decoding workers
+def test_data_workers_never_run_the_callers_unguarded_main(human, tmp_path):
+    """`--num-workers N` loads pairs in DataLoader processes, which must not import the caller's unguarded script
+    whatever the default start method (spawn on macOS, forkserver on Linux from Python 3.14)."""
+    from tests.test_score import _SPAWNING_LAUNCHER
+
+    script = tmp_path / "launcher.py"
+    script.write_text(_SPAWNING_LAUNCHER)
+    cmd = [sys.executable, str(script), "train", "--dataset", str(human), "--model", "tiny-sd15", "--resolution", "16",
+           "--batch-size", "1", "--lora-rank", "2", "--max-steps", "1", "--validation-every", "0", "--num-workers",
+           "1", "--trackers", "none", "--no-progress", "--out", str(tmp_path / "run")]
+    res = run_group(cmd, env=_env(), timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert [r["step"] for r in read_metrics(tmp_path / "run")] == [1]
