@@ -127,3 +127,26 @@ def kill_marked(token: str, proc: subprocess.Popen) -> None:
                 pass
         time.sleep(0.05)
     proc.kill()  # the command itself, if it is still there (a no-op once it has been reaped)
+
+
+def alive(pid: int) -> bool:
+    """Whether pid is a running process (a zombie, killed and waiting to be reaped, is not)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] != "Z"
+
+
+# An `aif` launcher script without an `if __name__ == "__main__":` guard, under the start method that imports the
+# caller's `__main__` in every new process (the default on macOS; Linux's forkserver from Python 3.14 does too): a
+# process started that way runs the whole stage again.
+SPAWNING_LAUNCHER = """
+import multiprocessing
+
+multiprocessing.set_start_method("spawn")
+
+from aifeedback.cli import main
+
+main()
+"""

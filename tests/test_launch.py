@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.launch import run_group
+from tests.launch import alive, run_group
 
 # A launcher that starts a "rank" in a session of its own (as torchrun does), which starts a worker of its own; each
 # writes its pid, then everyone sleeps far past the test's timeout, or (`fail`) the launcher fails once all run.
@@ -29,15 +29,6 @@ if sys.argv[3:] == ["fail"]:
     sys.exit("failed")
 time.sleep(600)
 """
-
-
-def alive(pid: int) -> bool:
-    """Whether pid is a running process (a zombie, killed and waiting to be reaped, is not)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return False
-    return fields[0] != "Z"
 
 
 def _assert_dead(folder: Path, names: list[str]) -> None:

@@ -20,7 +20,7 @@ from aifeedback.stages.score import ScoreConfig, run
 from aifeedback.storage.files import write_json
 from aifeedback.storage.manifest import OutputConflictError, finish_output, prepare_output, read_manifest
 from aifeedback.storage.shards import chunks, latent_to_bytes, read_rows, write_shard
-from tests.launch import accelerate_launch, process_group, run_group
+from tests.launch import SPAWNING_LAUNCHER, accelerate_launch, process_group, run_group
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -451,24 +451,13 @@ def test_tiny_generate_then_score(tiny_sd15, tmp_path):
     assert all(len(r["latent_0"]) == 2 * int(np.prod(r["latent_shape"])) for r in ds)  # float16 bytes
 
 
-_SPAWNING_LAUNCHER = """
-import multiprocessing
-
-multiprocessing.set_start_method("spawn")  # the default on macOS; Linux's forkserver (Python 3.14) also re-runs this
-
-from aifeedback.cli import main
-
-main()  # unguarded: a worker process that imports this file as its `__main__` starts the whole stage again
-"""
-
-
 def test_decoding_workers_never_run_the_callers_unguarded_main(tmp_path):
     """`--workers N` decodes in DataLoader processes: they must not depend on the caller's `if __name__ ==
     "__main__":` guard, whatever the default start method (spawn and forkserver import the caller's script)."""
     gen = tmp_path / "gen"
     make_generate_dir(gen, n_prompts=2, k=2, latents=False)
     script = tmp_path / "launcher.py"
-    script.write_text(_SPAWNING_LAUNCHER)
+    script.write_text(SPAWNING_LAUNCHER)
     r = run_group([sys.executable, str(script), "score", "--input", str(gen), "--out", str(tmp_path / "o"),
                    "--scorer", "redness", "--workers", "1", "--no-progress"], env=_env(), timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from aifeedback.errors import AifError, DataError
-from tests.launch import accelerate_launch, run_group
+from tests.launch import SPAWNING_LAUNCHER, accelerate_launch, run_group
 from tests.pairs_fixtures import pickapic_rows, read_metrics, tiny_train, write_pickapic, write_score_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -553,10 +553,8 @@ def test_validation_images_reach_wandb_captioned(monkeypatch):
 def test_data_workers_never_run_the_callers_unguarded_main(human, tmp_path):
     """`--num-workers N` loads pairs in DataLoader processes, which must not import the caller's unguarded script
     whatever the default start method (spawn on macOS, forkserver on Linux from Python 3.14)."""
-    from tests.test_score import _SPAWNING_LAUNCHER
-
     script = tmp_path / "launcher.py"
-    script.write_text(_SPAWNING_LAUNCHER)
+    script.write_text(SPAWNING_LAUNCHER)
     cmd = [sys.executable, str(script), "train", "--dataset", str(human), "--model", "tiny-sd15", "--resolution", "16",
            "--batch-size", "1", "--lora-rank", "2", "--max-steps", "1", "--validation-every", "0", "--num-workers",
            "1", "--trackers", "none", "--no-progress", "--out", str(tmp_path / "run")]

@@ -13,8 +13,7 @@ import pytest
 from aifeedback.errors import AifError
 from aifeedback.zoo import cache as C
 from aifeedback.zoo.cache import cached_build, intact
-from tests.launch import process_group
-from tests.test_launch import alive
+from tests.launch import alive, process_group
 
 PIDS = "AIF_TEST_BUILDER_PIDS"  # where the builders below write their pid (the environment reaches the fresh process)
 
