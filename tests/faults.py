@@ -16,10 +16,11 @@ import functools
 import importlib
 import os
 import signal
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.launch import run_group
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,7 +53,7 @@ def run_killed(fault: Fault, stage: str, args: list[str], timeout: float = 300) 
     """Run `aif STAGE ARGS` in a subprocess that dies at `fault`; fail if it did not die there."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
     cmd = [sys.executable, "-m", "tests.faults", *fault.argv(), "--", stage, *args]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    r = run_group(cmd, env=env, timeout=timeout)
     assert r.returncode == -signal.SIGKILL, f"{fault} did not fire (exit {r.returncode}):\n{r.stderr[-3000:]}"
 
 

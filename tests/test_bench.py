@@ -2,11 +2,12 @@
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.launch import run_group
 
 # ~70 s of CPU in fresh processes; they guard scripts used in GPU sessions, not the stages: `make test-slow`
 pytestmark = pytest.mark.slow
@@ -33,9 +34,7 @@ CASES = {
 def test_bench_script_runs(case, aif_cache):
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     script = ROOT / "bench" / f"{case.split('-')[0]}.py"
-    r = subprocess.run(
-        [sys.executable, str(script), *CASES[case]], env=env, capture_output=True, text=True, timeout=300
-    )
+    r = run_group([sys.executable, str(script), *CASES[case]], env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads(r.stdout.strip().splitlines()[-1])  # every script ends with one JSON line of results
     speed = result.get("images_per_s", result.get("pairs_per_s"))

@@ -98,19 +98,18 @@ def test_cache_layout_resume_and_rerun(human, cached, tmp_path, capsys):
 def test_two_processes_write_the_cache_of_one(human, cached, tmp_path):
     """Under `accelerate launch` the processes take shards round-robin; the shards are those of a 1-process run."""
     import os
-    import subprocess
     from pathlib import Path
 
     import pyarrow.parquet as pq
 
-    from tests.launch import accelerate_launch
+    from tests.launch import accelerate_launch, run_group
 
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "two"
     cmd = [*accelerate_launch(2), "cache", "--dataset", str(human), "--model", "tiny-sd15", "--resolution", "16",
            "--batch-size", "2", "--shard-size", "3", "--no-progress", "--out", str(out)]
     env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    res = run_group(cmd, env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     one, two = (sorted((d / "data").glob("*.parquet")) for d in (cached, out))
     assert [p.name for p in one] == [p.name for p in two]

@@ -224,10 +224,10 @@ def test_inspect_counts_a_dataset_and_shows_example_pairs(tmp_path):
 def test_inspect_runs_from_the_command_line_without_model_libraries(tmp_path):
     """`aif inspect` is a stage like the others (derived from STAGES) and loads no model code; a bad layout fails
     with the --columns fix and leaves no --out behind."""
-    import subprocess
     import sys
 
     from aifeedback.stages import STAGES
+    from tests.launch import run_group
 
     folder = write_custom(tmp_path / "custom")
     fix = "caption=text,image_0=left,image_1=right,label=winner"
@@ -238,7 +238,7 @@ def test_inspect_runs_from_the_command_line_without_model_libraries(tmp_path):
     code = ("import sys; from aifeedback.cli import main; sys.argv = ['aif', 'inspect'] + sys.argv[1:]\n"
             "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
             "print('MODELS', [m for m in ('diffusers', 'transformers', 'open_clip') if m in sys.modules])")
-    good = subprocess.run([sys.executable, "-c", code, str(folder), "--out", str(tmp_path / "o"), "--columns", fix],
-                          capture_output=True, text=True, cwd=tmp_path)
+    good = run_group([sys.executable, "-c", code, str(folder), "--out", str(tmp_path / "o"), "--columns", fix],
+                     cwd=tmp_path)
     assert good.returncode == 0, good.stderr
     assert "4 rows: 3 pairs with a clear winner, 1 ties" in good.stdout and "MODELS []" in good.stdout

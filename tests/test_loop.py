@@ -147,15 +147,13 @@ def test_reference_previous_trains_a_fresh_full_run_on_the_previous_model(tiny_s
 def test_loop_under_accelerate_launch(tiny_sd15, tmp_path):
     """Every stage splits its work across the processes; export (one folder) runs on the main process only."""
     import os
-    import subprocess
 
-    from tests.launch import accelerate_launch
+    from tests.launch import accelerate_launch, run_group
 
     flags = [x for k, v in {**TINY, "model": tiny_sd15, "out": tmp_path}.items() if k != "progress"
              for x in (f"--{k.replace('_', '-')}", str(v))]
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), HF_HUB_OFFLINE="1")
-    result = subprocess.run([*accelerate_launch(2), "loop", *flags, "--no-progress"], env=env, capture_output=True,
-                            text=True, timeout=600)
+    result = run_group([*accelerate_launch(2), "loop", *flags, "--no-progress"], env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "report.json").read_text())
     assert [r["round"] for r in report["rounds"]] == [1, 2]

@@ -230,9 +230,12 @@ def batches(dataset: PairDataset, batch_size: int, rank: int, world: int, start_
     """An endless iterator of this process's micro-batches starting at global micro-batch `start_micro`."""
     import torch
 
+    from aifeedback.dist import worker_context
+
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=PositionSampler(batch_size, rank, world, start_micro), collate_fn=collate,
         num_workers=num_workers, persistent_workers=num_workers > 0,
+        multiprocessing_context=worker_context(num_workers),  # workers never import the caller's __main__
         # Own generator: otherwise creating the iterator draws from the global RNG, which a resume would replay
         # at a different point than an uninterrupted run.
         generator=torch.Generator().manual_seed(seed),

@@ -547,6 +547,7 @@ class TrainRecipe:
             discard(tmp)  # a killed save's leftover
         acc.wait_for_everyone()
         acc.save_state(str(tmp))  # optimizer, lr schedule, grad scaler, every process's RNG
+        acc.wait_for_everyone()  # each process wrote its part into tmp before the main one renames it
         streams = gather_object([self.batches.state()]) if self.cfg.streaming else None  # collective
         sd = acc.get_state_dict(self.model)  # collective: gathers FSDP / ZeRO shards
         if self.main:

@@ -7,12 +7,11 @@ it here. This module is light: a builder's module is imported only when the mode
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from aifeedback.registry import Registry
-from aifeedback.zoo.cache import ZOO_VERSION, cached_build
+from aifeedback.zoo.cache import ZOO_VERSION, cached_build, resolve_builder
 
 
 @dataclass(frozen=True)
@@ -27,12 +26,11 @@ class ZooModel:
     toy: bool = False  # pretrained on the toy world (zoo/toy_world.py): `aif demo --model` runs the loop on it
 
     def build(self, out: Path) -> None:
-        module, _, function = self.builder.partition(":")
-        getattr(importlib.import_module(module), function)(out)
+        resolve_builder(self.builder)(out)
 
     def path(self) -> Path:
         """The built folder (built now if it is not cached)."""
-        return cached_build(self.name, self.build, self.version)
+        return cached_build(self.name, self.builder, self.version)
 
 
 ZOO: Registry[ZooModel] = Registry("offline model", [
