@@ -220,14 +220,14 @@ def test_bench_vlm_runs(aif_cache):
     """bench/vlm.py's CPU mode (the pipeline bench/gpu.sh times at real size) still runs and reports a speed."""
     import json
     import os
-    import subprocess
     import sys
     from pathlib import Path
+
+    from tests.launch import run_group
 
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
     args = ["--tiny", "--images", "8", "--batch-size", "4", "--workers", "0", "--image-size", "64"]
-    r = subprocess.run([sys.executable, str(root / "bench" / "vlm.py"), *args], env=env, capture_output=True,
-                       text=True, timeout=300)
+    r = run_group([sys.executable, str(root / "bench" / "vlm.py"), *args], env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads(r.stdout.strip().splitlines()[-1])["images_per_s"] > 0

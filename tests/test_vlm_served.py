@@ -240,15 +240,14 @@ def test_aif_score_runs_on_the_served_judge(server, tmp_path):
 def test_the_cli_refuses_a_down_server_before_any_heavy_import_or_image(tmp_path, stage):
     """`aif score` / `aif demo` (which generates images) with a judge whose server is down: exit 2 naming the fix,
     torch never imported, nothing written."""
-    import subprocess
     import sys
 
+    from tests.launch import run_group
     from tests.test_cli import _RUN_AND_REPORT_IMPORTS
 
     args = [a.replace("OUT", str(tmp_path / "out")) for a in stage] + ["--scorer",
                                                                        f"vlm:http://127.0.0.1:{free_port()}/v1"]
-    result = subprocess.run([sys.executable, "-c", _RUN_AND_REPORT_IMPORTS, *args], capture_output=True, text=True,
-                            timeout=120, cwd=tmp_path)
+    result = run_group([sys.executable, "-c", _RUN_AND_REPORT_IMPORTS, *args], timeout=120, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert "could not be reached" in result.stderr and "Fix: start it" in result.stderr, result.stderr
     assert "heavy imports: none" in result.stderr and "Traceback" not in result.stderr
