@@ -67,6 +67,12 @@ def handler(fake: Fake):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             action = fake.next_action(body)
             try:
+                if action == "html":
+                    data = b"<html>a proxy page</html>"
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    return self.wfile.write(data)
                 time.sleep(fake.delay if action != "slow" else 2.0)
                 if action in ("500", "400"):
                     return self.reply(int(action), {"error": {"message": f"fake {action}"}})
@@ -187,6 +193,15 @@ def test_no_logprobs_is_a_clear_error(server):
     fake.script = ["noanswer"]
     with pytest.raises(ServerError, match=r"none of the answers \(yes, no\).*'The'.*top_logprobs"):
         s.score(images(1), ["p"])
+
+
+def test_an_answer_that_is_not_json_is_a_clear_error(server):
+    url, fake = server
+    fake.script = ["html"]
+    s = load_scorer(f"vlm:{url}/v1")
+    with pytest.raises(ServerError, match="answered something that is not JSON"):
+        s.score(images(1), ["p"])
+    assert len(fake.bodies) == 1
 
 
 def test_a_slow_server_times_out(server):

@@ -13,6 +13,7 @@ Before any image is made, `probe` asks GET /models, so a server that is down fai
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 import urllib.error
@@ -164,8 +165,12 @@ class ServedJudge(Scorer):
                                       f"(HTTP {e.code}: {detail}). Fix: check that it serves a vision-language model "
                                       f"('{self.model}' must accept images) and allows logprobs.") from None
                 problem = f"HTTP {e.code}: {detail}"
-            except (urllib.error.URLError, TimeoutError, OSError) as e:
+            except (urllib.error.URLError, TimeoutError, OSError, http.client.HTTPException) as e:
                 problem = str(getattr(e, "reason", e)) or type(e).__name__
+            except ValueError:  # HTTP 200 with a body that is not JSON
+                raise ServerError(f"scorer '{self.name}': {self.server.base}/chat/completions answered something that "
+                                  f"is not JSON. Fix: give the API base of a vLLM or SGLang server (usually "
+                                  f"http://HOST:PORT/v1).") from None
             if attempt < self.server.retries:
                 time.sleep(min(MAX_BACKOFF, 0.5 * 2 ** attempt))
         raise ServerError(f"scorer '{self.name}': {self.server.retries + 1} attempt(s) at {self.server.base}"
