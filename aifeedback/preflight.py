@@ -15,6 +15,9 @@ from typing import Iterable
 
 from aifeedback.data.labels import OPEN_PREFERENCES
 from aifeedback.errors import AifError, DataError, OutputWriteError
+from aifeedback.scoring.scorers.vlm_check import check_vlm
+from aifeedback.scoring.scorers.vlm_judges import JUDGES
+from aifeedback.scoring.scorers.vlm_served import is_url
 
 # A scorer MODEL that names a file by its extension is a local checkpoint, never a hub id or a version.
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
@@ -37,7 +40,11 @@ def check_scorers(specs: Iterable[str], option: str = "--scorer") -> None:
     from aifeedback.scoring.scorers import ScorerLoadError, parse_spec
 
     for spec in specs:
-        _, model = parse_spec(spec)
+        name, model = parse_spec(spec)
+        if name in JUDGES:
+            check_vlm(spec, name, model)
+            if is_url(model):  # probed
+                continue
         if model is None or Path(model).expanduser().exists():
             continue
         if model.startswith((".", "/", "~")) or Path(model).suffix.lower() in _WEIGHT_SUFFIXES:

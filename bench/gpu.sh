@@ -56,6 +56,8 @@ step 60 score-decode-512 python3 bench/score.py --decode-only --workers 16 --ima
 step 60 score-decode-1024 python3 bench/score.py --decode-only --workers 16 --image-size 1024
 step 120 score-pickscore-512 python3 bench/score.py --random-weights --device cuda --dtype bfloat16 --batch-size 256 --workers 15
 step 90 score-pickscore-1024 python3 bench/score.py --random-weights --device cuda --dtype bfloat16 --batch-size 256 --workers 15 --image-size 1024
+# the VLM judge at real size: Qwen2.5-VL-7B's architecture, random weights, 64 JPEGs of 512 px (README "VLM judges")
+step 120 score-vlm-7b python3 bench/vlm.py --random-weights --device cuda --dtype bfloat16 --images 64 --batch-size 16 --workers 15
 # The flow-matching transformers at real size (random weights): LoRA DPO at 1024 px, bf16 base, reference = adapters
 # off, gradient checkpointing, one pair per step; peak memory answers README "Memory at real size". Before the
 # compiled generation, so the time box keeps them.

@@ -61,6 +61,19 @@ def _toy_fidelity(name, model, device, dtype):
     return ToyFidelity(name, model)
 
 
+def _vlm(judge: str):
+    def load(name, model, device, dtype):
+        from aifeedback.scoring.scorers.vlm_served import ServedJudge, is_url
+
+        if is_url(model):
+            return ServedJudge(name, judge, model)
+        from aifeedback.scoring.scorers.vlm import LocalJudge
+
+        return LocalJudge(name, judge, model, device, dtype)
+
+    return load
+
+
 def _stat(kind: str):
     def load(name, model, device, dtype):
         from aifeedback.scoring.scorers.stats import ImageStat
@@ -89,6 +102,13 @@ SCORERS: Registry[ScorerKind] = Registry("scorer", [
                "ignored", _aesthetic),
     ScorerKind("imagereward", "ImageReward v1.0: THUDM/ImageReward ImageReward.pt (BLIP ViT-L/16 + BERT "
                "cross-attention + MLP); normalised reward", _imagereward),
+    ScorerKind("vlm", "VLM judge, P(Yes) to 'Does this image show \"PROMPT\"?': local Qwen/Qwen2.5-VL-7B-Instruct, "
+               "vlm:HUB_ID|PATH|tiny, or served: vlm:http://HOST:PORT/v1 (vLLM/SGLang)", _vlm("vlm")),
+    ScorerKind("vlm-quality", "VLM judge, P(Yes) to 'Is this a high-quality image?' (prompt ignored); models as vlm",
+               _vlm("vlm-quality")),
+    ScorerKind("unifiedreward", "UnifiedReward's pointwise question (alignment + quality), expected 1-5 rating from "
+               "the answer's log-probabilities: local CodeGoat24/UnifiedReward-qwen-7b, or models as vlm",
+               _vlm("unifiedreward")),
     ScorerKind("redness", "mean R - mean(G,B) of the image in [0,1] (toy reward, no model)", _stat("redness")),
     ScorerKind("brightness", "mean Rec.601 luma in [0,1] (no model)", _stat("brightness")),
     ScorerKind("saturation", "mean HSV saturation in [0,1] (no model)", _stat("saturation")),
