@@ -173,7 +173,7 @@ def test_two_process_accelerate_launch(tmp_path):
     m = read_metrics(out)
     assert [r["step"] for r in m] == [1, 2, 3, 4] and abs(m[0]["loss"] - math.log(2)) < 1e-6
     assert "2 pairs/step" in res.stderr and "2 process(es)" in res.stderr
-    assert (out / "checkpoints" / "checkpoint-000002" / "random_states_1.pkl").exists()
+    assert (out / "checkpoints" / "checkpoint-000002" / "rng-1.safetensors").exists()  # each process its own
     # one epoch (4 steps x 2 processes = 8 pairs) meets both bad pairs once; the count is over all processes
     assert sorted(re.findall(r"skipped unreadable pair at row (\d+)", res.stderr)) == ["4", "7"]
     assert m[-1]["bad_images"] == 2 and json.loads((out / "manifest.json").read_text())["counts"]["bad_images"] == 2

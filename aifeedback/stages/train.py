@@ -64,6 +64,8 @@ from aifeedback.storage import checkpoints as ck
 from aifeedback.storage.files import read_json, write_json
 from aifeedback.storage.manifest import finish_output, prepare_output
 from aifeedback.storage.publish import discard, publish, temporary_path
+from aifeedback.storage.sharded_state import check_sharded_files
+from aifeedback.storage.train_state import check_format, load_state, save_state
 
 
 def run(cfg: TrainConfig) -> Path:
@@ -137,8 +139,7 @@ class TrainRecipe:
         self.lr = self.cfg.lr * self.pairs_per_step if self.cfg.scale_lr else self.cfg.lr
         optimizer, self.lr_sched = self._setup_optimizer()
         self.model, self.optimizer = acc.prepare(self.model, optimizer)  # DDP / FSDP wrapping
-        acc.register_for_checkpointing(self.lr_sched)  # not prepare(): that would step it once per process
-        self._setup_checkpoint_hooks()
+        self.sharded = sharded(acc)  # FSDP/DeepSpeed: the model's and optimizer's sharded state is accelerate's
         self.ema = self._setup_ema()
         self.table, self.stats, self.dataset, self.n_pairs, self.transform = self._setup_data()
         self.state = self._setup_resume()
@@ -222,25 +223,6 @@ class TrainRecipe:
                                  optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps)
         return optimizer, lr_sched
 
-    def _setup_checkpoint_hooks(self) -> None:
-        """Checkpoints hold the model in the diffusers format (denoiser folder or LoRA file) instead of accelerate's
-        own copy; under FSDP/DeepSpeed accelerate's sharded files are kept."""
-        acc = self.accelerator
-        self.sharded = sharded(acc)
-
-        def drop_default_weights(models, weights, output_dir):
-            if not self.sharded:
-                weights.clear()
-
-        def load_diffusers_weights(models, input_dir):
-            if self.sharded:
-                return
-            while models:
-                self._load_weights(acc.unwrap_model(models.pop()), Path(input_dir))
-
-        acc.register_save_state_pre_hook(drop_default_weights)
-        acc.register_load_state_pre_hook(load_diffusers_weights)
-
     def _load_weights(self, model: Any, folder: Path) -> None:
         """Load weights saved by `_save_weights` (a checkpoint, or its ema/ folder) into the unwrapped model."""
         if self.lora:
@@ -319,7 +301,7 @@ class TrainRecipe:
                 raise AifError(f"{self.resume_from} was written by a run with {state['processes']} processes; resume "
                                f"it with the same number (this one has {self.world}), or start a new run with another "
                                "--out.")
-            self.accelerator.load_state(str(self.resume_from))
+            self._load_train_state(self.resume_from)
             self._resume_ema(state)
             self._say(f"resuming from {self.resume_from} (step {state['step']})")
         if self.main:
@@ -546,7 +528,7 @@ class TrainRecipe:
         if self.main:
             discard(tmp)  # a killed save's leftover
         acc.wait_for_everyone()
-        acc.save_state(str(tmp))  # optimizer, lr schedule, grad scaler, every process's RNG
+        self._save_train_state(tmp)  # optimizer, lr schedule, grad scaler, every process's RNG
         streams = gather_object([self.batches.state()]) if self.cfg.streaming else None  # collective
         sd = acc.get_state_dict(self.model)  # collective: gathers FSDP / ZeRO shards
         if self.main:
@@ -573,6 +555,26 @@ class TrainRecipe:
             ck.save_lora(model, folder, self.family.lora_pipeline, state_dict=sd, denoiser=self.family.denoiser)
         else:
             model.save_pretrained(folder / self.family.denoiser, state_dict=sd, safe_serialization=True)
+
+    def _save_train_state(self, folder: Path) -> None:
+        """Optimizer, lr, scaler and RNGs as data (storage/train_state.py); sharded model and optimizer: accelerate's"""
+        acc = self.accelerator
+        if self.sharded:
+            acc.save_state(str(folder))
+        save_state(folder, None if self.sharded else self.optimizer, self.lr_sched, acc.scaler, acc.step, self.rank,
+                   self.main)
+        acc.wait_for_everyone()  # every process's random state is written before the main one publishes
+
+    def _load_train_state(self, folder: Path) -> None:
+        """A checkpoint's weights and save_train_state's files, strictly; nothing unpickled beyond plain data."""
+        acc = self.accelerator
+        check_format(folder)
+        if self.sharded:
+            check_sharded_files(folder)
+            acc.load_state(str(folder))  # the sharded model and optimizer
+        else:
+            self._load_weights(acc.unwrap_model(self.model), folder)
+        acc.step = load_state(folder, None if self.sharded else self.optimizer, self.lr_sched, acc.scaler, self.rank)
 
     def _publish(self) -> None:
         """Finish the manifest and tell the user what to run next (main process)."""

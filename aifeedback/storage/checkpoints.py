@@ -9,7 +9,10 @@ a half checkpoint that `--resume latest` would pick up):
     pytorch_lora_weights.safetensors    LoRA: what `pipe.load_lora_weights` reads
     ema/                                with --ema-decay: the moving average, as unet/ or the LoRA file above
     trainer_state.json                  step, data position, counters
-    optimizer.bin, scheduler.bin, random_states_*.pkl, ...   accelerate.save_state (exact resume)
+    optimizer.json + .safetensors       exact resume, as data (train_state.py; no file of a checkpoint is a pickle):
+    scheduler.json, rng-N.safetensors   optimizer, lr schedule + grad scaler, process N's random number generators
+    pytorch_model_fsdp_0/, optimizer_0/, ...   FSDP/DeepSpeed only: accelerate's sharded model and optimizer, checked
+                                        to hold only tensors and plain data before they are loaded (sharded_state.py)
 """
 
 from __future__ import annotations

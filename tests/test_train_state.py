@@ -1,0 +1,165 @@
+"""Checkpoints are data, not code: the exact-resume state (optimizer, lr schedule, grad scaler, every process's RNG)
+round-trips bitwise without pickle, a damaged or foreign file stops the resume with one line naming it, and a
+crafted pickle in a checkpoint is never unpickled."""
+
+import json
+import pickle
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from aifeedback.storage import train_state as ts
+from aifeedback.storage.checkpoints import CheckpointError
+from tests.pairs_fixtures import pickapic_rows, tiny_train, write_pickapic
+
+
+class _Marker:
+    """Unpickling it creates the file `path`: what a crafted checkpoint file could do."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def _objects(rank: int = 2, seed: int = 0):
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Linear(3, rank), torch.nn.Linear(rank, 2))
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-2, betas=(0.8, 0.9))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 3))
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    return net, opt, sched, scaler
+
+
+def _train(net, opt, sched, steps=2):
+    for _ in range(steps):
+        net(torch.randn(4, 3)).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+        sched.step()
+
+
+def _saved(tmp_path):
+    net, opt, sched, scaler = _objects()
+    _train(net, opt, sched)
+    ts.save_state(tmp_path, opt, sched, scaler, accelerator_step=6, rank=0, main=True)
+    return net, opt, sched, scaler
+
+
+def test_the_resume_state_round_trips_bitwise_without_pickle(tmp_path):
+    net, opt, sched, _ = _saved(tmp_path)
+    weights = [p.detach().clone() for p in net.parameters()]
+    expected = (random.random(), np.random.rand(), torch.rand(3))
+    _train(net, opt, sched)  # the uninterrupted run
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["optimizer.json", "optimizer.safetensors",
+                                                          "rng-0.safetensors", "scheduler.json"]
+    for path in tmp_path.iterdir():  # nothing in it is a pickle: JSON and safetensors only
+        json.loads(path.read_text()) if path.suffix == ".json" else load_file(path)
+    net2, opt2, sched2, _ = _objects(seed=1)  # the resumed run: other weights and random numbers until loaded
+    scaler2 = torch.amp.GradScaler("cpu", init_scale=2.0)
+    with torch.no_grad():
+        for p, w in zip(net2.parameters(), weights, strict=True):
+            p.copy_(w)
+    random.random(), np.random.rand(), torch.rand(5)
+    assert ts.load_state(tmp_path, opt2, sched2, scaler2, rank=0) == 6  # accelerate's micro-step counter
+    assert (random.random(), np.random.rand()) == expected[:2] and torch.equal(torch.rand(3), expected[2])
+    assert opt2.param_groups[0]["betas"] == (0.8, 0.9)  # a tuple again, as the optimizer made it
+    assert scaler2.get_scale() == 1024.0 and sched2.last_epoch == 2
+    _train(net2, opt2, sched2)
+    assert all(torch.equal(a, b) for a, b in zip(net2.parameters(), net.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("name", ["rng-0.safetensors", "optimizer.safetensors", "optimizer.json", "scheduler.json"])
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+def test_a_damaged_or_missing_state_file_is_one_line_naming_it(tmp_path, name, damage):
+    _, opt, sched, scaler = _saved(tmp_path)
+    path = tmp_path / name
+    if damage == "missing":
+        path.unlink()
+    else:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError) as e:
+        ts.load_state(tmp_path, opt, sched, scaler, rank=0)
+    msg = str(e.value)
+    assert str(path) in msg and "\n" not in msg and "Fix: resume an earlier checkpoint" in msg
+    assert "weights_only" not in msg
+
+
+def test_an_optimizer_state_of_other_shapes_is_refused(tmp_path):
+    _saved(tmp_path)
+    _, opt, sched, scaler = _objects(rank=4)  # as a checkpoint of another --lora-rank
+    with pytest.raises(CheckpointError, match="other shapes than this run's.*another --lora-rank"):
+        ts.load_state(tmp_path, opt, sched, scaler, rank=0)
+
+
+def test_a_checkpoint_of_the_old_pickle_format_is_refused_without_unpickling(tmp_path):
+    marker = tmp_path / "ran"
+    (tmp_path / "random_states_0.pkl").write_bytes(pickle.dumps(_Marker(marker)))
+    with pytest.raises(CheckpointError, match=r"older aifeedback version.*random_states_0.pkl.*a pickle can run code"):
+        ts.check_format(tmp_path)
+    assert not marker.exists()
+
+
+def test_sharded_files_are_read_only_as_plain_data(tmp_path):
+    """accelerate's FSDP files (torch.distributed.checkpoint; torch.save) pass; a crafted item or file is refused
+    before it is unpickled."""
+    import torch.distributed.checkpoint as dcp
+
+    from aifeedback.storage.sharded_state import check_sharded_files
+
+    marker = tmp_path / "ran"
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    with pytest.warns(UserWarning):  # torch: no process group, so a single-process save
+        dcp.save({"model": {"w": torch.randn(2, 3)}, "step": 3, "groups": [{"lr": 0.1}]},
+                 storage_writer=dcp.FileSystemWriter(good / "pytorch_model_fsdp_0"))
+    torch.save({"step": torch.tensor(1)}, good / "scaler.pt")
+    check_sharded_files(good)
+    with pytest.warns(UserWarning):
+        dcp.save({"model": {"w": torch.randn(2)}, "x": _Marker(marker)},
+                 storage_writer=dcp.FileSystemWriter(bad / "optimizer_0"))
+    with pytest.raises(CheckpointError, match=r"__0_0.distcp: refused: .*cannot run code"):
+        check_sharded_files(bad)
+    assert not marker.exists()
+    (good / "custom_checkpoint_0.pkl").write_bytes(pickle.dumps(_Marker(marker)))
+    with pytest.raises(CheckpointError, match="custom_checkpoint_0.pkl: refused"):
+        check_sharded_files(good)
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# end to end: aif train --resume
+
+
+@pytest.fixture(scope="module")
+def human(tmp_path_factory):
+    return write_pickapic(tmp_path_factory.mktemp("human"), pickapic_rows(6))
+
+
+def test_resume_never_runs_a_crafted_pickle_and_stops_on_a_truncated_rng(human, tmp_path):
+    """A shared checkpoint with accelerate's pickles planted in it resumes without unpickling them (the format reads
+    none); a truncated random state stops the resume instead of continuing on other random numbers."""
+    from aifeedback.errors import AifError
+    from aifeedback.stages.train import run
+
+    out = run(tiny_train(human, tmp_path / "run", max_steps=1, checkpoint_every=1))
+    ckpt = out / "checkpoints" / "checkpoint-000001"
+    marker = tmp_path / "ran"
+    for name in ("custom_checkpoint_0.pkl", "random_states_0.pkl", "optimizer.bin", "scheduler.bin"):
+        (ckpt / name).write_bytes(pickle.dumps(_Marker(marker)))
+    rng = ckpt / "rng-0.safetensors"
+    saved = rng.read_bytes()
+    rng.write_bytes(saved[:-100])
+    with pytest.raises(AifError, match=r"rng-0.safetensors: unreadable as safetensors") as e:
+        run(tiny_train(human, out, max_steps=2, checkpoint_every=1))
+    assert "\n" not in str(e.value)
+    rng.write_bytes(saved)
+    run(tiny_train(human, out, max_steps=2, checkpoint_every=1))
+    assert not marker.exists()
+    state = json.loads((out / "checkpoints" / "checkpoint-000002" / "trainer_state.json").read_text())
+    assert state["step"] == 2
+    assert not list(Path(out / "checkpoints" / "checkpoint-000002").glob("*.pkl"))
