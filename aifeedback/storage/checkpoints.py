@@ -142,6 +142,12 @@ def _sorted_sets(value: Any) -> Any:
     return value
 
 
+def sort_headers(folder: str | Path) -> None:
+    """Sort the header metadata of every safetensors file under folder (byte-stable exports, see below)."""
+    for path in sorted(Path(folder).rglob("*.safetensors")):
+        _sort_header_metadata(path)
+
+
 def _sort_header_metadata(path: Path) -> None:
     """Rewrite a safetensors file's header with its metadata keys sorted, in place (same length: only the order
     changes). safetensors keeps the metadata in a Rust HashMap, written in a per-process random order."""
