@@ -163,3 +163,48 @@ def test_resume_never_runs_a_crafted_pickle_and_stops_on_a_truncated_rng(human, 
     state = json.loads((out / "checkpoints" / "checkpoint-000002" / "trainer_state.json").read_text())
     assert state["step"] == 2
     assert not list(Path(out / "checkpoints" / "checkpoint-000002").glob("*.pkl"))
+
+
+def test_damaged_checkpoint_files_end_in_one_line_naming_them(human, tmp_path):
+    """An unreadable trainer_state.json, a truncated LoRA file and a LoRA of another rank: one line each."""
+    from aifeedback.errors import AifError
+    from aifeedback.stages.train import run
+
+    kw = dict(model="tiny-sdxl", lora_rank=2, lr=1e-3, max_steps=1, checkpoint_every=1)
+    out = run(tiny_train(human, tmp_path / "run", **kw))
+    ckpt = out / "checkpoints" / "checkpoint-000001"
+    for name, damage, wanted in [("trainer_state.json", b'{"step": 1,', "trainer_state.json: unreadable"),
+                                 ("pytorch_lora_weights.safetensors", None, "lora_weights.safetensors: unreadable")]:
+        path = ckpt / name
+        saved = path.read_bytes()
+        path.write_bytes(damage if damage is not None else saved[: len(saved) // 2])
+        with pytest.raises(AifError, match=wanted) as e:
+            run(tiny_train(human, out, **dict(kw, max_steps=2)))
+        assert "\n" not in str(e.value) and "Fix:" in str(e.value)
+        path.write_bytes(saved)
+    with pytest.raises(AifError, match=r"LoRA weights of other shapes .* another --lora-rank") as e:
+        run(tiny_train(human, tmp_path / "other", **dict(kw, lora_rank=4, max_steps=2, resume=str(ckpt))))
+    assert "\n" not in str(e.value)
+
+
+def _weights_checkpoint(run: Path, step: int, value: float) -> None:
+    from safetensors.torch import save_file
+
+    ckpt = run / "checkpoints" / f"checkpoint-{step:06d}"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer_state.json").write_text(json.dumps({"step": step}))
+    save_file({"unet.a.lora.down.weight": torch.full((2, 2), value)}, str(ckpt / "pytorch_lora_weights.safetensors"))
+
+
+def test_a_checkpoint_with_nonfinite_weights_is_never_the_last_good_one(tmp_path):
+    from aifeedback.stages.train_resume import nonfinite_error
+
+    _weights_checkpoint(tmp_path, 1, 0.5)
+    _weights_checkpoint(tmp_path, 2, float("nan"))
+    msg = str(nonfinite_error(tmp_path, "step 3: the loss is not finite"))
+    good = tmp_path / "checkpoints" / "checkpoint-000001"
+    assert f"The last good checkpoint is {good} (the later checkpoint-000002 holds NaN or inf weights" in msg
+    assert f"--resume {good} --skip-nonfinite N" in msg
+    only_bad = tmp_path / "bad"
+    _weights_checkpoint(only_bad, 1, float("inf"))
+    assert "No checkpoint with finite weights was written yet" in str(nonfinite_error(only_bad, "step 2: x"))

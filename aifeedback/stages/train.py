@@ -56,6 +56,7 @@ from aifeedback.stages.train_ema import WeightsEMA
 from aifeedback.stages.train_resume import (
     finished_step,
     input_fingerprint,
+    nonfinite_error,
     resume_point,
     truncate_metrics,
 )
@@ -296,7 +297,7 @@ class TrainRecipe:
         """The trainer state: a fresh one, or the resumed checkpoint's (whose optimizer, lr and RNGs are loaded)."""
         state = {"step": 0, "bad_images": 0}
         if self.resume_from is not None:
-            state = read_json(self.resume_from / ck.STATE_FILE)
+            state = ck.read_state(self.resume_from)
             if state.get("processes", self.world) != self.world:  # data order and per-process RNGs depend on it
                 raise AifError(f"{self.resume_from} was written by a run with {state['processes']} processes; resume "
                                f"it with the same number (this one has {self.world}), or start a new run with another "
@@ -594,16 +595,6 @@ class TrainRecipe:
         for tracker in self.accelerator.trackers:
             tracker.finish()
         self.accelerator.wait_for_everyone()
-
-
-def nonfinite_error(out: Path, what: str, skip: bool = True) -> AifError:
-    """The error for non-finite training numbers: what happened, the last good checkpoint, and how to go on."""
-    ckpts = ck.list_checkpoints(out)
-    last = f"The last good checkpoint is {ckpts[-1]}" if ckpts else "No checkpoint was written yet"
-    if skip:
-        last += ": rerun the same command with --skip-nonfinite N to continue from it, skipping up to N such steps"
-    return AifError(f"{what}. {last}; or start over (another --out) with a lower --lr, a smaller --beta, "
-                    "--max-grad-norm, or --mixed-precision bf16 instead of fp16")
 
 
 def stream_state(state: dict[str, Any], rank: int, start_micro: int) -> Optional[dict[str, Any]]:
