@@ -208,3 +208,24 @@ def test_a_checkpoint_with_nonfinite_weights_is_never_the_last_good_one(tmp_path
     only_bad = tmp_path / "bad"
     _weights_checkpoint(only_bad, 1, float("inf"))
     assert "No checkpoint with finite weights was written yet" in str(nonfinite_error(only_bad, "step 2: x"))
+
+
+def test_damaged_tuned_weights_are_named_before_loading(tmp_path):
+    """aif eval/sample --tuned: a truncated LoRA file or denoiser weights file is one line naming it (not a
+    safetensors traceback, nor "could not be loaded" with download advice)."""
+    from safetensors.torch import save_file
+
+    from aifeedback.families.loading import _load_lora, load_denoiser
+
+    unet = tmp_path / "unet"
+    unet.mkdir()
+    (unet / "config.json").write_text("{}")
+    weights = unet / "diffusion_pytorch_model.safetensors"
+    save_file({"w": torch.zeros(64)}, str(weights))
+    weights.write_bytes(weights.read_bytes()[:-10])
+    lora = tmp_path / "pytorch_lora_weights.safetensors"
+    lora.write_bytes(weights.read_bytes())
+    for load, path in [(lambda: load_denoiser(str(unet)), weights), (lambda: _load_lora(None, str(lora), "x"), lora)]:
+        with pytest.raises(CheckpointError, match="unreadable as safetensors") as e:
+            load()
+        assert str(e.value).startswith(f"{path}: ") and "\n" not in str(e.value)

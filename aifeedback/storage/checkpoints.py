@@ -92,6 +92,18 @@ def read_state(ckpt: str | Path) -> dict[str, Any]:
     return state
 
 
+def check_weights_file(path: str | Path) -> None:
+    """Raise a CheckpointError naming a safetensors file that is missing, truncated or not safetensors."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            f.keys()
+    except Exception as e:  # safetensors' own error type, or OSError
+        raise CheckpointError(f"{path}: unreadable as safetensors ({first_line(e)}): the file is damaged or truncated. "
+                              "Fix: use another checkpoint or export of that run, or write it again") from None
+
+
 def finite_weights(ckpt: str | Path) -> bool:
     """Whether every weight file of a checkpoint (LoRA or denoiser, and its ema/) reads back with finite values."""
     import torch
@@ -201,11 +213,8 @@ def load_lora_into(model: Any, lora_file: str | Path, denoiser: str = "unet") ->
     from safetensors.torch import load_file
 
     prefix = f"{denoiser}."
-    try:
-        weights = load_file(str(lora_file))
-    except Exception as e:  # safetensors' own error type, or OSError
-        raise CheckpointError(f"{lora_file}: unreadable as safetensors ({first_line(e)}): the file is damaged or "
-                              "truncated. Fix: use an earlier checkpoint of that run, or retrain") from None
+    check_weights_file(lora_file)
+    weights = load_file(str(lora_file))
     sd = {k.removeprefix(prefix): v for k, v in weights.items() if k.startswith(prefix)}
     if not sd:
         raise CheckpointError(f"{lora_file} holds no LoRA weights for the {denoiser} (no '{prefix}' keys); was it "

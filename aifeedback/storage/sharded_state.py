@@ -9,7 +9,6 @@ would load with `weights_only=False`) are refused outright.
 
 from __future__ import annotations
 
-import io
 import pickle
 import re
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 
 from aifeedback.errors import first_line
 from aifeedback.storage.checkpoints import CheckpointError
+from aifeedback.storage.torch_files import RefusedFileError, load_torch_file
 
 PICKLED = (".pkl", ".bin", ".pt", ".pth")
 _DCP_GLOBALS = {
@@ -32,10 +32,12 @@ _DCP_GLOBALS = {
 }
 
 
+FIX = ("resume a checkpoint that aif train wrote (it resumes only files that cannot run code), or start over with "
+       "another --out")
+
+
 def refused(path: Path, why: str) -> CheckpointError:
-    return CheckpointError(
-        f"{path}: refused: {why}; aifeedback resumes only checkpoint files that cannot run code when read. Fix: "
-        "resume a checkpoint that aif train wrote, or start over with another --out")
+    return CheckpointError(f"{path}: refused: {why}. Fix: {FIX}")
 
 
 def check_sharded_files(folder: Path) -> None:
@@ -56,11 +58,9 @@ def _check_torch_file(path: Path, data: bytes | None = None) -> None:
     from accelerate.utils.other import TORCH_SAFE_GLOBALS  # the numpy types of accelerate's random states
 
     try:
-        with torch.serialization.safe_globals(TORCH_SAFE_GLOBALS):
-            torch.load(io.BytesIO(data) if data is not None else path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError, RuntimeError or EOFError for refused or damaged files
-        why = f"it is damaged or holds more than tensors and plain data ({first_line(e)[:200]})"
-        raise refused(path, why) from None
+        load_torch_file(path, FIX, data, TORCH_SAFE_GLOBALS)
+    except RefusedFileError as e:
+        raise CheckpointError(str(e)) from None
 
 
 class _DCPUnpickler(pickle.Unpickler):
