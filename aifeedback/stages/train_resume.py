@@ -13,7 +13,7 @@ from aifeedback.errors import AifError
 from aifeedback.stages.train_config import TrainConfig
 from aifeedback.storage import checkpoints as ck
 from aifeedback.storage.files import atomic_write_text, read_json
-from aifeedback.storage.manifest import completed_output, fingerprint, job_changes
+from aifeedback.storage.manifest import completed_output, fingerprint, job_changes, read_manifest
 
 
 def resume_point(cfg: TrainConfig, out: Path) -> Optional[Path]:
@@ -71,7 +71,7 @@ def changes(cfg: TrainConfig, out: Path) -> str:
 def input_fingerprint(cfg: TrainConfig) -> dict:
     manifest = manifest_path(cfg.dataset)  # an unpaired/ folder of `aif score`: the output's
     if manifest.exists():
-        return {"dataset_fingerprint": json.loads(manifest.read_text()).get("fingerprint")}
+        return {"dataset_fingerprint": read_manifest(manifest.parent).get("fingerprint")}  # damaged: one line
     return {}
 
 
