@@ -229,3 +229,25 @@ def test_damaged_tuned_weights_are_named_before_loading(tmp_path):
         with pytest.raises(CheckpointError, match="unreadable as safetensors") as e:
             load()
         assert str(e.value).startswith(f"{path}: ") and "\n" not in str(e.value)
+
+
+def test_a_sharded_resume_checks_accelerates_files_before_loading_them(tmp_path):
+    """FSDP/DeepSpeed (accelerate refuses FSDP on a CPU, so the recipe's resume is driven by hand): the sharded files
+    are checked before accelerate's load_state reads any of them, and a crafted one stops the resume there."""
+    from types import SimpleNamespace
+
+    from aifeedback.stages.train import TrainRecipe
+
+    _, opt, sched, _ = _saved(tmp_path)
+    torch.save({"state": {}, "param_groups": []}, tmp_path / "optimizer_0.bin")
+    loaded = []
+    recipe = TrainRecipe.__new__(TrainRecipe)
+    recipe.accelerator = SimpleNamespace(load_state=loaded.append, scaler=None, step=0)
+    recipe.sharded, recipe.lr_sched, recipe.rank = True, sched, 0
+    recipe._load_train_state(tmp_path)
+    assert loaded == [str(tmp_path)] and recipe.accelerator.step == 6
+    marker = tmp_path / "ran"
+    torch.save({"state": _Marker(marker)}, tmp_path / "optimizer_0.bin")
+    with pytest.raises(CheckpointError, match=r"optimizer_0.bin: refused: it holds a Python object \(io.open\)"):
+        recipe._load_train_state(tmp_path)
+    assert loaded == [str(tmp_path)] and not marker.exists()  # accelerate was not asked to load it
