@@ -142,7 +142,8 @@ def human(tmp_path_factory):
 
 def test_resume_never_runs_a_crafted_pickle_and_stops_on_a_truncated_rng(human, tmp_path):
     """A shared checkpoint with accelerate's pickles planted in it resumes without unpickling them (the format reads
-    none); a truncated random state stops the resume instead of continuing on other random numbers."""
+    none); a truncated random state stops the resume instead of continuing on other random numbers, and truncated
+    weights stop it naming the file."""
     from aifeedback.errors import AifError
     from aifeedback.stages.train import run
 
@@ -151,13 +152,14 @@ def test_resume_never_runs_a_crafted_pickle_and_stops_on_a_truncated_rng(human, 
     marker = tmp_path / "ran"
     for name in ("custom_checkpoint_0.pkl", "random_states_0.pkl", "optimizer.bin", "scheduler.bin"):
         (ckpt / name).write_bytes(pickle.dumps(_Marker(marker)))
-    rng = ckpt / "rng-0.safetensors"
-    saved = rng.read_bytes()
-    rng.write_bytes(saved[:-100])
-    with pytest.raises(AifError, match=r"rng-0.safetensors: unreadable as safetensors") as e:
-        run(tiny_train(human, out, max_steps=2, checkpoint_every=1))
-    assert "\n" not in str(e.value)
-    rng.write_bytes(saved)
+    for name in ("rng-0.safetensors", "unet/diffusion_pytorch_model.safetensors"):
+        path = ckpt / name
+        saved = path.read_bytes()
+        path.write_bytes(saved[:-100])
+        with pytest.raises(AifError, match=f"{name}: unreadable as safetensors") as e:
+            run(tiny_train(human, out, max_steps=2, checkpoint_every=1))
+        assert "\n" not in str(e.value)
+        path.write_bytes(saved)
     run(tiny_train(human, out, max_steps=2, checkpoint_every=1))
     assert not marker.exists()
     state = json.loads((out / "checkpoints" / "checkpoint-000002" / "trainer_state.json").read_text())

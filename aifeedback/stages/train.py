@@ -229,6 +229,8 @@ class TrainRecipe:
         if self.lora:
             ck.load_lora_into(model, folder / ck.LORA_FILE, self.family.denoiser)
         else:
+            for weights in sorted((folder / self.family.denoiser).glob("*.safetensors")):
+                ck.check_weights_file(weights)  # a damaged file: one line naming it
             model.load_state_dict(type(model).from_pretrained(folder, subfolder=self.family.denoiser).state_dict())
 
     def _check_family_options(self) -> None:

@@ -120,7 +120,7 @@ def check_format(folder: Path) -> None:
             f"files ({', '.join(old)}), which resume no longer loads because a pickle can run code"
             if old else f"holds no {SCHEDULER_JSON} (it is incomplete or not a checkpoint of aif train)")
     raise CheckpointError(f"{folder} {what}. Its weights still work (aif sample/eval --tuned, aif export); to train "
-                          "on, start a new run with another --out (or --overwrite)")
+                          "on, start a new run: another --out, or --resume none --overwrite to replace this one")
 
 
 def load_state(folder: Path, optimizer: Any, lr_sched: Any, scaler: Any, rank: int) -> int:
