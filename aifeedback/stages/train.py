@@ -560,7 +560,8 @@ class TrainRecipe:
             model.save_pretrained(folder / self.family.denoiser, state_dict=sd, safe_serialization=True)
 
     def _save_train_state(self, folder: Path) -> None:
-        """Optimizer, lr, scaler and RNGs as data (storage/train_state.py); sharded model and optimizer: accelerate's"""
+        """The optimizer, lr schedule, grad scaler and every process's RNG as data (storage/train_state.py); under
+        FSDP/DeepSpeed accelerate writes the sharded model and optimizer first."""
         acc = self.accelerator
         if self.sharded:
             acc.save_state(str(folder))
