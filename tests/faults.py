@@ -45,7 +45,8 @@ SCORES_WRITE = Fault("aifeedback.storage.publish:publish", 2, "scores-*.parquet"
 RENDER_BATCH = Fault("aifeedback.families.sampling:render", 3)  # in the 3rd batch of images
 SCORE_BATCH = Fault("aifeedback.scoring.scorers.openclip:OpenClipCosine.score_items", 2)  # clip:tiny, 2nd batch
 TRAIN_STEP = Fault("aifeedback.losses.base:denoising_mse", 7)  # mid-step: before the loss of a later step
-CHECKPOINT_SAVE = Fault("safetensors.torch:save_file", 2, "*.safetensors")  # inside the 2nd checkpoint's files
+# inside the 2nd checkpoint's files: each checkpoint writes rng-0, optimizer, then the weights (a full fine-tune)
+CHECKPOINT_SAVE = Fault("safetensors.torch:save_file", 5, "*.safetensors")
 CHECKPOINT_PUBLISH = Fault("aifeedback.storage.publish:publish", 2, "checkpoint-*")  # 2nd checkpoint, not renamed
 
 

@@ -153,3 +153,32 @@ def test_families_added_later_are_cached_without_new_code(model, human, tmp_path
     images = read_metrics(run(tiny_train(human, tmp_path / "images", **kw)))
     from_cache = read_metrics(run(tiny_train(cached, tmp_path / "from-cache", **kw)))
     assert from_cache[0]["loss"] == pytest.approx(images[0]["loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("damage", ["truncated manifest", "dtype", "shape"])
+def test_a_damaged_cache_header_is_one_line_naming_the_file(cached, tmp_path, damage):
+    """The cache's manifest (its header: key and tensor specs) damaged: one line naming it and what to do, before
+    any model loads, instead of a JSON traceback or wrong tensors in a DataLoader worker."""
+    import json
+    import shutil
+
+    from aifeedback.stages.train import run
+
+    copy = tmp_path / "cache"
+    shutil.copytree(cached, copy)
+    path = copy / "manifest.json"
+    manifest = json.loads(path.read_text())
+    column = sorted(manifest["tensors"])[0]
+    if damage == "truncated manifest":
+        path.write_text(path.read_text()[:100])
+    elif damage == "dtype":
+        manifest["tensors"][column]["dtype"] = "__class__"
+        path.write_text(json.dumps(manifest))
+    else:
+        manifest["tensors"][column]["shape"][0] += 1
+        path.write_text(json.dumps(manifest))
+    wanted = {"truncated manifest": "manifest.json: unreadable", "dtype": "manifest.json: a damaged `aif cache` "
+              f"\\(header: the tensor spec of {column}", "shape": f"a damaged `aif cache` \\({column} holds"}[damage]
+    with pytest.raises(AifError, match=wanted) as e:
+        run(tiny_train(copy, tmp_path / "run"))
+    assert "\n" not in str(e.value) and "Fix:" in str(e.value)

@@ -173,7 +173,7 @@ def test_two_process_accelerate_launch(tmp_path):
     m = read_metrics(out)
     assert [r["step"] for r in m] == [1, 2, 3, 4] and abs(m[0]["loss"] - math.log(2)) < 1e-6
     assert "2 pairs/step" in res.stderr and "2 process(es)" in res.stderr
-    assert (out / "checkpoints" / "checkpoint-000002" / "random_states_1.pkl").exists()
+    assert (out / "checkpoints" / "checkpoint-000002" / "rng-1.safetensors").exists()  # each process its own
     # one epoch (4 steps x 2 processes = 8 pairs) meets both bad pairs once; the count is over all processes
     assert sorted(re.findall(r"skipped unreadable pair at row (\d+)", res.stderr)) == ["4", "7"]
     assert m[-1]["bad_images"] == 2 and json.loads((out / "manifest.json").read_text())["counts"]["bad_images"] == 2
@@ -407,19 +407,18 @@ def test_a_nonfinite_loss_stops_before_the_update_or_is_skipped_when_asked(human
 _POISONED_RANK = """
 import time
 
-from accelerate import Accelerator
-
 from aifeedback.cli import main
+import aifeedback.stages.train as train
 from aifeedback.stages.train import TrainRecipe
 
 real = TrainRecipe._step
-real_save = Accelerator.save_state
+real_save = train.save_state
 
 
-def late_save(self, *args, **kwargs):  # process 1 writes its share of a checkpoint late, as on a loaded machine
-    if self.process_index == 1:
+def late_save(folder, optimizer, lr_sched, scaler, acc_step, rank, is_main):
+    if rank == 1:  # process 1 writes its share of a checkpoint late, as on a loaded machine
         time.sleep(3)
-    return real_save(self, *args, **kwargs)
+    return real_save(folder, optimizer, lr_sched, scaler, acc_step, rank, is_main)
 
 
 def step(self, batch):  # NaN loss on process 1 only, at step 2: only the gradient all-reduce would spread it
@@ -434,7 +433,7 @@ def step(self, batch):  # NaN loss on process 1 only, at step 2: only the gradie
 
 
 TrainRecipe._step = step
-Accelerator.save_state = late_save
+train.save_state = late_save
 main()
 """
 
@@ -456,7 +455,7 @@ def test_processes_agree_to_stop_on_one_process_nonfinite_loss(human, tmp_path):
     assert 1 <= len(errors) <= 2, res.stderr[-3000:]
     # no temporary folder beside it: the checkpoint is renamed only once every process has written its part
     assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["checkpoint-000001"]
-    assert (tmp_path / "run" / "checkpoints" / "checkpoint-000001" / "random_states_1.pkl").exists()
+    assert (tmp_path / "run" / "checkpoints" / "checkpoint-000001" / "rng-1.safetensors").exists()
 
 
 def _tracked(event_file: Path) -> tuple[dict, dict]:

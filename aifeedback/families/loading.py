@@ -16,7 +16,7 @@ from diffusers import AutoencoderKL, AutoModel, DiffusionPipeline
 from aifeedback.console import quiet_libraries
 from aifeedback.families import detect
 from aifeedback.families.resolve import DTYPES, SCHEDULERS, TunedLoadError, check_pipeline, load_error, resolve_model
-from aifeedback.storage.checkpoints import DENOISER_DIRS
+from aifeedback.storage.checkpoints import DENOISER_DIRS, check_weights_file
 
 # Denoiser config fields a tuned denoiser must share with its base model's (mixing up bases is a common mistake).
 _FIT_KEYS = {
@@ -95,6 +95,8 @@ def load_denoiser(where: str, td: Any = None) -> tuple[str, Any]:
     """(pipeline component, model) of denoiser weights: a local UNet or transformer folder, or a hub repo with unet/
     or transformer/. The model class is the one its config names; the component is its family's denoiser."""
     error: Exception = OSError("no unet/ or transformer/ folder")
+    for weights in Path(where).rglob("*.safetensors") if Path(where).is_dir() else ():
+        check_weights_file(weights)  # a damaged file: named, not "could not be loaded" with download advice
     for sub in [None] if Path(where).exists() else DENOISER_DIRS:
         try:
             model = AutoModel.from_pretrained(where, subfolder=sub, dtype=td)  # the class its config names
@@ -124,6 +126,7 @@ def _check_tuned_fits(pipe: Any, base: str, tuned: str, component: str) -> None:
 
 def _load_lora(pipe: Any, file: str, tuned: str) -> None:
     path = Path(file)
+    check_weights_file(path)  # a damaged file: one line naming it, not a safetensors traceback
     try:
         pipe.load_lora_weights(str(path.parent), weight_name=path.name)
     except (OSError, ValueError, KeyError, RuntimeError) as e:

@@ -28,7 +28,13 @@ from aifeedback.sharing.cards import write_model_card
 from aifeedback.sharing.hub import push_folder
 from aifeedback.sharing.kohya import to_kohya
 from aifeedback.stages.export_config import ExportConfig
-from aifeedback.storage.checkpoints import LORA_FILE, checkpoint_kind, denoiser_dir, resolve_checkpoint
+from aifeedback.storage.checkpoints import (
+    LORA_FILE,
+    checkpoint_kind,
+    denoiser_dir,
+    resolve_checkpoint,
+    sort_headers,
+)
 from aifeedback.storage.publish import publishing
 
 
@@ -59,6 +65,7 @@ def run(cfg: ExportConfig) -> Path:
         else:
             component, model = load_denoiser(str(denoiser_dir(weights)), dtype)
             model.save_pretrained(tmp / component, safe_serialization=True)
+        sort_headers(tmp)  # safetensors writes its metadata in a per-process random order: make reruns byte-equal
         # inside the publish: the card comes with the weights
         write_model_card(tmp, ckpt, kind, "pipeline" if cfg.pipeline else cfg.format, cfg.eval)
     if cfg.push_to_hub:

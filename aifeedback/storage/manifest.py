@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from aifeedback.errors import AifError, DataError
+from aifeedback.errors import AifError, DataError, first_line
 from aifeedback.storage.files import read_json, write_json
 from aifeedback.storage.shards import shard_files
 
@@ -145,7 +145,13 @@ def read_manifest(path: str | Path, stage: str | tuple[str, ...] | None = None) 
     if not mpath.exists():
         raise DataError(f"{path} has no {MANIFEST}: it is not an aifeedback output directory "
                         "(run the stage that makes it first)")
-    manifest = read_json(mpath)
+    try:
+        manifest = read_json(mpath)
+        if not isinstance(manifest, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
+        raise DataError(f"{mpath}: unreadable ({first_line(e)}): the file is damaged. Fix: rerun the stage that wrote "
+                        f"{path} (with --overwrite where it asks), or use another copy of it") from None
     stages = (stage,) if isinstance(stage, str) else stage
     if stages and manifest.get("stage") not in stages:
         raise DataError(f"{path} holds a '{manifest.get('stage')}' output; expected a {' or '.join(stages)} output")

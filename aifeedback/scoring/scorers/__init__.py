@@ -142,6 +142,11 @@ def load_scorer(spec: str, device: str = "cpu", dtype: str = "float32") -> Score
     return SCORERS[name].load(spec.strip(), model, device, dtype)
 
 
+# what to do about a scorer checkpoint that storage.torch_files refuses (it would unpickle code) or finds damaged
+SCORER_FIX = ("use the file as its authors publish it (the scorer's hub repository), or save its weights as a plain "
+              "state dict of tensors")
+
+
 def model_error(spec: str, what: str, err: Exception) -> ScorerLoadError:
     """A friendly error for weights that could not be loaded."""
     first = first_line(err)
