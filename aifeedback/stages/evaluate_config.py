@@ -75,7 +75,7 @@ class EvalConfig:
         """Fail fast, before torch is imported and before any image is generated or scored: scorers, then the
         labelled set, or the models (--tuned: a whole model or weights for --base) and the prompt file."""
         from aifeedback.data.prompts import source_kind
-        from aifeedback.families.resolve import check_available, check_tuned, is_pipeline
+        from aifeedback.families.resolve import check_available, check_pipeline, is_pipeline
         from aifeedback.preflight import check_apart, check_dataset, check_scorers
 
         check_scorers(self.scorers, "--scorers")
@@ -83,11 +83,8 @@ class EvalConfig:
             check_dataset(self.scorer_accuracy, "--scorer-accuracy")
         else:
             check_available(self.base, "base model")
-            if self.vae:
-                check_available(self.vae, "VAE")
             if is_pipeline(self.tuned):
                 check_available(self.tuned, "tuned model")
-            else:
-                check_tuned(self.tuned)
+            check_pipeline(self.base, self.vae, None if is_pipeline(self.tuned) else self.tuned)
             source_kind(self.prompts)
         check_apart(self.out, input_paths(self))  # the inputs exist: an --out over one would clobber it

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from aifeedback.console import finish, quiet_libraries
 from aifeedback.errors import AifError
-from aifeedback.families.loading import load_denoiser, load_pipeline, torch_dtype
+from aifeedback.families.loading import apply_lora, load_denoiser, load_pipeline, torch_dtype
 from aifeedback.sharing.cards import write_model_card
 from aifeedback.sharing.hub import push_folder
 from aifeedback.sharing.kohya import to_kohya
@@ -48,7 +48,7 @@ def run(cfg: ExportConfig) -> Path:
         if cfg.pipeline:
             pipe = _base_pipeline(cfg, ckpt)
             if kind == "lora":
-                pipe.load_lora_weights(str(weights / LORA_FILE))
+                apply_lora(pipe, weights / LORA_FILE, f"checkpoint {weights}")
                 pipe.fuse_lora()
                 pipe.unload_lora_weights()
             else:

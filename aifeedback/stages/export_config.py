@@ -44,7 +44,7 @@ class ExportConfig:
 
     def preflight(self) -> None:
         """Fail fast, before torch is imported: the checkpoint and, for --pipeline, the base model."""
-        from aifeedback.families.resolve import check_available
+        from aifeedback.families.resolve import check_available, check_trained_for
         from aifeedback.preflight import check_apart
         from aifeedback.storage.checkpoints import checkpoint_kind, resolve_checkpoint
 
@@ -57,6 +57,7 @@ class ExportConfig:
             raise AifError(f"--eval {self.eval}: no report.json there; pass a finished `aif eval` output folder")
         if self.pipeline:
             check_available(self.base_model(ckpt), "base model")
+            check_trained_for(self.base_model(ckpt), ckpt, f"checkpoint {ckpt}")
 
     def weights(self, ckpt: Path) -> Path:
         """The folder whose weights are exported: the checkpoint's ema/ (with --ema, when there) or the checkpoint."""

@@ -135,7 +135,7 @@ class TrainConfig:
     def preflight(self) -> None:
         """Fail fast, before torch is imported: the model, VAE, dataset, --resume PATH and optional packages."""
         from aifeedback.data.pairs import check_source
-        from aifeedback.families.resolve import check_available
+        from aifeedback.families.resolve import check_available, check_trained_for
         from aifeedback.preflight import check_apart, check_package
         from aifeedback.storage.checkpoints import resolve_checkpoint
 
@@ -146,6 +146,7 @@ class TrainConfig:
         inputs = input_paths(self)
         if self.resume not in ("auto", "latest", "none"):
             ckpt = resolve_checkpoint(self.resume).resolve()
+            check_trained_for(self.model, ckpt, f"--resume {self.resume}")
             if Path(self.out).expanduser().resolve() not in ckpt.parents:  # one of this run's own: resuming keeps it
                 inputs["resume"] = ckpt
         check_apart(self.out, inputs)  # the inputs exist: an --out over one would clobber it
