@@ -214,6 +214,27 @@ def build_config(cls: type, values: dict[str, Any] | None = None, source: str = 
     return cfg
 
 
+# Image sides. Every supported family's VAE downsamples by 8, so a side is a multiple of 8 (the flow families' 2x2
+# patches need 16: their family says so when it sees the latents). 4096 px is 4x the largest native side of a supported
+# family (1024: SDXL, SD3, FLUX) and 16x its pixels: anything larger is a typo (100000) that would otherwise run the
+# machine out of memory only after the model has loaded.
+MAX_SIDE = 4096
+
+
+def side_problems(cfg: Any, *names: str) -> list[str]:
+    """validate() problems of image-side settings (None = the model's own size): a multiple of 8, at most MAX_SIDE."""
+    problems = []
+    for name in names:
+        v = getattr(cfg, name)
+        if v is not None and v % 8:
+            problems.append(f"{name}: must be a multiple of 8, got {v} (the VAE downsamples by 8): e.g. "
+                            f"{max(8, v // 8 * 8)}")
+        elif v is not None and v > MAX_SIDE:
+            problems.append(f"{name}: {v} px is more than {MAX_SIDE} (4x the largest native size of a supported "
+                            f"model, 1024); pass a size up to {MAX_SIDE}")
+    return problems
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """The config as a plain dict (what is written next to every output)."""
     return dataclasses.asdict(cfg)
