@@ -173,3 +173,24 @@ def test_tsv_quotes_are_text_as_in_partiprompts(tmp_path):
                       'splotch of exploding white paint.']
     f = _write(tmp_path, "p.tsv", b'prompt\tcategory\n"BUZZ" on a sign\tx\na "quoted" word\ty\n')
     assert texts(load_prompts(f)) == ['"BUZZ" on a sign', 'a "quoted" word']
+
+
+@pytest.mark.parametrize("name,data,where", [
+    ("p.txt", b"a red cat\n\n \t \na blue dog\n", "line 2, line 3"),
+    ("p.csv", b"prompt,category\na red cat,x\n\"  \",y\na blue dog,\n,z\n", "line 3, line 5"),
+    ("p.jsonl", b'{"prompt": "a red cat"}\n{"prompt": null}\n{"prompt": "a blue dog"}\n{"prompt": "\\u3000 "}\n',
+     "line 2, line 4"),
+])
+def test_empty_prompts_are_skipped_counted_and_listed(tmp_path, capsys, name, data, where):
+    f = _write(tmp_path, name, data)
+    assert texts(load_prompts(f)) == ["a red cat", "a blue dog"]
+    assert f"note: {f}: 2 empty or whitespace-only prompt(s) skipped ({where})\n" in capsys.readouterr().err
+    load_prompts(f)  # a stage reads its prompts twice: one note
+    assert capsys.readouterr().err == ""
+
+
+def test_a_long_list_of_empty_prompts_is_cut_short(tmp_path, capsys):
+    f = _write(tmp_path, "p.txt", b"a red cat\n" + b"\n" * 25)
+    assert texts(load_prompts(f)) == ["a red cat"]
+    err = capsys.readouterr().err
+    assert "25 empty or whitespace-only prompt(s) skipped (line 2, line 3," in err and "line 11 and 15 more)" in err
