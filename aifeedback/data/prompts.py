@@ -224,13 +224,25 @@ def _read_table(path: Path, column: str | None) -> list[tuple[str, dict, str]]:
     # '"G I G G L E" painted ...', which CSV quoting would read as 'G I G G L E painted ...'
     reader = csv.DictReader(io.StringIO(read_text(path), newline=""), delimiter=sep, restkey=_EXTRA,
                             quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL)
-    col = _pick_column(list(reader.fieldnames or []), column, str(path))
+    header = list(reader.fieldnames or [])
+    if reader.line_num and not header:  # a blank first line, read as a header with no columns
+        raise DataError(f"{path}, line 1: empty, but a {path.suffix.lower()} file starts with its header line (e.g. "
+                        "prompt). Fix: remove the blank line(s) before the header.")
+    twice = next((c for c in header if header.count(c) > 1), None)
+    if twice is not None:  # DictReader would keep the last cell of the name silently
+        cells = [str(n) for n, c in enumerate(header, 1) if c == twice]
+        raise DataError(f"{path}, line {reader.line_num}: the header names the column '{twice[:60]}' twice (cells "
+                        f"{' and '.join(cells)}), so which one holds the prompt is a guess. Fix: give each column its "
+                        f"own name.")
+    col = _pick_column(header, column, str(path))
     rows = []
     for start, row in _table_rows(reader, path):
         if _EXTRA in row:  # csv would drop the extra cells: a prompt with an unquoted separator loses its tail
             raise DataError(f"{path}, line {reader.line_num}: {len(reader.fieldnames) + len(row[_EXTRA])} cells but "
-                            f"the header has {len(reader.fieldnames)}. Fix: quote a cell that holds a "
-                            f"{'tab' if sep == chr(9) else 'comma'} (\"a cat, sitting\").")
+                            f"the header has {len(reader.fieldnames)}. Fix: "
+                            + ("a .tsv cell cannot hold a tab (TSV has no quoting): remove the tab from the prompt, or "
+                               "save the file as .csv and quote that cell." if tsv else
+                               "quote a cell that holds a comma (\"a cat, sitting\")."))
         rows.append((row[col] or "", _meta(row), f"line {start}"))
     return rows
 
@@ -249,15 +261,31 @@ def _table_rows(reader: csv.DictReader, path: Path) -> Iterator[tuple[int, dict]
         yield reader.line_num, row
 
 
+class _DuplicateKey(Exception):
+    """A JSON object names a key twice."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    keys = [k for k, _ in pairs]
+    twice = next((k for k in keys if keys.count(k) > 1), None)
+    if twice is not None:
+        raise _DuplicateKey(twice)
+    return dict(pairs)
+
+
 def _read_jsonl(path: Path, column: str | None) -> Iterator[tuple[str, dict, str]]:
     col = None
     for n, line in enumerate(_lines(read_text(path)), 1):  # JSON strings hold no raw CR/LF: every row is one line
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = json.loads(line, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}, line {n}: not valid JSON ({e.msg}). Fix: one JSON object per line.") from None
+        except _DuplicateKey as e:
+            raise DataError(f"{path}, line {n}: the key '{str(e)[:60]}' is given twice in one object, so which "
+                            "value is the prompt is a guess (JSON readers keep the last one silently). Fix: keep one "
+                            "of them.") from None
         if not isinstance(row, dict):
             raise DataError(f"{path}, line {n}: expected a JSON object like {{\"prompt\": \"...\"}}.")
         col = col or _pick_column(list(row), column, f"{path} (line {n})")
