@@ -86,9 +86,10 @@ def prepare_output(
                     p.unlink()
         else:
             return old
-    elif out.exists() and any(out.iterdir()) and not overwrite:
+    elif out.exists() and any(out.iterdir()):  # --overwrite too: it replaces only what aifeedback wrote
         raise OutputConflictError(
-            f"{out} exists and is not an aifeedback {stage} output. Use another --out, or pass --overwrite."
+            f"{out} exists, is not empty and is not an aifeedback output (it has no {MANIFEST}), so --overwrite does "
+            f"not replace it either. Fix: use another --out, or empty that folder yourself."
         )
     manifest = {
         "stage": stage,
@@ -103,6 +104,22 @@ def prepare_output(
     if is_main:
         write_json(mpath, manifest)
     return manifest
+
+
+def check_replaceable(out_dir: str | Path) -> None:
+    """Refuse to delete anything in a non-empty folder that holds no aifeedback manifest (call it before a stage's
+    --overwrite removes files): --overwrite replaces aifeedback's own outputs, never a folder someone else wrote."""
+    out = Path(out_dir)
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    try:
+        ours = isinstance(read_json(out / MANIFEST).get("stage"), str)
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours:
+        raise OutputConflictError(
+            f"{out} is not empty and is not an aifeedback output (it has no readable {MANIFEST}), so --overwrite "
+            f"deletes nothing there. Fix: use another --out, or empty that folder yourself.")
 
 
 def prepare_output_synced(state: Any, out_dir: str | Path, stage: str, config: dict[str, Any],
