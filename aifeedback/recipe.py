@@ -117,7 +117,7 @@ def load_recipe_section(recipe: str, stage: str) -> tuple[dict[str, Any], str]:
     unknown = [k for k in data if k not in STAGES]
     if unknown:
         raise ConfigError(
-            [f"unknown section '{k}' (sections are stage names: {', '.join(STAGES)})" for k in unknown], str(path)
+            [f"unknown section {shown(k)} (sections are stage names: {', '.join(STAGES)})" for k in unknown], str(path)
         )
     if stage not in data:
         have = ", ".join(data) or "none"

@@ -123,12 +123,17 @@ def test_nan_and_infinity_in_a_recipe_and_on_a_stage_option(tmp_path):
             build_config(GenerateConfig, {"guidance": value})
 
 
-def test_error_messages_never_quote_a_long_value_whole():
+def test_error_messages_never_quote_a_long_value_whole(tmp_path):
     huge = "9" * 100_000
     with pytest.raises(ConfigError) as exc:
         build_config(DemoCfg, {"steps": huge + "x", "flag": huge, "mode": huge, "lr": [huge] * 1000, huge: 1,
                                "scorers": {"a": huge}})
     assert len(exc.value.problems) == 6 and len(str(exc.value)) < 1200
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"train:\n  steps: 1\n{'x' * 1000}: 1\n")  # YAML's longest plain key
+    with pytest.raises(ConfigError, match="unknown section 'xxxx") as exc:
+        load_stage_config(DemoCfg, "train", str(recipe), {})
+    assert len(str(exc.value)) < 400
 
 
 def test_duplicate_keys_and_sections_are_errors_naming_both_lines(tmp_path):
