@@ -161,3 +161,12 @@ def test_a_yaml_value_of_another_type_for_text_is_an_error(tmp_path):
     assert (cfg.name, cfg.vae, cfg.scorers) == ("yes", "1.5", ["pickscore", "on"])
     recipe.write_text("train:\n  name: yes\n")  # a flag given on the command line replaces the recipe's value
     assert load_stage_config(DemoCfg, "train", str(recipe), {"name": "n"}).name == "n"
+
+
+def test_a_changed_long_setting_is_named_cut_short(tmp_path):
+    from aifeedback.storage.manifest import OutputConflictError, prepare_output
+
+    prepare_output(tmp_path, "generate", {}, {"negative_prompt": "a" * 100_000})
+    with pytest.raises(OutputConflictError, match=r"differs in: negative_prompt: 'aaa.*\.\.\.a*' -> 'bbb") as exc:
+        prepare_output(tmp_path, "generate", {}, {"negative_prompt": "b" * 100_000})
+    assert len(str(exc.value)) < 400

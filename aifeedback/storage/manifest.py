@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from aifeedback.config import shown
 from aifeedback.errors import AifError, DataError
 from aifeedback.storage.files import read_json, write_json
 from aifeedback.storage.shards import shard_files
@@ -172,8 +173,8 @@ def read_manifest(path: str | Path, stage: str | tuple[str, ...] | None = None) 
 def job_changes(old: dict[str, Any], identity: dict[str, Any], inputs: dict[str, Any]) -> str:
     """What differs between the job an output's manifest `old` records and this one: settings (old -> new), then
     inputs (a prompt file's contents, the input's own fingerprint or row count), so a refusal says what to undo."""
-    changes = [f"{k}: {a!r} -> {b!r}" for k, a, b in _changed(old.get("identity", {}), identity)]
-    changes += [f"input {k}: {a!r} -> {b!r}" for k, a, b in _changed(old.get("inputs", {}), inputs)]
+    changes = [f"{k}: {shown(a)} -> {shown(b)}" for k, a, b in _changed(old.get("identity", {}), identity)]
+    changes += [f"input {k}: {shown(a)} -> {shown(b)}" for k, a, b in _changed(old.get("inputs", {}), inputs)]
     return ", ".join(changes[:6])
 
 
