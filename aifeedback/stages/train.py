@@ -62,7 +62,7 @@ from aifeedback.stages.train_resume import (
 from aifeedback.stages.train_validation import track_validation, validation_grid
 from aifeedback.storage import checkpoints as ck
 from aifeedback.storage.files import read_json, write_json
-from aifeedback.storage.manifest import check_replaceable, finish_output, prepare_output
+from aifeedback.storage.manifest import finish_output, prepare_output
 from aifeedback.storage.publish import discard, publish, temporary_path
 
 
@@ -165,8 +165,6 @@ class TrainRecipe:
         """Prepare --out (its manifest and config); returns the checkpoint to continue from, or None."""
         cfg, out = self.cfg, self.out
         resume_from = resume_point(cfg, out)
-        if resume_from is None and cfg.overwrite:
-            check_replaceable(out)  # never delete the checkpoints/ of a folder aifeedback did not write
         if self.main:
             if resume_from is None and cfg.overwrite:
                 for name in ("checkpoints", "logs", "validation", "metrics.jsonl", "manifest.json", "config.yaml"):
