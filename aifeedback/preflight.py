@@ -2,7 +2,8 @@
 
 Importing torch, diffusers and accelerate alone takes many seconds, and loading a model minutes; a misspelt model,
 scorer, folder or checkpoint, or a missing optional package, must not wait for that. Every check here looks only
-at the file system, the Hugging Face cache (or hub) and installed package metadata: nothing imports torch.
+at the file system, the Hugging Face cache (or hub) and installed package metadata: nothing imports torch, except
+`check_device` for a device other than auto or cpu (only torch can tell whether the GPU it names is there).
 The stage-specific combinations live in each config's `preflight()` method.
 """
 
@@ -33,6 +34,33 @@ def check_package(module: str, option: str, extra: str, alternative: str = "") -
         alt = f", or {alternative}" if alternative else ""
         raise MissingPackageError(f"{option} needs the '{module}' package, which is not installed. "
                                   f"Fix: pip install 'aifeedback[{extra}]'{alt}.")
+
+
+def check_device(device: str | None, option: str = "--device", mixed_precision: str = "no") -> None:
+    """Refuse a device that is not there (`--device cuda` without a GPU, `cuda:3` on a machine with one, a name
+    torch does not know) and fp16 autocast without a GPU, before any model loads. device None or 'auto' is this
+    process's accelerator (training's is accelerate's: a GPU when one is visible)."""
+    if device in (None, "auto", "cpu") and mixed_precision != "fp16":
+        return
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if mixed_precision == "fp16" and not gpus and device in (None, "auto", "cpu"):
+        raise AifError("--mixed-precision fp16: fp16 autocast needs a GPU, and this machine has none visible (on a "
+                       "CPU the fp16 weights meet fp32 activations and the step fails). Fix: pass --mixed-precision "
+                       "bf16 or no, or run on a machine with a GPU")
+    if device in (None, "auto", "cpu"):
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise AifError(f"{option} {device}: not a device name. Fix: pass auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and (dev.index or 0) >= gpus:
+        have = f"{gpus} GPU(s) visible (cuda:0 to cuda:{gpus - 1})" if gpus else "no GPU visible to torch"
+        raise AifError(f"{option} {device}: this machine has {have}. Fix: pass {option} auto (a GPU when there is "
+                       f"one, else the CPU){' or cpu' if not gpus else ''}")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise AifError(f"{option} {device}: Apple's MPS backend is not available here. Fix: pass {option} auto or cpu")
 
 
 def check_scorers(specs: Iterable[str], option: str = "--scorer") -> None:

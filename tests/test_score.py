@@ -31,7 +31,8 @@ def image_bytes(rgb, size=(24, 16), fmt="PNG"):
     return buf.getvalue()
 
 
-def make_generate_dir(out, n_prompts=4, k=4, latents=True, corrupt=(), null_prompt_rows=(), per_file=5, seed=0):
+def make_generate_dir(out, n_prompts=4, k=4, latents=True, corrupt=(), null_prompt_rows=(), per_file=5, seed=0,
+                      empty_prompt_rows=()):
     """An `aif generate`-layout output (the contract in the team brief) from solid-colour images."""
     rng = np.random.default_rng(seed)
     rows = []
@@ -48,6 +49,8 @@ def make_generate_dir(out, n_prompts=4, k=4, latents=True, corrupt=(), null_prom
             rows.append(row)
     for i in null_prompt_rows:
         rows[i]["prompt_id"] = None
+    for i in empty_prompt_rows:
+        rows[i]["prompt"] = " \t"
     manifest = prepare_output(out, "generate", {"model": "tiny-sd15"}, {"model": "tiny-sd15", "seed": seed})
     for i, chunk in enumerate(chunks(rows, per_file)):
         write_shard(out, i, chunk)
@@ -211,6 +214,19 @@ def test_bad_images_and_rows_are_counted_reported_and_skipped(tmp_path, capsys):
                                              "3", "error": "prompt_id is null"}]
     assert "skipped" in capsys.readouterr().out
     assert all(r["k_0"] != 2 and r["k_1"] != 2 for r in read_pairs(out) if r["prompt_id"] == "p1")
+
+
+def test_generate_rows_with_an_empty_prompt_are_skipped_counted_and_listed(tmp_path, capsys):
+    gen = tmp_path / "gen"
+    make_generate_dir(gen, latents=False, empty_prompt_rows=(4, 5))  # prompt 1's k 0 and 1: the last 2 of its 4 stay
+    summary = run(cfg(input=str(gen), out=str(tmp_path / "pairs"), scorer="redness"))
+    assert summary["counts"]["bad_rows"] == 2 and summary["counts"]["images_scored"] == 14
+    assert summary["bad_rows"] == [{"where": f"{gen / 'data' / 'train-00000.parquet'} row 4",
+                                    "error": "prompt is empty or whitespace-only"},
+                                   {"where": f"{gen / 'data' / 'train-00001.parquet'} row 0",
+                                    "error": "prompt is empty or whitespace-only"}]
+    assert "prompt is empty or whitespace-only" in capsys.readouterr().out
+    assert all(r["caption"].strip() for r in read_pairs(tmp_path / "pairs"))
 
 
 def test_a_prompt_with_one_readable_image_yields_no_pair(tmp_path):

@@ -217,7 +217,7 @@ def test_damaged_tuned_weights_are_named_before_loading(tmp_path):
     safetensors traceback, nor "could not be loaded" with download advice)."""
     from safetensors.torch import save_file
 
-    from aifeedback.families.loading import _load_lora, load_denoiser
+    from aifeedback.families.loading import apply_lora, load_denoiser
 
     unet = tmp_path / "unet"
     unet.mkdir()
@@ -227,7 +227,7 @@ def test_damaged_tuned_weights_are_named_before_loading(tmp_path):
     weights.write_bytes(weights.read_bytes()[:-10])
     lora = tmp_path / "pytorch_lora_weights.safetensors"
     lora.write_bytes(weights.read_bytes())
-    for load, path in [(lambda: load_denoiser(str(unet)), weights), (lambda: _load_lora(None, str(lora), "x"), lora)]:
+    for load, path in [(lambda: load_denoiser(str(unet)), weights), (lambda: apply_lora(None, lora, "x"), lora)]:
         with pytest.raises(CheckpointError, match="unreadable as safetensors") as e:
             load()
         assert str(e.value).startswith(f"{path}: ") and "\n" not in str(e.value)

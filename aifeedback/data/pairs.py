@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+from aifeedback.config import shown
 from aifeedback.data.labels import LABEL_COLUMNS, PAIR_COLUMNS, manifest_path, winner_of
 from aifeedback.data.transforms import LATENT_COLUMNS, Transform, latent_source, stored_latent_shape
 
@@ -60,7 +61,7 @@ class PairStats:
     def add_bad(self, row: int, l0: Any, l1: Any) -> None:
         self.bad_labels += 1
         if len(self.bad_label_examples) < 5:
-            self.bad_label_examples.append(f"row {row}: label_0={l0!r}, label_1={l1!r}")
+            self.bad_label_examples.append(f"row {row}: label_0={shown(l0)}, label_1={shown(l1)}")
 
     def summary(self, name: str) -> str:
         s = f"{name}: {self.rows} rows, {self.kept} pairs kept, {self.ties} ties dropped"

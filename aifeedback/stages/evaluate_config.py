@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from aifeedback.config import input_paths, option
+from aifeedback.config import input_paths, option, side_problems
 from aifeedback.data.labels import COLUMNS_HELP, RANKED_HELP, RANKED_PAIRINGS
 from aifeedback.data.mapping import columns_problems
 from aifeedback.families.resolve import DTYPES, SCHEDULERS
@@ -68,26 +68,23 @@ class EvalConfig:
         if not self.scorer_accuracy:
             problems += [f"{k}: required (or pass --scorer-accuracy DATASET)" for k in ("base", "tuned")
                          if not getattr(self, k)]
-        problems += columns_problems(self.columns)
-        return problems
+        return problems + columns_problems(self.columns) + side_problems(self, "resolution")
 
     def preflight(self) -> None:
         """Fail fast, before torch is imported and before any image is generated or scored: scorers, then the
         labelled set, or the models (--tuned: a whole model or weights for --base) and the prompt file."""
         from aifeedback.data.prompts import source_kind
-        from aifeedback.families.resolve import check_available, check_tuned, is_pipeline
-        from aifeedback.preflight import check_apart, check_dataset, check_scorers
+        from aifeedback.families.resolve import check_available, check_pipeline, is_pipeline
+        from aifeedback.preflight import check_apart, check_dataset, check_device, check_scorers
 
         check_scorers(self.scorers, "--scorers")
         if self.scorer_accuracy:
             check_dataset(self.scorer_accuracy, "--scorer-accuracy")
         else:
             check_available(self.base, "base model")
-            if self.vae:
-                check_available(self.vae, "VAE")
             if is_pipeline(self.tuned):
                 check_available(self.tuned, "tuned model")
-            else:
-                check_tuned(self.tuned)
+            check_pipeline(self.base, self.vae, None if is_pipeline(self.tuned) else self.tuned)
             source_kind(self.prompts)
         check_apart(self.out, input_paths(self))  # the inputs exist: an --out over one would clobber it
+        check_device(self.device)

@@ -133,7 +133,7 @@ def open_folder(cfg: LoopConfig) -> dict[str, Any]:
         old = read_json(out / MANIFEST)
     except (OSError, ValueError):
         old = None
-    if old is not None and old.get("fingerprint") != key and cfg.overwrite:
+    if old is not None and old.get("stage") == "loop" and old.get("fingerprint") != key and cfg.overwrite:
         for p in [*out.glob("round-*"), out / "prompts", out / "report.json", out / "report.html"]:
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     return prepare_output(out, "loop", to_dict(cfg), identity_dict(cfg), overwrite=cfg.overwrite)

@@ -87,8 +87,9 @@ class ScoreConfig:
 
     def preflight(self) -> None:
         """Fail fast, before torch is imported: the scorer names (and local weight paths) and the input."""
-        from aifeedback.preflight import check_apart, check_dataset, check_scorers
+        from aifeedback.preflight import check_apart, check_dataset, check_device, check_scorers
 
         check_scorers(self.scorer)
         check_dataset(self.input, "--input")
         check_apart(self.out, input_paths(self))  # the inputs exist: an --out over one would clobber it
+        check_device(self.device)

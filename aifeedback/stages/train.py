@@ -169,7 +169,7 @@ class TrainRecipe:
         resume_from = resume_point(cfg, out)
         if self.main:
             if resume_from is None and cfg.overwrite:
-                for name in ("checkpoints", "logs", "validation", "metrics.jsonl", "manifest.json"):
+                for name in ("checkpoints", "logs", "validation", "metrics.jsonl", "manifest.json", "config.yaml"):
                     p = out / name
                     shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
             prepare_output(out, "train", to_dict(cfg), identity_dict(cfg), overwrite=cfg.overwrite,

@@ -13,11 +13,18 @@ from aifeedback.errors import AifError
 from aifeedback.stages.train_config import TrainConfig
 from aifeedback.storage import checkpoints as ck
 from aifeedback.storage.files import atomic_write_text, read_json
-from aifeedback.storage.manifest import completed_output, fingerprint, job_changes, read_manifest
+from aifeedback.storage.manifest import check_replaceable, completed_output, fingerprint, job_changes, read_manifest
 
 
 def resume_point(cfg: TrainConfig, out: Path) -> Optional[Path]:
     """The checkpoint to continue from, or None to start fresh (see the --resume help)."""
+    found = _resume_point(cfg, out)
+    if found is None and cfg.overwrite:  # the run's files in --out are deleted next: never in a foreign folder
+        check_replaceable(out)
+    return found
+
+
+def _resume_point(cfg: TrainConfig, out: Path) -> Optional[Path]:
     existing = ck.list_checkpoints(out)
     if cfg.resume == "auto":
         if existing and not same_job(cfg, out):
