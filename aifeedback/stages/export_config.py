@@ -40,10 +40,14 @@ class ExportConfig:
         problems = [] if self.checkpoint else ["checkpoint: pass the checkpoint or run folder to export"]
         if self.format == "kohya" and self.pipeline:
             problems.append("format: kohya is a LoRA file format; drop --pipeline (or --format kohya)")
+        if self.push_to_hub is not None:
+            from aifeedback.sharing.hub import repo_id_problem
+
+            problems += filter(None, [repo_id_problem(self.push_to_hub)])
         return problems
 
     def preflight(self) -> None:
-        """Fail fast, before torch is imported: the checkpoint and, for --pipeline, the base model."""
+        """Fail fast, before torch is imported: the checkpoint, --pipeline's base model, the --push-to-hub login."""
         from aifeedback.families.resolve import check_available
         from aifeedback.preflight import check_apart
         from aifeedback.storage.checkpoints import checkpoint_kind, resolve_checkpoint
@@ -57,6 +61,10 @@ class ExportConfig:
             raise AifError(f"--eval {self.eval}: no report.json there; pass a finished `aif eval` output folder")
         if self.pipeline:
             check_available(self.base_model(ckpt), "base model")
+        if self.push_to_hub is not None:  # the login and the network, before the export's work
+            from aifeedback.sharing.hub import check_hub_access
+
+            check_hub_access(self.push_to_hub)
 
     def weights(self, ckpt: Path) -> Path:
         """The folder whose weights are exported: the checkpoint's ema/ (with --ema, when there) or the checkpoint."""
