@@ -247,7 +247,7 @@ def _refused(self, *a, **kw):
     ("no token", "no hub token on this machine; log in with `hf auth login`"),
     ("offline", "could not reach the hub .*offline mode is enabled"),
     ("no network", "could not reach the hub .*(refused|Connection)"),
-    ("token refused", "the hub refused the token .*401"),
+    ("token refused", "the hub did not accept the login check .*401 Client Error.*hf auth login"),
     ("read-only token", "the token of me is read-only"),
     ("foreign namespace", "the logged-in account me cannot write to 'other' .*pass me/lora"),
 ])

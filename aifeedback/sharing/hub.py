@@ -52,13 +52,13 @@ def check_hub_access(repo_id: str) -> None:
     try:
         who = HfApi().whoami(token=token)
     except HfHubHTTPError as e:
-        raise AifError(f"--push-to-hub {repo_id}: the hub refused the token ({_short(e)}); {LOGIN}, then rerun "
-                       "(nothing was written yet)") from None
+        raise AifError(f"--push-to-hub {repo_id}: the hub did not accept the login check ({_short(e)}); on 401/403 "
+                       f"{LOGIN}, otherwise retry later; nothing was written yet") from None
     except _hub_errors() as e:
         raise AifError(f"--push-to-hub {repo_id}: could not reach the hub ({_short(e)}); check the network (and "
                        "HF_ENDPOINT, HF_HUB_OFFLINE), or drop --push-to-hub and upload later with a rerun that "
                        "passes it") from None
-    if (who.get("auth") or {}).get("accessToken", {}).get("role") == "read":
+    if ((who.get("auth") or {}).get("accessToken") or {}).get("role") == "read":
         raise AifError(f"--push-to-hub {repo_id}: the token of {who.get('name')} is read-only; {LOGIN}")
     names = {who.get("name")} | {o.get("name") for o in who.get("orgs") or []}
     namespace = repo_id.split("/")[0] if "/" in repo_id else who.get("name")
