@@ -30,7 +30,7 @@ def test_local_parquet_is_read_in_place_with_the_same_pairs_in_the_same_order(tm
     import datasets
 
     from aifeedback.data import pairs as D
-    from aifeedback.data.rows import ParquetRows
+    from aifeedback.data.rows import MappedRows, ParquetRows
 
     rows = pickapic_rows(11)
     rows[4]["label_1"] = rows[4]["label_0"] = 0.5  # a tie, dropped the same way by both readers
@@ -38,7 +38,7 @@ def test_local_parquet_is_read_in_place_with_the_same_pairs_in_the_same_order(tm
     cache = tmp_path / "hf-cache"
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
     table = D.open_table("human", str(folder), "train")
-    assert isinstance(table, ParquetRows)
+    assert isinstance(table, MappedRows) and isinstance(table.rows, ParquetRows)  # in place, canonical cells
     pairs, stats = D.filter_labels(table)
     tr = D.Transform(16, random_crop=True, flip=True, caption_dropout=0.3)
     got = D.PairDataset(table, pairs, tr, seed=3, window=2)

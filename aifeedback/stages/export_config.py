@@ -40,10 +40,14 @@ class ExportConfig:
         problems = [] if self.checkpoint else ["checkpoint: pass the checkpoint or run folder to export"]
         if self.format == "kohya" and self.pipeline:
             problems.append("format: kohya is a LoRA file format; drop --pipeline (or --format kohya)")
+        if self.push_to_hub is not None:
+            from aifeedback.sharing.hub import repo_id_problem
+
+            problems += filter(None, [repo_id_problem(self.push_to_hub)])
         return problems
 
     def preflight(self) -> None:
-        """Fail fast, before torch is imported: the checkpoint and, for --pipeline, the base model."""
+        """Fail fast, before torch is imported: the checkpoint, --pipeline's base model, the --push-to-hub login."""
         from aifeedback.families.resolve import check_available, check_trained_for
         from aifeedback.preflight import check_apart
         from aifeedback.storage.checkpoints import checkpoint_kind, resolve_checkpoint
@@ -59,6 +63,10 @@ class ExportConfig:
         if self.pipeline:
             check_available(self.base_model(ckpt), "base model")
             check_trained_for(self.base_model(ckpt), ckpt, f"checkpoint {ckpt}")
+        if self.push_to_hub is not None:  # the login and the network, before the export's work
+            from aifeedback.sharing.hub import check_hub_access
+
+            check_hub_access(self.push_to_hub)
 
     def weights(self, ckpt: Path) -> Path:
         """The folder whose weights are exported: the checkpoint's ema/ (with --ema, when there) or the checkpoint."""
