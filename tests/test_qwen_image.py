@@ -2,6 +2,7 @@
 diffusers' QwenImagePipeline computes them, the training step as diffusers' train_dreambooth_lora_qwen_image.py takes
 it, and the stages: the first LoRA DPO loss ln 2, a LoRA file stock QwenImagePipeline loads (slow: every stage)."""
 
+import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -241,3 +242,85 @@ def test_lora_targets_are_the_scripts(pipe):
     # the image stream's attention projections in every dual-stream block (the text stream's add_*_proj are not
     # targets, as in the script)
     assert adapted == {f"transformer_blocks.{i}.attn.{m}" for i in range(blocks) for m in fam.lora_targets}
+
+
+@pytest.fixture(scope="module")
+def human(tmp_path_factory):
+    from tests.pairs_fixtures import pickapic_rows, write_pickapic
+
+    return write_pickapic(tmp_path_factory.mktemp("human"), pickapic_rows(4))
+
+
+def test_lora_dpo_first_loss_is_ln2_and_stock_qwen_image_pipeline_loads_the_file(human, tmp_path, pipe):
+    from diffusers import QwenImagePipeline
+    from safetensors import safe_open
+
+    from aifeedback.stages.train import run
+    from aifeedback.zoo import tiny_pipeline_path
+    from tests.pairs_fixtures import read_metrics, tiny_train
+
+    out = run(tiny_train(human, tmp_path / "run", model="tiny-qwen-image", lora_rank=2, lr=1e-2, max_steps=2))
+    m = read_metrics(out)
+    # LoRA B starts at zero and the reference is the same network with adapters off: at step 0 the DPO margin is
+    # exactly 0 and the loss is ln 2 up to float32 rounding of log(1 + exp(0)) (~1e-7).
+    assert abs(m[0]["loss"] - math.log(2)) < 1e-6 and m[0]["implicit_acc"] == 0.5
+    assert m[1]["loss"] != m[0]["loss"]  # the adapters moved
+    folder = out / "checkpoints" / "checkpoint-000002"
+    with safe_open(str(folder / "pytorch_lora_weights.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    # the prefix QwenImagePipeline.load_lora_weights wants, on every block's image-stream attention
+    assert keys and all(k.startswith("transformer.transformer_blocks.") and ".attn." in k for k in keys)
+
+    # Stock diffusers, no aifeedback code: the file loads into QwenImagePipeline and changes its images.
+    base = QwenImagePipeline.from_pretrained(tiny_pipeline_path("tiny-qwen-image"))
+    kw = dict(num_inference_steps=2, height=32, width=32, negative_prompt=" ", output_type="np")
+    before = base(PROMPTS[0], generator=torch.Generator().manual_seed(0), **kw).images
+    base.load_lora_weights(str(folder))
+    after = base(PROMPTS[0], generator=torch.Generator().manual_seed(0), **kw).images
+    assert after.shape == before.shape and not (after == before).all()
+    assert sum(".lora_A." in n for n, _ in base.transformer.named_parameters()) == len(keys) // 2  # every key loaded
+
+
+@pytest.mark.slow
+def test_every_stage_on_tiny_qwen_image(tmp_path):
+    from diffusers import QwenImagePipeline, QwenImageTransformer2DModel
+
+    from aifeedback.zoo import tiny_pipeline_path
+    from tests.golden import aif
+    from tests.pairs_fixtures import read_metrics
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join([*PROMPTS, "a green tree by a lake"]) + "\n")
+    gen, pairs, size = tmp_path / "gen", tmp_path / "pairs", ["--resolution", "32"]
+    common = ["--steps", "2", "--batch-size", "2", *size]
+    aif("generate", "--model", "tiny-qwen-image", "--prompts", str(prompts), "--images-per-prompt", "3", *common,
+        "--save-latents", "--out", str(gen))
+    aif("score", "--input", str(gen), "--out", str(pairs), "--scorer", "redness", "--workers", "0", "--no-progress")
+    train = ["train", "--model", "tiny-qwen-image", "--data", "ai", "--dataset", str(pairs), "--max-steps", "2", *size,
+             "--batch-size", "2", "--no-scale-lr", "--checkpoint-every", "2", "--validation-every", "2",
+             "--validation-steps", "2", "--num-workers", "0", "--trackers", "none"]
+    aif(*train, "--lora-rank", "4", "--lr", "1e-2", "--out", str(tmp_path / "lora"))
+    aif(*train, "--lr", "1e-3", "--out", str(tmp_path / "full"))
+    for run_dir in ("lora", "full"):
+        assert abs(read_metrics(tmp_path / run_dir)[0]["loss"] - math.log(2)) < 1e-6
+        assert list((tmp_path / run_dir / "validation").glob("step-*.png"))  # true-CFG validation images
+    aif("export", str(tmp_path / "lora"), "--out", str(tmp_path / "lora-x"))
+    aif("export", str(tmp_path / "full"), "--out", str(tmp_path / "full-x"))
+
+    # Stock diffusers: the exported LoRA and transformer load with Qwen-Image's own classes and change the images.
+    base = QwenImagePipeline.from_pretrained(tiny_pipeline_path("tiny-qwen-image"))
+    kw = dict(num_inference_steps=2, height=32, width=32, negative_prompt=" ", output_type="np")
+    before = base(PROMPTS[0], generator=torch.Generator().manual_seed(0), **kw).images
+    base.load_lora_weights(str(tmp_path / "lora-x"))
+    assert not (base(PROMPTS[0], generator=torch.Generator().manual_seed(0), **kw).images == before).all()
+    transformer = QwenImageTransformer2DModel.from_pretrained(tmp_path / "full-x", subfolder="transformer")
+    full = QwenImagePipeline.from_pretrained(tiny_pipeline_path("tiny-qwen-image"), transformer=transformer)
+    assert not (full(PROMPTS[0], generator=torch.Generator().manual_seed(0), **kw).images == before).all()
+
+    aif("sample", "--model", "tiny-qwen-image", "--tuned", str(tmp_path / "lora-x"), "--prompts", str(prompts),
+        *size, "--limit", "2", "--steps", "2", "--no-grid", "--out", str(tmp_path / "sample"))
+    assert len(list((tmp_path / "sample").rglob("*.png"))) == 2
+    aif("eval", "--base", "tiny-qwen-image", "--tuned", str(tmp_path / "full"), "--prompts", str(prompts), *size,
+        "--seeds-per-prompt", "2", "--steps", "2", "--scorers", "redness", "--bootstrap", "100",
+        "--out", str(tmp_path / "eval"))
+    assert (tmp_path / "eval" / "report.json").exists()
