@@ -76,6 +76,7 @@ def _qwen():
 def test_detection_tells_qwen_image_from_the_other_families(pipe, aif_cache):
     from aifeedback.families import UnsupportedModelError, detect
     from aifeedback.families.loading import load_pipeline
+    from aifeedback.families.resolve import KNOWN_MODELS, model_defaults
     from aifeedback.families.sampling import default_guidance, default_size, default_steps
 
     fam = detect(pipe)
@@ -94,6 +95,7 @@ def test_detection_tells_qwen_image_from_the_other_families(pipe, aif_cache):
         detect(SimpleNamespace(transformer=SimpleNamespace(config=without)))
     # the pipeline's defaults: 50 steps, true CFG 4.0, 1024 px (default_sample_size 128 x the VAE's factor: 256 here)
     assert (default_steps(pipe), default_guidance(pipe), default_size(pipe)) == (50, 4.0, 256)
+    assert "Qwen/Qwen-Image" in KNOWN_MODELS and model_defaults("Qwen/Qwen-Image") == model_defaults("tiny-sd15")
 
 
 def get_denoiser_name(model: str) -> str:
