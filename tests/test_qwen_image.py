@@ -74,7 +74,7 @@ def _qwen():
 
 
 def test_detection_tells_qwen_image_from_the_other_families(pipe, aif_cache):
-    from aifeedback.families import UnsupportedModelError, detect
+    from aifeedback.families import UnsupportedModelError, detect, get_family
     from aifeedback.families.loading import load_pipeline
     from aifeedback.families.resolve import KNOWN_MODELS, model_defaults
     from aifeedback.families.sampling import default_guidance, default_size, default_steps
@@ -84,28 +84,19 @@ def test_detection_tells_qwen_image_from_the_other_families(pipe, aif_cache):
     assert fam.lora_pipeline is type(pipe) and fam.denoiser == "transformer"
     for other, name in (("tiny-flux-dev", "flux"), ("tiny-sd3", "sd3"), ("tiny-z-image", "z-image"),
                         ("tiny-sd15", "sd15")):
-        denoiser = getattr(load_pipeline(other), get_denoiser_name(other))
+        other_pipe = load_pipeline(other)
+        denoiser = getattr(other_pipe, detect(other_pipe).denoiser)
         assert detect(denoiser).name == name and not fam.matches(denoiser.config)  # Qwen-Image's rule claims none
     # FLUX's config shares joint_attention_dim and axes_dims_rope with Qwen-Image's, and no other family takes
     # Qwen-Image's config
     config = dict(pipe.transformer.config)
-    assert not any(_other(n).matches(config) for n in ("sd15", "sdxl", "sdxl-refiner", "sd3", "flux", "z-image"))
+    assert not any(get_family(n).matches(config) for n in ("sd15", "sdxl", "sdxl-refiner", "sd3", "flux", "z-image"))
     without = {k: v for k, v in config.items() if k != "zero_cond_t"}
     with pytest.raises(UnsupportedModelError):
         detect(SimpleNamespace(transformer=SimpleNamespace(config=without)))
     # the pipeline's defaults: 50 steps, true CFG 4.0, 1024 px (default_sample_size 128 x the VAE's factor: 256 here)
     assert (default_steps(pipe), default_guidance(pipe), default_size(pipe)) == (50, 4.0, 256)
     assert "Qwen/Qwen-Image" in KNOWN_MODELS and model_defaults("Qwen/Qwen-Image") == model_defaults("tiny-sd15")
-
-
-def get_denoiser_name(model: str) -> str:
-    return "unet" if model == "tiny-sd15" else "transformer"
-
-
-def _other(name):
-    from aifeedback.families import get_family
-
-    return get_family(name)
 
 
 def test_prompt_template_is_the_pipelines(pipe):
