@@ -68,7 +68,10 @@ def is_cache(dataset: str) -> bool:
 
 @torch.no_grad()
 def posterior(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
-    """What the VAE's encoder returns for images in [-1, 1]: its posterior's parameters (N, 2C, h, w)."""
+    """What the VAE's encoder returns for images in [-1, 1]: its posterior's parameters (N, 2C, h, w). A video-style
+    VAE (Qwen-Image's) encodes one frame, (N, 3, 1, H, W), and its frame axis is dropped."""
+    if "temperal_downsample" in vae.config:
+        return vae.encode(pixels.unsqueeze(2).to(device=vae.device, dtype=vae.dtype)).latent_dist.parameters[:, :, 0]
     return vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist.parameters
 
 

@@ -37,6 +37,8 @@ KNOWN_MODELS: dict[str, str] = {
     "Tongyi-MAI/Z-Image": "Z-Image (6B single-stream transformer, Qwen3-4B text encoder, flow matching; Apache-2.0), "
                           "1024 px",
     "Tongyi-MAI/Z-Image-Turbo": "Z-Image-Turbo (Z-Image distilled: 8 steps, no guidance; Apache-2.0), 1024 px",
+    "Qwen/Qwen-Image": "Qwen-Image (20B dual-stream transformer, Qwen2.5-VL-7B text encoder, flow matching, true CFG; "
+                       "Apache-2.0), 1024 px",
 }
 
 

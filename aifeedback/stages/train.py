@@ -45,7 +45,7 @@ from aifeedback.data.stream import PairStream
 from aifeedback.dist import process_state, sharded
 from aifeedback.errors import AifError
 from aifeedback.families import detect
-from aifeedback.families.base import Family, UNetFamily, min_snr_weights, vae_factor
+from aifeedback.families.base import Family, UNetFamily, latent_channels, min_snr_weights, vae_factor
 from aifeedback.families.loading import load_pipeline
 from aifeedback.families.resolve import model_defaults
 from aifeedback.losses import LOSSES, get_loss
@@ -269,7 +269,7 @@ class TrainRecipe:
             raise D.no_pairs_error(cfg.dataset, stats)
         f = vae_factor(self.vae.config)
         # the VAE's latents, as stored and encoded (FLUX's transformer takes them packed: 4x the channels)
-        channels = self.vae.config.latent_channels
+        channels = latent_channels(self.vae.config)
         columns = U.LATENTS if self.unpaired else D.LATENT_COLUMNS
         latent_shape, why = D.stored_latent_shape(table, pairs, (channels, res // f, res // f),
                                                   D.latent_source(cfg.dataset), {"model": cfg.model, "vae": cfg.vae},

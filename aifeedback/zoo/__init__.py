@@ -50,6 +50,8 @@ ZOO: Registry[ZooModel] = Registry("offline model", [
              "aifeedback.zoo.tiny_flux:build_tiny_flux_dev"),
     ZooModel("tiny-z-image", "tiny random ZImagePipeline (Qwen3 text encoder, single-stream transformer; flow "
              "matching), for tests", "aifeedback.zoo.tiny_z_image:build_tiny_z_image"),
+    ZooModel("tiny-qwen-image", "tiny random QwenImagePipeline (Qwen2.5-VL text encoder, dual-stream transformer, "
+             "video-style VAE; flow matching), for tests", "aifeedback.zoo.tiny_qwen_image:build_tiny_qwen_image"),
     # toy-sd15 version 2: centred discs, 24 captions held out of pretraining (prompt fidelity)
     ZooModel("toy-sd15", "toy StableDiffusionPipeline pretrained on coloured discs (8x8 px) for `aif demo`",
              "aifeedback.zoo.toy:build_toy_sd15", version="2", toy=True),
