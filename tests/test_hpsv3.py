@@ -241,3 +241,20 @@ def test_registry_lists_hpsv3(tmp_path):
         check_scorers([f"hpsv3:{tmp_path / 'HPSv3.safetensors'}"])
     with pytest.raises(AifError, match="(?s)could not load.*NAME:tiny"):  # HF_HUB_OFFLINE=1 in tests
         load_scorer(f"hpsv3:{tmp_path}")
+
+
+def test_aif_score_runs_hpsv3_with_decoding_workers(hps, tmp_path):
+    """`aif score` (the path eval and loop share): images decoded and prepared in a DataLoader worker, scored in
+    batches; each image's stored score is the scorer's own on the decoded file."""
+    import io
+
+    from aifeedback.stages.score import run
+    from tests.test_score import cfg, image_scores, make_generate_dir
+
+    gen = tmp_path / "gen"
+    rows = make_generate_dir(gen, n_prompts=2, k=2, latents=False)
+    summary = run(cfg(input=str(gen), out=str(tmp_path / "pairs"), scorer="hpsv3:tiny", batch_size=3, workers=1))
+    assert summary["counts"]["pairs"] == 2
+    stored = {r["row"]: r["raw"][0] for r in image_scores(tmp_path / "pairs")}  # one shard: row = input order
+    own = hps.score([Image.open(io.BytesIO(r["image"])) for r in rows], [r["prompt"] for r in rows])
+    assert [stored[i] for i in range(len(rows))] == pytest.approx(own, abs=1e-6)
