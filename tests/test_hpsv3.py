@@ -222,6 +222,11 @@ def test_a_pt_state_dict_loads_with_weights_only_and_other_pickles_are_refused(h
         load_scorer(f"hpsv3:{folder}")
     assert "\n" not in str(e.value)
 
+    from aifeedback.scoring.scorers.hpsv3 import read_checkpoint
+
+    with pytest.raises(FileNotFoundError, match="is not a file"):
+        read_checkpoint(folder / "HPSv3.safetensors")
+
     del state["rm_head.5.weight"]
     torch.save(state, folder / "HPSv3_7B.pth")
     with pytest.raises(AifError, match=r"(?s)could not load.*missing \['rm_head.5.weight'\]"):

@@ -137,6 +137,8 @@ def convert_state_dict(state: dict) -> dict:
 def read_checkpoint(path: Path) -> dict:
     """The state dict of a .safetensors file, or of a .pt/.pth file loaded with weights_only=True (a pickle that
     needs more than tensors is refused); a {"model": state_dict} wrapper is unwrapped as upstream does."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is not a file")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
