@@ -44,7 +44,7 @@ def test_lora_dpo_mixed_precision_on_gpu(tmp_path, tiny_sd15, precision):
     assert all(math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"]) for m in metrics)
 
 
-@pytest.mark.parametrize("spec", ["pickscore:tiny", "imagereward:tiny", "hpsv2:tiny", "aesthetic:tiny"])
+@pytest.mark.parametrize("spec", ["pickscore:tiny", "imagereward:tiny", "hpsv2:tiny", "aesthetic:tiny", "hpsv3:tiny"])
 def test_scorer_bf16_on_gpu_matches_cpu(spec):
     from PIL import Image
 

@@ -55,6 +55,12 @@ def _imagereward(name, model, device, dtype):
     return ImageReward(name, model, device, dtype)
 
 
+def _hpsv3(name, model, device, dtype):
+    from aifeedback.scoring.scorers.hpsv3 import HPSv3
+
+    return HPSv3(name, model, device, dtype)
+
+
 def _toy_fidelity(name, model, device, dtype):
     from aifeedback.scoring.scorers.toy import ToyFidelity
 
@@ -102,6 +108,8 @@ SCORERS: Registry[ScorerKind] = Registry("scorer", [
                "ignored", _aesthetic),
     ScorerKind("imagereward", "ImageReward v1.0: THUDM/ImageReward ImageReward.pt (BLIP ViT-L/16 + BERT "
                "cross-attention + MLP); normalised reward", _imagereward),
+    ScorerKind("hpsv3", "HPSv3: Qwen2-VL-7B-Instruct + reward head, HPSv3.safetensors from MizzenAI/HPSv3; mu of "
+               "(mu, sigma) at the <|Reward|> token", _hpsv3),
     ScorerKind("vlm", "VLM judge, P(Yes) to 'Does this image show \"PROMPT\"?': local Qwen/Qwen2.5-VL-7B-Instruct, "
                "vlm:HUB_ID|PATH|tiny, or served: vlm:http://HOST:PORT/v1 (vLLM/SGLang)", _vlm("vlm")),
     ScorerKind("vlm-quality", "VLM judge, P(Yes) to 'Is this a high-quality image?' (prompt ignored); models as vlm",

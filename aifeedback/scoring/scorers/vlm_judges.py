@@ -129,16 +129,18 @@ def smart_resize(height: int, width: int, factor: int = IMAGE_FACTOR, min_pixels
 class QwenImage:
     """image -> qwen_vl_utils' fetch_image(image): RGBA composited onto white (other modes: PIL's RGB conversion),
     then a PIL resize (its default filter, bicubic) to smart_resize's size. `data_url`: that image as a PNG data URL
-    (lossless, so a server's processor sees the very pixels the local scorer does)."""
+    (lossless, so a server's processor sees the very pixels the local scorer does). `alpha="drop"`: PIL's RGB
+    conversion for every mode (alpha dropped, not composited), as the older fetch_image HPSv3 ships does."""
 
     min_pixels: int = MIN_PIXELS
     max_pixels: int = MAX_PIXELS
     data_url: bool = False
+    alpha: str = "white"
 
     def __call__(self, image):
         from PIL import Image
 
-        if image.mode == "RGBA":
+        if image.mode == "RGBA" and self.alpha == "white":
             rgb = Image.new("RGB", image.size, (255, 255, 255))
             rgb.paste(image, mask=image.split()[3])
         else:
