@@ -4,8 +4,10 @@ detections covering each task and the edge cases, plus hand-computed examples.""
 import numpy as np
 import pytest
 
+from aifeedback.errors import AifError
 from aifeedback.evaluation import geneval as G
 from aifeedback.evaluation.geneval import Detection, Rules
+from aifeedback.resources import resource_path
 
 # ---------------------------------------------------------------------------------------------------------------
 # The upstream steps (djghosh13/geneval evaluation/evaluate_images.py, `evaluate_image` + `evaluate`, and
@@ -291,3 +293,53 @@ def test_summary_is_the_mean_of_task_means():
     assert s["images"] == pytest.approx(4 / 6)
     with pytest.raises(ValueError):
         G.summarize([], [])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The shipped metadata
+
+def test_shipped_metadata_is_upstreams_553_prompts_in_six_tasks():
+    rows = G.load_metadata()
+    assert len(rows) == 553 and len({r["prompt"] for r in rows}) == 553
+    counts = {t: sum(r["tag"] == t for r in rows) for t in G.TASKS}
+    assert counts == {"single_object": 80, "two_object": 99, "counting": 80, "colors": 94, "position": 100,
+                      "color_attr": 100}
+    classes = set(G.class_names())
+    assert len(G.class_names()) == 80 and "potted plant" in classes
+    for r in rows:  # every clause names a detector class, a known colour, a known relation to an earlier clause
+        for k, req in enumerate(r["include"]):
+            assert req["class"] in classes and req["count"] >= 1
+            assert req.get("color", "red") in G.COLORS
+            if "position" in req:
+                assert req["position"][0] in G.RELATIONS and req["position"][1] < k
+    assert resource_path("geneval/LICENSE").read_text().startswith("MIT License")
+
+
+def test_every_shipped_spec_gives_the_reference_verdict_and_reward():
+    rng = np.random.default_rng(1)
+    rows = G.load_metadata()
+    for i in range(1200):
+        meta = rows[i % len(rows)]
+        classes = {req["class"] for req in meta["include"]} | {"car"}
+        arrays, colour_of = random_image(rng, sorted(classes))
+        wanted = [req["color"] for req in meta["include"] if "color" in req]
+        for row in colour_of:  # the spec's colours half the time, so colour clauses both hold and fail
+            colour_of[row] = str(rng.choice(wanted)) if wanted and rng.random() < 0.5 else str(rng.choice(G.COLORS))
+        ours, ref = both(arrays, colour_of, meta)
+        assert ours[0] == ref[0] and ours[1] == pytest.approx(ref[1], abs=1e-12), meta
+
+
+def test_prompt_lookup_and_unknown_prompts():
+    specs = G.specs_for(["a photo of a bench", " a photo of a giraffe "])
+    assert [s["tag"] for s in specs] == ["single_object", "single_object"]
+    with pytest.raises(AifError) as e:
+        G.specs_for(["a photo of a bench", "a cat on the moon", "x", "y", "z"])
+    assert "4 prompt(s): 'a cat on the moon', 'x', 'y' and 1 more" in str(e.value)
+    assert "--prompts geneval" in str(e.value)
+
+
+def test_geneval_is_a_builtin_prompt_source():
+    from aifeedback.data.prompts import load_prompts
+
+    prompts = load_prompts("geneval")
+    assert len(prompts) == 553 and prompts[0].text == "a photo of a bench"

@@ -23,17 +23,24 @@ Upstream's steps, restated (REFERENCE.md section 11; upstream defaults in `Rules
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
+
+from aifeedback.errors import DataError
+from aifeedback.resources import resource_path
 
 TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
 # upstream's zero-shot prompts for colours, {c} a colour and {obj} the class name
 COLOR_TEMPLATES = ("a photo of a {c} {obj}", "a photo of a {c}-colored {obj}", "a photo of a {c} object")
 RELATIONS = ("left of", "right of", "above", "below")
+METADATA = "geneval/evaluation_metadata.jsonl"  # upstream's prompts/evaluation_metadata.jsonl (MIT, shipped)
+CLASSES = "geneval/object_names.txt"  # upstream's evaluation/object_names.txt: the detector's 80 COCO classes
 
 
 @dataclass(frozen=True)
@@ -226,3 +233,35 @@ def summarize(tags: Sequence[str], correct: Sequence[bool]) -> dict[str, Any]:
         per.setdefault(tag, []).append(bool(ok))
     tasks = {tag: sum(v) / len(v) for tag, v in per.items()}
     return {"overall": sum(tasks.values()) / len(tasks), "tasks": tasks, "images": sum(map(bool, correct)) / len(tags)}
+
+
+def load_metadata(path=None) -> list[dict[str, Any]]:
+    """The task specs, one per prompt ({tag, prompt, include[, exclude]}): the shipped 553, or a file like it."""
+    path = resource_path(METADATA) if path is None else path
+    rows = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            row = json.loads(line)
+            if row.get("tag") not in TASKS or "prompt" not in row or not row.get("include"):
+                raise DataError(f"{path}, line {n}: not a GenEval task spec (needs a tag among {', '.join(TASKS)}, "
+                                "a prompt and include clauses). Fix: use upstream's evaluation_metadata.jsonl format.")
+            rows.append(row)
+    return rows
+
+
+def class_names() -> list[str]:
+    """The 80 COCO class names GenEval's detector reports, in its label order."""
+    return [line.strip() for line in resource_path(CLASSES).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def specs_for(prompts: Sequence[str], metadata: Sequence[Mapping[str, Any]] | None = None) -> list[Mapping[str, Any]]:
+    """The task spec of each prompt (looked up by its exact text, stripped); every unknown prompt named at once."""
+    by_prompt = {row["prompt"]: row for row in (load_metadata() if metadata is None else metadata)}
+    unknown = sorted({p for p in prompts if p.strip() not in by_prompt})
+    if unknown:
+        shown = ", ".join(repr(p) for p in unknown[:3]) + (f" and {len(unknown) - 3} more" if len(unknown) > 3 else "")
+        raise DataError(f"GenEval has no task spec for {len(unknown)} prompt(s): {shown}. The geneval scorer checks "
+                        "an image against its prompt's spec (objects, counts, colours, positions), so it scores only "
+                        "GenEval's own prompts. Fix: generate with --prompts geneval (its 553 prompts), or use another "
+                        "scorer for these prompts.")
+    return [by_prompt[p.strip()] for p in prompts]
