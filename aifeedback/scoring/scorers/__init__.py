@@ -55,6 +55,12 @@ def _imagereward(name, model, device, dtype):
     return ImageReward(name, model, device, dtype)
 
 
+def _geneval(name, model, device, dtype):
+    from aifeedback.scoring.scorers import geneval
+
+    return geneval.load(name, model, device, dtype)
+
+
 def _toy_fidelity(name, model, device, dtype):
     from aifeedback.scoring.scorers.toy import ToyFidelity
 
@@ -89,6 +95,8 @@ SCORERS: Registry[ScorerKind] = Registry("scorer", [
                "ignored", _aesthetic),
     ScorerKind("imagereward", "ImageReward v1.0: THUDM/ImageReward ImageReward.pt (BLIP ViT-L/16 + BERT "
                "cross-attention + MLP); normalised reward", _imagereward),
+    ScorerKind("geneval", "GenEval rules (objects, counts, colours, positions) for GenEval's own prompts: Mask2Former "
+               "Swin-S COCO (transformers) + CLIP ViT-L/14 colours; Flow-GRPO's partial credit", _geneval),
     ScorerKind("redness", "mean R - mean(G,B) of the image in [0,1] (toy reward, no model)", _stat("redness")),
     ScorerKind("brightness", "mean Rec.601 luma in [0,1] (no model)", _stat("brightness")),
     ScorerKind("saturation", "mean HSV saturation in [0,1] (no model)", _stat("saturation")),
