@@ -172,6 +172,7 @@ def test_tiny_end_to_end_and_unknown_prompts(tiny, monkeypatch):
     assert judged[1]["reward"] == (1.0 if colours == ["purple"] else 0.5)
 
 
+@pytest.mark.slow  # ~9-14 s on 2 shared cores: the tiny detector still sees 800x800 inputs
 def test_aif_score_runs_the_tiny_geneval_scorer_on_geneval_prompts(tmp_path):
     from aifeedback.stages.score import run
     from aifeedback.storage.manifest import finish_output, prepare_output
