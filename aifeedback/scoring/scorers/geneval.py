@@ -75,6 +75,14 @@ def tiny_detector_config() -> Mask2FormerConfig:
                              id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
 
 
+def real_detector_config() -> Mask2FormerConfig:
+    """The architecture of DETECTOR (transformers' defaults are Mask2Former with Swin-S: embed 96, depths 2-2-18-2,
+    heads 3-6-12-24, window 7; 100 queries, 256 wide, 6 + 10 layers), with the 80 COCO classes."""
+    names = rules.class_names()
+    return Mask2FormerConfig(num_labels=len(names), id2label=dict(enumerate(names)),
+                             label2id={n: i for i, n in enumerate(names)})
+
+
 def build_tiny_detector(out: Path) -> None:
     torch.manual_seed(0)
     Mask2FormerDetector(tiny_detector_config()).save_pretrained(out)
@@ -167,7 +175,7 @@ class GenEval(Scorer):
     """GenEval's rules on Mask2Former detections and CLIP colours; score = the partial-credit reward."""
 
     def __init__(self, name: str, model: str | None, device: str = "cpu", dtype: str = "float32",
-                 rule_set: rules.Rules = UPSTREAM, scale: tuple[int, int] = SCALE):
+                 rule_set: rules.Rules = UPSTREAM, scale: tuple[int, int] = SCALE, clip_model: str | None = None):
         self.name, self.device, self.dtype = name, torch.device(device), torch_dtype(dtype)
         self.rules, self.scale, self.names = rule_set, scale, rules.class_names()
         tiny = model == "tiny"
@@ -180,7 +188,7 @@ class GenEval(Scorer):
             raise model_error(name, path, ValueError(
                 f"a COCO-instance detector has {len(self.names)} classes, this one {detector.config.num_labels}"))
         self.detector = detector.eval().to(self.device)
-        clip, self.tokenizer = openclip.load_net(name, "tiny" if tiny else None, CLIP_ARCH, CLIP_TAG,
+        clip, self.tokenizer = openclip.load_net(name, "tiny" if tiny else clip_model, CLIP_ARCH, CLIP_TAG,
                                                  "scorer-geneval-clip-tiny", build_tiny_clip)
         self.clip = clip.to(self.device, self.dtype)
         self.crop_transform = ClipTransform(openclip.image_size(clip), "openai")
