@@ -24,6 +24,14 @@ def test_registered():
     assert "geneval" in list_scorers() and "Mask2Former" in list_scorers()["geneval"]
 
 
+def test_a_detector_without_the_80_coco_classes_is_refused(tmp_path, aif_cache):
+    config = G.tiny_detector_config()
+    config.num_labels, config.id2label, config.label2id = 5, {i: f"c{i}" for i in range(5)}, None
+    G.Mask2FormerDetector(config).save_pretrained(tmp_path)
+    with pytest.raises(AifError, match="has 5 classes; GenEval reads the 80 COCO classes"):
+        load_scorer(f"geneval:{tmp_path}")
+
+
 def test_detector_equals_transformers_universal_segmentation(tmp_path, monkeypatch):
     """Our inference class loads a Mask2FormerForUniversalSegmentation checkpoint and gives its logits (the
     upstream class needs scipy only for its training loss; the check is switched off here to build it)."""

@@ -31,6 +31,7 @@ from torch import nn
 from transformers import Mask2FormerConfig, SwinConfig
 from transformers.models.mask2former.modeling_mask2former import Mask2FormerModel, Mask2FormerPreTrainedModel
 
+from aifeedback.errors import AifError
 from aifeedback.evaluation import geneval as rules
 from aifeedback.families.loading import torch_dtype
 from aifeedback.scoring.scorers import model_error, openclip
@@ -185,8 +186,9 @@ class GenEval(Scorer):
         except (OSError, ValueError) as e:
             raise model_error(name, path, e) from None
         if detector.config.num_labels != len(self.names):
-            raise model_error(name, path, ValueError(
-                f"a COCO-instance detector has {len(self.names)} classes, this one {detector.config.num_labels}"))
+            raise AifError(f"scorer '{name}': the detector {path} has {detector.config.num_labels} classes; GenEval "
+                           f"reads the {len(self.names)} COCO classes in COCO's order (evaluation/object_names.txt). "
+                           f"Fix: pass a Mask2Former COCO-instance checkpoint (e.g. {DETECTOR}) as geneval:PATH.")
         self.detector = detector.eval().to(self.device)
         clip, self.tokenizer = openclip.load_net(name, "tiny" if tiny else clip_model, CLIP_ARCH, CLIP_TAG,
                                                  "scorer-geneval-clip-tiny", build_tiny_clip)
