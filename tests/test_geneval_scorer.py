@@ -190,8 +190,9 @@ def test_aif_score_runs_the_tiny_geneval_scorer_on_geneval_prompts(tmp_path):
     gen, rows = tmp_path / "gen", []
     for p, prompt in enumerate(["a photo of a bench", "a photo of two backpacks"]):
         for k in range(2):
-            rows.append(dict(prompt_id=f"p{p}", prompt=prompt, k=k, seed=k, image=image_bytes((40 * k, 90, 200), size=(16, 16)),
-                             width=16, height=16, model="tiny-sd15", scheduler="ddim", steps=2, guidance=5.0))
+            rows.append(dict(prompt_id=f"p{p}", prompt=prompt, k=k, seed=k, width=16, height=16, model="tiny-sd15",
+                             image=image_bytes((40 * k, 90, 200), size=(16, 16)), scheduler="ddim", steps=2,
+                             guidance=5.0))
     manifest = prepare_output(gen, "generate", {"model": "tiny-sd15"}, {"model": "tiny-sd15", "seed": 0})
     write_shard(gen, 0, rows)
     finish_output(gen, manifest, images=len(rows))
