@@ -343,3 +343,19 @@ def test_geneval_is_a_builtin_prompt_source():
 
     prompts = load_prompts("geneval")
     assert len(prompts) == 553 and prompts[0].text == "a photo of a bench"
+
+
+def test_benchmark_scores_intervals_over_prompts():
+    # counting: prompt a 2/2 correct, prompt b 0/2; colors: all 3 correct (one prompt)
+    tags = ["counting"] * 4 + ["colors"] * 3
+    prompts = ["a", "a", "b", "b", "c", "c", "c"]
+    correct = [True, True, False, False, True, True, True]
+    s = G.benchmark_scores(tags, prompts, correct, resamples=2000, seed=0)
+    assert s["tasks"]["counting"]["score"] == 0.5 and s["tasks"]["colors"]["score"] == 1.0
+    assert s["overall"]["score"] == 0.75 and s["images_correct"] == pytest.approx(5 / 7) and s["n"] == 7
+    # two prompts, whole ones resampled: a counting resample's mean is 0, 0.5 or 1 -> the 95% interval is [0, 1]
+    assert (s["tasks"]["counting"]["ci_low"], s["tasks"]["counting"]["ci_high"]) == (0.0, 1.0)
+    assert (s["tasks"]["colors"]["ci_low"], s["tasks"]["colors"]["ci_high"]) == (1.0, 1.0)
+    # overall = (counting + 1) / 2 per resample -> [0.5, 1]
+    assert (s["overall"]["ci_low"], s["overall"]["ci_high"]) == (0.5, 1.0)
+    assert s["tasks"]["counting"]["n_prompts"] == 2

@@ -1,6 +1,7 @@
 """The `geneval` scorer: transformers' Mask2Former run as mmdet's pipeline runs it, the colour classifier as
 clip_benchmark's zero-shot one, the tiny variant end to end, unknown prompts refused."""
 
+import json
 from collections import Counter
 
 import numpy as np
@@ -178,6 +179,12 @@ def test_tiny_end_to_end_and_unknown_prompts(tiny, monkeypatch):
     assert judged[0] == {"tag": "single_object", "correct": True, "reasons": [], "reward": 1.0}
     assert judged[1]["correct"] == (colours == ["purple"])
     assert judged[1]["reward"] == (1.0 if colours == ["purple"] else 0.5)
+    # two potted plants for "a potted plant": upstream's verdict passes (>= 1), the reward is 1 - 1/1 = 0
+    monkeypatch.setattr(tiny, "detect", lambda items: [{"potted plant": [box, box]} for _ in items])
+    items = [tiny.transform(images[0])]
+    assert tiny.score_items(items, ["a photo of a potted plant"]) == [0.0]
+    monkeypatch.setattr(tiny, "verdict", True)  # what the geneval-verdict scorer is
+    assert tiny.score_items(items, ["a photo of a potted plant"]) == [1.0]
 
 
 @pytest.mark.slow  # ~9-14 s on 2 shared cores: the tiny detector still sees 800x800 inputs
@@ -199,3 +206,40 @@ def test_aif_score_runs_the_tiny_geneval_scorer_on_geneval_prompts(tmp_path):
     run(cfg(input=str(gen), out=str(tmp_path / "out"), scorer="geneval:tiny", pairing="all", keep_ties=True))
     scores = image_scores(tmp_path / "out")
     assert len(scores) == 4 and all(r["raw"] == [0.0] for r in scores)  # random detector: nothing, no credit
+
+
+def test_eval_benchmark_options_are_checked_and_add_the_verdict_scorer():
+    from aifeedback.config import ConfigError, build_config
+    from aifeedback.stages.evaluate import EvalConfig, benchmark_spec, with_benchmark_scorer
+
+    with pytest.raises(ConfigError, match="pass --prompts geneval"):
+        build_config(EvalConfig, dict(base="tiny-sd15", tuned="tiny-sd15", benchmark="geneval"))
+    cfg = build_config(EvalConfig, dict(base="b", tuned="t", prompts="geneval", benchmark="geneval",
+                                        scorers="pickscore,geneval:tiny"))
+    assert with_benchmark_scorer(cfg).scorers == ["pickscore", "geneval:tiny", "geneval-verdict:tiny"]
+    cfg.scorers = ["geneval-verdict:/x", "pickscore"]
+    assert benchmark_spec(cfg) == "geneval-verdict:/x" and with_benchmark_scorer(cfg).scorers == cfg.scorers
+    cfg.scorers, cfg.benchmark = ["pickscore"], None
+    assert with_benchmark_scorer(cfg).scorers == ["pickscore"]
+
+
+@pytest.mark.slow  # ~30 s: two tiny generations and 8 tiny detector passes at 800x800
+def test_aif_eval_benchmark_geneval_reports_both_models(tmp_path, tiny_sd15):
+    from aifeedback.config import build_config
+    from aifeedback.stages.evaluate import EvalConfig, run
+
+    report = run(build_config(EvalConfig, dict(
+        base=str(tiny_sd15), tuned=str(tiny_sd15 / "unet"), prompts="geneval", limit=2, seeds_per_prompt=2, steps=2,
+        resolution=16, scorers="geneval:tiny", benchmark="geneval", examples=1, sample_prompts=1, thumb=16,
+        bootstrap=200, out=str(tmp_path / "eval"))))
+    assert set(report["scorers"]) == {"geneval:tiny", "geneval-verdict:tiny"}
+    for side in ("base", "tuned"):  # a random detector finds nothing: every single-object image is wrong
+        b = report["benchmark"]["geneval"][side]
+        assert b["overall"] == {"score": 0.0, "ci_low": 0.0, "ci_high": 0.0} and b["n"] == 4
+        assert list(b["tasks"]) == ["single_object"] and b["tasks"]["single_object"]["n_prompts"] == 2
+    saved = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert saved["benchmark"] == report["benchmark"]
+    md = (tmp_path / "eval" / "report.md").read_text()
+    assert "## GenEval" in md
+    assert "| overall (mean of tasks) | 4 | 0.000 (0.000 - 0.000) | 0.000 (0.000 - 0.000) |" in md
+    assert "<h2>GenEval</h2>" in (tmp_path / "eval" / "report.html").read_text()

@@ -265,3 +265,25 @@ def specs_for(prompts: Sequence[str], metadata: Sequence[Mapping[str, Any]] | No
                         "GenEval's own prompts. Fix: generate with --prompts geneval (its 553 prompts), or use another "
                         "scorer for these prompts.")
     return [by_prompt[p.strip()] for p in prompts]
+
+
+def benchmark_scores(tags: Sequence[str], prompts: Sequence[str], correct: Sequence[bool], resamples: int = 10_000,
+                     seed: int = 0) -> dict[str, Any]:
+    """`summarize` with 95% percentile-bootstrap intervals over prompts (a prompt's images resampled together).
+
+    Each task resamples its own prompts (stratified: every resample keeps all six tasks); the overall score of a
+    resample is the mean of its task means, so the overall interval comes from the same draws."""
+    from aifeedback.evaluation.winrate import bootstrap_means, percentile_ci
+
+    summary = summarize(tags, correct)
+    tasks, draws = {}, []
+    for i, tag in enumerate(summary["tasks"]):
+        at = [j for j, t in enumerate(tags) if t == tag]
+        means = bootstrap_means([float(correct[j]) for j in at], [prompts[j] for j in at], resamples, seed + i)
+        lo, hi = percentile_ci(means)
+        tasks[tag] = {"score": summary["tasks"][tag], "ci_low": lo, "ci_high": hi, "n": len(at),
+                      "n_prompts": len({prompts[j] for j in at})}
+        draws.append(means)
+    lo, hi = percentile_ci(np.mean(draws, axis=0))
+    return {"overall": {"score": summary["overall"], "ci_low": lo, "ci_high": hi}, "tasks": tasks,
+            "images_correct": summary["images"], "n": len(tags)}

@@ -58,6 +58,9 @@ class EvalConfig:
         "(local Parquet dir or hub id)", path=True)
     columns: list[str] = option([], COLUMNS_HELP + " (--scorer-accuracy)")
     ranked_pairs: Literal[RANKED_PAIRINGS] = option("all", RANKED_HELP + " (--scorer-accuracy)")
+    benchmark: Optional[str] = option(None, "also report this benchmark's scores for both models (geneval: overall "
+                                      "and six task scores with 95% intervals; needs --prompts geneval; adds the "
+                                      "geneval-verdict scorer)", choices=("geneval",))
     overwrite: bool = option(False, "replace a different job's results in --out", identity=False)
     progress: bool = option(True, "show progress bars (in a log: a plain line every 30 s)", identity=False)
 
@@ -69,6 +72,9 @@ class EvalConfig:
             problems += [f"{k}: required (or pass --scorer-accuracy DATASET)" for k in ("base", "tuned")
                          if not getattr(self, k)]
         problems += columns_problems(self.columns)
+        if self.benchmark == "geneval" and (self.prompts != "geneval" or self.scorer_accuracy):
+            problems.append("benchmark: geneval judges GenEval's own prompts: pass --prompts geneval (and "
+                            "--seeds-per-prompt 4, as GenEval), without --scorer-accuracy")
         return problems
 
     def preflight(self) -> None:

@@ -55,10 +55,13 @@ def _imagereward(name, model, device, dtype):
     return ImageReward(name, model, device, dtype)
 
 
-def _geneval(name, model, device, dtype):
-    from aifeedback.scoring.scorers import geneval
+def _geneval(verdict: bool):
+    def load(name, model, device, dtype):
+        from aifeedback.scoring.scorers import geneval
 
-    return geneval.load(name, model, device, dtype)
+        return geneval.load(name, model, device, dtype, verdict)
+
+    return load
 
 
 def _toy_fidelity(name, model, device, dtype):
@@ -96,7 +99,9 @@ SCORERS: Registry[ScorerKind] = Registry("scorer", [
     ScorerKind("imagereward", "ImageReward v1.0: THUDM/ImageReward ImageReward.pt (BLIP ViT-L/16 + BERT "
                "cross-attention + MLP); normalised reward", _imagereward),
     ScorerKind("geneval", "GenEval rules (objects, counts, colours, positions) for GenEval's own prompts: Mask2Former "
-               "Swin-S COCO (transformers) + CLIP ViT-L/14 colours; Flow-GRPO's partial credit", _geneval),
+               "Swin-S COCO (transformers) + CLIP ViT-L/14 colours; Flow-GRPO's partial credit", _geneval(False)),
+    ScorerKind("geneval-verdict", "the same, scored 1 if the image passes GenEval's upstream verdict, else 0 (what "
+               "the GenEval benchmark averages)", _geneval(True)),
     ScorerKind("redness", "mean R - mean(G,B) of the image in [0,1] (toy reward, no model)", _stat("redness")),
     ScorerKind("brightness", "mean Rec.601 luma in [0,1] (no model)", _stat("brightness")),
     ScorerKind("saturation", "mean HSV saturation in [0,1] (no model)", _stat("saturation")),

@@ -17,7 +17,7 @@ OpenAI CLIP ViT-L/14 through open_clip. Here, without mmdet:
 Deviations (README "Benchmarks (GenEval)"): other detector weights (the transformers port of Mask2Former's COCO
 Swin-S checkpoint, not mmdet's file) give other detections and so other verdicts near the thresholds, which are
 kept; the resize is torch's bilinear, not OpenCV's (a pixel may differ by one 8-bit level).
-Score = `partial_credit` (Flow-GRPO's reward); `judge` gives the verdicts of the benchmark.
+Score = `partial_credit` (Flow-GRPO's reward), or upstream's verdict as 1/0 (`geneval-verdict`, the benchmark's).
 """
 
 from __future__ import annotations
@@ -196,6 +196,7 @@ class GenEval(Scorer):
         self.crop_transform = ClipTransform(openclip.image_size(clip), "openai")
         self.transform = RgbPixels()
         self._classifiers: dict[str, torch.Tensor] = {}
+        self.verdict = False  # True: score = upstream's verdict (1 correct, 0 not) instead of the reward
 
     def detect(self, items) -> list[dict[str, list[rules.Detection]]]:
         """Per image {class: [Detection]} with score above the lowest threshold; inputs of one padded size batched
@@ -257,6 +258,8 @@ class GenEval(Scorer):
         return out
 
     def score_items(self, items, prompts: list[str]) -> list[float]:
+        if self.verdict:
+            return [float(r["correct"]) for r in self.judge(items, prompts)]
         return [r["reward"] for r in self.judge(items, prompts)]
 
 
@@ -273,6 +276,9 @@ def _memo(colors: rules.ColorFn) -> rules.ColorFn:
     return cached
 
 
-def load(name: str, model: str | None, device: str, dtype: str) -> GenEval:
-    """`geneval` (DETECTOR + CLIP ViT-L/14), `geneval:tiny` (tiny random detector and CLIP), `geneval:DETECTOR`."""
-    return GenEval(name, model, device, dtype)
+def load(name: str, model: str | None, device: str, dtype: str, verdict: bool = False) -> GenEval:
+    """`geneval` (DETECTOR + CLIP ViT-L/14), `geneval:tiny` (tiny random detector and CLIP), `geneval:DETECTOR`;
+    `verdict`: score 1/0 by upstream's verdict (the `geneval-verdict` scorer, what the benchmark averages)."""
+    scorer = GenEval(name, model, device, dtype)
+    scorer.verdict = verdict
+    return scorer
