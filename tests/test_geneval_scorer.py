@@ -223,6 +223,18 @@ def test_eval_benchmark_options_are_checked_and_add_the_verdict_scorer():
     assert with_benchmark_scorer(cfg).scorers == ["pickscore"]
 
 
+def test_eval_with_a_geneval_scorer_refuses_other_prompts_before_generating(tmp_path, tiny_sd15):
+    from aifeedback.config import build_config
+    from aifeedback.stages.evaluate import EvalConfig, run
+
+    (tmp_path / "p.txt").write_text("a photo of a bench\na cat riding a bicycle on the moon\n")
+    for prompts in ("parti", str(tmp_path / "p.txt")):
+        with pytest.raises(AifError, match="no task spec for .*--prompts geneval"):
+            run(build_config(EvalConfig, dict(base=str(tiny_sd15), tuned=str(tiny_sd15), prompts=prompts, limit=2,
+                                              scorers="redness,geneval:tiny", out=str(tmp_path / "eval"))))
+        assert not (tmp_path / "eval").exists()  # nothing generated, no output started
+
+
 @pytest.mark.slow  # ~30 s: two tiny generations and 8 tiny detector passes at 800x800
 def test_aif_eval_benchmark_geneval_reports_both_models(tmp_path, tiny_sd15):
     from aifeedback.config import build_config

@@ -82,7 +82,7 @@ class EvalConfig:
         labelled set, or the models (--tuned: a whole model or weights for --base) and the prompt file."""
         from aifeedback.data.prompts import source_kind
         from aifeedback.families.resolve import check_available, check_tuned, is_pipeline
-        from aifeedback.preflight import check_apart, check_dataset, check_scorers
+        from aifeedback.preflight import check_apart, check_dataset, check_rule_prompts, check_scorers
 
         check_scorers(self.scorers, "--scorers")
         if self.scorer_accuracy:
@@ -96,4 +96,5 @@ class EvalConfig:
             else:
                 check_tuned(self.tuned)
             source_kind(self.prompts)
+            check_rule_prompts(self.scorers, self.prompts, self.prompt_column, self.limit)
         check_apart(self.out, input_paths(self))  # the inputs exist: an --out over one would clobber it
