@@ -2,8 +2,9 @@
 
 From one image's detections (per COCO class: boxes, scores, masks) and a colour label per object it is asked about,
 to the upstream verdict (`verdict`), to the RL reward with partial credit (`partial_credit`), and from many verdicts
-to the summary (`summarize`, as upstream's `evaluation/summary_scores.py`). The models that produce detections and
-colours live in `scoring/scorers/geneval.py`.
+to the summary (`summarize`, as upstream's `evaluation/summary_scores.py`; `benchmark_scores` adds bootstrap
+intervals for `aif eval --benchmark geneval`). The prompt specs ship in `resources/geneval/` (`load_metadata`,
+`specs_for`). The models that produce detections and colours live in `scoring/scorers/geneval.py`.
 
 Upstream's steps, restated (REFERENCE.md section 11; upstream defaults in `Rules`):
   keep       per class: detections with score > threshold (0.3; 0.9 when the task is counting), most confident

@@ -173,11 +173,13 @@ def crop(image, det: rules.Detection):
 
 
 class GenEval(Scorer):
-    """GenEval's rules on Mask2Former detections and CLIP colours; score = the partial-credit reward."""
+    """GenEval's rules on Mask2Former detections and CLIP colours; score = the partial-credit reward, or with
+    `verdict` upstream's verdict as 1/0. `clip_model`: another open_clip model for the colours (MODEL forms)."""
 
     def __init__(self, name: str, model: str | None, device: str = "cpu", dtype: str = "float32",
-                 rule_set: rules.Rules = UPSTREAM, scale: tuple[int, int] = SCALE, clip_model: str | None = None):
-        self.name, self.device, self.dtype = name, torch.device(device), torch_dtype(dtype)
+                 rule_set: rules.Rules = UPSTREAM, scale: tuple[int, int] = SCALE, clip_model: str | None = None,
+                 verdict: bool = False):
+        self.name, self.device, self.dtype, self.verdict = name, torch.device(device), torch_dtype(dtype), verdict
         self.rules, self.scale, self.names = rule_set, scale, rules.class_names()
         tiny = model == "tiny"
         path = str(cached_build("scorer-geneval-detector-tiny", build_tiny_detector)) if tiny else model or DETECTOR
@@ -196,7 +198,6 @@ class GenEval(Scorer):
         self.crop_transform = ClipTransform(openclip.image_size(clip), "openai")
         self.transform = RgbPixels()
         self._classifiers: dict[str, torch.Tensor] = {}
-        self.verdict = False  # True: score = upstream's verdict (1 correct, 0 not) instead of the reward
 
     def detect(self, items) -> list[dict[str, list[rules.Detection]]]:
         """Per image {class: [Detection]} with score above the lowest threshold; inputs of one padded size batched
@@ -279,6 +280,4 @@ def _memo(colors: rules.ColorFn) -> rules.ColorFn:
 def load(name: str, model: str | None, device: str, dtype: str, verdict: bool = False) -> GenEval:
     """`geneval` (DETECTOR + CLIP ViT-L/14), `geneval:tiny` (tiny random detector and CLIP), `geneval:DETECTOR`;
     `verdict`: score 1/0 by upstream's verdict (the `geneval-verdict` scorer, what the benchmark averages)."""
-    scorer = GenEval(name, model, device, dtype)
-    scorer.verdict = verdict
-    return scorer
+    return GenEval(name, model, device, dtype, verdict=verdict)
