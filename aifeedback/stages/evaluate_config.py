@@ -24,7 +24,7 @@ class EvalConfig:
                         path=True)
     out: str = option("outputs/eval", "output directory (base/ and tuned/ images, report.json/.md/.html, grids/)",
                       identity=False)
-    prompts: str = option("parti", "prompt source: parti, a .txt/.jsonl/.csv/.tsv file, or a datasets dataset",
+    prompts: str = option("parti", "prompt source: parti, geneval, a .txt/.jsonl/.csv/.tsv file, or a datasets dataset",
                           path=True)
     prompt_column: Optional[str] = option(None, "column holding the prompt text (files and datasets)")
     split: Optional[str] = option(None, "dataset split to read, for --prompts or --scorer-accuracy (there default: "
