@@ -80,6 +80,20 @@ def check_scorers(specs: Iterable[str], option: str = "--scorer") -> None:
                                   f"for an offline test model (`aif models` lists the scorers).")
 
 
+def check_rule_prompts(specs: Iterable[str], prompts: str, column: str | None, limit: int | None) -> None:
+    """A rule scorer (geneval, geneval-verdict) judges only its benchmark's prompts: with one among `specs`, the
+    prompts of a built-in set or file are checked now, before any image is generated (datasets: when scored)."""
+    from aifeedback.data.prompts import load_prompts, source_kind
+    from aifeedback.scoring.scorers import parse_spec
+
+    if not any(parse_spec(spec)[0] in ("geneval", "geneval-verdict") for spec in specs):
+        return
+    if source_kind(prompts) in ("builtin", "file"):
+        from aifeedback.evaluation.geneval import specs_for
+
+        specs_for([p.text for p in load_prompts(prompts, column, limit=limit)])
+
+
 def is_hub_id(source: str) -> bool:
     """Whether `source` has the shape of a hub dataset id (org/name), not of a path."""
     return not source.startswith((".", "/", "~")) and source.count("/") == 1 and not source.endswith("/")

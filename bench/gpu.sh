@@ -68,6 +68,8 @@ step 90 train-sd35m-lora $T --family sd35m --lora-rank 16
 step 240 generate-compiled $G --compile --compile-mode default --channels-last --fuse-qkv
 step 120 train-sdxl-full python3 bench/train.py --family sdxl --batch-size 1 --mixed-precision bf16 --gradient-checkpointing --steps 5
 step 120 train-sdxl-lora python3 bench/train.py --family sdxl --batch-size 4 --lora-rank 64 --mixed-precision bf16 --gradient-checkpointing --steps 5
+# GenEval's reward at real size (Mask2Former Swin-S + CLIP ViT-L/14, random weights) on 64 images of 512 px
+step 150 geneval-random-64 python3 bench/geneval.py --random-weights --device cuda --dtype float32 --images 64 --batch-size 16 --workers 8
 step 180 pytest-gpu python3 -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider
 rm -f "$OUT/.step"
 cat "$RES"

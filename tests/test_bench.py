@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 CASES = {
     "generate": ["--tiny", "--images", "8"],
+    "geneval": ["--tiny", "--images", "6", "--batch-size", "2", "--workers", "0"],
     # the real-size path bench/gpu.sh takes on a GPU, shrunk: SD1.5's architecture at 64 px, one step
     "generate-random-weights": ["--random-weights", "--family", "sd15", "--device", "cpu", "--dtype", "float32",
                                 "--resolution", "64", "--steps", "1", "--batch-size", "1", "--images", "1"],

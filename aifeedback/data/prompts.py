@@ -2,6 +2,7 @@
 
 A source is one of:
   parti                 the built-in PartiPrompts (1632 prompts, package data; meta has `category`)
+  geneval               the built-in GenEval prompts (553, package data; their task specs: evaluation/geneval.py)
   FILE.txt              one prompt per line
   FILE.jsonl|csv|tsv    one prompt per row, read from a column (`column`, default: prompt / caption / text)
   DIR or OWNER/NAME     a local or hub `datasets` dataset (`column`, `split`), e.g. Pick-a-Pic captions
@@ -27,7 +28,7 @@ from typing import Any, Iterable, Iterator
 from aifeedback.errors import DataError
 from aifeedback.resources import resource_path
 
-BUILTIN = {"parti": ("PartiPrompts.tsv", "Prompt")}
+BUILTIN = {"parti": ("PartiPrompts.tsv", "Prompt"), "geneval": ("geneval/evaluation_metadata.jsonl", "prompt")}
 FILE_SUFFIXES = (".txt", ".jsonl", ".csv", ".tsv")
 DEFAULT_COLUMNS = ("prompt", "caption", "text", "Prompt")
 CATEGORY_COLUMNS = ("category", "Category")
@@ -63,7 +64,7 @@ def load_prompts(source: str, column: str | None = None, split: str | None = Non
     kind = source_kind(source)
     if kind == "builtin":
         name, default_column = BUILTIN[source]
-        rows, label = _read_table(data_path(name), column or default_column), f"built-in '{source}'"
+        rows, label = _read_file(data_path(name), column or default_column), f"built-in '{source}'"
     elif kind == "file":
         path = Path(source).expanduser()
         rows, label = _read_file(path, column), str(path)

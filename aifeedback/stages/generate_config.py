@@ -19,8 +19,8 @@ class GenerateConfig:
     model: str = option("stabilityai/stable-diffusion-xl-base-1.0", "diffusers model of a supported family (`aif "
                                                                     "models`): hub id, local folder, or tiny name",
                         path=True)
-    prompts: str = option("parti", "prompt source: parti, a .txt/.jsonl/.csv/.tsv file, or a local / hub datasets "
-                                   "dataset", path=True)
+    prompts: str = option("parti", "prompt source: parti, geneval, a .txt/.jsonl/.csv/.tsv file, or a local / hub "
+                                   "datasets dataset", path=True)
     prompt_column: Optional[str] = option(None, "column holding the prompt (.jsonl/.csv/.tsv/datasets; default: "
                                                 "prompt, caption or text)")
     split: Optional[str] = option(None, "dataset split to read (needed when a dataset has several)")

@@ -61,6 +61,15 @@ def _hpsv3(name, model, device, dtype):
     return HPSv3(name, model, device, dtype)
 
 
+def _geneval(verdict: bool):
+    def load(name, model, device, dtype):
+        from aifeedback.scoring.scorers import geneval
+
+        return geneval.load(name, model, device, dtype, verdict)
+
+    return load
+
+
 def _toy_fidelity(name, model, device, dtype):
     from aifeedback.scoring.scorers.toy import ToyFidelity
 
@@ -117,6 +126,10 @@ SCORERS: Registry[ScorerKind] = Registry("scorer", [
     ScorerKind("unifiedreward", "UnifiedReward's pointwise question (alignment + quality), expected 1-5 rating from "
                "the answer's log-probabilities: local CodeGoat24/UnifiedReward-qwen-7b, or models as vlm",
                _vlm("unifiedreward")),
+    ScorerKind("geneval", "GenEval rules (objects, counts, colours, positions) for GenEval's own prompts: Mask2Former "
+               "Swin-S COCO (transformers) + CLIP ViT-L/14 colours; Flow-GRPO's partial credit", _geneval(False)),
+    ScorerKind("geneval-verdict", "the same, scored 1 if the image passes GenEval's upstream verdict, else 0 (what "
+               "the GenEval benchmark averages)", _geneval(True)),
     ScorerKind("redness", "mean R - mean(G,B) of the image in [0,1] (toy reward, no model)", _stat("redness")),
     ScorerKind("brightness", "mean Rec.601 luma in [0,1] (no model)", _stat("brightness")),
     ScorerKind("saturation", "mean HSV saturation in [0,1] (no model)", _stat("saturation")),
