@@ -6,6 +6,12 @@ families/stages/storage, so the test shows that the move kept every stage's beha
 
 What is compared: generated and sampled pixels, score values and labels, the final weights of a 3-step LoRA DPO run
 (tiny-sdxl) and a 3-step full DPO run (tiny-sd15), the exported LoRA tensors, and eval's report.json numbers.
+
+On the recording machine (an AMD EPYC with AVX-512) the outputs are bitwise equal. Other CPUs round float kernels
+differently; `differences` allows what that moved across the kernel sets CI emulates (`make test-isa`; measured
+with `python -m bench.isa_spread` on that EPYC, 2026-12-07, each set building its own tiny models: AVX-512, AVX2 and
+SSE4.1 for oneDNN, MKL and ATen together, and oneDNN / MKL / ATen at AVX2 one at a time) and nothing a behaviour
+change would: the numbers measured are written next to each tolerance.
 """
 
 from __future__ import annotations
@@ -100,6 +106,83 @@ def _collect(work: Path) -> tuple[dict[str, torch.Tensor], dict]:
                  for name, s in report["scorers"].items()},
     }
     return tensors, values
+
+
+# Pixels, in 8-bit levels: measured 0 under every kernel set; a latent that moves by rounding can move a JPEG's
+# pixels by a level or two (tests/test_generate.py), and a behaviour change moves most pixels by many levels.
+PIXEL_LEVELS = 4
+PIXEL_MEAN = 0.5
+# Scores (pickscore:tiny, redness), relative: measured 1.6e-5 at most (ATen at AVX2; 1.3e-5 absolute), 6x below this.
+SCORE_RTOL, SCORE_ATOL = 1e-4, 1e-6
+# Trained and exported weights, per group (lora/, full/, export/). Adam moves each weight by about lr = 1e-4 a step
+# whatever its gradient's size, so a weight whose gradient is near 0 can take a step of another sign under other
+# rounding: single weights moved by up to 5.0e-5 (full run, ATen at AVX2; 2.5e-5 in the LoRA, all at AVX2, where the
+# fresh-machine report saw > 1e-5), 2x below WEIGHT_MAX, one step. Over a group the rounding is tiny: root mean
+# square 2.7e-7 at most (LoRA, all at AVX2; full run 1.1e-7), 3.7x below WEIGHT_RMS. The 3 steps move the weights by
+# 1.9e-4 root mean square (measured), so a change to the data, noise, loss or optimiser that alters even 1 in 1000
+# weights by one step (root mean square 3.2e-6) fails.
+WEIGHT_MAX, WEIGHT_RMS = 1e-4, 1e-6
+# eval's means, relative to what one scorer can resolve. clip:tiny (a cosine near 0.22): measured 2.3e-5 relative at
+# most (oneDNN at AVX2), 4x below 1e-4; training moved its mean by 4.9e-4 relative. redness is a mean of 8-bit
+# pixels: one level of one R value in one of the 6 16x16 images moves it by 1 / (255 * 256 * 6) = 2.55e-6, one of G
+# or B by half that. Measured: one such level at most (2.55e-6, all at AVX2; 1.28e-6 on a Zen 3 without AVX-512,
+# where rel 1e-4 of a mean near 0 failed). Allowed: two levels; training moved the mean by 6.4e-6 (2.5 levels).
+REDNESS_LEVEL = 1 / (255 * 16 * 16 * 6)
+EVAL_TOLERANCE = {"clip:tiny": {"rel": 1e-4, "abs": 0.0}, "redness": {"rel": 0.0, "abs": 2 * REDNESS_LEVEL}}
+
+
+def _group(name: str) -> str:
+    return name if name.endswith("pixels") else name.split("/")[0]
+
+
+def differences(tensors: dict[str, torch.Tensor], values: dict) -> list[str]:
+    """What differs from the recording beyond the tolerances above (empty when the outputs match)."""
+    from safetensors.torch import load_file
+
+    expected = load_file(str(FOLDER / "outputs.safetensors"))
+    if sorted(tensors) != sorted(expected):
+        return [f"tensor names differ: {sorted(set(tensors) ^ set(expected))}"]
+    problems = [f"{name}: shape {tuple(tensors[name].shape)}, recorded {tuple(want.shape)}"
+                for name, want in expected.items() if tensors[name].shape != want.shape]
+    if problems:
+        return problems
+    weights: dict[str, list[torch.Tensor]] = {}
+    for name, want in expected.items():
+        got = tensors[name]
+        if name.endswith("pixels"):
+            diff = (got.int() - want.int()).abs()
+            if diff.max() > PIXEL_LEVELS or diff.float().mean() >= PIXEL_MEAN:
+                problems.append(f"{name}: up to {int(diff.max())} levels, mean {float(diff.float().mean()):.3f}")
+        elif name.startswith("score/"):
+            if not torch.allclose(got, want, rtol=SCORE_RTOL, atol=SCORE_ATOL):
+                problems.append(f"{name}: up to {float((got - want).abs().max()):.3g} apart")
+        else:
+            weights.setdefault(_group(name), []).append((got.double() - want.double()).flatten())
+    for group, diffs in weights.items():
+        diff = torch.cat(diffs)
+        top, rms = float(diff.abs().max()), float(diff.pow(2).mean().sqrt())
+        if top > WEIGHT_MAX or rms > WEIGHT_RMS:
+            problems.append(f"{group} weights: up to {top:.3g} apart (allowed {WEIGHT_MAX}), root mean square "
+                            f"{rms:.3g} (allowed {WEIGHT_RMS})")
+    return problems + _eval_differences(values)
+
+
+def _eval_differences(values: dict) -> list[str]:
+    recorded = json.loads((FOLDER / "outputs.json").read_text())
+    if values.keys() != recorded.keys() or values["eval"].keys() != recorded["eval"].keys():
+        return [f"stages or scorers differ: {sorted(values)} {sorted(values['eval'])}"]
+    problems = [f"{stage}: rows differ from the recording" for stage in ("generate", "score", "sample")
+                if json.loads(json.dumps(values[stage])) != recorded[stage]]
+    for scorer, stats in recorded["eval"].items():
+        got = values["eval"][scorer]
+        for key in ("n", "wins", "ties", "losses"):
+            if got[key] != stats[key]:
+                problems.append(f"eval {scorer} {key}: {got[key]}, recorded {stats[key]}")
+        for key in ("win_rate", "mean_base", "mean_tuned"):
+            tol = EVAL_TOLERANCE[scorer]
+            if abs(got[key] - stats[key]) > tol["abs"] + tol["rel"] * abs(stats[key]):
+                problems.append(f"eval {scorer} {key}: {got[key]!r}, recorded {stats[key]!r}")
+    return problems
 
 
 def record(work: Path) -> None:

@@ -34,6 +34,7 @@ def cached(human, tmp_path_factory):
     return run(cache_config(human, tmp_path_factory.mktemp("c") / "cache"))
 
 
+@pytest.mark.numerics
 def test_training_on_the_cache_gives_the_loss_of_training_on_the_images(human, cached, tmp_path, capsys):
     from aifeedback.stages.train import run
 
@@ -94,6 +95,7 @@ def test_cache_layout_resume_and_rerun(human, cached, tmp_path, capsys):
     assert "already complete" in capsys.readouterr().out
 
 
+@pytest.mark.numerics
 @pytest.mark.slow
 def test_two_processes_write_the_cache_of_one(human, cached, tmp_path):
     """Under `accelerate launch` the processes take shards round-robin; the shards are those of a 1-process run."""
@@ -139,6 +141,7 @@ def test_cache_reads_every_source_the_trainer_reads(tmp_path):
     assert (counts["pairs"], counts["ties_dropped"]) == (3, 1)  # its "tie" row is left out
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("model", ["tiny-sd3", "tiny-flux", "tiny-z-image", "tiny-qwen-image"])
 def test_families_added_later_are_cached_without_new_code(model, human, tmp_path):
     """Flow-matching families (16-channel VAE with a shift, T5 + CLIP prompts; FLUX packs latents in its denoiser

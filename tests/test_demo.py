@@ -21,6 +21,7 @@ def demo(toy_sd15, tmp_path_factory):
     return cfg, run(cfg)
 
 
+@pytest.mark.numerics
 def test_demo_aligns_the_toy_model_to_redness(demo, capsys):
     cfg, report = demo
     out = stage_configs(cfg)["eval"].out
@@ -35,6 +36,7 @@ def test_demo_aligns_the_toy_model_to_redness(demo, capsys):
     assert metrics[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # policy == reference at step 1
 
 
+@pytest.mark.numerics
 def test_demo_with_swapped_labels_makes_images_less_red(demo, tmp_path):
     from aifeedback.stages import evaluate, train
 

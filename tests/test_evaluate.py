@@ -265,6 +265,7 @@ def test_config_errors_name_the_fix():
         build_config(EvalConfig, {"tuned": "x", "out": "o"})
 
 
+@pytest.mark.numerics
 @pytest.mark.slow  # three processes starting torch (~20 s of CPU); test_score and test_train cover launch by default
 def test_eval_under_accelerate_launch_matches_one_process(tmp_path, tiny_sd15):
     tuned = perturbed_unet(tiny_sd15, tmp_path / "tuned_unet")

@@ -69,6 +69,7 @@ def test_detection_tells_flux_from_the_other_families(pipes, aif_cache):
     assert detect(load_pipeline("tiny-sd3")).name == "sd3"
 
 
+@pytest.mark.numerics
 def test_prompt_encoding_matches_flux_pipeline(pipes):
     fam, pipe = _flux(), pipes["tiny-flux-dev"]
     ours = fam.encode_prompts(fam.text_encoders(pipe), PROMPTS)
@@ -80,6 +81,7 @@ def test_prompt_encoding_matches_flux_pipeline(pipes):
     assert not text_ids.any()  # FLUX's text position ids are zeros: predict builds them so
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("name", ["tiny-flux", "tiny-flux-dev"])
 def test_prediction_is_the_velocity_flux_pipeline_steps_with(pipes, name):
     """One Euler step of FluxPipeline from sigma 1 to 0 moves the packed latents by -v: unpacked, v must be what
@@ -270,6 +272,7 @@ def _fsdp_worker(rank: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.numerics
 @pytest.mark.slow
 def test_fsdp_sharded_flux_transformer_predicts_and_trains(tmp_path, aif_cache):
     import json

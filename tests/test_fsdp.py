@@ -11,6 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -112,6 +113,7 @@ def _worker(rank: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.numerics
 def test_fsdp_validation_and_lora_reference_run_on_every_process(tmp_path, tiny_sd15):
     mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=2)
     results = [json.loads((tmp_path / f"result{r}.json").read_text()) for r in range(2)]

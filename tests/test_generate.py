@@ -111,6 +111,7 @@ def test_latent_decodes_to_the_stored_image(baseline):
     assert np.abs(again - pixels(row)).mean() < 0.5  # the float16 latent moves a few pixels by a level or two
 
 
+@pytest.mark.numerics
 def test_images_do_not_depend_on_batch_size_or_other_prompts(baseline, tmp_path):
     subset = tmp_path / "subset.txt"
     subset.write_text("a new prompt\nan old boat\na blue dog\n")
@@ -217,6 +218,7 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(tiny_sdxl, tmp_path):
     assert not list((killed / "data").glob(".*"))  # no temporary files left behind
 
 
+@pytest.mark.numerics
 @pytest.mark.slow  # three processes starting torch (~17 s of CPU); test_score and test_train cover launch by default
 def test_two_processes_split_the_work_and_match_one(baseline, prompt_file, tmp_path):
     out = tmp_path / "two"

@@ -17,6 +17,7 @@ MODEL, REF = torch.tensor([0.30, 0.40, 0.40]), torch.tensor([0.40, 0.42, 0.40])
 DESIRABLE = torch.tensor([True, False, True])
 
 
+@pytest.mark.numerics
 def test_kto_matches_hand_computation():
     # g = ref - model = [0.10, 0.02, 0.00]; z = max(0, mean g) = 0.04
     # margins s * beta * (g - z), beta 10: [+10 * 0.06, -10 * (-0.02), +10 * (-0.04)] = [0.6, 0.2, -0.4]
@@ -40,6 +41,7 @@ def test_the_reference_point_is_clamped_at_zero():
     assert out.loss.item() == pytest.approx(((1 - sig(-1.0)) + (1 - sig(0.2))) / 2, abs=1e-6)
 
 
+@pytest.mark.numerics
 def test_step0_value_is_one_half():
     m = torch.rand(6)
     out = kto(m, m.clone(), torch.tensor([True, False] * 3), 1000.0)
@@ -47,6 +49,7 @@ def test_step0_value_is_one_half():
     assert out.metrics["implicit_acc"].item() == 0.5
 
 
+@pytest.mark.numerics
 def test_gradient_pulls_desirable_errors_down_and_undesirable_up_and_swaps_with_the_labels():
     model = MODEL.clone().requires_grad_(True)
     kto(model, REF, DESIRABLE, 10.0).loss.backward()

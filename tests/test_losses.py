@@ -10,6 +10,7 @@ from aifeedback.losses.base import denoising_mse
 from aifeedback.losses.dpo import dpo, sft
 
 
+@pytest.mark.numerics
 def test_dpo_matches_hand_computation_batch_of_two():
     mw, ml = torch.tensor([0.30, 0.50]), torch.tensor([0.40, 0.45])
     rw, rl = torch.tensor([0.35, 0.50]), torch.tensor([0.40, 0.50])
@@ -26,6 +27,7 @@ def test_dpo_matches_hand_computation_batch_of_two():
     assert out.metrics["mse_ref_l"].item() == pytest.approx(0.45)
 
 
+@pytest.mark.numerics
 def test_dpo_at_policy_equals_reference_is_ln2():
     m = torch.rand(5)
     out = dpo(m, m.flip(0), m.clone(), m.flip(0).clone(), 5000.0)
@@ -33,6 +35,7 @@ def test_dpo_at_policy_equals_reference_is_ln2():
     assert out.metrics["implicit_acc"].item() == 0.5  # exact ties count half
 
 
+@pytest.mark.numerics
 def test_swapping_winner_and_loser_flips_the_gradient():
     mw = torch.tensor([0.30, 0.52], requires_grad=True)
     ml = torch.tensor([0.41, 0.45], requires_grad=True)
@@ -80,6 +83,7 @@ RW, RL = torch.tensor([0.35, 0.50]), torch.tensor([0.40, 0.50])
 # as in the DPO test: pair 0 h = ref_diff - model_diff = 0.05, pair 1 h = -0.05; inside = 0.5*beta*h
 
 
+@pytest.mark.numerics
 def test_hinge_matches_hand_computation_and_is_one_at_step0():
     from aifeedback.losses.dpo import hinge
 
@@ -90,6 +94,7 @@ def test_hinge_matches_hand_computation_and_is_one_at_step0():
     assert hinge(m, m.flip(0), m.clone(), m.flip(0).clone(), 5000.0).loss.item() == 1.0  # policy == reference
 
 
+@pytest.mark.numerics
 def test_ipo_matches_hand_computation_in_the_usual_parameterisation():
     from aifeedback.losses.dpo import ipo
 
@@ -123,6 +128,7 @@ def _official_mapo(e_w, e_l, beta, s=0.5, T=1000):
     return e_w.mean() - beta * torch.nn.functional.logsigmoid(log_odds * T).mean()
 
 
+@pytest.mark.numerics
 def test_mapo_matches_hand_computation_and_official_formula():
     from aifeedback.losses.mapo import mapo
 
@@ -140,6 +146,7 @@ def test_mapo_matches_hand_computation_and_official_formula():
     assert "mse_ref_w" not in out.metrics
 
 
+@pytest.mark.numerics
 def test_mapo_step0_with_equal_errors_is_winner_mse_plus_beta_ln2():
     from aifeedback.losses.mapo import mapo
 

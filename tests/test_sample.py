@@ -69,6 +69,7 @@ def test_sample_files_grid_and_resume(tmp_path, tiny_sd15):
     assert not np.array_equal(_pixels(paths[0]), _pixels(paths[1]))
 
 
+@pytest.mark.numerics
 def test_sample_matches_generate_and_tuned_changes_images(tmp_path, tiny_sd15):
     from aifeedback.stages.generate import GenerateConfig
     from aifeedback.stages.generate import run as generate
@@ -92,6 +93,7 @@ def test_sample_matches_generate_and_tuned_changes_images(tmp_path, tiny_sd15):
     assert not np.array_equal(_pixels(tuned[0]), _pixels(paths[0]))
 
 
+@pytest.mark.numerics
 def test_sample_loads_as_an_imagefolder_with_prompts_and_without_the_grid(tmp_path, tiny_sd15):
     """`load_dataset("imagefolder", data_dir=OUT)` (offline, local) gives exactly the sampled images, in order,
     each with its prompt, seed and k; grid.png in the same folder is not one of them."""

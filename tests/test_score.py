@@ -395,6 +395,7 @@ def _env():
     return env
 
 
+@pytest.mark.numerics
 def test_worker_processes_and_two_process_accelerate_launch_match_one_process(tmp_path):
     gen = tmp_path / "gen"
     make_generate_dir(gen, n_prompts=5)

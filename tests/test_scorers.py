@@ -96,6 +96,7 @@ def hps_expected(image):
 # ---------------------------------------------------------------------------------------------------------------
 # Preprocessing == the reference implementations
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("w,h", SIZES)
 def test_pickscore_preprocessing_is_clip_image_processor_of_transformers_4_27(w, h, mode):
@@ -105,6 +106,7 @@ def test_pickscore_preprocessing_is_clip_image_processor_of_transformers_4_27(w,
     torch.testing.assert_close(got, pickscore_upstream(image), atol=ATOL, rtol=0)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("w,h", SIZES[:5])
 def test_the_pickscore_reference_is_the_installed_clip_image_processor_on_rgb(w, h):
     # Checks the hand-written reference above against transformers itself. RGB only: transformers >= 4.4x blends
@@ -120,6 +122,7 @@ def test_the_pickscore_reference_is_the_installed_clip_image_processor_on_rgb(w,
     torch.testing.assert_close(pickscore_upstream(image), expected.float(), atol=ATOL, rtol=0)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("w,h", SIZES)
 def test_hps_and_clip_preprocessing_is_hpsv2_float_resize_longest_and_pad(w, h, mode):
@@ -129,6 +132,7 @@ def test_hps_and_clip_preprocessing_is_hpsv2_float_resize_longest_and_pad(w, h, 
     torch.testing.assert_close(got, hps_expected(image), atol=ATOL, rtol=0)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("w,h", SIZES)
 def test_aesthetic_and_imagereward_preprocessing_is_openai_clip_transform(w, h, mode):
@@ -149,6 +153,7 @@ def test_hps_quirks_the_project_resolves():
     assert ClipTransform(224, "hpsv2")(rgba).shape == (3, 224, 224)
 
 
+@pytest.mark.numerics
 def test_hps_resizes_float_pixels_without_8_bit_rounding():
     # Upscaled noise: values between the 8-bit levels, and bicubic overshoot outside [0, 1] is kept (not clamped).
     x = ClipTransform(224, "hpsv2")(noise_image(40, 30, seed=7))
@@ -195,6 +200,7 @@ def test_each_scorer_uses_its_reference_preprocessing():
         ClipTransform(224, "pad")
 
 
+@pytest.mark.numerics
 def test_the_score_pipeline_hands_each_transform_the_file_as_stored():
     # aif score's DataLoader decodes PNG bytes; a palette or RGBA file must reach the "openai" transform unconverted.
     from aifeedback.scoring.loop import GroupImages, ImageGroup, TableImages
@@ -231,6 +237,7 @@ def upstream_batch(preprocess):
     return torch.stack([preprocess(im) for im in IMAGES])
 
 
+@pytest.mark.numerics
 def test_pickscore_is_logit_scale_exp_times_cosine():
     s = load_scorer("pickscore:tiny")
     tok = s.tokenizer(PROMPTS, padding=True, truncation=True, max_length=77, return_tensors="pt")
@@ -242,6 +249,7 @@ def test_pickscore_is_logit_scale_exp_times_cosine():
     assert s.model.logit_scale.exp().item() == pytest.approx(np.exp(2.6592), rel=1e-5)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("spec", ["clip:tiny", "hpsv2:tiny"])
 def test_clip_and_hps_are_cosines(spec):
     s = load_scorer(spec)
@@ -264,6 +272,7 @@ def test_hps_tiny_loads_through_the_hps_checkpoint_format(tmp_path):
         load_scorer(f"hpsv2:{tmp_path / 'missing.pt'}")
 
 
+@pytest.mark.numerics
 def test_aesthetic_is_mlp_of_normalised_embedding_and_ignores_prompt():
     s = load_scorer("aesthetic:tiny")
     with torch.no_grad():
@@ -275,6 +284,7 @@ def test_aesthetic_is_mlp_of_normalised_embedding_and_ignores_prompt():
     assert not s.uses_prompt
 
 
+@pytest.mark.numerics
 def test_scores_do_not_depend_on_batching():
     s = load_scorer("pickscore:tiny")
     together = s.score(IMAGES, PROMPTS, batch_size=4)
@@ -282,6 +292,7 @@ def test_scores_do_not_depend_on_batching():
     np.testing.assert_allclose(together, alone, atol=1e-4)
 
 
+@pytest.mark.numerics
 def test_bfloat16_scores_track_float32():
     a = np.array(load_scorer("clip:tiny").score(IMAGES, PROMPTS))
     b = np.array(load_scorer("clip:tiny", dtype="bfloat16").score(IMAGES, PROMPTS))
@@ -451,6 +462,7 @@ def test_bad_models_give_clear_errors(tmp_path):
         load_scorer(f"pickscore:{tmp_path / 'nope'}")
 
 
+@pytest.mark.numerics
 def test_imagereward_is_the_normalised_mlp_of_the_image_conditioned_cls_feature():
     from aifeedback.scoring.scorers.imagereward import MAX_LENGTH, MEAN, STD
 

@@ -37,6 +37,7 @@ def _hand_sigma(index: torch.Tensor, steps: int = 1000, shift: float = 3.0) -> t
     return shift * s / (1 + (shift - 1) * s)
 
 
+@pytest.mark.numerics
 def test_flow_objective_against_a_hand_computation():
     from diffusers import FlowMatchEulerDiscreteScheduler
 
@@ -59,6 +60,7 @@ def test_flow_objective_against_a_hand_computation():
     assert torch.equal(fam.loss_weights(sched, t), torch.ones(6))  # logit_normal: the density does the weighting
 
 
+@pytest.mark.numerics
 def test_loss_weighting_schemes_and_weighted_errors():
     from diffusers import FlowMatchEulerDiscreteScheduler
 
@@ -140,6 +142,7 @@ def test_sd3_detection_and_facts(pipe, tiny_sd15):
     assert default_size(pipe) == 32 and default_guidance(pipe) == 7.0  # 16 latent px x 2; the pipeline's 7.0
 
 
+@pytest.mark.numerics
 def test_prompts_encode_as_the_pipeline_encodes_them(pipe):
     fam = _sd3()
     ours = fam.encode_prompts(fam.text_encoders(pipe), PROMPTS)
@@ -150,6 +153,7 @@ def test_prompts_encode_as_the_pipeline_encodes_them(pipe):
     torch.testing.assert_close(ours["pooled"], pooled, rtol=0, atol=0)
 
 
+@pytest.mark.numerics
 def test_latents_are_shifted_and_scaled_both_ways(pipe):
     from aifeedback.families.sampling import decode_latents
 

@@ -47,6 +47,7 @@ def test_tiny_models_detect_and_load_with_their_pipelines(refiner):
     assert turbo.scheduler.config.timestep_spacing == "trailing"
 
 
+@pytest.mark.numerics
 def test_refiner_conditioning_is_what_its_diffusers_pipeline_builds(refiner):
     """Prompt embeddings, pooled embedding and the five time ids (size, crop, aesthetic score 6.0) equal those of
     StableDiffusionXLImg2ImgPipeline, so the UNet sees in training what it sees when the pipeline samples."""

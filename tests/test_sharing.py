@@ -84,6 +84,7 @@ def test_full_card_without_eval_or_grid(tmp_path):
         write_model_card(tmp_path, ckpt, "full", "diffusers", eval_dir=str(tmp_path / "nowhere"))
 
 
+@pytest.mark.numerics
 def test_kohya_export_round_trips_exactly_and_loads_like_the_diffusers_file(lora_run, tmp_path):
     from aifeedback.families.loading import load_pipeline
     from aifeedback.sharing.kohya import from_kohya, to_peft

@@ -28,6 +28,7 @@ def _ddpm(prediction_type: str):
 
 # ---- min-SNR ------------------------------------------------------------------------------------------------------
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("kind", ["epsilon", "v_prediction"])
 def test_min_snr_weights_match_hang_et_al(kind):
     from aifeedback.families.base import min_snr_weights
@@ -98,6 +99,7 @@ def test_snr_gamma_and_noise_offset_are_refused_for_other_families():
 
 # ---- offset noise -------------------------------------------------------------------------------------------------
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("offset", [0.0, 0.1])
 def test_noise_offset_adds_one_constant_per_image_and_channel_shared_by_the_pair(offset):
     from aifeedback.families import get_family
@@ -125,6 +127,7 @@ def _load(path):
     return load_file(str(path))
 
 
+@pytest.mark.numerics
 def test_ema_checkpoints_hold_the_hand_computed_average(human, tmp_path):
     from aifeedback.stages.train import run
 
