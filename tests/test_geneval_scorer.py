@@ -33,6 +33,7 @@ def test_a_detector_without_the_80_coco_classes_is_refused(tmp_path, aif_cache):
         load_scorer(f"geneval:{tmp_path}")
 
 
+@pytest.mark.numerics
 def test_detector_equals_transformers_universal_segmentation(tmp_path, monkeypatch):
     """Our inference class loads a Mask2FormerForUniversalSegmentation checkpoint and gives its logits (the
     upstream class needs scipy only for its training loss; the check is switched off here to build it)."""
@@ -107,6 +108,7 @@ def mmdet_instances(class_logits, mask_logits, padded, resized, size):
     return out
 
 
+@pytest.mark.numerics
 def test_detections_equal_mmdet_postprocessing():
     names = rules.class_names()
     torch.manual_seed(0)
@@ -129,6 +131,7 @@ def test_detections_equal_mmdet_postprocessing():
     assert all(d.mask.shape == (50, 60) for ds in kept.values() for d in ds)
 
 
+@pytest.mark.numerics
 def test_colours_are_clip_benchmarks_zero_shot_on_upstreams_crops(tiny):
     """Crop on grey outside the mask, CLIP preprocessing, classifier from the three templates per colour."""
     rng = np.random.default_rng(0)

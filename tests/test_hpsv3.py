@@ -129,6 +129,7 @@ PROMPTS = ["a cat", "a red dog under a tree", "x", "two green apples on a wooden
            "星空", "a cat"]
 
 
+@pytest.mark.numerics
 def test_score_is_upstreams_mu_on_every_size_and_mode(hps):
     images = [noise_image(w, h, seed=i, mode=mode) for i, (w, h, mode) in enumerate(CASES)]
     expected = [upstream_reward(hps, im, p)[0].item() for im, p in zip(images, PROMPTS)]

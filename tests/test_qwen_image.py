@@ -105,6 +105,7 @@ def test_prompt_template_is_the_pipelines(pipe):
     assert (PROMPT_TEMPLATE, TEMPLATE_TOKENS) == (pipe.prompt_template_encode, pipe.prompt_template_encode_start_idx)
 
 
+@pytest.mark.numerics
 def test_prompt_encoding_matches_qwen_image_pipeline(pipe):
     fam = _qwen()
     captions = [*PROMPTS, "", "a much longer prompt about a small green frog sitting on a leaf in the rain"]
@@ -120,6 +121,7 @@ def test_prompt_encoding_matches_qwen_image_pipeline(pipe):
     torch.testing.assert_close(ours["embeds"][:, :longest], embeds, rtol=0, atol=2e-6)
 
 
+@pytest.mark.numerics
 def test_prediction_is_what_qwen_image_pipeline_gets_from_its_transformer(pipe):
     """At the first sampling step (sigma 1, timestep 1000) QwenImagePipeline calls its transformer on the packed noise;
     unpacked, that output must be what the family predicts for the same noise (packing, img_shapes, mask, t / 1000)."""
@@ -148,6 +150,7 @@ def test_prediction_is_what_qwen_image_pipeline_gets_from_its_transformer(pipe):
         fam.predict(pipe.transformer, noise[..., :15, :15], torch.full((2,), 1000.0), prompts, None)
 
 
+@pytest.mark.numerics
 def test_render_samples_with_true_cfg_as_qwen_image_pipeline(pipe):
     """Guidance 4.0 is the pipeline's true CFG (two passes, the guided velocity rescaled to the conditional norm)
     with the negative prompt " " when none is given; the pipeline's decoding (frame axis, per-channel stats)."""
@@ -169,6 +172,7 @@ def test_render_samples_with_true_cfg_as_qwen_image_pipeline(pipe):
                   - np.asarray(pipe(PROMPTS[0], generator=gens, **kw).images[0], dtype=int)).max() <= 1
 
 
+@pytest.mark.numerics
 def test_training_step_is_the_qwen_image_scripts(pipe):
     """train_dreambooth_lora_qwen_image.py's documented steps, re-derived here with its defaults (weighting "none"):
     pixels with a frame axis (N, 3, 1, H, W) through the VAE, latent_dist.sample(); x0 = (z - latents_mean) *
@@ -244,6 +248,7 @@ def human(tmp_path_factory):
     return write_pickapic(tmp_path_factory.mktemp("human"), pickapic_rows(4))
 
 
+@pytest.mark.numerics
 def test_lora_dpo_first_loss_is_ln2_and_stock_qwen_image_pipeline_loads_the_file(human, tmp_path, pipe):
     from diffusers import QwenImagePipeline
     from safetensors import safe_open

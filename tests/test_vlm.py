@@ -141,6 +141,7 @@ def test_inputs_are_the_model_cards(judge):
                          "<|im_start|>assistant\n")
 
 
+@pytest.mark.numerics
 def test_score_is_p_yes_of_the_first_generated_token(judge):
     """The model card's generate() on one image at a time; its first token's logits; P(Yes)/(P(Yes)+P(No)) over the
     one-token spellings of Yes and No, listed by hand. The judge scores the three images in one padded batch."""

@@ -102,6 +102,7 @@ def test_detection_tells_z_image_from_the_other_families(pipe, aif_cache):
     assert (default_steps(pipe), default_guidance(pipe), default_size(pipe)) == (50, 5.0, 256)
 
 
+@pytest.mark.numerics
 def test_prompt_encoding_matches_z_image_pipeline(pipe):
     fam = _zimage()
     ours = fam.encode_prompts(fam.text_encoders(pipe), [*PROMPTS, ""])
@@ -114,6 +115,7 @@ def test_prompt_encoding_matches_z_image_pipeline(pipe):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+@pytest.mark.numerics
 def test_prediction_is_the_velocity_z_image_pipeline_steps_with(pipe):
     """One Euler step of ZImagePipeline from sigma 1 to 0 (no guidance) moves the latents by -v: v must be what the
     family predicts for the same noise at timestep 1000 (list layout, the reversed timestep, the negated output)."""
@@ -129,6 +131,7 @@ def test_prediction_is_the_velocity_z_image_pipeline_steps_with(pipe):
         fam.predict(pipe.transformer, noise[..., :15, :15], torch.full((2,), 1000.0), prompts, None)
 
 
+@pytest.mark.numerics
 def test_render_decodes_what_z_image_pipeline_decodes(pipe):
     from aifeedback.families.sampling import render
 
@@ -140,6 +143,7 @@ def test_render_decodes_what_z_image_pipeline_decodes(pipe):
     assert ours.latents.shape == (2, 16, 16, 16)
 
 
+@pytest.mark.numerics
 def test_training_step_is_the_z_image_scripts(pipe):
     """train_dreambooth_lora_z_image.py's documented steps, re-derived here with its defaults (weighting "none"):
     latents (mode() - shift) * scale; noise = randn_like; u = rand(n); index = int(u * 1000); timestep =
@@ -209,6 +213,7 @@ def human(tmp_path_factory):
     return write_pickapic(tmp_path_factory.mktemp("human"), pickapic_rows(4))
 
 
+@pytest.mark.numerics
 def test_lora_dpo_first_loss_is_ln2_and_stock_z_image_pipeline_loads_the_file(human, tmp_path, pipe):
     from diffusers import ZImagePipeline
     from safetensors import safe_open
