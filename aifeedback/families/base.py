@@ -95,6 +95,19 @@ class Family(ABC):
         """Images in [-1, 1] -> the latents the denoiser works on."""
         return encode_images(vae, pixels)
 
+    def decode_input(self, vae: Any, latents: torch.Tensor) -> torch.Tensor:
+        """The inverse of `encode_images` up to the VAE: denoiser-space latents -> what `vae.decode` takes."""
+        return decode_input(vae, latents)
+
+    def lora_target_modules(self, model: Any) -> list[str]:
+        """The `target_modules` LoRA adapts in this denoiser (the family's `lora_targets`; a family whose script
+        names modules per block lists them from the model's config)."""
+        return list(self.lora_targets)
+
+    def negative_inputs(self, pipe: Any, negative_prompt: str, n: int) -> dict[str, Any]:
+        """What the pipeline takes for a negative prompt (empty: the pipeline's own default)."""
+        return {"negative_prompt": [negative_prompt] * n if negative_prompt else None}
+
     def vae_dtype(self, weight_dtype: torch.dtype, custom_vae: bool) -> torch.dtype:
         """The dtype to keep the VAE in when the frozen parts are stored in weight_dtype."""
         if weight_dtype == torch.float16 and not self.vae_fp16_safe and not custom_vae:
@@ -177,6 +190,20 @@ def encode_images(vae: Any, pixels: torch.Tensor, sample: bool = True) -> torch.
         mean, std = torch.tensor(mean).view(shape).to(latents), torch.tensor(std).view(shape).to(latents)
         return (latents - mean) * vae.config.scaling_factor / std
     return latents * vae.config.scaling_factor
+
+
+def decode_input(vae: Any, z: torch.Tensor) -> torch.Tensor:
+    """The inverse of encode_images' normalisation: denoiser-space latents -> what `vae.decode` takes, as the diffusers
+    pipelines decode."""
+    mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
+    shift = getattr(vae.config, "shift_factor", None)
+    if shift is not None:  # the 16-channel SD3/FLUX VAEs, as their pipelines decode
+        return z / vae.config.scaling_factor + shift
+    if mean is not None and std is not None:
+        c = z.shape[1]
+        std, mean = torch.tensor(std).view(1, c, 1, 1).to(z), torch.tensor(mean).view(1, c, 1, 1).to(z)
+        return z * std / vae.config.scaling_factor + mean
+    return z / vae.config.scaling_factor
 
 
 def training_target(scheduler: Any, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -75,7 +75,7 @@ def render(pipe: Any, prompts: list[str], seeds: list[int], *, steps: int | None
     with torch.inference_mode():
         latents = pipe(
             prompt=list(prompts),
-            negative_prompt=[negative_prompt] * len(prompts) if negative_prompt else None,
+            **detect(pipe).negative_inputs(pipe, negative_prompt, len(prompts)),
             num_inference_steps=default_steps(pipe, model) if steps is None else steps,
             guidance_scale=default_guidance(pipe, model) if guidance is None else guidance,
             generator=generators,
@@ -97,17 +97,7 @@ def decode_latents(pipe: Any, latents: Any) -> list:
     vae = pipe.vae
     if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
         vae.to(torch.float32)
-    z = latents.to(vae.device, vae.dtype)
-    mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
-    shift = getattr(vae.config, "shift_factor", None)
-    if shift is not None:  # the 16-channel SD3/FLUX VAEs, as their pipelines decode
-        z = z / vae.config.scaling_factor + shift
-    elif mean is not None and std is not None:
-        c = z.shape[1]
-        std, mean = torch.tensor(std).view(1, c, 1, 1).to(z), torch.tensor(mean).view(1, c, 1, 1).to(z)
-        z = z * std / vae.config.scaling_factor + mean
-    else:
-        z = z / vae.config.scaling_factor
+    z = detect(pipe).decode_input(vae, latents.to(vae.device, vae.dtype))
     with torch.inference_mode():
         x = vae.decode(z, return_dict=False)[0]
     if getattr(pipe, "watermark", None) is not None:  # SDXL adds its invisible watermark when the package exists

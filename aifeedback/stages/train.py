@@ -194,8 +194,9 @@ class TrainRecipe:
         cfg, model, ref = self.cfg, getattr(self.pipe, self.family.denoiser), None
         if self.lora:
             model.requires_grad_(False).to(self.device, self.weight_dtype)
+            targets = self.family.lora_target_modules(model)
             model.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or cfg.lora_rank,
-                                         init_lora_weights="gaussian", target_modules=list(self.family.lora_targets)))
+                                         init_lora_weights="gaussian", target_modules=targets))
             cast_training_params(model, dtype=torch.float32)  # LoRA weights train in fp32, the base stays frozen
         else:
             model.to(self.device)  # fp32 master weights; autocast runs the forward in the compute dtype
