@@ -267,3 +267,90 @@ def test_lora_targets_are_the_scripts(pipes, name, singles):
     assert any(n.startswith("single_transformer_blocks.") and n.endswith("attn.to_out") for n in adapted[1])
     assert any(n.startswith("transformer_blocks.") and n.endswith("attn.to_q") for n in adapted[1])
     assert not any(n.endswith("add_k_proj") for n in adapted[1])  # the text stream's projections are not named
+
+
+@pytest.fixture(scope="module")
+def human(tmp_path_factory):
+    from tests.pairs_fixtures import pickapic_rows, write_pickapic
+
+    return write_pickapic(tmp_path_factory.mktemp("human"), pickapic_rows(4))
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_lora_dpo_first_loss_is_ln2_and_stock_flux2_pipelines_load_the_file(human, tmp_path, name, aif_cache):
+    import math
+
+    from diffusers import DiffusionPipeline
+    from safetensors import safe_open
+
+    from aifeedback.stages.train import run
+    from aifeedback.zoo import tiny_pipeline_path
+    from tests.pairs_fixtures import read_metrics, tiny_train
+
+    out = run(tiny_train(human, tmp_path / "run", model=name, lora_rank=2, lr=1e-2, max_steps=2))
+    m = read_metrics(out)
+    # LoRA B starts at zero and the reference is the same network with adapters off: at step 0 the DPO margin is
+    # exactly 0 and the loss is ln 2 up to float32 rounding of log(1 + exp(0)) (~1e-7).
+    assert abs(m[0]["loss"] - math.log(2)) < 1e-6 and m[0]["implicit_acc"] == 0.5
+    assert m[1]["loss"] != m[0]["loss"]  # the adapters moved
+    folder = out / "checkpoints" / "checkpoint-000002"
+    with safe_open(str(folder / "pytorch_lora_weights.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert keys and all(k.startswith("transformer.") for k in keys)  # the prefix Flux2LoraLoaderMixin wants
+    assert {k.split(".")[1] for k in keys} == {"transformer_blocks", "single_transformer_blocks"}
+
+    # Stock diffusers, no aifeedback code: the file loads into the model's own pipeline and changes its images.
+    base = DiffusionPipeline.from_pretrained(tiny_pipeline_path(name))
+    kw = dict(num_inference_steps=2, height=32, width=32, output_type="np")
+    before = base(prompt=PROMPTS[0], generator=torch.Generator().manual_seed(0), **kw).images
+    base.load_lora_weights(str(folder))
+    after = base(prompt=PROMPTS[0], generator=torch.Generator().manual_seed(0), **kw).images
+    assert after.shape == before.shape and not (after == before).all()
+    assert sum(".lora_A." in n for n, _ in base.transformer.named_parameters()) == len(keys) // 2  # every key loaded
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TINY)
+def test_every_stage_on_tiny_flux2(name, tmp_path):
+    import math
+
+    from diffusers import DiffusionPipeline, Flux2Transformer2DModel
+
+    from aifeedback.zoo import tiny_pipeline_path
+    from tests.golden import aif
+    from tests.pairs_fixtures import read_metrics
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join([*PROMPTS, "a green tree by a lake"]) + "\n")
+    gen, pairs, size = tmp_path / "gen", tmp_path / "pairs", ["--resolution", "32"]
+    common = ["--steps", "2", "--batch-size", "2", *size]
+    aif("generate", "--model", name, "--prompts", str(prompts), "--images-per-prompt", "3", *common,
+        "--save-latents", "--out", str(gen))
+    aif("score", "--input", str(gen), "--out", str(pairs), "--scorer", "redness", "--workers", "0", "--no-progress")
+    train = ["train", "--model", name, "--data", "ai", "--dataset", str(pairs), "--max-steps", "2", *size,
+             "--batch-size", "2", "--no-scale-lr", "--checkpoint-every", "2", "--validation-every", "0",
+             "--num-workers", "0", "--trackers", "none"]
+    aif(*train, "--lora-rank", "4", "--lr", "1e-2", "--out", str(tmp_path / "lora"))
+    aif(*train, "--lr", "1e-3", "--out", str(tmp_path / "full"))
+    for run_dir in ("lora", "full"):
+        assert abs(read_metrics(tmp_path / run_dir)[0]["loss"] - math.log(2)) < 1e-6
+    aif("export", str(tmp_path / "lora"), "--out", str(tmp_path / "lora-x"))
+    aif("export", str(tmp_path / "full"), "--out", str(tmp_path / "full-x"))
+
+    # Stock diffusers: the exported LoRA and transformer load with FLUX.2's own classes and change the images.
+    base = DiffusionPipeline.from_pretrained(tiny_pipeline_path(name))
+    kw = dict(num_inference_steps=2, height=32, width=32, output_type="np")
+    before = base(prompt=PROMPTS[0], generator=torch.Generator().manual_seed(0), **kw).images
+    base.load_lora_weights(str(tmp_path / "lora-x"))
+    assert not (base(prompt=PROMPTS[0], generator=torch.Generator().manual_seed(0), **kw).images == before).all()
+    transformer = Flux2Transformer2DModel.from_pretrained(tmp_path / "full-x", subfolder="transformer")
+    full = DiffusionPipeline.from_pretrained(tiny_pipeline_path(name), transformer=transformer)
+    assert not (full(prompt=PROMPTS[0], generator=torch.Generator().manual_seed(0), **kw).images == before).all()
+
+    aif("sample", "--model", name, "--tuned", str(tmp_path / "lora-x"), "--prompts", str(prompts), *size,
+        "--limit", "2", "--steps", "2", "--no-grid", "--out", str(tmp_path / "sample"))
+    assert len(list((tmp_path / "sample").rglob("*.png"))) == 2
+    aif("eval", "--base", name, "--tuned", str(tmp_path / "full"), "--prompts", str(prompts), *size,
+        "--seeds-per-prompt", "2", "--steps", "2", "--scorers", "redness", "--bootstrap", "100",
+        "--out", str(tmp_path / "eval"))
+    assert (tmp_path / "eval" / "report.json").exists()
