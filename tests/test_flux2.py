@@ -241,7 +241,7 @@ def test_training_step_is_the_flux2_scripts(pipes, name):
         assert not torch.equal(unguided, pred)
 
 
-def test_odd_patch_sides_are_refused_before_encoding(pipes):
+def test_odd_patch_sides_are_refused(pipes):
     from aifeedback.errors import AifError
 
     with pytest.raises(AifError, match="multiple of 4"):  # the tiny VAE's 2 x the patch's 2 (the real one's 16)
@@ -354,3 +354,19 @@ def test_every_stage_on_tiny_flux2(name, tmp_path):
         "--seeds-per-prompt", "2", "--steps", "2", "--scorers", "redness", "--bootstrap", "100",
         "--out", str(tmp_path / "eval"))
     assert (tmp_path / "eval" / "report.json").exists()
+
+
+def test_tuned_flux2_transformer_must_fit_its_base(tmp_path, aif_cache):
+    """A transformer with another number of single blocks is another model: refused before it loads (seen failing
+    before num_single_layers was compared: a 2-single-block transformer loaded into tiny-flux2)."""
+    from diffusers import AutoModel
+
+    from aifeedback.families.loading import load_pipeline
+    from aifeedback.families.resolve import TunedLoadError
+    from aifeedback.zoo import tiny_pipeline_path
+
+    config = dict(AutoModel.load_config(tiny_pipeline_path("tiny-flux2"), subfolder="transformer"), num_single_layers=2)
+    deeper = tmp_path / "transformer"
+    AutoModel.from_config(config).save_pretrained(deeper)
+    with pytest.raises(TunedLoadError, match="transformer num_single_layers is 2, the base has 1"):
+        load_pipeline("tiny-flux2", tuned=str(deeper))

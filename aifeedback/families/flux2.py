@@ -88,12 +88,12 @@ class Flux2(FlowFamily):
 
     @torch.no_grad()
     def encode_images(self, vae: Any, pixels: torch.Tensor) -> torch.Tensor:
-        factor = 2 * 2 ** (len(vae.config.block_out_channels) - 1)  # the VAE's downsampling x the 2x2 patch
-        if pixels.shape[-1] % factor or pixels.shape[-2] % factor:
-            raise AifError(f"FLUX.2 cuts its VAE latents into 2x2 patches: images of {pixels.shape[-2]}x"
-                           f"{pixels.shape[-1]} px do not divide into {factor}-px patches. Fix: pass a --resolution "
-                           f"that is a multiple of {factor} (the VAE's {factor // 2} x the patch's 2), e.g. 1024.")
         z = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist.mode()
+        if z.shape[-1] % 2 or z.shape[-2] % 2:
+            factor = 2 * 2 ** (len(vae.config.block_out_channels) - 1)  # the VAE's downsampling x the 2x2 patch
+            raise AifError(f"FLUX.2 cuts its VAE latents into 2x2 patches: these are {z.shape[-2]}x{z.shape[-1]}, an "
+                           f"odd side. Fix: pass a --resolution that is a multiple of {factor} (the VAE's "
+                           f"{factor // 2} x the patch's 2), e.g. 1024.")
         mean, std = _bn_stats(vae, z)
         return ((Flux2Pipeline._patchify_latents(z) - mean) / std).float()
 

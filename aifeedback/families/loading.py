@@ -22,7 +22,8 @@ from aifeedback.storage.checkpoints import DENOISER_DIRS
 _FIT_KEYS = {
     "unet": ("cross_attention_dim", "addition_embed_type", "block_out_channels", "in_channels"),
     "transformer": ("in_channels", "num_layers", "num_attention_heads", "attention_head_dim", "joint_attention_dim",
-                    "pooled_projection_dim", "patch_size", "dim", "n_layers", "n_heads", "cap_feat_dim"),  # Z-Image's
+                    "pooled_projection_dim", "patch_size", "dim", "n_layers", "n_heads", "cap_feat_dim",  # Z-Image's
+                    "num_single_layers"),  # FLUX.1's and FLUX.2's
 }
 
 

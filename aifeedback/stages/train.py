@@ -420,7 +420,7 @@ class TrainRecipe:
         if key == "latents":  # stored latents: already in denoiser space
             latents = images
         elif key == "posteriors":  # an `aif cache`: the family samples and normalises them as the VAE's output
-            latents = self.family.encode_images(StoredPosterior(self.vae.config, images), images)
+            latents = self.family.encode_images(StoredPosterior(self.vae, images), images)
         else:
             latents = self.family.encode_images(self.vae, images)
         # The noise is drawn like the latents (randn_like keeps their memory layout, and draws in layout order): make
