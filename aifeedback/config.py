@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import reprlib
 import types
 import typing
 from pathlib import Path
@@ -79,6 +81,23 @@ def type_name(tp: Any) -> str:
     return f"{name} or null" if optional else name
 
 
+def is_text(tp: Any) -> bool:
+    """Whether a field holds free text: str, Optional[str] or a list of str (not a Literal of fixed words)."""
+    inner, _ = _unwrap_optional(tp)
+    if typing.get_origin(inner) is list:
+        inner = typing.get_args(inner)[0]
+    return inner is str
+
+
+_SHOW = reprlib.Repr()  # keyword arguments only from Python 3.12
+_SHOW.maxstring, _SHOW.maxother, _SHOW.maxlong, _SHOW.maxlist, _SHOW.maxdict, _SHOW.maxlevel = 40, 40, 40, 4, 4, 2
+
+
+def shown(value: Any) -> str:
+    """A value as an error message quotes it: its repr, cut short without building the whole of a long one."""
+    return _SHOW.repr(value)
+
+
 _TRUE = {"true", "yes", "1", "on"}
 _FALSE = {"false", "no", "0", "off"}
 
@@ -108,23 +127,26 @@ def _coerce(value: Any, tp: Any) -> Any:
             return value
         if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
             return value.lower() in _TRUE
-        raise ValueError(f"expected true/false, got {value!r}")
+        raise ValueError(f"expected true/false, got {shown(value)}")
     if inner in (int, float) and not isinstance(value, (int, float, str)):  # int()/float() would raise TypeError
         raise ValueError(f"expected {'an integer' if inner is int else 'a number'}, got {_shape(value)}")
     if inner is int:
         if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise ValueError(f"expected an integer, got {value!r}")
+            raise ValueError(f"expected an integer, got {shown(value)}")
         try:
             return int(value) if not isinstance(value, str) else int(value.replace("_", ""))
         except ValueError:
-            raise ValueError(f"expected an integer, got {value!r}") from None
+            raise ValueError(f"expected an integer, got {shown(value)}") from None
     if inner is float:
         if isinstance(value, bool):
-            raise ValueError(f"expected a number, got {value!r}")
+            raise ValueError(f"expected a number, got {shown(value)}")
         try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"expected a number, got {value!r}") from None
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(f"expected a number, got {shown(value)}") from None
+        if not math.isfinite(number):  # NaN guidance renders as if it were off, infinite guidance black images
+            raise ValueError(f"must be a finite number (not NaN or infinity), got {shown(value)}")
+        return number
     if inner is str:
         if isinstance(value, (dict, list)):
             raise ValueError(f"expected a string, got {_shape(value)}")
@@ -139,8 +161,7 @@ def _coerce(value: Any, tp: Any) -> Any:
 def _shape(value: Any) -> str:
     """What a YAML value is, in the recipe's own words: 'a list ([1, 2])', 'a mapping ({'a': 1})'."""
     kind = {dict: "a mapping", list: "a list", tuple: "a list"}.get(type(value), type(value).__name__)
-    shown = repr(value)
-    return f"{kind} ({shown if len(shown) <= 40 else shown[:37] + '...'})"
+    return f"{kind} ({shown(value)})"
 
 
 def _check_range(value: Any, meta: dict) -> str | None:
@@ -149,11 +170,11 @@ def _check_range(value: Any, meta: dict) -> str | None:
         if v is None:
             continue
         if meta.get("min") is not None and v < meta["min"]:
-            return f"must be >= {meta['min']}, got {v}"
+            return f"must be >= {meta['min']}, got {shown(v)}"
         if meta.get("max") is not None and v > meta["max"]:
-            return f"must be <= {meta['max']}, got {v}"
+            return f"must be <= {meta['max']}, got {shown(v)}"
         if meta.get("choices") is not None and v not in meta["choices"]:
-            return f"must be one of {', '.join(meta['choices'])}, got {v!r}"
+            return f"must be one of {', '.join(meta['choices'])}, got {shown(v)}"
     return None
 
 
@@ -168,7 +189,8 @@ def build_config(cls: type, values: dict[str, Any] | None = None, source: str = 
         if name not in known:
             close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
             hint = f" (did you mean '{close[0]}'?)" if close else f" (valid: {', '.join(known)})"
-            problems.append(f"unknown key '{key}'{hint}")
+            text = str(key)
+            problems.append(f"unknown key '{text[:40]}{'...' if len(text) > 40 else ''}'{hint}")
             continue
         f, tp = known[name]
         try:
@@ -190,6 +212,27 @@ def build_config(cls: type, values: dict[str, Any] | None = None, source: str = 
         if problems:
             raise ConfigError(problems, source)
     return cfg
+
+
+# Image sides. Every supported family's VAE downsamples by 8, so a side is a multiple of 8 (the flow families' 2x2
+# patches need 16: their family says so when it sees the latents). 4096 px is 4x the largest native side of a supported
+# family (1024: SDXL, SD3, FLUX) and 16x its pixels: anything larger is a typo (100000) that would otherwise run the
+# machine out of memory only after the model has loaded.
+MAX_SIDE = 4096
+
+
+def side_problems(cfg: Any, *names: str) -> list[str]:
+    """validate() problems of image-side settings (None = the model's own size): a multiple of 8, at most MAX_SIDE."""
+    problems = []
+    for name in names:
+        v = getattr(cfg, name)
+        if v is not None and v % 8:
+            problems.append(f"{name}: must be a multiple of 8, got {v} (the VAE downsamples by 8): e.g. "
+                            f"{max(8, v // 8 * 8)}")
+        elif v is not None and v > MAX_SIDE:
+            problems.append(f"{name}: {v} px is more than {MAX_SIDE} (4x the largest native size of a supported "
+                            f"model, 1024); pass a size up to {MAX_SIDE}")
+    return problems
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

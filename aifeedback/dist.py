@@ -24,3 +24,15 @@ def sharded(accelerator) -> bool:
     """Whether the prepared model's parameters are sharded across processes (FSDP, DeepSpeed): then its state dict
     is gathered collectively, and every process must take part in each of its forwards."""
     return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
+def worker_context(workers: int) -> Any:
+    """The multiprocessing context of DataLoader worker processes: fork where the OS makes it the safe choice
+    (Linux), whatever Python's default. spawn (macOS) and forkserver (Linux's default from Python 3.14) import the
+    caller's `__main__` in each worker, so a launcher script without an `if __name__ == "__main__":` guard would
+    start the whole stage again there. None (the default) with no workers, which DataLoader requires, and elsewhere
+    (fork is unsafe on macOS)."""
+    import multiprocessing
+    import sys
+
+    return multiprocessing.get_context("fork") if workers and sys.platform.startswith("linux") else None

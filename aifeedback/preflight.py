@@ -2,7 +2,8 @@
 
 Importing torch, diffusers and accelerate alone takes many seconds, and loading a model minutes; a misspelt model,
 scorer, folder or checkpoint, or a missing optional package, must not wait for that. Every check here looks only
-at the file system, the Hugging Face cache (or hub) and installed package metadata: nothing imports torch.
+at the file system, the Hugging Face cache (or hub) and installed package metadata: nothing imports torch, except
+`check_device` for a device other than auto or cpu (only torch can tell whether the GPU it names is there).
 The stage-specific combinations live in each config's `preflight()` method.
 """
 
@@ -15,6 +16,9 @@ from typing import Iterable
 
 from aifeedback.data.labels import OPEN_PREFERENCES
 from aifeedback.errors import AifError, DataError, OutputWriteError
+from aifeedback.scoring.scorers.vlm_check import check_vlm
+from aifeedback.scoring.scorers.vlm_judges import JUDGES
+from aifeedback.scoring.scorers.vlm_served import is_url
 
 # A scorer MODEL that names a file by its extension is a local checkpoint, never a hub id or a version.
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
@@ -32,17 +36,62 @@ def check_package(module: str, option: str, extra: str, alternative: str = "") -
                                   f"Fix: pip install 'aifeedback[{extra}]'{alt}.")
 
 
+def check_device(device: str | None, option: str = "--device", mixed_precision: str = "no") -> None:
+    """Refuse a device that is not there (`--device cuda` without a GPU, `cuda:3` on a machine with one, a name
+    torch does not know) and fp16 autocast without a GPU, before any model loads. device None or 'auto' is this
+    process's accelerator (training's is accelerate's: a GPU when one is visible)."""
+    if device in (None, "auto", "cpu") and mixed_precision != "fp16":
+        return
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if mixed_precision == "fp16" and not gpus and device in (None, "auto", "cpu"):
+        raise AifError("--mixed-precision fp16: fp16 autocast needs a GPU, and this machine has none visible (on a "
+                       "CPU the fp16 weights meet fp32 activations and the step fails). Fix: pass --mixed-precision "
+                       "bf16 or no, or run on a machine with a GPU")
+    if device in (None, "auto", "cpu"):
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise AifError(f"{option} {device}: not a device name. Fix: pass auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and (dev.index or 0) >= gpus:
+        have = f"{gpus} GPU(s) visible (cuda:0 to cuda:{gpus - 1})" if gpus else "no GPU visible to torch"
+        raise AifError(f"{option} {device}: this machine has {have}. Fix: pass {option} auto (a GPU when there is "
+                       f"one, else the CPU){' or cpu' if not gpus else ''}")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise AifError(f"{option} {device}: Apple's MPS backend is not available here. Fix: pass {option} auto or cpu")
+
+
 def check_scorers(specs: Iterable[str], option: str = "--scorer") -> None:
     """Every spec names a registered scorer, and a MODEL that is a local path exists."""
     from aifeedback.scoring.scorers import ScorerLoadError, parse_spec
 
     for spec in specs:
-        _, model = parse_spec(spec)
+        name, model = parse_spec(spec)
+        if name in JUDGES:
+            check_vlm(spec, name, model)
+            if is_url(model):  # probed
+                continue
         if model is None or Path(model).expanduser().exists():
             continue
         if model.startswith((".", "/", "~")) or Path(model).suffix.lower() in _WEIGHT_SUFFIXES:
             raise ScorerLoadError(f"{option} {spec}: {model} does not exist. Fix: check the path, or use NAME:tiny "
                                   f"for an offline test model (`aif models` lists the scorers).")
+
+
+def check_rule_prompts(specs: Iterable[str], prompts: str, column: str | None, limit: int | None) -> None:
+    """A rule scorer (geneval, geneval-verdict) judges only its benchmark's prompts: with one among `specs`, the
+    prompts of a built-in set or file are checked now, before any image is generated (datasets: when scored)."""
+    from aifeedback.data.prompts import load_prompts, source_kind
+    from aifeedback.scoring.scorers import parse_spec
+
+    if not any(parse_spec(spec)[0] in ("geneval", "geneval-verdict") for spec in specs):
+        return
+    if source_kind(prompts) in ("builtin", "file"):
+        from aifeedback.evaluation.geneval import specs_for
+
+        specs_for([p.text for p in load_prompts(prompts, column, limit=limit)])
 
 
 def is_hub_id(source: str) -> bool:

@@ -5,13 +5,14 @@ aifeedback/recipes/); `aif recipes` lists them with their first comment line.
 
 from __future__ import annotations
 
+import datetime
 import difflib
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from aifeedback.config import ConfigError, build_config
+from aifeedback.config import ConfigError, build_config, fields, is_text, shown
 from aifeedback.stages import STAGES
 
 
@@ -52,11 +53,60 @@ def resolve_recipe(recipe: str) -> Path:
     )
 
 
+class _RecipeLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that records every key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+    def __init__(self, stream: Any):
+        super().__init__(stream)
+        self.duplicates: list[tuple[int, str]] = []
+        self.root: Any = None
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            line = key_node.start_mark.line + 1
+            if key is not None and key in seen:
+                where = "section" if node is self.root else "key"
+                self.duplicates.append((line, f"{where} {shown(key)} is given twice (lines {seen[key]} and {line}); "
+                                       "PyYAML would keep the last one silently. Fix: keep one of them"))
+            elif key is not None:
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _parse(path: Path) -> Any:
+    """The recipe's YAML, refusing keys and sections given twice."""
+    loader = _RecipeLoader(path.read_bytes())
+    try:
+        loader.root = loader.get_single_node()
+        data = loader.construct_document(loader.root) if loader.root is not None else None
+    finally:
+        loader.dispose()
+    if loader.duplicates:
+        raise ConfigError([problem for _, problem in sorted(loader.duplicates)], str(path))
+    return data
+
+
+def _type_problems(cls: type, section: dict[str, Any]) -> list[str]:
+    """Recipe values YAML read as another type than the text field they set (`model: yes` is the boolean True,
+    `revision: 1.0` a number): build_config would take their str(), which is not what the recipe says."""
+    problems = []
+    for f, tp in fields(cls):
+        for key in dict.fromkeys((f.name, f.name.replace("_", "-"))) if is_text(tp) else ():
+            value = section.get(key)
+            items = value if isinstance(value, list) else [value]
+            if any(isinstance(v, (bool, int, float, datetime.date)) for v in items):
+                problems.append(f"{key}: expected text, got {shown(value)} (YAML reads unquoted yes/no/on/off as a "
+                                f"boolean and digits as a number). Fix: put the text in quotes ({key}: \"...\")")
+    return problems
+
+
 def load_recipe_section(recipe: str, stage: str) -> tuple[dict[str, Any], str]:
     """The mapping under `stage:` in a recipe, and a label for errors."""
     path = resolve_recipe(recipe)
     try:  # bytes: PyYAML honours a UTF-8/UTF-16 byte-order mark and reports an undecodable byte as a ReaderError
-        data = yaml.safe_load(path.read_bytes()) or {}
+        data = _parse(path) or {}
     except yaml.reader.ReaderError as e:
         raise ConfigError([f"not UTF-8 text, perhaps a binary file ({e.reason} at byte {e.position}). Fix: a recipe "
                            f"is a YAML text file; save it as UTF-8"], str(path)) from None
@@ -67,7 +117,7 @@ def load_recipe_section(recipe: str, stage: str) -> tuple[dict[str, Any], str]:
     unknown = [k for k in data if k not in STAGES]
     if unknown:
         raise ConfigError(
-            [f"unknown section '{k}' (sections are stage names: {', '.join(STAGES)})" for k in unknown], str(path)
+            [f"unknown section {shown(k)} (sections are stage names: {', '.join(STAGES)})" for k in unknown], str(path)
         )
     if stage not in data:
         have = ", ".join(data) or "none"
@@ -84,6 +134,10 @@ def load_stage_config(cls: type, stage: str, recipe: str | None, overrides: dict
     source = "command-line options"
     if recipe:
         values, source = load_recipe_section(recipe, stage)
+        given = {k for k, v in overrides.items() if v is not None}
+        problems = _type_problems(cls, {k: v for k, v in values.items() if str(k).replace("-", "_") not in given})
+        if problems:
+            raise ConfigError(problems, source)
         source += " + command-line options"
     values.update({k: v for k, v in overrides.items() if v is not None})
     return build_config(cls, values, source)

@@ -56,6 +56,8 @@ step 60 score-decode-512 python3 bench/score.py --decode-only --workers 16 --ima
 step 60 score-decode-1024 python3 bench/score.py --decode-only --workers 16 --image-size 1024
 step 120 score-pickscore-512 python3 bench/score.py --random-weights --device cuda --dtype bfloat16 --batch-size 256 --workers 15
 step 90 score-pickscore-1024 python3 bench/score.py --random-weights --device cuda --dtype bfloat16 --batch-size 256 --workers 15 --image-size 1024
+# the VLM judge at real size: Qwen2.5-VL-7B's architecture, random weights, 64 JPEGs of 512 px (README "VLM judges")
+step 120 score-vlm-7b python3 bench/vlm.py --random-weights --device cuda --dtype bfloat16 --images 64 --batch-size 16 --workers 15
 # The flow-matching transformers at real size (random weights): LoRA DPO at 1024 px, bf16 base, reference = adapters
 # off, gradient checkpointing, one pair per step; peak memory answers README "Memory at real size". Before the
 # compiled generation, so the time box keeps them.
@@ -66,6 +68,8 @@ step 90 train-sd35m-lora $T --family sd35m --lora-rank 16
 step 240 generate-compiled $G --compile --compile-mode default --channels-last --fuse-qkv
 step 120 train-sdxl-full python3 bench/train.py --family sdxl --batch-size 1 --mixed-precision bf16 --gradient-checkpointing --steps 5
 step 120 train-sdxl-lora python3 bench/train.py --family sdxl --batch-size 4 --lora-rank 64 --mixed-precision bf16 --gradient-checkpointing --steps 5
+# GenEval's reward at real size (Mask2Former Swin-S + CLIP ViT-L/14, random weights) on 64 images of 512 px
+step 150 geneval-random-64 python3 bench/geneval.py --random-weights --device cuda --dtype float32 --images 64 --batch-size 16 --workers 8
 step 180 pytest-gpu python3 -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider
 rm -f "$OUT/.step"
 cat "$RES"

@@ -16,10 +16,11 @@ import functools
 import importlib
 import os
 import signal
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.launch import run_group
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,7 +45,8 @@ SCORES_WRITE = Fault("aifeedback.storage.publish:publish", 2, "scores-*.parquet"
 RENDER_BATCH = Fault("aifeedback.families.sampling:render", 3)  # in the 3rd batch of images
 SCORE_BATCH = Fault("aifeedback.scoring.scorers.openclip:OpenClipCosine.score_items", 2)  # clip:tiny, 2nd batch
 TRAIN_STEP = Fault("aifeedback.losses.base:denoising_mse", 7)  # mid-step: before the loss of a later step
-CHECKPOINT_SAVE = Fault("safetensors.torch:save_file", 2, "*.safetensors")  # inside the 2nd checkpoint's files
+# inside the 2nd checkpoint's files: each checkpoint writes rng-0, optimizer, then the weights (a full fine-tune)
+CHECKPOINT_SAVE = Fault("safetensors.torch:save_file", 5, "*.safetensors")
 CHECKPOINT_PUBLISH = Fault("aifeedback.storage.publish:publish", 2, "checkpoint-*")  # 2nd checkpoint, not renamed
 
 
@@ -52,7 +54,7 @@ def run_killed(fault: Fault, stage: str, args: list[str], timeout: float = 300) 
     """Run `aif STAGE ARGS` in a subprocess that dies at `fault`; fail if it did not die there."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
     cmd = [sys.executable, "-m", "tests.faults", *fault.argv(), "--", stage, *args]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    r = run_group(cmd, env=env, timeout=timeout)
     assert r.returncode == -signal.SIGKILL, f"{fault} did not fire (exit {r.returncode}):\n{r.stderr[-3000:]}"
 
 

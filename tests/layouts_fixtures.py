@@ -1,6 +1,7 @@
 """Small local datasets in the layouts the pair sources read besides Pick-a-Pic's and TRL's: HPDv2-style JSON with
-image paths, ImageRewardDB-style ranks (by path or with an `image` column) and a custom layout for --columns. The
-red image is always the preferred one, as in tests.pairs_fixtures."""
+image paths, ImageRewardDB-style ranks (by path or with an `image` column) and a custom layout for --columns; and
+the Pick-a-Pic layout stored as other tools store it (`datasets` Image structs, labels as text, image paths inside
+the folder, a save_to_disk folder). The red image is always the preferred one, as in tests.pairs_fixtures."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tests.pairs_fixtures import WORDS, image_bytes
+from tests.pairs_fixtures import WORDS, image_bytes, pickapic_rows
 
 RED, BLUE, GREEN = (200, 40, 40), (40, 40, 200), (40, 160, 40)
 
@@ -79,4 +80,40 @@ def write_custom(folder: Path, n: int = 4) -> Path:
         rows.append({"text": f"{WORDS[i % 10]} custom {i}", "left": red, "right": blue,
                      "winner": "left" if i else "tie"})
     pq.write_table(pa.Table.from_pylist(rows), folder / "pairs.parquet")
+    return folder
+
+
+PICKAPIC_KINDS = ("image", "text-labels", "paths", "image-paths", "saved")
+
+
+def write_pickapic_as(folder: Path, kind: str, n: int = 4) -> Path:
+    """Pick-a-Pic columns stored as: `datasets` Image structs ("image"), labels as text "1.0"/"0.0"
+    ("text-labels"), image paths relative to the folder as text ("paths") or in Image structs ("image-paths"), a
+    `Dataset.save_to_disk` folder with Image features ("saved")."""
+    import datasets
+
+    rows = pickapic_rows(n)
+    folder.mkdir(parents=True, exist_ok=True)
+    if kind in ("paths", "image-paths"):
+        for i, r in enumerate(rows):
+            for c in ("jpg_0", "jpg_1"):
+                rel = f"images/{i}-{c}.jpg"
+                (folder / "images").mkdir(exist_ok=True)
+                (folder / rel).write_bytes(r[c])
+                r[c] = rel if kind == "paths" else {"bytes": None, "path": rel}
+    if kind == "text-labels":
+        rows = [dict(r, label_0=str(r["label_0"]), label_1=str(r["label_1"])) for r in rows]
+    if kind in ("image", "saved"):
+        features = datasets.Features({"caption": datasets.Value("string"), "jpg_0": datasets.Image(),
+                                      "jpg_1": datasets.Image(), "label_0": datasets.Value("float64"),
+                                      "label_1": datasets.Value("float64"), "ranking_id": datasets.Value("int64")})
+        ds = datasets.Dataset.from_list([dict(r, jpg_0={"bytes": r["jpg_0"], "path": None},
+                                              jpg_1={"bytes": r["jpg_1"], "path": None}) for r in rows],
+                                        features=features)
+        if kind == "saved":
+            ds.save_to_disk(str(folder))
+        else:
+            ds.to_parquet(str(folder / "train.parquet"))
+        return folder
+    pq.write_table(pa.Table.from_pylist(rows), folder / "train.parquet")
     return folder

@@ -2,11 +2,12 @@
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.launch import run_group
 
 # ~70 s of CPU in fresh processes; they guard scripts used in GPU sessions, not the stages: `make test-slow`
 pytestmark = pytest.mark.slow
@@ -15,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 CASES = {
     "generate": ["--tiny", "--images", "8"],
+    "geneval": ["--tiny", "--images", "6", "--batch-size", "2", "--workers", "0"],
     # the real-size path bench/gpu.sh takes on a GPU, shrunk: SD1.5's architecture at 64 px, one step
     "generate-random-weights": ["--random-weights", "--family", "sd15", "--device", "cpu", "--dtype", "float32",
                                 "--resolution", "64", "--steps", "1", "--batch-size", "1", "--images", "1"],
@@ -33,9 +35,7 @@ CASES = {
 def test_bench_script_runs(case, aif_cache):
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     script = ROOT / "bench" / f"{case.split('-')[0]}.py"
-    r = subprocess.run(
-        [sys.executable, str(script), *CASES[case]], env=env, capture_output=True, text=True, timeout=300
-    )
+    r = run_group([sys.executable, str(script), *CASES[case]], env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads(r.stdout.strip().splitlines()[-1])  # every script ends with one JSON line of results
     speed = result.get("images_per_s", result.get("pairs_per_s"))

@@ -98,19 +98,18 @@ def test_cache_layout_resume_and_rerun(human, cached, tmp_path, capsys):
 def test_two_processes_write_the_cache_of_one(human, cached, tmp_path):
     """Under `accelerate launch` the processes take shards round-robin; the shards are those of a 1-process run."""
     import os
-    import subprocess
     from pathlib import Path
 
     import pyarrow.parquet as pq
 
-    from tests.launch import accelerate_launch
+    from tests.launch import accelerate_launch, run_group
 
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "two"
     cmd = [*accelerate_launch(2), "cache", "--dataset", str(human), "--model", "tiny-sd15", "--resolution", "16",
            "--batch-size", "2", "--shard-size", "3", "--no-progress", "--out", str(out)]
     env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    res = run_group(cmd, env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     one, two = (sorted((d / "data").glob("*.parquet")) for d in (cached, out))
     assert [p.name for p in one] == [p.name for p in two]
@@ -140,11 +139,13 @@ def test_cache_reads_every_source_the_trainer_reads(tmp_path):
     assert (counts["pairs"], counts["ties_dropped"]) == (3, 1)  # its "tie" row is left out
 
 
-@pytest.mark.parametrize("model", ["tiny-sd3", "tiny-flux", "tiny-z-image", "tiny-flux2-klein"])
+@pytest.mark.parametrize("model", ["tiny-sd3", "tiny-flux", "tiny-z-image", "tiny-qwen-image",
+                                   "tiny-flux2-klein"])
 def test_families_added_later_are_cached_without_new_code(model, human, tmp_path):
     """Flow-matching families (16-channel VAE with a shift, T5 + CLIP prompts; FLUX packs latents in its denoiser
-    call; Z-Image's prompts are padded states with a boolean mask, its latents the posterior's mode; FLUX.2's latents
-    are normalised by the real VAE's batch-norm statistics, which the stand-in VAE must pass through): the cache
+    call; Z-Image's prompts are padded states with a boolean mask, its latents the posterior's mode; Qwen-Image's
+    video-style VAE encodes a frame axis, which the cache drops; FLUX.2's latents are normalised by the real VAE's
+    batch-norm statistics, which the stand-in VAE must pass through): the cache
     stores whatever their encode_images / encode_prompts take and return, so the first SFT loss
     from the cache is the one from the images (to float round-off: the encoders ran on other batches)."""
     from aifeedback.stages.cache import run as cache
@@ -155,3 +156,32 @@ def test_families_added_later_are_cached_without_new_code(model, human, tmp_path
     images = read_metrics(run(tiny_train(human, tmp_path / "images", **kw)))
     from_cache = read_metrics(run(tiny_train(cached, tmp_path / "from-cache", **kw)))
     assert from_cache[0]["loss"] == pytest.approx(images[0]["loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("damage", ["truncated manifest", "dtype", "shape"])
+def test_a_damaged_cache_header_is_one_line_naming_the_file(cached, tmp_path, damage):
+    """The cache's manifest (its header: key and tensor specs) damaged: one line naming it and what to do, before
+    any model loads, instead of a JSON traceback or wrong tensors in a DataLoader worker."""
+    import json
+    import shutil
+
+    from aifeedback.stages.train import run
+
+    copy = tmp_path / "cache"
+    shutil.copytree(cached, copy)
+    path = copy / "manifest.json"
+    manifest = json.loads(path.read_text())
+    column = sorted(manifest["tensors"])[0]
+    if damage == "truncated manifest":
+        path.write_text(path.read_text()[:100])
+    elif damage == "dtype":
+        manifest["tensors"][column]["dtype"] = "__class__"
+        path.write_text(json.dumps(manifest))
+    else:
+        manifest["tensors"][column]["shape"][0] += 1
+        path.write_text(json.dumps(manifest))
+    wanted = {"truncated manifest": "manifest.json: unreadable", "dtype": "manifest.json: a damaged `aif cache` "
+              f"\\(header: the tensor spec of {column}", "shape": f"a damaged `aif cache` \\({column} holds"}[damage]
+    with pytest.raises(AifError, match=wanted) as e:
+        run(tiny_train(copy, tmp_path / "run"))
+    assert "\n" not in str(e.value) and "Fix:" in str(e.value)

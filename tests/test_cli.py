@@ -1,6 +1,5 @@
 """The `aif` CLI: every command present with documented options; config errors exit cleanly."""
 
-import subprocess
 import sys
 
 import pytest
@@ -8,6 +7,7 @@ from typer.testing import CliRunner
 
 from aifeedback.cli import app
 from aifeedback.stages import STAGES
+from tests.launch import run_group
 
 runner = CliRunner()
 COMMANDS = list(STAGES) + ["models", "recipes"]
@@ -44,8 +44,7 @@ def test_models_lists_tiny_names():
 def test_config_error_exits_2_without_traceback(tmp_path):
     recipe = tmp_path / "bad.yaml"
     recipe.write_text("generate:\n  stepz: 3\n")
-    result = subprocess.run([sys.executable, "-m", "aifeedback", "generate", "--recipe", str(recipe)],
-                            capture_output=True, text=True, timeout=60)
+    result = run_group([sys.executable, "-m", "aifeedback", "generate", "--recipe", str(recipe)], timeout=60)
     assert result.returncode == 2
     assert "unknown key 'stepz' (did you mean 'steps'?)" in result.stderr
     assert "Traceback" not in result.stderr
@@ -146,8 +145,8 @@ def test_bad_names_fail_before_heavy_imports(tmp_path, args, message):
     ckpt.mkdir()
     (ckpt / "pytorch_lora_weights.safetensors").write_bytes(b"")  # a LoRA checkpoint as far as names go
     args = [a.replace("OUT", str(tmp_path / "out")).replace("CKPT", str(ckpt)) for a in args]
-    result = subprocess.run([sys.executable, "-c", _RUN_AND_REPORT_IMPORTS, *args], capture_output=True, text=True,
-                            timeout=120, cwd=tmp_path)
+    result = run_group([sys.executable, "-c", _RUN_AND_REPORT_IMPORTS, *args],
+                       timeout=120, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr, result.stderr
     assert "heavy imports: none" in result.stderr, result.stderr

@@ -99,3 +99,74 @@ def test_recipe_with_a_byte_order_mark_loads(tmp_path):
     for codec in ("utf-8-sig", "utf-16"):
         recipe.write_bytes("train:\n  name: café\n".encode(codec))
         assert load_stage_config(DemoCfg, "train", str(recipe), {}).name == "café"
+
+
+@pytest.mark.parametrize("bad", ["nan", "NaN", "inf", "-inf", "1e999", float("nan"), float("inf"),
+                                 pytest.param(10 ** 400, id="10**400")])
+def test_nan_and_infinity_are_refused_for_every_float(bad):
+    # NaN guidance rendered as if guidance were off, infinite guidance black images, both with exit 0
+    with pytest.raises(ConfigError) as exc:
+        build_config(DemoCfg, {"lr": bad, "weights": ["1", bad]})
+    assert "lr: must be a finite number" in str(exc.value) or "lr: expected a number" in str(exc.value)
+    assert len(exc.value.problems) == 2
+
+
+def test_nan_and_infinity_in_a_recipe_and_on_a_stage_option(tmp_path):
+    from aifeedback.stages.generate_config import GenerateConfig
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train:\n  lr: .nan\n  weights: [.inf]\n")
+    with pytest.raises(ConfigError, match=r"lr: must be a finite number \(not NaN or infinity\), got nan"):
+        load_stage_config(DemoCfg, "train", str(recipe), {})
+    for value in ("nan", "inf"):
+        with pytest.raises(ConfigError, match="guidance: must be a finite number"):
+            build_config(GenerateConfig, {"guidance": value})
+
+
+def test_error_messages_never_quote_a_long_value_whole(tmp_path):
+    huge = "9" * 100_000
+    with pytest.raises(ConfigError) as exc:
+        build_config(DemoCfg, {"steps": huge + "x", "flag": huge, "mode": huge, "lr": [huge] * 1000, huge: 1,
+                               "scorers": {"a": huge}})
+    assert len(exc.value.problems) == 6 and len(str(exc.value)) < 1200
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"train:\n  steps: 1\n{'x' * 1000}: 1\n")  # YAML's longest plain key
+    with pytest.raises(ConfigError, match="unknown section 'xxxx") as exc:
+        load_stage_config(DemoCfg, "train", str(recipe), {})
+    assert len(str(exc.value)) < 400
+
+
+def test_duplicate_keys_and_sections_are_errors_naming_both_lines(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("# a recipe\ntrain:\n  lr: 1.0e-5\n  steps: 3\n  lr: 2.0e-5\nscore:\n  x: 1\n"
+                      "train:\n  steps: 4\n")
+    with pytest.raises(ConfigError) as exc:
+        load_stage_config(DemoCfg, "train", str(recipe), {})
+    assert exc.value.problems == [
+        "key 'lr' is given twice (lines 3 and 5); PyYAML would keep the last one silently. Fix: keep one of them",
+        "section 'train' is given twice (lines 2 and 8); PyYAML would keep the last one silently. Fix: keep one of "
+        "them"]
+
+
+def test_a_yaml_value_of_another_type_for_text_is_an_error(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train:\n  name: yes\n  vae: 1.5\n  scorers: [pickscore, on]\n")
+    with pytest.raises(ConfigError) as exc:
+        load_stage_config(DemoCfg, "train", str(recipe), {})
+    assert [p.split(",")[0] for p in exc.value.problems] == [
+        "name: expected text", "scorers: expected text", "vae: expected text"]
+    assert "got True (YAML reads unquoted yes/no/on/off as a boolean" in exc.value.problems[0]
+    recipe.write_text("train:\n  name: 'yes'\n  vae: \"1.5\"\n  scorers: [pickscore, 'on']\n")
+    cfg = load_stage_config(DemoCfg, "train", str(recipe), {})
+    assert (cfg.name, cfg.vae, cfg.scorers) == ("yes", "1.5", ["pickscore", "on"])
+    recipe.write_text("train:\n  name: yes\n")  # a flag given on the command line replaces the recipe's value
+    assert load_stage_config(DemoCfg, "train", str(recipe), {"name": "n"}).name == "n"
+
+
+def test_a_changed_long_setting_is_named_cut_short(tmp_path):
+    from aifeedback.storage.manifest import OutputConflictError, prepare_output
+
+    prepare_output(tmp_path, "generate", {}, {"negative_prompt": "a" * 100_000})
+    with pytest.raises(OutputConflictError, match=r"differs in: negative_prompt: 'aaa.*\.\.\.a*' -> 'bbb") as exc:
+        prepare_output(tmp_path, "generate", {}, {"negative_prompt": "b" * 100_000})
+    assert len(str(exc.value)) < 400

@@ -3,7 +3,6 @@ command, --no-progress, train's checkpoint / validation lines, and no carriage r
 
 import dataclasses
 import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from aifeedback import console
+from tests.launch import run_group
 
 ROOT = Path(__file__).resolve().parents[1]
 NOISE = ("Loading pipeline components", "Loading weights", "No LoRA keys", "should be kept in float32",
@@ -50,7 +50,7 @@ def chain_log(tiny_sdxl, tmp_path_factory):
     env.update(PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", AIF_PROGRESS_INTERVAL="")  # a user's shell, not conftest's
     env.pop("AIF_VERBOSE", None)
     with open(root / "out.txt", "w") as out, open(root / "err.txt", "w") as err:
-        res = subprocess.run([sys.executable, "-c", CHAIN, str(root)], stdout=out, stderr=err, env=env, timeout=600)
+        res = run_group([sys.executable, "-c", CHAIN, str(root)], stdout=out, stderr=err, env=env, timeout=600)
     stdout, stderr = (root / "out.txt").read_text(), (root / "err.txt").read_text()
     assert res.returncode == 0, stderr[-3000:]
     return root, stdout, stderr

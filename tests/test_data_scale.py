@@ -30,7 +30,7 @@ def test_local_parquet_is_read_in_place_with_the_same_pairs_in_the_same_order(tm
     import datasets
 
     from aifeedback.data import pairs as D
-    from aifeedback.data.rows import ParquetRows
+    from aifeedback.data.rows import MappedRows, ParquetRows
 
     rows = pickapic_rows(11)
     rows[4]["label_1"] = rows[4]["label_0"] = 0.5  # a tie, dropped the same way by both readers
@@ -38,7 +38,7 @@ def test_local_parquet_is_read_in_place_with_the_same_pairs_in_the_same_order(tm
     cache = tmp_path / "hf-cache"
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
     table = D.open_table("human", str(folder), "train")
-    assert isinstance(table, ParquetRows)
+    assert isinstance(table, MappedRows) and isinstance(table.rows, ParquetRows)  # in place, canonical cells
     pairs, stats = D.filter_labels(table)
     tr = D.Transform(16, random_crop=True, flip=True, caption_dropout=0.3)
     got = D.PairDataset(table, pairs, tr, seed=3, window=2)
@@ -224,9 +224,8 @@ def test_two_process_streamed_training_resumes_exactly(tmp_path):
     """2 CPU processes stream their own shards; a run stopped at step 2 and resumed ends with the weights of an
     uninterrupted one."""
     import os
-    import subprocess
 
-    from tests.launch import accelerate_launch
+    from tests.launch import accelerate_launch, run_group
     from tests.pairs_fixtures import read_metrics
 
     folder, _ = _stream_folder(tmp_path, 16, files=4)
@@ -237,7 +236,7 @@ def test_two_process_streamed_training_resumes_exactly(tmp_path):
                "--model", "tiny-sd15", "--resolution", "16", "--batch-size", "1", "--max-steps", str(steps),
                "--checkpoint-every", "2", "--validation-every", "0", "--num-workers", "0", "--trackers", "none",
                "--lr", "1e-4", "--no-scale-lr", "--out", str(tmp_path / out)]
-        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        res = run_group(cmd, env=env, timeout=300)
         assert res.returncode == 0, res.stderr[-3000:]
         return res.stderr
 
@@ -255,15 +254,15 @@ def test_two_process_streamed_training_resumes_exactly(tmp_path):
 def test_bench_scripts_run_and_in_place_reading_leaves_no_copy(tmp_path):
     """bench/data.py and bench/cache.py, shrunk: the in-place reader adds no disk, the datasets path does."""
     import os
-    import subprocess
     import sys
+
+    from tests.launch import run_group
 
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
 
     def bench(script: str, *args: str) -> list[dict]:
-        r = subprocess.run([sys.executable, str(root / "bench" / script), *args], env=env, capture_output=True,
-                           text=True, timeout=600)
+        r = run_group([sys.executable, str(root / "bench" / script), *args], env=env, timeout=600)
         assert r.returncode == 0, r.stderr[-3000:]
         return json.loads(r.stdout.strip().splitlines()[-1])["results"]
 

@@ -1,6 +1,7 @@
 """More pair sources (issue #15): HPDv2 and ImageRewardDB ranked lists, the --columns mapping of any other layout,
 TRL-layout hub datasets; paths never leave the dataset folder; bad layouts name the --columns mapping that fixes
-them; `aif train` 2 steps on every layout (slow)."""
+them; `aif train` 2 steps on every layout (slow); `aif inspect` and `aif score` read every layout train reads and
+refuse a bad one with train's own one-line error."""
 
 from __future__ import annotations
 
@@ -15,16 +16,18 @@ from aifeedback.data import sources as S
 from aifeedback.data.labels import winner_of
 from aifeedback.data.mapping import parse_columns
 from aifeedback.errors import DataError
-from tests.layouts_fixtures import write_custom, write_hpdv2, write_imagereward
+from tests.layouts_fixtures import PICKAPIC_KINDS, write_custom, write_hpdv2, write_imagereward, write_pickapic_as
 
 CUSTOM = {"caption": "text", "image_0": "left", "image_1": "right", "label": "winner"}
 
 
-def colour(image: bytes) -> str:
-    """'red', 'green' or 'blue': the dominant channel of a fixture image (noise is +-20 around 200 vs 40)."""
+def colour(image) -> str:
+    """'red', 'green' or 'blue': the dominant channel of a fixture image (encoded, or decoded as PIL; noise is +-20
+    around 200 vs 40)."""
     from PIL import Image
 
-    means = [sum(band.getdata()) / (band.width * band.height) for band in Image.open(io.BytesIO(image)).split()]
+    image = image if isinstance(image, Image.Image) else Image.open(io.BytesIO(image))
+    means = [sum(band.getdata()) / (band.width * band.height) for band in image.split()]
     return ("red", "green", "blue")[means.index(max(means))]
 
 
@@ -224,10 +227,10 @@ def test_inspect_counts_a_dataset_and_shows_example_pairs(tmp_path):
 def test_inspect_runs_from_the_command_line_without_model_libraries(tmp_path):
     """`aif inspect` is a stage like the others (derived from STAGES) and loads no model code; a bad layout fails
     with the --columns fix and leaves no --out behind."""
-    import subprocess
     import sys
 
     from aifeedback.stages import STAGES
+    from tests.launch import run_group
 
     folder = write_custom(tmp_path / "custom")
     fix = "caption=text,image_0=left,image_1=right,label=winner"
@@ -238,7 +241,113 @@ def test_inspect_runs_from_the_command_line_without_model_libraries(tmp_path):
     code = ("import sys; from aifeedback.cli import main; sys.argv = ['aif', 'inspect'] + sys.argv[1:]\n"
             "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
             "print('MODELS', [m for m in ('diffusers', 'transformers', 'open_clip') if m in sys.modules])")
-    good = subprocess.run([sys.executable, "-c", code, str(folder), "--out", str(tmp_path / "o"), "--columns", fix],
-                          capture_output=True, text=True, cwd=tmp_path)
+    good = run_group([sys.executable, "-c", code, str(folder), "--out", str(tmp_path / "o"), "--columns", fix],
+                     cwd=tmp_path)
     assert good.returncode == 0, good.stderr
     assert "4 rows: 3 pairs with a clear winner, 1 ties" in good.stdout and "MODELS []" in good.stdout
+
+
+LAYOUTS = ["pickapic", *(f"pickapic-{k}" for k in PICKAPIC_KINDS), "trl-bytes", "trl-image", "trl-paths", "hpdv2",
+           "imagerewarddb-paths", "imagerewarddb-image", "columns"]
+
+
+def write_layout(folder, layout: str) -> str | None:
+    """A small dataset in `layout` (the red image preferred); returns the --columns spec it needs, or None."""
+    from tests.pairs_fixtures import pickapic_rows, write_pickapic
+    from tests.test_trl import trl_rows, write_trl
+
+    kind = layout.partition("-")[2]
+    if layout == "pickapic":
+        write_pickapic(folder, pickapic_rows(4))
+    elif layout.startswith("pickapic-"):
+        write_pickapic_as(folder, kind)
+    elif layout.startswith("trl-"):
+        write_trl(folder, trl_rows(4), kind)
+    elif layout == "hpdv2":
+        write_hpdv2(folder)
+    elif layout.startswith("imagerewarddb-"):
+        write_imagereward(folder, kind=kind)
+    else:
+        write_custom(folder)
+        return ",".join(f"{k}={v}" for k, v in CUSTOM.items())
+    return None
+
+
+def train_reads(folder, columns: str | None, split: str = "train"):
+    """What `aif train` reads, by its own calls in its order: the layout check (before the model), the table, the
+    label counts."""
+    from aifeedback.data import pairs as D
+
+    S.check_layout(str(folder), False, columns)
+    table = D.open_table("human", str(folder), split, columns=columns)
+    return table, D.filter_labels(table)
+
+
+def run_stage(name: str, folder, out, columns: str | None, split: str = "train") -> dict:
+    from aifeedback.stages import STAGES
+
+    values = {"inspect": {"dataset": str(folder), "examples": 4},
+              "score": {"input": str(folder), "scorer": ["redness"], "workers": 0, "progress": False, "preview": 0}}
+    extra = {"columns": columns} if columns else {}
+    return STAGES[name].run(build_config(STAGES[name].config, dict(values[name], out=str(out), split=split, **extra)))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_inspect_and_score_read_every_layout_train_reads(tmp_path, layout):
+    from aifeedback.data.images import decode_image
+
+    folder = tmp_path / layout
+    columns = write_layout(folder, layout)
+    table, (pairs, stats) = train_reads(folder, columns)
+    assert pairs and [colour(decode_image(table[row][f"jpg_{w}"])) for row, w in pairs] == ["red"] * len(pairs)
+    seen = run_stage("inspect", folder, tmp_path / "inspect", columns)
+    assert (seen["rows"], seen["pairs"], seen["ties"], seen["bad_rows"]) == \
+        (stats.rows, stats.kept, stats.ties, stats.bad_labels)
+    assert seen["examples"] == min(4, stats.kept) and seen["unreadable_example_images"] == 0
+    assert (tmp_path / "inspect" / "inspect.html").read_text().count("<div class=card>") == seen["examples"]
+    scored = run_stage("score", folder, tmp_path / "score", columns)
+    assert (scored["counts"]["units"], scored["counts"]["images_failed"], scored["counts"]["bad_rows"]) == \
+        (stats.rows, 0, 0)
+    assert scored["human_agreement"]["redness"] == {"accuracy": 1.0, "pairs": stats.kept}  # the human labels, read
+
+
+BAD = {"no layout": "lacks the Pick-a-Pic column(s) caption, jpg_0, jpg_1",
+       "wrong --columns": "lacks the column(s) image_1=rigth named by --columns",
+       "path outside": "the image path '../../secret.jpg' lies outside the dataset folder",
+       "missing image": "cannot read the image path 'images/gone.jpg'",
+       "broken file": "is not a readable Parquet file",
+       "no such split": "has no files for split 'test'"}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_a_bad_dataset_stops_train_inspect_and_score_with_the_same_line(tmp_path, case):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.pairs_fixtures import pickapic_rows, write_pickapic
+
+    (tmp_path / "secret.jpg").write_bytes(b"not yours")
+    folder, columns, split = tmp_path / "set", None, "train"
+    if case in ("no layout", "wrong --columns"):
+        write_custom(folder)
+        wrong = dict(CUSTOM, image_1="rigth")
+        columns = None if case == "no layout" else ",".join(f"{k}={v}" for k, v in wrong.items())
+    elif case in ("path outside", "missing image"):
+        write_pickapic_as(folder, "paths")
+        rows = pq.read_table(folder / "train.parquet").to_pylist()
+        rows[1]["jpg_1"] = "../../secret.jpg" if case == "path outside" else "images/gone.jpg"
+        pq.write_table(pa.Table.from_pylist(rows), folder / "train.parquet")
+    else:
+        write_pickapic(folder, pickapic_rows(2))
+        if case == "broken file":
+            (folder / "data" / "train-00001-of-00002.parquet").write_bytes(b"not a Parquet file")
+        split = "test" if case == "no such split" else split
+    with pytest.raises(DataError) as e:
+        train_reads(folder, columns, split)
+    errors = [str(e.value)]
+    for stage in ("inspect", "score"):
+        with pytest.raises(DataError) as e:
+            run_stage(stage, folder, tmp_path / stage, columns, split)
+        errors.append(str(e.value))
+        assert not (tmp_path / stage).exists()  # refused before anything is written
+    assert errors == [errors[0]] * 3 and BAD[case] in errors[0] and "\n" not in errors[0]

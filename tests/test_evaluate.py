@@ -4,7 +4,6 @@ import base64
 import io
 import json
 import os
-import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from aifeedback.errors import DataError
 from aifeedback.stages.evaluate import EvalConfig, preference_pairs, run
 from aifeedback.storage.manifest import OutputConflictError
 from aifeedback.storage.shards import shard_files
-from tests.launch import accelerate_launch
+from tests.launch import accelerate_launch, run_group
 from tests.test_sample import perturbed_unet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -277,7 +276,7 @@ def test_eval_under_accelerate_launch_matches_one_process(tmp_path, tiny_sd15):
            "--limit", "3", "--seeds-per-prompt", "2", "--steps", "2", "--resolution", "16", "--scorers", SCORERS,
            "--scorer-batch-size", "2", "--batch-size", "1", "--bootstrap", "500", "--examples", "2",
            "--sample-prompts", "2", "--thumb", "32", "--out", str(tmp_path / "two")]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    proc = run_group(cmd, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = json.loads((tmp_path / "two" / "report.json").read_text())
     assert json.loads((tmp_path / "two" / "manifest.json").read_text())["counts"]["processes"] == 2

@@ -77,3 +77,26 @@ def test_export_errors(tmp_path):
 
     with pytest.raises(ConfigError, match="checkpoint"):
         _export(out=str(tmp_path / "x"))
+
+
+def test_lora_export_is_byte_stable(runs, tmp_path):
+    """safetensors writes header metadata in a random order per map: two exports of one LoRA are byte-equal only
+    because export sorts it (a checkpoint with eight metadata keys: 1 in 40320 orders is sorted by chance)."""
+    import json
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    ckpt = tmp_path / "checkpoint-000001"
+    shutil.copytree(runs[1] / "checkpoints" / "checkpoint-000001", ckpt)
+    lora = ckpt / "pytorch_lora_weights.safetensors"
+    with safe_open(str(lora), "pt") as f:
+        meta = dict(f.metadata(), **{f"note_{c}": c for c in "hgfedcb"})
+    save_file(load_file(lora), str(lora), metadata=meta)
+    outs = [_export(checkpoint=str(ckpt), out=str(tmp_path / f"e{i}")) / "pytorch_lora_weights.safetensors"
+            for i in range(2)]
+    assert outs[0].read_bytes() == outs[1].read_bytes()
+    size = int.from_bytes(outs[0].read_bytes()[:8], "little")
+    keys = list(json.loads(outs[0].read_bytes()[8:8 + size])["__metadata__"])
+    assert keys == sorted(keys) and len(keys) == 9

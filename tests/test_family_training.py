@@ -1,20 +1,21 @@
-"""What every family added after SD1.5/SDXL (SD3, FLUX.1, the SDXL refiner, Z-Image, FLUX.2) must hold in training,
-run on each tiny model: a killed and resumed run ends bitwise where an uninterrupted one does (full and LoRA), and a
-2-process LoRA run starts at ln 2 (SD1.5 and SDXL have the same checks in tests/test_train.py)."""
+"""What every family added after SD1.5/SDXL (SD3, FLUX.1, the SDXL refiner, Z-Image, Qwen-Image, FLUX.2) must hold
+in training, run on each tiny model: a killed and resumed run ends bitwise where an uninterrupted one does (full and
+LoRA), and a 2-process LoRA run starts at ln 2 (SD1.5 and SDXL have the same checks in tests/test_train.py)."""
 
 import math
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.launch import run_group
 from tests.pairs_fixtures import pickapic_rows, read_metrics, tiny_train, write_pickapic
 
 # model -> its denoiser's folder; flux-dev: the guidance embedding is the FLUX path with the most inputs
 MODELS = {"tiny-sd3": "transformer", "tiny-flux-dev": "transformer", "tiny-sdxl-refiner": "unet",
-          "tiny-z-image": "transformer", "tiny-flux2": "transformer", "tiny-flux2-klein": "transformer"}
+          "tiny-z-image": "transformer", "tiny-qwen-image": "transformer", "tiny-flux2": "transformer",
+          "tiny-flux2-klein": "transformer"}
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ def test_two_process_lora_run(model, human, tmp_path):
            "--batch-size", "1", "--max-steps", "2", "--checkpoint-every", "2", "--validation-every", "0",
            "--num-workers", "0", "--trackers", "none", "--resolution", "16", "--lr", "1e-2", "--no-scale-lr",
            "--out", str(out)]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    res = run_group(cmd, env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     m = read_metrics(out)
     # LoRA B starts at zero: policy and reference errors are equal, so only float32 rounding of ln(1 + e^0) remains

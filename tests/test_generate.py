@@ -20,7 +20,7 @@ from aifeedback.families.sampling import image_seed
 from aifeedback.stages.generate import ROW_FIELDS, GenerateConfig, run
 from aifeedback.storage.manifest import OutputConflictError, read_manifest
 from aifeedback.storage.shards import bytes_to_latent, read_rows, shard_files
-from tests.launch import accelerate_launch
+from tests.launch import accelerate_launch, process_group, run_group
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["a red cat", "a blue dog", "a green tree", "", "a red cat", "a yellow car", "an old boat"]
@@ -198,12 +198,12 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(tiny_sdxl, tmp_path):
             "--shard-size", "1", "--batch-size", "1"]
     killed = tmp_path / "killed"
     cmd = [sys.executable, "-m", "aifeedback", "generate", *args, "--out", str(killed)]
-    proc = subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not shard_files(killed) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    with process_group(cmd, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
+        deadline = time.time() + 120
+        while not shard_files(killed) and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
     done = len(shard_files(killed))
     assert 0 < done < 24, f"the kill should land mid-run ({done} of 24 shards written)"
     assert not read_manifest(killed)["complete"]
@@ -223,7 +223,7 @@ def test_two_processes_split_the_work_and_match_one(baseline, prompt_file, tmp_p
     cmd = [*accelerate_launch(2), "generate", "--model", "tiny-sdxl",
            "--prompts", str(prompt_file), "--out", str(out), "--save-latents", "--device", "cpu",
            *[x for k, v in FAST.items() for x in (f"--{k.replace('_', '-')}", str(v))]]
-    result = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=180)
+    result = run_group(cmd, env=cli_env(), timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
     assert read_rows(out) == read_rows(baseline)
     manifest = read_manifest(out, "generate")
@@ -233,9 +233,9 @@ def test_two_processes_split_the_work_and_match_one(baseline, prompt_file, tmp_p
 
 def test_unknown_model_fails_fast_and_plainly(prompt_file, tmp_path):
     t = time.time()
-    result = subprocess.run([sys.executable, "-m", "aifeedback", "generate", "--model", "nonexistent/model",
-                             "--prompts", str(prompt_file), "--out", str(tmp_path / "o")],
-                            env=cli_env(), capture_output=True, text=True, timeout=60)
+    result = run_group([sys.executable, "-m", "aifeedback", "generate", "--model", "nonexistent/model",
+                        "--prompts", str(prompt_file), "--out", str(tmp_path / "o")],
+                       env=cli_env(), timeout=60)
     assert time.time() - t < 10
     assert result.returncode == 2
     assert "nonexistent/model" in result.stderr and "Fix:" in result.stderr and "tiny-sdxl" in result.stderr

@@ -44,7 +44,7 @@ def test_lora_dpo_mixed_precision_on_gpu(tmp_path, tiny_sd15, precision):
     assert all(math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"]) for m in metrics)
 
 
-@pytest.mark.parametrize("spec", ["pickscore:tiny", "imagereward:tiny", "hpsv2:tiny", "aesthetic:tiny"])
+@pytest.mark.parametrize("spec", ["pickscore:tiny", "imagereward:tiny", "hpsv2:tiny", "aesthetic:tiny", "hpsv3:tiny"])
 def test_scorer_bf16_on_gpu_matches_cpu(spec):
     from PIL import Image
 
@@ -60,11 +60,10 @@ def test_scorer_bf16_on_gpu_matches_cpu(spec):
 def _fsdp_train(data, out, steps: int, processes: int, *options: str):
     """`aif train` launched by accelerate with the shipped FSDP config (accelerate runs FSDP only on an accelerator)."""
     import os
-    import subprocess
     import sys
     from pathlib import Path
 
-    from tests.launch import free_port
+    from tests.launch import free_port, run_group
 
     root = Path(__file__).resolve().parents[1]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
@@ -73,8 +72,8 @@ def _fsdp_train(data, out, steps: int, processes: int, *options: str):
            "--resolution", "16", "--batch-size", "2", "--max-steps", str(steps), "--checkpoint-every", "2",
            "--validation-every", "2", "--validation-steps", "2", "--num-workers", "0", "--trackers", "none",
            "--out", str(out), *options]
-    return subprocess.run(cmd, env=dict(os.environ, PYTHONPATH=str(root)), capture_output=True, text=True,
-                          timeout=600)
+    return run_group(cmd, env=dict(os.environ, PYTHONPATH=str(root)),
+                     timeout=600)
 
 
 def _validation_grids_drawn(out, steps) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from aifeedback.storage.lock import OutputBusyError, lock_path, output_lock
+from tests.launch import process_group, run_group
 
 ROOT = Path(__file__).resolve().parents[1]
 HOLDER = """
@@ -28,12 +29,10 @@ def env() -> dict:
 @pytest.fixture
 def holder(tmp_path):
     """A separate process that holds the lock on tmp_path/out until the test kills it."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path / "out")], env=env(),
-                            stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "locked"
-    yield proc
-    proc.kill()
-    proc.wait()
+    with process_group([sys.executable, "-c", HOLDER, str(tmp_path / "out")], env=env(), stdout=subprocess.PIPE,
+                       text=True) as proc:
+        assert proc.stdout.readline().strip() == "locked"
+        yield proc
 
 
 def test_a_second_writer_is_refused_before_writing_anything(holder, tmp_path):
@@ -41,8 +40,8 @@ def test_a_second_writer_is_refused_before_writing_anything(holder, tmp_path):
     data = tmp_path / "pairs"
     data.mkdir()
     before = sorted(p.name for p in tmp_path.iterdir())
-    r = subprocess.run([sys.executable, "-m", "aifeedback", "train", "--dataset", str(data), "--model", "tiny-sd15",
-                        "--out", str(out)], env=env(), capture_output=True, text=True, timeout=120)
+    r = run_group([sys.executable, "-m", "aifeedback", "train", "--dataset", str(data), "--model", "tiny-sd15",
+                   "--out", str(out)], env=env(), timeout=120)
     assert r.returncode == 2, r.stderr[-2000:]
     assert "Traceback" not in r.stderr
     said = " ".join(r.stderr.split())  # the CLI wraps long messages
@@ -111,9 +110,9 @@ def test_a_launched_run_is_refused_too(holder, tmp_path):
 
     prompts = tmp_path / "p.txt"
     prompts.write_text("a prompt\n")
-    r = subprocess.run([*accelerate_launch(2), "generate", "--model", "tiny-sd15", "--prompts", str(prompts),
-                        "--steps", "1", "--out", str(tmp_path / "out")],
-                       env=env(), capture_output=True, text=True, timeout=300)
+    r = run_group([*accelerate_launch(2), "generate", "--model", "tiny-sd15", "--prompts", str(prompts),
+                   "--steps", "1", "--out", str(tmp_path / "out")],
+                  env=env(), timeout=300)
     assert r.returncode != 0 and "is being written by another run" in " ".join(r.stderr.split()), r.stderr[-3000:]
     assert not (tmp_path / "out").exists()
 

@@ -12,8 +12,9 @@ from PIL import Image
 
 from aifeedback.config import ConfigError, build_config
 from aifeedback.evaluation.diversity import diversity, pixels, prompt_diversity, rms_distance
-from aifeedback.evaluation.rounds import line_chart, render_loop_html
+from aifeedback.evaluation.rounds import build_loop_report, line_chart, render_loop_html
 from aifeedback.stages import STAGES, Stage
+from aifeedback.stages.loop import summary
 from aifeedback.stages.loop_config import LoopConfig
 from aifeedback.stages.loop_rounds import ROUND_STAGES, finished_rounds, policy, position, stage_dir, stage_done
 from aifeedback.storage.checkpoints import STATE_FILE
@@ -147,15 +148,13 @@ def test_reference_previous_trains_a_fresh_full_run_on_the_previous_model(tiny_s
 def test_loop_under_accelerate_launch(tiny_sd15, tmp_path):
     """Every stage splits its work across the processes; export (one folder) runs on the main process only."""
     import os
-    import subprocess
 
-    from tests.launch import accelerate_launch
+    from tests.launch import accelerate_launch, run_group
 
     flags = [x for k, v in {**TINY, "model": tiny_sd15, "out": tmp_path}.items() if k != "progress"
              for x in (f"--{k.replace('_', '-')}", str(v))]
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), HF_HUB_OFFLINE="1")
-    result = subprocess.run([*accelerate_launch(2), "loop", *flags, "--no-progress"], env=env, capture_output=True,
-                            text=True, timeout=600)
+    result = run_group([*accelerate_launch(2), "loop", *flags, "--no-progress"], env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "report.json").read_text())
     assert [r["round"] for r in report["rounds"]] == [1, 2]
@@ -247,6 +246,20 @@ def test_line_chart_is_valid_svg_with_a_point_per_round():
     assert len(root.findall(f"{ns}circle")) == 2 and len(root.findall(f"{ns}polyline")) == 1
     html = render_loop_html({"model": "m", "scorer": "s", "fidelity": None, "base": {}, "rounds": []})
     assert html.count("<svg") == 3  # no fidelity chart without a fidelity scorer
+
+
+def test_one_eval_seed_summary_shows_no_diversity_instead_of_crashing():
+    """`--eval-seeds 1`: one eval image per prompt and model, so the eval's diversity is undefined (None)."""
+    one_each = diversity({"p": [np.zeros((2, 2, 3))], "q": [np.ones((2, 2, 3))]})["mean"]
+    assert one_each is None
+    rec = {"round": 1, "samples": {"model": "m", "images": 4, "pairs": 2, "mean_reward": 0.25, "diversity": 0.125},
+           "eval": {"n": 2, "win_rate": 1.0, "ci_low": 1.0, "ci_high": 1.0, "mean_base": 0.1, "mean_tuned": 0.3,
+                    "diversity_base": one_each, "diversity_tuned": one_each}}
+    report = build_loop_report([rec], {"model": "m", "scorer": "redness", "fidelity": None})
+    lines = summary(report).splitlines()
+    assert lines[1].split() == ["1", "0.2500", "0.1250", "100.0%", "(100-100%)", "0.3000", "-"]
+    assert lines[2] == "base: eval reward 0.1000, diversity -"
+    assert "<svg" in render_loop_html(report)
 
 
 def test_loop_config_checks_the_toy_caption_budget():

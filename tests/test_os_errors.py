@@ -3,7 +3,6 @@ the CLI, no traceback), never an OSError or torch RuntimeError traceback."""
 
 import errno
 import os
-import subprocess
 import sys
 
 import pytest
@@ -18,6 +17,7 @@ from aifeedback.storage.files import atomic_write_text
 from aifeedback.storage.manifest import OutputConflictError, prepare_output
 from aifeedback.storage.publish import publishing
 from aifeedback.storage.shards import write_shard
+from tests.launch import run_group
 
 runner = CliRunner()
 # What the writers raise on a full or read-only tmpfs (seen with torch 2 and safetensors 0.4+): no errno, no path.
@@ -90,8 +90,8 @@ def test_cli_out_that_is_a_file_exits_2_before_any_heavy_import(tmp_path):
     (tmp_path / "out").write_text("not a folder")
     code = "import sys; from aifeedback.cli import main; sys.argv = ['aif', *sys.argv[1:]]\ntry:\n    main()\n" \
            "finally:\n    print('torch' in sys.modules, file=sys.stderr)"
-    result = subprocess.run([sys.executable, "-c", code, "generate", "--model", "tiny-sd15", "--prompts", "p.txt",
-                             "--out", "out"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    result = run_group([sys.executable, "-c", code, "generate", "--model", "tiny-sd15", "--prompts", "p.txt",
+                        "--out", "out"], timeout=120, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert "error: --out out is a file, not a folder. Fix: choose another --out" in result.stderr
     assert "Traceback" not in result.stderr and result.stderr.strip().endswith("False")  # torch never imported

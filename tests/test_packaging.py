@@ -2,10 +2,11 @@
 reads."""
 
 import shutil
-import subprocess
 import sys
 import zipfile
 from pathlib import Path
+
+from tests.launch import run_group
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -15,8 +16,8 @@ def test_wheel_ships_package_data_and_recipes(tmp_path):
     src = tmp_path / "src"
     shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info",
                                                              "__pycache__", ".whl", "runs", "out"))
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                        str(tmp_path), str(src)], capture_output=True, text=True, timeout=300)
+    r = run_group([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                   str(tmp_path), str(src)], timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     names = set(zipfile.ZipFile(next(tmp_path.glob("aifeedback-*.whl"))).namelist())
     wanted = {f"aifeedback/{p.relative_to(ROOT / 'aifeedback')}" for p in (ROOT / "aifeedback").rglob("*")

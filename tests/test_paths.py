@@ -2,7 +2,6 @@
 spelt (`./s/` or `s`, `./p.txt` or /abs/p.txt); a job whose inputs changed is refused saying what changed."""
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from aifeedback.errors import AifError
 from aifeedback.preflight import OutputOverlapError
 from aifeedback.stages import STAGES
 from aifeedback.storage.manifest import OutputConflictError
+from tests.launch import run_group
 from tests.pairs_fixtures import pickapic_rows, tiny_train, write_pickapic
 from tests.test_rerun import forbid_models, said_complete  # noqa: F401 (a fixture)
 from tests.test_score import cfg as score_cfg
@@ -42,8 +42,8 @@ def test_cli_score_into_its_own_input_exits_2_and_leaves_it_whole(tmp_path):
     make_generate_dir(tmp_path / "g")
     before = snapshot(tmp_path / "g")
     args = ["score", "--input", "g", "--out", "./g/", "--overwrite", "--scorer", "redness"]
-    result = subprocess.run([sys.executable, "-m", "aifeedback", *args], capture_output=True, text=True, timeout=120,
-                            cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    result = run_group([sys.executable, "-m", "aifeedback", *args], timeout=120,
+                       cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert result.returncode == 2, result.stderr
     assert f"--out ./g/ is the input --input {(tmp_path / 'g').resolve()}" in result.stderr
     assert "Fix: choose an --out outside" in result.stderr and "Traceback" not in result.stderr

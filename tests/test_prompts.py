@@ -173,3 +173,51 @@ def test_tsv_quotes_are_text_as_in_partiprompts(tmp_path):
                       'splotch of exploding white paint.']
     f = _write(tmp_path, "p.tsv", b'prompt\tcategory\n"BUZZ" on a sign\tx\na "quoted" word\ty\n')
     assert texts(load_prompts(f)) == ['"BUZZ" on a sign', 'a "quoted" word']
+
+
+@pytest.mark.parametrize("name,data,where", [
+    ("p.txt", b"a red cat\n\n \t \na blue dog\n", "line 2, line 3"),
+    ("p.csv", b"prompt,category\na red cat,x\n\"  \",y\na blue dog,\n,z\n", "line 3, line 5"),
+    ("p.jsonl", b'{"prompt": "a red cat"}\n{"prompt": null}\n{"prompt": "a blue dog"}\n{"prompt": "\\u3000 "}\n',
+     "line 2, line 4"),
+])
+def test_empty_prompts_are_skipped_counted_and_listed(tmp_path, capsys, name, data, where):
+    f = _write(tmp_path, name, data)
+    assert texts(load_prompts(f)) == ["a red cat", "a blue dog"]
+    assert f"note: {f}: 2 empty or whitespace-only prompt(s) skipped ({where})\n" in capsys.readouterr().err
+    load_prompts(f)  # a stage reads its prompts twice: one note
+    assert capsys.readouterr().err == ""
+
+
+def test_a_long_list_of_empty_prompts_is_cut_short(tmp_path, capsys):
+    f = _write(tmp_path, "p.txt", b"a red cat\n" + b"\n" * 25)
+    assert texts(load_prompts(f)) == ["a red cat"]
+    err = capsys.readouterr().err
+    assert "25 empty or whitespace-only prompt(s) skipped (line 2, line 3," in err and "line 11 and 15 more)" in err
+
+
+@pytest.mark.parametrize("name,data,message", [
+    ("p.csv", b"prompt,category,prompt\na cat,x,a dog\n",
+     r"p.csv, line 1: the header names the column 'prompt' twice \(cells 1 and 3\).*Fix: give each column"),
+    ("p.tsv", b"prompt\tprompt\na cat\ta dog\n", r"p.tsv, line 1: the header names the column 'prompt' twice"),
+    ("p.jsonl", b'{"prompt": "a cat"}\n{"prompt": "a cat", "prompt": "a dog"}\n',
+     r"p.jsonl, line 2: the key 'prompt' is given twice in one object.*Fix: keep one"),
+])
+def test_a_column_or_key_given_twice_is_refused_not_guessed(tmp_path, name, data, message):
+    # csv.DictReader and json.loads keep the last one silently
+    with pytest.raises(DataError, match=message):
+        load_prompts(_write(tmp_path, name, data))
+
+
+def test_a_table_starting_with_a_blank_line_is_refused_naming_it(tmp_path):
+    # the blank line was read as a header without columns: "no prompt column found ... Available columns: ."
+    with pytest.raises(DataError, match=r"p.csv, line 1: empty, but a .csv file starts with its header line"):
+        load_prompts(_write(tmp_path, "p.csv", b"\nprompt\na cat\n"))
+
+
+def test_tsv_row_with_more_cells_than_the_header_gives_a_tsv_fix(tmp_path):
+    # the fix said to quote the cell, which a .tsv cannot do (no quoting: a quote is part of the text)
+    f = _write(tmp_path, "p.tsv", b"prompt\tcategory\na cat\tsitting\tAnimals\n")
+    with pytest.raises(DataError, match=r"p.tsv, line 2: 3 cells but the header has 2\. Fix: a \.tsv cell cannot hold "
+                                        r"a tab \(TSV has no quoting\)"):
+        load_prompts(f)

@@ -41,9 +41,9 @@ def test_config_choices_and_commands_derive_from_the_registries():
 
 def test_stage_configs_are_light():
     # The command line builds every --help from the configs: they must not import torch or diffusers.
-    import subprocess
+    from tests.launch import run_group
 
     code = ("import sys, aifeedback.cli; heavy = {'torch', 'diffusers', 'transformers', 'accelerate', 'datasets'};"
             "print(sorted(heavy & set(sys.modules)))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = run_group([sys.executable, "-c", code], check=True).stdout
     assert out.strip() == "[]"

@@ -3,7 +3,6 @@ against the references' loss code re-derived here (flow_grpo train_sd3.py, Diffu
 advantage_weighted_matching train_sd3_awm.py)."""
 
 import math
-import subprocess
 import sys
 
 import pytest
@@ -21,6 +20,7 @@ from aifeedback.rl.objectives import (
     mean_kl,
     nft,
 )
+from tests.launch import run_group
 
 SHAPES = [(1, 4, 8, 8), (3, 4, 8, 8), (2, 16, 6), (1, 16, 6)]
 
@@ -239,5 +239,5 @@ def test_algorithms_registry_lists_entries_with_formula_source_and_kinds():
 
 def test_the_algorithms_registry_is_light():
     code = "import sys, aifeedback.rl; print(sorted({'torch', 'diffusers'} & set(sys.modules)))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = run_group([sys.executable, "-c", code], timeout=120, check=True).stdout
     assert out.strip() == "[]"

@@ -4,7 +4,6 @@ bad inputs, resume after a crash, output conflicts, multi-process, and the datas
 import io
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from aifeedback.stages.score import ScoreConfig, run
 from aifeedback.storage.files import write_json
 from aifeedback.storage.manifest import OutputConflictError, finish_output, prepare_output, read_manifest
 from aifeedback.storage.shards import chunks, latent_to_bytes, read_rows, write_shard
-from tests.launch import accelerate_launch
+from tests.launch import SPAWNING_LAUNCHER, accelerate_launch, process_group, run_group
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,7 +31,8 @@ def image_bytes(rgb, size=(24, 16), fmt="PNG"):
     return buf.getvalue()
 
 
-def make_generate_dir(out, n_prompts=4, k=4, latents=True, corrupt=(), null_prompt_rows=(), per_file=5, seed=0):
+def make_generate_dir(out, n_prompts=4, k=4, latents=True, corrupt=(), null_prompt_rows=(), per_file=5, seed=0,
+                      empty_prompt_rows=()):
     """An `aif generate`-layout output (the contract in the team brief) from solid-colour images."""
     rng = np.random.default_rng(seed)
     rows = []
@@ -49,6 +49,8 @@ def make_generate_dir(out, n_prompts=4, k=4, latents=True, corrupt=(), null_prom
             rows.append(row)
     for i in null_prompt_rows:
         rows[i]["prompt_id"] = None
+    for i in empty_prompt_rows:
+        rows[i]["prompt"] = " \t"
     manifest = prepare_output(out, "generate", {"model": "tiny-sd15"}, {"model": "tiny-sd15", "seed": seed})
     for i, chunk in enumerate(chunks(rows, per_file)):
         write_shard(out, i, chunk)
@@ -214,6 +216,19 @@ def test_bad_images_and_rows_are_counted_reported_and_skipped(tmp_path, capsys):
     assert all(r["k_0"] != 2 and r["k_1"] != 2 for r in read_pairs(out) if r["prompt_id"] == "p1")
 
 
+def test_generate_rows_with_an_empty_prompt_are_skipped_counted_and_listed(tmp_path, capsys):
+    gen = tmp_path / "gen"
+    make_generate_dir(gen, latents=False, empty_prompt_rows=(4, 5))  # prompt 1's k 0 and 1: the last 2 of its 4 stay
+    summary = run(cfg(input=str(gen), out=str(tmp_path / "pairs"), scorer="redness"))
+    assert summary["counts"]["bad_rows"] == 2 and summary["counts"]["images_scored"] == 14
+    assert summary["bad_rows"] == [{"where": f"{gen / 'data' / 'train-00000.parquet'} row 4",
+                                    "error": "prompt is empty or whitespace-only"},
+                                   {"where": f"{gen / 'data' / 'train-00001.parquet'} row 0",
+                                    "error": "prompt is empty or whitespace-only"}]
+    assert "prompt is empty or whitespace-only" in capsys.readouterr().out
+    assert all(r["caption"].strip() for r in read_pairs(tmp_path / "pairs"))
+
+
 def test_a_prompt_with_one_readable_image_yields_no_pair(tmp_path):
     gen = tmp_path / "gen"
     make_generate_dir(gen, n_prompts=2, k=2, latents=False, corrupt={(0, 0)})
@@ -259,9 +274,8 @@ def test_training_on_an_output_with_no_pairs_says_why(tmp_path):
                                         r"from 2 prompts .*2 pairs closer than --min-margin 5.0 dropped"):
         D.open_table("ai", str(out), "train")
     env = dict(os.environ, AIF_TEST_CACHE=os.environ.get("AIF_TEST_CACHE", ""))
-    proc = subprocess.run([sys.executable, "-m", "aifeedback", "train", "--data", "ai", "--dataset", str(out),
-                           "--model", "tiny-sd15", "--out", str(tmp_path / "run")],
-                          capture_output=True, text=True, env=env, cwd=ROOT)
+    proc = run_group([sys.executable, "-m", "aifeedback", "train", "--data", "ai", "--dataset", str(out),
+                      "--model", "tiny-sd15", "--out", str(tmp_path / "run")], env=env, cwd=ROOT)
     assert proc.returncode == 2 and "no usable preference pairs" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -386,11 +400,11 @@ def test_worker_processes_and_two_process_accelerate_launch_match_one_process(tm
     make_generate_dir(gen, n_prompts=5)
     one, two = tmp_path / "one", tmp_path / "two"
     run(cfg(input=str(gen), out=str(one), scorer="redness,saturation", shard_size=2, workers=2))
-    r = subprocess.run(
+    r = run_group(
         [*accelerate_launch(2), "score",
          "--input", str(gen), "--out", str(two), "--scorer", "redness,saturation", "--shard-size", "2",
          "--workers", "0", "--no-progress"],
-        env=_env(), capture_output=True, text=True, timeout=300,
+        env=_env(), timeout=300,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "pairs kept 5" in r.stdout and r.stdout.count("aif score:") == 1  # rank 0 reports
@@ -402,9 +416,9 @@ def test_worker_processes_and_two_process_accelerate_launch_match_one_process(tm
 def test_cli_reports_a_bad_scorer_without_traceback(tmp_path):
     gen = tmp_path / "gen"
     make_generate_dir(gen, n_prompts=1, k=2, latents=False)
-    r = subprocess.run([sys.executable, "-m", "aifeedback", "score", "--input", str(gen), "--out", str(tmp_path / "o"),
-                        "--scorer", "pickscor", "--workers", "0"],
-                       env=_env(), capture_output=True, text=True, timeout=120)
+    r = run_group([sys.executable, "-m", "aifeedback", "score", "--input", str(gen), "--out", str(tmp_path / "o"),
+                   "--scorer", "pickscor", "--workers", "0"],
+                  env=_env(), timeout=120)
     assert r.returncode == 2 and "Did you mean 'pickscore'" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -417,19 +431,19 @@ def test_sigkill_and_rerun_gives_identical_output(tmp_path):
     make_generate_dir(gen, n_prompts=24, k=4)
     args = ["--input", str(gen), "--scorer", "clip:tiny", "--shard-size", "1", "--workers", "0", "--no-progress"]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    subprocess.run(
-        [sys.executable, "-m", "aifeedback", "score", "--out", str(whole), *args], env=_env(), check=True, timeout=600
-    )
-    p = subprocess.Popen([sys.executable, "-m", "aifeedback", "score", "--out", str(killed), *args], env=_env())
-    deadline = time.time() + 300
-    while len(list((killed / "image_scores").glob("*.parquet"))) < 3 and time.time() < deadline:
-        time.sleep(0.05)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
+    run_group(
+        [sys.executable, "-m", "aifeedback", "score", "--out", str(whole), *args], env=_env(), check=True, timeout=600,
+        capture_output=False)
+    with process_group([sys.executable, "-m", "aifeedback", "score", "--out", str(killed), *args], env=_env()) as p:
+        deadline = time.time() + 300
+        while len(list((killed / "image_scores").glob("*.parquet"))) < 3 and time.time() < deadline:
+            time.sleep(0.05)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
     assert len(list((killed / "image_scores").glob("*.parquet"))) < 24
-    subprocess.run(
-        [sys.executable, "-m", "aifeedback", "score", "--out", str(killed), *args], env=_env(), check=True, timeout=600
-    )
+    run_group(
+        [sys.executable, "-m", "aifeedback", "score", "--out", str(killed), *args], env=_env(), check=True, timeout=600,
+        capture_output=False)
     same_files(whole, killed)
 
 
@@ -451,3 +465,16 @@ def test_tiny_generate_then_score(tiny_sd15, tmp_path):
     assert {"caption", "jpg_0", "jpg_1", "label_0", "label_1", "latent_0", "latent_shape"} <= set(ds.column_names)
     assert set(ds["label_0"]) <= {0.0, 0.5, 1.0} and set(ds["caption"]) == {"a red apple", "a blue sky"}
     assert all(len(r["latent_0"]) == 2 * int(np.prod(r["latent_shape"])) for r in ds)  # float16 bytes
+
+
+def test_decoding_workers_never_run_the_callers_unguarded_main(tmp_path):
+    """`--workers N` decodes in DataLoader processes: they must not depend on the caller's `if __name__ ==
+    "__main__":` guard, whatever the default start method (spawn and forkserver import the caller's script)."""
+    gen = tmp_path / "gen"
+    make_generate_dir(gen, n_prompts=2, k=2, latents=False)
+    script = tmp_path / "launcher.py"
+    script.write_text(SPAWNING_LAUNCHER)
+    r = run_group([sys.executable, str(script), "score", "--input", str(gen), "--out", str(tmp_path / "o"),
+                   "--scorer", "redness", "--workers", "1", "--no-progress"], env=_env(), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert read_manifest(tmp_path / "o", "score")["complete"]

@@ -519,3 +519,27 @@ def test_redness_is_mean_r_minus_mean_gb_in_unit_range():
     assert s[1] == pytest.approx(-1.0)
     rgba = Image.fromarray(np.dstack([arr, np.full((4, 4), 7, np.uint8)]), "RGBA")
     assert load_scorer("redness").score([rgba], [""])[0] == pytest.approx(s[0])  # alpha is dropped
+
+
+class _Marker:
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):  # unpickling it would create the file: what a crafted checkpoint could do
+        return (open, (self.path, "w"))
+
+
+def test_a_scorer_checkpoint_holding_code_or_damaged_is_refused_in_one_line(tmp_path):
+    from aifeedback.scoring.scorers import hpsv2
+
+    marker, crafted = tmp_path / "ran", tmp_path / "ImageReward.pt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "x": _Marker(marker)}, crafted)
+    truncated = tmp_path / "HPS.pt"
+    truncated.write_bytes(crafted.read_bytes()[:200])
+    for load, path, why in [(lambda p: load_scorer(f"imagereward:{p}"), crafted, r"a Python object \(io.open\)"),
+                            (lambda p: hpsv2.load_checkpoint(None, str(p)), crafted, r"a Python object \(io.open\)"),
+                            (lambda p: hpsv2.load_checkpoint(None, str(p)), truncated, "damaged or not a torch file")]:
+        with pytest.raises(AifError, match=f"{path.name}: refused: it .*{why}") as e:
+            load(path)
+        assert "\n" not in str(e.value) and "weights_only" not in str(e.value) and "Fix:" in str(e.value)
+    assert not marker.exists()

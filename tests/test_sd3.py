@@ -82,6 +82,36 @@ def test_loss_weighting_schemes_and_weighted_errors():
         flow_sigmas(sched, torch.tensor([0.5]))
 
 
+def test_loss_weights_act_inside_the_dpo_difference_as_an_effective_beta():
+    """What families/flow.py and losses/base.py document: weighted errors (weight shared by winner and loser) give
+    the DPO loss of the unweighted errors with beta * w(sigma) per pair, by hand; the shipped schemes weigh 1."""
+    import torch.nn.functional as F
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from aifeedback.families.flux import Flux
+    from aifeedback.families.sd3 import SD3
+    from aifeedback.losses.base import denoising_mse
+    from aifeedback.losses.dpo import dpo
+
+    class Cosmap(SD3):
+        weighting_scheme = "cosmap"
+
+    sched = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    t = sched.timesteps[torch.tensor([10, 500, 990])]
+    w = Cosmap("x", "y").loss_weights(sched, t)
+    assert not torch.allclose(w, w[:1].expand(3))  # cosmap: the weight varies with sigma
+    g = torch.Generator().manual_seed(0)
+    target = torch.randn(6, 4, generator=g)
+    preds = [torch.randn(6, 4, generator=g) for _ in range(2)]  # policy, reference; rows 0-2 winners, 3-5 losers
+    (mw, ml), (rw, rl) = (denoising_mse(p, target, w.repeat(2)).chunk(2) for p in preds)
+    (ew, el), (fw, fl) = (denoising_mse(p, target).chunk(2) for p in preds)
+    beta = 5000.0
+    by_hand = -F.logsigmoid(-beta * w / 2 * ((ew - fw) - (el - fl))).mean()
+    torch.testing.assert_close(dpo(mw, ml, rw, rl, beta).loss, by_hand, rtol=1e-5, atol=1e-6)
+    for family in (SD3, Flux):  # the shipped schemes (logit_normal, none): w = 1, Flow-DPO's constant beta
+        assert torch.equal(family("x", "y").loss_weights(sched, t), torch.ones(3))
+
+
 def test_offline_t5_tokenizer_is_deterministic_and_t5_shaped(tmp_path):
     from transformers import T5TokenizerFast
 

@@ -4,6 +4,7 @@ network boundary (HfApi's create_repo / upload_folder replaced by recorders: no 
 import pytest
 import torch
 import yaml
+from huggingface_hub import HfApi
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -12,6 +13,8 @@ from aifeedback.errors import AifError
 from aifeedback.sharing.cards import front_matter
 from aifeedback.storage.files import write_json
 from tests.pairs_fixtures import pickapic_rows, tiny_train, write_pickapic
+
+REAL_WHOAMI = HfApi.whoami  # the tests that need the hub's real answer without a hub put it back
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +119,19 @@ def test_kohya_needs_a_lora(tmp_path):
 
 
 @pytest.fixture
-def hub_calls(monkeypatch):
+def logged_in(monkeypatch):
+    """A hub token on the machine and whoami's answer for it (its account "me", member of "lab", write access)."""
+    import huggingface_hub
+    from huggingface_hub import HfApi
+
+    answer = {"name": "me", "orgs": [{"name": "lab"}], "auth": {"accessToken": {"role": "write"}}}
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_test")
+    monkeypatch.setattr(HfApi, "whoami", lambda self, token=None, **kw: answer)
+    return answer
+
+
+@pytest.fixture
+def hub_calls(monkeypatch, logged_in):
     """HfApi.create_repo / upload_folder record what they would send (and the files the folder holds then)."""
     from huggingface_hub import HfApi
 
@@ -194,3 +209,95 @@ def test_a_refused_upload_says_how_to_log_in(tmp_path, monkeypatch):
         push_folder(tmp_path, "me/x", "model")
     with pytest.raises(ValueError, match="model or dataset"):
         push_folder(tmp_path, "me/x", "space")
+
+
+@pytest.mark.parametrize("repo", ["me/bad--name", "datasets/me/pairs", "me/", "me/x" + "y" * 100])
+def test_a_bad_repo_id_is_refused_with_the_other_problems(repo):
+    from aifeedback.config import ConfigError
+    from aifeedback.stages.export_config import ExportConfig
+    from aifeedback.stages.score_config import ScoreConfig
+
+    for config, values in ((ExportConfig, {"checkpoint": "run", "format": "kohya", "pipeline": True}),
+                           (ScoreConfig, {"input": "gen", "scorer": []})):
+        with pytest.raises(ConfigError) as e:  # at parse time, listed with the other problems
+            build_config(config, dict(values, push_to_hub=repo))
+        assert "push_to_hub: " in str(e.value) and "not a hub repo id" in str(e.value)
+        assert "kohya" in str(e.value) if config is ExportConfig else "scorer:" in str(e.value)
+    build_config(ExportConfig, {"checkpoint": "run", "push_to_hub": "me/my-dpo_lora.v1"})  # user/name passes
+    build_config(ExportConfig, {"checkpoint": "run", "push_to_hub": "my-lora"})  # in the login's namespace
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on: connecting is refused at once, no network needed
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _refused(self, *a, **kw):
+    from huggingface_hub.errors import HfHubHTTPError
+
+    error = HfHubHTTPError.__new__(HfHubHTTPError)  # the hub's 401 without a server (see test below)
+    Exception.__init__(error, "401 Client Error: Unauthorized\nInvalid credentials in Authorization header")
+    raise error
+
+
+@pytest.mark.parametrize("case, match", [
+    ("no token", "no hub token on this machine; log in with `hf auth login`"),
+    ("offline", "could not reach the hub .*offline mode is enabled"),
+    ("no network", "could not reach the hub .*(refused|Connection)"),
+    ("token refused", "the hub did not accept the login check .*401 Client Error.*hf auth login"),
+    ("read-only token", "the token of me is read-only"),
+    ("foreign namespace", "the logged-in account me cannot write to 'other' .*pass me/lora"),
+])
+def test_push_to_hub_checks_login_and_network_before_the_export(lora_run, tmp_path, monkeypatch, logged_in, case,
+                                                                match):
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    repo = "other/lora" if case == "foreign namespace" else "me/lora"
+    if case == "no token":
+        monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    if case in ("offline", "no network"):  # the real whoami, against no hub
+        monkeypatch.setattr(HfApi, "whoami", REAL_WHOAMI)
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", case == "offline")
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    if case == "token refused":
+        monkeypatch.setattr(HfApi, "whoami", _refused)
+    if case == "read-only token":
+        logged_in["auth"]["accessToken"]["role"] = "read"
+    for method in ("create_repo", "upload_folder"):
+        monkeypatch.setattr(HfApi, method, lambda *a, **kw: pytest.fail("uploaded after a failed check"))
+    out = tmp_path / "e"
+    with pytest.raises(AifError, match=match) as e:
+        _export(checkpoint=str(lora_run), out=str(out), push_to_hub=repo)
+    assert "\n" not in str(e.value) and not out.exists()  # one line, and nothing exported yet
+
+
+def test_score_checks_the_hub_login_before_scoring(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from aifeedback.stages.score import ScoreConfig, run
+    from tests.test_score import make_generate_dir
+
+    make_generate_dir(tmp_path / "gen")
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    cfg = dict(input=str(tmp_path / "gen"), out=str(tmp_path / "pairs"), scorer=["pickscore:tiny"], workers=0,
+               progress=False, push_to_hub="me/pairs")
+    with pytest.raises(AifError, match="no hub token"):
+        run(build_config(ScoreConfig, cfg))
+    assert not (tmp_path / "pairs").exists()
+
+
+def test_a_failed_upload_is_one_line(tmp_path, monkeypatch):
+    from huggingface_hub import HfApi, constants
+
+    from aifeedback.sharing.hub import push_folder
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{_closed_port()}")  # the network fails mid-way
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: f"https://hub/{repo_id}")
+    with pytest.raises(AifError, match="the upload failed .*complete; log in") as e:
+        push_folder(tmp_path, "me/x", "model")
+    assert "\n" not in str(e.value)

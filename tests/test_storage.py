@@ -4,7 +4,6 @@ import json
 import os
 import signal
 import stat
-import subprocess
 import sys
 
 import pytest
@@ -13,6 +12,7 @@ from aifeedback.storage.checkpoints import CheckpointError, latest_checkpoint, p
 from aifeedback.storage.files import atomic_write_text
 from aifeedback.storage.publish import publish, publishing, remove_stale, temporary_path
 from aifeedback.storage.shards import shard_files, write_shard
+from tests.launch import run_group
 
 
 def mode(path):
@@ -80,7 +80,8 @@ with publishing(Path(sys.argv[1]), folder=sys.argv[2] == "folder") as tmp:
 
 def test_a_killed_writer_leaves_only_a_hidden_temporary_that_the_rerun_clears(tmp_path):
     for kind in ("file", "folder"):
-        r = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(tmp_path / kind), kind], timeout=120)
+        r = run_group([sys.executable, "-c", KILLED_WRITER, str(tmp_path / kind), kind], timeout=120,
+                      capture_output=False)
         assert r.returncode == -signal.SIGKILL
     left = sorted(p.name for p in tmp_path.iterdir())
     assert len(left) == 2 and all(n.startswith(".") and n.endswith(".tmp") for n in left), left
@@ -144,7 +145,7 @@ def test_lora_files_are_identical_across_hash_seeds(tmp_path):
     for seed in ("0", "1"):  # string hashes are fixed per seed (SipHash); these two order the 4 names differently
         out = tmp_path / seed
         env = dict(os.environ, PYTHONHASHSEED=seed)
-        subprocess.run([sys.executable, "-c", _SAVE_LORA, str(out)], check=True, env=env, capture_output=True)
+        run_group([sys.executable, "-c", _SAVE_LORA, str(out)], check=True, env=env)
         files.append((out / "pytorch_lora_weights.safetensors").read_bytes())
     assert all(f == files[0] for f in files[1:])
     from safetensors import safe_open

@@ -6,7 +6,7 @@ import math
 import os
 import re
 import signal
-import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from aifeedback.errors import AifError, DataError
-from tests.launch import accelerate_launch
+from tests.launch import SPAWNING_LAUNCHER, accelerate_launch, run_group
 from tests.pairs_fixtures import pickapic_rows, read_metrics, tiny_train, write_pickapic, write_score_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -168,12 +168,12 @@ def test_two_process_accelerate_launch(tmp_path):
            "train", "--dataset", str(data), "--model", "tiny-sd15", "--resolution", "16", "--batch-size", "1",
            "--max-steps", "4", "--checkpoint-every", "2", "--validation-every", "0", "--num-workers", "0",
            "--trackers", "none", "--out", str(out)]
-    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    res = run_group(cmd, env=_env(), timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     m = read_metrics(out)
     assert [r["step"] for r in m] == [1, 2, 3, 4] and abs(m[0]["loss"] - math.log(2)) < 1e-6
     assert "2 pairs/step" in res.stderr and "2 process(es)" in res.stderr
-    assert (out / "checkpoints" / "checkpoint-000002" / "random_states_1.pkl").exists()
+    assert (out / "checkpoints" / "checkpoint-000002" / "rng-1.safetensors").exists()  # each process its own
     # one epoch (4 steps x 2 processes = 8 pairs) meets both bad pairs once; the count is over all processes
     assert sorted(re.findall(r"skipped unreadable pair at row (\d+)", res.stderr)) == ["4", "7"]
     assert m[-1]["bad_images"] == 2 and json.loads((out / "manifest.json").read_text())["counts"]["bad_images"] == 2
@@ -405,10 +405,20 @@ def test_a_nonfinite_loss_stops_before_the_update_or_is_skipped_when_asked(human
 
 
 _POISONED_RANK = """
+import time
+
 from aifeedback.cli import main
+import aifeedback.stages.train as train
 from aifeedback.stages.train import TrainRecipe
 
 real = TrainRecipe._step
+real_save = train.save_state
+
+
+def late_save(folder, optimizer, lr_sched, scaler, acc_step, rank, is_main):
+    if rank == 1:  # process 1 writes its share of a checkpoint late, as on a loaded machine
+        time.sleep(3)
+    return real_save(folder, optimizer, lr_sched, scaler, acc_step, rank, is_main)
 
 
 def step(self, batch):  # NaN loss on process 1 only, at step 2: only the gradient all-reduce would spread it
@@ -423,6 +433,7 @@ def step(self, batch):  # NaN loss on process 1 only, at step 2: only the gradie
 
 
 TrainRecipe._step = step
+train.save_state = late_save
 main()
 """
 
@@ -435,14 +446,16 @@ def test_processes_agree_to_stop_on_one_process_nonfinite_loss(human, tmp_path):
            "train", "--dataset", str(human), "--model", "tiny-sd15", "--resolution", "16", "--batch-size", "1",
            "--lora-rank", "2", "--max-steps", "3", "--checkpoint-every", "1", "--validation-every", "0",
            "--num-workers", "0", "--trackers", "none", "--out", str(tmp_path / "run")]
-    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    res = run_group(cmd, env=_env(), timeout=300)
     assert res.returncode != 0
     # both processes stop at the same step (no hang in a collective: the run ends well before the timeout) with the
     # clear error; the launcher may end the second process before it prints, so at least one prints it
     errors = re.findall(r"error: step 2: the loss is not finite \(NaN or inf\) on 1 of 2 processes.*checkpoint-000001",
                         res.stderr)
     assert 1 <= len(errors) <= 2, res.stderr[-3000:]
+    # no temporary folder beside it: the checkpoint is renamed only once every process has written its part
     assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["checkpoint-000001"]
+    assert (tmp_path / "run" / "checkpoints" / "checkpoint-000001" / "rng-1.safetensors").exists()
 
 
 def _tracked(event_file: Path) -> tuple[dict, dict]:
@@ -533,3 +546,17 @@ def test_validation_images_reach_wandb_captioned(monkeypatch):
     assert [(im.data, im.caption) for im in values["validation"]] == [
         (images[0], "a red cat (seed 0)"), (images[1], "a red cat (seed 7)"),
         (images[2], "a blue dog (seed 0)"), (images[3], "a blue dog (seed 7)")]
+
+
+@pytest.mark.slow  # a training process started from a script (~20 s); test_score checks the same for decoding workers
+def test_data_workers_never_run_the_callers_unguarded_main(human, tmp_path):
+    """`--num-workers N` loads pairs in DataLoader processes, which must not import the caller's unguarded script
+    whatever the default start method (spawn on macOS, forkserver on Linux from Python 3.14)."""
+    script = tmp_path / "launcher.py"
+    script.write_text(SPAWNING_LAUNCHER)
+    cmd = [sys.executable, str(script), "train", "--dataset", str(human), "--model", "tiny-sd15", "--resolution", "16",
+           "--batch-size", "1", "--lora-rank", "2", "--max-steps", "1", "--validation-every", "0", "--num-workers",
+           "1", "--trackers", "none", "--no-progress", "--out", str(tmp_path / "run")]
+    res = run_group(cmd, env=_env(), timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert [r["step"] for r in read_metrics(tmp_path / "run")] == [1]

@@ -17,6 +17,7 @@ for another setup, naming each difference, instead of silently training on the w
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,7 +26,7 @@ from typing import Any
 import torch
 
 from aifeedback.config import input_paths
-from aifeedback.errors import AifError
+from aifeedback.errors import AifError, DataError, first_line
 
 STAGE = "cache"
 EMPTY_PROMPT = "empty_prompt.safetensors"
@@ -59,16 +60,18 @@ def spec(t: torch.Tensor) -> dict[str, Any]:
 
 def is_cache(dataset: str) -> bool:
     """Whether --dataset is an `aif cache` output."""
-    from aifeedback.storage.files import read_json
-    from aifeedback.storage.manifest import MANIFEST
+    from aifeedback.storage.manifest import MANIFEST, read_manifest
 
     path = Path(dataset).expanduser() / MANIFEST
-    return path.is_file() and read_json(path).get("stage") == STAGE
+    return path.is_file() and read_manifest(path.parent).get("stage") == STAGE
 
 
 @torch.no_grad()
 def posterior(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
-    """What the VAE's encoder returns for images in [-1, 1]: its posterior's parameters (N, 2C, h, w)."""
+    """What the VAE's encoder returns for images in [-1, 1]: its posterior's parameters (N, 2C, h, w). A video-style
+    VAE (Qwen-Image's) encodes one frame, (N, 3, 1, H, W), and its frame axis is dropped."""
+    if "temperal_downsample" in vae.config:
+        return vae.encode(pixels.unsqueeze(2).to(device=vae.device, dtype=vae.dtype)).latent_dist.parameters[:, :, 0]
     return vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist.parameters
 
 
@@ -130,6 +133,37 @@ class CachedTransform:
                 "time_ids": ids}
 
 
+def damaged_cache(where: Path, what: str) -> DataError:
+    return DataError(f"{where}: a damaged `aif cache` ({what}). Fix: build the cache again (aif cache ... --out "
+                     "NEW_CACHE, or --overwrite)")
+
+
+def _header(path: str, manifest: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """(tensor specs, key) of a cache's manifest, checked: every spec a torch dtype and a shape of sizes."""
+    where = Path(path) / "manifest.json"
+    try:
+        specs, made, _ = manifest["tensors"], manifest["key"], manifest["config"]
+        for column, s in specs.items():
+            if not isinstance(getattr(torch, str(s["dtype"]), None), torch.dtype) or not all(
+                    isinstance(n, int) and n >= 0 for n in s["shape"]):
+                raise ValueError(f"the tensor spec of {column} is {s}")
+        missing = [k for k in KEY_FIELDS if k not in made]
+        if missing:
+            raise ValueError(f"its key lacks {missing}")
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise damaged_cache(where, f"header: {first_line(e)}") from None
+    return specs, made
+
+
+def _check_length(where: Path, column: str, specs: dict[str, Any], data: Any) -> None:
+    s = specs.get(column)
+    if s is None or not isinstance(data, (bytes, bytearray)):
+        raise damaged_cache(where, f"{column} is not in its header, or not stored as bytes")
+    want = math.prod(s["shape"]) * getattr(torch, s["dtype"]).itemsize
+    if len(data) != want:
+        raise damaged_cache(where, f"{column} holds {len(data)} bytes, its header says {s} ({want} bytes)")
+
+
 def open_cache(path: str, wanted: dict[str, Any], caption_dropout: float) -> tuple[Any, CachedTransform]:
     """(rows, transform) of a finished cache that matches `wanted` (KEY_FIELDS of the training run)."""
     from safetensors.torch import load_file
@@ -141,11 +175,21 @@ def open_cache(path: str, wanted: dict[str, Any], caption_dropout: float) -> tup
     manifest = read_manifest(path, STAGE)
     if not manifest.get("complete"):
         raise AifError(f"{path}: the `aif cache` run did not finish; rerun it (it resumes) before training on it")
-    made = manifest["key"]
+    specs, made = _header(path, manifest)
     error = mismatch_error(path, made, wanted, manifest["config"].get("dataset"))
     if error is not None:
         raise error
     rows = ParquetRows(shard_files(path), path)
-    transform = CachedTransform(manifest["tensors"], load_file(str(Path(path) / EMPTY_PROMPT)), made["flip"],
-                                caption_dropout)
+    empty = Path(path) / EMPTY_PROMPT
+    try:
+        empty_prompt = load_file(str(empty))
+    except Exception as e:  # safetensors' own error type, or OSError
+        raise damaged_cache(empty, f"unreadable as safetensors ({first_line(e)})") from None
+    for name, t in empty_prompt.items():
+        _check_length(empty, f"{PROMPT}{name}", specs, tensor_bytes(t))
+    if len(rows):  # one row read back: its stored tensors must have the byte sizes the header says
+        row = rows[0]
+        for column in specs:
+            _check_length(Path(path), column, specs, row[column])
+    transform = CachedTransform(specs, empty_prompt, made["flip"], caption_dropout)
     return rows, transform

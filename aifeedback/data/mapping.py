@@ -197,6 +197,27 @@ def row_labels(mapping: dict[str, str], row: dict[str, Any], first_wins: bool) -
     return _number(row[mapping["label_0"]]), _number(row[mapping["label_1"]])
 
 
+def canonical_mapping(have: list[str]) -> dict[str, str]:
+    """The mapping of a table already in the canonical columns onto itself (labels when it has both): read through
+    it, a Pick-a-Pic-layout file gives every consumer the cells a mapped layout gives (images as bytes, from bytes,
+    a `datasets` Image or a path inside the folder; labels as numbers)."""
+    mapping = {"caption": "caption", "image_0": "jpg_0", "image_1": "jpg_1"}
+    if "label_0" in have and "label_1" in have:
+        mapping.update(label_0="label_0", label_1="label_1")
+    return mapping
+
+
+def canonical_cell(name: str, value: Any) -> Any:
+    """A cell of a loaded `datasets` table (hub id, save_to_disk) as every consumer reads it: an image column's
+    stored bytes (a `datasets` Image's, never a decoded image), a label as a number (NaN: a bad label); other cells
+    as they are. Local files get the same through `canonical_mapping`."""
+    if name in ("jpg_0", "jpg_1") and isinstance(value, dict):
+        return value.get("bytes")  # a path in a loaded dataset cannot be resolved (see image_cell)
+    if name in ("label_0", "label_1"):
+        return _number(value)
+    return value
+
+
 def mapped_names(have: list[str], mapping: dict[str, str], first_wins: bool) -> list[str]:
     """The columns of a mapped table whose source has columns `have`: the unmapped ones, then the canonical ones."""
     out = ["caption", "jpg_0", "jpg_1"] + (["label_0", "label_1"] if label_sources(mapping, first_wins) is not None
@@ -225,8 +246,9 @@ def image_cell(value: Any, root: Path | None, where: Any) -> bytes | None:
 
 
 def _number(value: Any) -> float:
-    """A label cell as a float; NaN (a bad label, counted and dropped) when it is not a number."""
+    """A label cell as a float (a number, or text of one: "1", "0.5"; True/False as 1/0, as the one label rule
+    reads them); NaN (a bad label, counted and dropped) when it is not a number."""
     try:
-        return float(value) if not isinstance(value, bool) else float("nan")
+        return float(value)
     except (TypeError, ValueError):
         return float("nan")

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+from aifeedback.config import shown
 from aifeedback.data.labels import LABEL_COLUMNS, PAIR_COLUMNS, manifest_path, winner_of
 from aifeedback.data.transforms import LATENT_COLUMNS, Transform, latent_source, stored_latent_shape
 
@@ -60,7 +61,7 @@ class PairStats:
     def add_bad(self, row: int, l0: Any, l1: Any) -> None:
         self.bad_labels += 1
         if len(self.bad_label_examples) < 5:
-            self.bad_label_examples.append(f"row {row}: label_0={l0!r}, label_1={l1!r}")
+            self.bad_label_examples.append(f"row {row}: label_0={shown(l0)}, label_1={shown(l1)}")
 
     def summary(self, name: str) -> str:
         s = f"{name}: {self.rows} rows, {self.kept} pairs kept, {self.ties} ties dropped"
@@ -230,9 +231,12 @@ def batches(dataset: PairDataset, batch_size: int, rank: int, world: int, start_
     """An endless iterator of this process's micro-batches starting at global micro-batch `start_micro`."""
     import torch
 
+    from aifeedback.dist import worker_context
+
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=PositionSampler(batch_size, rank, world, start_micro), collate_fn=collate,
         num_workers=num_workers, persistent_workers=num_workers > 0,
+        multiprocessing_context=worker_context(num_workers),  # workers never import the caller's __main__
         # Own generator: otherwise creating the iterator draws from the global RNG, which a resume would replay
         # at a different point than an uninterrupted run.
         generator=torch.Generator().manual_seed(seed),

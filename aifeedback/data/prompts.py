@@ -2,13 +2,15 @@
 
 A source is one of:
   parti                 the built-in PartiPrompts (1632 prompts, package data; meta has `category`)
+  geneval               the built-in GenEval prompts (553, package data; their task specs: evaluation/geneval.py)
   FILE.txt              one prompt per line
   FILE.jsonl|csv|tsv    one prompt per row, read from a column (`column`, default: prompt / caption / text)
   DIR or OWNER/NAME     a local or hub `datasets` dataset (`column`, `split`), e.g. Pick-a-Pic captions
 Files are UTF-8 (a byte-order mark is dropped) or UTF-16 with a byte-order mark; lines end in LF, CRLF or CR.
 A prompt value must be a string (null counts as empty); anything else, undecodable bytes, binary files and CSV rows
 with more cells than the header are refused with the file, the line and the fix.
-Texts are stripped; empty ones are dropped, and so are repeats (by default). The `prompt_id` is a hash of the
+Texts are stripped; empty and whitespace-only ones are skipped with a note that counts them and names their lines
+(rows of a dataset), and repeats are dropped (by default). The `prompt_id` is a hash of the
 text, so the same prompt gets the same id (and, in `aif generate`, the same seeds) in every file and run.
 """
 
@@ -26,7 +28,7 @@ from typing import Any, Iterable, Iterator
 from aifeedback.errors import DataError
 from aifeedback.resources import resource_path
 
-BUILTIN = {"parti": ("PartiPrompts.tsv", "Prompt")}
+BUILTIN = {"parti": ("PartiPrompts.tsv", "Prompt"), "geneval": ("geneval/evaluation_metadata.jsonl", "prompt")}
 FILE_SUFFIXES = (".txt", ".jsonl", ".csv", ".tsv")
 DEFAULT_COLUMNS = ("prompt", "caption", "text", "Prompt")
 CATEGORY_COLUMNS = ("category", "Category")
@@ -62,17 +64,35 @@ def load_prompts(source: str, column: str | None = None, split: str | None = Non
     kind = source_kind(source)
     if kind == "builtin":
         name, default_column = BUILTIN[source]
-        rows, label = _read_table(data_path(name), column or default_column), f"built-in '{source}'"
+        rows, label = _read_file(data_path(name), column or default_column), f"built-in '{source}'"
     elif kind == "file":
         path = Path(source).expanduser()
         rows, label = _read_file(path, column), str(path)
     else:
         rows, label = _read_dataset(source, column, split), f"dataset '{source}'"
-    prompts = _collect(rows, limit, dedupe)
+    prompts, empty = _collect(rows, limit, dedupe)
     if not prompts:
         raise DataError(f"{label} holds no prompts (every row is empty). Fix: point --prompts at a file with one "
                         f"prompt per line / row.")
+    if empty:
+        _note_empty(label, empty)
     return prompts
+
+
+_NOTED: set[tuple[str, int]] = set()  # (source, count) already noted by this process: a stage reads its prompts twice
+
+
+def _note_empty(label: str, empty: list[str]) -> None:
+    """Say once per process (the main one under `accelerate launch`) which empty prompts were skipped."""
+    import os
+
+    if (label, len(empty)) in _NOTED or os.environ.get("RANK", "0") != "0":
+        return
+    _NOTED.add((label, len(empty)))
+    from aifeedback.console import note
+
+    listed = ", ".join(empty[:10]) + (f" and {len(empty) - 10} more" if len(empty) > 10 else "")
+    note(f"note: {label}: {len(empty)} empty or whitespace-only prompt(s) skipped ({listed})")
 
 
 def source_kind(source: str) -> str:
@@ -88,12 +108,15 @@ def source_kind(source: str) -> str:
                     f"for the built-in PartiPrompts.")
 
 
-def _collect(rows: Iterable[tuple[str, dict]], limit: int | None, dedupe: bool) -> list[Prompt]:
+def _collect(rows: Iterable[tuple[str, dict, str]], limit: int | None, dedupe: bool) -> tuple[list[Prompt], list[str]]:
+    """The prompts of (text, meta, where) rows, and where the empty ones were ('line 3', 'row 7')."""
     out: list[Prompt] = []
+    empty: list[str] = []
     counts: dict[str, int] = {}
-    for text, meta in rows:
+    for text, meta, where in rows:
         text = (text or "").strip()
         if not text:
+            empty.append(where)
             continue
         pid = prompt_id(text)
         repeats = counts[pid] = counts.get(pid, 0) + 1
@@ -104,10 +127,10 @@ def _collect(rows: Iterable[tuple[str, dict]], limit: int | None, dedupe: bool) 
         out.append(Prompt(pid, text, meta))
         if limit is not None and len(out) >= limit:
             break  # stop reading: a streamed dataset may be huge
-    return out
+    return out, empty
 
 
-def _read_file(path: Path, column: str | None) -> Iterator[tuple[str, dict]]:
+def _read_file(path: Path, column: str | None) -> Iterator[tuple[str, dict, str]]:
     suffix = path.suffix.lower()
     if path.stat().st_size == 0:
         raise DataError(f"prompt file {path} is empty. Fix: write one prompt per line (.txt) or row "
@@ -115,7 +138,10 @@ def _read_file(path: Path, column: str | None) -> Iterator[tuple[str, dict]]:
     if suffix == ".txt":
         if column:
             raise DataError(f"--prompt-column does not apply to {path}: a .txt file holds one prompt per line.")
-        return ((line, {}) for line in _lines(read_text(path)))
+        lines = _lines(read_text(path))
+        if lines[-1] == "":  # the end of the last line, not an empty one
+            lines.pop()
+        return ((line, {}, f"line {n}") for n, line in enumerate(lines, 1))
     if suffix in (".csv", ".tsv"):
         return _read_table(path, column)
     if suffix == ".jsonl":
@@ -192,54 +218,84 @@ def _meta(row: dict) -> dict:
 _EXTRA = object()  # DictReader's key for the cells of a row beyond the header
 
 
-def _read_table(path: Path, column: str | None) -> list[tuple[str, dict]]:
+def _read_table(path: Path, column: str | None) -> list[tuple[str, dict, str]]:
     tsv = path.suffix.lower() == ".tsv"
     sep = "\t" if tsv else ","
     # TSV has no quoting (a cell cannot hold a tab or a line break): a quote is text, as in PartiPrompts'
     # '"G I G G L E" painted ...', which CSV quoting would read as 'G I G G L E painted ...'
     reader = csv.DictReader(io.StringIO(read_text(path), newline=""), delimiter=sep, restkey=_EXTRA,
                             quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL)
-    col = _pick_column(list(reader.fieldnames or []), column, str(path))
+    header = list(reader.fieldnames or [])
+    if reader.line_num and not header:  # a blank first line, read as a header with no columns
+        raise DataError(f"{path}, line 1: empty, but a {path.suffix.lower()} file starts with its header line (e.g. "
+                        "prompt). Fix: remove the blank line(s) before the header.")
+    twice = next((c for c in header if header.count(c) > 1), None)
+    if twice is not None:  # DictReader would keep the last cell of the name silently
+        cells = [str(n) for n, c in enumerate(header, 1) if c == twice]
+        raise DataError(f"{path}, line {reader.line_num}: the header names the column '{twice[:60]}' twice (cells "
+                        f"{' and '.join(cells)}), so which one holds the prompt is a guess. Fix: give each column its "
+                        f"own name.")
+    col = _pick_column(header, column, str(path))
     rows = []
-    for row in _table_rows(reader, path):
+    for start, row in _table_rows(reader, path):
         if _EXTRA in row:  # csv would drop the extra cells: a prompt with an unquoted separator loses its tail
             raise DataError(f"{path}, line {reader.line_num}: {len(reader.fieldnames) + len(row[_EXTRA])} cells but "
-                            f"the header has {len(reader.fieldnames)}. Fix: quote a cell that holds a "
-                            f"{'tab' if sep == chr(9) else 'comma'} (\"a cat, sitting\").")
-        rows.append((row[col] or "", _meta(row)))
+                            f"the header has {len(reader.fieldnames)}. Fix: "
+                            + ("a .tsv cell cannot hold a tab (TSV has no quoting): remove the tab from the prompt, or "
+                               "save the file as .csv and quote that cell." if tsv else
+                               "quote a cell that holds a comma (\"a cat, sitting\")."))
+        rows.append((row[col] or "", _meta(row), f"line {start}"))
     return rows
 
 
-def _table_rows(reader: csv.DictReader, path: Path) -> Iterator[dict]:
+def _table_rows(reader: csv.DictReader, path: Path) -> Iterator[tuple[int, dict]]:
+    """(line the row ends on, row) of a table: the line an empty prompt's row is on (a quoted cell may span lines)."""
     while True:
         start = reader.line_num + 1
         try:
-            yield next(reader)
+            row = next(reader)
         except StopIteration:
             return
         except csv.Error as e:  # a cell over csv's field size limit: an unclosed quote swallowing the file
             raise DataError(f"{path}, line {start}: not a valid table row ({e}). Fix: close the quote that opens a "
                             f"cell, or quote the cell in full.") from None
+        yield reader.line_num, row
 
 
-def _read_jsonl(path: Path, column: str | None) -> Iterator[tuple[str, dict]]:
+class _DuplicateKey(Exception):
+    """A JSON object names a key twice."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    keys = [k for k, _ in pairs]
+    twice = next((k for k in keys if keys.count(k) > 1), None)
+    if twice is not None:
+        raise _DuplicateKey(twice)
+    return dict(pairs)
+
+
+def _read_jsonl(path: Path, column: str | None) -> Iterator[tuple[str, dict, str]]:
     col = None
     for n, line in enumerate(_lines(read_text(path)), 1):  # JSON strings hold no raw CR/LF: every row is one line
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = json.loads(line, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}, line {n}: not valid JSON ({e.msg}). Fix: one JSON object per line.") from None
+        except _DuplicateKey as e:
+            raise DataError(f"{path}, line {n}: the key '{str(e)[:60]}' is given twice in one object, so which "
+                            "value is the prompt is a guess (JSON readers keep the last one silently). Fix: keep one "
+                            "of them.") from None
         if not isinstance(row, dict):
             raise DataError(f"{path}, line {n}: expected a JSON object like {{\"prompt\": \"...\"}}.")
         col = col or _pick_column(list(row), column, f"{path} (line {n})")
         if col not in row:
             raise DataError(f"{path}, line {n}: no '{col}' key (it has: {', '.join(row)}).")
-        yield _prompt_value(row[col], f"{path}, line {n}", col), _meta(row)
+        yield _prompt_value(row[col], f"{path}, line {n}", col), _meta(row), f"line {n}"
 
 
-def _read_dataset(source: str, column: str | None, split: str | None) -> Iterator[tuple[str, dict]]:
+def _read_dataset(source: str, column: str | None, split: str | None) -> Iterator[tuple[str, dict, str]]:
     """Stream a column of a `datasets` dataset: a save_to_disk folder, a data folder, or a hub id."""
     import datasets
 
@@ -268,7 +324,7 @@ def _read_dataset(source: str, column: str | None, split: str | None) -> Iterato
     keep = [col] + [c for c in CATEGORY_COLUMNS if c in names]
     try:
         for n, row in enumerate(ds.select_columns(keep)):
-            yield _prompt_value(row[col], f"dataset '{source}', row {n}", col), _meta(row)
+            yield _prompt_value(row[col], f"dataset '{source}', row {n}", col), _meta(row), f"row {n}"
     except DataError:
         raise
     except Exception as e:  # a corrupt shard surfaces while iterating

@@ -16,7 +16,7 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from aifeedback.data.mapping import image_cell, mapped_names, row_labels, source_columns
+from aifeedback.data.mapping import canonical_cell, image_cell, mapped_names, row_labels, source_columns
 from aifeedback.errors import DataError
 
 
@@ -126,7 +126,8 @@ class ParquetRows:
 
 
 class HubRows:
-    """Random access to a `datasets.Dataset` (hub id or anything `load_dataset` reads)."""
+    """Random access to a `datasets.Dataset` (hub id or anything `load_dataset` reads), its cells canonical
+    (`canonical_cell`: images as stored bytes, labels as numbers) as `MappedRows` gives those of local files."""
 
     def __init__(self, ds, label: str):
         for c in ("jpg_0", "jpg_1"):  # keep image bytes as bytes, never decode them here
@@ -143,16 +144,11 @@ class HubRows:
         return f"{self.label} row {row}"
 
     def column(self, name: str) -> list:
-        return list(self.ds[name])
+        return [canonical_cell(name, v) for v in self.ds[name]]
 
     def take(self, rows: list[int], columns: list[str]) -> list[dict[str, Any]]:
         batch = self.ds.select_columns(columns)[list(rows)]
-        out = [{c: batch[c][i] for c in columns} for i in range(len(rows))]
-        for r in out:
-            for c in ("jpg_0", "jpg_1"):
-                if isinstance(r.get(c), dict):
-                    r[c] = r[c].get("bytes")
-        return out
+        return [{c: canonical_cell(c, batch[c][i]) for c in columns} for i in range(len(rows))]
 
 
 def read_columns(table: Any, names: list[str]) -> dict[str, list]:

@@ -9,7 +9,11 @@ Every consumer goes through `open_pairs`, so all three share:
   split keeps every file; a folder whose file names carry no split at all is one split, read whatever S is;
 - one column check (`require_columns`), naming the file, the missing columns and the `--columns` mapping that
   would read it (aifeedback.data.mapping: any other layout, mapped by the user);
-- one label rule (`aifeedback.data.labels.winner_of`).
+- one label rule (`aifeedback.data.labels.winner_of`);
+- the same cells: local files are read in place through a mapping (`MappedRows`; Pick-a-Pic's files through
+  `canonical_mapping`), loaded datasets through `canonical_cell`, so every consumer gets images as bytes (from
+  bytes, a `datasets` Image or a path inside the folder) and labels as numbers, and a bad path is refused when
+  the table is opened, with the same line for all.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import pyarrow.parquet as pq
 
 from aifeedback.data import ranked
 from aifeedback.data.labels import LABEL_COLUMNS, OPEN_PREFERENCES, PAIR_COLUMNS, UNPAIRED_COLUMNS
-from aifeedback.data.mapping import check_mapping, map_columns, mapped_names, suggest
+from aifeedback.data.mapping import canonical_cell, canonical_mapping, check_mapping, map_columns, mapped_names, suggest
 from aifeedback.data.rows import HubRows, MappedRows, ParquetRows
 from aifeedback.data.trl import TRL_COLUMNS, TRL_MAPPING, check_path
 from aifeedback.errors import DataError, first_line
@@ -190,8 +194,12 @@ class PairTable:
                 for batch in pq.ParquetFile(f).iter_batches(batch_size=64, columns=cols):
                     yield from batch.to_pylist()
             return
-        for row in self.dataset(streaming=True):
-            yield {c: row.get(c) for c in cols}
+        ds = self.dataset(streaming=True)
+        for c in ("jpg_0", "jpg_1"):  # stored bytes, never decoded images (as HubRows and MappedRows give them)
+            if ds.features is not None and isinstance(ds.features.get(c), datasets.Image):
+                ds = ds.cast_column(c, datasets.Image(decode=False))
+        for row in ds:
+            yield {c: canonical_cell(c, row.get(c)) for c in cols}
 
 
 def file_rows(path: Path) -> int:
@@ -357,7 +365,15 @@ def _open_pickapic(target: str, how: Opening) -> PairTable:
                 raise DataError(f"{path} has splits {', '.join(ds)}, not '{how.split}'. Fix: pass --split")
             ds = ds[how.split]
         return PairTable(str(path), "pickapic", ds=ds.to_iterable_dataset() if how.streaming else ds)
-    return PairTable(str(path), "pickapic", split_files(path, data_files(path), how.split))
+    files = split_files(path, data_files(path), how.split)
+    have = [file_columns(f) for f in files]
+    for f, names in zip(files, have, strict=True):  # every file, naming the one that lacks a column
+        require_columns(str(f), names, PAIR_COLUMNS + (LABEL_COLUMNS if how.labels else ()))
+    if not any(file_rows(f) for f in files):
+        return PairTable(str(path), "pickapic", files)  # nothing to map: dataset() says there are no rows
+    # read in place through the canonical mapping, as a mapped layout: the same cells for train, score and inspect
+    common = [c for c in have[0] if all(c in h for h in have)]
+    return _in_place(path, files, "pickapic", canonical_mapping(common), first_wins=False)
 
 
 def _is_trl(target: str) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from aifeedback.config import shown
 from aifeedback.data.pairs import PairStats
 
 LATENTS = ("latent", "latent_shape")  # stored latents of an `aif score --unpaired` output of a generate input
@@ -42,7 +43,7 @@ def filter_desirable(ds: Any, limit: int | None = None) -> tuple[list[tuple[int,
         if flag is None or flag not in (True, False):  # null, or a value that is neither (1/0 pass as true/false)
             stats.bad_labels += 1
             if len(stats.bad_label_examples) < 5:
-                stats.bad_label_examples.append(f"row {row}: desirable={flag!r}")
+                stats.bad_label_examples.append(f"row {row}: desirable={shown(flag)}")
         elif limit is None or len(keep) < limit:
             keep.append((row, int(bool(flag))))
     stats.kept = len(keep)

@@ -152,6 +152,19 @@ def _category_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]
     return header, rows
 
 
+def _benchmark_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]] | None:
+    """`--benchmark geneval`: per task and overall, each model's score with its 95% interval (GenEval's 0-1)."""
+    bench = report.get("benchmark", {}).get("geneval")
+    if not bench:
+        return None
+    cell = lambda v: f"{v['score']:.3f} ({v['ci_low']:.3f} - {v['ci_high']:.3f})"  # noqa: E731
+    rows = [[t, str(bench["base"]["tasks"][t]["n"])] + [cell(bench[side]["tasks"][t]) for side in ("base", "tuned")]
+            for t in bench["base"]["tasks"]]
+    rows.append(["overall (mean of tasks)", str(bench["base"]["n"])] +
+                [cell(bench[side]["overall"]) for side in ("base", "tuned")])
+    return ["GenEval task", "images", "base (95% CI)", "tuned (95% CI)"], rows
+
+
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
     esc = lambda s: s.replace("|", "\\|")  # noqa: E731
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -168,6 +181,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     cat = _category_table(report)
     if cat:
         parts += ["", "## By category", "", _md_table(*cat)]
+    bench = _benchmark_table(report)
+    if bench:
+        parts += ["", "## GenEval", "", "Share of images GenEval's rules judge correct (geneval-verdict scorer); "
+                  "intervals: percentile bootstrap over prompts.", "", _md_table(*bench)]
     primary = report["primary_scorer"]
     for group, title in (("best", "Largest gains"), ("worst", "Largest losses")):
         parts += ["", f"## {title} ({primary} margin, tuned - base)", "", f"Images: `grids/{group}.png`.", ""]
@@ -259,7 +276,7 @@ def render_template(name: str, **values: str) -> str:
 
 def render_html(report: dict[str, Any], images: dict[Key, tuple[bytes, bytes]], thumb: int = 256) -> str:
     """report.html from templates/report.html: tables, the SVG chart and embedded image pairs."""
-    cat = _category_table(report)
+    cat, bench = _category_table(report), _benchmark_table(report)
     primary = html.escape(report["primary_scorer"])
     ex = report["examples"]
     return render_template(
@@ -268,7 +285,8 @@ def render_html(report: dict[str, Any], images: dict[Key, tuple[bytes, bytes]], 
         setup=_html_table(["setting", "value"], [[k, v] for k, v in _setup_items(report)]),
         chart=win_rate_chart(report),
         scorers=_html_table(SCORER_HEADER, _scorer_rows(report)),
-        categories=("<h2>By category</h2>" + _html_table(*cat)) if cat else "",
+        categories=(("<h2>By category</h2>" + _html_table(*cat)) if cat else "")
+        + (("<h2>GenEval</h2>" + _html_table(*bench)) if bench else ""),
         primary=primary,
         sample=_examples_html(ex["sample"], images, thumb),
         best=_examples_html(ex["best"], images, thumb),

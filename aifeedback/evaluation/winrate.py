@@ -30,17 +30,17 @@ def outcome(score_tuned: float, score_base: float) -> float:
     return 0.5
 
 
-def bootstrap_ci(
+def bootstrap_means(
     values: Sequence[float], groups: Sequence[Hashable] | None = None, resamples: int = 10_000, seed: int = 0,
-    level: float = CI_LEVEL,
-) -> tuple[float, float]:
-    """Percentile-bootstrap interval of mean(values), resampling whole groups (prompts) with replacement.
+) -> np.ndarray:
+    """mean(values) of each of `resamples` bootstrap resamples of whole groups (prompts), drawn with replacement.
 
-    Groups may hold different numbers of values; a resample's mean is over all values of the drawn groups.
+    Groups may hold different numbers of values; a resample's mean is over all values of the drawn groups. No
+    values: an empty array.
     """
     v = np.asarray(values, dtype=np.float64)
     if v.size == 0:
-        return float("nan"), float("nan")
+        return np.empty(0)
     if groups is None:
         groups = range(v.size)
     index: dict[Hashable, int] = {}
@@ -49,10 +49,24 @@ def bootstrap_ci(
     counts = np.bincount(gid).astype(np.float64)
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, len(sums), size=(resamples, len(sums)))
-    means = sums[draws].sum(axis=1) / counts[draws].sum(axis=1)
+    return sums[draws].sum(axis=1) / counts[draws].sum(axis=1)
+
+
+def percentile_ci(means: np.ndarray, level: float = CI_LEVEL) -> tuple[float, float]:
+    """The central `level` interval of bootstrap means (NaN, NaN when there are none)."""
+    if means.size == 0:
+        return float("nan"), float("nan")
     alpha = (1.0 - level) / 2
     lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
     return float(lo), float(hi)
+
+
+def bootstrap_ci(
+    values: Sequence[float], groups: Sequence[Hashable] | None = None, resamples: int = 10_000, seed: int = 0,
+    level: float = CI_LEVEL,
+) -> tuple[float, float]:
+    """Percentile-bootstrap interval of mean(values), resampling whole groups (prompts) with replacement."""
+    return percentile_ci(bootstrap_means(values, groups, resamples, seed), level)
 
 
 @dataclass

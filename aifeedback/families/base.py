@@ -91,22 +91,24 @@ class Family(ABC):
         (FLUX returns them packed)."""
         return latents
 
+    def guidance_inputs(self, pipe: Any, guidance: float, negative_prompt: str, n: int) -> dict[str, Any]:
+        """`pipe`'s keyword arguments for classifier-free guidance at scale `guidance` with `negative_prompt` for n
+        prompts; an empty negative prompt keeps the pipeline's own default (SDXL: zero embeddings)."""
+        return {"guidance_scale": guidance, "negative_prompt": [negative_prompt] * n if negative_prompt else None}
+
     def encode_images(self, vae: Any, pixels: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] -> the latents the denoiser works on."""
         return encode_images(vae, pixels)
-
-    def decode_input(self, vae: Any, latents: torch.Tensor) -> torch.Tensor:
-        """The inverse of `encode_images` up to the VAE: denoiser-space latents -> what `vae.decode` takes."""
-        return decode_input(vae, latents)
 
     def lora_target_modules(self, model: Any) -> list[str]:
         """The `target_modules` LoRA adapts in this denoiser (the family's `lora_targets`; a family whose script
         names modules per block lists them from the model's config)."""
         return list(self.lora_targets)
 
-    def negative_inputs(self, pipe: Any, negative_prompt: str, n: int) -> dict[str, Any]:
-        """What the pipeline takes for a negative prompt (empty: the pipeline's own default)."""
-        return {"negative_prompt": [negative_prompt] * n if negative_prompt else None}
+    def decode_images(self, vae: Any, latents: torch.Tensor) -> torch.Tensor:
+        """Denoiser-space latents -> images in [-1, 1], as the family's pipeline decodes them (the inverse of
+        `encode_images`' normalisation, then the VAE's decoder)."""
+        return vae.decode(denormalise_latents(vae.config, latents.to(vae.device, vae.dtype)), return_dict=False)[0]
 
     def vae_dtype(self, weight_dtype: torch.dtype, custom_vae: bool) -> torch.dtype:
         """The dtype to keep the VAE in when the frozen parts are stored in weight_dtype."""
@@ -179,7 +181,7 @@ def encode_images(vae: Any, pixels: torch.Tensor, sample: bool = True) -> torch.
     """
     dist = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist
     latents = (dist.sample() if sample else dist.mode()).float()
-    # The inverse of sampling.decode_latents: VAEs that declare per-channel latent statistics are normalised by them;
+    # The inverse of denormalise_latents: VAEs that declare per-channel latent statistics are normalised by them;
     # the 16-channel VAEs of SD3 and FLUX declare a shift (diffusers' SD3/FLUX training: (z - shift) * scale).
     shift = getattr(vae.config, "shift_factor", None)
     if shift is not None:
@@ -192,18 +194,17 @@ def encode_images(vae: Any, pixels: torch.Tensor, sample: bool = True) -> torch.
     return latents * vae.config.scaling_factor
 
 
-def decode_input(vae: Any, z: torch.Tensor) -> torch.Tensor:
-    """The inverse of encode_images' normalisation: denoiser-space latents -> what `vae.decode` takes, as the diffusers
-    pipelines decode."""
-    mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
-    shift = getattr(vae.config, "shift_factor", None)
-    if shift is not None:  # the 16-channel SD3/FLUX VAEs, as their pipelines decode
-        return z / vae.config.scaling_factor + shift
+def denormalise_latents(config: Any, z: torch.Tensor) -> torch.Tensor:
+    """The inverse of encode_images' normalisation, as the diffusers pipelines undo it before decoding."""
+    shift = getattr(config, "shift_factor", None)
+    if shift is not None:  # the 16-channel SD3/FLUX VAEs
+        return z / config.scaling_factor + shift
+    mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
     if mean is not None and std is not None:
         c = z.shape[1]
         std, mean = torch.tensor(std).view(1, c, 1, 1).to(z), torch.tensor(mean).view(1, c, 1, 1).to(z)
-        return z * std / vae.config.scaling_factor + mean
-    return z / vae.config.scaling_factor
+        return z * std / config.scaling_factor + mean
+    return z / config.scaling_factor
 
 
 def training_target(scheduler: Any, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -233,8 +234,16 @@ def min_snr_weights(scheduler: Any, t: torch.Tensor, gamma: float) -> torch.Tens
 
 
 def vae_factor(vae_config: Any) -> int:
-    """Spatial downsampling factor of a VAE (8 for the real models, 2 for the tiny ones)."""
+    """Spatial downsampling factor of a VAE (8 for the real models, 2 for the tiny ones); the video-style VAEs
+    (Qwen-Image's AutoencoderKLQwenImage) downsample once per `temperal_downsample` entry, as their pipelines count."""
+    if "temperal_downsample" in vae_config:
+        return 2 ** len(vae_config.temperal_downsample)
     return 2 ** (len(vae_config.block_out_channels) - 1)
+
+
+def latent_channels(vae_config: Any) -> int:
+    """The number of channels of a VAE's latents (the video-style VAEs call it z_dim)."""
+    return vae_config.z_dim if "z_dim" in vae_config else vae_config.latent_channels
 
 
 def time_ids(original_hw: tuple[int, int], crop_top_left: tuple[int, int], target_hw: tuple[int, int]) -> list[int]:

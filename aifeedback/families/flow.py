@@ -10,6 +10,19 @@ DPO twist that winner and loser share the noise and sigma (Flow-DPO, Liu et al. 
 - loss weighting: `compute_loss_weighting_for_sd3(scheme, sigma)` per sample (uniform for logit_normal and mode,
   whose sampling density already does the weighting).
 Latents are the VAE's, `(z - shift_factor) * scaling_factor` (families/base.py encode_images).
+
+The target is the velocity, as those scripts with `--precondition_outputs 0`. That is not the default of diffusers'
+SD3 full fine-tuning script (examples/dreambooth/train_dreambooth_sd3.py: `--precondition_outputs 1`), which maps
+the prediction to an x0 estimate `x_t - sigma * v_pred` and regresses x0: its error is `sigma^2 * |v_pred - (noise -
+x0)|^2`, sigma^2 times ours. The velocity error is the one Flow-DPO's DPO term is written on.
+
+Where the weights act: `loss_weights` multiplies every per-sample error (policy and reference, winner and loser;
+losses/base.py `denoising_mse`) BEFORE the DPO loss takes the winner-loser difference. Winner and loser share sigma,
+so the DPO term becomes `-beta/2 * w(sigma) * ((err_w - ref_w) - (err_l - ref_l))`: Flow-DPO with an effective beta
+of `beta * w(sigma)`. Flow-DPO (Liu et al. 2025) weights nothing: unweighted velocity errors, beta constant over
+timesteps. With the shipped schemes (SD3 `logit_normal`, FLUX `none`) w = 1 and the loss is exactly Flow-DPO's; a
+subclass that sets `sigma_sqrt` (w = sigma^-2, largest at low noise) or `cosmap` (w = 2 / (pi (1 - 2 sigma + 2
+sigma^2)), 0.64..1.27) trains with a timestep-dependent beta.
 """
 
 from __future__ import annotations

@@ -97,9 +97,10 @@ class Flux2(FlowFamily):
         mean, std = _bn_stats(vae, z)
         return ((Flux2Pipeline._patchify_latents(z) - mean) / std).float()
 
-    def decode_input(self, vae: Any, latents: torch.Tensor) -> torch.Tensor:
+    def decode_images(self, vae: Any, latents: torch.Tensor) -> torch.Tensor:
+        latents = latents.to(vae.device, vae.dtype)
         mean, std = _bn_stats(vae, latents)
-        return Flux2Pipeline._unpatchify_latents(latents * std + mean)
+        return vae.decode(Flux2Pipeline._unpatchify_latents(latents * std + mean), return_dict=False)[0]
 
     def pipeline_latents(self, pipe: Any, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
         if latents.dim() == 3:  # Flux2Pipeline returns its (B, h*w, C) tokens, normalised and patchified
@@ -109,14 +110,15 @@ class Flux2(FlowFamily):
         mean, std = _bn_stats(pipe.vae, latents)
         return (Flux2Pipeline._patchify_latents(latents) - mean) / std
 
-    def negative_inputs(self, pipe: Any, negative_prompt: str, n: int) -> dict[str, Any]:
+    def guidance_inputs(self, pipe: Any, guidance: float, negative_prompt: str, n: int) -> dict[str, Any]:
         if not negative_prompt:
-            return {}  # both pipelines' own default (klein: the empty prompt)
+            return {"guidance_scale": guidance}  # both pipelines' own default (klein: the empty prompt)
         if not isinstance(pipe, Flux2KleinPipeline):
             raise AifError("FLUX.2 [dev] is guidance-distilled: Flux2Pipeline takes no negative prompt. Fix: drop "
                            "--negative-prompt (use --guidance for the embedded guidance scale).")
         with torch.no_grad():
-            return {"negative_prompt_embeds": pipe.encode_prompt([negative_prompt] * n)[0]}
+            embeds = pipe.encode_prompt([negative_prompt] * n)[0]
+        return {"guidance_scale": guidance, "negative_prompt_embeds": embeds}
 
 
 def _bn_stats(vae: Any, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,25 +6,27 @@ Every stage loads models through `load_pipeline`, so a tiny offline model and
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import diffusers
 import torch
 from diffusers import AutoencoderKL, AutoModel, DiffusionPipeline
+from safetensors import safe_open
 
 from aifeedback.console import quiet_libraries
 from aifeedback.families import detect
-from aifeedback.families.resolve import DTYPES, SCHEDULERS, TunedLoadError, check_pipeline, load_error, resolve_model
-from aifeedback.storage.checkpoints import DENOISER_DIRS
-
-# Denoiser config fields a tuned denoiser must share with its base model's (mixing up bases is a common mistake).
-_FIT_KEYS = {
-    "unet": ("cross_attention_dim", "addition_embed_type", "block_out_channels", "in_channels"),
-    "transformer": ("in_channels", "num_layers", "num_attention_heads", "attention_head_dim", "joint_attention_dim",
-                    "pooled_projection_dim", "patch_size", "dim", "n_layers", "n_heads", "cap_feat_dim",  # Z-Image's
-                    "num_single_layers"),  # FLUX.1's and FLUX.2's
-}
+from aifeedback.families.resolve import (
+    DTYPES,
+    FIT_KEYS,
+    SCHEDULERS,
+    TunedLoadError,
+    check_pipeline,
+    load_error,
+    resolve_model,
+)
+from aifeedback.storage.checkpoints import DENOISER_DIRS, check_weights_file
 
 
 def torch_dtype(name: str):
@@ -66,7 +68,7 @@ def load_pipeline(name: str, dtype: str = "float32", device: str = "cpu", vae: s
     if kind == "unet":
         _check_tuned_fits(pipe, path, tuned, component)
     elif kind == "lora":
-        _load_lora(pipe, where, tuned)
+        apply_lora(pipe, where, f"--tuned {tuned}")
     if getattr(pipe, "safety_checker", None) is not None:
         pipe.safety_checker = None  # scoring and training need the raw images
     set_scheduler(pipe, scheduler)
@@ -96,6 +98,8 @@ def load_denoiser(where: str, td: Any = None) -> tuple[str, Any]:
     """(pipeline component, model) of denoiser weights: a local UNet or transformer folder, or a hub repo with unet/
     or transformer/. The model class is the one its config names; the component is its family's denoiser."""
     error: Exception = OSError("no unet/ or transformer/ folder")
+    for weights in Path(where).rglob("*.safetensors") if Path(where).is_dir() else ():
+        check_weights_file(weights)  # a damaged file: named, not "could not be loaded" with download advice
     for sub in [None] if Path(where).exists() else DENOISER_DIRS:
         try:
             model = AutoModel.from_pretrained(where, subfolder=sub, dtype=td)  # the class its config names
@@ -116,18 +120,48 @@ def _check_tuned_fits(pipe: Any, base: str, tuned: str, component: str) -> None:
         base_cfg = AutoModel.load_config(base, subfolder=component)
     except (OSError, ValueError, EnvironmentError):
         return  # a base without a separate denoiser config: nothing to compare against
-    for key in _FIT_KEYS[component]:
+    for key in FIT_KEYS[component]:
         a, b = base_cfg.get(key), getattr(pipe, component).config.get(key)
         if (list(a) if isinstance(a, (list, tuple)) else a) != (list(b) if isinstance(b, (list, tuple)) else b):
             raise TunedLoadError(f"--tuned {tuned} does not fit base model {base}: {component} {key} is {b}, the "
                                  f"base has {a}. Fix: pass the base model the {component} was trained from (--model).")
 
 
-def _load_lora(pipe: Any, file: str, tuned: str) -> None:
+def apply_lora(pipe: Any, file: str | Path, what: str) -> None:
+    """Load a LoRA file into the pipeline, refusing one that does not fit it: a load error, a LoRA whose layers
+    match no module of the pipeline (diffusers skips keys of another denoiser silently), or one that matches only
+    some of the layers it holds (a model of another architecture)."""
     path = Path(file)
+    check_weights_file(path)  # a damaged file: one line naming it, not a safetensors traceback
     try:
         pipe.load_lora_weights(str(path.parent), weight_name=path.name)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise TunedLoadError(f"--tuned {tuned}: could not apply LoRA {file} to this model ({type(e).__name__}: "
+        raise TunedLoadError(f"{what}: could not apply LoRA {file} to this model ({type(e).__name__}: "
                              f"{str(e).splitlines()[0] if str(e) else ''}). Fix: pass the base model it was trained "
                              f"on (--model).") from None
+    denoiser = detect(pipe).denoiser
+    applied = sum(_lora_layers(getattr(pipe, name, None)) for name in (denoiser, "text_encoder", "text_encoder_2"))
+    held = _file_layers(path, denoiser)
+    if applied == 0 or applied < len(held):
+        with safe_open(str(path), "pt") as f:
+            example = next(iter(f.keys()), "none")
+        found = f"none of its layers (e.g. {example})" if applied == 0 else f"{applied} of its {len(held)} layers"
+        raise TunedLoadError(f"{what}: LoRA {file} does not fit this model: {found} match a module of its "
+                             f"{denoiser}. Fix: pass the base model it was trained on (--model), or a LoRA trained "
+                             f"for this model.")
+
+
+def _lora_layers(model: Any) -> int:
+    """How many modules of a model carry a LoRA adapter (peft layers have lora_A)."""
+    if model is None or not hasattr(model, "modules"):
+        return 0
+    return sum(1 for m in model.modules() if len(getattr(m, "lora_A", ())) > 0)
+
+
+def _file_layers(path: Path, denoiser: str) -> set[str]:
+    """The LoRA layers a diffusers-format file holds for the denoiser and the text encoders, by module name (empty
+    for another key format, e.g. kohya's, whose layers diffusers renames while loading)."""
+    prefixes = (f"{denoiser}.", "text_encoder.", "text_encoder_2.")
+    with safe_open(str(path), "pt") as f:
+        keys = list(f.keys())
+    return {re.split(r"\.lora[._]", k)[0] for k in keys if k.startswith(prefixes) and re.search(r"\.lora[._]", k)}

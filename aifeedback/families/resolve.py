@@ -37,6 +37,8 @@ KNOWN_MODELS: dict[str, str] = {
     "Tongyi-MAI/Z-Image": "Z-Image (6B single-stream transformer, Qwen3-4B text encoder, flow matching; Apache-2.0), "
                           "1024 px",
     "Tongyi-MAI/Z-Image-Turbo": "Z-Image-Turbo (Z-Image distilled: 8 steps, no guidance; Apache-2.0), 1024 px",
+    "Qwen/Qwen-Image": "Qwen-Image (20B dual-stream transformer, Qwen2.5-VL-7B text encoder, flow matching, true CFG; "
+                       "Apache-2.0), 1024 px",
     "black-forest-labs/FLUX.2-dev": "FLUX.2 [dev] (32B transformer, Mistral Small 3 text encoder, guidance-distilled; "
                                     "gated, non-commercial licence), 1024 px",
     "black-forest-labs/FLUX.2-klein-base-4B": "FLUX.2 [klein] base 4B (undistilled, classifier-free guidance; Qwen3-4B "
@@ -157,7 +159,11 @@ def check_pipeline(name: str, vae: str | None = None, tuned: str | None = None) 
     check_available(name)
     if vae:
         check_available(vae, "VAE")
-    return check_tuned(tuned) if tuned else (None, None)
+    if not tuned:
+        return None, None
+    kind, where = check_tuned(tuned)
+    check_trained_for(name, where, f"--tuned {tuned}")
+    return kind, where
 
 
 class TunedLoadError(ModelLoadError):
@@ -245,3 +251,85 @@ def check_tuned(tuned: str) -> tuple[str, str]:
     if kind == "unet" and not Path(where).exists():
         check_available(where, "tuned denoiser")
     return kind, where
+
+
+# Denoiser config fields that weights trained for one model need in the model they are applied to.
+FIT_KEYS = {
+    "unet": ("cross_attention_dim", "addition_embed_type", "block_out_channels", "in_channels"),
+    "transformer": ("in_channels", "num_layers", "num_attention_heads", "attention_head_dim", "joint_attention_dim",
+                    "pooled_projection_dim", "patch_size", "dim", "n_layers", "n_heads", "cap_feat_dim",  # Z-Image's
+                    "num_single_layers"),  # FLUX.1's and FLUX.2's
+}
+
+
+def recorded_model(where: str | Path) -> str | None:
+    """The base model that weights at `where` (a LoRA file, a denoiser folder, a checkpoint or run folder, an
+    export) were trained on, as the training run's config.yaml or the export's model card records it; None when no
+    record says (weights made elsewhere, a hub id)."""
+    import yaml
+
+    p = Path(where).expanduser()
+    if not p.exists():
+        return None
+    for folder in [p, *p.parents][:5]:
+        try:
+            if (folder / "checkpoints").is_dir() and (folder / "config.yaml").is_file():
+                model = (yaml.safe_load((folder / "config.yaml").read_text()) or {}).get("model")
+            elif (folder / "README.md").is_file() and ((folder / LORA_FILE).is_file() or denoiser_dir(folder)):
+                from aifeedback.sharing.cards import front_matter
+
+                model = front_matter((folder / "README.md").read_text()).get("base_model")
+            else:
+                continue
+        except (OSError, ValueError, AttributeError, yaml.YAMLError):
+            return None
+        return model if isinstance(model, str) and model != "BASE_MODEL" else None
+    return None
+
+
+def architecture(name: str) -> tuple[str, str, dict] | None:
+    """(pipeline class, denoiser component, its FIT_KEYS values) of a model, read from its config files without
+    loading it; None when they cannot be read here (a hub model not in the cache)."""
+    import json
+
+    def read(file: str) -> dict | None:
+        local = Path(resolve_model(name)).expanduser()
+        if local.is_dir():
+            path = local / file
+            return json.loads(path.read_text()) if path.is_file() else None
+        if name.startswith((".", "/", "~")) or name.count("/") != 1:
+            return None
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(name, file)
+        return json.loads(Path(cached).read_text()) if isinstance(cached, str) else None
+
+    try:
+        index = read("model_index.json")
+        for component in DENOISER_DIRS:
+            config = read(f"{component}/config.json") if index and component in index else None
+            if config is not None:
+                fit = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in config.items()
+                       if k in FIT_KEYS.get(component, ())}
+                return index.get("_class_name", "?"), component, fit
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def check_trained_for(base: str, where: str | Path, what: str) -> None:
+    """Refuse weights at `where` whose training run (or export) records a base model of another architecture than
+    `base` (another pipeline class or denoiser shape): applying them would give a model nobody trained."""
+    trained = recorded_model(where)
+    if trained is None or trained == base:
+        return
+    theirs, ours = architecture(trained), architecture(base)
+    if theirs is None or ours is None or theirs == ours:
+        return
+    if theirs[:2] != ours[:2]:
+        differs = f"it is a {theirs[0]} ({theirs[1]}), the base is a {ours[0]} ({ours[1]})"
+    else:
+        key = next(k for k in theirs[2] if theirs[2].get(k) != ours[2].get(k))
+        differs = f"its {theirs[1]} {key} is {theirs[2].get(key)}, the base's is {ours[2].get(key)}"
+    raise TunedLoadError(f"{what} was trained for model {trained}, not for base model {base}: {differs}. Fix: pass "
+                         f"--model {trained} (the model it was trained on), or weights trained for {base}.")

@@ -75,11 +75,11 @@ def render(pipe: Any, prompts: list[str], seeds: list[int], *, steps: int | None
     with torch.inference_mode():
         latents = pipe(
             prompt=list(prompts),
-            **detect(pipe).negative_inputs(pipe, negative_prompt, len(prompts)),
             num_inference_steps=default_steps(pipe, model) if steps is None else steps,
-            guidance_scale=default_guidance(pipe, model) if guidance is None else guidance,
             generator=generators,
             output_type="latent",
+            **detect(pipe).guidance_inputs(pipe, default_guidance(pipe, model) if guidance is None else guidance,
+                                           negative_prompt, len(prompts)),
             **detect(pipe).sampling_inputs(pipe, len(prompts), width or size, height or size),
         ).images
         latents = detect(pipe).pipeline_latents(pipe, latents, height or size, width or size)
@@ -97,9 +97,8 @@ def decode_latents(pipe: Any, latents: Any) -> list:
     vae = pipe.vae
     if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
         vae.to(torch.float32)
-    z = detect(pipe).decode_input(vae, latents.to(vae.device, vae.dtype))
     with torch.inference_mode():
-        x = vae.decode(z, return_dict=False)[0]
+        x = detect(pipe).decode_images(vae, latents)
     if getattr(pipe, "watermark", None) is not None:  # SDXL adds its invisible watermark when the package exists
         x = pipe.watermark.apply_watermark(x)
     return pipe.image_processor.postprocess(x, output_type="pil")

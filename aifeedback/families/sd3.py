@@ -3,6 +3,10 @@ matching (families/flow.py), conditioned as `StableDiffusion3Pipeline.encode_pro
 states of CLIP-L and CLIP-G (77 tokens each, concatenated on channels and zero-padded to T5's width), then T5's last
 hidden state (256 tokens) along the sequence; the pooled projections of both CLIPs concatenated (`pooled`). 1024 px,
 guidance 7.0 (the pipeline's default), a 16-channel VAE with shift and scale.
+
+Trained on the velocity target (`noise - x0`, Flow-DPO's form): diffusers' `train_dreambooth_sd3.py` with
+`--precondition_outputs 0`, not that script's default 1 (x0 target, an error sigma^2 times ours); its loss weights
+are uniform (`logit_normal`), so beta is constant over timesteps as in Flow-DPO (see families/flow.py).
 """
 
 from __future__ import annotations

@@ -14,7 +14,13 @@ class LossOutput(NamedTuple):
 
 def denoising_mse(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Per-sample mean squared error over all but the batch dimension, in float32, times each sample's weight
-    (`weights`, shape (N,), e.g. `Family.loss_weights`; None = uniform, the plain error)."""
+    (`weights`, shape (N,), e.g. `Family.loss_weights` or min-SNR weights; None = uniform, the plain error).
+
+    The weight multiplies the error itself, so a paired loss sees weighted errors: DPO's inside term
+    `-beta/2 * ((w e_w - w ref_w) - (w e_l - w ref_l))` with the weight w shared by winner and loser (same timestep)
+    is `-(beta w)/2 * ((e_w - ref_w) - (e_l - ref_l))`, i.e. an effective beta `beta * w(t)` that varies with the
+    timestep unless w is constant. Flow-DPO and Diffusion-DPO use unweighted errors (constant beta); the shipped
+    flow families' weights are 1 (see families/flow.py)."""
     mse = (pred.float() - target.float()).pow(2).mean(dim=tuple(range(1, pred.dim())))
     return mse if weights is None else mse * weights.to(mse)
 

@@ -91,6 +91,8 @@ def _generate_input(path: Path, limit: int | None) -> Input:
         pid, text, k, seed = cols["prompt_id"][i], cols["prompt"][i], cols["k"][i], cols["seed"][i]
         values = (("prompt_id", pid), ("prompt", text), ("k", k), ("seed", seed))
         problem = next((f"{c} is null" for c, v in values if v is None), None)
+        if problem is None and not str(text).strip():  # nothing to score the images against
+            problem = "prompt is empty or whitespace-only"
         if problem:
             bad.append({"where": rows.where(i), "error": problem})
             continue

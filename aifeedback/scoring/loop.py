@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch.utils.data
 
 from aifeedback.data.images import decode_image
+from aifeedback.dist import worker_context
 
 Item = tuple[Any, Any, str]  # (key, source, prompt): `read` turns a batch of sources into images
 
@@ -143,7 +144,7 @@ def image_batches(groups: Iterable[ImageGroup], read: Callable[[list], list], tr
         mine = list(mine)
     return torch.utils.data.DataLoader(
         GroupImages(read, mine, transforms, batch_size), batch_size=None, num_workers=workers,
-        collate_fn=passthrough, prefetch_factor=4 if workers else None,
+        multiprocessing_context=worker_context(workers), collate_fn=passthrough, prefetch_factor=4 if workers else None,
         pin_memory=pin_memory,  # page-locked batches: the copy to the GPU is asynchronous
     )
 

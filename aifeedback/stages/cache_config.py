@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from aifeedback.config import input_paths, option
+from aifeedback.config import input_paths, option, side_problems
 from aifeedback.data.labels import COLUMNS_HELP, RANKED_HELP, RANKED_PAIRINGS
 from aifeedback.data.mapping import columns_problems
 
@@ -48,16 +48,17 @@ class CacheConfig:
 
     def validate(self) -> list[str]:
         problems = [] if self.dataset else ["dataset: pass the pairs to encode (--dataset)"]
-        return problems + columns_problems(self.columns)
+        return problems + columns_problems(self.columns) + side_problems(self, "resolution")
 
     def preflight(self) -> None:
         """Fail fast, before torch is imported: the model, VAE and dataset."""
         from aifeedback.data.pairs import check_source
         from aifeedback.families.resolve import check_available
-        from aifeedback.preflight import check_apart
+        from aifeedback.preflight import check_apart, check_device
 
         check_available(self.model)
         if self.vae:
             check_available(self.vae, "VAE")
         check_source(self.data, self.dataset)
         check_apart(self.out, input_paths(self))  # the inputs exist: an --out over one would clobber it
+        check_device(self.device)

@@ -14,6 +14,7 @@ set (non-tie pairs; the paper's Table 2), so users can pick a scorer before trai
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 from pathlib import Path
@@ -51,6 +52,7 @@ def run(cfg: EvalConfig) -> dict[str, Any] | None:
     """Run the eval (or the scorer-accuracy check); return the report on the main process."""
     cfg.preflight()
     quiet_libraries()
+    cfg = with_benchmark_scorer(cfg)
     if cfg.scorer_accuracy:
         return scorer_accuracy(cfg)
     state = process_state()
@@ -72,6 +74,8 @@ def run(cfg: EvalConfig) -> dict[str, Any] | None:
     if state.is_main_process:
         report = build_report(rows, scores, report_meta(cfg, out), cfg.bootstrap, cfg.seed, cfg.examples,
                               cfg.sample_prompts)
+        if cfg.benchmark:
+            report["benchmark"] = benchmark_report(cfg, rows, scores)
         write_report(out, report, read_images(out, example_keys(report)), cfg.thumb)
         finish_output(out, dict(manifest, config=to_dict(cfg)), comparisons=len(rows), scorers=list(scores),
                       processes=state.num_processes)
@@ -265,9 +269,45 @@ def _print_summary(report: dict[str, Any], out: Path) -> None:
     for name, s in report["scorers"].items():
         print(f"{name:>20}: tuned wins {100 * s['win_rate']:.1f}% (95% CI {100 * s['ci_low']:.1f}-"
               f"{100 * s['ci_high']:.1f}%), mean {s['mean_base']:.4g} -> {s['mean_tuned']:.4g}, n={s['n']}")
+    for name, sides in report.get("benchmark", {}).items():
+        for side, b in sides.items():
+            tasks = ", ".join(f"{t} {v['score']:.3f}" for t, v in b["tasks"].items())
+            print(f"{name:>20}: {side} overall {b['overall']['score']:.3f} (95% CI {b['overall']['ci_low']:.3f}-"
+                  f"{b['overall']['ci_high']:.3f}); {tasks}")
     n = next(iter(report["scorers"].values()))["n"]
     finish("eval", out, f"{n} base/tuned twin pairs scored by {len(report['scorers'])} scorer(s), report.html",
            f"open {out / 'report.html'}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# --benchmark geneval: upstream's scores from the geneval-verdict scorer's 1/0 per image
+
+def benchmark_spec(cfg: EvalConfig) -> str:
+    """The verdict scorer the benchmark reads: one in --scorers, else geneval-verdict with the detector of a
+    `geneval:MODEL` there (so geneval:tiny gives geneval-verdict:tiny), else the default one."""
+    from aifeedback.scoring.scorers import parse_spec
+
+    specs = [(spec, *parse_spec(spec)) for spec in cfg.scorers]
+    given = [spec for spec, name, _ in specs if name == "geneval-verdict"]
+    models = [model for _, name, model in specs if name == "geneval" and model]
+    return given[0] if given else "geneval-verdict" + (f":{models[0]}" if models else "")
+
+
+def with_benchmark_scorer(cfg: EvalConfig) -> EvalConfig:
+    if not cfg.benchmark or benchmark_spec(cfg) in cfg.scorers:
+        return cfg
+    return dataclasses.replace(cfg, scorers=[*cfg.scorers, benchmark_spec(cfg)])
+
+
+def benchmark_report(cfg: EvalConfig, rows: list[dict[str, Any]], scores) -> dict[str, Any]:
+    """{"geneval": {"base": scores, "tuned": scores}}: `evaluation.geneval.benchmark_scores` of each side."""
+    from aifeedback.evaluation.geneval import benchmark_scores, specs_for
+
+    tags = [spec["tag"] for spec in specs_for([r["prompt"] for r in rows])]
+    prompts = [r["prompt_id"] for r in rows]
+    verdicts = dict(zip(SIDES, scores[benchmark_spec(cfg)]))
+    return {"geneval": {side: benchmark_scores(tags, prompts, [v == 1.0 for v in verdicts[side]], cfg.bootstrap,
+                                               cfg.seed) for side in SIDES}}
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from aifeedback.config import input_paths, option
+from aifeedback.config import input_paths, option, side_problems
 from aifeedback.data.labels import COLUMNS_HELP, RANKED_HELP, RANKED_PAIRINGS
 from aifeedback.data.mapping import columns_problems
 from aifeedback.families.resolve import DTYPES, SCHEDULERS
@@ -24,7 +24,7 @@ class EvalConfig:
                         path=True)
     out: str = option("outputs/eval", "output directory (base/ and tuned/ images, report.json/.md/.html, grids/)",
                       identity=False)
-    prompts: str = option("parti", "prompt source: parti, a .txt/.jsonl/.csv/.tsv file, or a datasets dataset",
+    prompts: str = option("parti", "prompt source: parti, geneval, a .txt/.jsonl/.csv/.tsv file, or a datasets dataset",
                           path=True)
     prompt_column: Optional[str] = option(None, "column holding the prompt text (files and datasets)")
     split: Optional[str] = option(None, "dataset split to read, for --prompts or --scorer-accuracy (there default: "
@@ -58,6 +58,9 @@ class EvalConfig:
         "(local Parquet dir or hub id)", path=True)
     columns: list[str] = option([], COLUMNS_HELP + " (--scorer-accuracy)")
     ranked_pairs: Literal[RANKED_PAIRINGS] = option("all", RANKED_HELP + " (--scorer-accuracy)")
+    benchmark: Optional[str] = option(None, "also report this benchmark's scores for both models (geneval: overall "
+                                      "and six task scores with 95% intervals; needs --prompts geneval; adds the "
+                                      "geneval-verdict scorer)", choices=("geneval",))
     overwrite: bool = option(False, "replace a different job's results in --out", identity=False)
     progress: bool = option(True, "show progress bars (in a log: a plain line every 30 s)", identity=False)
 
@@ -68,26 +71,28 @@ class EvalConfig:
         if not self.scorer_accuracy:
             problems += [f"{k}: required (or pass --scorer-accuracy DATASET)" for k in ("base", "tuned")
                          if not getattr(self, k)]
-        problems += columns_problems(self.columns)
+        problems += columns_problems(self.columns) + side_problems(self, "resolution")
+        if self.benchmark == "geneval" and (self.prompts != "geneval" or self.scorer_accuracy):
+            problems.append("benchmark: geneval judges GenEval's own prompts: pass --prompts geneval (and "
+                            "--seeds-per-prompt 4, as GenEval), without --scorer-accuracy")
         return problems
 
     def preflight(self) -> None:
         """Fail fast, before torch is imported and before any image is generated or scored: scorers, then the
         labelled set, or the models (--tuned: a whole model or weights for --base) and the prompt file."""
         from aifeedback.data.prompts import source_kind
-        from aifeedback.families.resolve import check_available, check_tuned, is_pipeline
-        from aifeedback.preflight import check_apart, check_dataset, check_scorers
+        from aifeedback.families.resolve import check_available, check_pipeline, is_pipeline
+        from aifeedback.preflight import check_apart, check_dataset, check_device, check_rule_prompts, check_scorers
 
         check_scorers(self.scorers, "--scorers")
         if self.scorer_accuracy:
             check_dataset(self.scorer_accuracy, "--scorer-accuracy")
         else:
             check_available(self.base, "base model")
-            if self.vae:
-                check_available(self.vae, "VAE")
             if is_pipeline(self.tuned):
                 check_available(self.tuned, "tuned model")
-            else:
-                check_tuned(self.tuned)
+            check_pipeline(self.base, self.vae, None if is_pipeline(self.tuned) else self.tuned)
             source_kind(self.prompts)
+            check_rule_prompts(self.scorers, self.prompts, self.prompt_column, self.limit)
         check_apart(self.out, input_paths(self))  # the inputs exist: an --out over one would clobber it
+        check_device(self.device)

@@ -22,13 +22,18 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from aifeedback.console import finish, quiet_libraries
-from aifeedback.errors import AifError
-from aifeedback.families.loading import load_denoiser, load_pipeline, torch_dtype
+from aifeedback.families.loading import apply_lora, load_denoiser, load_pipeline, torch_dtype
 from aifeedback.sharing.cards import write_model_card
 from aifeedback.sharing.hub import push_folder
 from aifeedback.sharing.kohya import to_kohya
 from aifeedback.stages.export_config import ExportConfig
-from aifeedback.storage.checkpoints import LORA_FILE, checkpoint_kind, denoiser_dir, resolve_checkpoint
+from aifeedback.storage.checkpoints import (
+    LORA_FILE,
+    checkpoint_kind,
+    denoiser_dir,
+    resolve_checkpoint,
+    sort_headers,
+)
 from aifeedback.storage.publish import publishing
 
 
@@ -41,14 +46,12 @@ def run(cfg: ExportConfig) -> Path:
     weights = cfg.weights(ckpt)  # ckpt, or its ema/ folder
     kind = checkpoint_kind(weights)
     out = Path(cfg.out)
-    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise AifError(f"{out} already exists and is not empty. Use another --out, or pass --overwrite")
     dtype = torch_dtype(cfg.dtype)
     with publishing(out, folder=True, replace=True) as tmp:  # replaces an empty --out, or any with --overwrite
         if cfg.pipeline:
             pipe = _base_pipeline(cfg, ckpt)
             if kind == "lora":
-                pipe.load_lora_weights(str(weights / LORA_FILE))
+                apply_lora(pipe, weights / LORA_FILE, f"checkpoint {weights}")
                 pipe.fuse_lora()
                 pipe.unload_lora_weights()
             else:
@@ -59,6 +62,7 @@ def run(cfg: ExportConfig) -> Path:
         else:
             component, model = load_denoiser(str(denoiser_dir(weights)), dtype)
             model.save_pretrained(tmp / component, safe_serialization=True)
+        sort_headers(tmp)  # safetensors writes its metadata in a per-process random order: make reruns byte-equal
         # inside the publish: the card comes with the weights
         write_model_card(tmp, ckpt, kind, "pipeline" if cfg.pipeline else cfg.format, cfg.eval)
     if cfg.push_to_hub:

@@ -40,16 +40,21 @@ class ExportConfig:
         problems = [] if self.checkpoint else ["checkpoint: pass the checkpoint or run folder to export"]
         if self.format == "kohya" and self.pipeline:
             problems.append("format: kohya is a LoRA file format; drop --pipeline (or --format kohya)")
+        if self.push_to_hub is not None:
+            from aifeedback.sharing.hub import repo_id_problem
+
+            problems += filter(None, [repo_id_problem(self.push_to_hub)])
         return problems
 
     def preflight(self) -> None:
-        """Fail fast, before torch is imported: the checkpoint and, for --pipeline, the base model."""
-        from aifeedback.families.resolve import check_available
+        """Fail fast, before torch is imported: the checkpoint, --pipeline's base model, the --push-to-hub login."""
+        from aifeedback.families.resolve import check_available, check_trained_for
         from aifeedback.preflight import check_apart
         from aifeedback.storage.checkpoints import checkpoint_kind, resolve_checkpoint
 
         ckpt = resolve_checkpoint(self.checkpoint)
         check_apart(self.out, input_paths(self))  # the inputs exist: an --out over one would clobber it
+        check_replaceable_export(Path(self.out), self.overwrite)
         if self.format == "kohya" and checkpoint_kind(self.weights(ckpt)) != "lora":
             raise AifError(f"--format kohya needs a LoRA checkpoint; {ckpt} is a full fine-tune (export it as "
                            "diffusers)")
@@ -57,6 +62,11 @@ class ExportConfig:
             raise AifError(f"--eval {self.eval}: no report.json there; pass a finished `aif eval` output folder")
         if self.pipeline:
             check_available(self.base_model(ckpt), "base model")
+            check_trained_for(self.base_model(ckpt), ckpt, f"checkpoint {ckpt}")
+        if self.push_to_hub is not None:  # the login and the network, before the export's work
+            from aifeedback.sharing.hub import check_hub_access
+
+            check_hub_access(self.push_to_hub)
 
     def weights(self, ckpt: Path) -> Path:
         """The folder whose weights are exported: the checkpoint's ema/ (with --ema, when there) or the checkpoint."""
@@ -72,3 +82,21 @@ class ExportConfig:
         if not run_config.exists():
             raise AifError(f"--pipeline needs the base model: {run_config} is missing, so pass --model")
         return yaml.safe_load(run_config.read_text())["model"]
+
+
+def check_replaceable_export(out: Path, overwrite: bool) -> None:
+    """A non-empty --out is replaced only with --overwrite, and only when it is an aifeedback export (its model card,
+    README.md, carries the `aifeedback` tag): --overwrite deletes the whole folder, so never one someone else wrote."""
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise AifError(f"{out} already exists and is not empty. Use another --out, or pass --overwrite")
+    from aifeedback.sharing.cards import CARD, front_matter
+
+    try:
+        tags = front_matter((out / CARD).read_text()).get("tags") or []
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):  # no card, or not one of ours
+        tags = []
+    if "aifeedback" not in tags:
+        raise AifError(f"--overwrite {out}: not an aifeedback export (no {CARD} model card tagged aifeedback), so it "
+                       "is not deleted. Fix: use another --out, or empty that folder yourself.")

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from aifeedback.config import input_paths, option
+from aifeedback.config import input_paths, option, side_problems
 from aifeedback.families.resolve import DTYPES, SCHEDULERS
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
@@ -19,8 +19,8 @@ class GenerateConfig:
     model: str = option("stabilityai/stable-diffusion-xl-base-1.0", "diffusers model of a supported family (`aif "
                                                                     "models`): hub id, local folder, or tiny name",
                         path=True)
-    prompts: str = option("parti", "prompt source: parti, a .txt/.jsonl/.csv/.tsv file, or a local / hub datasets "
-                                   "dataset", path=True)
+    prompts: str = option("parti", "prompt source: parti, geneval, a .txt/.jsonl/.csv/.tsv file, or a local / hub "
+                                   "datasets dataset", path=True)
     prompt_column: Optional[str] = option(None, "column holding the prompt (.jsonl/.csv/.tsv/datasets; default: "
                                                 "prompt, caption or text)")
     split: Optional[str] = option(None, "dataset split to read (needed when a dataset has several)")
@@ -60,19 +60,15 @@ class GenerateConfig:
     progress: bool = option(True, "show a progress bar (in a log: a plain line every 30 s)", identity=False)
 
     def validate(self) -> list[str]:
-        problems = []
-        for name in ("resolution", "width", "height"):
-            v = getattr(self, name)
-            if v is not None and v % 8:
-                problems.append(f"{name}: must be a multiple of 8, got {v}")
-        return problems
+        return side_problems(self, "resolution", "width", "height")
 
     def preflight(self) -> None:
         """Fail fast, before torch is imported, on a model, VAE, tuned weights or prompt file that cannot be found."""
         from aifeedback.data.prompts import source_kind
         from aifeedback.families.resolve import check_pipeline
-        from aifeedback.preflight import check_apart
+        from aifeedback.preflight import check_apart, check_device
 
         check_pipeline(self.model, self.vae, self.tuned)
         source_kind(self.prompts)
         check_apart(self.out, input_paths(self))  # the inputs exist: an --out over one would clobber it
+        check_device(self.device)

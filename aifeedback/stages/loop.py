@@ -133,7 +133,7 @@ def open_folder(cfg: LoopConfig) -> dict[str, Any]:
         old = read_json(out / MANIFEST)
     except (OSError, ValueError):
         old = None
-    if old is not None and old.get("fingerprint") != key and cfg.overwrite:
+    if old is not None and old.get("stage") == "loop" and old.get("fingerprint") != key and cfg.overwrite:
         for p in [*out.glob("round-*"), out / "prompts", out / "report.json", out / "report.html"]:
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     return prepare_output(out, "loop", to_dict(cfg), identity_dict(cfg), overwrite=cfg.overwrite)
@@ -196,10 +196,15 @@ def summary(report: dict[str, Any]) -> str:
         s, e = rec["samples"], rec["eval"]
         fid = "-" if e.get("fidelity_tuned") is None else f"{e['fidelity_tuned']:.3f}"  # a share, or a CLIP score
         ci = f"{100 * e['win_rate']:.1f}% ({100 * e['ci_low']:.0f}-{100 * e['ci_high']:.0f}%)"
-        lines.append(f"{rec['round']:>5} {s['mean_reward']:>13.4f} {s['diversity']:>9.4f} {ci:>22} "
+        lines.append(f"{rec['round']:>5} {s['mean_reward']:>13.4f} {_num(s['diversity']):>9} {ci:>22} "
                      f"{e['mean_tuned']:>11.4f} {fid:>8}")
     base = report["base"]
     if base:
         fid = "" if base.get("fidelity") is None else f", fidelity {base['fidelity']:.3f}"
-        lines.append(f"base: eval reward {base['mean_reward']:.4f}, diversity {base['diversity']:.4f}{fid}")
+        lines.append(f"base: eval reward {base['mean_reward']:.4f}, diversity {_num(base['diversity'])}{fid}")
     return "\n".join(lines)
+
+
+def _num(v: Any) -> str:
+    """A diversity to 4 decimals, or "-" where it is undefined (fewer than two images per prompt, `--eval-seeds 1`)."""
+    return "-" if v is None else f"{v:.4f}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from aifeedback.config import input_paths, option
+from aifeedback.config import input_paths, option, side_problems
 from aifeedback.losses import LOSSES
 from aifeedback.stages.train_config import TrainConfig
 
@@ -66,7 +66,7 @@ class LoopConfig:
     def validate(self) -> list[str]:
         from aifeedback.zoo.toy_world import all_captions
 
-        problems = []
+        problems = side_problems(self, "resolution")
         if LOSSES[self.loss].unpaired:  # e.g. kto: it trains on scored single images, not pairs
             problems.append(f"loss: {self.loss} trains on unpaired images; the loop trains on pairs, so choose a "
                             f"paired loss ({', '.join(k for k, v in LOSSES.items() if not v.unpaired)})")

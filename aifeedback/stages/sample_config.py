@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from aifeedback.config import input_paths, option
+from aifeedback.config import input_paths, option, side_problems
 from aifeedback.families.resolve import DTYPES, SCHEDULERS
 
 
@@ -46,16 +46,15 @@ class SampleConfig:
     progress: bool = option(True, "show a progress bar (in a log: a plain line every 30 s)", identity=False)
 
     def validate(self) -> list[str]:
-        if self.resolution is not None and self.resolution % 8:
-            return [f"resolution: must be a multiple of 8, got {self.resolution}"]
-        return []
+        return side_problems(self, "resolution")
 
     def preflight(self) -> None:
         """Fail fast, before torch is imported, on a model, VAE, tuned weights or prompt file that cannot be found."""
         from aifeedback.data.prompts import source_kind
         from aifeedback.families.resolve import check_pipeline
-        from aifeedback.preflight import check_apart
+        from aifeedback.preflight import check_apart, check_device
 
         check_pipeline(self.model, self.vae, self.tuned)
         source_kind(self.prompts)
         check_apart(self.out, input_paths(self))  # the inputs exist: an --out over one would clobber it
+        check_device(self.device)

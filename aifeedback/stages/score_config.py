@@ -83,12 +83,21 @@ class ScoreConfig:
         if self.desirable_top == 0:
             problems.append("desirable_top: 0 would label no image desirable; give a share in (0, 1], e.g. 0.5")
         problems += columns_problems(self.columns)
+        if self.push_to_hub is not None:
+            from aifeedback.sharing.hub import repo_id_problem
+
+            problems += filter(None, [repo_id_problem(self.push_to_hub)])
         return problems
 
     def preflight(self) -> None:
-        """Fail fast, before torch is imported: the scorer names (and local weight paths) and the input."""
-        from aifeedback.preflight import check_apart, check_dataset, check_scorers
+        """Fail fast, before torch is imported: the scorer names (and local weight paths), the input, the hub login."""
+        from aifeedback.preflight import check_apart, check_dataset, check_device, check_scorers
 
         check_scorers(self.scorer)
         check_dataset(self.input, "--input")
         check_apart(self.out, input_paths(self))  # the inputs exist: an --out over one would clobber it
+        check_device(self.device)
+        if self.push_to_hub is not None:  # the login and the network, before any scoring
+            from aifeedback.sharing.hub import check_hub_access
+
+            check_hub_access(self.push_to_hub)

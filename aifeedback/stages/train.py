@@ -45,7 +45,7 @@ from aifeedback.data.stream import PairStream
 from aifeedback.dist import process_state, sharded
 from aifeedback.errors import AifError
 from aifeedback.families import detect
-from aifeedback.families.base import Family, UNetFamily, min_snr_weights, vae_factor
+from aifeedback.families.base import Family, UNetFamily, latent_channels, min_snr_weights, vae_factor
 from aifeedback.families.loading import load_pipeline
 from aifeedback.families.resolve import model_defaults
 from aifeedback.losses import LOSSES, get_loss
@@ -56,6 +56,7 @@ from aifeedback.stages.train_ema import WeightsEMA
 from aifeedback.stages.train_resume import (
     finished_step,
     input_fingerprint,
+    nonfinite_error,
     resume_point,
     truncate_metrics,
 )
@@ -64,6 +65,8 @@ from aifeedback.storage import checkpoints as ck
 from aifeedback.storage.files import read_json, write_json
 from aifeedback.storage.manifest import finish_output, prepare_output
 from aifeedback.storage.publish import discard, publish, temporary_path
+from aifeedback.storage.sharded_state import check_sharded_files
+from aifeedback.storage.train_state import check_format, load_state, save_state
 
 
 def run(cfg: TrainConfig) -> Path:
@@ -137,8 +140,7 @@ class TrainRecipe:
         self.lr = self.cfg.lr * self.pairs_per_step if self.cfg.scale_lr else self.cfg.lr
         optimizer, self.lr_sched = self._setup_optimizer()
         self.model, self.optimizer = acc.prepare(self.model, optimizer)  # DDP / FSDP wrapping
-        acc.register_for_checkpointing(self.lr_sched)  # not prepare(): that would step it once per process
-        self._setup_checkpoint_hooks()
+        self.sharded = sharded(acc)  # FSDP/DeepSpeed: the model's and optimizer's sharded state is accelerate's
         self.ema = self._setup_ema()
         self.table, self.stats, self.dataset, self.n_pairs, self.transform = self._setup_data()
         self.state = self._setup_resume()
@@ -167,7 +169,7 @@ class TrainRecipe:
         resume_from = resume_point(cfg, out)
         if self.main:
             if resume_from is None and cfg.overwrite:
-                for name in ("checkpoints", "logs", "validation", "metrics.jsonl", "manifest.json"):
+                for name in ("checkpoints", "logs", "validation", "metrics.jsonl", "manifest.json", "config.yaml"):
                     p = out / name
                     shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
             prepare_output(out, "train", to_dict(cfg), identity_dict(cfg), overwrite=cfg.overwrite,
@@ -223,30 +225,13 @@ class TrainRecipe:
                                  optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps)
         return optimizer, lr_sched
 
-    def _setup_checkpoint_hooks(self) -> None:
-        """Checkpoints hold the model in the diffusers format (denoiser folder or LoRA file) instead of accelerate's
-        own copy; under FSDP/DeepSpeed accelerate's sharded files are kept."""
-        acc = self.accelerator
-        self.sharded = sharded(acc)
-
-        def drop_default_weights(models, weights, output_dir):
-            if not self.sharded:
-                weights.clear()
-
-        def load_diffusers_weights(models, input_dir):
-            if self.sharded:
-                return
-            while models:
-                self._load_weights(acc.unwrap_model(models.pop()), Path(input_dir))
-
-        acc.register_save_state_pre_hook(drop_default_weights)
-        acc.register_load_state_pre_hook(load_diffusers_weights)
-
     def _load_weights(self, model: Any, folder: Path) -> None:
         """Load weights saved by `_save_weights` (a checkpoint, or its ema/ folder) into the unwrapped model."""
         if self.lora:
             ck.load_lora_into(model, folder / ck.LORA_FILE, self.family.denoiser)
         else:
+            for weights in sorted((folder / self.family.denoiser).glob("*.safetensors")):
+                ck.check_weights_file(weights)  # a damaged file: one line naming it
             model.load_state_dict(type(model).from_pretrained(folder, subfolder=self.family.denoiser).state_dict())
 
     def _check_family_options(self) -> None:
@@ -285,7 +270,7 @@ class TrainRecipe:
             raise D.no_pairs_error(cfg.dataset, stats)
         f = vae_factor(self.vae.config)
         # the VAE's latents, as stored and encoded (FLUX's transformer takes them packed: 4x the channels)
-        channels = self.vae.config.latent_channels
+        channels = latent_channels(self.vae.config)
         columns = U.LATENTS if self.unpaired else D.LATENT_COLUMNS
         latent_shape, why = D.stored_latent_shape(table, pairs, (channels, res // f, res // f),
                                                   D.latent_source(cfg.dataset), {"model": cfg.model, "vae": cfg.vae},
@@ -315,12 +300,12 @@ class TrainRecipe:
         """The trainer state: a fresh one, or the resumed checkpoint's (whose optimizer, lr and RNGs are loaded)."""
         state = {"step": 0, "bad_images": 0}
         if self.resume_from is not None:
-            state = read_json(self.resume_from / ck.STATE_FILE)
+            state = ck.read_state(self.resume_from)
             if state.get("processes", self.world) != self.world:  # data order and per-process RNGs depend on it
                 raise AifError(f"{self.resume_from} was written by a run with {state['processes']} processes; resume "
                                f"it with the same number (this one has {self.world}), or start a new run with another "
                                "--out.")
-            self.accelerator.load_state(str(self.resume_from))
+            self._load_train_state(self.resume_from)
             self._resume_ema(state)
             self._say(f"resuming from {self.resume_from} (step {state['step']})")
         if self.main:
@@ -547,7 +532,7 @@ class TrainRecipe:
         if self.main:
             discard(tmp)  # a killed save's leftover
         acc.wait_for_everyone()
-        acc.save_state(str(tmp))  # optimizer, lr schedule, grad scaler, every process's RNG
+        self._save_train_state(tmp)  # optimizer, lr schedule, grad scaler, every process's RNG
         streams = gather_object([self.batches.state()]) if self.cfg.streaming else None  # collective
         sd = acc.get_state_dict(self.model)  # collective: gathers FSDP / ZeRO shards
         if self.main:
@@ -575,6 +560,27 @@ class TrainRecipe:
         else:
             model.save_pretrained(folder / self.family.denoiser, state_dict=sd, safe_serialization=True)
 
+    def _save_train_state(self, folder: Path) -> None:
+        """The optimizer, lr schedule, grad scaler and every process's RNG as data (storage/train_state.py); under
+        FSDP/DeepSpeed accelerate writes the sharded model and optimizer first."""
+        acc = self.accelerator
+        if self.sharded:
+            acc.save_state(str(folder))
+        save_state(folder, None if self.sharded else self.optimizer, self.lr_sched, acc.scaler, acc.step, self.rank,
+                   self.main)
+        acc.wait_for_everyone()  # every process's random state is written before the main one publishes
+
+    def _load_train_state(self, folder: Path) -> None:
+        """A checkpoint's weights and save_train_state's files, strictly; nothing unpickled beyond plain data."""
+        acc = self.accelerator
+        check_format(folder)
+        if self.sharded:
+            check_sharded_files(folder)
+            acc.load_state(str(folder))  # the sharded model and optimizer
+        else:
+            self._load_weights(acc.unwrap_model(self.model), folder)
+        acc.step = load_state(folder, None if self.sharded else self.optimizer, self.lr_sched, acc.scaler, self.rank)
+
     def _publish(self) -> None:
         """Finish the manifest and tell the user what to run next (main process)."""
         cfg, out, stats = self.cfg, self.out, self.stats
@@ -593,16 +599,6 @@ class TrainRecipe:
         for tracker in self.accelerator.trackers:
             tracker.finish()
         self.accelerator.wait_for_everyone()
-
-
-def nonfinite_error(out: Path, what: str, skip: bool = True) -> AifError:
-    """The error for non-finite training numbers: what happened, the last good checkpoint, and how to go on."""
-    ckpts = ck.list_checkpoints(out)
-    last = f"The last good checkpoint is {ckpts[-1]}" if ckpts else "No checkpoint was written yet"
-    if skip:
-        last += ": rerun the same command with --skip-nonfinite N to continue from it, skipping up to N such steps"
-    return AifError(f"{what}. {last}; or start over (another --out) with a lower --lr, a smaller --beta, "
-                    "--max-grad-norm, or --mixed-precision bf16 instead of fp16")
 
 
 def stream_state(state: dict[str, Any], rank: int, start_micro: int) -> Optional[dict[str, Any]]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-from aifeedback.config import input_paths, option
+from aifeedback.config import input_paths, option, side_problems
 from aifeedback.data.labels import COLUMNS_HELP, OPEN_PREFERENCES, RANKED_HELP, RANKED_PAIRINGS
 from aifeedback.data.mapping import columns_problems
 from aifeedback.losses import LOSSES
@@ -118,7 +118,7 @@ class TrainConfig:
             problems.append("lora_alpha is set but lora_rank is 0 (full fine-tune); set --lora-rank")
         if self.warmup_steps > self.max_steps:
             problems.append(f"warmup_steps ({self.warmup_steps}) exceeds max_steps ({self.max_steps})")
-        problems += columns_problems(self.columns)
+        problems += columns_problems(self.columns) + side_problems(self, "resolution")
         if self.ema_decay >= 1:
             problems.append(f"ema_decay {self.ema_decay:g} would never move the average; use a decay below 1 (e.g. "
                             "0.9999), or 0 for no EMA")
@@ -135,8 +135,8 @@ class TrainConfig:
     def preflight(self) -> None:
         """Fail fast, before torch is imported: the model, VAE, dataset, --resume PATH and optional packages."""
         from aifeedback.data.pairs import check_source
-        from aifeedback.families.resolve import check_available
-        from aifeedback.preflight import check_apart, check_package
+        from aifeedback.families.resolve import check_available, check_trained_for
+        from aifeedback.preflight import check_apart, check_device, check_package
         from aifeedback.storage.checkpoints import resolve_checkpoint
 
         check_available(self.model)
@@ -146,9 +146,11 @@ class TrainConfig:
         inputs = input_paths(self)
         if self.resume not in ("auto", "latest", "none"):
             ckpt = resolve_checkpoint(self.resume).resolve()
+            check_trained_for(self.model, ckpt, f"--resume {self.resume}")
             if Path(self.out).expanduser().resolve() not in ckpt.parents:  # one of this run's own: resuming keeps it
                 inputs["resume"] = ckpt
         check_apart(self.out, inputs)  # the inputs exist: an --out over one would clobber it
+        check_device(None, mixed_precision=self.mixed_precision)
         if self.trackers == "wandb":  # accelerate would only warn and train without a tracker
             check_package("wandb", "--trackers wandb", "wandb", "use --trackers tensorboard")
         if self.optimizer == "adamw8bit":

@@ -1,5 +1,5 @@
-"""The training run folder: which checkpoint a run continues from, whether --out holds the same job (and what
-changed when it does not), and trimming metrics.jsonl back to the resumed step."""
+"""The training run folder: which checkpoint a run continues from (and which is the last good one), whether --out
+holds the same job (and what changed when it does not), and trimming metrics.jsonl back to the resumed step."""
 
 from __future__ import annotations
 
@@ -13,11 +13,18 @@ from aifeedback.errors import AifError
 from aifeedback.stages.train_config import TrainConfig
 from aifeedback.storage import checkpoints as ck
 from aifeedback.storage.files import atomic_write_text, read_json
-from aifeedback.storage.manifest import completed_output, fingerprint, job_changes
+from aifeedback.storage.manifest import check_replaceable, completed_output, fingerprint, job_changes, read_manifest
 
 
 def resume_point(cfg: TrainConfig, out: Path) -> Optional[Path]:
     """The checkpoint to continue from, or None to start fresh (see the --resume help)."""
+    found = _resume_point(cfg, out)
+    if found is None and cfg.overwrite:  # the run's files in --out are deleted next: never in a foreign folder
+        check_replaceable(out)
+    return found
+
+
+def _resume_point(cfg: TrainConfig, out: Path) -> Optional[Path]:
     existing = ck.list_checkpoints(out)
     if cfg.resume == "auto":
         if existing and not same_job(cfg, out):
@@ -46,7 +53,7 @@ def finished_step(cfg: TrainConfig, out: Path) -> Optional[int]:
                                                                      input_fingerprint(cfg)):
         return None
     ckpts = ck.list_checkpoints(out)
-    step = read_json(ckpts[-1] / ck.STATE_FILE)["step"] if ckpts else -1
+    step = ck.read_state(ckpts[-1])["step"] if ckpts else -1
     return step if step >= cfg.max_steps else None
 
 
@@ -71,8 +78,24 @@ def changes(cfg: TrainConfig, out: Path) -> str:
 def input_fingerprint(cfg: TrainConfig) -> dict:
     manifest = manifest_path(cfg.dataset)  # an unpaired/ folder of `aif score`: the output's
     if manifest.exists():
-        return {"dataset_fingerprint": json.loads(manifest.read_text()).get("fingerprint")}
+        return {"dataset_fingerprint": read_manifest(manifest.parent).get("fingerprint")}  # damaged: one line
     return {}
+
+
+def nonfinite_error(out: Path, what: str, skip: bool = True) -> AifError:
+    """The error for non-finite training numbers: what happened, the last good checkpoint (the newest whose weights
+    read back finite), and how to go on."""
+    ckpts = ck.list_checkpoints(out)
+    good = next((c for c in reversed(ckpts) if ck.finite_weights(c)), None)
+    last = "No checkpoint with finite weights was written yet"
+    if good is not None:
+        later = "" if good == ckpts[-1] else f" (the later {ckpts[-1].name} holds NaN or inf weights, or is damaged)"
+        last = f"The last good checkpoint is {good}{later}"
+        if skip:
+            flags = f"--resume {good} --skip-nonfinite N" if later else "--skip-nonfinite N"
+            last += f": rerun the same command with {flags} to continue from it, skipping up to N such steps"
+    return AifError(f"{what}. {last}; or start over (another --out) with a lower --lr, a smaller --beta, "
+                    "--max-grad-norm, or --mixed-precision bf16 instead of fp16")
 
 
 def truncate_metrics(path: Path, step: int) -> None:

@@ -9,7 +9,10 @@ a half checkpoint that `--resume latest` would pick up):
     pytorch_lora_weights.safetensors    LoRA: what `pipe.load_lora_weights` reads
     ema/                                with --ema-decay: the moving average, as unet/ or the LoRA file above
     trainer_state.json                  step, data position, counters
-    optimizer.bin, scheduler.bin, random_states_*.pkl, ...   accelerate.save_state (exact resume)
+    optimizer.json + .safetensors       exact resume, as data (train_state.py; no file of a checkpoint is a pickle):
+    scheduler.json, rng-N.safetensors   optimizer, lr schedule + grad scaler, process N's random number generators
+    pytorch_model_fsdp_0/, optimizer_0/, ...   FSDP/DeepSpeed only: accelerate's sharded model and optimizer, checked
+                                        to hold only tensors and plain data before they are loaded (sharded_state.py)
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from aifeedback.errors import AifError
+from aifeedback.errors import AifError, first_line
 from aifeedback.storage.publish import remove_stale
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
@@ -73,6 +76,48 @@ def resolve_checkpoint(path: str | Path) -> Path:
         "run folder "
         "with checkpoints/. Fix: pass RUN_DIR or RUN_DIR/checkpoints/checkpoint-NNNNNN"
     )
+
+
+def read_state(ckpt: str | Path) -> dict[str, Any]:
+    """A checkpoint's trainer_state.json; a damaged one is a CheckpointError naming it."""
+    path = Path(ckpt) / STATE_FILE
+    try:
+        state = json.loads(path.read_text())
+        if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+            raise ValueError("no step number in it")
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable ({first_line(e)}): the checkpoint is damaged. Fix: delete "
+                              f"{Path(ckpt)} so that --resume auto continues from the checkpoint before it, or pass "
+                              "--resume with an earlier checkpoint") from None
+    return state
+
+
+def check_weights_file(path: str | Path) -> None:
+    """Raise a CheckpointError naming a safetensors file that is missing, truncated or not safetensors."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            f.keys()
+    except Exception as e:  # safetensors' own error type, or OSError
+        raise CheckpointError(f"{path}: unreadable as safetensors ({first_line(e)}): the file is damaged or truncated. "
+                              "Fix: use another checkpoint or export of that run, or write it again") from None
+
+
+def finite_weights(ckpt: str | Path) -> bool:
+    """Whether every weight file of a checkpoint (LoRA or denoiser, and its ema/) reads back with finite values."""
+    import torch
+    from safetensors import safe_open
+
+    files = [p for p in Path(ckpt).rglob("*.safetensors") if not p.name.startswith(("optimizer", "rng-"))]
+    try:
+        for path in files:
+            with safe_open(str(path), framework="pt") as f:
+                if not all(torch.isfinite(f.get_tensor(k)).all() for k in f.keys()):
+                    return False
+    except Exception:  # safetensors' own error type, or OSError: a damaged file is no good checkpoint either
+        return False
+    return bool(files)
 
 
 def checkpoint_kind(ckpt: str | Path) -> str:
@@ -139,6 +184,12 @@ def _sorted_sets(value: Any) -> Any:
     return value
 
 
+def sort_headers(folder: str | Path) -> None:
+    """Sort the header metadata of every safetensors file under folder (byte-stable exports, see below)."""
+    for path in sorted(Path(folder).rglob("*.safetensors")):
+        _sort_header_metadata(path)
+
+
 def _sort_header_metadata(path: Path) -> None:
     """Rewrite a safetensors file's header with its metadata keys sorted, in place (same length: only the order
     changes). safetensors keeps the metadata in a Rust HashMap, written in a per-process random order."""
@@ -162,12 +213,22 @@ def load_lora_into(model: Any, lora_file: str | Path, denoiser: str = "unet") ->
     from safetensors.torch import load_file
 
     prefix = f"{denoiser}."
-    sd = {k.removeprefix(prefix): v for k, v in load_file(str(lora_file)).items() if k.startswith(prefix)}
+    check_weights_file(lora_file)
+    weights = load_file(str(lora_file))
+    sd = {k.removeprefix(prefix): v for k, v in weights.items() if k.startswith(prefix)}
     if not sd:
         raise CheckpointError(f"{lora_file} holds no LoRA weights for the {denoiser} (no '{prefix}' keys); was it "
                               "trained on another model family?")
     # peft-layout keys (lora_A/B) pass through the conversion unchanged
-    result = set_peft_model_state_dict(model, convert_unet_state_dict_to_peft(sd), adapter_name="default")
+    try:
+        result = set_peft_model_state_dict(model, convert_unet_state_dict_to_peft(sd), adapter_name="default")
+    except RuntimeError as e:
+        if "size mismatch" not in str(e):
+            raise
+        detail = next(ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln)
+        raise CheckpointError(f"{lora_file} holds LoRA weights of other shapes than this model's ({detail[:240]}): it "
+                              "was trained with another --lora-rank or model. Fix: use the same --lora-rank and "
+                              "--model as that run, or start a new run with another --out") from None
     unexpected = getattr(result, "unexpected_keys", None)
     if unexpected:
         raise CheckpointError(f"{lora_file} does not match this model's LoRA layers (e.g. {unexpected[:3]}); "

@@ -18,7 +18,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from aifeedback.errors import AifError, DataError
+from aifeedback.config import shown
+from aifeedback.errors import AifError, DataError, first_line
 from aifeedback.storage.files import read_json, write_json
 from aifeedback.storage.shards import shard_files
 
@@ -86,9 +87,10 @@ def prepare_output(
                     p.unlink()
         else:
             return old
-    elif out.exists() and any(out.iterdir()) and not overwrite:
+    elif out.exists() and any(out.iterdir()):  # --overwrite too: it replaces only what aifeedback wrote
         raise OutputConflictError(
-            f"{out} exists and is not an aifeedback {stage} output. Use another --out, or pass --overwrite."
+            f"{out} exists, is not empty and is not an aifeedback output (it has no {MANIFEST}), so --overwrite does "
+            f"not replace it either. Fix: use another --out, or empty that folder yourself."
         )
     manifest = {
         "stage": stage,
@@ -103,6 +105,22 @@ def prepare_output(
     if is_main:
         write_json(mpath, manifest)
     return manifest
+
+
+def check_replaceable(out_dir: str | Path) -> None:
+    """Refuse to delete anything in a non-empty folder that holds no aifeedback manifest (call it before a stage's
+    --overwrite removes files): --overwrite replaces aifeedback's own outputs, never a folder someone else wrote."""
+    out = Path(out_dir)
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    try:
+        ours = isinstance(read_json(out / MANIFEST).get("stage"), str)
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours:
+        raise OutputConflictError(
+            f"{out} is not empty and is not an aifeedback output (it has no readable {MANIFEST}), so --overwrite "
+            f"deletes nothing there. Fix: use another --out, or empty that folder yourself.")
 
 
 def prepare_output_synced(state: Any, out_dir: str | Path, stage: str, config: dict[str, Any],
@@ -145,7 +163,13 @@ def read_manifest(path: str | Path, stage: str | tuple[str, ...] | None = None) 
     if not mpath.exists():
         raise DataError(f"{path} has no {MANIFEST}: it is not an aifeedback output directory "
                         "(run the stage that makes it first)")
-    manifest = read_json(mpath)
+    try:
+        manifest = read_json(mpath)
+        if not isinstance(manifest, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
+        raise DataError(f"{mpath}: unreadable ({first_line(e)}): the file is damaged. Fix: rerun the stage that wrote "
+                        f"{path} (with --overwrite where it asks), or use another copy of it") from None
     stages = (stage,) if isinstance(stage, str) else stage
     if stages and manifest.get("stage") not in stages:
         raise DataError(f"{path} holds a '{manifest.get('stage')}' output; expected a {' or '.join(stages)} output")
@@ -155,8 +179,8 @@ def read_manifest(path: str | Path, stage: str | tuple[str, ...] | None = None) 
 def job_changes(old: dict[str, Any], identity: dict[str, Any], inputs: dict[str, Any]) -> str:
     """What differs between the job an output's manifest `old` records and this one: settings (old -> new), then
     inputs (a prompt file's contents, the input's own fingerprint or row count), so a refusal says what to undo."""
-    changes = [f"{k}: {a!r} -> {b!r}" for k, a, b in _changed(old.get("identity", {}), identity)]
-    changes += [f"input {k}: {a!r} -> {b!r}" for k, a, b in _changed(old.get("inputs", {}), inputs)]
+    changes = [f"{k}: {shown(a)} -> {shown(b)}" for k, a, b in _changed(old.get("identity", {}), identity)]
+    changes += [f"input {k}: {shown(a)} -> {shown(b)}" for k, a, b in _changed(old.get("inputs", {}), inputs)]
     return ", ".join(changes[:6])
 
 

@@ -7,12 +7,11 @@ it here. This module is light: a builder's module is imported only when the mode
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from aifeedback.registry import Registry
-from aifeedback.zoo.cache import ZOO_VERSION, cached_build
+from aifeedback.zoo.cache import ZOO_VERSION, cached_build, resolve_builder
 
 
 @dataclass(frozen=True)
@@ -27,12 +26,11 @@ class ZooModel:
     toy: bool = False  # pretrained on the toy world (zoo/toy_world.py): `aif demo --model` runs the loop on it
 
     def build(self, out: Path) -> None:
-        module, _, function = self.builder.partition(":")
-        getattr(importlib.import_module(module), function)(out)
+        resolve_builder(self.builder)(out)
 
     def path(self) -> Path:
         """The built folder (built now if it is not cached)."""
-        return cached_build(self.name, self.build, self.version)
+        return cached_build(self.name, self.builder, self.version)
 
 
 ZOO: Registry[ZooModel] = Registry("offline model", [
@@ -52,6 +50,8 @@ ZOO: Registry[ZooModel] = Registry("offline model", [
              "aifeedback.zoo.tiny_flux:build_tiny_flux_dev"),
     ZooModel("tiny-z-image", "tiny random ZImagePipeline (Qwen3 text encoder, single-stream transformer; flow "
              "matching), for tests", "aifeedback.zoo.tiny_z_image:build_tiny_z_image"),
+    ZooModel("tiny-qwen-image", "tiny random QwenImagePipeline (Qwen2.5-VL text encoder, dual-stream transformer, "
+             "video-style VAE; flow matching), for tests", "aifeedback.zoo.tiny_qwen_image:build_tiny_qwen_image"),
     ZooModel("tiny-flux2", "tiny random Flux2Pipeline like FLUX.2 [dev] (Mistral3 text encoder, guidance embedding; "
              "flow matching), for tests", "aifeedback.zoo.tiny_flux2:build_tiny_flux2"),
     ZooModel("tiny-flux2-klein", "tiny random Flux2KleinPipeline like FLUX.2 [klein] base (Qwen3 text encoder, "

@@ -88,21 +88,48 @@ QWEN_CHAT_TEMPLATE = (
 QWEN_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>")
 
 
-def qwen_tokenizer_files(out: Path) -> Path:
+# Qwen2-VL / Qwen2.5-VL's special tokens, in the real tokenizer's order (ids 151643..151656 there), for the VLM judges'
+# tiny model; and words that are one token each in the real vocabulary (the judges' answers among them).
+QWEN_VL_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+                   "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+                   "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+QWEN_VL_WORDS = ("Yes", "No", "yes", "no", "YES", "NO")
+
+
+def qwen_tokenizer_files(out: Path, special: tuple[str, ...] = QWEN_SPECIAL, words: tuple[str, ...] = (),
+                         chat_template: str | None = QWEN_CHAT_TEMPLATE, max_length: int = 512) -> Path:
     """Write a Qwen2Tokenizer folder (the class of Qwen3's tokenizer): Qwen's byte-level BPE layout over the 256 byte
-    symbols with no merges (one token per UTF-8 byte, so any prompt in any language tokenises without <unk>), Qwen's
-    special tokens (<|endoftext|> as pad, <|im_start|>, <|im_end|>, <think>, </think>) and its chat template. Qwen3's
-    real 151k-token vocabulary cannot be downloaded here; the real models load the hub's. Same bytes everywhere."""
+    symbols (so any prompt in any language tokenises without <unk>), Qwen's special tokens (<|endoftext|> as pad,
+    <|im_start|>, <|im_end|>, <think>, </think>) and its chat template. No merges, one token per UTF-8 byte, except
+    that each of `words` is one token, alone and after a space (as in the real vocabulary). Qwen3's real 151k-token
+    vocabulary cannot be downloaded here; the real models load the hub's. Same bytes everywhere."""
     from transformers import Qwen2Tokenizer
 
-    byte_chars = list(_bytes_to_unicode().values())
-    vocab = {c: i for i, c in enumerate(byte_chars)}
-    vocab.update({tok: len(byte_chars) + i for i, tok in enumerate(QWEN_SPECIAL)})
-    tok = Qwen2Tokenizer(vocab=vocab, merges=[], model_max_length=512)
-    tok.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIAL[1:])})
-    tok.chat_template = QWEN_CHAT_TEMPLATE
+    to_char = _bytes_to_unicode()
+    vocab = {c: i for i, c in enumerate(to_char.values())}
+    merges: list[tuple[str, str]] = []
+    for word in words:  # "word" by merging its characters left to right, then " word" = the space's char + "word"
+        chars = [to_char[b] for b in word.encode()]
+        for c in chars[1:]:
+            merges.append((chars[0], c))
+            chars[0] += c
+            vocab.setdefault(chars[0], len(vocab))
+    for word in words:
+        merges.append((to_char[32], word))
+        vocab.setdefault(to_char[32] + word, len(vocab))
+    vocab.update({tok: len(vocab) + i for i, tok in enumerate(special)})
+    tok = Qwen2Tokenizer(vocab=vocab, merges=list(dict.fromkeys(merges)), model_max_length=max_length)
+    tok.add_special_tokens({"additional_special_tokens": list(special[1:])})
+    if chat_template is not None:
+        tok.chat_template = chat_template
     tok.save_pretrained(str(out))
     return out
+
+
+def qwen_vl_tokenizer_files(out: Path) -> Path:
+    """The tiny VLM judge's tokenizer: qwen_tokenizer_files with Qwen2.5-VL's special tokens and one-token answers
+    (its chat template is the processor's; 32768 tokens, as Qwen2.5-VL's)."""
+    return qwen_tokenizer_files(out, QWEN_VL_SPECIAL, QWEN_VL_WORDS, chat_template=None, max_length=32768)
 
 
 def qwen_tokenizer():

@@ -55,10 +55,38 @@ def _imagereward(name, model, device, dtype):
     return ImageReward(name, model, device, dtype)
 
 
+def _hpsv3(name, model, device, dtype):
+    from aifeedback.scoring.scorers.hpsv3 import HPSv3
+
+    return HPSv3(name, model, device, dtype)
+
+
+def _geneval(verdict: bool):
+    def load(name, model, device, dtype):
+        from aifeedback.scoring.scorers import geneval
+
+        return geneval.load(name, model, device, dtype, verdict)
+
+    return load
+
+
 def _toy_fidelity(name, model, device, dtype):
     from aifeedback.scoring.scorers.toy import ToyFidelity
 
     return ToyFidelity(name, model)
+
+
+def _vlm(judge: str):
+    def load(name, model, device, dtype):
+        from aifeedback.scoring.scorers.vlm_served import ServedJudge, is_url
+
+        if is_url(model):
+            return ServedJudge(name, judge, model)
+        from aifeedback.scoring.scorers.vlm import LocalJudge
+
+        return LocalJudge(name, judge, model, device, dtype)
+
+    return load
 
 
 def _stat(kind: str):
@@ -89,6 +117,19 @@ SCORERS: Registry[ScorerKind] = Registry("scorer", [
                "ignored", _aesthetic),
     ScorerKind("imagereward", "ImageReward v1.0: THUDM/ImageReward ImageReward.pt (BLIP ViT-L/16 + BERT "
                "cross-attention + MLP); normalised reward", _imagereward),
+    ScorerKind("hpsv3", "HPSv3: Qwen2-VL-7B-Instruct + reward head, HPSv3.safetensors from MizzenAI/HPSv3; mu of "
+               "(mu, sigma) at the <|Reward|> token", _hpsv3),
+    ScorerKind("vlm", "VLM judge, P(Yes) to 'Does this image show \"PROMPT\"?': local Qwen/Qwen2.5-VL-7B-Instruct, "
+               "vlm:HUB_ID|PATH|tiny, or served: vlm:http://HOST:PORT/v1 (vLLM/SGLang)", _vlm("vlm")),
+    ScorerKind("vlm-quality", "VLM judge, P(Yes) to 'Is this a high-quality image?' (prompt ignored); models as vlm",
+               _vlm("vlm-quality")),
+    ScorerKind("unifiedreward", "UnifiedReward's pointwise question (alignment + quality), expected 1-5 rating from "
+               "the answer's log-probabilities: local CodeGoat24/UnifiedReward-qwen-7b, or models as vlm",
+               _vlm("unifiedreward")),
+    ScorerKind("geneval", "GenEval rules (objects, counts, colours, positions) for GenEval's own prompts: Mask2Former "
+               "Swin-S COCO (transformers) + CLIP ViT-L/14 colours; Flow-GRPO's partial credit", _geneval(False)),
+    ScorerKind("geneval-verdict", "the same, scored 1 if the image passes GenEval's upstream verdict, else 0 (what "
+               "the GenEval benchmark averages)", _geneval(True)),
     ScorerKind("redness", "mean R - mean(G,B) of the image in [0,1] (toy reward, no model)", _stat("redness")),
     ScorerKind("brightness", "mean Rec.601 luma in [0,1] (no model)", _stat("brightness")),
     ScorerKind("saturation", "mean HSV saturation in [0,1] (no model)", _stat("saturation")),
@@ -120,6 +161,11 @@ def load_scorer(spec: str, device: str = "cpu", dtype: str = "float32") -> Score
     """Load a scorer by spec (`pickscore`, `pickscore:tiny`, `hpsv2:v2.1`, `clip:/path`, `color:red`, ...)."""
     name, model = parse_spec(spec)
     return SCORERS[name].load(spec.strip(), model, device, dtype)
+
+
+# what to do about a scorer checkpoint that storage.torch_files refuses (it would unpickle code) or finds damaged
+SCORER_FIX = ("use the file as its authors publish it (the scorer's hub repository), or save its weights as a plain "
+              "state dict of tensors")
 
 
 def model_error(spec: str, what: str, err: Exception) -> ScorerLoadError:

@@ -15,8 +15,9 @@ from torch import nn
 
 from aifeedback.families.loading import torch_dtype
 from aifeedback.resources import resource_path
-from aifeedback.scoring.scorers import openclip
+from aifeedback.scoring.scorers import SCORER_FIX, openclip
 from aifeedback.scoring.scorers.base import ClipTransform, Scorer, normalize
+from aifeedback.storage.torch_files import load_torch_file
 
 ARCH, TAG = "ViT-L-14-quickgelu", "openai"  # OpenAI's ViT-L/14 uses QuickGELU
 HEAD = resource_path("aesthetic/sac+logos+ava1-l14-linearMSE.pth")
@@ -35,7 +36,7 @@ def head():
         nn.Linear(768, 1024), nn.Dropout(0.2), nn.Linear(1024, 128), nn.Dropout(0.2), nn.Linear(128, 64),
         nn.Dropout(0.1), nn.Linear(64, 16), nn.Linear(16, 1),
     )
-    mlp.load_state_dict(torch.load(HEAD, map_location="cpu", weights_only=True))
+    mlp.load_state_dict(load_torch_file(HEAD, SCORER_FIX))
     return mlp.eval()
 
 

@@ -19,7 +19,8 @@ from huggingface_hub import hf_hub_download
 from safetensors.torch import load_file
 
 from aifeedback.errors import AifError
-from aifeedback.scoring.scorers import model_error, openclip
+from aifeedback.scoring.scorers import SCORER_FIX, model_error, openclip
+from aifeedback.storage.torch_files import load_torch_file
 from aifeedback.zoo.cache import cached_build
 
 ARCH = "ViT-H-14"
@@ -40,7 +41,7 @@ def build_tiny(out: Path) -> None:
 def load_checkpoint(model, path: str) -> None:
     """Load an HPS checkpoint (a dict with `state_dict`, or a bare state dict) into an open_clip model, strictly."""
 
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = load_torch_file(path, SCORER_FIX)
     model.load_state_dict(ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt)
 
 

@@ -24,8 +24,9 @@ from huggingface_hub import hf_hub_download
 from transformers import BertTokenizer, BlipTextConfig, BlipTextModel, BlipVisionConfig, BlipVisionModel
 
 from aifeedback.families.loading import torch_dtype
-from aifeedback.scoring.scorers import model_error
+from aifeedback.scoring.scorers import SCORER_FIX, model_error
 from aifeedback.scoring.scorers.base import ClipTransform, Scorer, normalize
+from aifeedback.storage.torch_files import load_torch_file
 from aifeedback.zoo.cache import cached_build
 
 HUB_REPO, CHECKPOINT, TOKENIZER = "THUDM/ImageReward", "ImageReward.pt", "bert-base-uncased"
@@ -151,7 +152,7 @@ class ImageReward(Scorer):
             if checkpoint is None:
 
                 checkpoint = hf_hub_download(HUB_REPO, CHECKPOINT)
-            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+            state = load_torch_file(checkpoint, SCORER_FIX)
             net = build_net(vision, text)
             load_weights(net, state.get("state_dict", state))
         except (OSError, RuntimeError, ValueError) as e:
