@@ -309,6 +309,24 @@ def test_lora_dpo_first_loss_is_ln2_and_stock_flux2_pipelines_load_the_file(huma
     assert sum(".lora_A." in n for n, _ in base.transformer.named_parameters()) == len(keys) // 2  # every key loaded
 
 
+@pytest.mark.parametrize("name", TINY)
+def test_validation_grid_during_training(human, tmp_path, name, aif_cache):
+    """Training's validation grid renders through FLUX.2's pipelines (seen failing before: both take `image` as their
+    first positional argument, so the prompt passed positionally left them without one: ValueError)."""
+    import numpy as np
+    from PIL import Image
+
+    from aifeedback.stages.train import run
+    from tests.pairs_fixtures import tiny_train
+
+    out = run(tiny_train(human, tmp_path / "run", model=name, lora_rank=2, max_steps=1, checkpoint_every=1,
+                         validation_every=1, validation_steps=2, validation_prompts=[PROMPTS[0]],
+                         validation_seeds=[0, 1]))
+    grid = np.asarray(Image.open(out / "validation" / "step-000001.png"))
+    assert grid.shape == (16, 32, 3)  # one prompt, two seeds, at the training resolution
+    assert not (grid[:, :16] == grid[:, 16:]).all()  # the seeds' cells differ
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", TINY)
 def test_every_stage_on_tiny_flux2(name, tmp_path):
