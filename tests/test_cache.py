@@ -142,11 +142,13 @@ def test_cache_reads_every_source_the_trainer_reads(tmp_path):
 
 
 @pytest.mark.numerics
-@pytest.mark.parametrize("model", ["tiny-sd3", "tiny-flux", "tiny-z-image", "tiny-qwen-image"])
+@pytest.mark.parametrize("model", ["tiny-sd3", "tiny-flux", "tiny-z-image", "tiny-qwen-image",
+                                   "tiny-flux2-klein"])
 def test_families_added_later_are_cached_without_new_code(model, human, tmp_path):
     """Flow-matching families (16-channel VAE with a shift, T5 + CLIP prompts; FLUX packs latents in its denoiser
     call; Z-Image's prompts are padded states with a boolean mask, its latents the posterior's mode; Qwen-Image's
-    video-style VAE encodes a frame axis, which the cache drops): the cache
+    video-style VAE encodes a frame axis, which the cache drops; FLUX.2's latents are normalised by the real VAE's
+    batch-norm statistics, which the stand-in VAE must pass through): the cache
     stores whatever their encode_images / encode_prompts take and return, so the first SFT loss
     from the cache is the one from the images (to float round-off: the encoders ran on other batches)."""
     from aifeedback.stages.cache import run as cache

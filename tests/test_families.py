@@ -27,7 +27,7 @@ def test_detect_pipeline_and_its_unet(pipes, name):
 def test_registry_lists_every_family_once():
     from aifeedback.families import FAMILIES, get_family
 
-    assert list(FAMILIES) == ["sd15", "sdxl", "sdxl-refiner", "sd3", "flux", "z-image", "qwen-image"]
+    assert list(FAMILIES) == ["sd15", "sdxl", "sdxl-refiner", "sd3", "flux", "z-image", "qwen-image", "flux2"]
     for name, help in FAMILIES.describe().items():  # each entry loads its family, which carries the entry's name
         assert help and get_family(name).name == name and get_family(name).help == help
 
@@ -56,7 +56,8 @@ def test_unknown_family_name_suggests_the_closest():
     from aifeedback.registry import UnknownNameError
 
     with pytest.raises(UnknownNameError,
-                       match="Did you mean 'sdxl'.*valid: sd15, sdxl, sdxl-refiner, sd3, flux, z-image, qwen-image"):
+                       match="Did you mean 'sdxl'.*valid: sd15, sdxl, sdxl-refiner, sd3, flux, z-image, qwen-image, "
+                             "flux2"):
         get_family("sdx")
 
 

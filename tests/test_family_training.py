@@ -1,5 +1,5 @@
-"""What every family added after SD1.5/SDXL (SD3, FLUX.1, the SDXL refiner, Z-Image, Qwen-Image) must hold in
-training, run on each tiny model: a killed and resumed run ends bitwise where an uninterrupted one does (full and
+"""What every family added after SD1.5/SDXL (SD3, FLUX.1, the SDXL refiner, Z-Image, Qwen-Image, FLUX.2) must hold
+in training, run on each tiny model: a killed and resumed run ends bitwise where an uninterrupted one does (full and
 LoRA), and a 2-process LoRA run starts at ln 2 (SD1.5 and SDXL have the same checks in tests/test_train.py)."""
 
 import math
@@ -14,7 +14,8 @@ from tests.pairs_fixtures import pickapic_rows, read_metrics, tiny_train, write_
 
 # model -> its denoiser's folder; flux-dev: the guidance embedding is the FLUX path with the most inputs
 MODELS = {"tiny-sd3": "transformer", "tiny-flux-dev": "transformer", "tiny-sdxl-refiner": "unet",
-          "tiny-z-image": "transformer", "tiny-qwen-image": "transformer"}
+          "tiny-z-image": "transformer", "tiny-qwen-image": "transformer", "tiny-flux2": "transformer",
+          "tiny-flux2-klein": "transformer"}
 
 
 @pytest.fixture(scope="module")

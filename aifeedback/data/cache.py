@@ -77,10 +77,14 @@ def posterior(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
 
 class StoredPosterior:
     """A stand-in VAE for `Family.encode_images`: `encode(parameters)` gives back the stored posterior, so the family
-    samples and normalises cached parameters exactly as it does a VAE's output (config: the real VAE's)."""
+    samples and normalises cached parameters exactly as it does a VAE's output (anything else - the config, FLUX.2's
+    batch-norm statistics - is the real VAE's)."""
 
-    def __init__(self, config: Any, parameters: torch.Tensor):
-        self.config, self.device, self.dtype = config, parameters.device, parameters.dtype
+    def __init__(self, vae: Any, parameters: torch.Tensor):
+        self._vae, self.device, self.dtype = vae, parameters.device, parameters.dtype
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["_vae"], name)
 
     def encode(self, parameters: torch.Tensor) -> Any:
         from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution

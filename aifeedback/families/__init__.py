@@ -57,6 +57,9 @@ FAMILIES: Registry[FamilyEntry] = Registry("model family", [
     FamilyEntry("qwen-image", "Qwen-Image layout: dual-stream flow-matching transformer on packed latents; Qwen2.5-VL "
                 "text encoder (chat template, last hidden state), video-style 16-channel VAE, true CFG (1024 px)",
                 "aifeedback.families.qwen_image", "QwenImage"),
+    FamilyEntry("flux2", "FLUX.2 layout ([dev], [klein]): flow-matching transformer on patchified, batch-norm "
+                "normalised latents; Mistral3 ([dev]) or Qwen3 ([klein]) hidden layers stacked, [dev]'s guidance "
+                "embedding, 32-channel VAE (1024 px)", "aifeedback.families.flux2", "Flux2"),
 ])
 
 

@@ -91,14 +91,19 @@ class Family(ABC):
         (FLUX returns them packed)."""
         return latents
 
-    def guidance_inputs(self, guidance: float, negative_prompt: str, n: int) -> dict[str, Any]:
-        """The pipeline's keyword arguments for classifier-free guidance at scale `guidance` with `negative_prompt`
-        for n prompts; an empty negative prompt keeps the pipeline's own default (SDXL: zero embeddings)."""
+    def guidance_inputs(self, pipe: Any, guidance: float, negative_prompt: str, n: int) -> dict[str, Any]:
+        """`pipe`'s keyword arguments for classifier-free guidance at scale `guidance` with `negative_prompt` for n
+        prompts; an empty negative prompt keeps the pipeline's own default (SDXL: zero embeddings)."""
         return {"guidance_scale": guidance, "negative_prompt": [negative_prompt] * n if negative_prompt else None}
 
     def encode_images(self, vae: Any, pixels: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] -> the latents the denoiser works on."""
         return encode_images(vae, pixels)
+
+    def lora_target_modules(self, model: Any) -> list[str]:
+        """The `target_modules` LoRA adapts in this denoiser (the family's `lora_targets`; a family whose script
+        names modules per block lists them from the model's config)."""
+        return list(self.lora_targets)
 
     def decode_images(self, vae: Any, latents: torch.Tensor) -> torch.Tensor:
         """Denoiser-space latents -> images in [-1, 1], as the family's pipeline decodes them (the inverse of

@@ -40,8 +40,8 @@ class Flux(FlowFamily):
 
     @classmethod
     def matches(cls, config: Any) -> bool:
-        # FluxTransformer2DModel's own fields (SD3's transformer has neither)
-        return "num_single_layers" in config and "guidance_embeds" in config
+        # FluxTransformer2DModel's own fields (SD3's transformer has neither; FLUX.2's has no pooled projection)
+        return "num_single_layers" in config and "guidance_embeds" in config and "pooled_projection_dim" in config
 
     def text_encoders(self, pipe: Any) -> TextEncoders:
         if pipe.text_encoder_2 is None:

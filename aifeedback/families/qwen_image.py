@@ -71,7 +71,7 @@ class QwenImage(FlowFamily):
             embeds[i, : len(kept)], mask[i, : len(kept)] = kept, True
         return {"embeds": embeds, "mask": mask}
 
-    def guidance_inputs(self, guidance: float, negative_prompt: str, n: int) -> dict[str, Any]:
+    def guidance_inputs(self, pipe: Any, guidance: float, negative_prompt: str, n: int) -> dict[str, Any]:
         if guidance <= 1:  # the pipeline's rule: no true CFG at a scale of 1 or less (one transformer pass)
             return {"true_cfg_scale": guidance}
         return {"true_cfg_scale": guidance, "negative_prompt": [negative_prompt or DEFAULT_NEGATIVE] * n}

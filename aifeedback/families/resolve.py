@@ -39,6 +39,16 @@ KNOWN_MODELS: dict[str, str] = {
     "Tongyi-MAI/Z-Image-Turbo": "Z-Image-Turbo (Z-Image distilled: 8 steps, no guidance; Apache-2.0), 1024 px",
     "Qwen/Qwen-Image": "Qwen-Image (20B dual-stream transformer, Qwen2.5-VL-7B text encoder, flow matching, true CFG; "
                        "Apache-2.0), 1024 px",
+    "black-forest-labs/FLUX.2-dev": "FLUX.2 [dev] (32B transformer, Mistral Small 3 text encoder, guidance-distilled; "
+                                    "gated, non-commercial licence), 1024 px",
+    "black-forest-labs/FLUX.2-klein-base-4B": "FLUX.2 [klein] base 4B (undistilled, classifier-free guidance; Qwen3-4B "
+                                              "text encoder; Apache-2.0), 1024 px: the one to fine-tune",
+    "black-forest-labs/FLUX.2-klein-base-9B": "FLUX.2 [klein] base 9B (undistilled; Qwen3-8B text encoder; "
+                                              "non-commercial licence), 1024 px",
+    "black-forest-labs/FLUX.2-klein-4B": "FLUX.2 [klein] 4B (step-distilled: 4 steps, no guidance; Apache-2.0), "
+                                         "1024 px",
+    "black-forest-labs/FLUX.2-klein-9B": "FLUX.2 [klein] 9B (step-distilled: 4 steps, no guidance; non-commercial "
+                                         "licence), 1024 px",
 }
 
 
@@ -65,6 +75,10 @@ MODEL_DEFAULTS: dict[str, ModelDefaults] = {
     # distilled to 8 function evaluations without guidance: diffusers' Z-Image docs sample it with
     # num_inference_steps=8, guidance_scale=0.0
     "Tongyi-MAI/Z-Image-Turbo": ModelDefaults(steps=8, guidance=0.0),
+    # step-distilled (Flux2KleinPipeline's is_distilled: guidance is ignored): sampled in 4 steps at guidance 1.0 (the
+    # defaults of the MLX and C runners of these checkpoints; BFL's model cards could not be read here)
+    "black-forest-labs/FLUX.2-klein-4B": ModelDefaults(steps=4, guidance=1.0),
+    "black-forest-labs/FLUX.2-klein-9B": ModelDefaults(steps=4, guidance=1.0),
 }
 
 
@@ -243,7 +257,8 @@ def check_tuned(tuned: str) -> tuple[str, str]:
 FIT_KEYS = {
     "unet": ("cross_attention_dim", "addition_embed_type", "block_out_channels", "in_channels"),
     "transformer": ("in_channels", "num_layers", "num_attention_heads", "attention_head_dim", "joint_attention_dim",
-                    "pooled_projection_dim", "patch_size", "dim", "n_layers", "n_heads", "cap_feat_dim"),  # Z-Image's
+                    "pooled_projection_dim", "patch_size", "dim", "n_layers", "n_heads", "cap_feat_dim",  # Z-Image's
+                    "num_single_layers"),  # FLUX.1's and FLUX.2's
 }
 
 

@@ -78,7 +78,7 @@ def render(pipe: Any, prompts: list[str], seeds: list[int], *, steps: int | None
             num_inference_steps=default_steps(pipe, model) if steps is None else steps,
             generator=generators,
             output_type="latent",
-            **detect(pipe).guidance_inputs(default_guidance(pipe, model) if guidance is None else guidance,
+            **detect(pipe).guidance_inputs(pipe, default_guidance(pipe, model) if guidance is None else guidance,
                                            negative_prompt, len(prompts)),
             **detect(pipe).sampling_inputs(pipe, len(prompts), width or size, height or size),
         ).images

@@ -196,8 +196,9 @@ class TrainRecipe:
         cfg, model, ref = self.cfg, getattr(self.pipe, self.family.denoiser), None
         if self.lora:
             model.requires_grad_(False).to(self.device, self.weight_dtype)
+            targets = self.family.lora_target_modules(model)
             model.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or cfg.lora_rank,
-                                         init_lora_weights="gaussian", target_modules=list(self.family.lora_targets)))
+                                         init_lora_weights="gaussian", target_modules=targets))
             cast_training_params(model, dtype=torch.float32)  # LoRA weights train in fp32, the base stays frozen
         else:
             model.to(self.device)  # fp32 master weights; autocast runs the forward in the compute dtype
@@ -404,7 +405,7 @@ class TrainRecipe:
         if key == "latents":  # stored latents: already in denoiser space
             latents = images
         elif key == "posteriors":  # an `aif cache`: the family samples and normalises them as the VAE's output
-            latents = self.family.encode_images(StoredPosterior(self.vae.config, images), images)
+            latents = self.family.encode_images(StoredPosterior(self.vae, images), images)
         else:
             latents = self.family.encode_images(self.vae, images)
         # The noise is drawn like the latents (randn_like keeps their memory layout, and draws in layout order): make

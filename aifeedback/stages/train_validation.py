@@ -38,8 +38,8 @@ def validation_grid(cfg: TrainConfig, accelerator, pipe, family: Family, model, 
             for prompt in cfg.validation_prompts:
                 for seed in cfg.validation_seeds:
                     g = torch.Generator(accelerator.device).manual_seed(seed)
-                    images.append(pipe(prompt, num_inference_steps=steps, generator=g,
-                                       **family.guidance_inputs(guidance, "", 1),
+                    images.append(pipe(prompt=prompt, num_inference_steps=steps, generator=g,
+                                       **family.guidance_inputs(pipe, guidance, "", 1),
                                        **family.sampling_inputs(pipe, 1, res, res)).images[0])
         if accelerator.is_main_process:
             buf = io.BytesIO()

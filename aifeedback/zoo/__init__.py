@@ -52,6 +52,10 @@ ZOO: Registry[ZooModel] = Registry("offline model", [
              "matching), for tests", "aifeedback.zoo.tiny_z_image:build_tiny_z_image"),
     ZooModel("tiny-qwen-image", "tiny random QwenImagePipeline (Qwen2.5-VL text encoder, dual-stream transformer, "
              "video-style VAE; flow matching), for tests", "aifeedback.zoo.tiny_qwen_image:build_tiny_qwen_image"),
+    ZooModel("tiny-flux2", "tiny random Flux2Pipeline like FLUX.2 [dev] (Mistral3 text encoder, guidance embedding; "
+             "flow matching), for tests", "aifeedback.zoo.tiny_flux2:build_tiny_flux2"),
+    ZooModel("tiny-flux2-klein", "tiny random Flux2KleinPipeline like FLUX.2 [klein] base (Qwen3 text encoder, "
+             "classifier-free guidance), for tests", "aifeedback.zoo.tiny_flux2:build_tiny_flux2_klein"),
     # toy-sd15 version 2: centred discs, 24 captions held out of pretraining (prompt fidelity)
     ZooModel("toy-sd15", "toy StableDiffusionPipeline pretrained on coloured discs (8x8 px) for `aif demo`",
              "aifeedback.zoo.toy:build_toy_sd15", version="2", toy=True),

@@ -137,3 +137,49 @@ def qwen_tokenizer():
     from transformers import Qwen2Tokenizer
 
     return Qwen2Tokenizer.from_pretrained(str(cached_build("qwen-tokenizer", qwen_tokenizer_files)))
+
+
+# Mistral Small 3.x's chat template, reduced to what Flux2Pipeline renders (a system message, then user messages whose
+# content is a list of text parts or a string): <s>[SYSTEM_PROMPT]...[/SYSTEM_PROMPT][INST]...[/INST].
+MISTRAL_CHAT_TEMPLATE = (
+    "{{- bos_token }}{%- for message in messages %}"
+    "{%- if message.content is string %}{%- set text = message.content %}"
+    "{%- else %}{%- set text = message.content | selectattr('type', 'equalto', 'text') | map(attribute='text')"
+    " | join('') %}"
+    "{%- endif %}"
+    "{%- if message.role == 'system' %}{{- '[SYSTEM_PROMPT]' + text + '[/SYSTEM_PROMPT]' }}"
+    "{%- elif message.role == 'user' %}{{- '[INST]' + text + '[/INST]' }}"
+    "{%- else %}{{- text + eos_token }}{%- endif %}{%- endfor %}"
+)
+MISTRAL_SPECIAL = ("<unk>", "<s>", "</s>", "<pad>", "[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[IMG]",
+                   "[IMG_BREAK]", "[IMG_END]")
+
+
+def mistral_processor_files(out: Path) -> Path:
+    """Write a PixtralProcessor folder (what Flux2Pipeline's `tokenizer` is: Mistral Small 3.x's processor, an image
+    processor with a tokenizer): a byte-level BPE PreTrainedTokenizerFast over the 256 byte symbols with no merges
+    (one token per UTF-8 byte), Mistral's special tokens (<s>, </s>, <pad>, [INST], [SYSTEM_PROMPT], the [IMG] tokens)
+    and its chat template. Mistral's real 131k-token Tekken vocabulary cannot be downloaded here; the real model loads
+    the hub's. Same bytes everywhere."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PixtralImageProcessor, PixtralProcessor, PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(MISTRAL_SPECIAL)}
+    vocab.update({c: len(MISTRAL_SPECIAL) + i for i, c in enumerate(_bytes_to_unicode().values())})
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    backend.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                  pad_token="<pad>", additional_special_tokens=list(MISTRAL_SPECIAL[4:]),
+                                  model_max_length=512)
+    processor = PixtralProcessor(image_processor=PixtralImageProcessor(patch_size=16), tokenizer=tok, patch_size=16,
+                                 chat_template=MISTRAL_CHAT_TEMPLATE)
+    processor.save_pretrained(str(out))
+    return out
+
+
+def mistral_processor():
+    """The offline Mistral processor (see mistral_processor_files), loaded as PixtralProcessor."""
+    from transformers import PixtralProcessor
+
+    return PixtralProcessor.from_pretrained(str(cached_build("mistral-processor", mistral_processor_files)))
