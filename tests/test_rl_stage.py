@@ -57,6 +57,14 @@ def test_grpo_on_tiny_sd3_runs_logs_the_ratio_check_and_resumes_bitwise(prompts,
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
 
 
+def test_kl_beta_adds_the_kl_to_the_reference(prompts, tmp_path):
+    m = metrics(rl(prompts, tmp_path / "kl", epochs=2, kl_beta=0.5, lr=1e-2))
+    # the first update starts from the reference (LoRA B = 0): KL 0; later ones have moved away from it
+    assert all("kl_loss" in r for r in m) and m[0]["ratio_dev_first"] == 0.0
+    assert m[1]["kl_loss"] > 0
+    assert m[1]["loss"] == pytest.approx(m[1]["policy_loss"] + 0.5 * m[1]["kl_loss"], abs=2e-10)  # rounded to 1e-10
+
+
 def test_reward_weights_parse_name_weight_lists():
     assert reward_weights("pickscore:1.0,aesthetic:0.5") == {"pickscore": 1.0, "aesthetic": 0.5}
     assert reward_weights("pickscore:tiny:0.5, color:red") == {"pickscore:tiny": 0.5, "color:red": 1.0}

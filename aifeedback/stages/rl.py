@@ -229,6 +229,17 @@ class RLRecipe:
             v = self.family.predict(self.model, x.to(self.weight_dtype), t, cond, None)
         return flow_sde_step(v, x, sigmas[k], sigmas[k + 1], sigmas[1].item(), self.cfg.noise_level, **kwargs)
 
+    @torch.no_grad()
+    def _reference_step(self, x: torch.Tensor, k: int, cond: dict[str, torch.Tensor], x_next: torch.Tensor):
+        """The reference's step (the base model: the network with its LoRA adapters disabled) to the stored x_next,
+        for the KL term."""
+        base = self.accelerator.unwrap_model(self.model)
+        base.disable_adapters()
+        try:
+            return self._policy_step(x, k, cond, prev_sample=x_next)
+        finally:
+            base.enable_adapters()
+
     def update(self, rollout: Rollout) -> dict[str, float]:
         """--inner-epochs passes of optimizer steps over the rollout; returns the mean metrics and the first
         update's ratio deviation."""
@@ -260,8 +271,12 @@ class RLRecipe:
         for k in range(cfg.steps):
             x, x_next = rollout.latents[sl, k], rollout.latents[sl, k + 1]
             step = self._policy_step(x, k, cond, prev_sample=x_next)
+            kl = {}
+            if cfg.kl_beta > 0:
+                kl = dict(beta=cfg.kl_beta, prev_sample_mean=step.prev_sample_mean, std_dev_t=step.std_dev_t,
+                          prev_sample_mean_ref=self._reference_step(x, k, cond, x_next).prev_sample_mean)
             loss, m = self.loss_fn(step.log_prob, rollout.log_probs[sl, k], adv, clip_range=cfg.clip_range,
-                                   adv_clip_max=cfg.adv_clip_max)
+                                   adv_clip_max=cfg.adv_clip_max, **kl)
             finite &= bool(torch.isfinite(loss.detach()))
             acc.backward(loss / cfg.steps)
             ratio_dev = max(ratio_dev, m["ratio_dev"].item())
