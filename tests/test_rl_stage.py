@@ -1,9 +1,11 @@
 """`aif rl`: the stage end to end on tiny-sd3 (grpo, LoRA, one process), its resume, and what preflight refuses
 before any model loads."""
 
+import io
 import json
 
 import pytest
+from PIL import Image
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -47,6 +49,17 @@ def test_grpo_on_tiny_sd3_runs_logs_the_ratio_check_and_resumes_bitwise(prompts,
     assert all(0.0 <= r["all_equal_share"] <= 1.0 and r["grad_norm"] > 0 for r in m)
     assert any(not (a == b).all() for a, b in zip(lora(straight, 1).values(), lora(straight, 2).values(),
                                                  strict=True))  # epoch 2 trained the adapters
+
+    from datasets import load_dataset
+
+    rows = load_dataset("parquet", data_dir=str(straight / "rollouts" / "data"), split="train")
+    assert rows["epoch"] == [0, 0, 0, 0, 1, 1, 1, 1] and rows["k"] == [0, 1] * 4
+    assert rows["prompt"][:4] == ["a red apple", "a red apple", "a blue car", "a blue car"]
+    assert rows["prompt"][4:6] == ["a green tree"] * 2  # epoch 1 takes the next prompts, cycling
+    assert rows["reward"][:4] == rows["reward_redness"][:4]
+    assert Image.open(io.BytesIO(rows["image"][0])).size == (32, 32) == (rows["width"][0], rows["height"][0])
+    assert sum(rows["advantage"][:2]) == pytest.approx(0, abs=1e-6)  # a group's advantages sum to 0
+    assert m[0]["reward_mean"] == pytest.approx(sum(rows["reward"][:4]) / 4)
 
     resumed = tmp_path / "resumed"
     rl(prompts, resumed, epochs=1)

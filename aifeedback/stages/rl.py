@@ -10,7 +10,8 @@ first update of an epoch recomputes the stored log-probs with the same weights, 
 exactly 1 (`ratio_dev_first` = 0 in metrics.jsonl), the check that sampling and training see the same policy.
 
 So far: algorithm grpo, flow families (SD3, FLUX layout through `Family.predict`), LoRA, no classifier-free guidance,
-one process. Run folder: config.yaml, manifest.json, metrics.jsonl (one line per epoch), checkpoints/
+one process. Run folder: config.yaml, manifest.json, metrics.jsonl (one line per epoch), rollouts/ (each epoch's
+prompts, images, rewards and advantages as Parquet: `write_rollout`), checkpoints/
 checkpoint-NNNNNN (NNNNNN = the epoch; the same files as `aif train`'s, so `aif export` reads them). A rerun of the
 same command continues from the latest checkpoint: epoch e samples from a generator seeded by (seed, e), and the
 weights, optimizer and RNGs are restored exactly.
@@ -32,14 +33,14 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 
 from aifeedback.config import identity_dict, save_config, to_dict
 from aifeedback.console import finish, note, progress, quiet_libraries
-from aifeedback.data.prompts import load_prompts
+from aifeedback.data.prompts import load_prompts, prompt_id
 from aifeedback.errors import AifError
 from aifeedback.families import detect
 from aifeedback.families.base import vae_factor
 from aifeedback.families.flow import FlowFamily
 from aifeedback.families.loading import load_pipeline
 from aifeedback.families.resolve import model_defaults
-from aifeedback.families.sampling import decode_latents
+from aifeedback.families.sampling import decode_latents, encode_image
 from aifeedback.rl import ALGORITHMS
 from aifeedback.rl.advantages import all_equal_share, combine_rewards, group_advantages
 from aifeedback.rl.sde import flow_sde_step
@@ -61,6 +62,9 @@ from aifeedback.stages.train_setup import (
 from aifeedback.storage import checkpoints as ck
 from aifeedback.storage.files import read_json
 from aifeedback.storage.manifest import finish_output, prepare_output
+from aifeedback.storage.shards import write_shard
+
+ROLLOUTS = "rollouts"  # OUT/rollouts/data/train-NNNNN.parquet: epoch NNNNN's samples
 
 
 def run(cfg: RLConfig) -> Path:
@@ -83,6 +87,8 @@ class Rollout:
     conditioning: dict[str, torch.Tensor]  # the prompts' encodings, one row per trajectory
     latents: torch.Tensor  # (N, steps + 1, C, h, w) float32: x_0 = noise, x_k after step k
     log_probs: torch.Tensor  # (N, steps) float32
+    images: list  # the decoded final images (PIL)
+    raw: dict[str, torch.Tensor]  # each reward's scores, (N,)
     rewards: torch.Tensor  # (N,) combined reward
     advantages: torch.Tensor  # (N,)
 
@@ -130,7 +136,7 @@ class RLRecipe:
         cfg, out = self.cfg, self.out
         if self.main:
             if cfg.overwrite:
-                for name in ("checkpoints", "logs", "metrics.jsonl", "manifest.json", "config.yaml"):
+                for name in ("checkpoints", "logs", ROLLOUTS, "metrics.jsonl", "manifest.json", "config.yaml"):
                     p = out / name
                     shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
             prepare_output(out, "rl", to_dict(cfg), identity_dict(cfg), overwrite=cfg.overwrite)
@@ -169,11 +175,13 @@ class RLRecipe:
                        enabled=cfg.progress and self.main)
         while self.state["epoch"] < cfg.epochs:
             t0 = time.perf_counter()
-            rollout, reward_means = self.sample(self.state["epoch"])
+            rollout = self.sample(self.state["epoch"])
+            if self.main:
+                write_rollout(self.out, self.state["epoch"], rollout)
             t1 = time.perf_counter()
             sums = self.update(rollout)
             self.state["epoch"] += 1
-            self._log(rollout, reward_means, sums, t1 - t0, time.perf_counter() - t1)
+            self._log(rollout, sums, t1 - t0, time.perf_counter() - t1)
             bar.update(1)
             if self.state["epoch"] % cfg.checkpoint_every == 0 or self.state["epoch"] == cfg.epochs:
                 self.save_checkpoint()
@@ -189,7 +197,7 @@ class RLRecipe:
         return [self.prompts[(epoch * p + i) % n] for i in range(p)]
 
     @torch.no_grad()
-    def sample(self, epoch: int) -> tuple[Rollout, dict[str, float]]:
+    def sample(self, epoch: int) -> Rollout:
         """G trajectories for each of the epoch's P prompts, in minibatches of --batch-size (the same batches the
         first update recomputes), scored and given group advantages."""
         cfg = self.cfg
@@ -215,8 +223,8 @@ class RLRecipe:
                for spec, scorer in self.scorers.items()}
         rewards = combine_rewards(raw, self.weights)
         advantages = group_advantages(rewards, prompts, cfg.global_std)
-        rollout = Rollout(prompts, cond, torch.stack(latents, 1), torch.stack(log_probs, 1), rewards, advantages)
-        return rollout, {spec: r.mean().item() for spec, r in raw.items()}
+        return Rollout(prompts, cond, torch.stack(latents, 1), torch.stack(log_probs, 1), images, raw, rewards,
+                       advantages)
 
     def _rows(self, cond: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:
         return {k: v[i:i + self.cfg.batch_size] for k, v in cond.items()}
@@ -294,12 +302,11 @@ class RLRecipe:
         self.state["step"] += 1
         return metrics, norm
 
-    def _log(self, rollout: Rollout, reward_means: dict[str, float], sums: dict[str, float], t_sample: float,
-             t_update: float) -> None:
+    def _log(self, rollout: Rollout, sums: dict[str, float], t_sample: float, t_update: float) -> None:
         record = {"epoch": self.state["epoch"], "step": self.state["step"],
                   "reward_mean": rollout.rewards.mean().item(),
                   "reward_std": rollout.rewards.std(unbiased=False).item(),
-                  **{f"reward/{k}": v for k, v in reward_means.items()},
+                  **{f"reward/{k}": v.mean().item() for k, v in rollout.raw.items()},
                   "all_equal_share": all_equal_share(rollout.rewards, rollout.prompts),
                   **{k: round(v, 10) for k, v in sums.items()}, "lr": self.lr_sched.get_last_lr()[0],
                   "images_per_s": round(len(rollout.prompts) / t_sample, 3),
@@ -326,3 +333,17 @@ class RLRecipe:
         for tracker in self.accelerator.trackers:
             tracker.finish()
         self.accelerator.wait_for_everyone()
+
+
+def write_rollout(out: Path, epoch: int, rollout: Rollout) -> Path:
+    """Epoch `epoch`'s samples as Parquet shard OUT/rollouts/data/train-NNNNN.parquet (NNNNN = the epoch): one row
+    per image with generate's columns (prompt_id, prompt, k, image as PNG bytes, width, height), the epoch, the
+    combined reward, the advantage and each reward's score (`reward_SPEC`); `datasets` reads the folder."""
+    g = rollout.prompts.count(rollout.prompts[0]) if rollout.prompts else 1
+    rows = []
+    for i, (text, image) in enumerate(zip(rollout.prompts, rollout.images, strict=True)):
+        rows.append({"epoch": epoch, "prompt_id": prompt_id(text), "prompt": text, "k": i % g,
+                     "image": encode_image(image, "png"), "width": image.width, "height": image.height,
+                     "reward": float(rollout.rewards[i]), "advantage": float(rollout.advantages[i]),
+                     **{f"reward_{spec}": float(r[i]) for spec, r in rollout.raw.items()}})
+    return write_shard(out / ROLLOUTS, epoch, rows)
