@@ -1,6 +1,7 @@
 """`aif rl`: the stage end to end on tiny-sd3 (grpo, LoRA, one process), its resume, and what preflight refuses
 before any model loads."""
 
+import dataclasses
 import io
 import json
 
@@ -70,6 +71,15 @@ def test_grpo_on_tiny_sd3_runs_logs_the_ratio_check_and_resumes_bitwise(prompts,
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
 
 
+@pytest.mark.parametrize("model", ["tiny-sd15", "tiny-sdxl"])
+def test_ddpo_on_unet_families_samples_with_ddim_and_passes_the_ratio_check(prompts, tmp_path, model):
+    m = metrics(rl(prompts, tmp_path / "run", model=model, epochs=2, kl_beta=0.1))
+    assert [r["ratio_dev_first"] for r in m] == [0.0, 0.0] and all(r["grad_norm"] > 0 for r in m)
+    assert all(r["approx_kl"] > 0 for r in m)  # later updates of an epoch moved the policy (eta = 1: a real density)
+    out = tmp_path / "run"
+    assert (out / "checkpoints" / "checkpoint-000002" / "pytorch_lora_weights.safetensors").is_file()
+
+
 def test_kl_beta_adds_the_kl_to_the_reference(prompts, tmp_path):
     m = metrics(rl(prompts, tmp_path / "kl", epochs=2, kl_beta=0.5, lr=1e-2))
     # the first update starts from the reference (LoRA B = 0): KL 0; later ones have moved away from it
@@ -89,7 +99,7 @@ def test_reward_weights_parse_name_weight_lists():
 
 @pytest.mark.parametrize("kw, error", [
     (dict(reward="redness:1,pikscore:0.5"), "pikscore"),
-    (dict(model="tiny-sd15"), "flow families"),
+    (dict(model="tiny-sd15", algorithm="flowonly"), "does not support family 'tiny-sd15' \\(unet\\): the reason"),
     (dict(algorithm="nft"), "grpo only so far"),
 ])
 def test_a_misspelt_reward_or_unsupported_family_fails_before_any_model_loads(prompts, tmp_path, monkeypatch, kw,
@@ -103,6 +113,12 @@ def test_a_misspelt_reward_or_unsupported_family_fails_before_any_model_loads(pr
         raise AssertionError("a model was loaded")
 
     monkeypatch.setattr(loading, "load_pipeline", no_load)
+    # an algorithm for flow families only (the shipped ones support both kinds)
+    flow_only = dataclasses.replace(ALGORITHMS["grpo"], name="flowonly", kinds={"flow": "x"},
+                                    refused={"unet": "the reason"})
+    monkeypatch.setitem(ALGORITHMS._entries, "flowonly", flow_only)
+    if kw.get("algorithm") == "flowonly":  # past the config's grpo-only check, to reach preflight
+        monkeypatch.setattr(RLConfig, "validate", lambda self: [])
     with pytest.raises(AifError, match=error):
         rl(prompts, tmp_path / "run", **kw)
     assert not (tmp_path / "run").exists()

@@ -3,13 +3,15 @@
 `RLRecipe` builds its parts with the trainer's shared pieces (stages/train_setup.py, train_guard.py,
 train_checkpoint.py) and runs epochs. Each epoch: P prompts (the prompt list in order, cycling), G images each,
 sampled from the current policy with the per-step log-probs of the stochastic sampler (flow families: `rl.sde`'s
-SDE step over the pipeline scheduler's sigmas, Flow-GRPO); the images scored by the rewards (`--reward`, combined by
+SDE step over the pipeline scheduler's sigmas, Flow-GRPO; UNet families: DDIM with eta = 1 over the DDIM
+scheduler's timesteps, DDPO); the images scored by the rewards (`--reward`, combined by
 `rl.advantages.combine_rewards`), per-prompt group advantages; then `--inner-epochs` passes of updates, each
 optimizer step over `--batch-size` trajectories accumulating the loss of every denoising step (as Flow-GRPO). The
 first update of an epoch recomputes the stored log-probs with the same weights, batch and inputs: its ratio is
 exactly 1 (`ratio_dev_first` = 0 in metrics.jsonl), the check that sampling and training see the same policy.
 
-So far: algorithm grpo, flow families (SD3, FLUX layout through `Family.predict`), LoRA, no classifier-free guidance,
+So far: algorithm grpo, flow families (SD3, FLUX layout through `Family.predict`) and the text-to-image UNet families
+(SD1.5, SDXL: size and crop time ids of an uncropped image at the resolution), LoRA, no classifier-free guidance,
 one process. Run folder: config.yaml, manifest.json, metrics.jsonl (one line per epoch), rollouts/ (each epoch's
 prompts, images, rewards and advantages as Parquet: `write_rollout`), checkpoints/
 checkpoint-NNNNNN (NNNNNN = the epoch; the same files as `aif train`'s, so `aif export` reads them). A rerun of the
@@ -29,21 +31,21 @@ from typing import Any, Optional
 
 import torch
 from accelerate.utils import set_seed
-from diffusers import FlowMatchEulerDiscreteScheduler
+from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 
 from aifeedback.config import identity_dict, save_config, to_dict
 from aifeedback.console import finish, note, progress, quiet_libraries
 from aifeedback.data.prompts import load_prompts, prompt_id
 from aifeedback.errors import AifError
 from aifeedback.families import detect
-from aifeedback.families.base import vae_factor
+from aifeedback.families.base import time_ids, vae_factor
 from aifeedback.families.flow import FlowFamily
 from aifeedback.families.loading import load_pipeline
 from aifeedback.families.resolve import model_defaults
 from aifeedback.families.sampling import decode_latents, encode_image
 from aifeedback.rl import ALGORITHMS
 from aifeedback.rl.advantages import all_equal_share, combine_rewards, group_advantages
-from aifeedback.rl.sde import flow_sde_step
+from aifeedback.rl.sde import ddim_step, flow_sde_step
 from aifeedback.scoring.scorers import load_scorer
 from aifeedback.stages.rl_config import RLConfig, reward_weights
 from aifeedback.stages.train_checkpoint import load_train_state, load_weights, write_checkpoint
@@ -94,7 +96,7 @@ class Rollout:
 
 
 class RLRecipe:
-    """Online RL (grpo) of one flow-family denoiser with LoRA, one process: setup() then train()."""
+    """Online RL (grpo) of one denoiser with LoRA, one process: setup() then train()."""
 
     def __init__(self, cfg: RLConfig):
         self.cfg = cfg
@@ -112,10 +114,11 @@ class RLRecipe:
         set_seed(cfg.seed, device_specific=True)
         self.pipe = load_pipeline(cfg.model, "float32", "cpu")
         self.family = detect(self.pipe)
-        kind = "flow" if isinstance(self.family, FlowFamily) else "unet"
-        ALGORITHMS[cfg.algorithm].check_kind(kind, self.family.name)
-        if kind != "flow":
-            raise AifError(f"--model {cfg.model}: the stage samples flow families (SD3, FLUX) only so far")
+        self.kind = "flow" if isinstance(self.family, FlowFamily) else "unet"
+        ALGORITHMS[cfg.algorithm].check_kind(self.kind, self.family.name)
+        if self.family.name == "sdxl-refiner":
+            raise AifError(f"--model {cfg.model}: the SDXL refiner is an image-to-image model and aif rl samples "
+                           "from noise; use the SDXL base model")
         self.resolution = cfg.resolution or model_defaults(cfg.model).resolution or self.family.resolution
         self.weight_dtype = WEIGHT_DTYPES[acc.mixed_precision]
         self.text, self.vae = frozen_parts(self.pipe, self.family, self.device, self.weight_dtype, False)
@@ -126,10 +129,24 @@ class RLRecipe:
         self.ema = make_ema(self.params, cfg.ema_decay, sharded=False)
         self.scorers = {spec: load_scorer(spec, str(self.device)) for spec in self.weights}
         self.prompts = [p.text for p in load_prompts(cfg.prompts, cfg.prompt_column)]
-        self.sampler = FlowMatchEulerDiscreteScheduler.from_config(self.pipe.scheduler.config)
-        self.sampler.set_timesteps(cfg.steps, device=self.device)
+        self.sampler = self._setup_sampler()
         self.state = self._setup_resume()
         init_trackers(acc, cfg, "aif-rl")
+
+    def _setup_sampler(self) -> Any:
+        """The sampling schedule: the flow-matching Euler scheduler's sigmas, or DDIM's timesteps (UNet)."""
+        config = self.pipe.scheduler.config
+        if self.kind == "flow":
+            sampler = FlowMatchEulerDiscreteScheduler.from_config(config)
+        else:
+            sampler = DDIMScheduler.from_config(config)
+            if sampler.config.thresholding:
+                raise AifError(f"--model {self.cfg.model}: its scheduler uses dynamic thresholding, which DDPO's "
+                               "DDIM step does not model; use a model without it")
+        sampler.set_timesteps(self.cfg.steps, device=self.device)
+        r = self.resolution
+        self.micro = torch.tensor([time_ids((r, r), (0, 0), (r, r))], dtype=torch.float32, device=self.device)
+        return sampler
 
     def _setup_run_folder(self) -> Optional[Path]:
         """Prepare --out (a different job there is refused unless --overwrite); the checkpoint to continue from."""
@@ -209,6 +226,8 @@ class RLRecipe:
         # the VAE's layout, as Family.predict takes it (FLUX packs inside predict)
         shape = (len(prompts), self.vae.config.latent_channels, self.resolution // f, self.resolution // f)
         x = torch.randn(shape, generator=gen, dtype=torch.float32).to(self.device)
+        if self.kind == "unet":
+            x = x * self.sampler.init_noise_sigma
         noise = torch.randn((cfg.steps, *shape), generator=gen, dtype=torch.float32).to(self.device)
         latents, log_probs = [x], []
         for k in range(cfg.steps):
@@ -230,12 +249,18 @@ class RLRecipe:
         return {k: v[i:i + self.cfg.batch_size] for k, v in cond.items()}
 
     def _policy_step(self, x: torch.Tensor, k: int, cond: dict[str, torch.Tensor], **kwargs):
-        """Denoising step k of the sampler from x: the SDE step with its log-prob (rl.sde.flow_sde_step)."""
-        sigmas = self.sampler.sigmas
-        t = self.sampler.timesteps[k].expand(len(x))
+        """Denoising step k of the sampler from x with its log-prob: the flow SDE step (rl.sde.flow_sde_step) or
+        DDIM with eta = 1 (rl.sde.ddim_step)."""
+        sampler = self.sampler
+        t = sampler.timesteps[k].expand(len(x))
         with self.accelerator.autocast():
-            v = self.family.predict(self.model, x.to(self.weight_dtype), t, cond, None)
-        return flow_sde_step(v, x, sigmas[k], sigmas[k + 1], sigmas[1].item(), self.cfg.noise_level, **kwargs)
+            out = self.family.predict(self.model, x.to(self.weight_dtype), t, cond, self.micro.expand(len(x), -1))
+        if self.kind == "flow":
+            sigmas = sampler.sigmas
+            return flow_sde_step(out, x, sigmas[k], sigmas[k + 1], sigmas[1].item(), self.cfg.noise_level, **kwargs)
+        clip = sampler.config.clip_sample_range if sampler.config.clip_sample else None
+        return ddim_step(out, x, t, sampler.alphas_cumprod, self.cfg.steps, eta=1.0,
+                         prediction_type=sampler.config.prediction_type, clip_sample=clip, **kwargs)
 
     @torch.no_grad()
     def _reference_step(self, x: torch.Tensor, k: int, cond: dict[str, torch.Tensor], x_next: torch.Tensor):

@@ -62,7 +62,7 @@ class RLConfig:
     group_size: int = option(4, "G: images sampled per prompt; advantages are computed within each group", min=2)
     steps: int = option(10, "denoising steps while sampling for training (Flow-GRPO: 10)", min=1, max=1000)
     noise_level: float = option(0.7, "flow families: the SDE's noise level a (std_dev_t = a sqrt(s / (1 - s))); "
-                                     "Flow-GRPO: 0.7", min=0.0)
+                                     "Flow-GRPO: 0.7 (UNet families sample DDIM with eta = 1, as DDPO)", min=0.0)
     resolution: Optional[int] = option(None, "image size in pixels; null = the family's", min=8)
     # reward
     reward: str = option("pickscore", "reward: SCORER[:WEIGHT] entries separated by commas, e.g. "
@@ -148,9 +148,6 @@ class RLConfig:
         kind = family_kind(self.model)
         if kind is not None:
             ALGORITHMS[self.algorithm].check_kind(kind, self.model)
-            if kind != "flow":
-                raise AifError(f"--model {self.model}: the stage samples flow families (SD3, FLUX) only so far "
-                               "(issue 22: DDPO for UNet families is next); use a flow model such as tiny-sd3")
         source_kind(self.prompts)
         check_apart(self.out, input_paths(self))
         check_device(None, mixed_precision=self.mixed_precision)
