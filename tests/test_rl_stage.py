@@ -124,6 +124,11 @@ def test_a_misspelt_reward_or_unsupported_family_fails_before_any_model_loads(pr
     assert not (tmp_path / "run").exists()
 
 
+def test_a_zero_noise_level_is_refused_by_the_config():
+    with pytest.raises(AifError, match="noise_level 0 makes flow sampling deterministic"):
+        build_config(RLConfig, dict(noise_level=0))
+
+
 def test_a_misspelt_algorithm_is_refused_and_help_lists_the_algorithms_one_per_line():
     with pytest.raises(AifError, match="algorithm"):
         build_config(RLConfig, dict(algorithm="gpro"))

@@ -131,6 +131,9 @@ class RLConfig:
             problems.append(f"warmup_steps ({self.warmup_steps}) exceeds the run's {self.max_steps} optimizer steps")
         if self.ema_decay >= 1:
             problems.append(f"ema_decay {self.ema_decay:g} would never move the average; use a decay below 1")
+        if self.noise_level == 0:
+            problems.append("noise_level 0 makes flow sampling deterministic: its steps have no log-prob to train "
+                            "(DDPO's UNet sampling ignores it); use a level above 0, e.g. 0.7")
         if self.algorithm != "grpo":
             problems.append(f"--algorithm {self.algorithm}: the stage runs grpo only so far (issue 22); use "
                             "--algorithm grpo")
