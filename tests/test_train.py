@@ -408,11 +408,11 @@ _POISONED_RANK = """
 import time
 
 from aifeedback.cli import main
-import aifeedback.stages.train as train
+import aifeedback.stages.train_checkpoint as train_checkpoint
 from aifeedback.stages.train import TrainRecipe
 
 real = TrainRecipe._step
-real_save = train.save_state
+real_save = train_checkpoint.save_state
 
 
 def late_save(folder, optimizer, lr_sched, scaler, acc_step, rank, is_main):
@@ -433,7 +433,7 @@ def step(self, batch):  # NaN loss on process 1 only, at step 2: only the gradie
 
 
 TrainRecipe._step = step
-train.save_state = late_save
+train_checkpoint.save_state = late_save
 main()
 """
 

@@ -21,6 +21,7 @@ from aifeedback.stages.export_config import ExportConfig
 from aifeedback.stages.generate_config import GenerateConfig
 from aifeedback.stages.inspect_config import InspectConfig
 from aifeedback.stages.loop_config import LoopConfig
+from aifeedback.stages.rl_config import RLConfig
 from aifeedback.stages.sample_config import SampleConfig
 from aifeedback.stages.score_config import ScoreConfig
 from aifeedback.stages.train_config import TrainConfig
@@ -56,6 +57,8 @@ STAGES: Registry[Stage] = Registry("stage", [
           "aifeedback.stages.cache"),
     Stage("train", "Preference fine-tuning (Diffusion-DPO, KTO, MaPO, ...) on human or AI-labelled data.",
           TrainConfig, "aifeedback.stages.train"),
+    Stage("rl", "Online RL (GRPO) of a denoiser on any reward: sample groups per prompt, score, update.", RLConfig,
+          "aifeedback.stages.rl"),
     Stage("export", "Turn a training checkpoint into a diffusers denoiser or LoRA file.", ExportConfig,
           "aifeedback.stages.export"),
     Stage("sample", "Generate images from a trained model (base + denoiser/LoRA).", SampleConfig,

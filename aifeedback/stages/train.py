@@ -13,7 +13,6 @@ restarted with the same command continues from its latest checkpoint and ends wi
 
 from __future__ import annotations
 
-import copy
 import functools
 import inspect
 import json
@@ -26,14 +25,8 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import torch
-from accelerate import Accelerator
-from accelerate.state import AcceleratorState
-from accelerate.utils import ProjectConfiguration, gather_object, set_seed
-from diffusers.optimization import get_scheduler
-from diffusers.training_utils import cast_training_params
-from peft import LoraConfig
+from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
-from transformers.optimization import Adafactor
 
 from aifeedback.config import identity_dict, save_config, to_dict
 from aifeedback.console import finish, note, progress, quiet_libraries
@@ -50,23 +43,24 @@ from aifeedback.families.loading import load_pipeline
 from aifeedback.families.resolve import model_defaults
 from aifeedback.losses import LOSSES, get_loss
 from aifeedback.losses.base import denoising_mse
+from aifeedback.stages.train_checkpoint import load_train_state, load_weights, write_checkpoint
 from aifeedback.stages.train_config import TrainConfig
 from aifeedback.stages.train_ema import STATE_KEY as EMA_STEPS
-from aifeedback.stages.train_ema import WeightsEMA
-from aifeedback.stages.train_resume import (
-    finished_step,
-    input_fingerprint,
-    nonfinite_error,
-    resume_point,
-    truncate_metrics,
+from aifeedback.stages.train_guard import check_finite_weights, finite_update
+from aifeedback.stages.train_resume import finished_step, input_fingerprint, resume_point, truncate_metrics
+from aifeedback.stages.train_setup import (
+    WEIGHT_DTYPES,
+    denoisers,
+    frozen_parts,
+    init_trackers,
+    make_accelerator,
+    make_ema,
+    make_optimizer,
 )
 from aifeedback.stages.train_validation import track_validation, validation_grid
 from aifeedback.storage import checkpoints as ck
-from aifeedback.storage.files import read_json, write_json
+from aifeedback.storage.files import read_json
 from aifeedback.storage.manifest import finish_output, prepare_output
-from aifeedback.storage.publish import discard, publish, temporary_path
-from aifeedback.storage.sharded_state import check_sharded_files
-from aifeedback.storage.train_state import check_format, load_state, save_state
 
 
 def run(cfg: TrainConfig) -> Path:
@@ -120,7 +114,7 @@ class TrainRecipe:
 
     def setup(self) -> None:
         """Build every component, in the order that keeps the RNG streams of earlier versions (bitwise resumes)."""
-        self.accelerator = self._setup_accelerator()
+        self.accelerator = make_accelerator(self.cfg, self.out)
         acc = self.accelerator
         self.rank, self.world, self.main = acc.process_index, acc.num_processes, acc.is_main_process
         self.device = acc.device
@@ -128,8 +122,8 @@ class TrainRecipe:
         set_seed(self.cfg.seed, device_specific=True)  # noise/timesteps differ per process; checkpoints save each RNG
         self.pipe, self.family = self._setup_pipeline()
         self.resolution = self.cfg.resolution or model_defaults(self.cfg.model).resolution or self.family.resolution
-        self.weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[acc.mixed_precision]
-        self.text, self.vae = self._setup_frozen_parts()
+        self.weight_dtype = WEIGHT_DTYPES[acc.mixed_precision]
+        self.text, self.vae = frozen_parts(self.pipe, self.family, self.device, self.weight_dtype, bool(self.cfg.vae))
         self.scheduler = self.family.noise_scheduler(self.pipe)
         self._check_family_options()
         if "timesteps" in inspect.signature(self.loss_fn).parameters:  # MaPO scales its margin by the scheduler's T
@@ -138,30 +132,15 @@ class TrainRecipe:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.pairs_per_step = self.cfg.batch_size * self.cfg.grad_accum * self.world
         self.lr = self.cfg.lr * self.pairs_per_step if self.cfg.scale_lr else self.cfg.lr
-        optimizer, self.lr_sched = self._setup_optimizer()
+        optimizer, self.lr_sched = make_optimizer(self.cfg, self.params, self.lr)
         self.model, self.optimizer = acc.prepare(self.model, optimizer)  # DDP / FSDP wrapping
         self.sharded = sharded(acc)  # FSDP/DeepSpeed: the model's and optimizer's sharded state is accelerate's
-        self.ema = self._setup_ema()
+        self.ema = make_ema(self.params, self.cfg.ema_decay, self.sharded)
         self.table, self.stats, self.dataset, self.n_pairs, self.transform = self._setup_data()
         self.state = self._setup_resume()
         self.step = self.state["step"]
         self.batches = self._setup_batches()
-        if self.cfg.trackers != "none":
-            config = {k: v for k, v in to_dict(self.cfg).items() if isinstance(v, (int, float, str, bool))}
-            acc.init_trackers("aif-train", config=config)
-
-    def _setup_accelerator(self) -> Accelerator:
-        # accelerate keeps its mixed-precision state in a process-wide singleton; forget a previous in-process run's
-        # (the distributed environment itself, PartialState, is kept).
-        AcceleratorState._reset_state()
-        cfg = self.cfg
-        return Accelerator(
-            mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
-            # On a host without a GPU, processes started by `accelerate launch --multi_gpu` / torchrun join as CPU.
-            cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
-            log_with=None if cfg.trackers == "none" else cfg.trackers,
-            project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")),
-        )
+        init_trackers(acc, self.cfg, "aif-train")
 
     def _setup_run_folder(self) -> Optional[Path]:
         """Prepare --out (its manifest and config); returns the checkpoint to continue from, or None."""
@@ -185,54 +164,13 @@ class TrainRecipe:
         pipe = load_pipeline(self.cfg.model, dtype, "cpu", vae=self.cfg.vae)
         return pipe, detect(pipe)
 
-    def _setup_frozen_parts(self) -> tuple[Any, Any]:
-        """The text encoders and the VAE, frozen, on the device, in the storage dtype (the family's VAE rule)."""
-        text = self.family.text_encoders(self.pipe).to(self.device, self.weight_dtype)
-        vae_dtype = self.family.vae_dtype(self.weight_dtype, custom_vae=bool(self.cfg.vae))
-        return text, self.pipe.vae.to(self.device, vae_dtype).requires_grad_(False).eval()
-
     def _setup_models(self) -> tuple[Any, Any]:
         """The trained denoiser (with LoRA adapters, or all of it) and the frozen reference copy (full fine-tune)."""
-        cfg, model, ref = self.cfg, getattr(self.pipe, self.family.denoiser), None
-        if self.lora:
-            model.requires_grad_(False).to(self.device, self.weight_dtype)
-            targets = self.family.lora_target_modules(model)
-            model.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or cfg.lora_rank,
-                                         init_lora_weights="gaussian", target_modules=targets))
-            cast_training_params(model, dtype=torch.float32)  # LoRA weights train in fp32, the base stays frozen
-        else:
-            model.to(self.device)  # fp32 master weights; autocast runs the forward in the compute dtype
-            if self.needs_ref:
-                if self.weight_dtype != torch.float32:
-                    # Start the policy from exactly the weights the compute-dtype reference holds: layers autocast
-                    # keeps in fp32 (norms) would otherwise differ by the rounding, beta amplifies it, and the first
-                    # loss would not be ln 2.
-                    with torch.no_grad():
-                        for p in model.parameters():
-                            p.copy_(p.to(self.weight_dtype).float())
-                ref = copy.deepcopy(model).requires_grad_(False).to(self.weight_dtype)
-        if cfg.gradient_checkpointing:
-            model.enable_gradient_checkpointing()
-        model.train()
-        if ref is not None:
-            ref.train()  # same mode as the policy: identical outputs at step 0, so the first loss is exactly ln 2
-        return model, ref
-
-    def _setup_optimizer(self) -> tuple[Any, Any]:
-        cfg = self.cfg
-        optimizer = _optimizer(cfg, self.params, self.lr)
-        lr_sched = get_scheduler("constant_with_warmup" if cfg.lr_schedule == "constant" else cfg.lr_schedule,
-                                 optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps)
-        return optimizer, lr_sched
+        return denoisers(self.pipe, self.family, self.cfg, self.device, self.weight_dtype, self.needs_ref)
 
     def _load_weights(self, model: Any, folder: Path) -> None:
-        """Load weights saved by `_save_weights` (a checkpoint, or its ema/ folder) into the unwrapped model."""
-        if self.lora:
-            ck.load_lora_into(model, folder / ck.LORA_FILE, self.family.denoiser)
-        else:
-            for weights in sorted((folder / self.family.denoiser).glob("*.safetensors")):
-                ck.check_weights_file(weights)  # a damaged file: one line naming it
-            model.load_state_dict(type(model).from_pretrained(folder, subfolder=self.family.denoiser).state_dict())
+        """Load weights saved by a checkpoint (or its ema/ folder) into the unwrapped model."""
+        load_weights(model, folder, self.lora, self.family)
 
     def _check_family_options(self) -> None:
         """Options that only some model families support: refused with the reason, before any training."""
@@ -244,15 +182,6 @@ class TrainRecipe:
         if cfg.noise_offset and not isinstance(self.family, UNetFamily):
             raise AifError(f"--noise-offset is implemented for the DDPM-style UNet families (sd15, sdxl), not "
                            f"{name}. Fix: drop --noise-offset")
-
-    def _setup_ema(self) -> Optional[WeightsEMA]:
-        """The moving average of the trained weights (--ema-decay), starting from the initial weights."""
-        if not self.cfg.ema_decay:
-            return None
-        if self.sharded:  # each process holds a shard: an average of shards would need gathering every step
-            raise AifError("--ema-decay is not supported with FSDP/DeepSpeed sharding yet. Fix: drop --ema-decay, "
-                           "or train with plain DDP (accelerate launch --multi_gpu)")
-        return WeightsEMA(self.params, self.cfg.ema_decay)
 
     def _setup_data(self) -> tuple[Any, D.PairStats, Any, Optional[int], D.Transform]:
         """(table, label counts, map-style dataset or None when streaming, number of pairs or None, transform)."""
@@ -446,38 +375,11 @@ class TrainRecipe:
             self.losses_finite &= bool(torch.isfinite(loss.detach()))
             acc.backward(loss)
             norm = acc.clip_grad_norm_(self.params, self.cfg.max_grad_norm or math.inf) if acc.sync_gradients else None
-            if norm is None or self._finite_update(norm):
+            if norm is None or finite_update(acc, norm, self.losses_finite, self.state, self.step + 1,
+                                             self.cfg.skip_nonfinite, self.out, self._say):
                 self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         return loss, metrics, norm
-
-    def _finite_update(self, grad_norm: torch.Tensor) -> bool:
-        """Whether this optimizer step's loss (every micro-step, every process) and gradient are finite. If not, the
-        update is skipped (--skip-nonfinite allows it so many times) or the run stops with the last good checkpoint:
-        a non-finite update would poison every weight and every later checkpoint. Under fp16 an infinite gradient is
-        the grad scaler's business (it skips that step and lowers its scale), so only the loss is checked then."""
-        acc = self.accelerator
-        bad_grad = acc.scaler is None and not bool(torch.isfinite(grad_norm))
-        flags = acc.reduce(torch.tensor([float(not self.losses_finite), float(bad_grad)], device=self.device),
-                           reduction="sum")
-        bad_losses, bad_grads = (int(v) for v in flags.tolist())
-        if bad_losses + bad_grads == 0:  # every process takes the same decision from the same sums
-            return True
-        # One process's NaN loss reaches every gradient through the all-reduce: count the losses, the root cause.
-        what = "the gradient is not finite (NaN or inf)"
-        if bad_losses:
-            what = "the loss is not finite (NaN or inf)" + (f" on {bad_losses} of {self.world} processes"
-                                                            if self.world > 1 else "")
-        step = self.step + 1
-        self.state["skipped_nonfinite"] = self.state.get("skipped_nonfinite", 0) + 1
-        if self.state["skipped_nonfinite"] > self.cfg.skip_nonfinite:
-            raise nonfinite_error(self.out, f"step {step}: {what}; the run stopped before that update, so no "
-                                  "checkpoint holds it")
-        self._say(f"step {step}: {what}; update skipped ({self.state['skipped_nonfinite']} of --skip-nonfinite "
-                  f"{self.cfg.skip_nonfinite})")
-        if acc.scaler is not None:
-            acc.scaler.update()  # clip_grad_norm_ unscaled the gradients: the scaler expects an update before the next
-        return False
 
     def _reference_mse(self, noisy, t, prompts, micro, target, weights=None) -> torch.Tensor:
         if self.ref is not None:
@@ -522,64 +424,24 @@ class TrainRecipe:
         """checkpoints/checkpoint-NNNNNN of the current step: written under a temporary name, renamed when complete
         (--resume only ever sees complete checkpoints), then older ones pruned."""
         acc, step = self.accelerator, self.step
-        bad = acc.reduce(torch.stack([(~torch.isfinite(p.detach())).any() for p in self.params]).any().float()
-                         .reshape(1), reduction="sum")
-        if bad.item():  # every update was finite, so only weights grown past the dtype's range get here
-            raise nonfinite_error(self.out, f"step {step}: the trained weights hold NaN or inf values, so no "
-                                  "checkpoint was written", skip=False)
+        check_finite_weights(acc, self.params, self.out, step)
         final = self.out / "checkpoints" / ck.checkpoint_name(step)
-        tmp = temporary_path(final)
-        if self.main:
-            discard(tmp)  # a killed save's leftover
-        acc.wait_for_everyone()
-        self._save_train_state(tmp)  # optimizer, lr schedule, grad scaler, every process's RNG
-        streams = gather_object([self.batches.state()]) if self.cfg.streaming else None  # collective
-        sd = acc.get_state_dict(self.model)  # collective: gathers FSDP / ZeRO shards
-        if self.main:
-            model = acc.unwrap_model(self.model)
-            self._save_weights(model, tmp, sd)
-            extra = {}
-            if self.ema is not None:  # not sharded (_setup_ema), so the unwrapped model holds every weight
-                with self.ema.swapped_in():
-                    self._save_weights(model, tmp / ck.EMA_DIR, None)
-                extra[EMA_STEPS] = self.ema.steps
-            position = step * self.cfg.grad_accum * self.cfg.batch_size * self.world
-            state = dict(self.state, step=step, processes=self.world, data_position=position, **extra)
-            if streams is not None:
-                state["streams"] = streams  # per process: where its stream continues
-            write_json(tmp / ck.STATE_FILE, state)
-            publish(tmp, final, replace=True)  # atomic: --resume only ever sees complete checkpoints
+        position = step * self.cfg.grad_accum * self.cfg.batch_size * self.world
+        state = dict(self.state, step=step, processes=self.world, data_position=position)
+        # per process: where its stream continues (a collective)
+        collect = (lambda: {"streams": gather_object([self.batches.state()])}) if self.cfg.streaming else None
+        if write_checkpoint(acc, final, self.model, lora=self.lora, family=self.family, sharded=self.sharded,
+                            optimizer=self.optimizer, lr_sched=self.lr_sched, ema=self.ema, state=state,
+                            collect=collect):
             ck.prune(self.out, self.cfg.keep_checkpoints)
             self._say(f"step {step}: wrote checkpoint {final}")
         acc.wait_for_everyone()
 
-    def _save_weights(self, model: Any, folder: Path, sd: Optional[dict]) -> None:
-        """The model's weights in the diffusers format: a LoRA file, or the denoiser's folder."""
-        if self.lora:
-            ck.save_lora(model, folder, self.family.lora_pipeline, state_dict=sd, denoiser=self.family.denoiser)
-        else:
-            model.save_pretrained(folder / self.family.denoiser, state_dict=sd, safe_serialization=True)
-
-    def _save_train_state(self, folder: Path) -> None:
-        """The optimizer, lr schedule, grad scaler and every process's RNG as data (storage/train_state.py); under
-        FSDP/DeepSpeed accelerate writes the sharded model and optimizer first."""
-        acc = self.accelerator
-        if self.sharded:
-            acc.save_state(str(folder))
-        save_state(folder, None if self.sharded else self.optimizer, self.lr_sched, acc.scaler, acc.step, self.rank,
-                   self.main)
-        acc.wait_for_everyone()  # every process's random state is written before the main one publishes
-
     def _load_train_state(self, folder: Path) -> None:
-        """A checkpoint's weights and save_train_state's files, strictly; nothing unpickled beyond plain data."""
-        acc = self.accelerator
-        check_format(folder)
-        if self.sharded:
-            check_sharded_files(folder)
-            acc.load_state(str(folder))  # the sharded model and optimizer
-        else:
-            self._load_weights(acc.unwrap_model(self.model), folder)
-        acc.step = load_state(folder, None if self.sharded else self.optimizer, self.lr_sched, acc.scaler, self.rank)
+        """A checkpoint's weights and train state, strictly; nothing unpickled beyond plain data."""
+        load_train_state(self.accelerator, folder, self.sharded, None if self.sharded else self.optimizer,
+                         self.lr_sched, self.rank,
+                         lambda: self._load_weights(self.accelerator.unwrap_model(self.model), folder))
 
     def _publish(self) -> None:
         """Finish the manifest and tell the user what to run next (main process)."""
@@ -610,16 +472,3 @@ def stream_state(state: dict[str, Any], rank: int, start_micro: int) -> Optional
                        "--streaming, or by an older version); resume it without --streaming, or start a new run")
     return None
 
-
-def _optimizer(cfg: TrainConfig, params: list, lr: float):
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adamw8bit":
-        try:
-            import bitsandbytes as bnb
-        except ImportError:
-            raise AifError("--optimizer adamw8bit needs bitsandbytes (CUDA): pip install 'aifeedback[bnb]'") from None
-        return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=cfg.weight_decay)
-    # As the Diffusion-DPO SDXL runs: a fixed lr, no relative steps or parameter scaling.
-    return Adafactor(params, lr=lr, weight_decay=cfg.weight_decay, scale_parameter=False, relative_step=False,
-                     warmup_init=False, clip_threshold=1.0)

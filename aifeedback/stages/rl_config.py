@@ -1,0 +1,160 @@
+"""`aif rl`'s settings: `RLConfig`, one documented field per option, in groups as TRL's GRPOConfig documents its own:
+generation (what each epoch samples), reward (what scores it), loss (the algorithm and its constants), training
+(the trainer's options, with `aif train`'s names, read by stages/train_setup.py) and output.
+
+Light on purpose (no torch): `aif --help` reads it; the stage itself is `stages/rl.py`. `preflight()` refuses a
+misspelt reward or an algorithm that does not support the model's family before any model loads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from aifeedback.config import input_paths, option, side_problems
+from aifeedback.errors import AifError
+from aifeedback.rl import ALGORITHMS
+
+
+def reward_weights(spec: str) -> dict[str, float]:
+    """'pickscore:1.0,aesthetic:0.5' -> {scorer spec: weight}. A trailing ':NUMBER' is the weight (default 1), so a
+    scorer's own MODEL part stays: 'pickscore:tiny:0.5' is scorer 'pickscore:tiny' with weight 0.5, 'color:red' is
+    scorer 'color:red' with weight 1."""
+    weights: dict[str, float] = {}
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            raise AifError(f"--reward {spec!r}: an empty entry; write SCORER[:WEIGHT] entries separated by commas, "
+                           "e.g. pickscore:1.0,aesthetic:0.5")
+        name, _, last = part.rpartition(":")
+        try:
+            weight = float(last)
+        except ValueError:
+            name, weight = part, 1.0
+        if not name:
+            raise AifError(f"--reward {spec!r}: {part!r} has a weight but no scorer; write SCORER:WEIGHT")
+        if name in weights:
+            raise AifError(f"--reward {spec!r}: {name} is listed twice; list each scorer once")
+        weights[name] = weight
+    return weights
+
+
+def family_kind(model: str) -> Optional[str]:
+    """'flow' or 'unet' for a model whose config files can be read here without loading it, else None."""
+    from aifeedback.families.resolve import architecture
+
+    found = architecture(model)
+    if found is None:
+        return None
+    return {"transformer": "flow", "unet": "unet"}.get(found[1])
+
+
+@dataclass
+class RLConfig:
+    # generation: what each epoch samples from the current policy
+    model: str = option("stabilityai/stable-diffusion-3.5-medium", "base model: tiny name, hub id or local diffusers "
+                                                                   "folder of a supported family (`aif models`)",
+                        path=True)
+    prompts: str = option("parti", "prompt source: parti, a .txt/.jsonl/.csv/.tsv file, or a local / hub datasets "
+                                   "dataset", path=True)
+    prompt_column: Optional[str] = option(None, "column holding the prompt (.jsonl/.csv/.tsv/datasets)")
+    prompts_per_epoch: int = option(8, "P: prompts sampled each epoch (the prompt list is taken in order, cycling)",
+                                    min=1)
+    group_size: int = option(4, "G: images sampled per prompt; advantages are computed within each group", min=2)
+    steps: int = option(10, "denoising steps while sampling for training (Flow-GRPO: 10)", min=1, max=1000)
+    noise_level: float = option(0.7, "flow families: the SDE's noise level a (std_dev_t = a sqrt(s / (1 - s))); "
+                                     "Flow-GRPO: 0.7 (UNet families sample DDIM with eta = 1, as DDPO)", min=0.0)
+    resolution: Optional[int] = option(None, "image size in pixels; null = the family's", min=8)
+    # reward
+    reward: str = option("pickscore", "reward: SCORER[:WEIGHT] entries separated by commas, e.g. "
+                                      "pickscore:1.0,aesthetic:0.5 (`aif models` lists the scorers); with several, "
+                                      "each is z-scored over the epoch before the weighted sum (rl/advantages.py)")
+    global_std: bool = option(False, "divide advantages by the std of all the epoch's rewards instead of each "
+                                     "group's")
+    # loss
+    algorithm: Literal[ALGORITHMS.names()] = option("grpo", "online RL algorithm, one of:\n\n" + "\n\n".join(
+        f"{k}: {v.help}" for k, v in ALGORITHMS.items()))
+    clip_range: float = option(1e-4, "PPO ratio clip epsilon (Flow-GRPO: 1e-4)", min=0.0)
+    adv_clip_max: float = option(5.0, "advantages are clamped to +-this inside the loss (Flow-GRPO: 5)", min=0.0)
+    kl_beta: float = option(0.0, "weight of the KL to the reference (the base model; Flow-GRPO: 0.01 for "
+                                 "PickScore, 0.04 for GenEval)", min=0.0)
+    inner_epochs: int = option(1, "passes of updates over each epoch's samples", min=1)
+    batch_size: int = option(2, "images per optimizer step (each step accumulates every sampled denoising step)",
+                             min=1)
+    # training (aif train's names and meaning)
+    epochs: int = option(100, "epochs (sample, score, update) to run; a resumed run may extend it", min=1,
+                         identity=False)
+    lora_rank: int = option(32, "LoRA rank on the denoiser's attention projections (the family's targets)", min=1)
+    lora_alpha: Optional[float] = option(None, "LoRA alpha; null = the rank (scale 1)", min=0.0)
+    lr: float = option(3e-4, "learning rate (Flow-GRPO LoRA: 3e-4)", min=0.0)
+    optimizer: Literal["adamw", "adamw8bit", "adafactor"] = option("adamw", "adamw, adamw8bit (bitsandbytes, CUDA) or "
+                                                                            "adafactor")
+    weight_decay: float = option(1e-4, "optimizer weight decay", min=0.0)
+    lr_schedule: Literal["constant", "linear", "cosine"] = option("constant", "lr decay after the warmup")
+    warmup_steps: int = option(0, "linear lr warmup in optimizer steps", min=0)
+    max_grad_norm: float = option(1.0, "gradient clipping norm; 0 = none", min=0.0)
+    ema_decay: float = option(0.0, "keep an exponential moving average of the trained weights (as aif train); "
+                                   "checkpoints hold it in ema/", min=0.0)
+    skip_nonfinite: int = option(0, "skip up to N optimizer steps whose loss or gradient is NaN/inf (as aif train)",
+                                 min=0)
+    mixed_precision: Literal["no", "fp16", "bf16"] = option("no", "autocast dtype; frozen parts are stored in it")
+    gradient_checkpointing: bool = option(False, "recompute denoiser activations in backward (saves memory)")
+    seed: int = option(0, "run seed (LoRA init; epoch e samples from a generator seeded by (seed, e))", min=0)
+    # output
+    out: str = option("outputs/rl", "run folder: config.yaml, manifest.json, metrics.jsonl (one line per epoch), "
+                                    "checkpoints/", identity=False)
+    checkpoint_every: int = option(1, "save a checkpoint every N epochs (and at the last)", min=1, identity=False)
+    keep_checkpoints: int = option(3, "keep only the newest K checkpoints; 0 = keep all", min=0, identity=False)
+    overwrite: bool = option(False, "start over: delete --out's run (checkpoints, metrics) instead of resuming it or "
+                                    "refusing a different job's", identity=False)
+    trackers: Literal["tensorboard", "wandb", "none"] = option("none", "experiment tracker (via accelerate) besides "
+                                                                       "metrics.jsonl", identity=False)
+    progress: bool = option(True, "show a progress bar", identity=False)
+
+    grad_accum = 1  # the trainer's accumulation (train_setup.make_accelerator); rl accumulates over denoising steps
+
+    @property
+    def updates_per_epoch(self) -> int:
+        return self.inner_epochs * -(-self.prompts_per_epoch * self.group_size // self.batch_size)
+
+    @property
+    def max_steps(self) -> int:
+        """Optimizer steps of the whole run (the lr schedule's length)."""
+        return self.epochs * self.updates_per_epoch
+
+    def validate(self) -> list[str]:
+        problems = side_problems(self, "resolution")
+        try:
+            reward_weights(self.reward)
+        except AifError as e:
+            problems.append(str(e))
+        if self.warmup_steps > self.max_steps:
+            problems.append(f"warmup_steps ({self.warmup_steps}) exceeds the run's {self.max_steps} optimizer steps")
+        if self.ema_decay >= 1:
+            problems.append(f"ema_decay {self.ema_decay:g} would never move the average; use a decay below 1")
+        if self.noise_level == 0:
+            problems.append("noise_level 0 makes flow sampling deterministic: its steps have no log-prob to train "
+                            "(DDPO's UNet sampling ignores it); use a level above 0, e.g. 0.7")
+        if self.algorithm != "grpo":
+            problems.append(f"--algorithm {self.algorithm}: the stage runs grpo only so far (issue 22); use "
+                            "--algorithm grpo")
+        return problems
+
+    def preflight(self) -> None:
+        """Fail fast, before torch is imported: the rewards, the model and whether the algorithm supports its
+        family, the prompts, optional packages."""
+        from aifeedback.data.prompts import source_kind
+        from aifeedback.families.resolve import check_available
+        from aifeedback.preflight import check_apart, check_device, check_package, check_scorers
+
+        check_scorers(reward_weights(self.reward), "--reward")
+        check_available(self.model)
+        kind = family_kind(self.model)
+        if kind is not None:
+            ALGORITHMS[self.algorithm].check_kind(kind, self.model)
+        source_kind(self.prompts)
+        check_apart(self.out, input_paths(self))
+        check_device(None, mixed_precision=self.mixed_precision)
+        if self.trackers == "wandb":
+            check_package("wandb", "--trackers wandb", "wandb", "use --trackers tensorboard")
+        if self.optimizer == "adamw8bit":
+            check_package("bitsandbytes", "--optimizer adamw8bit", "bnb", "use --optimizer adamw")

@@ -1,0 +1,139 @@
+"""`aif rl`: the stage end to end on tiny-sd3 (grpo, LoRA, one process), its resume, and what preflight refuses
+before any model loads."""
+
+import dataclasses
+import io
+import json
+
+import pytest
+from PIL import Image
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from aifeedback.cli import app
+from aifeedback.config import build_config
+from aifeedback.errors import AifError
+from aifeedback.rl import ALGORITHMS
+from aifeedback.stages import STAGES
+from aifeedback.stages.rl_config import RLConfig, reward_weights
+
+TINY = dict(model="tiny-sd3", prompts_per_epoch=2, group_size=2, steps=3, reward="redness", lora_rank=2, batch_size=2,
+            resolution=32, progress=False)
+
+
+@pytest.fixture()
+def prompts(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text("a red apple\na blue car\na green tree\n")
+    return path
+
+
+def rl(prompts, out, **kw):
+    return STAGES["rl"].run(build_config(RLConfig, dict(TINY, prompts=str(prompts), out=str(out), **kw)))
+
+
+def metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def lora(out, epoch):
+    return load_file(out / "checkpoints" / f"checkpoint-{epoch:06d}" / "pytorch_lora_weights.safetensors")
+
+
+def test_grpo_on_tiny_sd3_runs_logs_the_ratio_check_and_resumes_bitwise(prompts, tmp_path):
+    straight = rl(prompts, tmp_path / "straight", epochs=2)
+    m = metrics(straight)
+    assert [r["epoch"] for r in m] == [1, 2] and [r["step"] for r in m] == [2, 4]
+    # the first update of each epoch recomputes the stored log-probs: ratio exactly 1
+    assert [r["ratio_dev_first"] for r in m] == [0.0, 0.0]
+    assert all(r["reward/redness"] == r["reward_mean"] for r in m)  # one reward, weight 1: the raw reward
+    assert all(0.0 <= r["all_equal_share"] <= 1.0 and r["grad_norm"] > 0 for r in m)
+    assert any(not (a == b).all() for a, b in zip(lora(straight, 1).values(), lora(straight, 2).values(),
+                                                 strict=True))  # epoch 2 trained the adapters
+
+    from datasets import load_dataset
+
+    rows = load_dataset("parquet", data_dir=str(straight / "rollouts" / "data"), split="train")
+    assert rows["epoch"] == [0, 0, 0, 0, 1, 1, 1, 1] and rows["k"] == [0, 1] * 4
+    assert rows["prompt"][:4] == ["a red apple", "a red apple", "a blue car", "a blue car"]
+    assert rows["prompt"][4:6] == ["a green tree"] * 2  # epoch 1 takes the next prompts, cycling
+    assert rows["reward"][:4] == rows["reward_redness"][:4]
+    assert Image.open(io.BytesIO(rows["image"][0])).size == (32, 32) == (rows["width"][0], rows["height"][0])
+    assert sum(rows["advantage"][:2]) == pytest.approx(0, abs=1e-6)  # a group's advantages sum to 0
+    assert m[0]["reward_mean"] == pytest.approx(sum(rows["reward"][:4]) / 4)
+
+    resumed = tmp_path / "resumed"
+    rl(prompts, resumed, epochs=1)
+    rl(prompts, resumed, epochs=2)  # the same command with more epochs continues from checkpoint-000001
+    assert metrics(resumed) == [dict(r, images_per_s=x["images_per_s"], updates_per_s=x["updates_per_s"])
+                                for r, x in zip(m, metrics(resumed), strict=True)]
+    a, b = lora(straight, 2), lora(resumed, 2)
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+@pytest.mark.parametrize("model", ["tiny-sd15", "tiny-sdxl"])
+def test_ddpo_on_unet_families_samples_with_ddim_and_passes_the_ratio_check(prompts, tmp_path, model):
+    m = metrics(rl(prompts, tmp_path / "run", model=model, epochs=2, kl_beta=0.1))
+    assert [r["ratio_dev_first"] for r in m] == [0.0, 0.0] and all(r["grad_norm"] > 0 for r in m)
+    assert all(r["approx_kl"] > 0 for r in m)  # later updates of an epoch moved the policy (eta = 1: a real density)
+    out = tmp_path / "run"
+    assert (out / "checkpoints" / "checkpoint-000002" / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_kl_beta_adds_the_kl_to_the_reference(prompts, tmp_path):
+    m = metrics(rl(prompts, tmp_path / "kl", epochs=2, kl_beta=0.5, lr=1e-2))
+    # the first update starts from the reference (LoRA B = 0): KL 0; later ones have moved away from it
+    assert all("kl_loss" in r for r in m) and m[0]["ratio_dev_first"] == 0.0
+    assert m[1]["kl_loss"] > 0
+    assert m[1]["loss"] == pytest.approx(m[1]["policy_loss"] + 0.5 * m[1]["kl_loss"], abs=2e-10)  # rounded to 1e-10
+
+
+def test_reward_weights_parse_name_weight_lists():
+    assert reward_weights("pickscore:1.0,aesthetic:0.5") == {"pickscore": 1.0, "aesthetic": 0.5}
+    assert reward_weights("pickscore:tiny:0.5, color:red") == {"pickscore:tiny": 0.5, "color:red": 1.0}
+    assert reward_weights("redness:-1") == {"redness": -1.0}
+    for bad, why in [("redness,,aesthetic", "empty entry"), (":0.5", "no scorer"), ("redness,redness:2", "twice")]:
+        with pytest.raises(AifError, match=why):
+            reward_weights(bad)
+
+
+@pytest.mark.parametrize("kw, error", [
+    (dict(reward="redness:1,pikscore:0.5"), "pikscore"),
+    (dict(model="tiny-sd15", algorithm="flowonly"), "does not support family 'tiny-sd15' \\(unet\\): the reason"),
+    (dict(algorithm="nft"), "grpo only so far"),
+])
+def test_a_misspelt_reward_or_unsupported_family_fails_before_any_model_loads(prompts, tmp_path, monkeypatch, kw,
+                                                                            error, aif_cache):
+    from aifeedback.zoo import tiny_pipeline_path
+
+    tiny_pipeline_path(kw.get("model", "tiny-sd3"))  # built, so preflight can read its config files
+    import aifeedback.families.loading as loading
+
+    def no_load(*a, **k):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(loading, "load_pipeline", no_load)
+    # an algorithm for flow families only (the shipped ones support both kinds)
+    flow_only = dataclasses.replace(ALGORITHMS["grpo"], name="flowonly", kinds={"flow": "x"},
+                                    refused={"unet": "the reason"})
+    monkeypatch.setitem(ALGORITHMS._entries, "flowonly", flow_only)
+    if kw.get("algorithm") == "flowonly":  # past the config's grpo-only check, to reach preflight
+        monkeypatch.setattr(RLConfig, "validate", lambda self: [])
+    with pytest.raises(AifError, match=error):
+        rl(prompts, tmp_path / "run", **kw)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_zero_noise_level_is_refused_by_the_config():
+    with pytest.raises(AifError, match="noise_level 0 makes flow sampling deterministic"):
+        build_config(RLConfig, dict(noise_level=0))
+
+
+def test_a_misspelt_algorithm_is_refused_and_help_lists_the_algorithms_one_per_line():
+    with pytest.raises(AifError, match="algorithm"):
+        build_config(RLConfig, dict(algorithm="gpro"))
+    result = CliRunner().invoke(app, ["rl", "--help"], env={"COLUMNS": "300", "TERMINAL_WIDTH": "300"})
+    assert result.exit_code == 0, result.output
+    lines = [ln.replace("│", " ").strip() for ln in result.output.splitlines()]
+    for name in ALGORITHMS:  # each algorithm's description starts its own line
+        assert any(ln.startswith(f"{name}: ") for ln in lines), result.output
