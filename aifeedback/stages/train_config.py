@@ -12,6 +12,12 @@ from typing import Literal, Optional
 from aifeedback.config import input_paths, option, side_problems
 from aifeedback.data.labels import COLUMNS_HELP, OPEN_PREFERENCES, RANKED_HELP, RANKED_PAIRINGS
 from aifeedback.data.mapping import columns_problems
+from aifeedback.families.quantize import (
+    QUANTIZATION_CHOICES,
+    QUANTIZATION_HELP,
+    check_quantization,
+    quantization_problems,
+)
 from aifeedback.losses import LOSSES
 
 MAPO_BETA_MAX = 10.0  # MaPO's beta is ~0.1; anything above this is a DPO beta left in place by mistake
@@ -59,6 +65,7 @@ class TrainConfig:
     lora_rank: int = option(0, "LoRA rank on the denoiser's attention projections (the family's targets); 0 = full "
                                "fine-tune", min=0)
     lora_alpha: Optional[float] = option(None, "LoRA alpha; null = the rank (scale 1)", min=0.0)
+    base_quantization: Literal[QUANTIZATION_CHOICES] = option("none", QUANTIZATION_HELP)
     # optimisation
     lr: float = option(1e-8, "learning rate (multiplied by the pairs per optimizer step when scale_lr is on)", min=0.0)
     scale_lr: bool = option(True, "multiply lr by pairs per optimizer step, as the public Diffusion-DPO launchers do "
@@ -119,6 +126,7 @@ class TrainConfig:
         if self.warmup_steps > self.max_steps:
             problems.append(f"warmup_steps ({self.warmup_steps}) exceeds max_steps ({self.max_steps})")
         problems += columns_problems(self.columns) + side_problems(self, "resolution")
+        problems += quantization_problems(self.base_quantization, self.lora_rank)
         if self.ema_decay >= 1:
             problems.append(f"ema_decay {self.ema_decay:g} would never move the average; use a decay below 1 (e.g. "
                             "0.9999), or 0 for no EMA")
@@ -155,3 +163,4 @@ class TrainConfig:
             check_package("wandb", "--trackers wandb", "wandb", "use --trackers tensorboard")
         if self.optimizer == "adamw8bit":
             check_package("bitsandbytes", "--optimizer adamw8bit", "bnb", "use --optimizer adamw")
+        check_quantization(self.base_quantization)

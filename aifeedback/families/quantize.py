@@ -1,0 +1,96 @@
+"""The quantized frozen base of a LoRA run (`aif train --base-quantization`): which backend each choice uses, and
+the diffusers pipeline quantization config that loads the denoiser and the text encoders quantized.
+
+Light at import (no torch): `stages/train_config.py` reads `QUANTIZATIONS` to check the option before any model
+loads; the heavy imports happen inside the functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """One --base-quantization choice: the package (and aifeedback extra) that runs it, whether it needs a GPU."""
+
+    package: str
+    extra: str
+    cuda_only: bool
+    what: str
+
+
+# nf4: QLoRA's 4-bit NormalFloat with double quantization and bf16 compute (bitsandbytes; diffusers' bitsandbytes
+# quantizer refuses to load without a GPU). int8 / fp8: torchao weight-only int8 / float8 (per-channel scales), which
+# run on a CPU too.
+QUANTIZATIONS = {
+    "nf4": Quantization("bitsandbytes", "bnb", True, "bitsandbytes 4-bit NF4, double quantization"),
+    "int8": Quantization("torchao", "torchao", False, "torchao int8 weight-only"),
+    "fp8": Quantization("torchao", "torchao", False, "torchao float8 (e4m3) weight-only"),
+}
+QUANTIZATION_CHOICES = ("none", *QUANTIZATIONS)
+QUANTIZATION_HELP = ("load the frozen denoiser and text encoders of a LoRA run quantized (the adapters train in "
+                     "fp32 on top; the DPO reference, adapters off, runs the same quantized weights): none, "
+                     + ", ".join(f"{k} ({q.what}{', CUDA only' if q.cuda_only else ''}; "
+                                 f"pip install 'aifeedback[{q.extra}]')" for k, q in QUANTIZATIONS.items()))
+
+
+def quantization_problems(choice: str, lora_rank: int) -> list[str]:
+    """Why --base-quantization cannot apply to this run (a full fine-tune trains the weights it would freeze)."""
+    if choice == "none" or lora_rank > 0:
+        return []
+    return [f"base_quantization {choice} quantizes the frozen base of a LoRA run, but lora_rank is 0 (a full "
+            f"fine-tune trains every weight, which cannot be stored quantized): set --lora-rank (e.g. 16), or pass "
+            f"--base-quantization none"]
+
+
+def check_quantization(choice: str) -> None:
+    """Preflight: the backend's package is installed, and a GPU is visible where the backend needs one."""
+    from aifeedback.errors import AifError
+    from aifeedback.preflight import check_package
+
+    if choice == "none":
+        return
+    q = QUANTIZATIONS[choice]
+    others = [k for k, o in QUANTIZATIONS.items() if not o.cuda_only and k != choice]
+    check_package(q.package, f"--base-quantization {choice}", q.extra,
+                  "use --base-quantization " + " or ".join([*others, "none"]))
+    if q.cuda_only:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise AifError(f"--base-quantization {choice}: {q.package} loads {choice} weights only on a CUDA GPU, and "
+                           f"this machine has none visible. Fix: pass --base-quantization "
+                           f"{' or '.join(others)} (runs on a CPU), or none, or run on a machine with a GPU")
+
+
+def pipeline_quantization(choice: str, components: list[str], compute_dtype: Any) -> Any:
+    """diffusers' `PipelineQuantizationConfig` quantizing `components` (the denoiser and the text encoders) with the
+    chosen backend: diffusers' config class for the denoiser, transformers' for each text encoder."""
+    import diffusers
+    import transformers
+    from diffusers.quantizers import PipelineQuantizationConfig
+
+    if choice == "nf4":
+        kwargs = dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                      bnb_4bit_compute_dtype=compute_dtype)
+        configs = {lib: lib.BitsAndBytesConfig(**kwargs) for lib in (diffusers, transformers)}
+    else:
+        from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig
+
+        kind = {"int8": Int8WeightOnlyConfig, "fp8": Float8WeightOnlyConfig}[choice]
+        configs = {lib: lib.TorchAoConfig(kind()) for lib in (diffusers, transformers)}
+    return PipelineQuantizationConfig(quant_mapping={
+        c: configs[transformers if c.startswith("text_encoder") else diffusers] for c in components})
+
+
+def is_quantized(model: Any) -> bool:
+    """Whether a diffusers or transformers model was loaded through a quantization config."""
+    return getattr(model, "hf_quantizer", None) is not None or bool(getattr(model, "is_quantized", False))
+
+
+def place(model: Any, device: Any, dtype: Any = None) -> Any:
+    """`model.to(device, dtype)`, except that a quantized model only moves: its stored weights keep their quantized
+    type, and the rest (norms, biases) stays in the dtype it was loaded in (bitsandbytes refuses a cast)."""
+    return model.to(device) if is_quantized(model) else model.to(device=device, dtype=dtype)

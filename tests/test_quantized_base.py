@@ -1,0 +1,133 @@
+"""`aif train --base-quantization`: a LoRA trained on a quantized frozen base (torchao int8 / fp8 weight-only run on
+a CPU; bitsandbytes nf4 needs a GPU and is measured by bench/gpu.sh). The reference (adapters off) runs the same
+quantized weights, so the first DPO loss stays ln 2; the LoRA exported loads into the unquantized base."""
+
+import math
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from aifeedback.cli import app
+from tests.pairs_fixtures import pickapic_rows, read_metrics, tiny_train, write_pickapic
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def human(tmp_path_factory):
+    return write_pickapic(tmp_path_factory.mktemp("human"), pickapic_rows(4))
+
+
+def _quantized_weights(model) -> tuple[int, int]:
+    """(torchao-quantized weights, Linear weights) of a model: every frozen Linear should be quantized."""
+    from torchao.utils import TorchAOBaseTensor
+
+    linear = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    return sum(isinstance(w, TorchAOBaseTensor) for w in linear), len(linear)
+
+
+def _train(cfg):
+    """`train.run` without its file checks, keeping the recipe to look at its models."""
+    from aifeedback.stages.train import TrainRecipe
+
+    recipe = TrainRecipe(cfg)
+    recipe.setup()
+    denoiser = recipe.accelerator.unwrap_model(recipe.model)
+    n_quantized, n_linear = _quantized_weights(denoiser.get_base_model() if hasattr(denoiser, "get_base_model")
+                                               else denoiser)
+    encoders = [_quantized_weights(e) for e in recipe.text.encoders]
+    recipe.train()
+    recipe.cleanup()
+    return recipe.out, (n_quantized, n_linear), encoders
+
+
+@pytest.mark.parametrize("model,quant,mp", [
+    ("tiny-sd15", "int8", "no"),
+    pytest.param("tiny-flux-dev", "fp8", "bf16", marks=pytest.mark.slow),
+])
+def test_lora_dpo_on_a_quantized_base_starts_at_ln2_trains_and_exports(human, tmp_path, model, quant, mp):
+    pytest.importorskip("torchao")
+    from safetensors.torch import load_file
+
+    from aifeedback.families.loading import load_pipeline
+    from aifeedback.stages.export import ExportConfig
+    from aifeedback.stages.export import run as export
+
+    cfg = tiny_train(human, tmp_path / "run", model=model, lora_rank=2, lr=1e-2, base_quantization=quant,
+                     mixed_precision=mp, max_steps=2, checkpoint_every=1)
+    out, (n_quantized, n_linear), encoders = _train(cfg)
+    # the frozen base: every Linear weight quantized, all but LoRA's own A and B layers (one file tensor each)
+    lora_linears = len(load_file(out / "checkpoints/checkpoint-000001/pytorch_lora_weights.safetensors"))
+    assert n_quantized > 0 and n_quantized == n_linear - lora_linears
+    assert all(q > 0 and q == n for q, n in encoders)
+    losses = [r["loss"] for r in read_metrics(out)]
+    assert abs(losses[0] - math.log(2)) < 1e-6  # reference = adapters off on the same quantized weights
+    w1 = load_file(out / "checkpoints/checkpoint-000001/pytorch_lora_weights.safetensors")
+    w2 = load_file(out / "checkpoints/checkpoint-000002/pytorch_lora_weights.safetensors")
+    assert all(v.dtype == torch.float32 for v in w2.values())
+    assert any(not torch.equal(w1[k], w2[k]) for k in w1), "the adapters did not train"
+    # the export is a plain LoRA that stock diffusers loads into the unquantized base, and it changes the images
+    lora = export(build(ExportConfig, checkpoint=str(out), out=str(tmp_path / "lora")))
+    pipe = load_pipeline(model)
+    kw = dict(height=16, width=16, num_inference_steps=2, output_type="np")
+    base = pipe("a red cat", generator=torch.Generator().manual_seed(0), **kw).images
+    pipe.load_lora_weights(str(lora))
+    tuned = pipe("a red cat", generator=torch.Generator().manual_seed(0), **kw).images
+    assert not (tuned == base).all()
+
+
+def build(cls, **kw):
+    from aifeedback.config import build_config
+
+    return build_config(cls, kw)
+
+
+@pytest.mark.slow
+def test_quantized_base_resume_equals_uninterrupted(human, tmp_path):
+    pytest.importorskip("torchao")
+    from safetensors.torch import load_file
+
+    from aifeedback.stages.train import run
+
+    kw = dict(model="tiny-sd15", lora_rank=2, lr=1e-2, base_quantization="int8", max_steps=4, checkpoint_every=2)
+    run(tiny_train(human, tmp_path / "a", **kw))
+    run(tiny_train(human, tmp_path / "b", **dict(kw, max_steps=2)))
+    run(tiny_train(human, tmp_path / "b", **kw))  # resumes from checkpoint-000002
+    name = "checkpoints/checkpoint-000004/pytorch_lora_weights.safetensors"
+    wa, wb = load_file(tmp_path / "a" / name), load_file(tmp_path / "b" / name)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert [r["loss"] for r in read_metrics(tmp_path / "a")] == [r["loss"] for r in read_metrics(tmp_path / "b")]
+
+
+def test_quantized_base_is_refused_for_a_full_finetune(tmp_path):
+    result = runner.invoke(app, ["train", "--model", "tiny-sd15", "--base-quantization", "int8", "--out",
+                                 str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert "base_quantization int8" in result.output and "set --lora-rank" in result.output
+    assert not any(tmp_path.iterdir()), "nothing may be written before the check"
+
+
+@pytest.mark.parametrize("quant,module,extra", [("int8", "torchao", "torchao"), ("fp8", "torchao", "torchao"),
+                                                ("nf4", "bitsandbytes", "bnb")])
+def test_missing_backend_fails_in_preflight_with_the_fix(monkeypatch, tmp_path, quant, module, extra):
+    monkeypatch.setitem(sys.modules, module, None)  # find_spec -> None: not installed, whatever this machine has
+    result = runner.invoke(app, ["train", "--model", "tiny-sd15", "--lora-rank", "2", "--base-quantization", quant,
+                                 "--out", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert f"--base-quantization {quant} needs the '{module}' package" in result.output
+    assert f"pip install 'aifeedback[{extra}]'" in result.output
+    assert not any(tmp_path.iterdir())
+
+
+def test_nf4_without_a_gpu_fails_in_preflight(monkeypatch, tmp_path):
+    import aifeedback.preflight
+
+    monkeypatch.setattr(aifeedback.preflight, "check_package", lambda *a, **k: None)  # as if bitsandbytes were here
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = runner.invoke(app, ["train", "--model", "tiny-sd15", "--lora-rank", "2", "--base-quantization", "nf4",
+                                 "--out", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert "only on a CUDA GPU" in result.output and "--base-quantization int8 or fp8" in result.output
+    assert not any(tmp_path.iterdir())
