@@ -45,26 +45,6 @@ def quantization_problems(choice: str, lora_rank: int) -> list[str]:
             f"--base-quantization none"]
 
 
-def check_quantization(choice: str) -> None:
-    """Preflight: the backend's package is installed, and a GPU is visible where the backend needs one."""
-    from aifeedback.errors import AifError
-    from aifeedback.preflight import check_package
-
-    if choice == "none":
-        return
-    q = QUANTIZATIONS[choice]
-    others = [k for k, o in QUANTIZATIONS.items() if not o.cuda_only and k != choice]
-    check_package(q.package, f"--base-quantization {choice}", q.extra,
-                  "use --base-quantization " + " or ".join([*others, "none"]))
-    if q.cuda_only:
-        import torch
-
-        if not torch.cuda.is_available():
-            raise AifError(f"--base-quantization {choice}: {q.package} loads {choice} weights only on a CUDA GPU, and "
-                           f"this machine has none visible. Fix: pass --base-quantization "
-                           f"{' or '.join(others)} (runs on a CPU), or none, or run on a machine with a GPU")
-
-
 def pipeline_quantization(choice: str, components: list[str], compute_dtype: Any) -> Any:
     """diffusers' `PipelineQuantizationConfig` quantizing `components` (the denoiser and the text encoders) with the
     chosen backend: diffusers' config class for the denoiser, transformers' for each text encoder."""

@@ -15,7 +15,6 @@ from aifeedback.data.mapping import columns_problems
 from aifeedback.families.quantize import (
     QUANTIZATION_CHOICES,
     QUANTIZATION_HELP,
-    check_quantization,
     quantization_problems,
 )
 from aifeedback.losses import LOSSES
@@ -144,7 +143,7 @@ class TrainConfig:
         """Fail fast, before torch is imported: the model, VAE, dataset, --resume PATH and optional packages."""
         from aifeedback.data.pairs import check_source
         from aifeedback.families.resolve import check_available, check_trained_for
-        from aifeedback.preflight import check_apart, check_device, check_package
+        from aifeedback.preflight import check_apart, check_device, check_package, check_quantization
         from aifeedback.storage.checkpoints import resolve_checkpoint
 
         check_available(self.model)
