@@ -131,3 +131,26 @@ def test_nf4_without_a_gpu_fails_in_preflight(monkeypatch, tmp_path):
     assert result.exit_code == 2, result.output
     assert "only on a CUDA GPU" in result.output and "--base-quantization int8 or fp8" in result.output
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_two_process_lora_run_on_a_quantized_base(human, tmp_path):
+    """DDP wraps the model: the quantized frozen weights must stay out of its start-up broadcast (torchao's tensors
+    cannot be broadcast), and the first loss is still ln 2 in every process."""
+    pytest.importorskip("torchao")
+    import os
+    from pathlib import Path
+
+    from tests.launch import accelerate_launch, run_group
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
+    out = tmp_path / "ddp"
+    cmd = [*accelerate_launch(2), "train", "--dataset", str(human), "--model", "tiny-sd15", "--lora-rank", "2",
+           "--base-quantization", "int8", "--batch-size", "1", "--max-steps", "2", "--checkpoint-every", "2",
+           "--validation-every", "0", "--num-workers", "0", "--trackers", "none", "--resolution", "16", "--lr",
+           "1e-2", "--no-scale-lr", "--out", str(out)]
+    res = run_group(cmd, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    losses = [r["loss"] for r in read_metrics(out)]
+    assert abs(losses[0] - math.log(2)) < 1e-6 and losses[1] != losses[0]

@@ -74,3 +74,13 @@ def place(model: Any, device: Any, dtype: Any = None) -> Any:
     """`model.to(device, dtype)`, except that a quantized model only moves: its stored weights keep their quantized
     type, and the rest (norms, biases) stays in the dtype it was loaded in (bitsandbytes refuses a cast)."""
     return model.to(device) if is_quantized(model) else model.to(device=device, dtype=dtype)
+
+
+def keep_frozen_out_of_ddp(model: Any) -> None:
+    """DDP broadcasts every parameter and buffer from rank 0 when it wraps a model, which quantized tensors cannot
+    take part in (torchao's have no `view`). The frozen base is loaded from the same files in every process, so only
+    the trainable adapters need DDP: the rest is left out of it."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad] + [n for n, _ in model.named_buffers()]
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, frozen)

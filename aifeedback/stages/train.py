@@ -47,7 +47,7 @@ from aifeedback.errors import AifError
 from aifeedback.families import detect
 from aifeedback.families.base import Family, UNetFamily, min_snr_weights, vae_factor
 from aifeedback.families.loading import load_pipeline
-from aifeedback.families.quantize import place
+from aifeedback.families.quantize import keep_frozen_out_of_ddp, place
 from aifeedback.families.resolve import model_defaults
 from aifeedback.losses import LOSSES, get_loss
 from aifeedback.losses.base import denoising_mse
@@ -206,6 +206,8 @@ class TrainRecipe:
             model.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or cfg.lora_rank,
                                          init_lora_weights="gaussian", target_modules=list(self.family.lora_targets)))
             cast_training_params(model, dtype=torch.float32)  # LoRA weights train in fp32, the base stays frozen
+            if cfg.base_quantization != "none":
+                keep_frozen_out_of_ddp(model)
         else:
             model.to(self.device)  # fp32 master weights; autocast runs the forward in the compute dtype
             if self.needs_ref:
