@@ -139,6 +139,12 @@ def check_quantization(choice: str) -> None:
 
     if choice == "none":
         return
+    for var, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
+        if os.environ.get(var, "").lower() in ("true", "1"):
+            raise AifError(f"--base-quantization {choice}: this run is launched with {name}, which would shard the "
+                           f"quantized frozen weights (not supported); a LoRA run on a quantized base keeps the whole "
+                           f"base on each GPU. Fix: launch with DDP (accelerate launch --multi_gpu) or one process, "
+                           f"or pass --base-quantization none")
     q = QUANTIZATIONS[choice]
     others = [k for k, o in QUANTIZATIONS.items() if not o.cuda_only and k != choice]
     check_package(q.package, f"--base-quantization {choice}", q.extra,

@@ -154,3 +154,13 @@ def test_two_process_lora_run_on_a_quantized_base(human, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     losses = [r["loss"] for r in read_metrics(out)]
     assert abs(losses[0] - math.log(2)) < 1e-6 and losses[1] != losses[0]
+
+
+@pytest.mark.parametrize("var", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
+def test_quantized_base_under_fsdp_or_deepspeed_fails_in_preflight(monkeypatch, tmp_path, var):
+    monkeypatch.setenv(var, "true")  # what `accelerate launch` sets for an FSDP / DeepSpeed config
+    result = runner.invoke(app, ["train", "--model", "tiny-sd15", "--lora-rank", "2", "--base-quantization", "int8",
+                                 "--out", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert "would shard the quantized frozen weights" in result.output and "--multi_gpu" in result.output
+    assert not any(tmp_path.iterdir())
