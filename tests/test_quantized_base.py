@@ -51,6 +51,7 @@ def test_lora_dpo_on_a_quantized_base_starts_at_ln2_trains_and_exports(human, tm
     pytest.importorskip("torchao")
     from safetensors.torch import load_file
 
+    from aifeedback.families import detect
     from aifeedback.families.loading import load_pipeline
     from aifeedback.stages.export import ExportConfig
     from aifeedback.stages.export import run as export
@@ -76,6 +77,23 @@ def test_lora_dpo_on_a_quantized_base_starts_at_ln2_trains_and_exports(human, tm
     pipe.load_lora_weights(str(lora))
     tuned = pipe("a red cat", generator=torch.Generator().manual_seed(0), **kw).images
     assert not (tuned == base).all()
+    # `aif sample --base-quantization`: the LoRA on the quantized base, whose weights are quantized there too
+    qpipe = load_pipeline(model, quantization=quant, tuned=str(lora))
+    assert _quantized_weights(getattr(qpipe, detect(qpipe).denoiser))[0] > 0
+    drawn = [_sample(tmp_path / name, model=model, base_quantization=quant, **extra)
+             for name, extra in (("q", {}), ("q-lora", {"tuned": str(lora)}))]
+    assert not (drawn[0] == drawn[1]).all()
+
+
+def _sample(out, **kw):
+    import numpy as np
+    from PIL import Image
+
+    from aifeedback.stages.sample import SampleConfig
+    from aifeedback.stages.sample import run as sample
+
+    paths = sample(build(SampleConfig, out=str(out), limit=1, steps=2, resolution=16, grid=False, **kw))
+    return np.asarray(Image.open(paths[0]))
 
 
 def build(cls, **kw):
@@ -164,3 +182,13 @@ def test_quantized_base_under_fsdp_or_deepspeed_fails_in_preflight(monkeypatch, 
     assert result.exit_code == 2, result.output
     assert "would shard the quantized frozen weights" in result.output and "--multi_gpu" in result.output
     assert not any(tmp_path.iterdir())
+
+
+def test_sample_refuses_a_quantized_base_under_a_whole_tuned_denoiser(tmp_path):
+    from aifeedback.zoo import tiny_pipeline_path
+
+    denoiser = tiny_pipeline_path("tiny-sd15") / "unet"
+    result = runner.invoke(app, ["sample", "--model", "tiny-sd15", "--tuned", str(denoiser), "--base-quantization",
+                                 "int8", "--out", str(tmp_path / "s")])
+    assert result.exit_code == 2, result.output
+    assert "replaces its whole denoiser" in result.output and "--base-quantization none" in result.output
