@@ -192,3 +192,14 @@ def test_sample_refuses_a_quantized_base_under_a_whole_tuned_denoiser(tmp_path):
                                  "int8", "--out", str(tmp_path / "s")])
     assert result.exit_code == 2, result.output
     assert "replaces its whole denoiser" in result.output and "--base-quantization none" in result.output
+
+
+def test_bf16_run_on_a_quantized_unet_base_on_cpu(human, tmp_path):
+    """On a CPU a quantized base is kept in fp32 around its int8 weights: torchao's layers return fp32 activations
+    there, which the UNet's GroupNorm refuses next to bf16 weights (the run failed in its first step)."""
+    pytest.importorskip("torchao")
+    from aifeedback.stages.train import run
+
+    out = run(tiny_train(human, tmp_path / "run", lora_rank=2, lr=1e-2, base_quantization="int8",
+                         mixed_precision="bf16", max_steps=1, checkpoint_every=1))
+    assert abs(read_metrics(out)[0]["loss"] - math.log(2)) < 1e-6

@@ -65,6 +65,15 @@ def pipeline_quantization(choice: str, components: list[str], compute_dtype: Any
         c: configs[transformers if c.startswith("text_encoder") else diffusers] for c in components})
 
 
+def quantized_base_dtype(choice: str, mixed_precision: str, device_type: str, dtype: str) -> str:
+    """The dtype `aif train` loads a quantized base in (`dtype`, the unquantized rule, where `choice` is none): the
+    compute dtype, as its unquantized rest (norms, biases) is never cast later; on a CPU fp32, because torchao's
+    weight-only layers return fp32 activations there, which CPU GroupNorm refuses next to bf16 weights (UNets)."""
+    if choice == "none":
+        return dtype
+    return "float32" if device_type == "cpu" else "float16" if mixed_precision == "fp16" else dtype
+
+
 def is_quantized(model: Any) -> bool:
     """Whether a diffusers or transformers model was loaded through a quantization config."""
     return getattr(model, "hf_quantizer", None) is not None or bool(getattr(model, "is_quantized", False))
@@ -80,6 +89,8 @@ def keep_frozen_out_of_ddp(model: Any) -> None:
     """DDP broadcasts every parameter and buffer from rank 0 when it wraps a model, which quantized tensors cannot
     take part in (torchao's have no `view`). The frozen base is loaded from the same files in every process, so only
     the trainable adapters need DDP: the rest is left out of it."""
+    if not is_quantized(model):
+        return
     from torch.nn.parallel import DistributedDataParallel
 
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad] + [n for n, _ in model.named_buffers()]

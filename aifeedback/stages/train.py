@@ -47,7 +47,7 @@ from aifeedback.errors import AifError
 from aifeedback.families import detect
 from aifeedback.families.base import Family, UNetFamily, min_snr_weights, vae_factor
 from aifeedback.families.loading import load_pipeline
-from aifeedback.families.quantize import keep_frozen_out_of_ddp, place
+from aifeedback.families.quantize import keep_frozen_out_of_ddp, place, quantized_base_dtype
 from aifeedback.families.resolve import model_defaults
 from aifeedback.losses import LOSSES, get_loss
 from aifeedback.losses.base import denoising_mse
@@ -182,13 +182,9 @@ class TrainRecipe:
     def _setup_pipeline(self) -> tuple[Any, Family]:
         # A bf16 LoRA run keeps every part in bf16 (the trainable adapters are created later, in fp32): loading it so
         # gives the same weights and halves the host RAM at start-up (FLUX.1-dev: ~34 GB instead of ~67).
-        # A quantized base (LoRA only) is loaded in the compute dtype too, as its unquantized rest is never cast later;
-        # on a CPU in fp32: torchao's weight-only layers return fp32 activations there, which CPU GroupNorm refuses
-        # next to bf16 weights (the UNet families).
         mp, quant = self.accelerator.mixed_precision, self.cfg.base_quantization
         dtype = "bfloat16" if self.lora and mp == "bf16" else "float32"
-        if quant != "none":
-            dtype = "float32" if self.device.type == "cpu" else "float16" if mp == "fp16" else dtype
+        dtype = quantized_base_dtype(quant, mp, self.device.type, dtype)  # a quantized base: see there
         pipe = load_pipeline(self.cfg.model, dtype, "cpu", vae=self.cfg.vae, quantization=quant)
         return pipe, detect(pipe)
 
@@ -206,8 +202,7 @@ class TrainRecipe:
             model.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or cfg.lora_rank,
                                          init_lora_weights="gaussian", target_modules=list(self.family.lora_targets)))
             cast_training_params(model, dtype=torch.float32)  # LoRA weights train in fp32, the base stays frozen
-            if cfg.base_quantization != "none":
-                keep_frozen_out_of_ddp(model)
+            keep_frozen_out_of_ddp(model)  # a quantized base's frozen weights: DDP cannot broadcast them
         else:
             model.to(self.device)  # fp32 master weights; autocast runs the forward in the compute dtype
             if self.needs_ref:
