@@ -145,3 +145,28 @@ def check_apart(out: str | Path, inputs: dict[str, Path], option: str = "--out")
             f"{option} {out} {how} the input --{name.replace('_', '-')} {path}: writing there would overwrite or "
             f"mix with what the stage reads. Fix: choose an {option} outside {path} that does not contain it either, "
             f"e.g. {path.parent / (path.stem + '-out')}.")
+
+
+def check_quantization(choice: str) -> None:
+    """Preflight: the backend's package is installed, and a GPU is visible where the backend needs one."""
+    from aifeedback.families.quantize import QUANTIZATIONS
+
+    if choice == "none":
+        return
+    for var, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
+        if os.environ.get(var, "").lower() in ("true", "1"):
+            raise AifError(f"--base-quantization {choice}: this run is launched with {name}, which would shard the "
+                           f"quantized frozen weights (not supported); a LoRA run on a quantized base keeps the whole "
+                           f"base on each GPU. Fix: launch with DDP (accelerate launch --multi_gpu) or one process, "
+                           f"or pass --base-quantization none")
+    q = QUANTIZATIONS[choice]
+    others = [k for k, o in QUANTIZATIONS.items() if not o.cuda_only and k != choice]
+    check_package(q.package, f"--base-quantization {choice}", q.extra,
+                  "use --base-quantization " + " or ".join([*others, "none"]))
+    if q.cuda_only:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise AifError(f"--base-quantization {choice}: {q.package} loads {choice} weights only on a CUDA GPU, and "
+                           f"this machine has none visible. Fix: pass --base-quantization "
+                           f"{' or '.join(others)} (runs on a CPU), or none, or run on a machine with a GPU")

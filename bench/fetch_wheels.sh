@@ -5,7 +5,8 @@
 # Then run bench/gpu.sh there with .whl carried along.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-pkgs=(diffusers datasets dill multiprocess open_clip_torch ftfy wcwidth)
+# bitsandbytes (43 MB) and torchao: the quantized-base LoRA steps (`--base-quantization`); ~55 MB in all
+pkgs=(diffusers datasets dill multiprocess open_clip_torch ftfy wcwidth bitsandbytes torchao)
 pins=()
 for p in "${pkgs[@]}"; do
   pin=$(grep -i "^${p//_/[-_]}==" constraints.txt) || { echo "constraints.txt has no pin for $p" >&2; exit 1; }
@@ -13,6 +14,7 @@ for p in "${pkgs[@]}"; do
 done
 rm -rf .whl
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
+  --platform manylinux2014_x86_64 \
   -d .whl "${pins[@]}"
 ls .whl

@@ -63,6 +63,9 @@ step 120 score-vlm-7b python3 bench/vlm.py --random-weights --device cuda --dtyp
 # compiled generation, so the time box keeps them.
 T="python3 bench/train.py --batch-size 1 --mixed-precision bf16 --gradient-checkpointing --steps 3 --warmup 1"
 step 150 train-flux-dev-lora $T --family flux-dev --lora-rank 16
+# the same on a quantized frozen base (`aif train --base-quantization`; README "Memory at real size"): NF4 first,
+# the int8 / fp8 weight-only ones after the other figures
+step 150 train-flux-dev-lora-nf4 $T --family flux-dev --lora-rank 16 --base-quantization nf4
 step 120 train-sd35l-lora $T --family sd35l --lora-rank 16
 step 90 train-sd35m-lora $T --family sd35m --lora-rank 16
 step 240 generate-compiled $G --compile --compile-mode default --channels-last --fuse-qkv
@@ -70,6 +73,8 @@ step 120 train-sdxl-full python3 bench/train.py --family sdxl --batch-size 1 --m
 step 120 train-sdxl-lora python3 bench/train.py --family sdxl --batch-size 4 --lora-rank 64 --mixed-precision bf16 --gradient-checkpointing --steps 5
 # GenEval's reward at real size (Mask2Former Swin-S + CLIP ViT-L/14, random weights) on 64 images of 512 px
 step 150 geneval-random-64 python3 bench/geneval.py --random-weights --device cuda --dtype float32 --images 64 --batch-size 16 --workers 8
+step 120 train-flux-dev-lora-int8 $T --family flux-dev --lora-rank 16 --base-quantization int8
+step 120 train-flux-dev-lora-fp8 $T --family flux-dev --lora-rank 16 --base-quantization fp8
 step 180 pytest-gpu python3 -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider
 rm -f "$OUT/.step"
 cat "$RES"

@@ -41,11 +41,17 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--resolution", type=int, default=None, help="pixels (default 1024; SD1.5 512, tiny 32)")
     p.add_argument("--batch-size", type=int, default=1, help="pairs per step")
     p.add_argument("--lora-rank", type=int, default=0)
+    p.add_argument("--base-quantization", choices=["none", "nf4", "int8", "fp8"], default="none",
+                   help="LoRA only: the frozen base's Linear layers quantized as `aif train --base-quantization` "
+                        "loads them (nf4: bitsandbytes Linear4bit, double quantization; int8 / fp8: torchao "
+                        "weight-only)")
     p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="bf16")
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     args = p.parse_args()
+    if args.base_quantization != "none" and not args.lora_rank:
+        p.error("--base-quantization quantizes the frozen base of a LoRA run: pass --lora-rank")
     return args
 
 
@@ -120,12 +126,36 @@ def prepare(model: Any, args: argparse.Namespace, device: str, dtype: torch.dtyp
 
     targets = UNET_LORA if args.family in ("sdxl", "sd15") else FLUX_LORA if "flux" in args.family else SD3_LORA
     model.requires_grad_(False).to(device, dtype)
+    if args.base_quantization != "none":
+        quantize_base(model, args.base_quantization, dtype)
     model.add_adapter(LoraConfig(r=args.lora_rank, lora_alpha=args.lora_rank, init_lora_weights="gaussian",
                                  target_modules=targets))
     for prm in model.parameters():
         if prm.requires_grad:
             prm.data = prm.data.float()  # trainable adapters in fp32, as the diffusers scripts keep them
     return None
+
+
+def quantize_base(model: Any, choice: str, dtype: torch.dtype) -> None:
+    """Quantize the Linear layers of a frozen model in place, into the layer types diffusers' quantizers load for
+    `aif train --base-quantization` (the models here are built, not loaded, so the same layers are made directly)."""
+    if choice == "nf4":
+        import bitsandbytes as bnb
+
+        for module in list(model.modules()):
+            for name, child in list(module.named_children()):
+                if isinstance(child, torch.nn.Linear):
+                    layer = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
+                                              compute_dtype=dtype, compress_statistics=True, quant_type="nf4",
+                                              device="meta")
+                    layer.weight = bnb.nn.Params4bit(child.weight.data, requires_grad=False, quant_type="nf4",
+                                                     compress_statistics=True).to(child.weight.device)
+                    layer.bias = child.bias
+                    setattr(module, name, layer)
+        return
+    from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
+
+    quantize_(model, {"int8": Int8WeightOnlyConfig, "fp8": Float8WeightOnlyConfig}[choice]())
 
 
 def make_step(model: Any, ref: Any, forward: Callable, lat: torch.Tensor, flow: bool, opt: Any,
@@ -212,6 +242,7 @@ def report(args: argparse.Namespace, device: str, res: int, step: Callable[[], N
         "device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "denoiser": f"tiny-{args.family}" if args.tiny else args.family, "resolution": res,
         "pairs_per_step": args.batch_size, "lora_rank": args.lora_rank, "trainable_parameters": trainable,
+        "base_quantization": args.base_quantization,
         "mixed_precision": args.mixed_precision, "gradient_checkpointing": args.gradient_checkpointing,
         "s_per_step": round(dt, 4), "pairs_per_s": round(args.batch_size / dt, 3), "peak_memory_gib": round(peak, 2),
         "peak_memory_kind": "cuda max allocated" if device == "cuda" else "process max RSS",

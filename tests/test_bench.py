@@ -26,13 +26,21 @@ CASES = {
     # the flow-matching path gpu.sh takes for FLUX.1 / SD3.5, on their tiny zoo transformers (LoRA, checkpointing)
     "train-flux": ["--tiny", "--family", "flux-dev", "--lora-rank", "4", "--gradient-checkpointing", "--steps", "2",
                    "--warmup", "1", "--mixed-precision", "no"],
+    # gpu.sh's quantized-base LoRA steps (`aif train --base-quantization`), on the tiny FLUX transformer
+    "train-flux-int8": ["--tiny", "--family", "flux-dev", "--lora-rank", "4", "--base-quantization", "int8",
+                        "--steps", "2", "--warmup", "1"],
+    "train-flux-nf4": ["--tiny", "--family", "flux-dev", "--lora-rank", "4", "--base-quantization", "nf4",
+                       "--steps", "2", "--warmup", "1"],
     "train-sd35": ["--tiny", "--family", "sd35m", "--lora-rank", "4", "--gradient-checkpointing", "--steps", "2",
                    "--warmup", "1", "--mixed-precision", "no"],
 }
+NEEDS = {"train-flux-int8": "torchao", "train-flux-nf4": "bitsandbytes"}  # optional extras (torchao, bnb)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bench_script_runs(case, aif_cache):
+    if case in NEEDS:
+        pytest.importorskip(NEEDS[case])
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     script = ROOT / "bench" / f"{case.split('-')[0]}.py"
     r = run_group([sys.executable, str(script), *CASES[case]], env=env, timeout=300)

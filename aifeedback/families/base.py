@@ -18,6 +18,8 @@ import torch
 from diffusers import DDPMScheduler
 from diffusers.training_utils import compute_snr
 
+from aifeedback.families.quantize import place
+
 
 @dataclass
 class TextEncoders:
@@ -28,7 +30,7 @@ class TextEncoders:
 
     def to(self, device: Any, dtype: torch.dtype | None = None) -> "TextEncoders":
         for enc in self.encoders:
-            enc.to(device=device, dtype=dtype).requires_grad_(False).eval()
+            place(enc, device, dtype).requires_grad_(False).eval()  # a quantized encoder only moves
         return self
 
     @property

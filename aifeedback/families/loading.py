@@ -17,6 +17,7 @@ from safetensors import safe_open
 
 from aifeedback.console import quiet_libraries
 from aifeedback.families import detect
+from aifeedback.families.quantize import pipeline_quantization
 from aifeedback.families.resolve import (
     DTYPES,
     FIT_KEYS,
@@ -40,12 +41,13 @@ def torch_dtype(name: str):
 
 
 def load_pipeline(name: str, dtype: str = "float32", device: str = "cpu", vae: str | None = None,
-                  scheduler: str = "default", tuned: str | None = None) -> Any:
+                  scheduler: str = "default", tuned: str | None = None, quantization: str = "none") -> Any:
     """A diffusers text-to-image pipeline (of a registered family) by tiny name, hub id or local path.
 
     `tuned` swaps in fine-tuned weights (see `resolve_tuned`): a LoRA file or folder, a denoiser (UNet or
     transformer) folder, a pipeline folder with unet/ or transformer/, or a training run directory (its latest
-    checkpoint).
+    checkpoint). `quantization` (nf4, int8, fp8; see `families/quantize.py`) loads the denoiser and the text
+    encoders quantized, for a LoRA trained on top.
     """
     kind, where = check_pipeline(name, vae, tuned)
 
@@ -58,6 +60,8 @@ def load_pipeline(name: str, dtype: str = "float32", device: str = "cpu", vae: s
             kwargs["vae"] = AutoencoderKL.from_pretrained(resolve_model(vae), dtype=td)
         except (OSError, ValueError, EnvironmentError) as e:
             raise load_error(vae, "VAE", e) from None
+    if quantization != "none":
+        kwargs["quantization_config"] = pipeline_quantization(quantization, _quantized_parts(name, path), td)
     if kind == "unet":  # load the tuned denoiser instead of (not after) the base one: SDXL's UNet is 5 GB in fp16
         component, kwargs[component] = load_denoiser(where, td)
     try:
@@ -74,6 +78,15 @@ def load_pipeline(name: str, dtype: str = "float32", device: str = "cpu", vae: s
     set_scheduler(pipe, scheduler)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def _quantized_parts(name: str, path: str) -> list[str]:
+    """The components a quantized base quantizes: the denoiser and the text encoders its model_index.json lists."""
+    try:
+        index = DiffusionPipeline.load_config(path)
+    except (OSError, ValueError, EnvironmentError) as e:
+        raise load_error(name, "model", e) from None
+    return [c for c in index if c in DENOISER_DIRS or c.startswith("text_encoder")]
 
 
 def set_scheduler(pipe: Any, name: str) -> None:

@@ -57,7 +57,8 @@ def run(cfg: SampleConfig) -> list[Path]:
             and not (out / IMAGES_DIR / it["file_name"]).exists()]
     if todo:
         device, dtype = device_and_dtype(cfg, state)
-        pipe = load_pipeline(cfg.model, dtype, device, vae=cfg.vae, scheduler=cfg.scheduler, tuned=tuned)
+        pipe = load_pipeline(cfg.model, dtype, device, vae=cfg.vae, scheduler=cfg.scheduler, tuned=tuned,
+                             quantization=cfg.base_quantization)
         render_files(cfg, pipe, todo, out, state)
     state.wait_for_everyone()
     if state.is_main_process:

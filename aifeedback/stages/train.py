@@ -40,6 +40,7 @@ from aifeedback.errors import AifError
 from aifeedback.families import detect
 from aifeedback.families.base import Family, UNetFamily, latent_channels, min_snr_weights, vae_factor
 from aifeedback.families.loading import load_pipeline
+from aifeedback.families.quantize import quantized_base_dtype
 from aifeedback.families.resolve import model_defaults
 from aifeedback.losses import LOSSES, get_loss
 from aifeedback.losses.base import denoising_mse
@@ -160,8 +161,10 @@ class TrainRecipe:
     def _setup_pipeline(self) -> tuple[Any, Family]:
         # A bf16 LoRA run keeps every part in bf16 (the trainable adapters are created later, in fp32): loading it so
         # gives the same weights and halves the host RAM at start-up (FLUX.1-dev: ~34 GB instead of ~67).
-        dtype = "bfloat16" if self.lora and self.accelerator.mixed_precision == "bf16" else "float32"
-        pipe = load_pipeline(self.cfg.model, dtype, "cpu", vae=self.cfg.vae)
+        mp, quant = self.accelerator.mixed_precision, self.cfg.base_quantization
+        dtype = "bfloat16" if self.lora and mp == "bf16" else "float32"
+        dtype = quantized_base_dtype(quant, mp, self.device.type, dtype)  # a quantized base: see there
+        pipe = load_pipeline(self.cfg.model, dtype, "cpu", vae=self.cfg.vae, quantization=quant)
         return pipe, detect(pipe)
 
     def _setup_models(self) -> tuple[Any, Any]:

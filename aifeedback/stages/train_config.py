@@ -12,6 +12,11 @@ from typing import Literal, Optional
 from aifeedback.config import input_paths, option, side_problems
 from aifeedback.data.labels import COLUMNS_HELP, OPEN_PREFERENCES, RANKED_HELP, RANKED_PAIRINGS
 from aifeedback.data.mapping import columns_problems
+from aifeedback.families.quantize import (
+    QUANTIZATION_CHOICES,
+    QUANTIZATION_HELP,
+    quantization_problems,
+)
 from aifeedback.losses import LOSSES
 
 MAPO_BETA_MAX = 10.0  # MaPO's beta is ~0.1; anything above this is a DPO beta left in place by mistake
@@ -59,6 +64,7 @@ class TrainConfig:
     lora_rank: int = option(0, "LoRA rank on the denoiser's attention projections (the family's targets); 0 = full "
                                "fine-tune", min=0)
     lora_alpha: Optional[float] = option(None, "LoRA alpha; null = the rank (scale 1)", min=0.0)
+    base_quantization: Literal[QUANTIZATION_CHOICES] = option("none", QUANTIZATION_HELP)
     # optimisation
     lr: float = option(1e-8, "learning rate (multiplied by the pairs per optimizer step when scale_lr is on)", min=0.0)
     scale_lr: bool = option(True, "multiply lr by pairs per optimizer step, as the public Diffusion-DPO launchers do "
@@ -119,6 +125,7 @@ class TrainConfig:
         if self.warmup_steps > self.max_steps:
             problems.append(f"warmup_steps ({self.warmup_steps}) exceeds max_steps ({self.max_steps})")
         problems += columns_problems(self.columns) + side_problems(self, "resolution")
+        problems += quantization_problems(self.base_quantization, self.lora_rank)
         if self.ema_decay >= 1:
             problems.append(f"ema_decay {self.ema_decay:g} would never move the average; use a decay below 1 (e.g. "
                             "0.9999), or 0 for no EMA")
@@ -136,7 +143,7 @@ class TrainConfig:
         """Fail fast, before torch is imported: the model, VAE, dataset, --resume PATH and optional packages."""
         from aifeedback.data.pairs import check_source
         from aifeedback.families.resolve import check_available, check_trained_for
-        from aifeedback.preflight import check_apart, check_device, check_package
+        from aifeedback.preflight import check_apart, check_device, check_package, check_quantization
         from aifeedback.storage.checkpoints import resolve_checkpoint
 
         check_available(self.model)
@@ -155,3 +162,4 @@ class TrainConfig:
             check_package("wandb", "--trackers wandb", "wandb", "use --trackers tensorboard")
         if self.optimizer == "adamw8bit":
             check_package("bitsandbytes", "--optimizer adamw8bit", "bnb", "use --optimizer adamw")
+        check_quantization(self.base_quantization)

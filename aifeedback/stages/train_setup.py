@@ -26,6 +26,7 @@ from transformers.optimization import Adafactor
 from aifeedback.config import to_dict
 from aifeedback.errors import AifError
 from aifeedback.families.base import Family
+from aifeedback.families.quantize import keep_frozen_out_of_ddp, place
 from aifeedback.stages.train_ema import WeightsEMA
 
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # --mixed-precision -> storage
@@ -67,10 +68,11 @@ def denoisers(pipe: Any, family: Family, cfg: Any, device: Any, weight_dtype: to
     disabled, so None)."""
     model, ref = getattr(pipe, family.denoiser), None
     if cfg.lora_rank > 0:
-        model.requires_grad_(False).to(device, weight_dtype)
+        place(model.requires_grad_(False), device, weight_dtype)  # a quantized base only moves
         model.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or cfg.lora_rank,
                                      init_lora_weights="gaussian", target_modules=family.lora_target_modules(model)))
         cast_training_params(model, dtype=torch.float32)  # LoRA weights train in fp32, the base stays frozen
+        keep_frozen_out_of_ddp(model)  # a quantized base's frozen weights: DDP cannot broadcast them
     else:
         model.to(device)  # fp32 master weights; autocast runs the forward in the compute dtype
         if needs_ref:
