@@ -81,6 +81,12 @@ def pytest_report_header(config):
     return lines
 
 
+def pytest_terminal_summary(terminalreporter, config):
+    """The shuffle seed again at the end: `-q` (make test-shuffled) hides the header."""
+    if config.shuffle_seed is not None:
+        terminalreporter.write_line(f"shuffled order: --shuffle {config.shuffle_seed} repeats it")
+
+
 def pytest_collection_modifyitems(config, items):
     """--shuffle: a new order of the modules, and of the tests inside each (keeping a module's tests together, so
     its module-scoped fixtures are built once)."""
