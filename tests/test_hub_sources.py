@@ -141,4 +141,11 @@ def test_scorer_accuracy_on_the_hpdv3_test_layout(tmp_path):
     result = STAGES["eval"].run(cfg)
     assert result["n_pairs"] == 4
     assert result["scorers"]["redness"]["accuracy"] == 0.75 and result["scorers"]["color:cyan"]["accuracy"] == 0.25
-    assert "| redness | 75.0%" in (tmp_path / "acc" / "accuracy.md").read_text()
+    page = (tmp_path / "acc" / "accuracy.md").read_text()
+    assert result["source"] == "hpdv3" and "| redness | 75.0%" in page and "| HPSv3 README (HPDv3 test) |" in page
+    from aifeedback.stages.evaluate import accuracy_markdown
+
+    hpsv3 = dict(result, scorers={"hpsv3:tiny": result["scorers"]["redness"]})
+    assert "| hpsv3:tiny | 75.0% | " in accuracy_markdown(hpsv3) and accuracy_markdown(hpsv3).endswith("| 76.9% |\n")
+    pickapic = dict(result, source="pickapic", scorers={"pickscore": result["scorers"]["redness"]})
+    assert "| paper (Pick-a-Pic v2 val) |" in accuracy_markdown(pickapic) and "| 64.2% |" in accuracy_markdown(pickapic)
