@@ -63,10 +63,10 @@ def run(cfg: InspectConfig) -> dict[str, Any]:
     atomic_write_text(out / PAGE, render_page(summary, examples, cfg.thumb))
     finish_output(out, manifest, rows=stats.rows, pairs=stats.kept, ties=stats.ties, bad_rows=stats.bad_labels)
     print(describe(summary))
+    if cfg.fail_on_leak and summary.get("leakage", {}).get("leak"):  # the report is written: the user reads it
+        raise DataError(f"--fail-on-leak: {leakage.describe(summary['leakage']).strip()} (report: {out / SUMMARY})")
     finish("inspect", out, f"{stats.kept} pairs of {stats.rows} rows, {len(examples)} shown in {PAGE}",
            f"aif train --dataset {cfg.dataset}" + (f" --split {cfg.split}" if cfg.split else ""))
-    if cfg.fail_on_leak and summary.get("leakage", {}).get("leak"):
-        raise DataError(f"--fail-on-leak: {leakage.describe(summary['leakage']).strip()} (report: {out / SUMMARY})")
     return summary
 
 
