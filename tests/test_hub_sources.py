@@ -73,6 +73,16 @@ def test_pickapic_webdataset_with_a_missing_field_names_it(tmp_path):
         S.open_pairs(str(folder))
 
 
+def test_a_tar_beside_parquet_files_is_not_taken_for_shards_and_a_broken_shard_is_named(tmp_path):
+    folder = write_pickapic(tmp_path / "pp", pickapic_rows(2))
+    (folder / "images.tar").write_bytes(b"not a tar")
+    assert S.source_for(str(folder)).name == "pickapic"
+    shards = write_pickapic_wds(tmp_path / "wds", n=2, shards=1)
+    (shards / "00000.tar").write_bytes(b"not a tar")
+    with pytest.raises(DataError, match=r"00000.tar is not a readable tar shard .*remove or replace it"):
+        S.source_for(str(shards))
+
+
 def test_a_webdataset_hub_id_is_renamed_once_loaded(tmp_path, monkeypatch):
     folder = write_pickapic_wds(tmp_path / "wds", n=3, shards=1)
     loaded = datasets.load_dataset("webdataset", data_files=[str(folder / "00000.tar")], split="train")

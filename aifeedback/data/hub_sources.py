@@ -111,8 +111,9 @@ def shard_fields(tar: Path, members: int = 16) -> set[str]:
                 names.append(info.name.rsplit("/", 1)[-1])
                 if len(names) >= members:
                     break
-    except (OSError, tarfile.TarError) as e:
-        raise DataError(f"{tar} is not a readable tar shard ({e}); remove or replace it") from None
+    except (OSError, tarfile.TarError) as e:  # tarfile's message lists every compression it tried, one per line
+        why = e.strerror if isinstance(e, OSError) and e.strerror else "not a tar archive"
+        raise DataError(f"{tar} is not a readable tar shard ({why}); remove or replace it") from None
     return {n.split(".", 1)[1] for n in names if "." in n}
 
 

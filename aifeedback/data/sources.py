@@ -560,6 +560,12 @@ def _open_hpdv3(target: str, how: Opening) -> PairTable:
     return PairTable(str(path), "hpdv3", ds=ds, lazy=resolver)
 
 
+def _is_wds(target: str) -> bool:
+    """Pick-a-Pic WebDataset shards: a .tar file, or a folder of them with no Parquet/Arrow file (which would win)."""
+    path = Path(target).expanduser()
+    return not (path.is_dir() and data_files(path)) and hub_sources.is_pickapic_wds(path)
+
+
 def _open_wds(target: str, how: Opening) -> PairTable:
     """Pick-a-Pic v2 in local WebDataset tar shards (data/hub_sources.py), streamed when the consumer streams."""
     path = Path(target).expanduser()
@@ -578,8 +584,7 @@ register(PairSource("hpdv3", "HPDv3 JSON (prompt, path1 = the preferred image, p
                     lambda t: bool(hub_sources.hpdv3_files(Path(t).expanduser())), _open_hpdv3))
 register(PairSource("pickapic-wds", "Pick-a-Pic v2 as WebDataset .tar shards ({key}.jpg_0.jpg, jpg_1.jpg, "
                     "label_0.txt, label_1.txt, original_prompt.txt: sayakpaul/pickapic_v2_webdataset), local or hub",
-                    "Pick-a-Pic WebDataset", (), lambda t: hub_sources.is_pickapic_wds(Path(t).expanduser()),
-                    _open_wds))
+                    "Pick-a-Pic WebDataset", (), _is_wds, _open_wds))
 register(PairSource("imagerewarddb", "ImageRewardDB tables (prompt_id, prompt, rank, image_path or image: one row "
                     "per image); ranked lists made pairs (--ranked-pairs)", "ImageRewardDB",
                     ranked.IMAGEREWARD_COLUMNS, _is_imagereward, _open_imagereward))
