@@ -65,6 +65,17 @@ def test_pickapic_webdataset_shards_are_read_as_pairs(tmp_path, streaming):
     assert len(list(single.iter_rows(["caption"]))) == 2
 
 
+def test_inspect_streams_webdataset_shards_without_a_cache_copy(tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
+    folder = write_pickapic_wds(tmp_path / "wds", n=4, shards=2)
+    summary = STAGES["inspect"].run(build_config(STAGES["inspect"].config, {"dataset": str(folder),
+                                                                           "out": str(tmp_path / "o")}))
+    assert (summary["source"], summary["rows"], summary["pairs"], summary["examples"]) == ("pickapic-wds", 4, 4, 4)
+    assert not list((tmp_path / "hf_cache").rglob("*.arrow"))  # read in one pass, not copied
+    S.open_pairs(str(folder)).dataset()  # random access (train, score): a copy, where this test's cache is
+    assert list((tmp_path / "hf_cache").rglob("*.arrow"))
+
+
 def test_pickapic_webdataset_with_a_missing_field_names_it(tmp_path):
     folder = write_pickapic_wds(tmp_path / "wds", n=2, shards=1, caption="prompt_text")
     with pytest.raises(DataError, match=r"wds lacks the Pick-a-Pic WebDataset field\(s\) \{key\}.caption.txt or "

@@ -4,7 +4,8 @@ It opens DATASET with the one pair reader (aifeedback.data.sources: the source t
 counts its rows with the one label rule (pairs with a clear winner, ties, unlabelled and bad rows, which side
 wins), and writes OUT/inspect.html (a seeded sample of pairs as training will see them, built from the eval
 report's cards and stylesheet) and OUT/summary.json. Only label columns are read for the counts; images are read
-for the shown examples only. A local folder is read offline; a hub id is streamed (no download of the whole set).
+for the shown examples only. A local folder is read offline; a hub id and WebDataset shards are streamed (no
+download or cache copy of the whole set).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from aifeedback.data.images import decode_image
 from aifeedback.data.labels import LABEL_COLUMNS, PAIR_COLUMNS, winner_of
 from aifeedback.data.mapping import parse_columns
 from aifeedback.data.pairs import PairStats
-from aifeedback.data.sources import PairTable, open_pairs
+from aifeedback.data.sources import PairTable, open_pairs, source_for
 from aifeedback.errors import DataError
 from aifeedback.evaluation.report import figure_card, render_template
 from aifeedback.stages.inspect_config import InspectConfig
@@ -38,8 +39,8 @@ def run(cfg: InspectConfig) -> dict[str, Any]:
     """Count, sample and write; returns the summary (also OUT/summary.json)."""
     start = time.perf_counter()
     out = Path(cfg.out)
-    local = Path(cfg.dataset).expanduser().exists()
-    table = open_pairs(cfg.dataset, cfg.split, labels=False, streaming=not local, columns=parse_columns(cfg.columns),
+    table = open_pairs(cfg.dataset, cfg.split, labels=False, streaming=_streams(cfg.dataset, cfg.columns),
+                       columns=parse_columns(cfg.columns),
                        pairing=cfg.ranked_pairs)  # first: a dataset no source reads leaves no --out behind
     test = _open_against(cfg)
     manifest = prepare_output(out, "inspect", to_dict(cfg), identity_dict(cfg), cfg.overwrite)
@@ -74,8 +75,13 @@ def _open_against(cfg: InspectConfig) -> PairTable | None:
     """The --against test set, opened (and its layout checked) before any output is written."""
     if not cfg.against:
         return None
-    local = Path(cfg.against).expanduser().exists()
-    return open_pairs(cfg.against, cfg.against_split, labels=False, streaming=not local)
+    return open_pairs(cfg.against, cfg.against_split, labels=False, streaming=_streams(cfg.against))
+
+
+def _streams(target: str, columns: list[str] | None = None) -> bool:
+    """Whether inspect streams `target`: a hub id, and local WebDataset shards (read in one pass, never copied into
+    the `datasets` cache); other local data is read in place."""
+    return not Path(target).expanduser().exists() or (not columns and source_for(target).name == "pickapic-wds")
 
 
 def check_leakage(table: PairTable, test: PairTable, label: str, limit: int | None) -> dict[str, Any]:
