@@ -8,8 +8,9 @@
 3. The main process writes report.json / report.md / report.html and grids/*.png (see `aifeedback.evaluation.report`).
 A rerun of a finished eval with the same settings loads no model: it prints the report's win rates again.
 
-`--scorer-accuracy DATASET` instead measures how often each scorer agrees with human labels on a Pick-a-Pic-layout
-set (non-tie pairs; the paper's Table 2), so users can pick a scorer before training on its labels.
+`--scorer-accuracy DATASET` instead measures how often each scorer agrees with human labels on any set a pair source
+reads (non-tie pairs; the paper's Table 2, and the HPSv3 README's table on HPDv3 / HPDv2 test), so users can pick a
+scorer before training on its labels.
 """
 
 from __future__ import annotations
