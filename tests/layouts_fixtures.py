@@ -117,3 +117,40 @@ def write_pickapic_as(folder: Path, kind: str, n: int = 4) -> Path:
         return folder
     pq.write_table(pa.Table.from_pylist(rows), folder / "train.parquet")
     return folder
+
+
+def write_hpdv3(folder: Path, n: int = 4, name: str = "train.json", prefix: str = "") -> Path:
+    """HPDv3's layout: NAME = [{prompt, path1 (preferred: red), path2 (blue), confidence, choice_dist, model1,
+    model2}], images under images/ next to it (as `cat images.tar.gz.* | gunzip | tar -x` leaves them)."""
+    records, seed = [], 300 + 100 * sum(map(ord, prefix))  # another prefix: other images
+    for i in range(n):
+        red = _image(folder, f"images/{prefix}{i}/r.jpg", RED, seed + 2 * i)
+        blue = _image(folder, f"images/{prefix}{i}/b.jpg", BLUE, seed + 2 * i + 1)
+        records.append({"prompt": f"{prefix}{WORDS[i % 10]} {i}", "path1": red, "path2": blue, "confidence": 0.9,
+                        "choice_dist": [3, 1], "model1": "flux", "model2": "kolors"})
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(json.dumps(records))
+    return folder
+
+
+def write_pickapic_wds(folder: Path, n: int = 4, shards: int = 2, caption: str = "original_prompt") -> Path:
+    """Pick-a-Pic v2 as sayakpaul/pickapic_v2_webdataset stores it: tar shards 00000.tar, ... of samples
+    {key}.jpg_0.jpg, {key}.jpg_1.jpg, {key}.label_0.txt, {key}.label_1.txt ("1.0"/"0.0"), {key}.original_prompt.txt;
+    the red image wins (on a random side, as tests.pairs_fixtures.pickapic_rows)."""
+    import io
+    import tarfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = pickapic_rows(n)
+    per = -(-n // shards)
+    for s in range(shards):
+        with tarfile.open(folder / f"{s:05d}.tar", "w") as tar:
+            for i in range(s * per, min(n, (s + 1) * per)):
+                r = rows[i]
+                fields = {"jpg_0.jpg": r["jpg_0"], "jpg_1.jpg": r["jpg_1"], f"{caption}.txt": r["caption"].encode(),
+                          "label_0.txt": f"{r['label_0']:.1f}".encode(), "label_1.txt": f"{r['label_1']:.1f}".encode()}
+                for field, data in fields.items():
+                    info = tarfile.TarInfo(f"{i}.{field}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    return folder

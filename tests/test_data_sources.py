@@ -16,7 +16,15 @@ from aifeedback.data import sources as S
 from aifeedback.data.labels import winner_of
 from aifeedback.data.mapping import parse_columns
 from aifeedback.errors import DataError
-from tests.layouts_fixtures import PICKAPIC_KINDS, write_custom, write_hpdv2, write_imagereward, write_pickapic_as
+from tests.layouts_fixtures import (
+    PICKAPIC_KINDS,
+    write_custom,
+    write_hpdv2,
+    write_hpdv3,
+    write_imagereward,
+    write_pickapic_as,
+    write_pickapic_wds,
+)
 
 CUSTOM = {"caption": "text", "image_0": "left", "image_1": "right", "label": "winner"}
 
@@ -171,7 +179,7 @@ def test_a_trl_layout_hub_dataset_is_mapped_once_loaded(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", ["pickapic", "trl", "hpdv2", "imagerewarddb", "columns"])
+@pytest.mark.parametrize("layout", ["pickapic", "trl", "hpdv2", "imagerewarddb", "columns", "hpdv3", "webdataset"])
 def test_train_two_steps_on_each_layout(tmp_path, layout):
     """`aif train` 2 steps on tiny-sd15 at 16 px from a small local dataset in each layout."""
     from aifeedback.stages import STAGES
@@ -188,6 +196,8 @@ def test_train_two_steps_on_each_layout(tmp_path, layout):
         write_hpdv2(folder)
     elif layout == "imagerewarddb":
         write_imagereward(folder)
+    elif layout in ("hpdv3", "webdataset"):
+        (write_hpdv3 if layout == "hpdv3" else write_pickapic_wds)(folder)
     else:
         write_custom(folder)
         extra["columns"] = ",".join(f"{k}={v}" for k, v in CUSTOM.items())
@@ -248,7 +258,7 @@ def test_inspect_runs_from_the_command_line_without_model_libraries(tmp_path):
 
 
 LAYOUTS = ["pickapic", *(f"pickapic-{k}" for k in PICKAPIC_KINDS), "trl-bytes", "trl-image", "trl-paths", "hpdv2",
-           "imagerewarddb-paths", "imagerewarddb-image", "columns"]
+           "imagerewarddb-paths", "imagerewarddb-image", "columns", "hpdv3", "webdataset"]
 
 
 def write_layout(folder, layout: str) -> str | None:
@@ -265,6 +275,8 @@ def write_layout(folder, layout: str) -> str | None:
         write_trl(folder, trl_rows(4), kind)
     elif layout == "hpdv2":
         write_hpdv2(folder)
+    elif layout in ("hpdv3", "webdataset"):  # tests/test_hub_sources.py
+        (write_hpdv3 if layout == "hpdv3" else write_pickapic_wds)(folder)
     elif layout.startswith("imagerewarddb-"):
         write_imagereward(folder, kind=kind)
     else:

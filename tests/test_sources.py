@@ -15,7 +15,8 @@ from tests.pairs_fixtures import pickapic_rows, write_pickapic, write_score_dir
 
 def test_each_layout_is_detected(tmp_path, monkeypatch):
     # detection order: an `aif score` output first
-    assert list(S.SOURCES) == ["aif-score", "hpdv2", "imagerewarddb", "unpaired", "trl", "pickapic", "columns"]
+    assert list(S.SOURCES) == ["aif-score", "hpdv2", "hpdv3", "pickapic-wds", "imagerewarddb", "unpaired", "trl",
+                               "pickapic", "columns"]
     with pytest.raises(AifError, match="unknown pair source 'pickapik'; Did you mean 'pickapic'"):
         S.SOURCES["pickapik"]
     later = S.PairSource("hub-x", "a later hub layout", "X", ("x",), lambda t: t == "org/x", S.SOURCES["pickapic"].open)

@@ -26,7 +26,7 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from aifeedback.data import ranked
+from aifeedback.data import hub_sources, ranked
 from aifeedback.data.labels import LABEL_COLUMNS, OPEN_PREFERENCES, PAIR_COLUMNS, UNPAIRED_COLUMNS
 from aifeedback.data.mapping import canonical_cell, canonical_mapping, check_mapping, map_columns, mapped_names, suggest
 from aifeedback.data.rows import HubRows, MappedRows, ParquetRows
@@ -457,6 +457,8 @@ def _hub_table(label: str, ds: Any, how: Opening) -> PairTable:
     if how.columns:
         check_mapping(how.columns, have, label, how.labels)
         return PairTable(label, MAPPED, ds=map_columns(ds, how.columns, None, label))
+    if have is not None and any(c in have for c in hub_sources.WDS_FIELDS["jpg_0"]):  # data/hub_sources.py
+        return PairTable(label, "pickapic-wds", ds=hub_sources.wds_canonical(ds, label, how.labels))
     if have is not None and all(c in have for c in TRL_COLUMNS) and not all(c in have for c in PAIR_COLUMNS):
         return PairTable(label, "trl", ds=map_columns(ds, TRL_MAPPING, None, label, first_wins=True))
     return PairTable(label, "pickapic", ds=ds)
@@ -551,12 +553,38 @@ def _open_mapped(target: str, how: Opening) -> PairTable:
     return _in_place(path, files, MAPPED, how.columns, first_wins=False)
 
 
+def _open_hpdv3(target: str, how: Opening) -> PairTable:
+    """HPDv3 JSON files (data/hub_sources.py), one pair per record, path1 preferred."""
+    path = Path(target).expanduser()
+    ds, resolver = hub_sources.hpdv3_table(path, split_files(path, hub_sources.hpdv3_files(path), how.split))
+    return PairTable(str(path), "hpdv3", ds=ds, lazy=resolver)
+
+
+def _is_wds(target: str) -> bool:
+    """Pick-a-Pic WebDataset shards: a .tar file, or a folder of them with no Parquet/Arrow file (which would win)."""
+    path = Path(target).expanduser()
+    return not (path.is_dir() and data_files(path)) and hub_sources.is_pickapic_wds(path)
+
+
+def _open_wds(target: str, how: Opening) -> PairTable:
+    """Pick-a-Pic v2 in local WebDataset tar shards (data/hub_sources.py), streamed when the consumer streams."""
+    path = Path(target).expanduser()
+    files = split_files(path, hub_sources.wds_files(path), how.split)
+    return PairTable(str(path), "pickapic-wds", ds=hub_sources.wds_table(path, files, how.streaming, how.labels))
+
+
 MAPPED = "columns"
 register(PairSource("aif-score", "an `aif score` output: manifest.json + data/train-*.parquet pairs",
                     "`aif score` output", (), _is_output, _open_output))
 register(PairSource("hpdv2", "HPDv2 annotation JSON (prompt + file_path + human_preference, or prompt + image_path "
                     "+ rank) with its image folders; ranked lists made pairs (--ranked-pairs)", "HPDv2", (),
                     _is_hpdv2, _open_hpdv2))
+register(PairSource("hpdv3", "HPDv3 JSON (prompt, path1 = the preferred image, path2; MizzenAI/HPDv3 train.json, "
+                    "test.json) with its extracted images, paths relative to the JSON file's folder", "HPDv3", (),
+                    lambda t: bool(hub_sources.hpdv3_files(Path(t).expanduser())), _open_hpdv3))
+register(PairSource("pickapic-wds", "Pick-a-Pic v2 as WebDataset .tar shards ({key}.jpg_0.jpg, jpg_1.jpg, "
+                    "label_0.txt, label_1.txt, original_prompt.txt: sayakpaul/pickapic_v2_webdataset), local or hub",
+                    "Pick-a-Pic WebDataset", (), _is_wds, _open_wds))
 register(PairSource("imagerewarddb", "ImageRewardDB tables (prompt_id, prompt, rank, image_path or image: one row "
                     "per image); ranked lists made pairs (--ranked-pairs)", "ImageRewardDB",
                     ranked.IMAGEREWARD_COLUMNS, _is_imagereward, _open_imagereward))

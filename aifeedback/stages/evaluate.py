@@ -8,8 +8,9 @@
 3. The main process writes report.json / report.md / report.html and grids/*.png (see `aifeedback.evaluation.report`).
 A rerun of a finished eval with the same settings loads no model: it prints the report's win rates again.
 
-`--scorer-accuracy DATASET` instead measures how often each scorer agrees with human labels on a Pick-a-Pic-layout
-set (non-tie pairs; the paper's Table 2), so users can pick a scorer before training on its labels.
+`--scorer-accuracy DATASET` instead measures how often each scorer agrees with human labels on any set a pair source
+reads (non-tie pairs; the paper's Table 2, and the HPSv3 README's table on HPDv3 / HPDv2 test), so users can pick a
+scorer before training on its labels.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from aifeedback.config import build_config, identity_dict, save_config, to_dict
 from aifeedback.console import finish, nested, progress, quiet_libraries
 from aifeedback.data.labels import LABEL_COLUMNS, PAIR_COLUMNS, winner_of
 from aifeedback.data.mapping import parse_columns
-from aifeedback.data.sources import open_pairs
+from aifeedback.data.sources import open_pairs, source_for
 from aifeedback.dist import process_state
 from aifeedback.errors import DataError
 from aifeedback.evaluation.report import build_report, example_keys, write_report
@@ -46,6 +47,10 @@ from aifeedback.storage.shards import shard_files
 
 # The paper's Table 2: agreement with human labels on Pick-a-Pic v2 validation (non-tie pairs), in %.
 PAPER_ACCURACY = {"pickscore": 64.2, "hpsv2": 59.3, "clip": 57.1, "aesthetic": 51.4}
+# accuracy.md's published column per pair source (the set it reads): (title, {scorer: %}); REFERENCE.md section 11
+PUBLISHED = {"hpdv3": ("HPSv3 README (HPDv3 test)", {"hpsv3": 76.9}),
+             "hpdv2": ("HPSv3 README (HPDv2 test)", {"pickscore": 79.8, "hpsv2": 83.3, "hpsv3": 85.4}),
+             "imagerewarddb": ("HPSv3 README (ImageReward test)", {"imagereward": 65.1})}
 
 
 def run(cfg: EvalConfig) -> dict[str, Any] | None:
@@ -368,7 +373,8 @@ def scorer_accuracy(cfg: EvalConfig) -> dict[str, Any] | None:
         accs = {spec: preference_accuracy([s[n][0] for _, _, s in every], [s[n][1] for _, _, s in every], labels,
                                           cfg.bootstrap, cfg.seed).to_dict()
                 for n, spec in enumerate(cfg.scorers)}
-        result = {"dataset": cfg.scorer_accuracy, "split": cfg.split, "n_pairs": len(every),
+        source = "columns" if cfg.columns else source_for(cfg.scorer_accuracy).name
+        result = {"dataset": cfg.scorer_accuracy, "split": cfg.split, "source": source, "n_pairs": len(every),
                   "protocol": "non-tie human pairs; a scorer is right when it scores the human winner higher "
                               "(exact score ties count 0.5); 95% CI: percentile bootstrap over pairs",
                   "scorers": accs}
@@ -387,10 +393,11 @@ def scorer_accuracy(cfg: EvalConfig) -> dict[str, Any] | None:
 def accuracy_markdown(result: dict[str, Any]) -> str:
     """accuracy.md: one row per scorer, next to the paper's Table 2 figure where there is one."""
     lines = [f"# Scorer accuracy on {result['dataset']} ({result['n_pairs']} non-tie pairs)", "",
-             result["protocol"] + ".", "",
-             "| scorer | accuracy | 95% CI | score ties | paper (Pick-a-Pic v2 val) |", "|---|---|---|---|---|"]
+             result["protocol"] + ".", ""]
+    title, published = PUBLISHED.get(result.get("source"), ("paper (Pick-a-Pic v2 val)", PAPER_ACCURACY))
+    lines += [f"| scorer | accuracy | 95% CI | score ties | {title} |", "|---|---|---|---|---|"]
     for spec, a in result["scorers"].items():
-        paper = PAPER_ACCURACY.get(spec.split(":")[0])
+        paper = published.get(spec.split(":")[0])
         lines.append(f"| {spec} | {100 * a['accuracy']:.1f}% | {100 * a['ci_low']:.1f} - {100 * a['ci_high']:.1f}% "
                      f"| {a['score_ties']} | {f'{paper}%' if paper else '-'} |")
     return "\n".join(lines) + "\n"

@@ -54,8 +54,8 @@ class EvalConfig:
     thumb: int = option(256, "longest side of the images in report.html and grids/, px", min=16, identity=False)
     bootstrap: int = option(10_000, "bootstrap resamples for the 95% intervals", min=100, identity=False)
     scorer_accuracy: Optional[str] = option(
-        None, "instead of comparing models: accuracy of each scorer vs human labels on this Pick-a-Pic-layout set "
-        "(local Parquet dir or hub id)", path=True)
+        None, "instead of comparing models: accuracy of each scorer vs human labels on this set (any pair source: "
+        "Pick-a-Pic Parquet, HPDv3 test.json, HPDv2, ...; local or hub id)", path=True)
     columns: list[str] = option([], COLUMNS_HELP + " (--scorer-accuracy)")
     ranked_pairs: Literal[RANKED_PAIRINGS] = option("all", RANKED_HELP + " (--scorer-accuracy)")
     benchmark: Optional[str] = option(None, "also report this benchmark's scores for both models (geneval: overall "

@@ -4,7 +4,8 @@ It opens DATASET with the one pair reader (aifeedback.data.sources: the source t
 counts its rows with the one label rule (pairs with a clear winner, ties, unlabelled and bad rows, which side
 wins), and writes OUT/inspect.html (a seeded sample of pairs as training will see them, built from the eval
 report's cards and stylesheet) and OUT/summary.json. Only label columns are read for the counts; images are read
-for the shown examples only. A local folder is read offline; a hub id is streamed (no download of the whole set).
+for the shown examples only. A local folder is read offline; a hub id and WebDataset shards are streamed (no
+download or cache copy of the whole set).
 """
 
 from __future__ import annotations
@@ -12,16 +13,19 @@ from __future__ import annotations
 import html
 import random
 import time
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from aifeedback.config import identity_dict, to_dict
 from aifeedback.console import finish
+from aifeedback.data import leakage
 from aifeedback.data.images import decode_image
 from aifeedback.data.labels import LABEL_COLUMNS, PAIR_COLUMNS, winner_of
 from aifeedback.data.mapping import parse_columns
 from aifeedback.data.pairs import PairStats
-from aifeedback.data.sources import PairTable, open_pairs
+from aifeedback.data.sources import PairTable, open_pairs, source_for
+from aifeedback.errors import DataError
 from aifeedback.evaluation.report import figure_card, render_template
 from aifeedback.stages.inspect_config import InspectConfig
 from aifeedback.storage.files import atomic_write_text, write_json
@@ -35,9 +39,10 @@ def run(cfg: InspectConfig) -> dict[str, Any]:
     """Count, sample and write; returns the summary (also OUT/summary.json)."""
     start = time.perf_counter()
     out = Path(cfg.out)
-    local = Path(cfg.dataset).expanduser().exists()
-    table = open_pairs(cfg.dataset, cfg.split, labels=False, streaming=not local, columns=parse_columns(cfg.columns),
+    table = open_pairs(cfg.dataset, cfg.split, labels=False, streaming=_streams(cfg.dataset, cfg.columns),
+                       columns=parse_columns(cfg.columns),
                        pairing=cfg.ranked_pairs)  # first: a dataset no source reads leaves no --out behind
+    test = _open_against(cfg)
     manifest = prepare_output(out, "inspect", to_dict(cfg), identity_dict(cfg), cfg.overwrite)
     have = table.columns
     labelled = have is None or all(c in have for c in LABEL_COLUMNS)
@@ -50,15 +55,40 @@ def run(cfg: InspectConfig) -> dict[str, Any]:
         "unlabelled": stats.unlabelled, "bad_rows": stats.bad_labels, "bad_row_examples": stats.bad_label_examples,
         "label_balance": {"jpg_0": sum(w == 0 for _, w in winners), "jpg_1": sum(w == 1 for _, w in winners)},
         "examples": len(examples), "unreadable_example_images": sum(e["unreadable"] for e in examples),
-        "limit": cfg.limit, "seconds": round(time.perf_counter() - start, 3),
+        "limit": cfg.limit,
     }
+    if test is not None:
+        summary["leakage"] = check_leakage(table, test, cfg.against, cfg.limit)
+    summary["seconds"] = round(time.perf_counter() - start, 3)
     write_json(out / SUMMARY, summary)
     atomic_write_text(out / PAGE, render_page(summary, examples, cfg.thumb))
     finish_output(out, manifest, rows=stats.rows, pairs=stats.kept, ties=stats.ties, bad_rows=stats.bad_labels)
     print(describe(summary))
+    if cfg.fail_on_leak and summary.get("leakage", {}).get("leak"):  # the report is written: the user reads it
+        raise DataError(f"--fail-on-leak: {leakage.describe(summary['leakage']).strip()} (report: {out / SUMMARY})")
     finish("inspect", out, f"{stats.kept} pairs of {stats.rows} rows, {len(examples)} shown in {PAGE}",
            f"aif train --dataset {cfg.dataset}" + (f" --split {cfg.split}" if cfg.split else ""))
     return summary
+
+
+def _open_against(cfg: InspectConfig) -> PairTable | None:
+    """The --against test set, opened (and its layout checked) before any output is written."""
+    if not cfg.against:
+        return None
+    return open_pairs(cfg.against, cfg.against_split, labels=False, streaming=_streams(cfg.against))
+
+
+def _streams(target: str, columns: list[str] | None = None) -> bool:
+    """Whether inspect streams `target`: a hub id, and local WebDataset shards (read in one pass, never copied into
+    the `datasets` cache); other local data is read in place."""
+    return not Path(target).expanduser().exists() or (not columns and source_for(target).name == "pickapic-wds")
+
+
+def check_leakage(table: PairTable, test: PairTable, label: str, limit: int | None) -> dict[str, Any]:
+    """Prompts and images the inspected table (its first --limit rows) shares with the test table."""
+    columns = ["caption", "jpg_0", "jpg_1"]
+    rows = table.iter_rows(columns)
+    return leakage.overlap(islice(rows, limit) if limit else rows, leakage.index(test.iter_rows(columns)), label)
 
 
 def count_labels(table: PairTable, limit: int | None) -> tuple[PairStats, list[tuple[int, int]]]:
@@ -118,6 +148,8 @@ def describe(s: dict[str, Any]) -> str:
     if not s["labelled"]:
         lines.append("  no label_0/label_1: only `aif score` can use it (it relabels pairs); for training map the "
                      "labels with --columns ...,label=COLUMN")
+    if "leakage" in s:
+        lines.append(leakage.describe(s["leakage"]))
     if s["unreadable_example_images"]:
         lines.append(f"  {s['unreadable_example_images']} unreadable image(s) among the {s['examples']} examples")
     return "\n".join(lines)

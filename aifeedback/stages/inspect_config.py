@@ -30,12 +30,20 @@ class InspectConfig:
                            min=0)
     seed: int = option(0, "seed of the examples' sample")
     thumb: int = option(192, "longest side of the images in inspect.html, px", min=16, identity=False)
+    against: Optional[str] = option(None, "leakage check: a test set (any layout, local or hub id) whose prompts "
+                                          "(exact and case/whitespace-normalised) and byte-identical images are "
+                                          "looked for in DATASET; counts and examples in the report", path=True)
+    against_split: Optional[str] = option(None, "split of --against (as --split; null = every file)")
+    fail_on_leak: bool = option(False, "exit with an error (after writing the report) when --against finds a "
+                                       "shared prompt or image")
     overwrite: bool = option(False, "replace another output in --out", identity=False)
     progress: bool = option(True, "accepted for a uniform command line; inspect draws no progress bar",
                             identity=False)
 
     def validate(self) -> list[str]:
         problems = [] if self.dataset else ["dataset: pass the folder, file or hub id to inspect"]
+        if self.fail_on_leak and not self.against:
+            problems.append("fail_on_leak: needs --against TEST_DATA (the set to check DATASET against)")
         return problems + columns_problems(self.columns)
 
     def preflight(self) -> None:
@@ -43,4 +51,6 @@ class InspectConfig:
         from aifeedback.preflight import check_apart, check_dataset
 
         check_dataset(self.dataset, "dataset")
+        if self.against:
+            check_dataset(self.against, "--against")
         check_apart(self.out, input_paths(self))  # the inputs exist: an --out over one would clobber it
