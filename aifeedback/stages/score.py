@@ -191,7 +191,7 @@ def _score_phase(cfg, inp, shards, starts, todo: list[int], out: Path, state) ->
     if device == "cuda" and state.device.type == "cuda":
         device = str(state.device)  # plain "cuda" under accelerate launch: this process's own GPU, not cuda:0
     dtype = _resolve_dtype(cfg, device)
-    scorers = [registry.load_scorer(s, device, dtype) for s in cfg.scorer]
+    scorers = [registry.load_scorer(s, device, dtype) for s in cfg.served(cfg.scorer, "--scorer")]
     groups = [ImageGroup(i, [[((starts[i] + u, slot, row, col, unit.prompt_id), (row, col), unit.prompt)
                               for u, unit in enumerate(shards[i]) for slot, (row, col) in enumerate(unit.images)]])
               for i in todo]
