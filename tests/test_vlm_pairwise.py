@@ -117,3 +117,62 @@ def test_eval_win_rates_with_a_pairwise_judge(server):
         p = 0.5 + 0.3 * (b - a) / 255
         assert judged == pytest.approx((1 - p, p), abs=1e-9)
         assert (redness[1] > redness[0]) == (b > a) and (brightness[0] == brightness[1]) == (a == b)
+
+
+def red(data: bytes) -> float:
+    import io
+
+    import numpy as np
+
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), np.float64)[..., 0].mean() / 255
+
+
+def test_aif_score_labels_each_pair_with_the_judges_own_verdict(server, tmp_path):
+    """`aif score --scorer vlm-pairwise --reward-url URL` on 2 prompts x 3 images: every two images of a prompt are
+    judged (both orders), the best-worst pair is picked by mean win probability, and its label and score_0 are the
+    judge's direct P(jpg_0 better) on those two, not two separate scores compared."""
+    from aifeedback.stages.score import run
+    from tests.test_score import cfg, image_scores, make_generate_dir, read_pairs
+
+    url, fake = server
+    fake.by_red = True
+    rows = make_generate_dir(tmp_path / "gen", n_prompts=2, k=3)
+    run(cfg(input=str(tmp_path / "gen"), out=str(tmp_path / "pairs"), scorer=["vlm-pairwise"],
+            reward_url=f"{url}/v1"))
+    assert len(fake.bodies) == 1 + 2 * 3 * 2  # preflight, then 3 pairs per prompt in both orders
+    pairs = read_pairs(tmp_path / "pairs")
+    assert len(pairs) == 2
+    for p in pairs:
+        direct = 0.5 + 0.3 * (red(p["jpg_0"]) - red(p["jpg_1"]))
+        assert p["score_0"] == pytest.approx(direct, abs=3e-3) and p["score_1"] == pytest.approx(1 - p["score_0"])
+        assert p["label_0"] == float(p["score_0"] > 0.5) and p["margin"] == pytest.approx(abs(2 * p["score_0"] - 1))
+    reds = [red(r["image"]) for r in rows]
+    for r in image_scores(tmp_path / "pairs"):
+        others = [0.5 + 0.3 * (reds[r["row"]] - reds[o]) for o in range(3 * (r["row"] // 3), 3 * (r["row"] // 3) + 3)
+                  if o != r["row"]]
+        assert r["raw"][0] == pytest.approx(sum(others) / 2, abs=3e-3) and r["wins"][r["slot"]] is None
+
+
+def test_aif_score_with_the_local_pairwise_judge_is_compare(judge, tmp_path):
+    """K = 2 on the tiny local judge: the one pair's score_0 is compare(jpg_0, jpg_1)."""
+    import io
+
+    from aifeedback.stages.score import run
+    from tests.test_score import cfg, make_generate_dir, read_pairs
+
+    make_generate_dir(tmp_path / "gen", n_prompts=2, k=2)
+    run(cfg(input=str(tmp_path / "gen"), out=str(tmp_path / "pairs"), scorer=["vlm-pairwise:tiny"], keep_ties=True))
+    pairs = read_pairs(tmp_path / "pairs")
+    assert len(pairs) == 2
+    firsts = [Image.open(io.BytesIO(p["jpg_0"])) for p in pairs]
+    seconds = [Image.open(io.BytesIO(p["jpg_1"])) for p in pairs]
+    expected = judge.compare(firsts, seconds, [p["caption"] for p in pairs])
+    assert [p["score_0"] for p in pairs] == pytest.approx(expected, abs=2e-6)
+
+
+def test_a_pairwise_judge_joins_no_ensemble():
+    from aifeedback.config import ConfigError
+    from tests.test_score import cfg
+
+    with pytest.raises(ConfigError, match="vlm-pairwise:tiny judges pairs itself"):
+        cfg(input="in", out="out", scorer=["vlm-pairwise:tiny", "redness"])

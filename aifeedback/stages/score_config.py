@@ -67,6 +67,8 @@ class ScoreConfig(RewardServerOptions):
     hub_public: bool = option(False, "make the --push-to-hub repo public (default: private)", identity=False)
 
     def validate(self) -> list[str]:
+        from aifeedback.scoring.scorers import is_pairwise
+
         problems = []
         if not self.input:
             problems.append("input: required (an `aif generate` output dir, Pick-a-Pic Parquet dir, or hub id)")
@@ -79,6 +81,9 @@ class ScoreConfig(RewardServerOptions):
         if self.weights and len(self.weights) != len(self.scorer):
             problems.append(f"weights: {len(self.weights)} weight(s) for {len(self.scorer)} scorer(s); give one per "
                             "scorer")
+        if len(self.scorer) > 1 and any(is_pairwise(s) for s in self.scorer):
+            problems.append(f"scorer: {','.join(s for s in self.scorer if is_pairwise(s))} judges pairs itself (it "
+                            "labels each pair with its own verdict) and joins no ensemble; give it alone")
         if self.weights and sum(abs(w) for w in self.weights) == 0:
             problems.append("weights: all zero")
         if self.desirable_top == 0:

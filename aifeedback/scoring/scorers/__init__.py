@@ -167,7 +167,7 @@ def is_pairwise(spec: str) -> bool:
     """Whether the spec names a pairwise judge (it compares two images of a prompt instead of scoring one)."""
     from aifeedback.scoring.scorers.vlm_judges import JUDGES
 
-    name, _ = parse_spec(spec)
+    name = spec.strip().partition(":")[0].strip().lower()  # a misspelt name is parse_spec's to report
     return name in JUDGES and JUDGES[name].pairwise
 
 
