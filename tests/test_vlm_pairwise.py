@@ -176,3 +176,22 @@ def test_a_pairwise_judge_joins_no_ensemble():
 
     with pytest.raises(ConfigError, match="vlm-pairwise:tiny judges pairs itself"):
         cfg(input="in", out="out", scorer=["vlm-pairwise:tiny", "redness"])
+
+
+@pytest.mark.slow
+def test_bench_vlm_pairwise_runs(aif_cache):
+    """bench/vlm.py --judge vlm-pairwise (aif score's pairwise phase) runs on the tiny judge and reports a speed."""
+    import json
+    import os
+    import sys
+    from pathlib import Path
+
+    from tests.launch import run_group
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
+    args = ["--tiny", "--judge", "vlm-pairwise", "--images", "8", "--batch-size", "4", "--image-size", "64"]
+    r = run_group([sys.executable, str(root / "bench" / "vlm.py"), *args], env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert result["images_per_s"] > 0 and result["pairs_per_s"] == pytest.approx(result["images_per_s"] / 2, rel=0.01)
