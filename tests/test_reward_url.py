@@ -74,9 +74,10 @@ def test_aif_score_with_reward_url_equals_the_url_spelling(server, tmp_path):
     url, fake = server
     fake.by_red = True
     make_generate_dir(tmp_path / "gen", n_prompts=2, k=3)
+    fake.delay = 0.05  # requests overlap, so the limit shows
     run(cfg(input=str(tmp_path / "gen"), out=str(tmp_path / "a"), scorer=["vlm"], reward_url=f"{url}/v1",
             reward_concurrency=2, batch_size=4))
-    assert len(fake.bodies) == 1 + 6 and fake.max_in_flight <= 2
+    assert len(fake.bodies) == 1 + 6 and fake.max_in_flight == 2
     run(cfg(input=str(tmp_path / "gen"), out=str(tmp_path / "b"), scorer=[f"vlm:{url}/v1"], batch_size=4))
     a, b = image_scores(tmp_path / "a"), image_scores(tmp_path / "b")
     assert [r["raw"] for r in a] == [r["raw"] for r in b] and len(a) == 6
@@ -134,3 +135,38 @@ def test_the_cli_refuses_an_unreachable_reward_url_before_any_heavy_import(tmp_p
     assert "could not be reached" in result.stderr and "Fix: start it" in result.stderr, result.stderr
     assert "heavy imports: none" in result.stderr and "Traceback" not in result.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_aif_rl_rewards_come_from_the_server(server, tmp_path):
+    """`aif rl --reward vlm --reward-url URL` on tiny-sd3: each rollout image's reward is the served judge's score
+    of that image (the fake's P(Yes) from its red), logged under the reward's own name."""
+    import io
+    import json
+
+    from datasets import load_dataset
+    from PIL import Image
+
+    from aifeedback.stages.rl_config import RLConfig
+    from tests.test_rl_stage import TINY
+
+    url, fake = server
+    fake.by_red = True
+    (tmp_path / "p.txt").write_text("a red apple\na blue car\n")
+    cfg = build_config(RLConfig, dict(TINY, prompts=str(tmp_path / "p.txt"), out=str(tmp_path / "rl"), epochs=1,
+                                      reward="vlm", reward_url=f"{url}/v1"))
+    STAGES["rl"].run(cfg)
+    rows = load_dataset("parquet", data_dir=str(tmp_path / "rl" / "rollouts" / "data"), split="train")
+    red = [np.asarray(Image.open(io.BytesIO(b)).convert("RGB"), np.float64)[..., 0].mean() / 255 for b in rows["image"]]
+    assert rows["reward_vlm"] == pytest.approx([0.01 + 0.98 * r for r in red], abs=3e-3)
+    assert len(fake.bodies) >= 1 + 4  # preflight's test image(s), then the 4 rollout images
+    metrics = [json.loads(line) for line in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
+    assert "reward/vlm" in metrics[0]
+
+
+def test_aif_loop_gives_its_rounds_the_served_judge(tmp_path):
+    from aifeedback.stages.loop import stage_values
+
+    cfg = config("loop", scorer="vlm", reward_url="http://gpu:8000/v1", reward_timeout=30, out=str(tmp_path / "o"))
+    served = "vlm:http://gpu:8000/v1?timeout=30"
+    assert stage_values(cfg, 1, "score")["scorer"] == [served]
+    assert stage_values(cfg, 1, "eval")["scorers"] == [served, "toy-fidelity"]  # --fidelity stays local
