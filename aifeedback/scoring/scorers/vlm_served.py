@@ -5,9 +5,10 @@ query: `model=` (default: the one model the server lists), `concurrency=` (reque
 `timeout=` (seconds per request, default 60), `retries=` (default 3), `top_logprobs=` (default 20, vLLM's default
 limit), `api_key_env=` (the NAME of an environment variable holding the server's API key, sent as a Bearer token;
 the key itself never appears in a spec, a config.yaml or a manifest). `--reward-url` builds such a URL
-(`served_spec`). Each image is one request: its message is the image as a PNG data URL (after Qwen's fetch_image resize)
-then the judge's question; `max_tokens: 1, temperature: 0, logprobs: true, top_logprobs: N`; the score is the judge's
-formula over the answer words found among the first token's top N (an answer outside the top N counts as p = 0).
+(stages/reward_options.py). Each image (a pairwise judge: each pair in each order) is one request: its message is the
+image(s) as PNG data URLs (after Qwen's fetch_image resize) then the judge's question; `max_tokens: 1, temperature: 0,
+logprobs: true, top_logprobs: N`; the score is the judge's formula over the answer words found among the first token's
+top N (an answer outside the top N counts as p = 0).
 A batch's requests run concurrently (a thread pool of `concurrency`). Connection failures, timeouts, HTTP 429 and 5xx
 are retried `retries` times with exponential backoff (0.5 s, 1 s, 2 s, ... at most 8 s); other HTTP errors are not.
 Before any image is made, `probe` asks GET /models, so a server that is down fails in a second, naming the fix, and
