@@ -8,6 +8,9 @@ position's log-probabilities.
   python bench/vlm.py --random-weights --device cuda --dtype bfloat16 --images 64 --batch-size 16
   # CPU smoke run (tiny random Qwen2.5-VL, same pipeline)
   python bench/vlm.py --tiny
+  # a pairwise judge: the images as K = 2 candidates per prompt, judged as aif score does (scoring/pairwise.py:
+  # decode in the main process, each pair shown in both orders, two images per forward row)
+  python bench/vlm.py --tiny --judge vlm-pairwise
 """
 
 from __future__ import annotations
@@ -50,7 +53,8 @@ def real_size(scorer, device: str, dtype: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--judge", default="vlm", help="vlm, vlm-quality or unifiedreward (default vlm)")
+    ap.add_argument("--judge", default="vlm", help="vlm, vlm-quality, unifiedreward, or a pairwise judge: "
+                                                   "vlm-pairwise, unifiedreward-pairwise (default vlm)")
     ap.add_argument("--tiny", action="store_true", help="CPU smoke run: the tiny random Qwen2.5-VL")
     ap.add_argument("--random-weights", action="store_true", help="Qwen2.5-VL-7B architecture, random weights")
     ap.add_argument("--images", type=int, default=64, help="images to score (default 64)")
@@ -82,6 +86,9 @@ def main() -> None:
 
     images = jpeg_images(n, args.image_size)
     prompts = [f"a photo of object number {i // 4}" for i in range(n)]
+    if scorer.judge.pairwise:
+        timed, elapsed = pairwise(scorer, images, bs, args.warmup, device)
+        return report(args, timed, elapsed, workers=0, dtype=dtype, device=device, pairs=True)
     groups = [ImageGroup(g, [[(r, (r, "image"), prompts[r]) for r in range(s, min(s + bs, n))]])
               for g, s in enumerate(range(0, n, bs))]
     batches = (s.keys for s in score_groups(groups, TableImages(MemoryRows(images)), [scorer], bs, workers=workers))
@@ -97,11 +104,43 @@ def main() -> None:
             start, timed = time.perf_counter(), 0
         timed += len(batch)
     sync()
-    elapsed = time.perf_counter() - start if start else float("nan")
+    report(args, timed, time.perf_counter() - start if start else float("nan"), workers, dtype, device)
+
+
+def pairwise(scorer, images: list[bytes], bs: int, warmup: int, device: str) -> tuple[int, float]:
+    """Images per second of aif score's pairwise phase (scoring/pairwise.judge_units) on prompts of 2 images: each
+    pair is one verdict from both orders (2 forward rows of 2 images), `bs` rows per forward."""
+    import torch
+    from score import MemoryRows
+
+    from aifeedback.scoring.inputs import Unit
+    from aifeedback.scoring.loop import TableImages
+    from aifeedback.scoring.pairwise import judge_units
+
+    units = [Unit(f"p{i}", f"a photo of object number {i}", [(2 * i, "image"), (2 * i + 1, "image")])
+             for i in range(len(images) // 2)]
+    read, per_call = TableImages(MemoryRows(images)), max(1, bs // 2)  # pairs per call: 2 rows (orders) each
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    timed, start = 0, None
+    for c, s in enumerate(range(0, len(units), per_call)):
+        if c == warmup:
+            sync()
+            start, timed = time.perf_counter(), 0
+        judge_units(scorer, units[s : s + per_call], s, read, bs)
+        timed += 2 * len(units[s : s + per_call])
+    sync()
+    return timed, time.perf_counter() - start if start else float("nan")
+
+
+def report(args, timed: int, elapsed: float, workers: int, dtype: str, device: str, pairs: bool = False) -> None:
+    import torch
+
+    n, bs = args.images, args.batch_size
     print(json.dumps({
         "bench": "vlm", "judge": args.judge,
         "model": "Qwen2.5-VL-7B architecture, random weights" if args.random_weights else f"{args.judge}:tiny",
         "images_per_s": round(timed / elapsed, 2), "timed_images": timed, "total_images": n,
+        **({"pairs_per_s": round(timed / 2 / elapsed, 2), "forward_rows_per_pair": 2} if pairs else {}),
         "input": f"JPEG {args.image_size}x{args.image_size} q95", "batch_size": bs, "workers": workers,
         "device": torch.cuda.get_device_name() if device.startswith("cuda") else
         f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",

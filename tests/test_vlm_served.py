@@ -8,6 +8,7 @@ import math
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -33,7 +34,11 @@ class Fake:
         self.bodies: list[dict] = []
         self.in_flight = self.max_in_flight = 0
         self.delay = 0.0
-        self.by_red = False  # P(Yes) = 0.01 + 0.98 * the image's mean red, P(No) the rest
+        self.by_red = False  # P(Yes) = 0.01 + 0.98 * the image's mean red, P(No) the rest; with two images
+        # P("1") = 0.6 + 0.3 * (red of the first - red of the second): the redder one wins, and the first position
+        # is favoured by 0.1 (a position bias that averaging both orders cancels), P("2") the rest
+        self.key = None  # an API key the requests must carry as a Bearer token
+        self.auth: list[str | None] = []
         self.lock = threading.Lock()
 
     def next_action(self, body):
@@ -57,13 +62,24 @@ def handler(fake: Fake):
             self.end_headers()
             self.wfile.write(data)
 
+        def refused(self):
+            fake.auth.append(self.headers.get("Authorization"))
+            if fake.key is not None and self.headers.get("Authorization") != f"Bearer {fake.key}":
+                self.reply(401, {"error": {"message": "bad key"}})
+                return True
+            return False
+
         def do_GET(self):
+            if self.refused():
+                return
             if self.path == "/v1/models":
                 self.reply(200, {"object": "list", "data": [{"id": m, "object": "model"} for m in fake.models]})
             else:
                 self.reply(404, {"error": "not found"})
 
         def do_POST(self):
+            if self.refused():
+                return
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             action = fake.next_action(body)
             try:
@@ -94,8 +110,13 @@ def handler(fake: Fake):
         def by_red_image(self, body, logprobs):
             if not fake.by_red or logprobs is None:
                 return False
-            data = body["messages"][0]["content"][0]["image_url"]["url"].split(",", 1)[1]
-            red = np.asarray(Image.open(io.BytesIO(base64.b64decode(data))), dtype=np.float64)[..., 0].mean() / 255
+            reds = [red_of(part["image_url"]["url"]) for part in body["messages"][0]["content"] if "image_url" in part]
+            if len(reds) == 2:
+                p1 = 0.6 + 0.3 * (reds[0] - reds[1])
+                logprobs["content"][0]["top_logprobs"] = [{"token": "1", "logprob": math.log(p1)},
+                                                          {"token": "2", "logprob": math.log(1 - p1)}]
+                return True
+            red = reds[0]
             logprobs["content"][0]["top_logprobs"] = [{"token": "Yes", "logprob": math.log(0.01 + 0.98 * red)},
                                                       {"token": "No", "logprob": math.log(0.99 - 0.98 * red)}]
             return True
@@ -103,8 +124,20 @@ def handler(fake: Fake):
     return Handler
 
 
+def red_of(data_url: str) -> float:
+    data = data_url.split(",", 1)[1]
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data))), dtype=np.float64)[..., 0].mean() / 255
+
+
 @pytest.fixture
 def server():
+    with fake_server() as served:
+        yield served
+
+
+@contextmanager
+def fake_server():
+    """(the server's http://127.0.0.1:PORT, its Fake) while the server runs."""
     fake = Fake()
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler(fake))
     httpd.daemon_threads, httpd.block_on_close = True, False
@@ -126,7 +159,7 @@ def test_scores_are_p_yes_over_yes_and_no_and_requests_are_the_api(server):
     ims = images(3)
     assert s.score(ims, ["a cat", "a dog", "a cow"]) == pytest.approx([0.75] * 3)
     assert len(fake.bodies) == 3
-    body = fake.bodies[0]
+    body = next(b for b in fake.bodies if "a cat" in b["messages"][0]["content"][1]["text"])  # requests run at once
     assert body["model"] == "judge-model" and body["max_tokens"] == 1 and body["logprobs"] is True
     assert body["top_logprobs"] == 20 and body["temperature"] == 0.0
     image_part, text_part = body["messages"][0]["content"]
@@ -243,7 +276,7 @@ def test_aif_score_runs_on_the_served_judge(server, tmp_path):
     fake.by_red = True
     rows = make_generate_dir(tmp_path / "gen", n_prompts=2, k=3)
     run(cfg(input=str(tmp_path / "gen"), out=str(tmp_path / "pairs"), scorer=f"vlm:{url}/v1", batch_size=4))
-    assert len(fake.bodies) == 6 and len(read_pairs(tmp_path / "pairs")) == 2
+    assert len(fake.bodies) == 1 + 6 and len(read_pairs(tmp_path / "pairs")) == 2  # preflight's test image + 6
     red = [np.asarray(Image.open(io.BytesIO(r["image"])).convert("RGB"), np.float64)[..., 0].mean() / 255 for r in rows]
     scored = image_scores(tmp_path / "pairs")
     assert len(scored) == 6

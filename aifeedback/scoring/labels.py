@@ -31,14 +31,16 @@ class Record:
     prompt_id: str
     raw: list[float] | None
     error: str | None
+    wins: list[float | None] | None = None  # a pairwise judge's P(better than slot j) (scoring/pairwise.py)
 
 
-def scores_schema():
-    """Arrow schema of the per-image score shards."""
+def scores_schema(pairwise: bool = False):
+    """Arrow schema of the per-image score shards (a pairwise judge's also hold each image's `wins`)."""
 
     return pa.schema([
         ("unit", pa.int64()), ("slot", pa.int64()), ("row", pa.int64()), ("column", pa.string()),
         ("prompt_id", pa.string()), ("raw", pa.list_(pa.float64())), ("error", pa.string()),
+        *([("wins", pa.list_(pa.float64()))] if pairwise else []),
     ])
 
 
@@ -50,7 +52,8 @@ def load_scores(files: list[Path], n_scorers: int) -> dict[int, list[Record]]:
         for r in pq.read_table(f).to_pylist():
             if r["raw"] is not None and len(r["raw"]) != n_scorers:
                 raise RuntimeError(f"{f}: {len(r['raw'])} scores per image, expected {n_scorers}")
-            table[r["unit"]].append(Record(r["slot"], r["row"], r["column"], r["prompt_id"], r["raw"], r["error"]))
+            table[r["unit"]].append(Record(r["slot"], r["row"], r["column"], r["prompt_id"], r["raw"], r["error"],
+                                           r.get("wins")))
     for recs in table.values():
         recs.sort(key=lambda r: r.slot)
     return dict(table)
@@ -88,10 +91,13 @@ def unit_pairs(cfg, kind: str, u: int, recs: list[Record], combined) -> tuple[li
     idx = [(0, 1)] if kind == "pairs" else select_pairs(scores, cfg.pairing, valid[0].prompt_id, cfg.seed)
     pairs = []
     for i, j in idx:
-        lab = label(scores[i], scores[j], cfg.min_margin)
+        a, b = valid[i], valid[j]
+        # a pairwise judge's pair is its direct verdict on the two: P(a better), P(b better) = 1 - that
+        s_a, s_b = (a.wins[b.slot], b.wins[a.slot]) if a.wins is not None else (scores[i], scores[j])
+        lab = label(s_a, s_b, cfg.min_margin)
         if lab is None and cfg.keep_ties:
             lab = (0.5, 0.5)
-        pairs.append(Pair(valid[i], valid[j], scores[i], scores[j], lab))
+        pairs.append(Pair(a, b, s_a, s_b, lab))
     return pairs, None
 
 

@@ -218,7 +218,15 @@ def score_pairs(cfg: EvalConfig, pairs: Iterable[tuple[Any, Any, str]], read, si
     prompt) pairs: groups of --scorer-batch-size pairs, round-robin over processes. `total`: the number of pairs,
     for the progress bar. An unreadable image is a DataError naming its pair and side."""
     state = process_state()
-    scorers = [registry.load_scorer(spec, device=_device(cfg, state), dtype=cfg.scorer_dtype) for spec in cfg.scorers]
+    specs = cfg.served(cfg.scorers, "--scorers", local=[benchmark_spec(cfg)] if cfg.benchmark else [])
+    pairwise = [n for n, spec in enumerate(cfg.scorers) if registry.is_pairwise(spec)]
+    if pairwise:  # judged pair by pair (judge_pairs); the loop below scores the others image by image
+        pairs = list(pairs)
+        judged = {n: judge_pairs(cfg, pairs, read, specs[n], state, sides) for n in pairwise}
+        if len(pairwise) == len(specs):
+            return {key: [judged[n][key] for n in pairwise] for key in judged[pairwise[0]]}
+    scorers = [registry.load_scorer(spec, device=_device(cfg, state), dtype=cfg.scorer_dtype)
+               for n, spec in enumerate(specs) if n not in pairwise]
     size, rank, world = cfg.scorer_batch_size, state.process_index, state.num_processes
     mine = None if total is None else sum(2 * min(size, total - g) for g in range(rank * size, total, world * size))
     bar = progress(total=mine, desc=desc, unit="img", enabled=cfg.progress and state.is_main_process)
@@ -232,7 +240,41 @@ def score_pairs(cfg: EvalConfig, pairs: Iterable[tuple[Any, Any, str]], read, si
     del scorers
     gc.collect()
     _empty_cache()
+    if pairwise:  # each pairwise judge's (1 - p, p) back in its place among the scorers
+        for key, sides in by_key.items():
+            scores = iter(zip(*sides, strict=True))
+            by_key[key] = [judged[n][key] if n in pairwise else next(scores) for n in range(len(specs))]
+        return by_key
     return {key: list(zip(s0, s1, strict=True)) for key, (s0, s1) in by_key.items()}
+
+
+def judge_pairs(cfg: EvalConfig, pairs: list[tuple[Any, Any, str]], read, spec: str, state,
+                sides: tuple[str, str]) -> dict[Any, tuple]:
+    """key -> (1 - p, p) of this process's share of the pairs, p = P(side 1's image is better) from a pairwise
+    judge that sees both images (both orders averaged, vlm_judges.PairJudging.compare), so a win rate counts the
+    pairs where p > 0.5 and the side means are the mean probabilities of winning. Batches of --scorer-batch-size
+    pairs, round-robin over processes."""
+    judge = registry.load_scorer(spec, device=_device(cfg, state), dtype=cfg.scorer_dtype)
+    size, rank, world = cfg.scorer_batch_size, state.process_index, state.num_processes
+    out: dict[Any, tuple] = {}
+    for start in range(rank * size, len(pairs), world * size):
+        batch = pairs[start : start + size]
+        first, second = ([_decoded(key, side, sides, b) for (key, _, _), b in zip(batch, read([p[1][side] for p in
+                          batch]))] for side in (0, 1))
+        ps = judge.compare(second, first, [p[2] for p in batch], batch_size=FORWARD_BATCH // 2)
+        out.update({key: (1.0 - p, p) for (key, _, _), p in zip(batch, ps, strict=True)})
+    del judge
+    gc.collect()
+    return out
+
+
+def _decoded(key, side: int, sides: tuple[str, str], value):
+    from aifeedback.data.images import decode_image
+
+    try:
+        return decode_image(value, rgb=False)  # in its own mode, as the scoring loop hands images to the scorers
+    except ValueError as e:
+        raise DataError(f"pair {key}, {sides[side]} image: {e}") from None
 
 
 def score_twins(cfg: EvalConfig, rows: list[dict[str, Any]]) -> dict[str, tuple[list[float], list[float]]]:

@@ -12,10 +12,11 @@ from aifeedback.config import input_paths, option, side_problems
 from aifeedback.data.labels import COLUMNS_HELP, RANKED_HELP, RANKED_PAIRINGS
 from aifeedback.data.mapping import columns_problems
 from aifeedback.families.resolve import DTYPES, SCHEDULERS
+from aifeedback.stages.reward_options import RewardServerOptions
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(RewardServerOptions):
     base: str = option("", "base model: tiny name, hub id (stabilityai/stable-diffusion-xl-base-1.0) or local folder",
                        path=True)
     tuned: str = option("", "tuned model: anything --base takes (a whole model), or weights for the base: denoiser "
@@ -72,6 +73,7 @@ class EvalConfig:
             problems += [f"{k}: required (or pass --scorer-accuracy DATASET)" for k in ("base", "tuned")
                          if not getattr(self, k)]
         problems += columns_problems(self.columns) + side_problems(self, "resolution")
+        problems += self.reward_problems(self.scorers, "--scorers")
         if self.benchmark == "geneval" and (self.prompts != "geneval" or self.scorer_accuracy):
             problems.append("benchmark: geneval judges GenEval's own prompts: pass --prompts geneval (and "
                             "--seeds-per-prompt 4, as GenEval), without --scorer-accuracy")
@@ -84,7 +86,7 @@ class EvalConfig:
         from aifeedback.families.resolve import check_available, check_pipeline, is_pipeline
         from aifeedback.preflight import check_apart, check_dataset, check_device, check_rule_prompts, check_scorers
 
-        check_scorers(self.scorers, "--scorers")
+        check_scorers(self.served(self.scorers, "--scorers"), "--scorers")
         if self.scorer_accuracy:
             check_dataset(self.scorer_accuracy, "--scorer-accuracy")
         else:

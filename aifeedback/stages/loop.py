@@ -98,6 +98,11 @@ def train_values(cfg: LoopConfig, r: int) -> dict[str, Any]:
     return values
 
 
+def reward_spec(cfg: LoopConfig) -> str:
+    """--scorer as the rounds' score and eval stages load it: NAME:URL with --reward-url."""
+    return cfg.served([cfg.scorer], "--scorer")[0]
+
+
 def stage_values(cfg: LoopConfig, r: int, stage: str) -> dict[str, Any]:
     """The settings of `stage` in round r, as a dict for build_config (train's depend on earlier outputs)."""
     out = Path(cfg.out)
@@ -110,13 +115,13 @@ def stage_values(cfg: LoopConfig, r: int, stage: str) -> dict[str, Any]:
                 "images_per_prompt": cfg.images_per_prompt, "seed": cfg.seed + r - 1, "image_format": "png",
                 "save_latents": True, **images, **where}
     if stage == "score":
-        return {"input": str(stage_dir(out, r, "generate")), "scorer": [cfg.scorer], "pairing": cfg.pairing,
+        return {"input": str(stage_dir(out, r, "generate")), "scorer": [reward_spec(cfg)], "pairing": cfg.pairing,
                 "seed": cfg.seed + r - 1, "workers": 0, "progress": cfg.progress, **where}
     if stage == "train":
         return train_values(cfg, r)
     if stage == "export":
         return {"checkpoint": str(stage_dir(out, r, "train")), "pipeline": True, "progress": cfg.progress, **where}
-    scorers = list(dict.fromkeys([cfg.scorer] + ([cfg.fidelity] if cfg.fidelity else [])))
+    scorers = list(dict.fromkeys([reward_spec(cfg)] + ([cfg.fidelity] if cfg.fidelity else [])))
     return {"base": cfg.model, "tuned": str(stage_dir(out, r, "export")), "prompts": eval_prompts,
             "seeds_per_prompt": cfg.eval_seeds, "seed": cfg.seed + 1, "scorers": scorers, **images, **where}
 
@@ -142,7 +147,8 @@ def open_folder(cfg: LoopConfig) -> dict[str, Any]:
 def report(cfg: LoopConfig) -> dict[str, Any]:
     """Rebuild OUT/report.json and report.html from the finished rounds' outputs; returns the report."""
     out = Path(cfg.out)
-    records = [round_record(r, {s: stage_dir(out, r, s) for s in ROUND_STAGES}, cfg.scorer, cfg.fidelity)
+    records = [round_record(r, {s: stage_dir(out, r, s) for s in ROUND_STAGES}, reward_spec(cfg),
+                            cfg.fidelity)
                for r in finished_rounds(out) if r <= cfg.rounds]
     meta = {k: getattr(cfg, k) for k in ("model", "scorer", "fidelity", "reference", "images_per_prompt",
                                           "train_steps", "lora_rank", "loss", "beta", "lr", "seed")}

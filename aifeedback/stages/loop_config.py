@@ -11,13 +11,14 @@ from typing import Literal, Optional
 
 from aifeedback.config import input_paths, option, side_problems
 from aifeedback.losses import LOSSES
+from aifeedback.stages.reward_options import RewardServerOptions
 from aifeedback.stages.train_config import TrainConfig
 
 TOY = "toy"  # --prompts / --eval-prompts: captions of the toy world, written to OUT/prompts/
 
 
 @dataclass
-class LoopConfig:
+class LoopConfig(RewardServerOptions):
     out: str = option("runs/loop", "output folder: round-NN/ (generate, score, train, export, eval), report.json/.html",
                       identity=False)
     rounds: int = option(3, "rounds of generate -> score -> train -> export -> eval; raising it on a finished loop "
@@ -66,7 +67,7 @@ class LoopConfig:
     def validate(self) -> list[str]:
         from aifeedback.zoo.toy_world import all_captions
 
-        problems = side_problems(self, "resolution")
+        problems = side_problems(self, "resolution") + self.reward_problems([self.scorer], "--scorer")
         if LOSSES[self.loss].unpaired:  # e.g. kto: it trains on scored single images, not pairs
             problems.append(f"loss: {self.loss} trains on unpaired images; the loop trains on pairs, so choose a "
                             f"paired loss ({', '.join(k for k, v in LOSSES.items() if not v.unpaired)})")
@@ -88,7 +89,7 @@ class LoopConfig:
         from aifeedback.preflight import check_apart, check_scorers
 
         check_available(self.model, "base model")
-        check_scorers([self.scorer] + ([self.fidelity] if self.fidelity else []))
+        check_scorers(self.served([self.scorer], "--scorer") + ([self.fidelity] if self.fidelity else []))
         for source in (self.prompts, self.eval_prompts):
             if source != TOY:
                 source_kind(source)

@@ -127,7 +127,8 @@ class RLRecipe:
         optimizer, self.lr_sched = make_optimizer(cfg, self.params, cfg.lr)
         self.model, self.optimizer = acc.prepare(self.model, optimizer)
         self.ema = make_ema(self.params, cfg.ema_decay, sharded=False)
-        self.scorers = {spec: load_scorer(spec, str(self.device)) for spec in self.weights}
+        self.scorers = {spec: load_scorer(served, str(self.device))  # --reward-url: NAME:URL
+                        for spec, served in zip(self.weights, cfg.served(self.weights, "--reward"))}
         self.prompts = [p.text for p in load_prompts(cfg.prompts, cfg.prompt_column)]
         self.sampler = self._setup_sampler()
         self.state = self._setup_resume()

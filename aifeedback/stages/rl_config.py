@@ -14,6 +14,7 @@ from typing import Literal, Optional
 from aifeedback.config import input_paths, option, side_problems
 from aifeedback.errors import AifError
 from aifeedback.rl import ALGORITHMS
+from aifeedback.stages.reward_options import RewardServerOptions
 
 
 def reward_weights(spec: str) -> dict[str, float]:
@@ -48,8 +49,17 @@ def family_kind(model: str) -> Optional[str]:
     return {"transformer": "flow", "unet": "unet"}.get(found[1])
 
 
+def reward_problems(cfg: RLConfig, specs: list[str]) -> list[str]:
+    """--reward-url's problems with the rewards, and pairwise judges (no reward for one image) refused."""
+    from aifeedback.scoring.scorers import is_pairwise
+
+    return cfg.reward_problems(specs, "--reward") + [
+        f"--reward {spec}: a pairwise judge compares two images and gives no reward to one image, which GRPO needs. "
+        f"Fix: use a pointwise judge (vlm, unifiedreward)" for spec in specs if is_pairwise(spec)]
+
+
 @dataclass
-class RLConfig:
+class RLConfig(RewardServerOptions):
     # generation: what each epoch samples from the current policy
     model: str = option("stabilityai/stable-diffusion-3.5-medium", "base model: tiny name, hub id or local diffusers "
                                                                    "folder of a supported family (`aif models`)",
@@ -124,7 +134,7 @@ class RLConfig:
     def validate(self) -> list[str]:
         problems = side_problems(self, "resolution")
         try:
-            reward_weights(self.reward)
+            problems += reward_problems(self, list(reward_weights(self.reward)))
         except AifError as e:
             problems.append(str(e))
         if self.warmup_steps > self.max_steps:
@@ -146,7 +156,7 @@ class RLConfig:
         from aifeedback.families.resolve import check_available
         from aifeedback.preflight import check_apart, check_device, check_package, check_scorers
 
-        check_scorers(reward_weights(self.reward), "--reward")
+        check_scorers(self.served(reward_weights(self.reward), "--reward"), "--reward")
         check_available(self.model)
         kind = family_kind(self.model)
         if kind is not None:

@@ -147,10 +147,10 @@ def scores_path(out: Path, index: int) -> Path:
     return out / SCORES_DIR / f"scores-{index:05d}.parquet"
 
 
-def _write_scores(out: Path, index: int, rows: list[dict[str, Any]]) -> None:
+def _write_scores(out: Path, index: int, rows: list[dict[str, Any]], pairwise: bool = False) -> None:
 
     buf = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pylist(rows, schema=scores_schema()), buf)
+    pq.write_table(pa.Table.from_pylist(rows, schema=scores_schema(pairwise)), buf)
     atomic_write_bytes(scores_path(out, index), buf.getvalue().to_pybytes())
 
 
@@ -191,7 +191,14 @@ def _score_phase(cfg, inp, shards, starts, todo: list[int], out: Path, state) ->
     if device == "cuda" and state.device.type == "cuda":
         device = str(state.device)  # plain "cuda" under accelerate launch: this process's own GPU, not cuda:0
     dtype = _resolve_dtype(cfg, device)
-    scorers = [registry.load_scorer(s, device, dtype) for s in cfg.scorer]
+    scorers = [registry.load_scorer(s, device, dtype) for s in cfg.served(cfg.scorer, "--scorer")]
+    if registry.is_pairwise(cfg.scorer[0]):  # the only scorer then (ScoreConfig.validate): pairs judged together
+        from aifeedback.scoring.pairwise import judge_units
+
+        for i in todo:
+            _write_scores(out, i, judge_units(scorers[0], shards[i], starts[i], TableImages(inp.rows),
+                                              cfg.batch_size), pairwise=True)
+        return
     groups = [ImageGroup(i, [[((starts[i] + u, slot, row, col, unit.prompt_id), (row, col), unit.prompt)
                               for u, unit in enumerate(shards[i]) for slot, (row, col) in enumerate(unit.images)]])
               for i in todo]

@@ -11,11 +11,12 @@ from typing import Literal, Optional
 from aifeedback.config import input_paths, option
 from aifeedback.data.labels import COLUMNS_HELP, RANKED_HELP, RANKED_PAIRINGS
 from aifeedback.data.mapping import columns_problems
+from aifeedback.stages.reward_options import RewardServerOptions
 
 
 @dataclass
-class ScoreConfig:
-    """Settings of `aif score`."""
+class ScoreConfig(RewardServerOptions):
+    """Settings of `aif score` (--reward-url and its settings: RewardServerOptions)."""
 
     input: str = option("", "an `aif generate` output dir, a Pick-a-Pic-layout Parquet dir/file, or a hub dataset id",
                         path=True)
@@ -66,6 +67,8 @@ class ScoreConfig:
     hub_public: bool = option(False, "make the --push-to-hub repo public (default: private)", identity=False)
 
     def validate(self) -> list[str]:
+        from aifeedback.scoring.scorers import is_pairwise
+
         problems = []
         if not self.input:
             problems.append("input: required (an `aif generate` output dir, Pick-a-Pic Parquet dir, or hub id)")
@@ -78,11 +81,14 @@ class ScoreConfig:
         if self.weights and len(self.weights) != len(self.scorer):
             problems.append(f"weights: {len(self.weights)} weight(s) for {len(self.scorer)} scorer(s); give one per "
                             "scorer")
+        if len(self.scorer) > 1 and any(is_pairwise(s) for s in self.scorer):
+            problems.append(f"scorer: {','.join(s for s in self.scorer if is_pairwise(s))} judges pairs itself (it "
+                            "labels each pair with its own verdict) and joins no ensemble; give it alone")
         if self.weights and sum(abs(w) for w in self.weights) == 0:
             problems.append("weights: all zero")
         if self.desirable_top == 0:
             problems.append("desirable_top: 0 would label no image desirable; give a share in (0, 1], e.g. 0.5")
-        problems += columns_problems(self.columns)
+        problems += columns_problems(self.columns) + self.reward_problems(self.scorer, "--scorer")
         if self.push_to_hub is not None:
             from aifeedback.sharing.hub import repo_id_problem
 
@@ -93,7 +99,7 @@ class ScoreConfig:
         """Fail fast, before torch is imported: the scorer names (and local weight paths), the input, the hub login."""
         from aifeedback.preflight import check_apart, check_dataset, check_device, check_scorers
 
-        check_scorers(self.scorer)
+        check_scorers(self.served(self.scorer, "--scorer"))
         check_dataset(self.input, "--input")
         check_apart(self.out, input_paths(self))  # the inputs exist: an --out over one would clobber it
         check_device(self.device)

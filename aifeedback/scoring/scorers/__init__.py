@@ -14,7 +14,7 @@ from aifeedback.errors import AifError, first_line
 from aifeedback.registry import Registry, UnknownNameError
 from aifeedback.scoring.scorers.base import Scorer
 
-__all__ = ["Scorer", "UnknownScorerError", "list_scorers", "load_scorer", "parse_spec", "model_error"]
+__all__ = ["Scorer", "UnknownScorerError", "is_pairwise", "list_scorers", "load_scorer", "parse_spec", "model_error"]
 
 
 class UnknownScorerError(UnknownNameError):
@@ -126,6 +126,12 @@ SCORERS: Registry[ScorerKind] = Registry("scorer", [
     ScorerKind("unifiedreward", "UnifiedReward's pointwise question (alignment + quality), expected 1-5 rating from "
                "the answer's log-probabilities: local CodeGoat24/UnifiedReward-qwen-7b, or models as vlm",
                _vlm("unifiedreward")),
+    ScorerKind("vlm-pairwise", "pairwise VLM judge: two images of a prompt, P('1') of 'which shows \"PROMPT\" better, "
+               "1 or 2?', both orders averaged; labels pairs in aif score, win rates in aif eval; models as vlm",
+               _vlm("vlm-pairwise")),
+    ScorerKind("unifiedreward-pairwise", "UnifiedReward's pair-ranking question (alignment + quality), P(first better) "
+               "from the answer '1'/'2', both orders averaged; models as unifiedreward",
+               _vlm("unifiedreward-pairwise")),
     ScorerKind("geneval", "GenEval rules (objects, counts, colours, positions) for GenEval's own prompts: Mask2Former "
                "Swin-S COCO (transformers) + CLIP ViT-L/14 colours; Flow-GRPO's partial credit", _geneval(False)),
     ScorerKind("geneval-verdict", "the same, scored 1 if the image passes GenEval's upstream verdict, else 0 (what "
@@ -155,6 +161,14 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
             "`aif models` describes them)."
         )
     return name, (model.strip() or None)
+
+
+def is_pairwise(spec: str) -> bool:
+    """Whether the spec names a pairwise judge (it compares two images of a prompt instead of scoring one)."""
+    from aifeedback.scoring.scorers.vlm_judges import JUDGES
+
+    name = spec.strip().partition(":")[0].strip().lower()  # a misspelt name is parse_spec's to report
+    return name in JUDGES and JUDGES[name].pairwise
 
 
 def load_scorer(spec: str, device: str = "cpu", dtype: str = "float32") -> Scorer:

@@ -21,7 +21,7 @@ from aifeedback.families.loading import torch_dtype
 from aifeedback.scoring.scorers import model_error
 from aifeedback.scoring.scorers.base import Scorer
 from aifeedback.scoring.scorers.vlm_check import check_vlm
-from aifeedback.scoring.scorers.vlm_judges import JUDGES, QwenImage, answer_word
+from aifeedback.scoring.scorers.vlm_judges import JUDGES, PairJudging, QwenImage, answer_word
 from aifeedback.zoo.cache import cached_build
 
 # Qwen/Qwen2.5-VL-7B-Instruct's config.json (the architecture; written down for the architecture test and the GPU
@@ -104,8 +104,9 @@ def answer_ids(tokenizer, words) -> dict[str, list[int]]:
     return out
 
 
-class LocalJudge(Scorer):
-    """A judge (vlm_judges.JUDGES) answered by a local Qwen2.5-VL; see the module docstring."""
+class LocalJudge(PairJudging, Scorer):
+    """A judge (vlm_judges.JUDGES) answered by a local Qwen2.5-VL; see the module docstring. A pairwise judge's items
+    are (first, second) image pairs, both images in one message before the question (`compare` asks both orders)."""
 
     def __init__(self, name: str, judge: str, model: str | None, device: str = "cpu", dtype: str = "float32"):
         self.name, self.judge = name, JUDGES[judge]
@@ -124,14 +125,17 @@ class LocalJudge(Scorer):
         self.transform = QwenImage()  # qwen_vl_utils' defaults, as the model card runs it
 
     def messages(self, image, prompt: str) -> list[dict]:
-        content = [{"type": "image", "image": image}, {"type": "text", "text": self.judge.ask(prompt)}]
+        """[image(s), question] as one user message; `image` is one image, or a tuple of a pairwise judge's two."""
+        images = image if isinstance(image, tuple) else (image,)
+        content = [*({"type": "image", "image": im} for im in images), {"type": "text", "text": self.judge.ask(prompt)}]
         return [{"role": "user", "content": content}]
 
     def inputs(self, images: list, prompts: list[str]):
         """The processor's batch for (fetch_image'd) images and their prompts, as the model card builds it."""
         texts = [self.processor.apply_chat_template(self.messages(im, p), tokenize=False, add_generation_prompt=True)
                  for im, p in zip(images, prompts)]
-        return self.processor(text=texts, images=list(images), padding=True, return_tensors="pt")
+        flat = [im for item in images for im in (item if isinstance(item, tuple) else (item,))]
+        return self.processor(text=texts, images=flat, padding=True, return_tensors="pt")
 
     def answer_logprobs(self, images: list, prompts: list[str]) -> torch.Tensor:
         """(batch, vocabulary) float32 log-softmax at each row's answer position."""

@@ -8,14 +8,15 @@ from pathlib import Path
 
 from aifeedback.errors import AifError
 from aifeedback.scoring.scorers.vlm_judges import JUDGES, VLM_TYPES
-from aifeedback.scoring.scorers.vlm_served import Server, is_url, probe
+from aifeedback.scoring.scorers.vlm_served import ServedJudge, is_url
 
 
 def check_vlm(spec: str, name: str, model: str | None) -> None:
-    """A VLM judge's server answers its model list (a URL), or its local checkpoint is a Qwen2.5-VL (a folder or a
-    cached hub id whose config.json can be read; other hub ids are left to the load, which names the fix)."""
+    """A VLM judge's server answers its model list and one test question with log-probabilities (a URL), or its
+    local checkpoint is a Qwen2.5-VL (a folder or a cached hub id whose config.json can be read; other hub ids are
+    left to the load, which names the fix)."""
     if is_url(model):
-        probe(spec, Server.parse(spec, model))
+        ServedJudge(spec, name, model).preflight()
         return
     if model == "tiny":
         return

@@ -1,8 +1,8 @@
 """VLM judges: the question each judge asks about an image, the answers it reads, and the score those give.
 
-A judge asks one question per image (a template per task) and reads the log-probabilities of the FIRST answer token
-(one forward pass locally, `max_tokens: 1` from a server). Its answers are words with values; the score is the
-expected value over them, renormalised over the answers alone:
+A judge asks one question per image (a template per task), or per pair of images (a pairwise judge), and reads the
+log-probabilities of the FIRST answer token (one forward pass locally, `max_tokens: 1` from a server). Its answers
+are words with values; the score is the expected value over them, renormalised over the answers alone:
 
     score = sum_a value(a) * p(a) / sum_a p(a)        p(a) = the summed probability of a's token spellings
 
@@ -10,6 +10,14 @@ so a Yes/No judge (Yes = 1, No = 0) scores P("Yes") / (P("Yes") + P("No")) in [0
 probability put on other tokens, such as "The", neither raises nor lowers it), and the UnifiedReward preset, whose
 answers are the ratings 1..5, scores the expected rating in [1, 5]. A token counts as an answer when, stripped of
 spaces and lowercased, it is the answer word ("Yes", " yes" and "YES" are all Yes).
+
+A pairwise judge sees two images of one prompt (first, second) and answers "1" or "2" (the better one): its answers
+are 1 -> 1.0 and 2 -> 0.0, so the formula gives P(first) = P("1") / (P("1") + P("2")). VLMs favour one position,
+so `PairJudging.compare` asks both orders and averages them:
+
+    p(a, b) = (P(first | a, b) + 1 - P(first | b, a)) / 2
+
+which cancels a constant position bias and makes swapping the images give exactly 1 - p.
 
 Light (no torch): the registry and the command line's preflight read it.
 """
@@ -19,6 +27,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from aifeedback.errors import AifError
+
 QWEN25_VL_7B = "Qwen/Qwen2.5-VL-7B-Instruct"
 UNIFIEDREWARD_7B = "CodeGoat24/UnifiedReward-qwen-7b"
 
@@ -26,6 +36,7 @@ UNIFIEDREWARD_7B = "CodeGoat24/UnifiedReward-qwen-7b"
 VLM_TYPES = ("qwen2_5_vl",)
 
 YES_NO = (("yes", 1.0), ("no", 0.0))
+FIRST_SECOND = (("1", 1.0), ("2", 0.0))
 RATINGS_1_5 = tuple((str(k), float(k)) for k in range(1, 6))
 
 
@@ -38,6 +49,11 @@ class Judge:
     answers: tuple[tuple[str, float], ...]
     model: str  # the local model loaded when the spec names none
     uses_prompt: bool = True
+    images: int = 1  # 2: a pairwise judge, shown (first, second) and asked which is better
+
+    @property
+    def pairwise(self) -> bool:
+        return self.images == 2
 
     def ask(self, prompt: str) -> str:
         return self.question.format(prompt=prompt)
@@ -90,12 +106,65 @@ _UNIFIEDREWARD = (
     "Final Score:"
 )
 
+# The UnifiedReward pairwise preset: the pair-ranking image-generation question of CodeGoat24/UnifiedReward
+# (inference_qwen/image_generation/qwen_pair_rank_image_generation.py, for UnifiedReward-qwen-7b: the two images, then
+# the text), paraphrased: the same two criteria and the same "Text Caption: [...]" slot. Upstream the model writes a
+# sentence naming the better image (or a tie), parsed from the text; here it is asked for the better image's number
+# alone and P(first) is read from the probabilities of its first token "1"/"2" (a tie is p near 0.5).
+_UNIFIEDREWARD_PAIR = (
+    "You are given a text caption and two images generated from it (Image 1 first, then Image 2). Compare them on "
+    "two criteria:\n"
+    "1. Alignment with the Caption: are the objects, their attributes and their relations as the caption says?\n"
+    "2. Overall Image Quality: clarity, detail, colour and aesthetic appeal.\n"
+    "Which image is better on both? Answer with its number only: 1 or 2.\n"
+    "Text Caption: [{prompt}]"
+)
+
 JUDGES: dict[str, Judge] = {j.name: j for j in (
     Judge("vlm", 'Does this image show "{prompt}"? Answer Yes or No.', YES_NO, QWEN25_VL_7B),
     Judge("vlm-quality", "Is this a high-quality image: sharp, well composed, without artefacts or distorted "
                          "shapes? Answer Yes or No.", YES_NO, QWEN25_VL_7B, uses_prompt=False),
     Judge("unifiedreward", _UNIFIEDREWARD, RATINGS_1_5, UNIFIEDREWARD_7B),
+    Judge("vlm-pairwise", 'Image 1 and Image 2 were both made for "{prompt}". Which one shows it better, as a better '
+                          'image? Answer 1 or 2.', FIRST_SECOND, QWEN25_VL_7B, images=2),
+    Judge("unifiedreward-pairwise", _UNIFIEDREWARD_PAIR, FIRST_SECOND, UNIFIEDREWARD_7B, images=2),
 )}
+
+
+def order_averaged(p_ab: float, p_ba: float) -> float:
+    """P(a better than b) from P(first) asked as (a, b) and as (b, a): the mean of the two orders (module docstring)."""
+    return 0.5 * (p_ab + (1.0 - p_ba))
+
+
+class PairJudging:
+    """What the judge scorers (local and served; put before Scorer in their bases) add: `compare` for a pairwise judge,
+    whose `score_items` takes (first, second) item pairs, and `score` refused to it. Light: no torch."""
+
+    def compare(self, first: list, second: list, prompts: list[str], batch_size: int = 16) -> list[float]:
+        """P(first[i] better than second[i]) per pair, both orders asked in one batch and averaged."""
+        if not self.judge.pairwise:
+            raise ValueError(f"scorer '{self.name}' judges one image at a time; compare() needs a pairwise judge")
+        if not (len(first) == len(second) == len(prompts)):
+            raise ValueError(f"compare() got {len(first)} and {len(second)} images for {len(prompts)} prompts; pass "
+                             "one pair of images per prompt")
+        out: list[float] = []
+        for i in range(0, len(first), batch_size):
+            a = [self.transform(im) for im in first[i : i + batch_size]]
+            b = [self.transform(im) for im in second[i : i + batch_size]]
+            p = list(prompts[i : i + batch_size])
+            both = self.score_items(list(zip(a, b)) + list(zip(b, a)), p + p)
+            out.extend(order_averaged(x, y) for x, y in zip(both[: len(a)], both[len(a) :]))
+        return out
+
+    def score(self, images, prompts, batch_size: int = 32):
+        if not self.judge.pairwise:
+            return super().score(images, prompts, batch_size)
+        raise PairwiseOnlyError(f"scorer '{self.name}' compares two images of a prompt; it gives no score to one "
+                                "image. Fix: use it where pairs are judged (aif score labels pairs with it, aif eval's "
+                                "win rates), or use a pointwise judge (vlm, unifiedreward) as a reward.")
+
+class PairwiseOnlyError(AifError):
+    """A pairwise judge used where one image needs a score."""
 
 
 # ---------------------------------------------------------------------------------------------------------------

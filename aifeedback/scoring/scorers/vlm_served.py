@@ -3,18 +3,24 @@
 Spec: `JUDGE:URL`, e.g. `vlm:http://127.0.0.1:8000/v1` (a URL with no path gets `/v1`). Settings ride in the URL's
 query: `model=` (default: the one model the server lists), `concurrency=` (requests in flight, default 8),
 `timeout=` (seconds per request, default 60), `retries=` (default 3), `top_logprobs=` (default 20, vLLM's default
-limit). Each image is one request: its message is the image as a PNG data URL (after Qwen's fetch_image resize)
-then the judge's question; `max_tokens: 1, temperature: 0, logprobs: true, top_logprobs: N`; the score is the judge's
-formula over the answer words found among the first token's top N (an answer outside the top N counts as p = 0).
+limit), `api_key_env=` (the NAME of an environment variable holding the server's API key, sent as a Bearer token;
+the key itself never appears in a spec, a config.yaml or a manifest). `--reward-url` builds such a URL
+(stages/reward_options.py). Each image (a pairwise judge: each pair in each order) is one request: its message is the
+image(s) as PNG data URLs (after Qwen's fetch_image resize) then the judge's question; `max_tokens: 1, temperature: 0,
+logprobs: true, top_logprobs: N`; the score is the judge's formula over the answer words found among the first token's
+top N (an answer outside the top N counts as p = 0).
 A batch's requests run concurrently (a thread pool of `concurrency`). Connection failures, timeouts, HTTP 429 and 5xx
 are retried `retries` times with exponential backoff (0.5 s, 1 s, 2 s, ... at most 8 s); other HTTP errors are not.
-Before any image is made, `probe` asks GET /models, so a server that is down fails in a second, naming the fix.
+Before any image is made, `probe` asks GET /models, so a server that is down fails in a second, naming the fix, and
+preflight (`ServedJudge.preflight`) asks the judge's question about one grey test image, so a served model that takes
+no images (not a VLM) or a server that answers without log-probabilities fails before any model loads.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import os
 import time
 import urllib.error
 import urllib.parse
@@ -24,12 +30,13 @@ from dataclasses import dataclass
 
 from aifeedback.errors import AifError
 from aifeedback.scoring.scorers.base import Scorer
-from aifeedback.scoring.scorers.vlm_judges import JUDGES, QwenImage, merge_logprobs
+from aifeedback.scoring.scorers.vlm_judges import JUDGES, PairJudging, QwenImage, merge_logprobs
 
 START = ("Fix: start it, e.g. `vllm serve Qwen/Qwen2.5-VL-7B-Instruct --port 8000 --max-logprobs 20` or "
          "`python -m sglang.launch_server --model-path Qwen/Qwen2.5-VL-7B-Instruct --port 8000`, or correct the URL "
          "(JUDGE:http://HOST:PORT/v1)")
-SETTINGS = {"model": str, "concurrency": int, "timeout": float, "retries": int, "top_logprobs": int}
+SETTINGS = {"model": str, "concurrency": int, "timeout": float, "retries": int, "top_logprobs": int,
+            "api_key_env": str}
 MAX_BACKOFF = 8.0
 
 
@@ -51,6 +58,7 @@ class Server:
     timeout: float = 60.0
     retries: int = 3
     top_logprobs: int = 20
+    api_key_env: str | None = None
 
     @classmethod
     def parse(cls, spec: str, url: str) -> Server:
@@ -68,17 +76,27 @@ class Server:
             except ValueError:
                 raise ServerError(f"scorer '{spec}': {key}={vals[-1]} is not a {SETTINGS[key].__name__}. Fix: give "
                                   f"a number, e.g. {key}=8.") from None
-            if key != "model" and values[key] < (0 if key == "retries" else 1e-9):
+            if SETTINGS[key] is not str and values[key] < (0 if key == "retries" else 1e-9):
                 raise ServerError(f"scorer '{spec}': {key}={vals[-1]} must be positive. Fix: e.g. {key}=8.")
+        env = values.get("api_key_env")
+        if env is not None and not os.environ.get(env):
+            raise ServerError(f"scorer '{spec}': the environment variable {env} that should hold the server's API key "
+                              f"(--reward-api-key-env / api_key_env=) is not set or empty. Fix: export {env}=YOUR_KEY "
+                              f"before running, or drop the option for a server without a key.")
         path = parts.path.rstrip("/") or "/v1"
         return cls(urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, "", "")), **values)
 
+    def headers(self) -> dict[str, str]:
+        """The API key (read from the environment now, never stored) as a Bearer token, when one is named."""
+        return {"Authorization": f"Bearer {os.environ[self.api_key_env]}"} if self.api_key_env else {}
+
     def get(self, path: str):
-        return _json(urllib.request.Request(self.base + path), self.timeout)
+        return _json(urllib.request.Request(self.base + path, headers=self.headers()), self.timeout)
 
     def post(self, path: str, body: dict):
         data = json.dumps(body).encode()
-        req = urllib.request.Request(self.base + path, data=data, headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(self.base + path, data=data,
+                                     headers={"Content-Type": "application/json", **self.headers()})
         return _json(req, self.timeout)
 
 
@@ -91,9 +109,13 @@ def probe(spec: str, server: Server) -> str:
     """GET /models once (no retries, at most 5 s): the model the requests will name; a clear error when the server is
     down, is not an OpenAI-compatible API, or does not serve the model asked for."""
     try:
-        listing = Server(server.base, timeout=min(server.timeout, 5.0)).get("/models")
+        listing = Server(server.base, timeout=min(server.timeout, 5.0), api_key_env=server.api_key_env).get("/models")
         served = [m["id"] for m in listing["data"]]
     except urllib.error.HTTPError as e:  # reachable, but no model list at that path
+        if e.code in (401, 403):
+            raise ServerError(f"scorer '{spec}': the server at {server.base} refused the API key (HTTP {e.code}). "
+                              f"Fix: pass --reward-api-key-env NAME (api_key_env=NAME in a URL) naming the "
+                              f"environment variable that holds its key, and check the key.") from None
         raise ServerError(f"scorer '{spec}': {server.base}/models did not answer an OpenAI-compatible model list "
                           f"(HTTP {e.code}). Fix: give the API base of a vLLM or SGLang server (usually "
                           f"http://HOST:PORT/v1).") from None
@@ -113,8 +135,9 @@ def probe(spec: str, server: Server) -> str:
     return server.model or served[0]
 
 
-class ServedJudge(Scorer):
-    """A judge (vlm_judges.JUDGES) answered by a server; see the module docstring."""
+class ServedJudge(PairJudging, Scorer):
+    """A judge (vlm_judges.JUDGES) answered by a server; see the module docstring. A pairwise judge's items are
+    (first, second) pairs of data URLs, both images in one message before the question."""
 
     def __init__(self, name: str, judge: str, url: str):
         self.name, self.judge = name, JUDGES[judge]
@@ -123,12 +146,21 @@ class ServedJudge(Scorer):
         self.uses_prompt = self.judge.uses_prompt
         self.transform = QwenImage(data_url=True)
 
+    def preflight(self) -> None:
+        """Ask the judge's question about a grey 56x56 test image (two for a pairwise judge), as scoring will: a
+        model that takes no images, or a server without log-probabilities, fails here, before any image is made."""
+        from PIL import Image
+
+        url = self.transform(Image.new("RGB", (56, 56), (128, 128, 128)))
+        self._score_one((url, url) if self.judge.pairwise else url, "a grey square")
+
     def score_items(self, items: list, prompts: list[str]) -> list[float]:
         with ThreadPoolExecutor(max_workers=min(self.server.concurrency, max(1, len(items)))) as pool:
             return list(pool.map(self._score_one, items, prompts))
 
-    def body(self, image_url: str, prompt: str) -> dict:
-        content = [{"type": "image_url", "image_url": {"url": image_url}},
+    def body(self, image_url: str | tuple[str, ...], prompt: str) -> dict:
+        urls = image_url if isinstance(image_url, tuple) else (image_url,)
+        content = [*({"type": "image_url", "image_url": {"url": url}} for url in urls),
                    {"type": "text", "text": self.judge.ask(prompt)}]
         return {"model": self.model, "messages": [{"role": "user", "content": content}], "max_tokens": 1,
                 "temperature": 0.0, "logprobs": True, "top_logprobs": self.server.top_logprobs}
@@ -163,7 +195,8 @@ class ServedJudge(Scorer):
                 if e.code != 429 and e.code < 500:
                     raise ServerError(f"scorer '{self.name}': the server at {self.server.base} refused the request "
                                       f"(HTTP {e.code}: {detail}). Fix: check that it serves a vision-language model "
-                                      f"('{self.model}' must accept images) and allows logprobs.") from None
+                                      f"('{self.model}' must accept images: a text-only model is refused; serve e.g. "
+                                      f"Qwen/Qwen2.5-VL-7B-Instruct) and allows logprobs.") from None
                 problem = f"HTTP {e.code}: {detail}"
             except (urllib.error.URLError, TimeoutError, OSError, http.client.HTTPException) as e:
                 problem = str(getattr(e, "reason", e)) or type(e).__name__
