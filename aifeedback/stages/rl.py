@@ -22,10 +22,8 @@ weights, optimizer and RNGs are restored exactly.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -38,19 +36,20 @@ from aifeedback.console import finish, note, progress, quiet_libraries
 from aifeedback.data.prompts import load_prompts, prompt_id
 from aifeedback.errors import AifError
 from aifeedback.families import detect
-from aifeedback.families.base import time_ids, vae_factor
+from aifeedback.families.base import time_ids
 from aifeedback.families.flow import FlowFamily
 from aifeedback.families.loading import load_pipeline
 from aifeedback.families.resolve import model_defaults
-from aifeedback.families.sampling import decode_latents, encode_image
+from aifeedback.families.sampling import encode_image
 from aifeedback.rl import ALGORITHMS
-from aifeedback.rl.advantages import all_equal_share, combine_rewards, group_advantages
-from aifeedback.rl.sde import ddim_step, flow_sde_step
+from aifeedback.rl.advantages import all_equal_share
 from aifeedback.scoring.scorers import load_scorer
+from aifeedback.stages import rl_rollout, rl_update
 from aifeedback.stages.rl_config import RLConfig, reward_weights
+from aifeedback.stages.rl_rollout import Rollout
 from aifeedback.stages.train_checkpoint import load_train_state, load_weights, write_checkpoint
 from aifeedback.stages.train_ema import STATE_KEY as EMA_STEPS
-from aifeedback.stages.train_guard import check_finite_weights, finite_update
+from aifeedback.stages.train_guard import check_finite_weights
 from aifeedback.stages.train_resume import truncate_metrics
 from aifeedback.stages.train_setup import (
     WEIGHT_DTYPES,
@@ -78,21 +77,6 @@ def run(cfg: RLConfig) -> Path:
     recipe.train()
     recipe.cleanup()
     return recipe.out
-
-
-@dataclass
-class Rollout:
-    """One epoch's samples: per trajectory its prompt, the latents before and after each denoising step, the
-    step's log-prob, and its reward and advantage."""
-
-    prompts: list[str]
-    conditioning: dict[str, torch.Tensor]  # the prompts' encodings, one row per trajectory
-    latents: torch.Tensor  # (N, steps + 1, C, h, w) float32: x_0 = noise, x_k after step k
-    log_probs: torch.Tensor  # (N, steps) float32
-    images: list  # the decoded final images (PIL)
-    raw: dict[str, torch.Tensor]  # each reward's scores, (N,)
-    rewards: torch.Tensor  # (N,) combined reward
-    advantages: torch.Tensor  # (N,)
 
 
 class RLRecipe:
@@ -209,123 +193,11 @@ class RLRecipe:
             finish("rl", self.out, f"{self.state['epoch']} {cfg.algorithm} epochs, checkpoints in "
                    f"{self.out / 'checkpoints'}", f"aif sample --model {cfg.model} --tuned {self.out}")
 
-    def _epoch_prompts(self, epoch: int) -> list[str]:
-        p, n = self.cfg.prompts_per_epoch, len(self.prompts)
-        return [self.prompts[(epoch * p + i) % n] for i in range(p)]
-
-    @torch.no_grad()
     def sample(self, epoch: int) -> Rollout:
-        """G trajectories for each of the epoch's P prompts, in minibatches of --batch-size (the same batches the
-        first update recomputes), scored and given group advantages."""
-        cfg = self.cfg
-        prompts = [p for p in self._epoch_prompts(epoch) for _ in range(cfg.group_size)]
-        encoded = self.family.encode_prompts(self.text, self._epoch_prompts(epoch))
-        cond = {k: v.repeat_interleave(cfg.group_size, dim=0) for k, v in encoded.items()}
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        f = vae_factor(self.vae.config)
-        # the VAE's layout, as Family.predict takes it (FLUX packs inside predict)
-        shape = (len(prompts), self.vae.config.latent_channels, self.resolution // f, self.resolution // f)
-        x = torch.randn(shape, generator=gen, dtype=torch.float32).to(self.device)
-        if self.kind == "unet":
-            x = x * self.sampler.init_noise_sigma
-        noise = torch.randn((cfg.steps, *shape), generator=gen, dtype=torch.float32).to(self.device)
-        latents, log_probs = [x], []
-        for k in range(cfg.steps):
-            step = [self._policy_step(x[i:i + cfg.batch_size], k, self._rows(cond, i),
-                                      noise=noise[k, i:i + cfg.batch_size])
-                    for i in range(0, len(prompts), cfg.batch_size)]
-            x = torch.cat([s.prev_sample for s in step])
-            latents.append(x)
-            log_probs.append(torch.cat([s.log_prob for s in step]))
-        images = decode_latents(self.pipe, x.to(self.weight_dtype))
-        raw = {spec: torch.tensor(scorer.score(images, prompts), dtype=torch.float64)
-               for spec, scorer in self.scorers.items()}
-        rewards = combine_rewards(raw, self.weights)
-        advantages = group_advantages(rewards, prompts, cfg.global_std)
-        return Rollout(prompts, cond, torch.stack(latents, 1), torch.stack(log_probs, 1), images, raw, rewards,
-                       advantages)
-
-    def _rows(self, cond: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:
-        return {k: v[i:i + self.cfg.batch_size] for k, v in cond.items()}
-
-    def _policy_step(self, x: torch.Tensor, k: int, cond: dict[str, torch.Tensor], **kwargs):
-        """Denoising step k of the sampler from x with its log-prob: the flow SDE step (rl.sde.flow_sde_step) or
-        DDIM with eta = 1 (rl.sde.ddim_step)."""
-        sampler = self.sampler
-        t = sampler.timesteps[k].expand(len(x))
-        with self.accelerator.autocast():
-            out = self.family.predict(self.model, x.to(self.weight_dtype), t, cond, self.micro.expand(len(x), -1))
-        if self.kind == "flow":
-            sigmas = sampler.sigmas
-            return flow_sde_step(out, x, sigmas[k], sigmas[k + 1], sigmas[1].item(), self.cfg.noise_level, **kwargs)
-        clip = sampler.config.clip_sample_range if sampler.config.clip_sample else None
-        return ddim_step(out, x, t, sampler.alphas_cumprod, self.cfg.steps, eta=1.0,
-                         prediction_type=sampler.config.prediction_type, clip_sample=clip, **kwargs)
-
-    @torch.no_grad()
-    def _reference_step(self, x: torch.Tensor, k: int, cond: dict[str, torch.Tensor], x_next: torch.Tensor):
-        """The reference's step (the base model: the network with its LoRA adapters disabled) to the stored x_next,
-        for the KL term."""
-        base = self.accelerator.unwrap_model(self.model)
-        base.disable_adapters()
-        try:
-            return self._policy_step(x, k, cond, prev_sample=x_next)
-        finally:
-            base.enable_adapters()
+        return rl_rollout.sample(self, epoch)
 
     def update(self, rollout: Rollout) -> dict[str, float]:
-        """--inner-epochs passes of optimizer steps over the rollout; returns the mean metrics and the first
-        update's ratio deviation."""
-        cfg = self.cfg
-        sums: dict[str, float] = {}
-        first: Optional[float] = None
-        n, count = len(rollout.prompts), 0
-        for _ in range(cfg.inner_epochs):
-            for i in range(0, n, cfg.batch_size):
-                metrics, norm = self._optimizer_step(rollout, i)
-                if first is None:
-                    first = metrics["ratio_dev"]
-                for key, value in metrics.items():
-                    sums[key] = sums.get(key, 0.0) + value
-                count += 1
-                if norm is not None:
-                    sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(norm)
-        out = {k: v / count for k, v in sums.items()}
-        out["ratio_dev_first"] = first
-        return out
-
-    def _optimizer_step(self, rollout: Rollout, i: int) -> tuple[dict[str, float], Optional[torch.Tensor]]:
-        """One optimizer step over trajectories i..i+batch_size: the loss of every denoising step, accumulated."""
-        cfg, acc = self.cfg, self.accelerator
-        sl = slice(i, i + cfg.batch_size)
-        cond, adv = self._rows(rollout.conditioning, i), rollout.advantages[sl].to(self.device)
-        metrics: dict[str, float] = {}
-        finite, ratio_dev = True, 0.0
-        for k in range(cfg.steps):
-            x, x_next = rollout.latents[sl, k], rollout.latents[sl, k + 1]
-            step = self._policy_step(x, k, cond, prev_sample=x_next)
-            kl = {}
-            if cfg.kl_beta > 0:
-                kl = dict(beta=cfg.kl_beta, prev_sample_mean=step.prev_sample_mean, std_dev_t=step.std_dev_t,
-                          prev_sample_mean_ref=self._reference_step(x, k, cond, x_next).prev_sample_mean)
-            loss, m = self.loss_fn(step.log_prob, rollout.log_probs[sl, k], adv, clip_range=cfg.clip_range,
-                                   adv_clip_max=cfg.adv_clip_max, **kl)
-            finite &= bool(torch.isfinite(loss.detach()))
-            acc.backward(loss / cfg.steps)
-            ratio_dev = max(ratio_dev, m["ratio_dev"].item())
-            for key, value in m.items():
-                metrics[key] = metrics.get(key, 0.0) + value.item() / cfg.steps
-        metrics["ratio_dev"] = ratio_dev
-        norm = acc.clip_grad_norm_(self.params, cfg.max_grad_norm or math.inf)
-        if finite_update(acc, norm, finite, self.state, self.state["step"] + 1, cfg.skip_nonfinite, self.out,
-                         self._say):
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.lr_sched.step()
-        if self.ema is not None:
-            self.ema.step()
-        self.state["step"] += 1
-        return metrics, norm
+        return rl_update.update(self, rollout)
 
     def _log(self, rollout: Rollout, sums: dict[str, float], t_sample: float, t_update: float) -> None:
         record = {"epoch": self.state["epoch"], "step": self.state["step"],

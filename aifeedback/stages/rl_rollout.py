@@ -1,0 +1,89 @@
+"""`aif rl`'s sampling: one epoch's `Rollout` (G trajectories for each of P prompts from the current policy, scored,
+with group advantages) and the policy's denoising step with its log-prob, shared by sampling and the update
+(stages/rl_update.py), so the first update recomputes exactly what sampling stored. `r` is the stage's `RLRecipe`
+(stages/rl.py; typed Any: importing it here would be an import cycle).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from aifeedback.families.base import vae_factor
+from aifeedback.families.sampling import decode_latents
+from aifeedback.rl.advantages import combine_rewards, group_advantages
+from aifeedback.rl.sde import ddim_step, flow_sde_step
+
+
+@dataclass
+class Rollout:
+    """One epoch's samples: per trajectory its prompt, the latents before and after each denoising step, the
+    step's log-prob, and its reward and advantage."""
+
+    prompts: list[str]
+    conditioning: dict[str, torch.Tensor]  # the prompts' encodings, one row per trajectory
+    latents: torch.Tensor  # (N, steps + 1, C, h, w) float32: x_0 = noise, x_k after step k
+    log_probs: torch.Tensor  # (N, steps) float32
+    images: list  # the decoded final images (PIL)
+    raw: dict[str, torch.Tensor]  # each reward's scores, (N,)
+    rewards: torch.Tensor  # (N,) combined reward
+    advantages: torch.Tensor  # (N,)
+
+
+def epoch_prompts(r: Any, epoch: int) -> list[str]:
+    p, n = r.cfg.prompts_per_epoch, len(r.prompts)
+    return [r.prompts[(epoch * p + i) % n] for i in range(p)]
+
+
+def rows(r: Any, cond: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:
+    """Rows i..i+batch_size of every conditioning tensor."""
+    return {k: v[i:i + r.cfg.batch_size] for k, v in cond.items()}
+
+
+@torch.no_grad()
+def sample(r: Any, epoch: int) -> Rollout:
+    """G trajectories for each of the epoch's P prompts, in minibatches of --batch-size (the same batches the first
+    update recomputes), scored and given group advantages."""
+    cfg = r.cfg
+    prompts = [p for p in epoch_prompts(r, epoch) for _ in range(cfg.group_size)]
+    encoded = r.family.encode_prompts(r.text, epoch_prompts(r, epoch))
+    cond = {k: v.repeat_interleave(cfg.group_size, dim=0) for k, v in encoded.items()}
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+    f = vae_factor(r.vae.config)
+    # the VAE's layout, as Family.predict takes it (FLUX packs inside predict)
+    shape = (len(prompts), r.vae.config.latent_channels, r.resolution // f, r.resolution // f)
+    x = torch.randn(shape, generator=gen, dtype=torch.float32).to(r.device)
+    if r.kind == "unet":
+        x = x * r.sampler.init_noise_sigma
+    noise = torch.randn((cfg.steps, *shape), generator=gen, dtype=torch.float32).to(r.device)
+    latents, log_probs = [x], []
+    for k in range(cfg.steps):
+        step = [policy_step(r, x[i:i + cfg.batch_size], k, rows(r, cond, i), noise=noise[k, i:i + cfg.batch_size])
+                for i in range(0, len(prompts), cfg.batch_size)]
+        x = torch.cat([s.prev_sample for s in step])
+        latents.append(x)
+        log_probs.append(torch.cat([s.log_prob for s in step]))
+    images = decode_latents(r.pipe, x.to(r.weight_dtype))
+    raw = {spec: torch.tensor(scorer.score(images, prompts), dtype=torch.float64)
+           for spec, scorer in r.scorers.items()}
+    rewards = combine_rewards(raw, r.weights)
+    advantages = group_advantages(rewards, prompts, cfg.global_std)
+    return Rollout(prompts, cond, torch.stack(latents, 1), torch.stack(log_probs, 1), images, raw, rewards,
+                   advantages)
+
+
+def policy_step(r: Any, x: torch.Tensor, k: int, cond: dict[str, torch.Tensor], **kwargs):
+    """Denoising step k of the sampler from x with its log-prob: the flow SDE step (rl.sde.flow_sde_step) or DDIM
+    with eta = 1 (rl.sde.ddim_step)."""
+    sampler = r.sampler
+    t = sampler.timesteps[k].expand(len(x))
+    with r.accelerator.autocast():
+        out = r.family.predict(r.model, x.to(r.weight_dtype), t, cond, r.micro.expand(len(x), -1))
+    if r.kind == "flow":
+        sigmas = sampler.sigmas
+        return flow_sde_step(out, x, sigmas[k], sigmas[k + 1], sigmas[1].item(), r.cfg.noise_level, **kwargs)
+    clip = sampler.config.clip_sample_range if sampler.config.clip_sample else None
+    return ddim_step(out, x, t, sampler.alphas_cumprod, r.cfg.steps, eta=1.0,
+                     prediction_type=sampler.config.prediction_type, clip_sample=clip, **kwargs)
