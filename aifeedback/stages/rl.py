@@ -1,21 +1,24 @@
 """`aif rl`: online RL of a text-to-image denoiser on any reward (issue 22; REFERENCE.md section 10).
 
 `RLRecipe` builds its parts with the trainer's shared pieces (stages/train_setup.py, train_guard.py,
-train_checkpoint.py) and runs epochs. Each epoch: P prompts (the prompt list in order, cycling), G images each,
-sampled from the current policy with the per-step log-probs of the stochastic sampler (flow families: `rl.sde`'s
-SDE step over the pipeline scheduler's sigmas, Flow-GRPO; UNet families: DDIM with eta = 1 over the DDIM
-scheduler's timesteps, DDPO); the images scored by the rewards (`--reward`, combined by
-`rl.advantages.combine_rewards`), per-prompt group advantages; then `--inner-epochs` passes of updates, each
-optimizer step over `--batch-size` trajectories accumulating the loss of every denoising step (as Flow-GRPO). The
-first update of an epoch recomputes the stored log-probs with the same weights, batch and inputs: its ratio is
-exactly 1 (`ratio_dev_first` = 0 in metrics.jsonl), the check that sampling and training see the same policy.
+train_checkpoint.py) and runs epochs. Each epoch (stages/rl_rollout.py): P prompts (the prompt list in order,
+cycling), G images each, sampled from the current policy: stochastically with per-step log-probs (`--sampler sde`,
+grpo's: flow families `rl.sde`'s SDE step over the pipeline scheduler's sigmas, Flow-GRPO; UNet families DDIM with
+eta = 1 over the DDIM scheduler's timesteps, DDPO) or with the ODE (`--sampler ode`, nft's and awm's: the Euler step /
+DDIM eta 0); the images scored by the rewards (`--reward`, combined by `rl.advantages.combine_rewards`), per-prompt
+group advantages; then `--inner-epochs` passes of updates (stages/rl_update.py), each optimizer step over
+`--batch-size` trajectories accumulating the loss of every trained step (`--timestep-fraction` of the sampling
+steps): grpo on the stored denoising steps, nft and awm on the forward process of the final latents
+(stages/rl_matching.py). The first update of an epoch recomputes what sampling stored with the same weights, batch
+and inputs: grpo's and awm's ratio is exactly 1 (`ratio_dev_first` = 0 in metrics.jsonl), nft's v equals v_old
+(`v_dev_first` = 0), the check that sampling and training see the same policy.
 
-So far: algorithm grpo, flow families (SD3, FLUX layout through `Family.predict`) and the text-to-image UNet families
-(SD1.5, SDXL: size and crop time ids of an uncropped image at the resolution), LoRA, no classifier-free guidance,
-one process. Run folder: config.yaml, manifest.json, metrics.jsonl (one line per epoch), rollouts/ (each epoch's
-prompts, images, rewards and advantages as Parquet: `write_rollout`), checkpoints/
-checkpoint-NNNNNN (NNNNNN = the epoch; the same files as `aif train`'s, so `aif export` reads them). A rerun of the
-same command continues from the latest checkpoint: epoch e samples from a generator seeded by (seed, e), and the
+So far: flow families (SD3, FLUX layout through `Family.predict`) and the text-to-image UNet families (SD1.5, SDXL:
+size and crop time ids of an uncropped image at the resolution), LoRA, no classifier-free guidance, one process. Run
+folder: config.yaml, manifest.json, metrics.jsonl (one line per epoch), rollouts/ (each epoch's prompts, images,
+rewards and advantages as Parquet: `write_rollout`), checkpoints/checkpoint-NNNNNN (NNNNNN = the epoch; the same files
+as `aif train`'s, so `aif export` reads them). A rerun of the same command continues from the latest checkpoint: epoch
+e samples (and chooses its trained steps and forward-process noise) from a generator seeded by (seed, e), and the
 weights, optimizer and RNGs are restored exactly.
 """
 
@@ -44,7 +47,7 @@ from aifeedback.families.sampling import encode_image
 from aifeedback.rl import ALGORITHMS
 from aifeedback.rl.advantages import all_equal_share
 from aifeedback.scoring.scorers import load_scorer
-from aifeedback.stages import rl_rollout, rl_update
+from aifeedback.stages import rl_matching, rl_rollout, rl_update
 from aifeedback.stages.rl_config import RLConfig, reward_weights
 from aifeedback.stages.rl_rollout import Rollout
 from aifeedback.stages.train_checkpoint import load_train_state, load_weights, write_checkpoint
@@ -80,7 +83,7 @@ def run(cfg: RLConfig) -> Path:
 
 
 class RLRecipe:
-    """Online RL (grpo) of one denoiser with LoRA, one process: setup() then train()."""
+    """Online RL (grpo, nft, awm) of one denoiser with LoRA, one process: setup() then train()."""
 
     def __init__(self, cfg: RLConfig):
         self.cfg = cfg
@@ -128,6 +131,7 @@ class RLRecipe:
                 raise AifError(f"--model {self.cfg.model}: its scheduler uses dynamic thresholding, which DDPO's "
                                "DDIM step does not model; use a model without it")
         sampler.set_timesteps(self.cfg.steps, device=self.device)
+        self.stochastic = [self.cfg.stochastic] * self.cfg.steps  # per sampling step: SDE / DDIM eta 1, else ODE
         r = self.resolution
         self.micro = torch.tensor([time_ids((r, r), (0, 0), (r, r))], dtype=torch.float32, device=self.device)
         return sampler
@@ -194,7 +198,7 @@ class RLRecipe:
                    f"{self.out / 'checkpoints'}", f"aif sample --model {cfg.model} --tuned {self.out}")
 
     def sample(self, epoch: int) -> Rollout:
-        return rl_rollout.sample(self, epoch)
+        return rl_rollout.sample(self, epoch, rl_matching.prepare if self.cfg.algorithm in ("nft", "awm") else None)
 
     def update(self, rollout: Rollout) -> dict[str, float]:
         return rl_update.update(self, rollout)

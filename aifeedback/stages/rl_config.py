@@ -13,7 +13,7 @@ from typing import Literal, Optional
 
 from aifeedback.config import input_paths, option, side_problems
 from aifeedback.errors import AifError
-from aifeedback.rl import ALGORITHMS
+from aifeedback.rl import ALGORITHMS, AWM_WEIGHTINGS
 
 
 def reward_weights(spec: str) -> dict[str, float]:
@@ -64,6 +64,14 @@ class RLConfig:
     noise_level: float = option(0.7, "flow families: the SDE's noise level a (std_dev_t = a sqrt(s / (1 - s))); "
                                      "Flow-GRPO: 0.7 (UNet families sample DDIM with eta = 1, as DDPO)", min=0.0)
     resolution: Optional[int] = option(None, "image size in pixels; null = the family's", min=8)
+    sampler: Literal["auto", "sde", "ode"] = option(
+        "auto", "how each epoch samples: sde (flow: Flow-GRPO's SDE step; UNet: DDIM eta 1, with per-step "
+                "log-probs), ode (deterministic: the Euler step / DDIM eta 0); auto = sde for grpo, ode for nft and "
+                "awm (DiffusionNFT config/nft.py: sample.deterministic True), which train on the final images only")
+    timestep_fraction: float = option(
+        1.0, "fraction of the sampling steps trained per trajectory: int(steps * fraction) of them, a random choice "
+             "per trajectory from the epoch's generator (all steps in order at 1.0). Upstream: 0.99 (Flow-GRPO, "
+             "DiffusionNFT config/base.py), 0.9 (AWM config/dgx_awm.py)", min=0.0, max=1.0)
     # reward
     reward: str = option("pickscore", "reward: SCORER[:WEIGHT] entries separated by commas, e.g. "
                                       "pickscore:1.0,aesthetic:0.5 (`aif models` lists the scorers); with several, "
@@ -73,10 +81,20 @@ class RLConfig:
     # loss
     algorithm: Literal[ALGORITHMS.names()] = option("grpo", "online RL algorithm, one of:\n\n" + "\n\n".join(
         f"{k}: {v.help}" for k, v in ALGORITHMS.items()))
-    clip_range: float = option(1e-4, "PPO ratio clip epsilon (Flow-GRPO: 1e-4)", min=0.0)
+    clip_range: Optional[float] = option(None, "PPO ratio clip epsilon (grpo, awm); null = the algorithm's upstream "
+                                               "default: grpo 1e-4 (Flow-GRPO), awm 1 (AWM config/dgx_awm.py)",
+                                         min=0.0)
     adv_clip_max: float = option(5.0, "advantages are clamped to +-this inside the loss (Flow-GRPO: 5)", min=0.0)
     kl_beta: float = option(0.0, "weight of the KL to the reference (the base model; Flow-GRPO: 0.01 for "
-                                 "PickScore, 0.04 for GenEval)", min=0.0)
+                                 "PickScore, 0.04 for GenEval; nft: mean squared prediction difference, "
+                                 "DiffusionNFT 1e-4; awm: the same, AWM 1e-3 to 3e-3)", min=0.0)
+    nft_beta: float = option(1.0, "nft: the mixing strength b of the implicit positive / negative policies "
+                                  "(DiffusionNFT config/nft.py beta: 1.0; 0.1 for OCR)", min=0.0)
+    awm_weighting: Literal[AWM_WEIGHTINGS] = option(
+        "ghuber", "awm: the time weighting of the matching likelihood (rl/objectives.py matching_log_prob; AWM "
+                  "config/dgx_awm.py: ghuber)")
+    ghuber_power: float = option(0.25, "awm: the power p of the ghuber weighting (AWM config/dgx_awm.py: 0.25)",
+                                 min=0.0)
     inner_epochs: int = option(1, "passes of updates over each epoch's samples", min=1)
     batch_size: int = option(2, "images per optimizer step (each step accumulates every sampled denoising step)",
                              min=1)
@@ -113,6 +131,23 @@ class RLConfig:
     grad_accum = 1  # the trainer's accumulation (train_setup.make_accelerator); rl accumulates over denoising steps
 
     @property
+    def stochastic(self) -> bool:
+        """Whether sampling is stochastic (SDE / DDIM eta 1): --sampler, auto = grpo's."""
+        return self.sampler == "sde" or (self.sampler == "auto" and self.algorithm == "grpo")
+
+    @property
+    def train_steps(self) -> int:
+        """Denoising steps trained per trajectory (Flow-GRPO's num_train_timesteps)."""
+        return int(self.steps * self.timestep_fraction)
+
+    @property
+    def ppo_clip(self) -> float:
+        """--clip-range, or the algorithm's upstream default."""
+        if self.clip_range is not None:
+            return self.clip_range
+        return 1.0 if self.algorithm == "awm" else 1e-4
+
+    @property
     def updates_per_epoch(self) -> int:
         return self.inner_epochs * -(-self.prompts_per_epoch * self.group_size // self.batch_size)
 
@@ -131,12 +166,17 @@ class RLConfig:
             problems.append(f"warmup_steps ({self.warmup_steps}) exceeds the run's {self.max_steps} optimizer steps")
         if self.ema_decay >= 1:
             problems.append(f"ema_decay {self.ema_decay:g} would never move the average; use a decay below 1")
-        if self.noise_level == 0:
+        if self.stochastic and self.noise_level == 0:
             problems.append("noise_level 0 makes flow sampling deterministic: its steps have no log-prob to train "
                             "(DDPO's UNet sampling ignores it); use a level above 0, e.g. 0.7")
-        if self.algorithm != "grpo":
-            problems.append(f"--algorithm {self.algorithm}: the stage runs grpo only so far (issue 22); use "
-                            "--algorithm grpo")
+        if self.algorithm == "grpo" and self.sampler == "ode":
+            problems.append("--sampler ode with --algorithm grpo: grpo trains the log-probs of stochastic steps; use "
+                            "--sampler sde (or auto), or --algorithm nft / awm, which train on the final images")
+        if self.nft_beta == 0:
+            problems.append("nft_beta 0 divides nft's loss by zero; use a value above 0 (DiffusionNFT: 1.0)")
+        if self.train_steps == 0:
+            problems.append(f"timestep_fraction {self.timestep_fraction:g} of {self.steps} steps trains no step; "
+                            f"raise it to at least {1 / self.steps:g}")
         return problems
 
     def preflight(self) -> None:

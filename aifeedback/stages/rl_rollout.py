@@ -7,29 +7,32 @@ with group advantages) and the policy's denoising step with its log-prob, shared
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Optional
 
 import torch
 
 from aifeedback.families.base import vae_factor
 from aifeedback.families.sampling import decode_latents
 from aifeedback.rl.advantages import combine_rewards, group_advantages
-from aifeedback.rl.sde import ddim_step, flow_sde_step
+from aifeedback.rl.sde import ddim_step, flow_ode_step, flow_sde_step
 
 
 @dataclass
 class Rollout:
     """One epoch's samples: per trajectory its prompt, the latents before and after each denoising step, the
-    step's log-prob, and its reward and advantage."""
+    step's log-prob, the steps the update trains, and its reward and advantage."""
 
     prompts: list[str]
     conditioning: dict[str, torch.Tensor]  # the prompts' encodings, one row per trajectory
     latents: torch.Tensor  # (N, steps + 1, C, h, w) float32: x_0 = noise, x_k after step k
-    log_probs: torch.Tensor  # (N, steps) float32
+    log_probs: torch.Tensor  # (N, steps) float32; 0 for a deterministic step (ODE sampling)
     images: list  # the decoded final images (PIL)
     raw: dict[str, torch.Tensor]  # each reward's scores, (N,)
     rewards: torch.Tensor  # (N,) combined reward
     advantages: torch.Tensor  # (N,)
+    train_steps: torch.Tensor  # (N, n) long: the sampling steps the update trains, per trajectory, in order
+    train_noise: Optional[torch.Tensor] = None  # nft, awm: (N, n, C, h, w) the forward process's noise
+    old: Optional[torch.Tensor] = None  # nft: v_old (N, n, C, h, w); awm: the matching log-prob (N, n)
 
 
 def epoch_prompts(r: Any, epoch: int) -> list[str]:
@@ -42,10 +45,22 @@ def rows(r: Any, cond: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tenso
     return {k: v[i:i + r.cfg.batch_size] for k, v in cond.items()}
 
 
+def choose_train_steps(cfg: Any, n: int, gen: torch.Generator) -> torch.Tensor:
+    """(n, train_steps) step indices per trajectory: every step in order when all are trained, else the first
+    int(steps * timestep_fraction) of a random permutation per trajectory (Flow-GRPO's and DiffusionNFT's rule),
+    drawn from the epoch's generator after the sampling noise, so a resumed epoch chooses the same steps and the
+    trajectories do not depend on the fraction."""
+    if cfg.train_steps == cfg.steps:
+        return torch.arange(cfg.steps).expand(n, -1).clone()
+    return torch.stack([torch.randperm(cfg.steps, generator=gen)[:cfg.train_steps] for _ in range(n)])
+
+
 @torch.no_grad()
-def sample(r: Any, epoch: int) -> Rollout:
+def sample(r: Any, epoch: int, prepare: Optional[Callable[[Any, Rollout, torch.Generator], None]] = None
+           ) -> Rollout:
     """G trajectories for each of the epoch's P prompts, in minibatches of --batch-size (the same batches the first
-    update recomputes), scored and given group advantages."""
+    update recomputes), scored and given group advantages; for nft / awm the forward-process inputs and the sampling
+    policy's values there (`prepare`: stages/rl_matching.py's, for nft and awm)."""
     cfg = r.cfg
     prompts = [p for p in epoch_prompts(r, epoch) for _ in range(cfg.group_size)]
     encoded = r.family.encode_prompts(r.text, epoch_prompts(r, epoch))
@@ -60,30 +75,44 @@ def sample(r: Any, epoch: int) -> Rollout:
     noise = torch.randn((cfg.steps, *shape), generator=gen, dtype=torch.float32).to(r.device)
     latents, log_probs = [x], []
     for k in range(cfg.steps):
-        step = [policy_step(r, x[i:i + cfg.batch_size], k, rows(r, cond, i), noise=noise[k, i:i + cfg.batch_size])
-                for i in range(0, len(prompts), cfg.batch_size)]
+        step = [policy_step(r, x[i:i + cfg.batch_size], k, rows(r, cond, i), r.stochastic[k],
+                            noise=noise[k, i:i + cfg.batch_size]) for i in range(0, len(prompts), cfg.batch_size)]
         x = torch.cat([s.prev_sample for s in step])
         latents.append(x)
-        log_probs.append(torch.cat([s.log_prob for s in step]))
+        log_probs.append(torch.cat([torch.zeros(len(s.prev_sample)) if s.log_prob is None else s.log_prob
+                                    for s in step]))
     images = decode_latents(r.pipe, x.to(r.weight_dtype))
     raw = {spec: torch.tensor(scorer.score(images, prompts), dtype=torch.float64)
            for spec, scorer in r.scorers.items()}
     rewards = combine_rewards(raw, r.weights)
     advantages = group_advantages(rewards, prompts, cfg.global_std)
-    return Rollout(prompts, cond, torch.stack(latents, 1), torch.stack(log_probs, 1), images, raw, rewards,
-                   advantages)
+    rollout = Rollout(prompts, cond, torch.stack(latents, 1), torch.stack(log_probs, 1), images, raw, rewards,
+                      advantages, choose_train_steps(cfg, len(prompts), gen))
+    if prepare is not None:
+        prepare(r, rollout, gen)
+    return rollout
 
 
-def policy_step(r: Any, x: torch.Tensor, k: int, cond: dict[str, torch.Tensor], **kwargs):
-    """Denoising step k of the sampler from x with its log-prob: the flow SDE step (rl.sde.flow_sde_step) or DDIM
-    with eta = 1 (rl.sde.ddim_step)."""
-    sampler = r.sampler
-    t = sampler.timesteps[k].expand(len(x))
+def predict(r: Any, x: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The trained denoiser's output at latents x, timesteps t (B,), under the run's autocast."""
     with r.accelerator.autocast():
-        out = r.family.predict(r.model, x.to(r.weight_dtype), t, cond, r.micro.expand(len(x), -1))
+        return r.family.predict(r.model, x.to(r.weight_dtype), t, cond, r.micro.expand(len(x), -1))
+
+
+def policy_step(r: Any, x: torch.Tensor, k: int | torch.Tensor, cond: dict[str, torch.Tensor],
+                stochastic: bool = True, **kwargs):
+    """Denoising step k (an index, or one per row) of the sampler from x with its log-prob: the flow SDE step
+    (rl.sde.flow_sde_step) or DDIM with eta = 1 (rl.sde.ddim_step); without `stochastic`, the Euler ODE step or
+    DDIM with eta = 0 (log_prob None)."""
+    sampler = r.sampler
+    k = torch.as_tensor(k).expand(len(x))
+    t = sampler.timesteps[k]
+    out = predict(r, x, t, cond)
     if r.kind == "flow":
         sigmas = sampler.sigmas
+        if not stochastic:
+            return flow_ode_step(out, x, sigmas[k], sigmas[k + 1])
         return flow_sde_step(out, x, sigmas[k], sigmas[k + 1], sigmas[1].item(), r.cfg.noise_level, **kwargs)
     clip = sampler.config.clip_sample_range if sampler.config.clip_sample else None
-    return ddim_step(out, x, t, sampler.alphas_cumprod, r.cfg.steps, eta=1.0,
+    return ddim_step(out, x, t, sampler.alphas_cumprod, r.cfg.steps, eta=1.0 if stochastic else 0.0,
                      prediction_type=sampler.config.prediction_type, clip_sample=clip, **kwargs)
