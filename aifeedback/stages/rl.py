@@ -131,7 +131,8 @@ class RLRecipe:
                 raise AifError(f"--model {self.cfg.model}: its scheduler uses dynamic thresholding, which DDPO's "
                                "DDIM step does not model; use a model without it")
         sampler.set_timesteps(self.cfg.steps, device=self.device)
-        self.stochastic = [self.cfg.stochastic] * self.cfg.steps  # per sampling step: SDE / DDIM eta 1, else ODE
+        noisy = self.cfg.stochastic_steps
+        self.stochastic = [k in noisy for k in range(self.cfg.steps)]  # per step: SDE / DDIM eta 1, else ODE
         r = self.resolution
         self.micro = torch.tensor([time_ids((r, r), (0, 0), (r, r))], dtype=torch.float32, device=self.device)
         return sampler

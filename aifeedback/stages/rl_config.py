@@ -68,10 +68,16 @@ class RLConfig:
         "auto", "how each epoch samples: sde (flow: Flow-GRPO's SDE step; UNet: DDIM eta 1, with per-step "
                 "log-probs), ode (deterministic: the Euler step / DDIM eta 0); auto = sde for grpo, ode for nft and "
                 "awm (DiffusionNFT config/nft.py: sample.deterministic True), which train on the final images only")
+    sde_window: Optional[str] = option(
+        None, "START:END: stochastic sampling only in steps START..END-1 (0-based), ODE steps elsewhere; grpo has "
+              "log-probs and trains only there (Flow-GRPO-Fast, MixGRPO arXiv 2507.21802; a fixed window); null = "
+              "every step")
     timestep_fraction: float = option(
-        1.0, "fraction of the sampling steps trained per trajectory: int(steps * fraction) of them, a random choice "
-             "per trajectory from the epoch's generator (all steps in order at 1.0). Upstream: 0.99 (Flow-GRPO, "
-             "DiffusionNFT config/base.py), 0.9 (AWM config/dgx_awm.py)", min=0.0, max=1.0)
+        1.0, "fraction of the steps trained per trajectory (grpo: of its stochastic steps, nft / awm: of all "
+             "sampling steps): int(count * fraction) of them, the first of a random permutation per trajectory "
+             "drawn from the epoch's generator after the sampling noise (all, in order, when that is every one). "
+             "Upstream: 0.99 (Flow-GRPO, DiffusionNFT config/base.py), 0.9 (AWM config/dgx_awm.py)",
+        min=0.0, max=1.0)
     # reward
     reward: str = option("pickscore", "reward: SCORER[:WEIGHT] entries separated by commas, e.g. "
                                       "pickscore:1.0,aesthetic:0.5 (`aif models` lists the scorers); with several, "
@@ -135,10 +141,41 @@ class RLConfig:
         """Whether sampling is stochastic (SDE / DDIM eta 1): --sampler, auto = grpo's."""
         return self.sampler == "sde" or (self.sampler == "auto" and self.algorithm == "grpo")
 
+    def window(self) -> tuple[int, int]:
+        """--sde-window as (start, end), or the whole schedule."""
+        if self.sde_window is None:
+            return 0, self.steps
+        start, _, end = self.sde_window.partition(":")
+        return int(start), int(end)
+
+    def _window_problems(self) -> list[str]:
+        if self.sde_window is None:
+            return []
+        try:
+            start, end = self.window()
+        except ValueError:
+            return [f"--sde-window {self.sde_window!r}: write START:END, two step indices, e.g. 0:2"]
+        if not 0 <= start < end <= self.steps:
+            return [f"--sde-window {self.sde_window}: needs 0 <= START < END <= steps ({self.steps}); e.g. 0:2"]
+        if not self.stochastic:
+            return [f"--sde-window {self.sde_window} with ODE sampling (--sampler ode, or auto with "
+                    f"{self.algorithm}): use --sampler sde, or drop the window"]
+        return []
+
+    @property
+    def stochastic_steps(self) -> list[int]:
+        """The sampling steps with noise (SDE / DDIM eta 1): the window's, none with ODE sampling."""
+        return list(range(*self.window())) if self.stochastic else []
+
+    @property
+    def trainable_steps(self) -> list[int]:
+        """The steps the update may train: grpo's stochastic ones (they have log-probs), nft's and awm's all."""
+        return self.stochastic_steps if self.algorithm == "grpo" else list(range(self.steps))
+
     @property
     def train_steps(self) -> int:
         """Denoising steps trained per trajectory (Flow-GRPO's num_train_timesteps)."""
-        return int(self.steps * self.timestep_fraction)
+        return int(len(self.trainable_steps) * self.timestep_fraction)
 
     @property
     def ppo_clip(self) -> float:
@@ -174,9 +211,11 @@ class RLConfig:
                             "--sampler sde (or auto), or --algorithm nft / awm, which train on the final images")
         if self.nft_beta == 0:
             problems.append("nft_beta 0 divides nft's loss by zero; use a value above 0 (DiffusionNFT: 1.0)")
-        if self.train_steps == 0:
-            problems.append(f"timestep_fraction {self.timestep_fraction:g} of {self.steps} steps trains no step; "
-                            f"raise it to at least {1 / self.steps:g}")
+        problems += self._window_problems()
+        if not problems and self.train_steps == 0:
+            count = len(self.trainable_steps)
+            problems.append(f"timestep_fraction {self.timestep_fraction:g} of {count} steps trains no step; "
+                            f"raise it to at least {1 / count:g}")
         return problems
 
     def preflight(self) -> None:

@@ -46,13 +46,14 @@ def rows(r: Any, cond: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tenso
 
 
 def choose_train_steps(cfg: Any, n: int, gen: torch.Generator) -> torch.Tensor:
-    """(n, train_steps) step indices per trajectory: every step in order when all are trained, else the first
-    int(steps * timestep_fraction) of a random permutation per trajectory (Flow-GRPO's and DiffusionNFT's rule),
-    drawn from the epoch's generator after the sampling noise, so a resumed epoch chooses the same steps and the
-    trajectories do not depend on the fraction."""
-    if cfg.train_steps == cfg.steps:
-        return torch.arange(cfg.steps).expand(n, -1).clone()
-    return torch.stack([torch.randperm(cfg.steps, generator=gen)[:cfg.train_steps] for _ in range(n)])
+    """(n, train_steps) step indices per trajectory, out of `cfg.trainable_steps`: all of them in order when all are
+    trained, else the first int(count * timestep_fraction) of a random permutation per trajectory (Flow-GRPO's and
+    DiffusionNFT's rule), drawn from the epoch's generator after the sampling noise, so a resumed epoch chooses the
+    same steps and the trajectories do not depend on the fraction."""
+    steps = torch.tensor(cfg.trainable_steps, dtype=torch.long)
+    if cfg.train_steps == len(steps):
+        return steps.expand(n, -1).clone()
+    return torch.stack([steps[torch.randperm(len(steps), generator=gen)[:cfg.train_steps]] for _ in range(n)])
 
 
 @torch.no_grad()
