@@ -6,6 +6,7 @@ import torch
 
 from aifeedback.config import build_config
 from aifeedback.errors import AifError
+from aifeedback.families.base import vae_factor
 from aifeedback.stages.rl import RLRecipe
 from aifeedback.stages.rl_config import RLConfig
 from aifeedback.stages.rl_rollout import choose_train_steps, predict
@@ -84,3 +85,39 @@ def test_grpo_with_a_timestep_fraction_trains_the_chosen_steps_of_the_stored_tra
 def test_a_bad_sde_window_is_refused_by_the_config(kw, error):
     with pytest.raises(AifError, match=error):
         build_config(RLConfig, kw)
+
+
+@pytest.mark.parametrize("model", ["tiny-sd3", "tiny-sd15"])
+def test_guidance_scale_guides_the_policy_in_sampling_and_update_and_keeps_the_ratio_check(tmp_path, model):
+    r = recipe(tmp_path, model=model, guidance_scale=4.5, kl_beta=0.1)
+    rollout = r.sample(0)
+    x, cond = rollout.latents[:, 1], rollout.conditioning
+    t = r.sampler.timesteps[1].expand(len(x))
+    with torch.no_grad():  # by hand: u + g (c - u), two separate passes of the raw denoiser
+        text = r.family.predict(r.model, x, t, cond, r.micro.expand(len(x), -1)).float()
+        empty = {k: r.family.encode_prompts(r.text, [""])[k].expand(len(x), *v.shape[1:]) for k, v in cond.items()}
+        uncond = r.family.predict(r.model, x, t, empty, r.micro.expand(len(x), -1)).float()
+        guided = predict(r, x, t, cond)
+    assert torch.allclose(guided, uncond + 4.5 * (text - uncond), atol=1e-4)
+    assert not torch.allclose(guided, text, atol=1e-4)
+    assert r.update(rollout)["ratio_dev_first"] == 0.0  # the update recomputes the guided policy's log-probs
+
+
+def test_guidance_scale_is_refused_for_a_guidance_distilled_model(tmp_path):
+    with pytest.raises(AifError, match="guidance-distilled"):
+        recipe(tmp_path, model="tiny-flux-dev", guidance_scale=4.5)
+
+
+def test_grpo_samples_a_flow_model_with_resolution_dependent_shift(tmp_path):
+    # tiny-flux-dev's scheduler has use_dynamic_shifting: set_timesteps needs FluxPipeline's mu and sigmas
+    r = recipe(tmp_path, model="tiny-flux-dev")
+    side = 32 // vae_factor(r.vae.config) // 2  # FLUX packs 2x2 latent patches into one token
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    c = r.sampler.config
+    mu = calculate_shift(side**2, c.base_image_seq_len, c.max_image_seq_len, c.base_shift, c.max_shift)
+    s = torch.linspace(1.0, 1 / 3, 3, dtype=torch.float64)
+    want = torch.exp(torch.tensor(mu, dtype=torch.float64)) / (torch.exp(torch.tensor(mu)) + (1 / s - 1))
+    assert torch.allclose(r.sampler.sigmas[:3].double(), want, atol=1e-6) and r.sampler.sigmas[3] == 0
+    rollout = r.sample(0)
+    assert r.update(rollout)["ratio_dev_first"] == 0.0

@@ -39,7 +39,7 @@ from aifeedback.console import finish, note, progress, quiet_libraries
 from aifeedback.data.prompts import load_prompts, prompt_id
 from aifeedback.errors import AifError
 from aifeedback.families import detect
-from aifeedback.families.base import time_ids
+from aifeedback.families.base import time_ids, vae_factor
 from aifeedback.families.flow import FlowFamily
 from aifeedback.families.loading import load_pipeline
 from aifeedback.families.resolve import model_defaults
@@ -117,6 +117,7 @@ class RLRecipe:
         self.scorers = {spec: load_scorer(spec, str(self.device)) for spec in self.weights}
         self.prompts = [p.text for p in load_prompts(cfg.prompts, cfg.prompt_column)]
         self.sampler = self._setup_sampler()
+        self.negative = self._setup_guidance()
         self.state = self._setup_resume()
         init_trackers(acc, cfg, "aif-rl")
 
@@ -130,12 +131,29 @@ class RLRecipe:
             if sampler.config.thresholding:
                 raise AifError(f"--model {self.cfg.model}: its scheduler uses dynamic thresholding, which DDPO's "
                                "DDIM step does not model; use a model without it")
-        sampler.set_timesteps(self.cfg.steps, device=self.device)
+        shift = rl_rollout.dynamic_shift(sampler.config, self.cfg.steps, self.resolution // vae_factor(self.vae.config))
+        sampler.set_timesteps(self.cfg.steps, device=self.device, **shift)
         noisy = self.cfg.stochastic_steps
         self.stochastic = [k in noisy for k in range(self.cfg.steps)]  # per step: SDE / DDIM eta 1, else ODE
         r = self.resolution
         self.micro = torch.tensor([time_ids((r, r), (0, 0), (r, r))], dtype=torch.float32, device=self.device)
         return sampler
+
+    def _setup_guidance(self) -> Optional[dict[str, torch.Tensor]]:
+        """The empty prompt's encoding for --guidance-scale > 1 (one row); refused for guidance-distilled models."""
+        if self.cfg.guidance_scale == 1:
+            return None
+        denoiser = getattr(self.pipe, "transformer", None) or self.pipe.unet
+        if getattr(denoiser.config, "guidance_embeds", False):
+            raise AifError(f"--guidance-scale {self.cfg.guidance_scale:g}: {self.cfg.model} is guidance-distilled "
+                           "(its denoiser embeds the guidance scale, which aif rl keeps); drop --guidance-scale")
+        with torch.no_grad():
+            negative = self.family.encode_prompts(self.text, [""])
+            positive = self.family.encode_prompts(self.text, ["a"])
+        if any(negative[k].shape != positive[k].shape for k in negative):
+            raise AifError(f"--guidance-scale: {self.family.name}'s prompt encodings vary in length, so the empty "
+                           "prompt cannot be batched with the prompts; use --guidance-scale 1")
+        return negative
 
     def _setup_run_folder(self) -> Optional[Path]:
         """Prepare --out (a different job there is refused unless --overwrite); the checkpoint to continue from."""

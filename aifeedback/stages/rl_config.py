@@ -64,6 +64,11 @@ class RLConfig:
     noise_level: float = option(0.7, "flow families: the SDE's noise level a (std_dev_t = a sqrt(s / (1 - s))); "
                                      "Flow-GRPO: 0.7 (UNet families sample DDIM with eta = 1, as DDPO)", min=0.0)
     resolution: Optional[int] = option(None, "image size in pixels; null = the family's", min=8)
+    guidance_scale: float = option(
+        1.0, "classifier-free guidance against the empty prompt: the policy's prediction is the guided one, while "
+             "sampling and in the update (as flow_grpo train_sd3.py); 1 = none. Flow-GRPO: 4.5; DiffusionNFT, AWM: "
+             "1 (no CFG). Guidance-distilled families (FLUX.1-dev, FLUX.2 [dev]) keep their guidance embedding and "
+             "refuse a scale above 1", min=1.0)
     sampler: Literal["auto", "sde", "ode"] = option(
         "auto", "how each epoch samples: sde (flow: Flow-GRPO's SDE step; UNet: DDIM eta 1, with per-step "
                 "log-probs), ode (deterministic: the Euler step / DDIM eta 0); auto = sde for grpo, ode for nft and "

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+import numpy as np
 import torch
 
 from aifeedback.families.base import vae_factor
@@ -33,6 +34,22 @@ class Rollout:
     train_steps: torch.Tensor  # (N, n) long: the sampling steps the update trains, per trajectory, in order
     train_noise: Optional[torch.Tensor] = None  # nft, awm: (N, n, C, h, w) the forward process's noise
     old: Optional[torch.Tensor] = None  # nft: v_old (N, n, C, h, w); awm: the matching log-prob (N, n)
+
+
+def dynamic_shift(config: Any, steps: int, latent_side: int) -> dict[str, Any]:
+    """set_timesteps' extra arguments for a flow scheduler with resolution-dependent shifting (FLUX.1-dev,
+    Qwen-Image), as FluxPipeline / QwenImagePipeline pass them: sigmas linspace(1, 1 / steps, steps) and mu =
+    diffusers' calculate_shift at the 2x2-packed sequence length (latent_side / 2)^2 with the scheduler's base / max
+    values. Empty for other schedulers. (FLUX.2's pipeline computes an empirical mu instead; this rule is used there
+    too.)"""
+    if not config.get("use_dynamic_shifting", False):
+        return {}
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    mu = calculate_shift((latent_side // 2) ** 2, config.get("base_image_seq_len", 256),
+                         config.get("max_image_seq_len", 4096), config.get("base_shift", 0.5),
+                         config.get("max_shift", 1.15))
+    return {"sigmas": np.linspace(1.0, 1 / steps, steps), "mu": mu}
 
 
 def epoch_prompts(r: Any, epoch: int) -> list[str]:
@@ -95,9 +112,18 @@ def sample(r: Any, epoch: int, prepare: Optional[Callable[[Any, Rollout, torch.G
 
 
 def predict(r: Any, x: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The trained denoiser's output at latents x, timesteps t (B,), under the run's autocast."""
+    """The policy's prediction at latents x, timesteps t (B,), under the run's autocast: the denoiser's output, or
+    with --guidance-scale g > 1 the guided u + g (c - u), u at the empty prompt's encoding (`r.negative`, one row),
+    c at the prompts', in one pass over the doubled batch (as flow_grpo's train_sd3.py)."""
+    g, n = r.cfg.guidance_scale, len(x)
     with r.accelerator.autocast():
-        return r.family.predict(r.model, x.to(r.weight_dtype), t, cond, r.micro.expand(len(x), -1))
+        if g == 1:
+            return r.family.predict(r.model, x.to(r.weight_dtype), t, cond, r.micro.expand(n, -1))
+        both = {k: torch.cat([r.negative[k].expand(n, *v.shape[1:]), v]) for k, v in cond.items()}
+        x2 = torch.cat([x, x]).to(r.weight_dtype)
+        out = r.family.predict(r.model, x2, torch.cat([t, t]), both, r.micro.expand(2 * n, -1))
+    uncond, text = out.float().chunk(2)
+    return uncond + g * (text - uncond)
 
 
 def policy_step(r: Any, x: torch.Tensor, k: int | torch.Tensor, cond: dict[str, torch.Tensor],
