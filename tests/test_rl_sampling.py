@@ -16,6 +16,7 @@ TINY = dict(prompts_per_epoch=2, group_size=2, steps=3, reward="redness", lora_r
 
 
 def recipe(tmp_path, **kw):
+    tmp_path.mkdir(exist_ok=True)
     path = tmp_path / "prompts.txt"
     path.write_text("a red apple\na blue car\n")
     r = RLRecipe(build_config(RLConfig, dict(TINY, prompts=str(path), out=str(tmp_path / "run"), **kw)))
@@ -121,3 +122,39 @@ def test_grpo_samples_a_flow_model_with_resolution_dependent_shift(tmp_path):
     assert torch.allclose(r.sampler.sigmas[:3].double(), want, atol=1e-6) and r.sampler.sigmas[3] == 0
     rollout = r.sample(0)
     assert r.update(rollout)["ratio_dev_first"] == 0.0
+
+
+@pytest.mark.parametrize("model", ["tiny-sd3", "tiny-sd15"])
+def test_eval_steps_logs_the_ode_reward_of_fixed_prompts_without_touching_training(tmp_path, model):
+    import json
+
+    from aifeedback.rl.sde import ddim_step, flow_ode_step
+    from aifeedback.scoring.scorers import load_scorer
+
+    base = dict(model=model, epochs=2, prompts_per_epoch=1, group_size=2, batch_size=2)
+    plain = recipe(tmp_path / "plain", **base)
+    plain.train()
+    r = recipe(tmp_path / "eval", **base, eval_steps=4, eval_every=2, eval_prompts=2)
+    r.train()
+    m = [json.loads(x) for x in (tmp_path / "eval" / "run" / "metrics.jsonl").read_text().splitlines()]
+    p = [json.loads(x) for x in (tmp_path / "plain" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert "eval/reward" not in m[0] and m[1]["eval/reward"] == m[1]["eval/reward/redness"]
+    assert [x["loss"] for x in m] == [x["loss"] for x in p]  # the evaluation changes no training value
+    # by hand: the same prompts, noise and ODE with the final weights
+    s = r.eval_sampler
+    assert len(s.timesteps) == 4
+    cond = r.family.encode_prompts(r.text, ["a red apple", "a blue car"])
+    x = torch.randn((2, r.vae.config.latent_channels, 32 // vae_factor(r.vae.config), 32 // vae_factor(r.vae.config)),
+                    generator=torch.Generator().manual_seed(0))
+    x = x * s.init_noise_sigma if model == "tiny-sd15" else x
+    with torch.no_grad():
+        for k in range(4):
+            t = s.timesteps[k].expand(2)
+            out = r.family.predict(r.model, x, t, cond, r.micro.expand(2, -1))
+            x = (flow_ode_step(out, x, s.sigmas[k], s.sigmas[k + 1]) if model == "tiny-sd3" else
+                 ddim_step(out, x, t, s.alphas_cumprod, 4, eta=0.0)).prev_sample
+    from aifeedback.families.sampling import decode_latents
+
+    images = decode_latents(r.pipe, x)
+    want = sum(load_scorer("redness", "cpu").score(images, ["a red apple", "a blue car"])) / 2
+    assert m[1]["eval/reward"] == pytest.approx(want, rel=1e-4)

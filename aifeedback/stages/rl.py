@@ -122,7 +122,16 @@ class RLRecipe:
         init_trackers(acc, cfg, "aif-rl")
 
     def _setup_sampler(self) -> Any:
-        """The sampling schedule: the flow-matching Euler scheduler's sigmas, or DDIM's timesteps (UNet)."""
+        """The sampling schedule (and --eval-steps' one), which steps are stochastic, the UNet micro-conditioning."""
+        noisy = self.cfg.stochastic_steps
+        self.stochastic = [k in noisy for k in range(self.cfg.steps)]  # per step: SDE / DDIM eta 1, else ODE
+        r = self.resolution
+        self.micro = torch.tensor([time_ids((r, r), (0, 0), (r, r))], dtype=torch.float32, device=self.device)
+        self.eval_sampler = self._schedule(self.cfg.eval_steps) if self.cfg.eval_steps else None
+        return self._schedule(self.cfg.steps)
+
+    def _schedule(self, steps: int) -> Any:
+        """A schedule of `steps` steps: the flow-matching Euler scheduler's sigmas, or DDIM's timesteps (UNet)."""
         config = self.pipe.scheduler.config
         if self.kind == "flow":
             sampler = FlowMatchEulerDiscreteScheduler.from_config(config)
@@ -131,12 +140,8 @@ class RLRecipe:
             if sampler.config.thresholding:
                 raise AifError(f"--model {self.cfg.model}: its scheduler uses dynamic thresholding, which DDPO's "
                                "DDIM step does not model; use a model without it")
-        shift = rl_rollout.dynamic_shift(sampler.config, self.cfg.steps, self.resolution // vae_factor(self.vae.config))
-        sampler.set_timesteps(self.cfg.steps, device=self.device, **shift)
-        noisy = self.cfg.stochastic_steps
-        self.stochastic = [k in noisy for k in range(self.cfg.steps)]  # per step: SDE / DDIM eta 1, else ODE
-        r = self.resolution
-        self.micro = torch.tensor([time_ids((r, r), (0, 0), (r, r))], dtype=torch.float32, device=self.device)
+        shift = rl_rollout.dynamic_shift(sampler.config, steps, self.resolution // vae_factor(self.vae.config))
+        sampler.set_timesteps(steps, device=self.device, **shift)
         return sampler
 
     def _setup_guidance(self) -> Optional[dict[str, torch.Tensor]]:
@@ -220,7 +225,12 @@ class RLRecipe:
         return rl_rollout.sample(self, epoch, rl_matching.prepare if self.cfg.algorithm in ("nft", "awm") else None)
 
     def update(self, rollout: Rollout) -> dict[str, float]:
-        return rl_update.update(self, rollout)
+        """The epoch's updates' metrics, with the --eval-steps pass's rewards (`eval/...`) after every
+        --eval-every-th epoch's update."""
+        sums = rl_update.update(self, rollout)
+        if self.eval_sampler is not None and (self.state["epoch"] + 1) % self.cfg.eval_every == 0:
+            sums.update(rl_rollout.evaluate(self))
+        return sums
 
     def _log(self, rollout: Rollout, sums: dict[str, float], t_sample: float, t_update: float) -> None:
         record = {"epoch": self.state["epoch"], "step": self.state["step"],

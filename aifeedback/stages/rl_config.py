@@ -83,6 +83,13 @@ class RLConfig:
              "drawn from the epoch's generator after the sampling noise (all, in order, when that is every one). "
              "Upstream: 0.99 (Flow-GRPO, DiffusionNFT config/base.py), 0.9 (AWM config/dgx_awm.py)",
         min=0.0, max=1.0)
+    eval_steps: int = option(0, "evaluation: every --eval-every epochs, sample one image per evaluation prompt with "
+                                "the ODE in this many steps and log its reward as eval/reward; 0 = no evaluation "
+                                "(Flow-GRPO, DiffusionNFT: 40)", min=0, max=1000)
+    eval_every: int = option(10, "evaluate after every N-th epoch (config/base.py eval_freq: DiffusionNFT 10, "
+                                 "Flow-GRPO 20)", min=1)
+    eval_prompts: int = option(4, "evaluation prompts: the first N of the prompt list (cycling), the same every time",
+                               min=1)
     # reward
     reward: str = option("pickscore", "reward: SCORER[:WEIGHT] entries separated by commas, e.g. "
                                       "pickscore:1.0,aesthetic:0.5 (`aif models` lists the scorers); with several, "

@@ -143,3 +143,32 @@ def policy_step(r: Any, x: torch.Tensor, k: int | torch.Tensor, cond: dict[str, 
     clip = sampler.config.clip_sample_range if sampler.config.clip_sample else None
     return ddim_step(out, x, t, sampler.alphas_cumprod, r.cfg.steps, eta=1.0 if stochastic else 0.0,
                      prediction_type=sampler.config.prediction_type, clip_sample=clip, **kwargs)
+
+
+@torch.no_grad()
+def evaluate(r: Any) -> dict[str, float]:
+    """--eval-steps pass: one image for each of the first --eval-prompts prompts, from fixed noise (a generator
+    seeded by --seed alone, so every evaluation starts from the same noise), sampled with the ODE (Euler / DDIM
+    eta 0) over `r.eval_sampler`'s --eval-steps steps with the current (not EMA) weights and --guidance-scale,
+    scored: `eval/reward` = sum of weight x mean score, and each reward's mean as `eval/reward/SPEC`."""
+    cfg, sampler = r.cfg, r.eval_sampler
+    prompts = [r.prompts[i % len(r.prompts)] for i in range(cfg.eval_prompts)]
+    cond = r.family.encode_prompts(r.text, prompts)
+    f = vae_factor(r.vae.config)
+    shape = (len(prompts), r.vae.config.latent_channels, r.resolution // f, r.resolution // f)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(cfg.seed), dtype=torch.float32).to(r.device)
+    if r.kind == "unet":
+        x = x * sampler.init_noise_sigma
+    clip = sampler.config.get("clip_sample_range") if sampler.config.get("clip_sample") else None
+    for k in range(cfg.eval_steps):
+        t = sampler.timesteps[k].expand(len(x))
+        out = predict(r, x, t, cond)
+        if r.kind == "flow":
+            x = flow_ode_step(out, x, sampler.sigmas[k], sampler.sigmas[k + 1]).prev_sample
+        else:
+            x = ddim_step(out, x, t, sampler.alphas_cumprod, cfg.eval_steps, eta=0.0,
+                          prediction_type=sampler.config.prediction_type, clip_sample=clip).prev_sample
+    images = decode_latents(r.pipe, x.to(r.weight_dtype))
+    means = {spec: sum(scorer.score(images, prompts)) / len(images) for spec, scorer in r.scorers.items()}
+    return {"eval/reward": sum(r.weights[spec] * m for spec, m in means.items()),
+            **{f"eval/reward/{spec}": m for spec, m in means.items()}}
