@@ -14,7 +14,8 @@ and inputs: grpo's and awm's ratio is exactly 1 (`ratio_dev_first` = 0 in metric
 (`v_dev_first` = 0), the check that sampling and training see the same policy.
 
 So far: flow families (SD3, FLUX layout through `Family.predict`) and the text-to-image UNet families (SD1.5, SDXL:
-size and crop time ids of an uncropped image at the resolution), LoRA, no classifier-free guidance, one process. Run
+size and crop time ids of an uncropped image at the resolution), LoRA, CFG while sampling (`--guidance-scale`), an
+ODE evaluation pass (`--eval-steps`), one process. Run
 folder: config.yaml, manifest.json, metrics.jsonl (one line per epoch), rollouts/ (each epoch's prompts, images,
 rewards and advantages as Parquet: `write_rollout`), checkpoints/checkpoint-NNNNNN (NNNNNN = the epoch; the same files
 as `aif train`'s, so `aif export` reads them). A rerun of the same command continues from the latest checkpoint: epoch
