@@ -27,10 +27,10 @@ def forward_process(r: Any, x0: torch.Tensor, k: torch.Tensor, noise: torch.Tens
     """x_t of clean latents x0 (B, ...) at sampling steps k (B,) with `noise`: the model timestep `t`, x0's
     coefficients (`skip`, `out`: x0 = skip x_t - out pred), AWM's `target` and time `weight_t` in (0, 1)."""
     sampler = r.sampler
-    t = sampler.timesteps[k]
+    t = sampler.timesteps[k].to(x0.device)
     shape = (-1, *([1] * (x0.dim() - 1)))
     if r.kind == "flow":
-        s = sampler.sigmas[k].float()
+        s = sampler.sigmas[k].to(x0.device, torch.float32)
         x_t = (1 - s.view(shape)) * x0 + s.view(shape) * noise
         skip, out = flow_x0_coefficients(s)
         return dict(x_t=x_t, t=t, skip=skip, out=out, target=noise - x0, weight_t=s)
