@@ -66,3 +66,15 @@ def test_nft_and_awm_resume_bitwise(prompts, tmp_path, algorithm):
            [{k: v for k, v in r.items() if k not in speed} for r in metrics(resumed)]
     a, b = lora(straight, 2), lora(resumed, 2)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nft_trains_on_data_from_the_sde_sampler_too(prompts, tmp_path):
+    out = rl(prompts, tmp_path / "sde", model="tiny-sd3", algorithm="nft", sampler="sde", epochs=1)
+    m = metrics(out)
+    assert m[0]["v_dev_first"] == 0.0 and m[0]["v_dev"] > 0
+    from datasets import load_dataset
+
+    ode = rl(prompts, tmp_path / "ode", model="tiny-sd3", algorithm="nft", epochs=1)
+    a = load_dataset("parquet", data_dir=str(out / "rollouts" / "data"), split="train")["image"]
+    b = load_dataset("parquet", data_dir=str(ode / "rollouts" / "data"), split="train")["image"]
+    assert a != b  # the SDE's noise changed the sampled images
