@@ -74,7 +74,8 @@ class RLConfig:
                 "log-probs), ode (deterministic: the Euler step / DDIM eta 0); auto = sde for grpo, ode for nft and "
                 "awm (DiffusionNFT config/nft.py: sample.deterministic True), which train on the final images only")
     sde_window: Optional[str] = option(
-        None, "START:END: stochastic sampling only in steps START..END-1 (0-based), ODE steps elsewhere; grpo has "
+        None, "window of stochastic steps, written START:END (0-based, END excluded, e.g. 0:2): noise only there, "
+              "ODE steps elsewhere; grpo has "
               "log-probs and trains only there (Flow-GRPO-Fast, MixGRPO arXiv 2507.21802; a fixed window); null = "
               "every step")
     timestep_fraction: float = option(
