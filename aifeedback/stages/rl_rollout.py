@@ -97,8 +97,8 @@ def sample(r: Any, epoch: int, prepare: Optional[Callable[[Any, Rollout, torch.G
                             noise=noise[k, i:i + cfg.batch_size]) for i in range(0, len(prompts), cfg.batch_size)]
         x = torch.cat([s.prev_sample for s in step])
         latents.append(x)
-        log_probs.append(torch.cat([torch.zeros(len(s.prev_sample), device=x.device) if s.log_prob is None else s.log_prob
-                                    for s in step]))
+        log_probs.append(torch.cat([torch.zeros(len(s.prev_sample), device=x.device) if s.log_prob is None
+                                    else s.log_prob for s in step]))
     images = decode_latents(r.pipe, x.to(r.weight_dtype))
     raw = {spec: torch.tensor(scorer.score(images, prompts), dtype=torch.float64)
            for spec, scorer in r.scorers.items()}
