@@ -100,7 +100,6 @@ def test_reward_weights_parse_name_weight_lists():
 @pytest.mark.parametrize("kw, error", [
     (dict(reward="redness:1,pikscore:0.5"), "pikscore"),
     (dict(model="tiny-sd15", algorithm="flowonly"), "does not support family 'tiny-sd15' \\(unet\\): the reason"),
-    (dict(algorithm="nft"), "grpo only so far"),
 ])
 def test_a_misspelt_reward_or_unsupported_family_fails_before_any_model_loads(prompts, tmp_path, monkeypatch, kw,
                                                                             error, aif_cache):
@@ -127,6 +126,17 @@ def test_a_misspelt_reward_or_unsupported_family_fails_before_any_model_loads(pr
 def test_a_zero_noise_level_is_refused_by_the_config():
     with pytest.raises(AifError, match="noise_level 0 makes flow sampling deterministic"):
         build_config(RLConfig, dict(noise_level=0))
+    build_config(RLConfig, dict(noise_level=0, algorithm="nft"))  # nft samples with the ODE: no noise needed
+
+
+@pytest.mark.parametrize("kw, error", [
+    (dict(sampler="ode"), "--sampler ode with --algorithm grpo"),
+    (dict(algorithm="nft", nft_beta=0), "nft_beta 0"),
+    (dict(steps=3, timestep_fraction=0.3), "trains no step; raise it to at least 0.333333"),
+])
+def test_the_config_refuses_settings_that_cannot_train(kw, error):
+    with pytest.raises(AifError, match=error):
+        build_config(RLConfig, kw)
 
 
 def test_a_misspelt_algorithm_is_refused_and_help_lists_the_algorithms_one_per_line():

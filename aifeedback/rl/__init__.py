@@ -2,10 +2,10 @@
 `advantages.py` (per-prompt group advantages, combining several rewards), `sde.py` (stochastic denoising steps with
 their log-probs: the flow SDE step and DDPO's DDIM step), `objectives.py` (the per-step losses).
 
-The `aif rl` stage (`stages/rl.py`) samples, scores and updates with them (so far: grpo on flow families). This
-module is light (no torch): the command line and a stage config read the registry (names, help, which family kinds an
-algorithm supports) before any model code is imported. A family kind is 'flow' (`families/flow.py` `FlowFamily`:
-SD3, FLUX) or 'unet' (`families/base.py` `UNetFamily`: SD1.5, SDXL and their variants).
+The `aif rl` stage (`stages/rl.py`) samples, scores and updates with them (grpo, nft and awm, flow and UNet
+families). This module is light (no torch): the command line and a stage config read the registry (names, help, which
+family kinds an algorithm supports) before any model code is imported. A family kind is 'flow' (`families/flow.py`
+`FlowFamily`: SD3, FLUX) or 'unet' (`families/base.py` `UNetFamily`: SD1.5, SDXL and their variants).
 """
 
 from __future__ import annotations

@@ -57,8 +57,8 @@ STAGES: Registry[Stage] = Registry("stage", [
           "aifeedback.stages.cache"),
     Stage("train", "Preference fine-tuning (Diffusion-DPO, KTO, MaPO, ...) on human or AI-labelled data.",
           TrainConfig, "aifeedback.stages.train"),
-    Stage("rl", "Online RL (GRPO) of a denoiser on any reward: sample groups per prompt, score, update.", RLConfig,
-          "aifeedback.stages.rl"),
+    Stage("rl", "Online RL (GRPO, DiffusionNFT, AWM) of a denoiser on any reward: sample groups per prompt, score, "
+          "update.", RLConfig, "aifeedback.stages.rl"),
     Stage("export", "Turn a training checkpoint into a diffusers denoiser or LoRA file.", ExportConfig,
           "aifeedback.stages.export"),
     Stage("sample", "Generate images from a trained model (base + denoiser/LoRA).", SampleConfig,

@@ -1,31 +1,33 @@
 """`aif rl`: online RL of a text-to-image denoiser on any reward (issue 22; REFERENCE.md section 10).
 
 `RLRecipe` builds its parts with the trainer's shared pieces (stages/train_setup.py, train_guard.py,
-train_checkpoint.py) and runs epochs. Each epoch: P prompts (the prompt list in order, cycling), G images each,
-sampled from the current policy with the per-step log-probs of the stochastic sampler (flow families: `rl.sde`'s
-SDE step over the pipeline scheduler's sigmas, Flow-GRPO; UNet families: DDIM with eta = 1 over the DDIM
-scheduler's timesteps, DDPO); the images scored by the rewards (`--reward`, combined by
-`rl.advantages.combine_rewards`), per-prompt group advantages; then `--inner-epochs` passes of updates, each
-optimizer step over `--batch-size` trajectories accumulating the loss of every denoising step (as Flow-GRPO). The
-first update of an epoch recomputes the stored log-probs with the same weights, batch and inputs: its ratio is
-exactly 1 (`ratio_dev_first` = 0 in metrics.jsonl), the check that sampling and training see the same policy.
+train_checkpoint.py) and runs epochs. Each epoch (stages/rl_rollout.py): P prompts (the prompt list in order,
+cycling), G images each, sampled from the current policy: stochastically with per-step log-probs (`--sampler sde`,
+grpo's: flow families `rl.sde`'s SDE step over the pipeline scheduler's sigmas, Flow-GRPO; UNet families DDIM with
+eta = 1 over the DDIM scheduler's timesteps, DDPO) or with the ODE (`--sampler ode`, nft's and awm's: the Euler step /
+DDIM eta 0); the images scored by the rewards (`--reward`, combined by `rl.advantages.combine_rewards`), per-prompt
+group advantages; then `--inner-epochs` passes of updates (stages/rl_update.py), each optimizer step over
+`--batch-size` trajectories accumulating the loss of every trained step (`--timestep-fraction` of the sampling
+steps): grpo on the stored denoising steps, nft and awm on the forward process of the final latents
+(stages/rl_matching.py). The first update of an epoch recomputes what sampling stored with the same weights, batch
+and inputs: grpo's and awm's ratio is exactly 1 (`ratio_dev_first` = 0 in metrics.jsonl), nft's v equals v_old
+(`v_dev_first` = 0), the check that sampling and training see the same policy.
 
-So far: algorithm grpo, flow families (SD3, FLUX layout through `Family.predict`) and the text-to-image UNet families
-(SD1.5, SDXL: size and crop time ids of an uncropped image at the resolution), LoRA, no classifier-free guidance,
-one process. Run folder: config.yaml, manifest.json, metrics.jsonl (one line per epoch), rollouts/ (each epoch's
-prompts, images, rewards and advantages as Parquet: `write_rollout`), checkpoints/
-checkpoint-NNNNNN (NNNNNN = the epoch; the same files as `aif train`'s, so `aif export` reads them). A rerun of the
-same command continues from the latest checkpoint: epoch e samples from a generator seeded by (seed, e), and the
+So far: flow families (SD3, FLUX layout through `Family.predict`) and the text-to-image UNet families (SD1.5, SDXL:
+size and crop time ids of an uncropped image at the resolution), LoRA, CFG while sampling (`--guidance-scale`), an
+ODE evaluation pass (`--eval-steps`), one process. Run
+folder: config.yaml, manifest.json, metrics.jsonl (one line per epoch), rollouts/ (each epoch's prompts, images,
+rewards and advantages as Parquet: `write_rollout`), checkpoints/checkpoint-NNNNNN (NNNNNN = the epoch; the same files
+as `aif train`'s, so `aif export` reads them). A rerun of the same command continues from the latest checkpoint: epoch
+e samples (and chooses its trained steps and forward-process noise) from a generator seeded by (seed, e), and the
 weights, optimizer and RNGs are restored exactly.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -42,15 +44,16 @@ from aifeedback.families.base import time_ids, vae_factor
 from aifeedback.families.flow import FlowFamily
 from aifeedback.families.loading import load_pipeline
 from aifeedback.families.resolve import model_defaults
-from aifeedback.families.sampling import decode_latents, encode_image
+from aifeedback.families.sampling import encode_image
 from aifeedback.rl import ALGORITHMS
-from aifeedback.rl.advantages import all_equal_share, combine_rewards, group_advantages
-from aifeedback.rl.sde import ddim_step, flow_sde_step
+from aifeedback.rl.advantages import all_equal_share
 from aifeedback.scoring.scorers import load_scorer
+from aifeedback.stages import rl_matching, rl_rollout, rl_update
 from aifeedback.stages.rl_config import RLConfig, reward_weights
+from aifeedback.stages.rl_rollout import Rollout
 from aifeedback.stages.train_checkpoint import load_train_state, load_weights, write_checkpoint
 from aifeedback.stages.train_ema import STATE_KEY as EMA_STEPS
-from aifeedback.stages.train_guard import check_finite_weights, finite_update
+from aifeedback.stages.train_guard import check_finite_weights
 from aifeedback.stages.train_resume import truncate_metrics
 from aifeedback.stages.train_setup import (
     WEIGHT_DTYPES,
@@ -80,23 +83,8 @@ def run(cfg: RLConfig) -> Path:
     return recipe.out
 
 
-@dataclass
-class Rollout:
-    """One epoch's samples: per trajectory its prompt, the latents before and after each denoising step, the
-    step's log-prob, and its reward and advantage."""
-
-    prompts: list[str]
-    conditioning: dict[str, torch.Tensor]  # the prompts' encodings, one row per trajectory
-    latents: torch.Tensor  # (N, steps + 1, C, h, w) float32: x_0 = noise, x_k after step k
-    log_probs: torch.Tensor  # (N, steps) float32
-    images: list  # the decoded final images (PIL)
-    raw: dict[str, torch.Tensor]  # each reward's scores, (N,)
-    rewards: torch.Tensor  # (N,) combined reward
-    advantages: torch.Tensor  # (N,)
-
-
 class RLRecipe:
-    """Online RL (grpo) of one denoiser with LoRA, one process: setup() then train()."""
+    """Online RL (grpo, nft, awm) of one denoiser with LoRA, one process: setup() then train()."""
 
     def __init__(self, cfg: RLConfig):
         self.cfg = cfg
@@ -131,11 +119,21 @@ class RLRecipe:
                         for spec, served in zip(self.weights, cfg.served(self.weights, "--reward"))}
         self.prompts = [p.text for p in load_prompts(cfg.prompts, cfg.prompt_column)]
         self.sampler = self._setup_sampler()
+        self.negative = self._setup_guidance()
         self.state = self._setup_resume()
         init_trackers(acc, cfg, "aif-rl")
 
     def _setup_sampler(self) -> Any:
-        """The sampling schedule: the flow-matching Euler scheduler's sigmas, or DDIM's timesteps (UNet)."""
+        """The sampling schedule (and --eval-steps' one), which steps are stochastic, the UNet micro-conditioning."""
+        noisy = self.cfg.stochastic_steps
+        self.stochastic = [k in noisy for k in range(self.cfg.steps)]  # per step: SDE / DDIM eta 1, else ODE
+        r = self.resolution
+        self.micro = torch.tensor([time_ids((r, r), (0, 0), (r, r))], dtype=torch.float32, device=self.device)
+        self.eval_sampler = self._schedule(self.cfg.eval_steps) if self.cfg.eval_steps else None
+        return self._schedule(self.cfg.steps)
+
+    def _schedule(self, steps: int) -> Any:
+        """A schedule of `steps` steps: the flow-matching Euler scheduler's sigmas, or DDIM's timesteps (UNet)."""
         config = self.pipe.scheduler.config
         if self.kind == "flow":
             sampler = FlowMatchEulerDiscreteScheduler.from_config(config)
@@ -144,10 +142,25 @@ class RLRecipe:
             if sampler.config.thresholding:
                 raise AifError(f"--model {self.cfg.model}: its scheduler uses dynamic thresholding, which DDPO's "
                                "DDIM step does not model; use a model without it")
-        sampler.set_timesteps(self.cfg.steps, device=self.device)
-        r = self.resolution
-        self.micro = torch.tensor([time_ids((r, r), (0, 0), (r, r))], dtype=torch.float32, device=self.device)
+        shift = rl_rollout.dynamic_shift(sampler.config, steps, self.resolution // vae_factor(self.vae.config))
+        sampler.set_timesteps(steps, device=self.device, **shift)
         return sampler
+
+    def _setup_guidance(self) -> Optional[dict[str, torch.Tensor]]:
+        """The empty prompt's encoding for --guidance-scale > 1 (one row); refused for guidance-distilled models."""
+        if self.cfg.guidance_scale == 1:
+            return None
+        denoiser = getattr(self.pipe, "transformer", None) or self.pipe.unet
+        if getattr(denoiser.config, "guidance_embeds", False):
+            raise AifError(f"--guidance-scale {self.cfg.guidance_scale:g}: {self.cfg.model} is guidance-distilled "
+                           "(its denoiser embeds the guidance scale, which aif rl keeps); drop --guidance-scale")
+        with torch.no_grad():
+            negative = self.family.encode_prompts(self.text, [""])
+            positive = self.family.encode_prompts(self.text, ["a"])
+        if any(negative[k].shape != positive[k].shape for k in negative):
+            raise AifError(f"--guidance-scale: {self.family.name}'s prompt encodings vary in length, so the empty "
+                           "prompt cannot be batched with the prompts; use --guidance-scale 1")
+        return negative
 
     def _setup_run_folder(self) -> Optional[Path]:
         """Prepare --out (a different job there is refused unless --overwrite); the checkpoint to continue from."""
@@ -210,123 +223,16 @@ class RLRecipe:
             finish("rl", self.out, f"{self.state['epoch']} {cfg.algorithm} epochs, checkpoints in "
                    f"{self.out / 'checkpoints'}", f"aif sample --model {cfg.model} --tuned {self.out}")
 
-    def _epoch_prompts(self, epoch: int) -> list[str]:
-        p, n = self.cfg.prompts_per_epoch, len(self.prompts)
-        return [self.prompts[(epoch * p + i) % n] for i in range(p)]
-
-    @torch.no_grad()
     def sample(self, epoch: int) -> Rollout:
-        """G trajectories for each of the epoch's P prompts, in minibatches of --batch-size (the same batches the
-        first update recomputes), scored and given group advantages."""
-        cfg = self.cfg
-        prompts = [p for p in self._epoch_prompts(epoch) for _ in range(cfg.group_size)]
-        encoded = self.family.encode_prompts(self.text, self._epoch_prompts(epoch))
-        cond = {k: v.repeat_interleave(cfg.group_size, dim=0) for k, v in encoded.items()}
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        f = vae_factor(self.vae.config)
-        # the VAE's layout, as Family.predict takes it (FLUX packs inside predict)
-        shape = (len(prompts), self.vae.config.latent_channels, self.resolution // f, self.resolution // f)
-        x = torch.randn(shape, generator=gen, dtype=torch.float32).to(self.device)
-        if self.kind == "unet":
-            x = x * self.sampler.init_noise_sigma
-        noise = torch.randn((cfg.steps, *shape), generator=gen, dtype=torch.float32).to(self.device)
-        latents, log_probs = [x], []
-        for k in range(cfg.steps):
-            step = [self._policy_step(x[i:i + cfg.batch_size], k, self._rows(cond, i),
-                                      noise=noise[k, i:i + cfg.batch_size])
-                    for i in range(0, len(prompts), cfg.batch_size)]
-            x = torch.cat([s.prev_sample for s in step])
-            latents.append(x)
-            log_probs.append(torch.cat([s.log_prob for s in step]))
-        images = decode_latents(self.pipe, x.to(self.weight_dtype))
-        raw = {spec: torch.tensor(scorer.score(images, prompts), dtype=torch.float64)
-               for spec, scorer in self.scorers.items()}
-        rewards = combine_rewards(raw, self.weights)
-        advantages = group_advantages(rewards, prompts, cfg.global_std)
-        return Rollout(prompts, cond, torch.stack(latents, 1), torch.stack(log_probs, 1), images, raw, rewards,
-                       advantages)
-
-    def _rows(self, cond: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:
-        return {k: v[i:i + self.cfg.batch_size] for k, v in cond.items()}
-
-    def _policy_step(self, x: torch.Tensor, k: int, cond: dict[str, torch.Tensor], **kwargs):
-        """Denoising step k of the sampler from x with its log-prob: the flow SDE step (rl.sde.flow_sde_step) or
-        DDIM with eta = 1 (rl.sde.ddim_step)."""
-        sampler = self.sampler
-        t = sampler.timesteps[k].expand(len(x))
-        with self.accelerator.autocast():
-            out = self.family.predict(self.model, x.to(self.weight_dtype), t, cond, self.micro.expand(len(x), -1))
-        if self.kind == "flow":
-            sigmas = sampler.sigmas
-            return flow_sde_step(out, x, sigmas[k], sigmas[k + 1], sigmas[1].item(), self.cfg.noise_level, **kwargs)
-        clip = sampler.config.clip_sample_range if sampler.config.clip_sample else None
-        return ddim_step(out, x, t, sampler.alphas_cumprod, self.cfg.steps, eta=1.0,
-                         prediction_type=sampler.config.prediction_type, clip_sample=clip, **kwargs)
-
-    @torch.no_grad()
-    def _reference_step(self, x: torch.Tensor, k: int, cond: dict[str, torch.Tensor], x_next: torch.Tensor):
-        """The reference's step (the base model: the network with its LoRA adapters disabled) to the stored x_next,
-        for the KL term."""
-        base = self.accelerator.unwrap_model(self.model)
-        base.disable_adapters()
-        try:
-            return self._policy_step(x, k, cond, prev_sample=x_next)
-        finally:
-            base.enable_adapters()
+        return rl_rollout.sample(self, epoch, rl_matching.prepare if self.cfg.algorithm in ("nft", "awm") else None)
 
     def update(self, rollout: Rollout) -> dict[str, float]:
-        """--inner-epochs passes of optimizer steps over the rollout; returns the mean metrics and the first
-        update's ratio deviation."""
-        cfg = self.cfg
-        sums: dict[str, float] = {}
-        first: Optional[float] = None
-        n, count = len(rollout.prompts), 0
-        for _ in range(cfg.inner_epochs):
-            for i in range(0, n, cfg.batch_size):
-                metrics, norm = self._optimizer_step(rollout, i)
-                if first is None:
-                    first = metrics["ratio_dev"]
-                for key, value in metrics.items():
-                    sums[key] = sums.get(key, 0.0) + value
-                count += 1
-                if norm is not None:
-                    sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(norm)
-        out = {k: v / count for k, v in sums.items()}
-        out["ratio_dev_first"] = first
-        return out
-
-    def _optimizer_step(self, rollout: Rollout, i: int) -> tuple[dict[str, float], Optional[torch.Tensor]]:
-        """One optimizer step over trajectories i..i+batch_size: the loss of every denoising step, accumulated."""
-        cfg, acc = self.cfg, self.accelerator
-        sl = slice(i, i + cfg.batch_size)
-        cond, adv = self._rows(rollout.conditioning, i), rollout.advantages[sl].to(self.device)
-        metrics: dict[str, float] = {}
-        finite, ratio_dev = True, 0.0
-        for k in range(cfg.steps):
-            x, x_next = rollout.latents[sl, k], rollout.latents[sl, k + 1]
-            step = self._policy_step(x, k, cond, prev_sample=x_next)
-            kl = {}
-            if cfg.kl_beta > 0:
-                kl = dict(beta=cfg.kl_beta, prev_sample_mean=step.prev_sample_mean, std_dev_t=step.std_dev_t,
-                          prev_sample_mean_ref=self._reference_step(x, k, cond, x_next).prev_sample_mean)
-            loss, m = self.loss_fn(step.log_prob, rollout.log_probs[sl, k], adv, clip_range=cfg.clip_range,
-                                   adv_clip_max=cfg.adv_clip_max, **kl)
-            finite &= bool(torch.isfinite(loss.detach()))
-            acc.backward(loss / cfg.steps)
-            ratio_dev = max(ratio_dev, m["ratio_dev"].item())
-            for key, value in m.items():
-                metrics[key] = metrics.get(key, 0.0) + value.item() / cfg.steps
-        metrics["ratio_dev"] = ratio_dev
-        norm = acc.clip_grad_norm_(self.params, cfg.max_grad_norm or math.inf)
-        if finite_update(acc, norm, finite, self.state, self.state["step"] + 1, cfg.skip_nonfinite, self.out,
-                         self._say):
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.lr_sched.step()
-        if self.ema is not None:
-            self.ema.step()
-        self.state["step"] += 1
-        return metrics, norm
+        """The epoch's updates' metrics, with the --eval-steps pass's rewards (`eval/...`) after every
+        --eval-every-th epoch's update."""
+        sums = rl_update.update(self, rollout)
+        if self.eval_sampler is not None and (self.state["epoch"] + 1) % self.cfg.eval_every == 0:
+            sums.update(rl_rollout.evaluate(self))
+        return sums
 
     def _log(self, rollout: Rollout, sums: dict[str, float], t_sample: float, t_update: float) -> None:
         record = {"epoch": self.state["epoch"], "step": self.state["step"],

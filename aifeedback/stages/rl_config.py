@@ -13,7 +13,7 @@ from typing import Literal, Optional
 
 from aifeedback.config import input_paths, option, side_problems
 from aifeedback.errors import AifError
-from aifeedback.rl import ALGORITHMS
+from aifeedback.rl import ALGORITHMS, AWM_WEIGHTINGS
 from aifeedback.stages.reward_options import RewardServerOptions
 
 
@@ -74,6 +74,33 @@ class RLConfig(RewardServerOptions):
     noise_level: float = option(0.7, "flow families: the SDE's noise level a (std_dev_t = a sqrt(s / (1 - s))); "
                                      "Flow-GRPO: 0.7 (UNet families sample DDIM with eta = 1, as DDPO)", min=0.0)
     resolution: Optional[int] = option(None, "image size in pixels; null = the family's", min=8)
+    guidance_scale: float = option(
+        1.0, "classifier-free guidance against the empty prompt: the policy's prediction is the guided one, while "
+             "sampling and in the update (as flow_grpo train_sd3.py); 1 = none. Flow-GRPO: 4.5; DiffusionNFT, AWM: "
+             "1 (no CFG). Guidance-distilled families (FLUX.1-dev, FLUX.2 [dev]) keep their guidance embedding and "
+             "refuse a scale above 1", min=1.0)
+    sampler: Literal["auto", "sde", "ode"] = option(
+        "auto", "how each epoch samples: sde (flow: Flow-GRPO's SDE step; UNet: DDIM eta 1, with per-step "
+                "log-probs), ode (deterministic: the Euler step / DDIM eta 0); auto = sde for grpo, ode for nft and "
+                "awm (DiffusionNFT config/nft.py: sample.deterministic True), which train on the final images only")
+    sde_window: Optional[str] = option(
+        None, "window of stochastic steps, written START:END (0-based, END excluded, e.g. 0:2): noise only there, "
+              "ODE steps elsewhere; grpo has "
+              "log-probs and trains only there (Flow-GRPO-Fast, MixGRPO arXiv 2507.21802; a fixed window); null = "
+              "every step")
+    timestep_fraction: float = option(
+        1.0, "fraction of the steps trained per trajectory (grpo: of its stochastic steps, nft / awm: of all "
+             "sampling steps): int(count * fraction) of them, the first of a random permutation per trajectory "
+             "drawn from the epoch's generator after the sampling noise (all, in order, when that is every one). "
+             "Upstream: 0.99 (Flow-GRPO, DiffusionNFT config/base.py), 0.9 (AWM config/dgx_awm.py)",
+        min=0.0, max=1.0)
+    eval_steps: int = option(0, "evaluation: every --eval-every epochs, sample one image per evaluation prompt with "
+                                "the ODE in this many steps and log its reward as eval/reward; 0 = no evaluation "
+                                "(Flow-GRPO, DiffusionNFT: 40)", min=0, max=1000)
+    eval_every: int = option(10, "evaluate after every N-th epoch (config/base.py eval_freq: DiffusionNFT 10, "
+                                 "Flow-GRPO 20)", min=1)
+    eval_prompts: int = option(4, "evaluation prompts: the first N of the prompt list (cycling), the same every time",
+                               min=1)
     # reward
     reward: str = option("pickscore", "reward: SCORER[:WEIGHT] entries separated by commas, e.g. "
                                       "pickscore:1.0,aesthetic:0.5 (`aif models` lists the scorers); with several, "
@@ -83,10 +110,20 @@ class RLConfig(RewardServerOptions):
     # loss
     algorithm: Literal[ALGORITHMS.names()] = option("grpo", "online RL algorithm, one of:\n\n" + "\n\n".join(
         f"{k}: {v.help}" for k, v in ALGORITHMS.items()))
-    clip_range: float = option(1e-4, "PPO ratio clip epsilon (Flow-GRPO: 1e-4)", min=0.0)
+    clip_range: Optional[float] = option(None, "PPO ratio clip epsilon (grpo, awm); null = the algorithm's upstream "
+                                               "default: grpo 1e-4 (Flow-GRPO), awm 1 (AWM config/dgx_awm.py)",
+                                         min=0.0)
     adv_clip_max: float = option(5.0, "advantages are clamped to +-this inside the loss (Flow-GRPO: 5)", min=0.0)
     kl_beta: float = option(0.0, "weight of the KL to the reference (the base model; Flow-GRPO: 0.01 for "
-                                 "PickScore, 0.04 for GenEval)", min=0.0)
+                                 "PickScore, 0.04 for GenEval; nft: mean squared prediction difference, "
+                                 "DiffusionNFT 1e-4; awm: the same, AWM 1e-3 to 3e-3)", min=0.0)
+    nft_beta: float = option(1.0, "nft: the mixing strength b of the implicit positive / negative policies "
+                                  "(DiffusionNFT config/nft.py beta: 1.0; 0.1 for OCR)", min=0.0)
+    awm_weighting: Literal[AWM_WEIGHTINGS] = option(
+        "ghuber", "awm: the time weighting of the matching likelihood (rl/objectives.py matching_log_prob; AWM "
+                  "config/dgx_awm.py: ghuber)")
+    ghuber_power: float = option(0.25, "awm: the power p of the ghuber weighting (AWM config/dgx_awm.py: 0.25)",
+                                 min=0.0)
     inner_epochs: int = option(1, "passes of updates over each epoch's samples", min=1)
     batch_size: int = option(2, "images per optimizer step (each step accumulates every sampled denoising step)",
                              min=1)
@@ -123,6 +160,54 @@ class RLConfig(RewardServerOptions):
     grad_accum = 1  # the trainer's accumulation (train_setup.make_accelerator); rl accumulates over denoising steps
 
     @property
+    def stochastic(self) -> bool:
+        """Whether sampling is stochastic (SDE / DDIM eta 1): --sampler, auto = grpo's."""
+        return self.sampler == "sde" or (self.sampler == "auto" and self.algorithm == "grpo")
+
+    def window(self) -> tuple[int, int]:
+        """--sde-window as (start, end), or the whole schedule."""
+        if self.sde_window is None:
+            return 0, self.steps
+        start, _, end = self.sde_window.partition(":")
+        return int(start), int(end)
+
+    def _window_problems(self) -> list[str]:
+        if self.sde_window is None:
+            return []
+        try:
+            start, end = self.window()
+        except ValueError:
+            return [f"--sde-window {self.sde_window!r}: write START:END, two step indices, e.g. 0:2"]
+        if not 0 <= start < end <= self.steps:
+            return [f"--sde-window {self.sde_window}: needs 0 <= START < END <= steps ({self.steps}); e.g. 0:2"]
+        if not self.stochastic:
+            return [f"--sde-window {self.sde_window} with ODE sampling (--sampler ode, or auto with "
+                    f"{self.algorithm}): use --sampler sde, or drop the window"]
+        return []
+
+    @property
+    def stochastic_steps(self) -> list[int]:
+        """The sampling steps with noise (SDE / DDIM eta 1): the window's, none with ODE sampling."""
+        return list(range(*self.window())) if self.stochastic else []
+
+    @property
+    def trainable_steps(self) -> list[int]:
+        """The steps the update may train: grpo's stochastic ones (they have log-probs), nft's and awm's all."""
+        return self.stochastic_steps if self.algorithm == "grpo" else list(range(self.steps))
+
+    @property
+    def train_steps(self) -> int:
+        """Denoising steps trained per trajectory (Flow-GRPO's num_train_timesteps)."""
+        return int(len(self.trainable_steps) * self.timestep_fraction)
+
+    @property
+    def ppo_clip(self) -> float:
+        """--clip-range, or the algorithm's upstream default."""
+        if self.clip_range is not None:
+            return self.clip_range
+        return 1.0 if self.algorithm == "awm" else 1e-4
+
+    @property
     def updates_per_epoch(self) -> int:
         return self.inner_epochs * -(-self.prompts_per_epoch * self.group_size // self.batch_size)
 
@@ -141,12 +226,19 @@ class RLConfig(RewardServerOptions):
             problems.append(f"warmup_steps ({self.warmup_steps}) exceeds the run's {self.max_steps} optimizer steps")
         if self.ema_decay >= 1:
             problems.append(f"ema_decay {self.ema_decay:g} would never move the average; use a decay below 1")
-        if self.noise_level == 0:
+        if self.stochastic and self.noise_level == 0:
             problems.append("noise_level 0 makes flow sampling deterministic: its steps have no log-prob to train "
                             "(DDPO's UNet sampling ignores it); use a level above 0, e.g. 0.7")
-        if self.algorithm != "grpo":
-            problems.append(f"--algorithm {self.algorithm}: the stage runs grpo only so far (issue 22); use "
-                            "--algorithm grpo")
+        if self.algorithm == "grpo" and self.sampler == "ode":
+            problems.append("--sampler ode with --algorithm grpo: grpo trains the log-probs of stochastic steps; use "
+                            "--sampler sde (or auto), or --algorithm nft / awm, which train on the final images")
+        if self.nft_beta == 0:
+            problems.append("nft_beta 0 divides nft's loss by zero; use a value above 0 (DiffusionNFT: 1.0)")
+        problems += self._window_problems()
+        if not problems and self.train_steps == 0:
+            count = len(self.trainable_steps)
+            problems.append(f"timestep_fraction {self.timestep_fraction:g} of {count} steps trains no step; "
+                            f"raise it to at least {1 / count:g}")
         return problems
 
     def preflight(self) -> None:
