@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from aifeedback.data import ranked
-from aifeedback.data.labels import LABEL_COLUMNS, OPEN_PREFERENCES, PAIR_COLUMNS, UNPAIRED_COLUMNS
+from aifeedback.data.labels import LABEL_COLUMNS, OPEN_PREFERENCES, PAIR_COLUMNS, RL_PAIRS_DIR, UNPAIRED_COLUMNS
 from aifeedback.data.mapping import canonical_cell, canonical_mapping, check_mapping, map_columns, mapped_names, suggest
 from aifeedback.data.rows import HubRows, MappedRows, ParquetRows
 from aifeedback.data.trl import TRL_COLUMNS, TRL_MAPPING, check_path
@@ -328,9 +328,15 @@ def _open_output(target: str, how: Opening) -> PairTable:
     """An `aif score` output: its pairs are data/train-*.parquet (not image_scores/); --split does not apply."""
     path = Path(target).expanduser()
     stage = read_json(path / MANIFEST).get("stage")
+    if stage == "rl":  # an `aif rl` run: the best-vs-worst pair of each epoch's groups (stages/rl_rollouts.py)
+        files = shard_files(path / RL_PAIRS_DIR)
+        if not files:
+            raise DataError(f"{path} has no {RL_PAIRS_DIR}/data/train-*.parquet shards: the `aif rl` run finished no "
+                            "epoch yet (or predates rollout pairs); run `aif rl` for at least one epoch")
+        return PairTable(str(path), "aif-score", files)
     if stage != "score":
-        raise DataError(f"{path} holds a '{stage}' output; it needs labelled pairs: an `aif score` output or "
-                        f"Pick-a-Pic-layout Parquet files")
+        raise DataError(f"{path} holds a '{stage}' output; it needs labelled pairs: an `aif score` or `aif rl` output "
+                        f"or Pick-a-Pic-layout Parquet files")
     manifest = read_manifest(path, "score")
     files = shard_files(path)
     if not files:
@@ -552,7 +558,8 @@ def _open_mapped(target: str, how: Opening) -> PairTable:
 
 
 MAPPED = "columns"
-register(PairSource("aif-score", "an `aif score` output: manifest.json + data/train-*.parquet pairs",
+register(PairSource("aif-score", "an `aif score` output: manifest.json + data/train-*.parquet pairs (an `aif rl` "
+                    "output: its pairs/ folder)",
                     "`aif score` output", (), _is_output, _open_output))
 register(PairSource("hpdv2", "HPDv2 annotation JSON (prompt + file_path + human_preference, or prompt + image_path "
                     "+ rank) with its image folders; ranked lists made pairs (--ranked-pairs)", "HPDv2", (),

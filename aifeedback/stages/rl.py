@@ -25,7 +25,7 @@ import json
 import math
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -35,6 +35,7 @@ from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 
 from aifeedback.config import identity_dict, save_config, to_dict
 from aifeedback.console import finish, note, progress, quiet_libraries
+from aifeedback.data.labels import RL_PAIRS_DIR
 from aifeedback.data.prompts import load_prompts, prompt_id
 from aifeedback.errors import AifError
 from aifeedback.families import detect
@@ -47,7 +48,9 @@ from aifeedback.rl import ALGORITHMS
 from aifeedback.rl.advantages import all_equal_share, combine_rewards, group_advantages
 from aifeedback.rl.sde import ddim_step, flow_sde_step
 from aifeedback.scoring.scorers import load_scorer
-from aifeedback.stages.rl_config import RLConfig, reward_weights
+from aifeedback.stages.rl_config import RLConfig, monitor_specs, reward_weights
+from aifeedback.stages.rl_report import ROLLOUTS, write_rl_report
+from aifeedback.stages.rl_rollouts import epoch_extras, monitor_scores, write_pairs
 from aifeedback.stages.train_checkpoint import load_train_state, load_weights, write_checkpoint
 from aifeedback.stages.train_ema import STATE_KEY as EMA_STEPS
 from aifeedback.stages.train_guard import check_finite_weights, finite_update
@@ -65,8 +68,6 @@ from aifeedback.storage import checkpoints as ck
 from aifeedback.storage.files import read_json
 from aifeedback.storage.manifest import finish_output, prepare_output
 from aifeedback.storage.shards import write_shard
-
-ROLLOUTS = "rollouts"  # OUT/rollouts/data/train-NNNNN.parquet: epoch NNNNN's samples
 
 
 def run(cfg: RLConfig) -> Path:
@@ -93,6 +94,7 @@ class Rollout:
     raw: dict[str, torch.Tensor]  # each reward's scores, (N,)
     rewards: torch.Tensor  # (N,) combined reward
     advantages: torch.Tensor  # (N,)
+    monitor: dict[str, list[float]] = field(default_factory=dict)  # each held-out reward's scores (--monitor)
 
 
 class RLRecipe:
@@ -128,6 +130,7 @@ class RLRecipe:
         self.model, self.optimizer = acc.prepare(self.model, optimizer)
         self.ema = make_ema(self.params, cfg.ema_decay, sharded=False)
         self.scorers = {spec: load_scorer(spec, str(self.device)) for spec in self.weights}
+        self.monitors = {spec: load_scorer(spec, str(self.device)) for spec in monitor_specs(cfg.monitor)}
         self.prompts = [p.text for p in load_prompts(cfg.prompts, cfg.prompt_column)]
         self.sampler = self._setup_sampler()
         self.state = self._setup_resume()
@@ -153,7 +156,8 @@ class RLRecipe:
         cfg, out = self.cfg, self.out
         if self.main:
             if cfg.overwrite:
-                for name in ("checkpoints", "logs", ROLLOUTS, "metrics.jsonl", "manifest.json", "config.yaml"):
+                for name in ("checkpoints", "logs", ROLLOUTS, RL_PAIRS_DIR, "metrics.jsonl", "report.json",
+                             "report.html", "manifest.json", "config.yaml"):
                     p = out / name
                     shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
             prepare_output(out, "rl", to_dict(cfg), identity_dict(cfg), overwrite=cfg.overwrite)
@@ -193,8 +197,11 @@ class RLRecipe:
         while self.state["epoch"] < cfg.epochs:
             t0 = time.perf_counter()
             rollout = self.sample(self.state["epoch"])
+            rollout.monitor = monitor_scores(self.monitors, rollout.images, rollout.prompts)
             if self.main:
                 write_rollout(self.out, self.state["epoch"], rollout)
+                write_pairs(self.out, self.state["epoch"], rollout.prompts, rollout.images, rollout.rewards.tolist(),
+                            cfg.group_size, cfg.reward)
             t1 = time.perf_counter()
             sums = self.update(rollout)
             self.state["epoch"] += 1
@@ -204,6 +211,7 @@ class RLRecipe:
                 self.save_checkpoint()
         bar.close()
         if self.main:
+            write_rl_report(self.out, cfg)
             finish_output(self.out, read_json(self.out / "manifest.json"), epochs=self.state["epoch"],
                           steps=self.state["step"])
             finish("rl", self.out, f"{self.state['epoch']} {cfg.algorithm} epochs, checkpoints in "
@@ -333,6 +341,7 @@ class RLRecipe:
                   "reward_std": rollout.rewards.std(unbiased=False).item(),
                   **{f"reward/{k}": v.mean().item() for k, v in rollout.raw.items()},
                   "all_equal_share": all_equal_share(rollout.rewards, rollout.prompts),
+                  **epoch_extras(rollout.images, rollout.monitor, self.cfg.group_size),
                   **{k: round(v, 10) for k, v in sums.items()}, "lr": self.lr_sched.get_last_lr()[0],
                   "images_per_s": round(len(rollout.prompts) / t_sample, 3),
                   "updates_per_s": round(self.cfg.updates_per_epoch / t_update, 3)}
@@ -370,5 +379,6 @@ def write_rollout(out: Path, epoch: int, rollout: Rollout) -> Path:
         rows.append({"epoch": epoch, "prompt_id": prompt_id(text), "prompt": text, "k": i % g,
                      "image": encode_image(image, "png"), "width": image.width, "height": image.height,
                      "reward": float(rollout.rewards[i]), "advantage": float(rollout.advantages[i]),
-                     **{f"reward_{spec}": float(r[i]) for spec, r in rollout.raw.items()}})
+                     **{f"reward_{spec}": float(r[i]) for spec, r in rollout.raw.items()},
+                     **{f"monitor_{spec}": float(m[i]) for spec, m in rollout.monitor.items()}})
     return write_shard(out / ROLLOUTS, epoch, rows)

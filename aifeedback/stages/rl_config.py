@@ -38,6 +38,11 @@ def reward_weights(spec: str) -> dict[str, float]:
     return weights
 
 
+def monitor_specs(spec: str) -> list[str]:
+    """'aesthetic, toy-fidelity' -> ['aesthetic', 'toy-fidelity'] (each a scorer spec, NAME or NAME:MODEL)."""
+    return list(dict.fromkeys(p.strip() for p in spec.split(",") if p.strip()))
+
+
 def family_kind(model: str) -> Optional[str]:
     """'flow' or 'unet' for a model whose config files can be read here without loading it, else None."""
     from aifeedback.families.resolve import architecture
@@ -68,6 +73,9 @@ class RLConfig:
     reward: str = option("pickscore", "reward: SCORER[:WEIGHT] entries separated by commas, e.g. "
                                       "pickscore:1.0,aesthetic:0.5 (`aif models` lists the scorers); with several, "
                                       "each is z-scored over the epoch before the weighted sum (rl/advantages.py)")
+    monitor: str = option("", "held-out rewards: scorer specs separated by commas (e.g. aesthetic,toy-fidelity); each "
+                              "epoch's images are also scored by them and logged as monitor/NAME, never trained on; "
+                              "empty = none")
     global_std: bool = option(False, "divide advantages by the std of all the epoch's rewards instead of each "
                                      "group's")
     # loss
@@ -123,10 +131,13 @@ class RLConfig:
 
     def validate(self) -> list[str]:
         problems = side_problems(self, "resolution")
+        trained: set[str] = set()
         try:
-            reward_weights(self.reward)
+            trained = set(reward_weights(self.reward))
         except AifError as e:
             problems.append(str(e))
+        problems += [f"--monitor {spec}: it is also a --reward, so it is trained on and is no held-out check; drop it "
+                     "from one of them" for spec in monitor_specs(self.monitor) if spec in trained]
         if self.warmup_steps > self.max_steps:
             problems.append(f"warmup_steps ({self.warmup_steps}) exceeds the run's {self.max_steps} optimizer steps")
         if self.ema_decay >= 1:
@@ -147,6 +158,7 @@ class RLConfig:
         from aifeedback.preflight import check_apart, check_device, check_package, check_scorers
 
         check_scorers(reward_weights(self.reward), "--reward")
+        check_scorers(monitor_specs(self.monitor), "--monitor")
         check_available(self.model)
         kind = family_kind(self.model)
         if kind is not None:
