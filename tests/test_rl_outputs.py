@@ -91,3 +91,10 @@ def test_an_rl_run_is_training_data_for_aif_train_data_ai(prompts, tmp_path):
     run = STAGES["train"].run(tiny_train(out, tmp_path / "train", data="ai", model="tiny-sd3", max_steps=1,
                                          checkpoint_every=1, lora_rank=2))
     assert [r["step"] for r in read_metrics(run)] == [1]
+
+
+def test_a_long_runs_report_shows_evenly_spaced_grids_with_the_first_and_last_epoch():
+    from aifeedback.stages.rl_report import grid_epochs
+
+    assert grid_epochs([1, 2, 3], most=4) == [1, 2, 3]
+    assert grid_epochs(list(range(1, 101)), most=5) == [1, 26, 51, 75, 100]

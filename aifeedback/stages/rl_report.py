@@ -26,6 +26,7 @@ from aifeedback.storage.shards import shard_path
 ROLLOUTS = "rollouts"  # OUT/rollouts/data/train-NNNNN.parquet: epoch NNNNN's samples (stages/rl.write_rollout)
 TIMINGS = ("images_per_s", "updates_per_s")  # not in the report: they differ between runs of the same work
 GRID_PROMPTS, GRID_IMAGES = 2, 6  # each epoch's grid: up to 6 images of each of the first 2 prompts
+MAX_GRIDS = 24  # a long run's page shows the grids of at most this many epochs, evenly spaced, first and last kept
 COLORS = ("#1565c0", "#c62828", "#2e7d32", "#6a1b9a", "#ef6c00", "#00838f")
 
 
@@ -111,9 +112,16 @@ def epoch_grid(out: Path, epoch: int, cfg: RLConfig) -> str:
                        thumb=96 * cols)
 
 
+def grid_epochs(epochs: list[int], most: int = MAX_GRIDS) -> list[int]:
+    """The epochs whose grids the page shows: all of them, or `most` evenly spaced ones with the first and last."""
+    if len(epochs) <= most:
+        return epochs
+    return [epochs[round(i * (len(epochs) - 1) / (most - 1))] for i in range(most)]
+
+
 def render_rl_html(out: Path, report: dict[str, Any], cfg: RLConfig) -> str:
     setup = [[k, str(v)] for k, v in report.items() if k not in ("epochs", "diversity_measure")]
-    grids = "".join(epoch_grid(out, e["epoch"], cfg) for e in report["epochs"])
+    grids = "".join(epoch_grid(out, e, cfg) for e in grid_epochs([e["epoch"] for e in report["epochs"]]))
     return render_template("rl.html", title=html.escape(f"aifeedback rl: {report['algorithm']} on {report['model']}"),
                            diversity=html.escape(report["diversity_measure"]), charts=rl_charts(report),
                            table=_html_table(*epoch_table(report)), grids=f"<div class=cards>{grids}</div>",
