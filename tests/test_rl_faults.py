@@ -35,7 +35,7 @@ def whole(tmp_path_factory, aif_cache):
     return values, root / "whole"
 
 
-SLOW = [pytest.param(p, marks=pytest.mark.slow) for p in ("RL_SAMPLING", "CHECKPOINT_SAVE")]  # the whole matrix
+SLOW = [pytest.param(p, marks=pytest.mark.slow) for p in ("RL_SAMPLING", "CHECKPOINT_SAVE", "RL_REPORT")]  # all: slow
 
 
 @pytest.mark.parametrize("point", ["RL_UPDATE", "CHECKPOINT_PUBLISH", *SLOW])
@@ -45,9 +45,10 @@ def test_rl_killed_then_rerun_equals_uninterrupted(whole, point, tmp_path):
     F.run_killed(getattr(F, point), "rl", [*F.cli_args(values), "--out", str(out)])
     assert not read_manifest(out)["complete"]
     # where it died: epoch 2's sampling, epoch 2's updates (its rollouts written, its metrics line not yet), or
-    # inside the 2nd checkpoint's write (epoch 2 logged; a checkpoint file or folder not yet renamed into place)
+    # inside the 2nd checkpoint's write (epoch 2 logged; a checkpoint file or folder not yet renamed into place), or
+    # after the last checkpoint, before the report and the manifest's completion
     rollouts, logged = len(file_bytes(out, "rollouts/data/*.parquet")), len(epochs(out))
-    assert (rollouts, logged) == {"RL_SAMPLING": (1, 1), "RL_UPDATE": (2, 1)}.get(point, (2, 2))
+    assert (rollouts, logged) == {"RL_SAMPLING": (1, 1), "RL_UPDATE": (2, 1), "RL_REPORT": (3, 3)}.get(point, (2, 2))
     assert bool([p for p in out.rglob(".*") if p.name.endswith(".tmp")]) == point.startswith("CHECKPOINT")
     run_rl(values, out)
     assert read_manifest(out)["complete"]
