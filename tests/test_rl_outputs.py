@@ -98,3 +98,16 @@ def test_a_long_runs_report_shows_evenly_spaced_grids_with_the_first_and_last_ep
 
     assert grid_epochs([1, 2, 3], most=4) == [1, 2, 3]
     assert grid_epochs(list(range(1, 101)), most=5) == [1, 26, 51, 75, 100]
+
+
+def test_an_rl_run_that_trained_on_is_other_data_for_a_train_run_on_it(prompts, tmp_path):
+    """A run extended with more epochs has more pairs under the same job fingerprint: a train rerun on it must not
+    resume as if its data were the same."""
+    from pairs_fixtures import tiny_train
+
+    out = rl(prompts, tmp_path / "rl", epochs=1)
+    values = dict(data="ai", model="tiny-sd3", max_steps=1, checkpoint_every=1, lora_rank=2)
+    STAGES["train"].run(tiny_train(out, tmp_path / "train", **values))
+    rl(prompts, tmp_path / "rl", epochs=2)
+    with pytest.raises(AifError, match="different training job \\(differs in: input dataset_epochs: 1 -> 2\\)"):
+        STAGES["train"].run(tiny_train(out, tmp_path / "train", **dict(values, max_steps=2)))
