@@ -13,7 +13,8 @@ exactly 1 (`ratio_dev_first` = 0 in metrics.jsonl), the check that sampling and 
 So far: algorithm grpo, flow families (SD3, FLUX layout through `Family.predict`) and the text-to-image UNet families
 (SD1.5, SDXL: size and crop time ids of an uncropped image at the resolution), LoRA, no classifier-free guidance,
 one process. Run folder: config.yaml, manifest.json, metrics.jsonl (one line per epoch), rollouts/ (each epoch's
-prompts, images, rewards and advantages as Parquet: `write_rollout`), checkpoints/
+prompts, images, rewards and advantages as Parquet: `write_rollout`), pairs/ (each group's best vs worst image, what
+`aif train --data ai` reads: stages/rl_rollouts.py), report.json + report.html (stages/rl_report.py), checkpoints/
 checkpoint-NNNNNN (NNNNNN = the epoch; the same files as `aif train`'s, so `aif export` reads them). A rerun of the
 same command continues from the latest checkpoint: epoch e samples from a generator seeded by (seed, e), and the
 weights, optimizer and RNGs are restored exactly.

@@ -109,6 +109,7 @@ class RLConfig:
     seed: int = option(0, "run seed (LoRA init; epoch e samples from a generator seeded by (seed, e))", min=0)
     # output
     out: str = option("outputs/rl", "run folder: config.yaml, manifest.json, metrics.jsonl (one line per epoch), "
+                                    "rollouts/, pairs/ (aif train --data ai reads them), report.json + report.html, "
                                     "checkpoints/", identity=False)
     checkpoint_every: int = option(1, "save a checkpoint every N epochs (and at the last)", min=1, identity=False)
     keep_checkpoints: int = option(3, "keep only the newest K checkpoints; 0 = keep all", min=0, identity=False)
