@@ -111,3 +111,10 @@ def test_an_rl_run_that_trained_on_is_other_data_for_a_train_run_on_it(prompts, 
     rl(prompts, tmp_path / "rl", epochs=2)
     with pytest.raises(AifError, match="different training job \\(differs in: input dataset_epochs: 1 -> 2\\)"):
         STAGES["train"].run(tiny_train(out, tmp_path / "train", **dict(values, max_steps=2)))
+
+
+def test_overwrite_leaves_no_pairs_or_report_of_the_old_run(prompts, tmp_path):
+    out = rl(prompts, tmp_path / "run", epochs=2)
+    rl(prompts, out, epochs=1, overwrite=True, seed=1)
+    assert [p.name for p in sorted((out / "pairs" / "data").iterdir())] == ["train-00000.parquet"]
+    assert len(json.loads((out / "report.json").read_text())["epochs"]) == 1
