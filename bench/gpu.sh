@@ -68,6 +68,10 @@ step 150 train-flux-dev-lora $T --family flux-dev --lora-rank 16
 step 150 train-flux-dev-lora-nf4 $T --family flux-dev --lora-rank 16 --base-quantization nf4
 step 120 train-sd35l-lora $T --family sd35l --lora-rank 16
 step 90 train-sd35m-lora $T --family sd35m --lora-rank 16
+# aif rl (issue 22): GRPO epochs of SD3.5 medium LoRA at 512 px, random weights, run by the stage itself
+# (bench/rl.py): 1 prompt x 24 images, 10 SDE steps, the KL's reference forward, 6 updates of 4 images each; the
+# first epoch warms up. Reports s per sampled image, s per update and peak memory.
+step 180 rl-grpo-sd35m-lora python3 bench/rl.py --random-weights --family sd35m --resolution 512 --prompts-per-epoch 1 --group-size 24 --steps 10 --batch-size 4 --epochs 2 --lora-rank 32 --mixed-precision bf16 --gradient-checkpointing
 step 240 generate-compiled $G --compile --compile-mode default --channels-last --fuse-qkv
 step 120 train-sdxl-full python3 bench/train.py --family sdxl --batch-size 1 --mixed-precision bf16 --gradient-checkpointing --steps 5
 step 120 train-sdxl-lora python3 bench/train.py --family sdxl --batch-size 4 --lora-rank 64 --mixed-precision bf16 --gradient-checkpointing --steps 5

@@ -33,6 +33,11 @@ CASES = {
                        "--steps", "2", "--warmup", "1"],
     "train-sd35": ["--tiny", "--family", "sd35m", "--lora-rank", "4", "--gradient-checkpointing", "--steps", "2",
                    "--warmup", "1", "--mixed-precision", "no"],
+    # aif rl's epochs (bench/rl.py) on tiny-sd3, and the real-size path gpu.sh takes, shrunk: SD1.5 at 64 px
+    "rl": ["--tiny", "--family", "sd3", "--steps", "2", "--epochs", "2"],
+    "rl-random-weights": ["--random-weights", "--family", "sd15", "--resolution", "64", "--steps", "1",
+                          "--group-size", "2", "--prompts-per-epoch", "1", "--batch-size", "2", "--epochs", "1",
+                          "--lora-rank", "2"],
 }
 NEEDS = {"train-flux-int8": "torchao", "train-flux-nf4": "bitsandbytes"}  # optional extras (torchao, bnb)
 

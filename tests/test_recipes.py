@@ -21,9 +21,39 @@ def test_recipe_loads(name):
     text = path.read_text()
     assert text.startswith("#") and first_line, f"{path} must open with a comment saying what it does"
     comments = "\n".join(line for line in text.splitlines() if line.startswith("#"))
-    assert re.search(r"\baif(eedback)? (generate|score|train|export|sample|eval|demo)\b", comments), \
+    assert re.search(r"\baif(eedback)? (generate|score|train|export|sample|eval|demo|rl)\b", comments), \
         f"{path} must say in its opening comment the command that runs it"
     sections = yaml.safe_load(text)
     for stage in sections:
         cls = STAGES[stage].config
         load_stage_config(cls, stage, name, {})  # raises ConfigError listing every problem
+
+
+RL_RECIPES = {  # the values the reference configs give (the recipes' comments name each file)
+    "sd35m_grpo_pickscore": dict(model="stabilityai/stable-diffusion-3.5-medium", prompts_per_epoch=48, group_size=24,
+                                 steps=10, noise_level=0.7, resolution=512, reward="pickscore", global_std=True,
+                                 kl_beta=0.01, clip_range=1e-4, lr=3e-4, lora_rank=32, lora_alpha=64.0,
+                                 ema_decay=0.9, seed=42),
+    "flux_dev_grpo_lora": dict(model="black-forest-labs/FLUX.1-dev", group_size=24, steps=10, noise_level=0.7,
+                               resolution=512, kl_beta=0.01, lr=3e-4, lora_rank=32, lora_alpha=64.0, global_std=True),
+    "sdxl_ddpo_aesthetic": dict(model="stabilityai/stable-diffusion-xl-base-1.0", steps=50, reward="aesthetic",
+                                kl_beta=0.0, lr=3e-4, lora_rank=4, epochs=200, batch_size=4, clip_range=1e-4),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RL_RECIPES))
+def test_rl_recipes_run_the_rl_stage_with_the_reference_settings(name, monkeypatch):
+    from typer.testing import CliRunner
+
+    from aifeedback.cli import app
+    from aifeedback.stages import Stage
+
+    ran = []
+    monkeypatch.setattr(Stage, "run", lambda self, cfg: ran.append((self.name, cfg)))
+    result = CliRunner().invoke(app, ["rl", "--recipe", name, "--epochs", "3"])
+    assert result.exit_code == 0, result.output
+    (stage, cfg), = ran
+    assert stage == "rl" and cfg.epochs == 3 and cfg.algorithm == "grpo"  # the flag overrides the recipe
+    assert {k: getattr(cfg, k) for k in RL_RECIPES[name] if k != "epochs"} == \
+        {k: v for k, v in RL_RECIPES[name].items() if k != "epochs"}
+    assert f"aif rl --recipe {name}" in RECIPES[name][0].read_text()  # its opening comment says how to run it

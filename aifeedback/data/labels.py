@@ -11,6 +11,7 @@ PAIR_COLUMNS = ("caption", "jpg_0", "jpg_1")
 LABEL_COLUMNS = ("label_0", "label_1")
 UNPAIRED_COLUMNS = ("caption", "jpg", "desirable")  # one image per row (`aif score --unpaired`, Diffusion-KTO)
 UNPAIRED_DIR = "unpaired"  # where `aif score --unpaired` writes them, inside its output folder
+RL_PAIRS_DIR = "pairs"  # an `aif rl` output's best-vs-worst pair of every group, in `aif score`'s pair layout
 # A human preference set on the Hub in TRL's layout (prompt, chosen, rejected images; Apache-2.0, ~10K pairs): the
 # default of `aif train --data human` since yuvalkirstain/pickapic_v2 answers 404 (April 2025)
 OPEN_PREFERENCES = "data-is-better-together/open-image-preferences-v1-binarized"

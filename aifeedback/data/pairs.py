@@ -81,8 +81,9 @@ def check_source(data: str, dataset: str) -> None:
     from aifeedback.preflight import check_dataset
 
     if data == "ai" and not manifest_path(dataset).exists():
-        raise DataError(f"--data ai needs an `aif score` output folder, but {dataset} has no manifest.json. Fix: run "
-                        "`aif score` first, or use --data human for a Pick-a-Pic-layout dataset")
+        raise DataError(f"--data ai needs an `aif score` output folder (or an `aif rl` run's), but {dataset} has no "
+                        "manifest.json. Fix: run `aif score` first, or use --data human for a Pick-a-Pic-layout "
+                        "dataset")
     check_dataset(dataset, "--dataset")
 
 

@@ -79,6 +79,28 @@ def hpd_kind(text: str) -> tuple[str, str] | None:
     return next((keys for keys in HPD_KEYS if all(f'"{k}"' in text for k in keys)), None)
 
 
+def file_stamp(path: Path) -> str:
+    """A file's path, size and time: the cache key of what is made from it."""
+    st = path.stat()
+    return f"{path.resolve()} {st.st_size} {st.st_mtime_ns}"
+
+
+def json_files(path: Path) -> list[Path]:
+    """The JSON files of a file or folder, top level only (image folders may hold other JSON files)."""
+    if path.is_file():
+        return [path] if path.suffix == ".json" else []
+    return sorted(path.glob("*.json")) if path.is_dir() else []
+
+
+def hpd_files(path: Path) -> list[Path]:
+    """The HPDv2 annotation files of a file or folder, told by the keys in their first 4 KB (light)."""
+    def opening(f: Path) -> str:
+        with open(f, encoding="utf-8", errors="replace") as h:
+            return h.read(4096)
+
+    return [f for f in json_files(path) if hpd_kind(opening(f))]
+
+
 def hpd_groups(file: Path) -> list[Group]:
     """The records of one HPDv2 annotation file."""
     try:

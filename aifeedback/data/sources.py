@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from aifeedback.data import hub_sources, ranked
-from aifeedback.data.labels import LABEL_COLUMNS, OPEN_PREFERENCES, PAIR_COLUMNS, UNPAIRED_COLUMNS
+from aifeedback.data.labels import LABEL_COLUMNS, OPEN_PREFERENCES, PAIR_COLUMNS, RL_PAIRS_DIR, UNPAIRED_COLUMNS
 from aifeedback.data.mapping import canonical_cell, canonical_mapping, check_mapping, map_columns, mapped_names, suggest
 from aifeedback.data.rows import HubRows, MappedRows, ParquetRows
 from aifeedback.data.trl import TRL_COLUMNS, TRL_MAPPING, check_path
@@ -328,9 +328,15 @@ def _open_output(target: str, how: Opening) -> PairTable:
     """An `aif score` output: its pairs are data/train-*.parquet (not image_scores/); --split does not apply."""
     path = Path(target).expanduser()
     stage = read_json(path / MANIFEST).get("stage")
+    if stage == "rl":  # an `aif rl` run: the best-vs-worst pair of each epoch's groups (stages/rl_rollouts.py)
+        files = shard_files(path / RL_PAIRS_DIR)
+        if not files:
+            raise DataError(f"{path} has no {RL_PAIRS_DIR}/data/train-*.parquet shards: the `aif rl` run finished no "
+                            "epoch yet (or predates rollout pairs); run `aif rl` for at least one epoch")
+        return PairTable(str(path), "aif-score", files)
     if stage != "score":
-        raise DataError(f"{path} holds a '{stage}' output; it needs labelled pairs: an `aif score` output or "
-                        f"Pick-a-Pic-layout Parquet files")
+        raise DataError(f"{path} holds a '{stage}' output; it needs labelled pairs: an `aif score` or `aif rl` output "
+                        f"or Pick-a-Pic-layout Parquet files")
     manifest = read_manifest(path, "score")
     files = shard_files(path)
     if not files:
@@ -467,41 +473,19 @@ def _hub_table(label: str, ds: Any, how: Opening) -> PairTable:
 # ---------------------------------------------------------------------------------------------------------------
 # Ranked lists (aifeedback.data.ranked) and the user's --columns mapping (aifeedback.data.mapping)
 
-def _stamp(path: Path) -> str:
-    """A file's path, size and time: the cache key of what is made from it."""
-    st = path.stat()
-    return f"{path.resolve()} {st.st_size} {st.st_mtime_ns}"
-
-
-def _json_files(path: Path) -> list[Path]:
-    """The JSON files of a file or folder, top level only (image folders may hold other JSON files)."""
-    if path.is_file():
-        return [path] if path.suffix == ".json" else []
-    return sorted(path.glob("*.json")) if path.is_dir() else []
-
-
-def _hpd_files(path: Path) -> list[Path]:
-    """The HPDv2 annotation files of a file or folder, told by the keys in their first 4 KB (light)."""
-    def opening(f: Path) -> str:
-        with open(f, encoding="utf-8", errors="replace") as h:
-            return h.read(4096)
-
-    return [f for f in _json_files(path) if ranked.hpd_kind(opening(f))]
-
-
 def _is_hpdv2(target: str) -> bool:
-    return bool(_hpd_files(Path(target).expanduser()))
+    return bool(ranked.hpd_files(Path(target).expanduser()))
 
 
 def _open_hpdv2(target: str, how: Opening) -> PairTable:
     """HPDv2 annotation files (train.json, test.json) made pairs; each file's images under its own split folder."""
     path = Path(target).expanduser()
-    files = split_files(path, _hpd_files(path), how.split)
+    files = split_files(path, ranked.hpd_files(path), how.split)
     tables = []
     for f in files:
         groups = ranked.hpd_groups(f)
         if groups:
-            tables.append(ranked.pairs_table(groups, how.pairing, ranked.hpd_image_root(f), _stamp(f)))
+            tables.append(ranked.pairs_table(groups, how.pairing, ranked.hpd_image_root(f), ranked.file_stamp(f)))
     if not tables:
         raise DataError(f"no usable preference pairs in {path}: {', '.join(map(str, files))} hold no records. Fix: "
                         "pass HPDv2's train.json or test.json with their image folders")
@@ -531,7 +515,7 @@ def _open_imagereward(target: str, how: Opening) -> PairTable:
     ds = datasets.load_dataset(files[0].suffix[1:], data_files=[str(f) for f in files], split="train")
     groups, column = ranked.imagereward_groups(ds, files, counts)
     root = path if path.is_dir() else path.parent
-    key = " ".join(_stamp(f) for f in files)
+    key = " ".join(ranked.file_stamp(f) for f in files)
     images = ds if column == "image" else None
     table = ranked.pairs_table(groups, how.pairing, root, key, images=images)
     resolver = ranked.Resolver(images)
@@ -574,7 +558,8 @@ def _open_wds(target: str, how: Opening) -> PairTable:
 
 
 MAPPED = "columns"
-register(PairSource("aif-score", "an `aif score` output: manifest.json + data/train-*.parquet pairs",
+register(PairSource("aif-score", "an `aif score` output: manifest.json + data/train-*.parquet pairs (an `aif rl` "
+                    "output: its pairs/ folder)",
                     "`aif score` output", (), _is_output, _open_output))
 register(PairSource("hpdv2", "HPDv2 annotation JSON (prompt + file_path + human_preference, or prompt + image_path "
                     "+ rank) with its image folders; ranked lists made pairs (--ranked-pairs)", "HPDv2", (),

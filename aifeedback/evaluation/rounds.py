@@ -65,8 +65,9 @@ Series = tuple[str, str, list[tuple[int, float, Optional[float], Optional[float]
 
 
 def line_chart(title: str, series: Sequence[Series], baseline: Optional[float] = None,
-               y_range: Optional[tuple[float, float]] = None) -> str:
-    """Inline SVG: one polyline per series over the rounds (vertical bars: intervals), a dashed line at baseline."""
+               y_range: Optional[tuple[float, float]] = None, x_label: str = "round") -> str:
+    """Inline SVG: one polyline per series over the rounds (or epochs: x_label) from 1 (vertical bars: intervals),
+    a dashed line at baseline."""
     w, h, left, top, bottom = 460, 220, 56, 26, 30
     pw, ph = w - left - 110, h - top - bottom
     points = [p for _, _, pts in series for p in pts]
@@ -85,7 +86,7 @@ def line_chart(title: str, series: Sequence[Series], baseline: Optional[float] =
         parts.append(f'<text x="{left - 6}" y="{y(v) + 4:.1f}" font-size="10" text-anchor="end">{v:.3g}</text>')
     for r in range(1, x_max + 1):
         parts.append(f'<text x="{x(r):.1f}" y="{h - 10}" font-size="10" text-anchor="middle">{r}</text>')
-    parts.append(f'<text x="{left + pw}" y="{h - 10}" font-size="10" text-anchor="start">round</text>')
+    parts.append(f'<text x="{left + pw}" y="{h - 10}" font-size="10" text-anchor="start">{html.escape(x_label)}</text>')
     parts.append(f'<line x1="{left}" x2="{left}" y1="{top}" y2="{top + ph}" stroke="#999"/>')
     if baseline is not None:
         parts.append(f'<line x1="{left}" x2="{left + pw}" y1="{y(baseline):.1f}" y2="{y(baseline):.1f}" '
@@ -98,7 +99,7 @@ def line_chart(title: str, series: Sequence[Series], baseline: Optional[float] =
                 parts.append(f'<line x1="{x(r):.1f}" x2="{x(r):.1f}" y1="{y(a):.1f}" y2="{y(b):.1f}" '
                              f'stroke="{color}"/>')
             parts.append(f'<circle cx="{x(r):.1f}" cy="{y(v):.1f}" r="3" fill="{color}">'
-                         f'<title>{html.escape(label)}, round {r}: {v:.4g}</title></circle>')
+                         f'<title>{html.escape(label)}, {html.escape(x_label)} {r}: {v:.4g}</title></circle>')
         parts.append(f'<text x="{left + pw + 8}" y="{top + 12 + 16 * i}" font-size="11" fill="{color}">'
                      f'{html.escape(label)}</text>')
     parts.append("</svg>")

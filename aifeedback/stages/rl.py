@@ -15,11 +15,12 @@ and inputs: grpo's and awm's ratio is exactly 1 (`ratio_dev_first` = 0 in metric
 
 So far: flow families (SD3, FLUX layout through `Family.predict`) and the text-to-image UNet families (SD1.5, SDXL:
 size and crop time ids of an uncropped image at the resolution), LoRA, CFG while sampling (`--guidance-scale`), an
-ODE evaluation pass (`--eval-steps`), one process. Run
-folder: config.yaml, manifest.json, metrics.jsonl (one line per epoch), rollouts/ (each epoch's prompts, images,
-rewards and advantages as Parquet: `write_rollout`), checkpoints/checkpoint-NNNNNN (NNNNNN = the epoch; the same files
-as `aif train`'s, so `aif export` reads them). A rerun of the same command continues from the latest checkpoint: epoch
-e samples (and chooses its trained steps and forward-process noise) from a generator seeded by (seed, e), and the
+ODE evaluation pass (`--eval-steps`), one process. Run folder: config.yaml, manifest.json, metrics.jsonl (one line
+per epoch), rollouts/ (each epoch's prompts, images, rewards and advantages as Parquet: `write_rollout`), pairs/
+(each group's best vs worst image, what `aif train --data ai` reads: stages/rl_rollouts.py), report.json +
+report.html (stages/rl_report.py), checkpoints/checkpoint-NNNNNN (NNNNNN = the epoch; the same files as `aif
+train`'s, so `aif export` reads them). A rerun of the same command continues from the latest checkpoint: epoch e
+samples (and chooses its trained steps and forward-process noise) from a generator seeded by (seed, e), and the
 weights, optimizer and RNGs are restored exactly.
 """
 
@@ -37,6 +38,7 @@ from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 
 from aifeedback.config import identity_dict, save_config, to_dict
 from aifeedback.console import finish, note, progress, quiet_libraries
+from aifeedback.data.labels import RL_PAIRS_DIR
 from aifeedback.data.prompts import load_prompts, prompt_id
 from aifeedback.errors import AifError
 from aifeedback.families import detect
@@ -49,8 +51,10 @@ from aifeedback.rl import ALGORITHMS
 from aifeedback.rl.advantages import all_equal_share
 from aifeedback.scoring.scorers import load_scorer
 from aifeedback.stages import rl_matching, rl_rollout, rl_update
-from aifeedback.stages.rl_config import RLConfig, reward_weights
+from aifeedback.stages.rl_config import RLConfig, monitor_specs, reward_weights
+from aifeedback.stages.rl_report import ROLLOUTS, write_rl_report
 from aifeedback.stages.rl_rollout import Rollout
+from aifeedback.stages.rl_rollouts import epoch_extras, monitor_scores, write_pairs
 from aifeedback.stages.train_checkpoint import load_train_state, load_weights, write_checkpoint
 from aifeedback.stages.train_ema import STATE_KEY as EMA_STEPS
 from aifeedback.stages.train_guard import check_finite_weights
@@ -68,8 +72,6 @@ from aifeedback.storage import checkpoints as ck
 from aifeedback.storage.files import read_json
 from aifeedback.storage.manifest import finish_output, prepare_output
 from aifeedback.storage.shards import write_shard
-
-ROLLOUTS = "rollouts"  # OUT/rollouts/data/train-NNNNN.parquet: epoch NNNNN's samples
 
 
 def run(cfg: RLConfig) -> Path:
@@ -117,6 +119,7 @@ class RLRecipe:
         self.ema = make_ema(self.params, cfg.ema_decay, sharded=False)
         self.scorers = {spec: load_scorer(served, str(self.device))  # --reward-url: NAME:URL
                         for spec, served in zip(self.weights, cfg.served(self.weights, "--reward"))}
+        self.monitors = {spec: load_scorer(spec, str(self.device)) for spec in monitor_specs(cfg.monitor)}
         self.prompts = [p.text for p in load_prompts(cfg.prompts, cfg.prompt_column)]
         self.sampler = self._setup_sampler()
         self.negative = self._setup_guidance()
@@ -167,7 +170,8 @@ class RLRecipe:
         cfg, out = self.cfg, self.out
         if self.main:
             if cfg.overwrite:
-                for name in ("checkpoints", "logs", ROLLOUTS, "metrics.jsonl", "manifest.json", "config.yaml"):
+                for name in ("checkpoints", "logs", ROLLOUTS, RL_PAIRS_DIR, "metrics.jsonl", "report.json",
+                             "report.html", "manifest.json", "config.yaml"):
                     p = out / name
                     shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
             prepare_output(out, "rl", to_dict(cfg), identity_dict(cfg), overwrite=cfg.overwrite)
@@ -207,8 +211,11 @@ class RLRecipe:
         while self.state["epoch"] < cfg.epochs:
             t0 = time.perf_counter()
             rollout = self.sample(self.state["epoch"])
+            rollout.monitor = monitor_scores(self.monitors, rollout.images, rollout.prompts)
             if self.main:
                 write_rollout(self.out, self.state["epoch"], rollout)
+                write_pairs(self.out, self.state["epoch"], rollout.prompts, rollout.images, rollout.rewards.tolist(),
+                            cfg.group_size, cfg.reward)
             t1 = time.perf_counter()
             sums = self.update(rollout)
             self.state["epoch"] += 1
@@ -218,6 +225,7 @@ class RLRecipe:
                 self.save_checkpoint()
         bar.close()
         if self.main:
+            write_rl_report(self.out, cfg)
             finish_output(self.out, read_json(self.out / "manifest.json"), epochs=self.state["epoch"],
                           steps=self.state["step"])
             finish("rl", self.out, f"{self.state['epoch']} {cfg.algorithm} epochs, checkpoints in "
@@ -240,6 +248,7 @@ class RLRecipe:
                   "reward_std": rollout.rewards.std(unbiased=False).item(),
                   **{f"reward/{k}": v.mean().item() for k, v in rollout.raw.items()},
                   "all_equal_share": all_equal_share(rollout.rewards, rollout.prompts),
+                  **epoch_extras(rollout.images, rollout.monitor, self.cfg.group_size),
                   **{k: round(v, 10) for k, v in sums.items()}, "lr": self.lr_sched.get_last_lr()[0],
                   "images_per_s": round(len(rollout.prompts) / t_sample, 3),
                   "updates_per_s": round(self.cfg.updates_per_epoch / t_update, 3)}
@@ -277,5 +286,6 @@ def write_rollout(out: Path, epoch: int, rollout: Rollout) -> Path:
         rows.append({"epoch": epoch, "prompt_id": prompt_id(text), "prompt": text, "k": i % g,
                      "image": encode_image(image, "png"), "width": image.width, "height": image.height,
                      "reward": float(rollout.rewards[i]), "advantage": float(rollout.advantages[i]),
-                     **{f"reward_{spec}": float(r[i]) for spec, r in rollout.raw.items()}})
+                     **{f"reward_{spec}": float(r[i]) for spec, r in rollout.raw.items()},
+                     **{f"monitor_{spec}": float(m[i]) for spec, m in rollout.monitor.items()}})
     return write_shard(out / ROLLOUTS, epoch, rows)

@@ -39,6 +39,11 @@ def reward_weights(spec: str) -> dict[str, float]:
     return weights
 
 
+def monitor_specs(spec: str) -> list[str]:
+    """'aesthetic, toy-fidelity' -> ['aesthetic', 'toy-fidelity'] (each a scorer spec, NAME or NAME:MODEL)."""
+    return list(dict.fromkeys(p.strip() for p in spec.split(",") if p.strip()))
+
+
 def family_kind(model: str) -> Optional[str]:
     """'flow' or 'unet' for a model whose config files can be read here without loading it, else None."""
     from aifeedback.families.resolve import architecture
@@ -105,6 +110,9 @@ class RLConfig(RewardServerOptions):
     reward: str = option("pickscore", "reward: SCORER[:WEIGHT] entries separated by commas, e.g. "
                                       "pickscore:1.0,aesthetic:0.5 (`aif models` lists the scorers); with several, "
                                       "each is z-scored over the epoch before the weighted sum (rl/advantages.py)")
+    monitor: str = option("", "held-out rewards: scorer specs separated by commas (e.g. aesthetic,toy-fidelity); each "
+                              "epoch's images are also scored by them and logged as monitor/NAME, never trained on; "
+                              "empty = none")
     global_std: bool = option(False, "divide advantages by the std of all the epoch's rewards instead of each "
                                      "group's")
     # loss
@@ -148,6 +156,7 @@ class RLConfig(RewardServerOptions):
     seed: int = option(0, "run seed (LoRA init; epoch e samples from a generator seeded by (seed, e))", min=0)
     # output
     out: str = option("outputs/rl", "run folder: config.yaml, manifest.json, metrics.jsonl (one line per epoch), "
+                                    "rollouts/, pairs/ (aif train --data ai reads them), report.json + report.html, "
                                     "checkpoints/", identity=False)
     checkpoint_every: int = option(1, "save a checkpoint every N epochs (and at the last)", min=1, identity=False)
     keep_checkpoints: int = option(3, "keep only the newest K checkpoints; 0 = keep all", min=0, identity=False)
@@ -218,10 +227,14 @@ class RLConfig(RewardServerOptions):
 
     def validate(self) -> list[str]:
         problems = side_problems(self, "resolution")
+        trained: set[str] = set()
         try:
-            problems += reward_problems(self, list(reward_weights(self.reward)))
+            trained = set(reward_weights(self.reward))
+            problems += reward_problems(self, list(trained))
         except AifError as e:
             problems.append(str(e))
+        problems += [f"--monitor {spec}: it is also a --reward, so it is trained on and is no held-out check; drop it "
+                     "from one of them" for spec in monitor_specs(self.monitor) if spec in trained]
         if self.warmup_steps > self.max_steps:
             problems.append(f"warmup_steps ({self.warmup_steps}) exceeds the run's {self.max_steps} optimizer steps")
         if self.ema_decay >= 1:
@@ -249,6 +262,7 @@ class RLConfig(RewardServerOptions):
         from aifeedback.preflight import check_apart, check_device, check_package, check_scorers
 
         check_scorers(self.served(reward_weights(self.reward), "--reward"), "--reward")
+        check_scorers(monitor_specs(self.monitor), "--monitor")
         check_available(self.model)
         kind = family_kind(self.model)
         if kind is not None:

@@ -6,7 +6,7 @@ with group advantages) and the policy's denoising step with its log-prob, shared
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -34,6 +34,7 @@ class Rollout:
     train_steps: torch.Tensor  # (N, n) long: the sampling steps the update trains, per trajectory, in order
     train_noise: Optional[torch.Tensor] = None  # nft, awm: (N, n, C, h, w) the forward process's noise
     old: Optional[torch.Tensor] = None  # nft: v_old (N, n, C, h, w); awm: the matching log-prob (N, n)
+    monitor: dict[str, list[float]] = field(default_factory=dict)  # each held-out reward's scores (--monitor)
 
 
 def dynamic_shift(config: Any, steps: int, latent_side: int) -> dict[str, Any]:

@@ -31,7 +31,8 @@ DEFAULT_VALIDATION_PROMPTS = [
 class TrainConfig:
     # data
     data: Literal["human", "ai"] = option("human", "human: preference pairs any pair source reads (hub id or local "
-                                                   "folder); ai: an `aif score` output folder")
+                                                   "folder); ai: an `aif score` output folder (or an `aif rl` run's, "
+                                                   "its pairs/)")
     dataset: str = option(OPEN_PREFERENCES, f"hub id (e.g. {OPEN_PREFERENCES}, TRL layout), "
                           "local folder (Pick-a-Pic or TRL Parquet, HPDv2, ImageRewardDB, or any layout with "
                           "--columns), or `aif score` output", path=True)

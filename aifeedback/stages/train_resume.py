@@ -77,9 +77,13 @@ def changes(cfg: TrainConfig, out: Path) -> str:
 
 def input_fingerprint(cfg: TrainConfig) -> dict:
     manifest = manifest_path(cfg.dataset)  # an unpaired/ folder of `aif score`: the output's
-    if manifest.exists():
-        return {"dataset_fingerprint": read_manifest(manifest.parent).get("fingerprint")}  # damaged: one line
-    return {}
+    if not manifest.exists():
+        return {}
+    found = read_manifest(manifest.parent)  # damaged: one line
+    inputs = {"dataset_fingerprint": found.get("fingerprint")}
+    if found.get("stage") == "rl":  # a run trained on with more epochs has more pairs under the same job
+        inputs["dataset_epochs"] = (found.get("counts") or {}).get("epochs")
+    return inputs
 
 
 def nonfinite_error(out: Path, what: str, skip: bool = True) -> AifError:
