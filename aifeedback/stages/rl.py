@@ -38,7 +38,7 @@ from aifeedback.console import finish, note, progress, quiet_libraries
 from aifeedback.data.prompts import load_prompts, prompt_id
 from aifeedback.errors import AifError
 from aifeedback.families import detect
-from aifeedback.families.base import time_ids, vae_factor
+from aifeedback.families.base import time_ids
 from aifeedback.families.flow import FlowFamily
 from aifeedback.families.loading import load_pipeline
 from aifeedback.families.resolve import model_defaults
@@ -143,7 +143,9 @@ class RLRecipe:
             if sampler.config.thresholding:
                 raise AifError(f"--model {self.cfg.model}: its scheduler uses dynamic thresholding, which DDPO's "
                                "DDIM step does not model; use a model without it")
-        sampler.set_timesteps(self.cfg.steps, device=self.device)
+        patches = (self.resolution // (2 * self.pipe.vae_scale_factor)) ** 2  # the pipelines' image_seq_len
+        shift = self.family.sampling_schedule(config, patches, self.cfg.steps) if self.kind == "flow" else {}
+        sampler.set_timesteps(self.cfg.steps, device=self.device, **shift)
         r = self.resolution
         self.micro = torch.tensor([time_ids((r, r), (0, 0), (r, r))], dtype=torch.float32, device=self.device)
         return sampler
@@ -222,9 +224,8 @@ class RLRecipe:
         encoded = self.family.encode_prompts(self.text, self._epoch_prompts(epoch))
         cond = {k: v.repeat_interleave(cfg.group_size, dim=0) for k, v in encoded.items()}
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        f = vae_factor(self.vae.config)
-        # the VAE's layout, as Family.predict takes it (FLUX packs inside predict)
-        shape = (len(prompts), self.vae.config.latent_channels, self.resolution // f, self.resolution // f)
+        # the layout Family.predict takes (FLUX packs inside predict)
+        shape = (len(prompts), *self.family.latent_shape(self.vae.config, self.resolution))
         x = torch.randn(shape, generator=gen, dtype=torch.float32).to(self.device)
         if self.kind == "unet":
             x = x * self.sampler.init_noise_sigma
