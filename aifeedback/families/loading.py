@@ -22,6 +22,7 @@ from aifeedback.families.resolve import (
     DTYPES,
     FIT_KEYS,
     SCHEDULERS,
+    ModelLoadError,
     TunedLoadError,
     check_pipeline,
     load_error,
@@ -56,10 +57,7 @@ def load_pipeline(name: str, dtype: str = "float32", device: str = "cpu", vae: s
     path = resolve_model(name)
     kwargs: dict[str, Any] = {"dtype": td}
     if vae:
-        try:
-            kwargs["vae"] = AutoencoderKL.from_pretrained(resolve_model(vae), dtype=td)
-        except (OSError, ValueError, EnvironmentError) as e:
-            raise load_error(vae, "VAE", e) from None
+        kwargs["vae"] = load_vae(vae, name, path, td)
     if quantization != "none":
         kwargs["quantization_config"] = pipeline_quantization(quantization, _quantized_parts(name, path), td)
     if kind == "unet":  # load the tuned denoiser instead of (not after) the base one: SDXL's UNet is 5 GB in fp16
@@ -78,6 +76,24 @@ def load_pipeline(name: str, dtype: str = "float32", device: str = "cpu", vae: s
     set_scheduler(pipe, scheduler)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def load_vae(vae: str, name: str, path: str, td: Any) -> Any:
+    """The --vae override, of the VAE class the base model's pipeline holds (AutoencoderKL, AutoencoderKLFlux2,
+    AutoencoderKLQwenImage, ...); a VAE of another class is refused before the pipeline loads."""
+    try:
+        expected = DiffusionPipeline.load_config(path).get("vae", [None, "AutoencoderKL"])[1]
+        found = AutoencoderKL.load_config(resolve_model(vae)).get("_class_name")
+    except (OSError, ValueError, EnvironmentError) as e:
+        raise load_error(vae, "VAE", e) from None
+    if found != expected:
+        raise ModelLoadError(f"--vae {vae} is of class {found}, but {name} decodes with class {expected}: a VAE of "
+                             f"another class has other latents. Fix: pass a {expected} (e.g. the vae/ folder of a "
+                             f"model of the same family), or drop --vae.")
+    try:
+        return getattr(diffusers, expected).from_pretrained(resolve_model(vae), dtype=td)
+    except (OSError, ValueError, EnvironmentError, AttributeError) as e:
+        raise load_error(vae, "VAE", e) from None
 
 
 def _quantized_parts(name: str, path: str) -> list[str]:
