@@ -41,7 +41,8 @@ CASES = {
     "train-z-image": ["--tiny", "--family", "z-image", "--lora-rank", "4", "--gradient-checkpointing", "--steps", "2",
                       "--warmup", "1", "--mixed-precision", "no"],
 }
-NEEDS = {"train-flux-int8": "torchao", "train-flux-nf4": "bitsandbytes", "train-flux2-int8": "torchao"}  # optional extras (torchao, bnb)
+# optional extras (torchao, bnb)
+NEEDS = {"train-flux-int8": "torchao", "train-flux-nf4": "bitsandbytes", "train-flux2-int8": "torchao"}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
