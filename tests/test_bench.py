@@ -141,3 +141,25 @@ def test_real_size_2026_families_hold_the_released_parameter_counts(name):
     parts = _realsize().family_parts(name, device="meta")
     assert {part: sum(p.numel() for p in m.parameters()) for part, m in parts.items()} == FAMILY_RELEASES[name]
     assert type(parts["transformer"]).__name__ == _realsize().FAMILY_TRANSFORMERS[name][1]
+
+
+def test_gpu_sh_train_steps_name_families_bench_train_builds():
+    """Every `--family` bench/gpu.sh passes to bench/train.py is one it builds (a misspelt one would only fail on
+    the GPU host, costing that step)."""
+    import re
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import train
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    script = (ROOT / "bench" / "gpu.sh").read_text()
+    named = set(re.findall(r"--family ([\w-]+)", script))
+    assert {"flux2-dev", "qwen-image", "z-image"} <= named
+    saved = sys.argv
+    try:
+        for family in named:
+            sys.argv = ["train.py", "--family", family, "--lora-rank", "16", "--base-quantization", "nf4"]
+            assert train.parse_args().family == family
+    finally:
+        sys.argv = saved
