@@ -1,4 +1,4 @@
-"""`aif generate` and `aif eval` with --base-quantization (as `aif sample`): the base model's denoiser and text
+"""`aif generate` and `aif eval` with --base-quantization (as `aif sample`; `aif rl` in its preflight here): the base model's denoiser and text
 encoders loaded quantized (torchao int8 / fp8 on a CPU with the tiny models), nf4 refused in preflight without a
 GPU, a whole tuned denoiser refused (it would load unquantized)."""
 
@@ -68,7 +68,8 @@ def test_eval_quantizes_both_models(tmp_path, loads, tiny_sd15):
 
 
 @pytest.mark.parametrize("stage", [["generate", "--model", "tiny-sd15"],
-                                   ["eval", "--base", "tiny-sd15", "--tuned", "tiny-sd15", "--scorers", "redness"]])
+                                   ["eval", "--base", "tiny-sd15", "--tuned", "tiny-sd15", "--scorers", "redness"],
+                                   ["rl", "--model", "tiny-sd3", "--reward", "redness"]])
 def test_nf4_without_a_gpu_fails_in_preflight(monkeypatch, tmp_path, stage):
     import aifeedback.preflight
 

@@ -164,3 +164,24 @@ def test_the_flow_sampler_steps_on_the_pipelines_own_sigmas(model):
     patches = (32 // (2 * pipe.vae_scale_factor)) ** 2
     sampler.set_timesteps(3, **detect(pipe).sampling_schedule(pipe.scheduler.config, patches, 3))
     assert torch.allclose(sampler.sigmas, pipe.scheduler.sigmas.cpu())
+
+
+@pytest.mark.slow
+def test_grpo_on_an_int8_base_of_tiny_flux2(prompts, tmp_path, monkeypatch):
+    """`aif rl --base-quantization int8` (torchao, CPU): the frozen transformer and text encoder quantized, the LoRA
+    trained on top, the first update's ratio exactly 1."""
+    pytest.importorskip("torchao")
+    import aifeedback.stages.rl as rl_stage
+    from aifeedback.families.quantize import is_quantized
+
+    seen, load = {}, rl_stage.load_pipeline
+
+    def spy(*args, **kw):
+        pipe = load(*args, **kw)
+        seen.update(transformer=is_quantized(pipe.transformer), text_encoder=is_quantized(pipe.text_encoder))
+        return pipe
+
+    monkeypatch.setattr(rl_stage, "load_pipeline", spy)
+    (m,) = metrics(rl(prompts, tmp_path / "run", model="tiny-flux2", epochs=1, base_quantization="int8"))
+    assert seen == {"transformer": True, "text_encoder": True}
+    assert m["ratio_dev_first"] == 0.0 and m["grad_norm"] > 0 and m["loss"] == m["loss"]

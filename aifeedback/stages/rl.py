@@ -41,6 +41,7 @@ from aifeedback.families import detect
 from aifeedback.families.base import time_ids
 from aifeedback.families.flow import FlowFamily
 from aifeedback.families.loading import load_pipeline
+from aifeedback.families.quantize import quantized_base_dtype
 from aifeedback.families.resolve import model_defaults
 from aifeedback.families.sampling import decode_latents, encode_image
 from aifeedback.rl import ALGORITHMS
@@ -112,7 +113,8 @@ class RLRecipe:
         self.main, self.device = acc.is_main_process, acc.device
         self.resume_from = self._setup_run_folder()
         set_seed(cfg.seed, device_specific=True)
-        self.pipe = load_pipeline(cfg.model, "float32", "cpu")
+        dtype = quantized_base_dtype(cfg.base_quantization, acc.mixed_precision, self.device.type, "float32")
+        self.pipe = load_pipeline(cfg.model, dtype, "cpu", quantization=cfg.base_quantization)
         self.family = detect(self.pipe)
         self.kind = "flow" if isinstance(self.family, FlowFamily) else "unet"
         ALGORITHMS[cfg.algorithm].check_kind(self.kind, self.family.name)
