@@ -1,6 +1,6 @@
-"""`aif generate` and `aif eval` with --base-quantization (as `aif sample`; `aif rl` in its preflight here): the base model's denoiser and text
-encoders loaded quantized (torchao int8 / fp8 on a CPU with the tiny models), nf4 refused in preflight without a
-GPU, a whole tuned denoiser refused (it would load unquantized)."""
+"""`aif generate` and `aif eval` with --base-quantization (as `aif sample`; `aif rl`'s preflight too): the base
+model's denoiser and text encoders loaded quantized (torchao int8 / fp8 on a CPU with the tiny models), nf4 refused
+in preflight without a GPU, a whole tuned denoiser refused (it would load unquantized)."""
 
 import io
 
