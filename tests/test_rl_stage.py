@@ -141,7 +141,7 @@ def test_a_misspelt_algorithm_is_refused_and_help_lists_the_algorithms_one_per_l
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["tiny-z-image", "tiny-qwen-image", "tiny-flux2", "tiny-flux"])
+@pytest.mark.parametrize("model", ["tiny-z-image", "tiny-qwen-image", "tiny-flux2", "tiny-flux2-klein", "tiny-flux"])
 def test_grpo_runs_one_epoch_on_the_2026_families(prompts, tmp_path, model):
     (m,) = metrics(rl(prompts, tmp_path / "run", model=model, epochs=1))
     assert m["ratio_dev_first"] == 0.0 and m["grad_norm"] > 0
@@ -149,7 +149,8 @@ def test_grpo_runs_one_epoch_on_the_2026_families(prompts, tmp_path, model):
     assert (tmp_path / "run" / "checkpoints" / "checkpoint-000001" / "pytorch_lora_weights.safetensors").is_file()
 
 
-@pytest.mark.parametrize("model", ["tiny-flux2", "tiny-qwen-image", "tiny-flux", "tiny-z-image"])
+@pytest.mark.parametrize("model", ["tiny-flux2", "tiny-flux2-klein", "tiny-qwen-image", "tiny-flux", "tiny-z-image",
+                                   "tiny-sd3"])
 def test_the_flow_sampler_steps_on_the_pipelines_own_sigmas(model):
     """aif rl samples on the grid the family's pipeline samples on (FLUX.1-dev / Qwen-Image shift it by image size,
     FLUX.2 by its empirical mu; diffusers' scheduler refuses set_timesteps without mu where it shifts)."""
