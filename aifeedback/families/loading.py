@@ -22,11 +22,11 @@ from aifeedback.families.resolve import (
     DTYPES,
     FIT_KEYS,
     SCHEDULERS,
-    ModelLoadError,
     TunedLoadError,
     check_pipeline,
     load_error,
     resolve_model,
+    vae_class_error,
 )
 from aifeedback.storage.checkpoints import DENOISER_DIRS, check_weights_file
 
@@ -87,9 +87,7 @@ def load_vae(vae: str, name: str, path: str, td: Any) -> Any:
     except (OSError, ValueError, EnvironmentError) as e:
         raise load_error(vae, "VAE", e) from None
     if found != expected:
-        raise ModelLoadError(f"--vae {vae} is of class {found}, but {name} decodes with class {expected}: a VAE of "
-                             f"another class has other latents. Fix: pass a {expected} (e.g. the vae/ folder of a "
-                             f"model of the same family), or drop --vae.")
+        raise vae_class_error(vae, found, name, expected)
     try:
         return getattr(diffusers, expected).from_pretrained(resolve_model(vae), dtype=td)
     except (OSError, ValueError, EnvironmentError, AttributeError) as e:
