@@ -34,14 +34,16 @@ def test_a_vae_of_another_class_is_refused_naming_both_classes():
         load_pipeline("tiny-flux2", vae=other)
 
 
-def test_aif_generate_refuses_a_vae_of_another_class_in_preflight(tmp_path):
+@pytest.mark.parametrize("stage", [["generate"], ["train", "--lora-rank", "2"],
+                                   ["cache", "--dataset", "pairs"]])
+def test_a_vae_of_another_class_is_refused_in_preflight(tmp_path, stage):
     """Before any model loads: the classes are read from model_index.json and the VAE's config.json."""
     from typer.testing import CliRunner
 
     from aifeedback.cli import app
 
     other = str(tiny_pipeline_path("tiny-sd3") / "vae")
-    result = CliRunner().invoke(app, ["generate", "--model", "tiny-qwen-image", "--vae", other, "--out",
+    result = CliRunner().invoke(app, [*stage, "--model", "tiny-qwen-image", "--vae", other, "--out",
                                       str(tmp_path / "out")])
     assert result.exit_code == 2, result.output
     assert "is of class AutoencoderKL, but tiny-qwen-image decodes with class AutoencoderKLQwenImage" in result.output
