@@ -147,6 +147,16 @@ def check_apart(out: str | Path, inputs: dict[str, Path], option: str = "--out")
             f"e.g. {path.parent / (path.stem + '-out')}.")
 
 
+def check_base_quantization(choice: str, kind: str | None, tuned: str | None) -> None:
+    """Preflight of a sampling stage's --base-quantization: `kind` is check_pipeline's for --tuned (a whole tuned
+    denoiser would load unquantized), then `check_quantization`."""
+    if kind == "unet" and choice != "none":
+        raise AifError(f"--base-quantization {choice} quantizes the base model, but --tuned {tuned} replaces its "
+                       f"whole denoiser, which would be loaded unquantized. Fix: pass --base-quantization none, or a "
+                       f"LoRA as --tuned")
+    check_quantization(choice)
+
+
 def check_quantization(choice: str) -> None:
     """Preflight: the backend's package is installed, and a GPU is visible where the backend needs one."""
     from aifeedback.families.quantize import QUANTIZATIONS

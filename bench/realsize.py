@@ -1,10 +1,11 @@
 """Real-size architectures with random weights, built offline for the benchmarks: SDXL, SD1.5, SD3.5 medium and
-large, FLUX.1 dev and schnell.
+large, FLUX.1 dev and schnell, FLUX.2 [dev] and [klein] 4B, Qwen-Image, Z-Image.
 
 The GPU hosts that run `bench/` cannot reach the Hugging Face Hub, and a model's speed does not depend on its
 weights, so the benchmarks build the published architectures (the config.json values of
 stabilityai/stable-diffusion-xl-base-1.0, stable-diffusion-v1-5, stabilityai/stable-diffusion-3.5-medium and -large,
-black-forest-labs/FLUX.1-dev and -schnell, written down here) with random weights. tests/test_bench.py checks the
+black-forest-labs/FLUX.1-dev and -schnell, written down here; the 2026 families' from aifeedback/zoo) with random
+weights. tests/test_bench.py checks the
 parameter counts on the meta device against the released checkpoints.
 """
 
@@ -67,6 +68,12 @@ FLOW_SCHEDULERS = {
     "flux-schnell": dict(shift=1.0, use_dynamic_shifting=False, base_shift=0.5, max_shift=1.15,
                          base_image_seq_len=256, max_image_seq_len=4096),
 }
+# The 2026 families' transformers at real size (the release configs aifeedback/zoo's tiny builders record:
+# zoo/tiny_flux2.py REAL_TRANSFORMERS, tiny_qwen_image.py, tiny_z_image.py): name -> (aif family, diffusers class).
+FAMILY_TRANSFORMERS = {
+    "flux2-dev": ("flux2", "Flux2Transformer2DModel"), "flux2-klein-4b": ("flux2", "Flux2Transformer2DModel"),
+    "qwen-image": ("qwen-image", "QwenImageTransformer2DModel"), "z-image": ("z-image", "ZImageTransformer2DModel"),
+}
 SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
                  timestep_spacing="leading", prediction_type="epsilon")
 
@@ -128,20 +135,67 @@ def build_pipeline(family: str, device: str = "cpu", dtype: str = "float16", fp1
 
 
 def build_transformer(name: str, device: str = "cpu", dtype: Any = None) -> Any:
-    """The SD3.5 (SD3Transformer2DModel) or FLUX.1 (FluxTransformer2DModel) denoiser of TRANSFORMERS[name],
-    initialised directly in `dtype` (default float32)."""
+    """The SD3.5 (SD3Transformer2DModel) or FLUX.1 (FluxTransformer2DModel) denoiser of TRANSFORMERS[name], or a
+    FAMILY_TRANSFORMERS one, initialised directly in `dtype` (default float32)."""
+    import diffusers
     import torch
-    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
 
-    cls = FluxTransformer2DModel if name.startswith("flux") else SD3Transformer2DModel
+    if name in FAMILY_TRANSFORMERS:
+        cls, config = getattr(diffusers, FAMILY_TRANSFORMERS[name][1]), family_parts_configs(name)["transformer"]
+    else:
+        cls = diffusers.FluxTransformer2DModel if name.startswith("flux") else diffusers.SD3Transformer2DModel
+        config = TRANSFORMERS[name]
     torch.manual_seed(0)
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype or torch.float32)
     try:
         with torch.device(device):
-            return cls(**TRANSFORMERS[name])
+            return cls(**config)
     finally:
         torch.set_default_dtype(default)
+
+
+def family_parts_configs(name: str) -> dict[str, Any]:
+    """The release configs of a FAMILY_TRANSFORMERS model's transformer, VAE and text encoder (FLUX.2 [dev]'s Mistral
+    Small 3.1 is not recorded: its count is README's)."""
+    from aifeedback.zoo import tiny_flux2, tiny_qwen_image, tiny_z_image
+
+    qwen3_4b = tiny_z_image.REAL_TEXT_ENCODER  # Z-Image's and FLUX.2 [klein] 4B's text encoder: Qwen3-4B
+    return {
+        "flux2-dev": dict(transformer=tiny_flux2.REAL_TRANSFORMERS["dev"], vae={}),
+        "flux2-klein-4b": dict(transformer=tiny_flux2.REAL_TRANSFORMERS["klein-4b"], vae={}, text_encoder=qwen3_4b),
+        "qwen-image": dict(transformer=tiny_qwen_image.REAL_TRANSFORMER, vae=tiny_qwen_image.REAL_VAE,
+                           text_encoder=tiny_qwen_image.REAL_TEXT_ENCODER),
+        "z-image": dict(transformer=tiny_z_image.REAL_TRANSFORMER, vae=dict(VAE16, **tiny_z_image.FLUX_VAE),
+                        text_encoder=qwen3_4b),
+    }[name]
+
+
+def family_parts(name: str, device: str = "meta") -> dict[str, Any]:
+    """A FAMILY_TRANSFORMERS model's transformer, VAE and text encoder (as its pipeline loads it: FLUX.2 [klein]
+    Qwen3ForCausalLM, Z-Image Qwen3Model, Qwen-Image the whole Qwen2.5-VL) with random weights; FLUX.2 [dev]
+    without its text encoder."""
+    import diffusers
+    import torch
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen3Config,
+        Qwen3ForCausalLM,
+        Qwen3Model,
+    )
+
+    configs = family_parts_configs(name)
+    vae_cls = {"flux2": "AutoencoderKLFlux2", "qwen-image": "AutoencoderKLQwenImage", "z-image": "AutoencoderKL"}
+    parts = {"transformer": build_transformer(name, device)}
+    with torch.device(device):
+        parts["vae"] = getattr(diffusers, vae_cls[FAMILY_TRANSFORMERS[name][0]])(**configs["vae"])
+        if name == "qwen-image":
+            parts["text_encoder"] = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**configs["text_encoder"]))
+        elif "text_encoder" in configs:
+            cls = Qwen3ForCausalLM if name.startswith("flux2") else Qwen3Model
+            parts["text_encoder"] = cls(Qwen3Config(**configs["text_encoder"]))
+    return parts
 
 
 def flow_pipeline(name: str, device: str = "cpu", dtype: str = "bfloat16") -> Any:

@@ -5,10 +5,13 @@ random weights (no download, bench/realsize.py), stored latents and text embeddi
 with latents; the VAE and text encoders are outside the timing). Policy forward+backward on winners+losers,
 reference forward (adapters off for LoRA, a frozen copy for full), DPO loss, optimizer step. The UNets are noised
 DDPM-style (epsilon target); the flow-matching transformers at x_t = (1 - sigma) x0 + sigma noise with the velocity
-target noise - x0, FLUX on packed 2x2 latents with its position ids and (dev) guidance embedding.
+target noise - x0, FLUX on packed 2x2 latents with its position ids and (dev) guidance embedding. FLUX.2 [dev] /
+[klein] 4B, Qwen-Image and Z-Image go through aif's own family code (families/*.py: `latent_shape`, `predict`,
+`lora_target_modules`) with random 512-token text embeddings, as `aif train` runs them.
   python bench/train.py --family sdxl --resolution 1024 --batch-size 1 --lora-rank 0 --mixed-precision bf16 \\
       --gradient-checkpointing
   python bench/train.py --family flux-dev --batch-size 1 --lora-rank 16 --mixed-precision bf16 --gradient-checkpointing
+  python bench/train.py --family flux2-dev --lora-rank 16 --base-quantization nf4 --gradient-checkpointing
   python bench/train.py --tiny            # the tiny zoo UNet on CPU at 32 px (--family flux-dev: tiny-flux-dev)
 """
 
@@ -21,7 +24,7 @@ import time
 from typing import Any, Callable
 
 import torch
-from realsize import SD15_UNET, SDXL_UNET, TRANSFORMERS  # bench/ is on sys.path as the script folder
+from realsize import FAMILY_TRANSFORMERS, SD15_UNET, SDXL_UNET, TRANSFORMERS  # bench/ is on sys.path
 
 UNET_LORA = ["to_k", "to_q", "to_v", "to_out.0"]
 # The adapted layers of diffusers' train_dreambooth_lora_sd3.py / _flux.py (their defaults): attention of both
@@ -29,15 +32,18 @@ UNET_LORA = ["to_k", "to_q", "to_v", "to_out.0"]
 SD3_LORA = ["attn.add_k_proj", "attn.add_q_proj", "attn.add_v_proj", "attn.to_add_out", "attn.to_k", "attn.to_out.0",
             "attn.to_q", "attn.to_v"]
 FLUX_LORA = SD3_LORA + ["ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2"]
-TINY = {"flux-dev": "tiny-flux-dev", "flux-schnell": "tiny-flux", "sd35m": "tiny-sd3", "sd35l": "tiny-sd3"}
+TINY = {"flux-dev": "tiny-flux-dev", "flux-schnell": "tiny-flux", "sd35m": "tiny-sd3", "sd35l": "tiny-sd3",
+        "flux2-dev": "tiny-flux2", "flux2-klein-4b": "tiny-flux2-klein", "qwen-image": "tiny-qwen-image",
+        "z-image": "tiny-z-image"}
 TEXT_TOKENS = {"sd35": 77 + 256, "flux": 512}  # pipeline defaults: CLIP 77 + T5 256 (SD3), T5 512 (FLUX.1-dev)
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--family", choices=["sdxl", "sd15", *TRANSFORMERS], default="sdxl")
+    p.add_argument("--family", choices=["sdxl", "sd15", *TRANSFORMERS, *FAMILY_TRANSFORMERS], default="sdxl")
     p.add_argument("--tiny", action="store_true", help="the family's tiny zoo denoiser (tiny-sdxl, tiny-sd15, "
-                   "tiny-flux-dev, tiny-flux, tiny-sd3) on CPU")
+                   "tiny-flux-dev, tiny-flux, tiny-sd3, tiny-flux2, tiny-flux2-klein, tiny-qwen-image, "
+                   "tiny-z-image) on CPU")
     p.add_argument("--resolution", type=int, default=None, help="pixels (default 1024; SD1.5 512, tiny 32)")
     p.add_argument("--batch-size", type=int, default=1, help="pairs per step")
     p.add_argument("--lora-rank", type=int, default=0)
@@ -77,6 +83,40 @@ def build_model(args: argparse.Namespace, device: str) -> tuple[Any, int, int]:
     with torch.device(device):  # initialise on the GPU: seconds instead of a minute on its CPU
         unet = UNet2DConditionModel(**(SDXL_UNET if args.family == "sdxl" else SD15_UNET))
     return unet, args.resolution or (1024 if args.family == "sdxl" else 512), 8
+
+
+def build_family_model(args: argparse.Namespace, device: str) -> tuple[Any, int, Any]:
+    """(transformer, resolution, VAE config) of a FAMILY_TRANSFORMERS model: real size (the base built in the
+    compute dtype, as build_model does for FLUX.1), or its tiny zoo model."""
+    import diffusers
+
+    cls = getattr(diffusers, FAMILY_TRANSFORMERS[args.family][1])
+    if args.tiny:
+        from aifeedback.zoo import tiny_pipeline_path
+
+        path = tiny_pipeline_path(TINY[args.family])
+        vae = diffusers.AutoModel.from_pretrained(str(path), subfolder="vae")
+        return cls.from_pretrained(path, subfolder="transformer"), args.resolution or 32, vae.config
+    from realsize import build_transformer, family_parts
+
+    dtype = torch.bfloat16 if args.lora_rank and args.mixed_precision == "bf16" else torch.float32
+    vae = family_parts(args.family, device="meta")["vae"]  # only its config is read
+    return build_transformer(args.family, device, dtype), args.resolution or 1024, vae.config
+
+
+def family_inputs(model: Any, name: str, n: int, res: int, vae_config: Any, device: str, dtype: torch.dtype
+                  ) -> tuple[torch.Tensor, Callable]:
+    """Latents in the family's layout and `forward(model, noisy, sigma) -> velocity` through the family's own
+    `predict` (timesteps in the scheduler's 0..1000), with random embeddings of 512 text tokens (the pipelines' and
+    scripts' max_sequence_length; Z-Image keeps each prompt's own tokens, at most these)."""
+    from aifeedback.families import get_family
+
+    fam = get_family(FAMILY_TRANSFORMERS[name][0])
+    width = model.config.get("joint_attention_dim") or model.config.cap_feat_dim
+    lat = torch.randn(n, *fam.latent_shape(vae_config, res), device=device)
+    prompts = {"embeds": torch.randn(n, 512, width, device=device, dtype=dtype),
+               "mask": torch.ones(n, 512, dtype=torch.bool, device=device)}
+    return lat, lambda m, noisy, s: fam.predict(m, noisy.to(dtype), s * 1000, prompts, None)
 
 
 def unet_inputs(unet: Any, n: int, res: int, h: int, device: str, dtype: torch.dtype) -> tuple[torch.Tensor, Callable]:
@@ -124,7 +164,12 @@ def prepare(model: Any, args: argparse.Namespace, device: str, dtype: torch.dtyp
         return copy.deepcopy(model).requires_grad_(False).to(dtype)
     from peft import LoraConfig
 
-    targets = UNET_LORA if args.family in ("sdxl", "sd15") else FLUX_LORA if "flux" in args.family else SD3_LORA
+    if args.family in FAMILY_TRANSFORMERS:
+        from aifeedback.families import get_family
+
+        targets = get_family(FAMILY_TRANSFORMERS[args.family][0]).lora_target_modules(model)
+    else:
+        targets = UNET_LORA if args.family in ("sdxl", "sd15") else FLUX_LORA if "flux" in args.family else SD3_LORA
     model.requires_grad_(False).to(device, dtype)
     if args.base_quantization != "none":
         quantize_base(model, args.base_quantization, dtype)
@@ -200,14 +245,19 @@ def main() -> None:
     args = parse_args()
     device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
     dtype = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.mixed_precision]
-    model, res, factor = build_model(args, device)
+    family = args.family in FAMILY_TRANSFORMERS
+    model, res, factor = build_family_model(args, device) if family else build_model(args, device)
     ref = prepare(model, args, device, dtype)
     if args.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     model.train()
-    n, h, flow = 2 * args.batch_size, res // factor, args.family in TRANSFORMERS
-    lat, forward = (transformer_inputs(model, args.family, n, h, device, dtype) if flow
-                    else unet_inputs(model, n, res, h, device, dtype))
+    n, flow = 2 * args.batch_size, family or args.family in TRANSFORMERS
+    if family:  # `factor` is the VAE's config here
+        lat, forward = family_inputs(model, args.family, n, res, factor, device, dtype)
+    elif flow:
+        lat, forward = transformer_inputs(model, args.family, n, res // factor, device, dtype)
+    else:
+        lat, forward = unet_inputs(model, n, res, res // factor, device, dtype)
     params = [q for q in model.parameters() if q.requires_grad]
     if not args.lora_rank and not args.tiny and args.family != "sd15":
         from transformers.optimization import Adafactor  # full fine-tunes of the large models: factored state

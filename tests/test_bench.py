@@ -38,8 +38,16 @@ CASES = {
     "rl-random-weights": ["--random-weights", "--family", "sd15", "--resolution", "64", "--steps", "1",
                           "--group-size", "2", "--prompts-per-epoch", "1", "--batch-size", "2", "--epochs", "1",
                           "--lora-rank", "2"],
+    # gpu.sh's 2026-family steps (through aif's own family code), on their tiny zoo transformers
+    "train-flux2-int8": ["--tiny", "--family", "flux2-dev", "--lora-rank", "4", "--base-quantization", "int8",
+                         "--gradient-checkpointing", "--steps", "2", "--warmup", "1", "--mixed-precision", "no"],
+    "train-qwen-image": ["--tiny", "--family", "qwen-image", "--lora-rank", "4", "--gradient-checkpointing",
+                         "--steps", "2", "--warmup", "1", "--mixed-precision", "no"],
+    "train-z-image": ["--tiny", "--family", "z-image", "--lora-rank", "4", "--gradient-checkpointing", "--steps", "2",
+                      "--warmup", "1", "--mixed-precision", "no"],
 }
-NEEDS = {"train-flux-int8": "torchao", "train-flux-nf4": "bitsandbytes"}  # optional extras (torchao, bnb)
+# optional extras (torchao, bnb)
+NEEDS = {"train-flux-int8": "torchao", "train-flux-nf4": "bitsandbytes", "train-flux2-int8": "torchao"}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -117,3 +125,46 @@ def test_sd3_medium_architecture_matches_its_release():
     cfg = {**_realsize().SD35_MEDIUM, "pos_embed_max_size": 192, "dual_attention_layers": (), "qk_norm": None}
     with torch.device("meta"):
         assert sum(p.numel() for p in SD3Transformer2DModel(**cfg).parameters()) == 2_028_328_000
+
+
+# The 2026 families' parts on the meta device, as bench/realsize.py builds them (the same release configs as
+# tests/test_flux2.py, test_qwen_image.py, test_z_image.py count): the transformers, the VAEs (FLUX.2's
+# AutoencoderKLFlux2 defaults: 32 latent channels; Qwen-Image's; Z-Image's is FLUX.1's) and the text encoders as the
+# pipelines load them (Qwen3-4B with its tied LM head for [klein], without it for Z-Image: the same count; Qwen-Image's
+# whole Qwen2.5-VL-7B). README "Memory at real size" computes from these.
+QWEN3_4B = 4_022_468_096
+FAMILY_RELEASES = {
+    "flux2-dev": {"transformer": 32_223_281_152, "vae": 84_046_115},
+    "flux2-klein-4b": {"transformer": 3_875_544_576, "vae": 84_046_115, "text_encoder": QWEN3_4B},
+    "qwen-image": {"transformer": 20_430_401_088, "vae": 126_892_531, "text_encoder": 8_292_166_656},
+    "z-image": {"transformer": 6_154_908_736, "vae": VAE16, "text_encoder": QWEN3_4B},
+}
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY_RELEASES))
+def test_real_size_2026_families_hold_the_released_parameter_counts(name):
+    parts = _realsize().family_parts(name, device="meta")
+    assert {part: sum(p.numel() for p in m.parameters()) for part, m in parts.items()} == FAMILY_RELEASES[name]
+    assert type(parts["transformer"]).__name__ == _realsize().FAMILY_TRANSFORMERS[name][1]
+
+
+def test_gpu_sh_train_steps_name_families_bench_train_builds():
+    """Every `--family` bench/gpu.sh passes to bench/train.py is one it builds (a misspelt one would only fail on
+    the GPU host, costing that step)."""
+    import re
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import train
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    script = (ROOT / "bench" / "gpu.sh").read_text()
+    named = set(re.findall(r"--family ([\w-]+)", script))
+    assert {"flux2-dev", "qwen-image", "z-image"} <= named
+    saved = sys.argv
+    try:
+        for family in named:
+            sys.argv = ["train.py", "--family", family, "--lora-rank", "16", "--base-quantization", "nf4"]
+            assert train.parse_args().family == family
+    finally:
+        sys.argv = saved

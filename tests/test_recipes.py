@@ -57,3 +57,27 @@ def test_rl_recipes_run_the_rl_stage_with_the_reference_settings(name, monkeypat
     assert {k: getattr(cfg, k) for k in RL_RECIPES[name] if k != "epochs"} == \
         {k: v for k, v in RL_RECIPES[name].items() if k != "epochs"}
     assert f"aif rl --recipe {name}" in RECIPES[name][0].read_text()  # its opening comment says how to run it
+
+
+@pytest.mark.parametrize("name", ["flux2_dev_dpo_lora", "flux2_klein_dpo_lora", "qwen_image_dpo_lora",
+                                  "z_image_dpo_lora"])
+def test_2026_family_recipes_carry_the_diffusers_scripts_values(name):
+    """The LoRA DPO recipes of FLUX.2, Qwen-Image and Z-Image: diffusers' train_dreambooth_lora_* defaults (rank 4,
+    AdamW lr 1e-4, weight decay 1e-4, constant lr, clip 1.0) and README commands (1024 px, 1 x 4 accumulated), the
+    house flow recipes' DPO beta; FLUX.2 [dev] on an NF4 base (the one-GPU plan), generation included."""
+    train = load_stage_config(STAGES["train"].config, "train", name, {})
+    house = load_stage_config(STAGES["train"].config, "train", "flux_dev_dpo_lora", {})
+    assert (train.lora_rank, train.lr, train.weight_decay, train.lr_schedule, train.warmup_steps,
+            train.max_grad_norm, train.optimizer) == (4, 1e-4, 1e-4, "constant", 0, 1.0, "adamw")
+    assert (train.resolution, train.batch_size, train.grad_accum, train.loss, train.beta) == (1024, 1, 4, "dpo",
+                                                                                               house.beta)
+    generate = load_stage_config(STAGES["generate"].config, "generate", name, {})
+    assert generate.model == train.model and generate.resolution == 1024
+    quant = "nf4" if name == "flux2_dev_dpo_lora" else "none"
+    assert (train.base_quantization, generate.base_quantization) == (quant, quant)
+    text = RECIPES[name][0].read_text()
+    section = text[text.index("\ntrain:"):]
+    keyed = [line for line in section.splitlines()[2:] if line.startswith("  ") and ":" in line]
+    unsourced = [line for line in keyed if "#" not in line and line.split(":")[0].strip() not in
+                 ("data", "model", "loss", "checkpoint_every", "validation_every", "out")]
+    assert not unsourced, f"{name}: every training value names its source: {unsourced}"

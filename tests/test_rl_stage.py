@@ -6,6 +6,7 @@ import io
 import json
 
 import pytest
+import torch
 from PIL import Image
 from safetensors.torch import load_file
 from typer.testing import CliRunner
@@ -147,3 +148,51 @@ def test_a_misspelt_algorithm_is_refused_and_help_lists_the_algorithms_one_per_l
     lines = [ln.replace("│", " ").strip() for ln in result.output.splitlines()]
     for name in ALGORITHMS:  # each algorithm's description starts its own line
         assert any(ln.startswith(f"{name}: ") for ln in lines), result.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["tiny-z-image", "tiny-qwen-image", "tiny-flux2", "tiny-flux2-klein", "tiny-flux"])
+def test_grpo_runs_one_epoch_on_the_2026_families(prompts, tmp_path, model):
+    (m,) = metrics(rl(prompts, tmp_path / "run", model=model, epochs=1))
+    assert m["ratio_dev_first"] == 0.0 and m["grad_norm"] > 0
+    assert all(v == v and abs(v) != float("inf") for v in m.values() if isinstance(v, float))  # finite
+    assert (tmp_path / "run" / "checkpoints" / "checkpoint-000001" / "pytorch_lora_weights.safetensors").is_file()
+
+
+@pytest.mark.parametrize("model", ["tiny-flux2", "tiny-flux2-klein", "tiny-qwen-image", "tiny-flux", "tiny-z-image",
+                                   "tiny-sd3"])
+def test_the_flow_sampler_steps_on_the_pipelines_own_sigmas(model):
+    """aif rl samples on the grid the family's pipeline samples on (FLUX.1-dev / Qwen-Image shift it by image size,
+    FLUX.2 by its empirical mu; diffusers' scheduler refuses set_timesteps without mu where it shifts)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from aifeedback.families import detect
+    from aifeedback.families.loading import load_pipeline
+
+    pipe = load_pipeline(model)
+    pipe(prompt="a cat", num_inference_steps=3, height=32, width=32, output_type="latent")
+    sampler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    patches = (32 // (2 * pipe.vae_scale_factor)) ** 2
+    sampler.set_timesteps(3, **detect(pipe).sampling_schedule(pipe.scheduler.config, patches, 3))
+    assert torch.allclose(sampler.sigmas, pipe.scheduler.sigmas.cpu())
+
+
+@pytest.mark.slow
+def test_grpo_on_an_int8_base_of_tiny_flux2(prompts, tmp_path, monkeypatch):
+    """`aif rl --base-quantization int8` (torchao, CPU): the frozen transformer and text encoder quantized, the LoRA
+    trained on top, the first update's ratio exactly 1."""
+    pytest.importorskip("torchao")
+    import aifeedback.stages.rl as rl_stage
+    from aifeedback.families.quantize import is_quantized
+
+    seen, load = {}, rl_stage.load_pipeline
+
+    def spy(*args, **kw):
+        pipe = load(*args, **kw)
+        seen.update(transformer=is_quantized(pipe.transformer), text_encoder=is_quantized(pipe.text_encoder))
+        return pipe
+
+    monkeypatch.setattr(rl_stage, "load_pipeline", spy)
+    (m,) = metrics(rl(prompts, tmp_path / "run", model="tiny-flux2", epochs=1, base_quantization="int8"))
+    assert seen == {"transformer": True, "text_encoder": True}
+    assert m["ratio_dev_first"] == 0.0 and m["grad_norm"] > 0 and m["loss"] == m["loss"]

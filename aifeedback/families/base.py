@@ -102,6 +102,11 @@ class Family(ABC):
         """Images in [-1, 1] -> the latents the denoiser works on."""
         return encode_images(vae, pixels)
 
+    def latent_shape(self, vae_config: Any, resolution: int) -> tuple[int, int, int]:
+        """(C, h, w) of the latents `encode_images` gives for a square image of `resolution` px."""
+        f = vae_factor(vae_config)
+        return latent_channels(vae_config), resolution // f, resolution // f
+
     def lora_target_modules(self, model: Any) -> list[str]:
         """The `target_modules` LoRA adapts in this denoiser (the family's `lora_targets`; a family whose script
         names modules per block lists them from the model's config)."""

@@ -29,8 +29,10 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
+from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
 
 from aifeedback.families.base import Family
@@ -50,6 +52,7 @@ class FlowFamily(Family):
     logit_mean: ClassVar[float] = 0.0
     logit_std: ClassVar[float] = 1.0
     mode_scale: ClassVar[float] = 1.29
+    linspace_sigmas: ClassVar[bool] = False  # sampling: the pipeline passes linspace sigmas (sampling_schedule)
 
     def noise_scheduler(self, pipe: Any) -> Any:
         return FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
@@ -73,6 +76,16 @@ class FlowFamily(Family):
 
     def loss_weights(self, scheduler: Any, t: torch.Tensor) -> torch.Tensor:
         return compute_loss_weighting_for_sd3(self.weighting_scheme, flow_sigmas(scheduler, t)).float().to(t.device)
+
+    def sampling_schedule(self, config: Any, image_seq_len: int, steps: int) -> dict[str, Any]:
+        """The `set_timesteps` arguments the family's pipeline samples `steps` steps of an image of `image_seq_len`
+        2x2 latent patches with: mu from `calculate_shift` (used where the scheduler shifts by image size: FLUX.1-dev,
+        Qwen-Image), and the sigmas linspace(1, 1/steps, steps) where the pipeline passes them (`linspace_sigmas`;
+        SD3's pipeline keeps the scheduler's own grid)."""
+        mu = calculate_shift(image_seq_len, config.get("base_image_seq_len", 256),
+                             config.get("max_image_seq_len", 4096), config.get("base_shift", 0.5),
+                             config.get("max_shift", 1.15))
+        return {"mu": mu, **({"sigmas": np.linspace(1.0, 1 / steps, steps).tolist()} if self.linspace_sigmas else {})}
 
 
 def flow_sigmas(scheduler: Any, t: torch.Tensor) -> torch.Tensor:

@@ -36,6 +36,7 @@ class Flux(FlowFamily):
                     "ff_context.net.2")
     vae_fp16_safe = False  # the FLUX VAE's config asks for upcasting (force_upcast); FLUX runs in bf16 anyway
     weighting_scheme = "none"  # the FLUX script's default: uniform timesteps, unweighted loss
+    linspace_sigmas = True  # the pipeline samples on linspace(1, 1/steps, steps), shifted (sampling_schedule)
     t5_length = 512  # FluxPipeline's default max_sequence_length
 
     @classmethod

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from diffusers import Flux2KleinPipeline, Flux2Pipeline
+from diffusers.pipelines.flux2.pipeline_flux2 import compute_empirical_mu
 from diffusers.pipelines.flux2.system_messages import SYSTEM_MESSAGE
 
 from aifeedback.errors import AifError
@@ -45,6 +46,7 @@ class Flux2(FlowFamily):
     lora_targets = ("to_k", "to_q", "to_v", "to_out.0", "to_qkv_mlp_proj")
     vae_fp16_safe = False  # FLUX.2 runs in bf16; the VAE is kept out of fp16 like FLUX.1's
     weighting_scheme = "none"  # the scripts' default: uniform timesteps, unweighted loss
+    linspace_sigmas = True
     max_sequence_length = 512  # the pipelines' and the scripts' default
 
     @classmethod
@@ -57,6 +59,15 @@ class Flux2(FlowFamily):
         # every single block (a plain "attn.to_out" would also name the double blocks' ModuleList)
         singles = denoiser_config(model).num_single_layers
         return [*self.lora_targets, *(f"single_transformer_blocks.{i}.attn.to_out" for i in range(singles))]
+
+    def sampling_schedule(self, config: Any, image_seq_len: int, steps: int) -> dict[str, Any]:
+        # both FLUX.2 pipelines: linspace sigmas, mu from diffusers' empirical fit over image size and step count
+        return {**super().sampling_schedule(config, image_seq_len, steps),
+                "mu": compute_empirical_mu(image_seq_len, steps)}
+
+    def latent_shape(self, vae_config: Any, resolution: int) -> tuple[int, int, int]:
+        c, h, w = super().latent_shape(vae_config, resolution)
+        return 4 * c, h // 2, w // 2  # encode_images' 2x2 patchified latents
 
     def text_encoders(self, pipe: Any) -> TextEncoders:
         return TextEncoders([pipe.tokenizer], [pipe.text_encoder])

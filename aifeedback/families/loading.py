@@ -26,6 +26,7 @@ from aifeedback.families.resolve import (
     check_pipeline,
     load_error,
     resolve_model,
+    vae_class_error,
 )
 from aifeedback.storage.checkpoints import DENOISER_DIRS, check_weights_file
 
@@ -56,10 +57,7 @@ def load_pipeline(name: str, dtype: str = "float32", device: str = "cpu", vae: s
     path = resolve_model(name)
     kwargs: dict[str, Any] = {"dtype": td}
     if vae:
-        try:
-            kwargs["vae"] = AutoencoderKL.from_pretrained(resolve_model(vae), dtype=td)
-        except (OSError, ValueError, EnvironmentError) as e:
-            raise load_error(vae, "VAE", e) from None
+        kwargs["vae"] = load_vae(vae, name, path, td)
     if quantization != "none":
         kwargs["quantization_config"] = pipeline_quantization(quantization, _quantized_parts(name, path), td)
     if kind == "unet":  # load the tuned denoiser instead of (not after) the base one: SDXL's UNet is 5 GB in fp16
@@ -78,6 +76,22 @@ def load_pipeline(name: str, dtype: str = "float32", device: str = "cpu", vae: s
     set_scheduler(pipe, scheduler)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def load_vae(vae: str, name: str, path: str, td: Any) -> Any:
+    """The --vae override, of the VAE class the base model's pipeline holds (AutoencoderKL, AutoencoderKLFlux2,
+    AutoencoderKLQwenImage, ...); a VAE of another class is refused before the pipeline loads."""
+    try:
+        expected = DiffusionPipeline.load_config(path).get("vae", [None, "AutoencoderKL"])[1]
+        found = AutoencoderKL.load_config(resolve_model(vae)).get("_class_name")
+    except (OSError, ValueError, EnvironmentError) as e:
+        raise load_error(vae, "VAE", e) from None
+    if found != expected:
+        raise vae_class_error(vae, found, name, expected)
+    try:
+        return getattr(diffusers, expected).from_pretrained(resolve_model(vae), dtype=td)
+    except (OSError, ValueError, EnvironmentError, AttributeError) as e:
+        raise load_error(vae, "VAE", e) from None
 
 
 def _quantized_parts(name: str, path: str) -> list[str]:

@@ -35,6 +35,10 @@ QUANTIZATION_HELP = ("load the frozen denoiser and text encoders of a LoRA run q
                      + ", ".join(f"{k} ({q.what}{', CUDA only' if q.cuda_only else ''}; "
                                  f"pip install 'aifeedback[{q.extra}]')" for k, q in QUANTIZATIONS.items()))
 
+SAMPLING_QUANTIZATION_HELP = ("load the base model's denoiser and text encoders quantized (a --tuned LoRA applies on "
+                              "top): none, nf4 (bitsandbytes, CUDA), int8 or fp8 (torchao), as aif train "
+                              "--base-quantization")
+
 
 def quantization_problems(choice: str, lora_rank: int) -> list[str]:
     """Why --base-quantization cannot apply to this run (a full fine-tune trains the weights it would freeze)."""

@@ -46,6 +46,7 @@ class QwenImage(FlowFamily):
     lora_pipeline = QwenImagePipeline
     lora_targets = ("to_k", "to_q", "to_v", "to_out.0")  # train_dreambooth_lora_qwen_image.py's default target modules
     weighting_scheme = "none"  # the script's default: uniform timesteps, unweighted loss
+    linspace_sigmas = True  # the pipeline samples on linspace(1, 1/steps, steps), shifted (sampling_schedule)
     max_sequence_length = 512  # QwenImagePipeline's and the script's default
 
     @classmethod

@@ -159,6 +159,7 @@ def check_pipeline(name: str, vae: str | None = None, tuned: str | None = None) 
     check_available(name)
     if vae:
         check_available(vae, "VAE")
+        check_vae_class(name, vae)
     if not tuned:
         return None, None
     kind, where = check_tuned(tuned)
@@ -287,27 +288,49 @@ def recorded_model(where: str | Path) -> str | None:
     return None
 
 
+def read_model_file(name: str, file: str) -> dict | None:
+    """A JSON config file of a model (tiny name, local folder, or a hub id in the cache), without loading it; None
+    when it cannot be read here."""
+    import json
+
+    local = Path(resolve_model(name)).expanduser()
+    if local.is_dir():
+        path = local / file
+        return json.loads(path.read_text()) if path.is_file() else None
+    if name.startswith((".", "/", "~")) or name.count("/") != 1:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(name, file)
+    return json.loads(Path(cached).read_text()) if isinstance(cached, str) else None
+
+
+def vae_class_error(vae: str, found: str, name: str, expected: str) -> ModelLoadError:
+    return ModelLoadError(f"--vae {vae} is of class {found}, but {name} decodes with class {expected}: a VAE of "
+                          f"another class has other latents. Fix: pass a {expected} (e.g. the vae/ folder of a model "
+                          f"of the same family), or drop --vae.")
+
+
+def check_vae_class(name: str, vae: str) -> None:
+    """Preflight: a --vae of another class than the model's own VAE (read from their config files where they can
+    be read here) is refused before anything loads."""
+    try:
+        index, config = read_model_file(name, "model_index.json"), read_model_file(vae, "config.json")
+    except (OSError, ValueError):
+        return
+    expected = (index or {}).get("vae", [None, None])[1]
+    found = (config or {}).get("_class_name")
+    if expected and found and found != expected:
+        raise vae_class_error(vae, found, name, expected)
+
+
 def architecture(name: str) -> tuple[str, str, dict] | None:
     """(pipeline class, denoiser component, its FIT_KEYS values) of a model, read from its config files without
     loading it; None when they cannot be read here (a hub model not in the cache)."""
-    import json
-
-    def read(file: str) -> dict | None:
-        local = Path(resolve_model(name)).expanduser()
-        if local.is_dir():
-            path = local / file
-            return json.loads(path.read_text()) if path.is_file() else None
-        if name.startswith((".", "/", "~")) or name.count("/") != 1:
-            return None
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(name, file)
-        return json.loads(Path(cached).read_text()) if isinstance(cached, str) else None
-
     try:
-        index = read("model_index.json")
+        index = read_model_file(name, "model_index.json")
         for component in DENOISER_DIRS:
-            config = read(f"{component}/config.json") if index and component in index else None
+            config = read_model_file(name, f"{component}/config.json") if index and component in index else None
             if config is not None:
                 fit = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in config.items()
                        if k in FIT_KEYS.get(component, ())}

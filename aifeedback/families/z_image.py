@@ -34,6 +34,7 @@ class ZImage(FlowFamily):
     lora_targets = ("to_k", "to_q", "to_v", "to_out.0")  # train_dreambooth_lora_z_image.py's default target modules
     vae_fp16_safe = False  # the FLUX.1 VAE asks for upcasting (force_upcast)
     weighting_scheme = "none"  # the script's default: uniform timesteps, unweighted loss
+    linspace_sigmas = True  # the pipeline samples on linspace(1, 1/steps, steps), shifted (sampling_schedule)
     max_sequence_length = 512  # ZImagePipeline's and the script's default
 
     @classmethod

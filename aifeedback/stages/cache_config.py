@@ -53,12 +53,13 @@ class CacheConfig:
     def preflight(self) -> None:
         """Fail fast, before torch is imported: the model, VAE and dataset."""
         from aifeedback.data.pairs import check_source
-        from aifeedback.families.resolve import check_available
+        from aifeedback.families.resolve import check_available, check_vae_class
         from aifeedback.preflight import check_apart, check_device
 
         check_available(self.model)
         if self.vae:
             check_available(self.vae, "VAE")
+            check_vae_class(self.model, self.vae)
         check_source(self.data, self.dataset)
         check_apart(self.out, input_paths(self))  # the inputs exist: an --out over one would clobber it
         check_device(self.device)

@@ -128,6 +128,7 @@ def generate_config(cfg: EvalConfig, side: str, out: Path):
         "images_per_prompt": cfg.seeds_per_prompt, "seed": cfg.seed, "steps": cfg.steps, "guidance": cfg.guidance,
         "resolution": cfg.resolution, "negative_prompt": cfg.negative_prompt, "scheduler": cfg.scheduler,
         "dtype": cfg.dtype, "vae": cfg.vae, "batch_size": cfg.batch_size, "image_format": "png",  # lossless
+        "base_quantization": cfg.base_quantization,
         "device": cfg.device, "out": str(out / side), "overwrite": cfg.overwrite, "progress": cfg.progress,
     }
     return build_config(GenerateConfig, {k: v for k, v in values.items() if v is not None}, f"eval -> generate {side}")

@@ -11,6 +11,7 @@ from typing import Literal, Optional
 from aifeedback.config import input_paths, option, side_problems
 from aifeedback.data.labels import COLUMNS_HELP, RANKED_HELP, RANKED_PAIRINGS
 from aifeedback.data.mapping import columns_problems
+from aifeedback.families.quantize import QUANTIZATION_CHOICES, SAMPLING_QUANTIZATION_HELP
 from aifeedback.families.resolve import DTYPES, SCHEDULERS
 from aifeedback.stages.reward_options import RewardServerOptions
 
@@ -44,6 +45,7 @@ class EvalConfig(RewardServerOptions):
     dtype: Optional[str] = option(None, "generation dtype (default: float16 on GPU, float32 on "
                                         "CPU)", choices=("auto",) + DTYPES)
     vae: Optional[str] = option(None, "VAE override for both models, e.g. madebyollin/sdxl-vae-fp16-fix", path=True)
+    base_quantization: Literal[QUANTIZATION_CHOICES] = option("none", SAMPLING_QUANTIZATION_HELP + "; both models")
     batch_size: Optional[int] = option(None, "images per generation batch (default: aif "
                                              "generate's)", min=1, identity=False)
     device: str = option("auto", "device: auto (the process's GPU under accelerate, else CPU), cuda, cuda:N, cpu",
@@ -84,7 +86,14 @@ class EvalConfig(RewardServerOptions):
         labelled set, or the models (--tuned: a whole model or weights for --base) and the prompt file."""
         from aifeedback.data.prompts import source_kind
         from aifeedback.families.resolve import check_available, check_pipeline, is_pipeline
-        from aifeedback.preflight import check_apart, check_dataset, check_device, check_rule_prompts, check_scorers
+        from aifeedback.preflight import (
+            check_apart,
+            check_base_quantization,
+            check_dataset,
+            check_device,
+            check_rule_prompts,
+            check_scorers,
+        )
 
         check_scorers(self.served(self.scorers, "--scorers"), "--scorers")
         if self.scorer_accuracy:
@@ -93,7 +102,8 @@ class EvalConfig(RewardServerOptions):
             check_available(self.base, "base model")
             if is_pipeline(self.tuned):
                 check_available(self.tuned, "tuned model")
-            check_pipeline(self.base, self.vae, None if is_pipeline(self.tuned) else self.tuned)
+            kind, _ = check_pipeline(self.base, self.vae, None if is_pipeline(self.tuned) else self.tuned)
+            check_base_quantization(self.base_quantization, kind, self.tuned)
             source_kind(self.prompts)
             check_rule_prompts(self.scorers, self.prompts, self.prompt_column, self.limit)
         check_apart(self.out, input_paths(self))  # the inputs exist: an --out over one would clobber it

@@ -112,7 +112,8 @@ def run(cfg: GenerateConfig) -> Path:
     if state.is_main_process:  # refuse a conflicting --out now, before the slow model load (this writes nothing)
         prepare_output(*args, is_main=False)
 
-    pipe = load_pipeline(cfg.model, dtype, device, vae=cfg.vae, scheduler=cfg.scheduler, tuned=cfg.tuned)
+    pipe = load_pipeline(cfg.model, dtype, device, vae=cfg.vae, scheduler=cfg.scheduler, tuned=cfg.tuned,
+                         quantization=cfg.base_quantization)
     optimize_pipeline(pipe, compile=cfg.compile, compile_mode=cfg.compile_mode)
     resolved = resolve_settings(cfg, pipe)
     manifest = start_output(cfg, out, args, state)

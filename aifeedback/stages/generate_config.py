@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from aifeedback.config import input_paths, option, side_problems
+from aifeedback.families.quantize import QUANTIZATION_CHOICES, SAMPLING_QUANTIZATION_HELP
 from aifeedback.families.resolve import DTYPES, SCHEDULERS
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
@@ -43,6 +44,7 @@ class GenerateConfig:
     vae: Optional[str] = option(None, "replacement VAE (e.g. madebyollin/sdxl-vae-fp16-fix for fp16 SDXL)", path=True)
     tuned: Optional[str] = option(None, "fine-tuned weights: LoRA file/folder, denoiser or pipeline folder, or "
                                         "training run dir", path=True)
+    base_quantization: Literal[QUANTIZATION_CHOICES] = option("none", SAMPLING_QUANTIZATION_HELP)
     image_format: Literal["jpeg", "png"] = option("jpeg", "how images are encoded in the rows")
     jpeg_quality: int = option(95, "JPEG quality", min=1, max=100)
     save_latents: bool = option(False, "also store each final latent (the denoiser's space, float16) so training "
@@ -66,9 +68,10 @@ class GenerateConfig:
         """Fail fast, before torch is imported, on a model, VAE, tuned weights or prompt file that cannot be found."""
         from aifeedback.data.prompts import source_kind
         from aifeedback.families.resolve import check_pipeline
-        from aifeedback.preflight import check_apart, check_device
+        from aifeedback.preflight import check_apart, check_base_quantization, check_device
 
-        check_pipeline(self.model, self.vae, self.tuned)
+        kind, _ = check_pipeline(self.model, self.vae, self.tuned)
+        check_base_quantization(self.base_quantization, kind, self.tuned)
         source_kind(self.prompts)
         check_apart(self.out, input_paths(self))  # the inputs exist: an --out over one would clobber it
         check_device(self.device)

@@ -42,9 +42,10 @@ from aifeedback.data.labels import RL_PAIRS_DIR
 from aifeedback.data.prompts import load_prompts, prompt_id
 from aifeedback.errors import AifError
 from aifeedback.families import detect
-from aifeedback.families.base import time_ids, vae_factor
+from aifeedback.families.base import time_ids
 from aifeedback.families.flow import FlowFamily
 from aifeedback.families.loading import load_pipeline
+from aifeedback.families.quantize import quantized_base_dtype
 from aifeedback.families.resolve import model_defaults
 from aifeedback.families.sampling import encode_image
 from aifeedback.rl import ALGORITHMS
@@ -102,7 +103,8 @@ class RLRecipe:
         self.main, self.device = acc.is_main_process, acc.device
         self.resume_from = self._setup_run_folder()
         set_seed(cfg.seed, device_specific=True)
-        self.pipe = load_pipeline(cfg.model, "float32", "cpu")
+        dtype = quantized_base_dtype(cfg.base_quantization, acc.mixed_precision, self.device.type, "float32")
+        self.pipe = load_pipeline(cfg.model, dtype, "cpu", quantization=cfg.base_quantization)
         self.family = detect(self.pipe)
         self.kind = "flow" if isinstance(self.family, FlowFamily) else "unet"
         ALGORITHMS[cfg.algorithm].check_kind(self.kind, self.family.name)
@@ -145,7 +147,8 @@ class RLRecipe:
             if sampler.config.thresholding:
                 raise AifError(f"--model {self.cfg.model}: its scheduler uses dynamic thresholding, which DDPO's "
                                "DDIM step does not model; use a model without it")
-        shift = rl_rollout.dynamic_shift(sampler.config, steps, self.resolution // vae_factor(self.vae.config))
+        patches = (self.resolution // (2 * self.pipe.vae_scale_factor)) ** 2  # the pipelines' image_seq_len
+        shift = self.family.sampling_schedule(config, patches, steps) if self.kind == "flow" else {}
         sampler.set_timesteps(steps, device=self.device, **shift)
         return sampler
 

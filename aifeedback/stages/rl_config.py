@@ -13,6 +13,7 @@ from typing import Literal, Optional
 
 from aifeedback.config import input_paths, option, side_problems
 from aifeedback.errors import AifError
+from aifeedback.families.quantize import QUANTIZATION_CHOICES, QUANTIZATION_HELP
 from aifeedback.rl import ALGORITHMS, AWM_WEIGHTINGS
 from aifeedback.stages.reward_options import RewardServerOptions
 
@@ -139,6 +140,7 @@ class RLConfig(RewardServerOptions):
     epochs: int = option(100, "epochs (sample, score, update) to run; a resumed run may extend it", min=1,
                          identity=False)
     lora_rank: int = option(32, "LoRA rank on the denoiser's attention projections (the family's targets)", min=1)
+    base_quantization: Literal[QUANTIZATION_CHOICES] = option("none", QUANTIZATION_HELP)
     lora_alpha: Optional[float] = option(None, "LoRA alpha; null = the rank (scale 1)", min=0.0)
     lr: float = option(3e-4, "learning rate (Flow-GRPO LoRA: 3e-4)", min=0.0)
     optimizer: Literal["adamw", "adamw8bit", "adafactor"] = option("adamw", "adamw, adamw8bit (bitsandbytes, CUDA) or "
@@ -259,7 +261,7 @@ class RLConfig(RewardServerOptions):
         family, the prompts, optional packages."""
         from aifeedback.data.prompts import source_kind
         from aifeedback.families.resolve import check_available
-        from aifeedback.preflight import check_apart, check_device, check_package, check_scorers
+        from aifeedback.preflight import check_apart, check_device, check_package, check_quantization, check_scorers
 
         check_scorers(self.served(reward_weights(self.reward), "--reward"), "--reward")
         check_scorers(monitor_specs(self.monitor), "--monitor")
@@ -270,6 +272,7 @@ class RLConfig(RewardServerOptions):
         source_kind(self.prompts)
         check_apart(self.out, input_paths(self))
         check_device(None, mixed_precision=self.mixed_precision)
+        check_quantization(self.base_quantization)
         if self.trackers == "wandb":
             check_package("wandb", "--trackers wandb", "wandb", "use --trackers tensorboard")
         if self.optimizer == "adamw8bit":

@@ -9,10 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-import numpy as np
 import torch
 
-from aifeedback.families.base import vae_factor
 from aifeedback.families.sampling import decode_latents
 from aifeedback.rl.advantages import combine_rewards, group_advantages
 from aifeedback.rl.sde import ddim_step, flow_ode_step, flow_sde_step
@@ -35,22 +33,6 @@ class Rollout:
     train_noise: Optional[torch.Tensor] = None  # nft, awm: (N, n, C, h, w) the forward process's noise
     old: Optional[torch.Tensor] = None  # nft: v_old (N, n, C, h, w); awm: the matching log-prob (N, n)
     monitor: dict[str, list[float]] = field(default_factory=dict)  # each held-out reward's scores (--monitor)
-
-
-def dynamic_shift(config: Any, steps: int, latent_side: int) -> dict[str, Any]:
-    """set_timesteps' extra arguments for a flow scheduler with resolution-dependent shifting (FLUX.1-dev,
-    Qwen-Image), as FluxPipeline / QwenImagePipeline pass them: sigmas linspace(1, 1 / steps, steps) and mu =
-    diffusers' calculate_shift at the 2x2-packed sequence length (latent_side / 2)^2 with the scheduler's base / max
-    values. Empty for other schedulers. (FLUX.2's pipeline computes an empirical mu instead; this rule is used there
-    too.)"""
-    if not config.get("use_dynamic_shifting", False):
-        return {}
-    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
-
-    mu = calculate_shift((latent_side // 2) ** 2, config.get("base_image_seq_len", 256),
-                         config.get("max_image_seq_len", 4096), config.get("base_shift", 0.5),
-                         config.get("max_shift", 1.15))
-    return {"sigmas": np.linspace(1.0, 1 / steps, steps), "mu": mu}
 
 
 def epoch_prompts(r: Any, epoch: int) -> list[str]:
@@ -85,9 +67,8 @@ def sample(r: Any, epoch: int, prepare: Optional[Callable[[Any, Rollout, torch.G
     encoded = r.family.encode_prompts(r.text, epoch_prompts(r, epoch))
     cond = {k: v.repeat_interleave(cfg.group_size, dim=0) for k, v in encoded.items()}
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-    f = vae_factor(r.vae.config)
-    # the VAE's layout, as Family.predict takes it (FLUX packs inside predict)
-    shape = (len(prompts), r.vae.config.latent_channels, r.resolution // f, r.resolution // f)
+    # the layout Family.predict takes (FLUX packs inside predict)
+    shape = (len(prompts), *r.family.latent_shape(r.vae.config, r.resolution))
     x = torch.randn(shape, generator=gen, dtype=torch.float32).to(r.device)
     if r.kind == "unet":
         x = x * r.sampler.init_noise_sigma
@@ -155,8 +136,7 @@ def evaluate(r: Any) -> dict[str, float]:
     cfg, sampler = r.cfg, r.eval_sampler
     prompts = [r.prompts[i % len(r.prompts)] for i in range(cfg.eval_prompts)]
     cond = r.family.encode_prompts(r.text, prompts)
-    f = vae_factor(r.vae.config)
-    shape = (len(prompts), r.vae.config.latent_channels, r.resolution // f, r.resolution // f)
+    shape = (len(prompts), *r.family.latent_shape(r.vae.config, r.resolution))
     x = torch.randn(shape, generator=torch.Generator().manual_seed(cfg.seed), dtype=torch.float32).to(r.device)
     if r.kind == "unet":
         x = x * sampler.init_noise_sigma

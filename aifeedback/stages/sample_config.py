@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from aifeedback.config import input_paths, option, side_problems
-from aifeedback.families.quantize import QUANTIZATION_CHOICES
+from aifeedback.families.quantize import QUANTIZATION_CHOICES, SAMPLING_QUANTIZATION_HELP
 from aifeedback.families.resolve import DTYPES, SCHEDULERS
 
 
@@ -36,10 +36,7 @@ class SampleConfig:
     seed: int = option(0, "run seed; image k of a prompt uses a seed derived from (seed, prompt_id, k)", min=0)
     dtype: str = option("auto", "weights dtype (auto: float16 on GPU, float32 on CPU)", choices=("auto",) + DTYPES)
     vae: Optional[str] = option(None, "replacement VAE (e.g. madebyollin/sdxl-vae-fp16-fix for fp16 SDXL)", path=True)
-    base_quantization: Literal[QUANTIZATION_CHOICES] = option("none", "load the base model's denoiser and text "
-                                                              "encoders quantized (a --tuned LoRA applies on top): "
-                                                              "none, nf4 (bitsandbytes, CUDA), int8 or fp8 (torchao), "
-                                                              "as aif train --base-quantization")
+    base_quantization: Literal[QUANTIZATION_CHOICES] = option("none", SAMPLING_QUANTIZATION_HELP)
     image_format: Literal["png", "jpeg"] = option("png", "image file format")
     jpeg_quality: int = option(95, "JPEG quality", min=1, max=100)
     grid: bool = option(True, "also write grid.png (one row per prompt)", identity=False)
@@ -56,16 +53,11 @@ class SampleConfig:
     def preflight(self) -> None:
         """Fail fast, before torch is imported, on a model, VAE, tuned weights or prompt file that cannot be found."""
         from aifeedback.data.prompts import source_kind
-        from aifeedback.errors import AifError
         from aifeedback.families.resolve import check_pipeline
-        from aifeedback.preflight import check_apart, check_device, check_quantization
+        from aifeedback.preflight import check_apart, check_base_quantization, check_device
 
         kind, _ = check_pipeline(self.model, self.vae, self.tuned)
-        if kind == "unet" and self.base_quantization != "none":
-            raise AifError(f"--base-quantization {self.base_quantization} quantizes the base model, but --tuned "
-                           f"{self.tuned} replaces its whole denoiser, which would be loaded unquantized. Fix: pass "
-                           "--base-quantization none, or a LoRA as --tuned")
-        check_quantization(self.base_quantization)
+        check_base_quantization(self.base_quantization, kind, self.tuned)
         source_kind(self.prompts)
         check_apart(self.out, input_paths(self))  # the inputs exist: an --out over one would clobber it
         check_device(self.device)

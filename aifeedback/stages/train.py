@@ -38,7 +38,7 @@ from aifeedback.data.stream import PairStream
 from aifeedback.dist import process_state, sharded
 from aifeedback.errors import AifError
 from aifeedback.families import detect
-from aifeedback.families.base import Family, UNetFamily, latent_channels, min_snr_weights, vae_factor
+from aifeedback.families.base import Family, UNetFamily, min_snr_weights
 from aifeedback.families.loading import load_pipeline
 from aifeedback.families.quantize import quantized_base_dtype
 from aifeedback.families.resolve import model_defaults
@@ -200,11 +200,9 @@ class TrainRecipe:
         self._say(stats.summary(cfg.dataset))
         if not pairs:
             raise D.no_pairs_error(cfg.dataset, stats)
-        f = vae_factor(self.vae.config)
-        # the VAE's latents, as stored and encoded (FLUX's transformer takes them packed: 4x the channels)
-        channels = latent_channels(self.vae.config)
+        # the latents as stored and encoded (FLUX.1 packs them inside predict; FLUX.2 stores them patchified)
         columns = U.LATENTS if self.unpaired else D.LATENT_COLUMNS
-        latent_shape, why = D.stored_latent_shape(table, pairs, (channels, res // f, res // f),
+        latent_shape, why = D.stored_latent_shape(table, pairs, self.family.latent_shape(self.vae.config, res),
                                                   D.latent_source(cfg.dataset), {"model": cfg.model, "vae": cfg.vae},
                                                   columns)
         if any(c in table.column_names for c in columns):

@@ -143,13 +143,14 @@ class TrainConfig:
     def preflight(self) -> None:
         """Fail fast, before torch is imported: the model, VAE, dataset, --resume PATH and optional packages."""
         from aifeedback.data.pairs import check_source
-        from aifeedback.families.resolve import check_available, check_trained_for
+        from aifeedback.families.resolve import check_available, check_trained_for, check_vae_class
         from aifeedback.preflight import check_apart, check_device, check_package, check_quantization
         from aifeedback.storage.checkpoints import resolve_checkpoint
 
         check_available(self.model)
         if self.vae:
             check_available(self.vae, "VAE")
+            check_vae_class(self.model, self.vae)
         check_source(self.data, self.dataset)
         inputs = input_paths(self)
         if self.resume not in ("auto", "latest", "none"):
