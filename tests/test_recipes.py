@@ -33,11 +33,14 @@ RL_RECIPES = {  # the values the reference configs give (the recipes' comments n
     "sd35m_grpo_pickscore": dict(model="stabilityai/stable-diffusion-3.5-medium", prompts_per_epoch=48, group_size=24,
                                  steps=10, noise_level=0.7, resolution=512, reward="pickscore", global_std=True,
                                  kl_beta=0.01, clip_range=1e-4, lr=3e-4, lora_rank=32, lora_alpha=64.0,
-                                 ema_decay=0.9, seed=42),
+                                 ema_decay=0.9, seed=42, guidance_scale=4.5, timestep_fraction=0.99,
+                                 eval_steps=40, eval_every=60),
     "flux_dev_grpo_lora": dict(model="black-forest-labs/FLUX.1-dev", group_size=24, steps=10, noise_level=0.7,
-                               resolution=512, kl_beta=0.01, lr=3e-4, lora_rank=32, lora_alpha=64.0, global_std=True),
+                               resolution=512, kl_beta=0.01, lr=3e-4, lora_rank=32, lora_alpha=64.0, global_std=True,
+                               guidance_scale=1.0, timestep_fraction=0.99, eval_steps=40),
     "sdxl_ddpo_aesthetic": dict(model="stabilityai/stable-diffusion-xl-base-1.0", steps=50, reward="aesthetic",
-                                kl_beta=0.0, lr=3e-4, lora_rank=4, epochs=200, batch_size=4, clip_range=1e-4),
+                                kl_beta=0.0, lr=3e-4, lora_rank=4, epochs=200, batch_size=4, clip_range=1e-4,
+                                guidance_scale=5.0, timestep_fraction=1.0),
 }
 
 
