@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import json
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -39,26 +38,12 @@ WDS_FIELDS = {"caption": ("caption.txt", "original_prompt.txt"), "jpg_0": ("jpg_
 
 def hpdv3_files(path: Path) -> list[Path]:
     """The HPDv3 JSON files of a file or folder (top level), told by the keys in their first 4 KB (light)."""
-    files = [path] if path.is_file() and path.suffix == ".json" else sorted(path.glob("*.json")) if path.is_dir() \
-        else []
-
-    def opening(f: Path) -> str:
-        with open(f, encoding="utf-8", errors="replace") as h:
-            return h.read(4096)
-
-    return [f for f in files if all(f'"{k}"' in opening(f) for k in HPDV3_KEYS)]
+    return [f for f in ranked.json_files(path) if all(f'"{k}"' in ranked.json_opening(f) for k in HPDV3_KEYS)]
 
 
 def hpdv3_groups(file: Path) -> list[ranked.Group]:
     """The pairs of one HPDv3 JSON file as ranked lists of two: path1 (image 0) scored above path2 (image 1)."""
-    try:
-        records = json.loads(file.read_text("utf-8"))
-    except (OSError, ValueError) as e:
-        raise DataError(f"{file} is not a readable JSON file ({e}). Fix: pass HPDv3's train.json or test.json "
-                        "(or another file of its layout)") from None
-    if not isinstance(records, list):
-        raise DataError(f"{file} holds a JSON {type(records).__name__}, not HPDv3's list of {{prompt, path1, path2}} "
-                        "records. Fix: pass HPDv3's train.json or test.json")
+    records = ranked.json_records(file, "HPDv3's train.json or test.json (or another file of its layout)")
     groups = []
     for n, rec in enumerate(records):
         missing = [k for k in HPDV3_KEYS if not isinstance(rec, dict) or k not in rec]

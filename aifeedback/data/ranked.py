@@ -92,24 +92,32 @@ def json_files(path: Path) -> list[Path]:
     return sorted(path.glob("*.json")) if path.is_dir() else []
 
 
+def json_opening(file: Path) -> str:
+    """The first 4 KB of a JSON file as text: enough to tell its layout by its keys without parsing it (light)."""
+    with open(file, encoding="utf-8", errors="replace") as h:
+        return h.read(4096)
+
+
+def json_records(file: Path, layout: str) -> list:
+    """The list of records a JSON annotation file holds; an unreadable file or another JSON type is one line naming
+    the file and the `layout` expected (e.g. "HPDv2's train.json or test.json")."""
+    try:
+        records = json.loads(file.read_text("utf-8"))
+    except (OSError, ValueError) as e:
+        raise DataError(f"{file} is not a readable JSON file ({e}). Fix: pass {layout}") from None
+    if not isinstance(records, list):
+        raise DataError(f"{file} holds a JSON {type(records).__name__}, not a list of records. Fix: pass {layout}")
+    return records
+
+
 def hpd_files(path: Path) -> list[Path]:
     """The HPDv2 annotation files of a file or folder, told by the keys in their first 4 KB (light)."""
-    def opening(f: Path) -> str:
-        with open(f, encoding="utf-8", errors="replace") as h:
-            return h.read(4096)
-
-    return [f for f in json_files(path) if hpd_kind(opening(f))]
+    return [f for f in json_files(path) if hpd_kind(json_opening(f))]
 
 
 def hpd_groups(file: Path) -> list[Group]:
     """The records of one HPDv2 annotation file."""
-    try:
-        records = json.loads(file.read_text("utf-8"))
-    except (OSError, ValueError) as e:
-        raise DataError(f"{file} is not a readable JSON file ({e}). Fix: pass HPDv2's train.json or "
-                        "test.json") from None
-    if not isinstance(records, list):
-        raise DataError(f"{file} holds a JSON {type(records).__name__}, not HPDv2's list of records")
+    records = json_records(file, "HPDv2's train.json or test.json")
     groups = []
     for n, rec in enumerate(records):
         where = f"{file} record {n}"
