@@ -216,32 +216,14 @@ def human(tmp_path_factory):
 @pytest.mark.numerics
 def test_lora_dpo_first_loss_is_ln2_and_stock_z_image_pipeline_loads_the_file(human, tmp_path, pipe):
     from diffusers import ZImagePipeline
-    from safetensors import safe_open
 
-    from aifeedback.stages.train import run
     from aifeedback.zoo import tiny_pipeline_path
-    from tests.pairs_fixtures import read_metrics, tiny_train
+    from tests.family_checks import lora_dpo_two_steps, stock_lora_changes_images
 
-    out = run(tiny_train(human, tmp_path / "run", model="tiny-z-image", lora_rank=2, lr=1e-2, max_steps=2))
-    m = read_metrics(out)
-    # LoRA B starts at zero and the reference is the same network with adapters off: at step 0 the DPO margin is
-    # exactly 0 and the loss is ln 2 up to float32 rounding of log(1 + exp(0)) (~1e-7).
-    assert abs(m[0]["loss"] - math.log(2)) < 1e-6 and m[0]["implicit_acc"] == 0.5
-    assert m[1]["loss"] != m[0]["loss"]  # the adapters moved
-    folder = out / "checkpoints" / "checkpoint-000002"
-    with safe_open(str(folder / "pytorch_lora_weights.safetensors"), "pt") as f:
-        keys = list(f.keys())
-    assert keys and all(k.startswith("transformer.") for k in keys)  # the prefix ZImagePipeline.load_lora_weights wants
+    folder, keys = lora_dpo_two_steps(human, tmp_path / "run", "tiny-z-image")
     assert {k.split(".")[1] for k in keys} == {"noise_refiner", "context_refiner", "layers"}
-
-    # Stock diffusers, no aifeedback code: the file loads into ZImagePipeline and changes its images.
-    base = ZImagePipeline.from_pretrained(tiny_pipeline_path("tiny-z-image"))
-    kw = dict(num_inference_steps=2, height=32, width=32, output_type="np")
-    before = base(PROMPTS[0], generator=torch.Generator().manual_seed(0), **kw).images
-    base.load_lora_weights(str(folder))
-    after = base(PROMPTS[0], generator=torch.Generator().manual_seed(0), **kw).images
-    assert after.shape == before.shape and not (after == before).all()
-    assert sum(".lora_A." in n for n, _ in base.transformer.named_parameters()) == len(keys) // 2  # every key loaded
+    stock_lora_changes_images(ZImagePipeline.from_pretrained(tiny_pipeline_path("tiny-z-image")), folder, keys,
+                              PROMPTS[0])
 
 
 @pytest.mark.slow
