@@ -1,7 +1,8 @@
-"""Benchmark `aif rl`: images sampled per second and optimizer updates per second of whole GRPO epochs, run by the
-stage itself (stages/rl.py: SDE/DDIM sampling with per-step log-probs, decoding, the reward, then the PPO-clipped
-updates with the KL's reference forward); the rates are the stage's own `images_per_s` / `updates_per_s` of
-metrics.jsonl, the first epoch a warm-up, plus the whole-process wall time.
+"""Benchmark `aif rl`: images sampled per second and optimizer updates per second of whole epochs (`--algorithm
+grpo|nft|awm`), run by the stage itself (stages/rl.py: grpo's SDE/DDIM sampling with per-step log-probs or nft's /
+awm's ODE sampling, decoding, the reward, then the updates with the KL's reference forward); the rates are the
+stage's own `images_per_s` / `updates_per_s` of metrics.jsonl, the first epoch a warm-up, plus the whole-process
+wall time.
 
   python bench/rl.py --tiny --family sd3        # tiny-sd3 (or --family sd15: tiny-sd15) on CPU, 32 px
   python bench/rl.py --random-weights --family sd35m --resolution 512 --group-size 24 --lora-rank 32 \\
@@ -37,6 +38,9 @@ def parse_args() -> argparse.Namespace:
     mode.add_argument("--tiny", action="store_true", help="the tiny zoo model on CPU")
     mode.add_argument("--random-weights", action="store_true", help="the real-size architecture, random weights")
     p.add_argument("--resolution", type=int, default=None, help="pixels (tiny: 32, real size: 512)")
+    p.add_argument("--algorithm", choices=["grpo", "nft", "awm"], default="grpo",
+                   help="grpo samples with the SDE (log-probs); nft and awm with the ODE and train on the forward "
+                   "process")
     p.add_argument("--prompts-per-epoch", type=int, default=2)
     p.add_argument("--group-size", type=int, default=4)
     p.add_argument("--steps", type=int, default=10, help="sampling steps (Flow-GRPO: 10)")
@@ -84,8 +88,9 @@ def main() -> None:
         prompts.write_text("\n".join(f"a red object number {i}" for i in range(args.prompts_per_epoch)) + "\n")
         cfg = build_config(RLConfig, dict(
             model=model, prompts=str(prompts), prompts_per_epoch=args.prompts_per_epoch, group_size=args.group_size,
-            steps=args.steps, batch_size=args.batch_size, epochs=args.epochs, lora_rank=args.lora_rank,
-            kl_beta=args.kl_beta, reward="redness", resolution=args.resolution or (32 if args.tiny else 512),
+            algorithm=args.algorithm, steps=args.steps, batch_size=args.batch_size, epochs=args.epochs,
+            lora_rank=args.lora_rank, kl_beta=args.kl_beta, reward="redness",
+            resolution=args.resolution or (32 if args.tiny else 512),
             mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
             out=str(Path(tmp) / "run"), progress=False, keep_checkpoints=1))
         if args.tiny:
@@ -102,6 +107,7 @@ def main() -> None:
     images = sum(r["images_per_s"] for r in timed) / len(timed)
     updates = sum(r["updates_per_s"] for r in timed) / len(timed)
     result = {"model": f"{model} ({'random weights' if args.random_weights else 'tiny'})", "device": device,
+              "algorithm": args.algorithm,
               "resolution": cfg.resolution, "group": f"{args.prompts_per_epoch} x {args.group_size}",
               "steps": args.steps, "batch_size": args.batch_size, "lora_rank": args.lora_rank,
               "mixed_precision": args.mixed_precision, "epochs_timed": len(timed), "images_per_s": round(images, 3),
