@@ -130,7 +130,9 @@ class RLConfig(RewardServerOptions):
     # training (aif train's names and meaning)
     epochs: int = option(100, "epochs (sample, score, update) to run; a resumed run may extend it", min=1,
                          identity=False)
-    lora_rank: int = option(32, "LoRA rank on the denoiser's attention projections (the family's targets)", min=1)
+    lora_rank: int = option(32, "LoRA rank on the denoiser's attention projections (the family's targets); 0 = "
+                                "train the whole denoiser (full fine-tuning, as aif train; the KL reference is then a "
+                                "frozen copy)", min=0)
     lora_alpha: Optional[float] = option(None, "LoRA alpha; null = the rank (scale 1)", min=0.0)
     lr: float = option(3e-4, "learning rate (Flow-GRPO LoRA: 3e-4)", min=0.0)
     optimizer: Literal["adamw", "adamw8bit", "adafactor"] = option("adamw", "adamw, adamw8bit (bitsandbytes, CUDA) or "
@@ -145,7 +147,8 @@ class RLConfig(RewardServerOptions):
                                  min=0)
     mixed_precision: Literal["no", "fp16", "bf16"] = option("no", "autocast dtype; frozen parts are stored in it")
     gradient_checkpointing: bool = option(False, "recompute denoiser activations in backward (saves memory)")
-    seed: int = option(0, "run seed (LoRA init; epoch e samples from a generator seeded by (seed, e))", min=0)
+    seed: int = option(0, "run seed (LoRA init; epoch e's group of prompt i samples from a generator seeded by "
+                                 "(seed, e, i))", min=0)
     # output
     out: str = option("outputs/rl", "run folder: config.yaml, manifest.json, metrics.jsonl (one line per epoch), "
                                     "checkpoints/", identity=False)
@@ -158,6 +161,7 @@ class RLConfig(RewardServerOptions):
     progress: bool = option(True, "show a progress bar", identity=False)
 
     grad_accum = 1  # the trainer's accumulation (train_setup.make_accelerator); rl accumulates over denoising steps
+    processes = 1  # the run's processes: RLRecipe.setup sets it (each samples and steps over P / processes groups)
 
     @property
     def stochastic(self) -> bool:
@@ -209,7 +213,9 @@ class RLConfig(RewardServerOptions):
 
     @property
     def updates_per_epoch(self) -> int:
-        return self.inner_epochs * -(-self.prompts_per_epoch * self.group_size // self.batch_size)
+        """Optimizer steps per epoch: each process steps over its own P / processes groups."""
+        share = self.prompts_per_epoch // self.processes * self.group_size
+        return self.inner_epochs * -(-share // self.batch_size)
 
     @property
     def max_steps(self) -> int:
