@@ -68,7 +68,8 @@ def lora(out, epoch):
 
 
 @pytest.mark.slow  # four runs, three of them under accelerate launch (~2 min of CPU)
-def test_two_processes_sample_the_groups_one_process_would_write_its_files_and_resume_exactly(tmp_path):
+def test_two_processes_sample_the_groups_one_process_would_write_its_files_and_resume_exactly(tmp_path,
+                                                                                             monkeypatch):
     from aifeedback.config import build_config
     from aifeedback.stages import STAGES
     from aifeedback.stages.rl_config import RLConfig
@@ -106,3 +107,14 @@ def test_two_processes_sample_the_groups_one_process_would_write_its_files_and_r
     assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
     assert not all(torch.equal(x[k], lora(straight, 1)[k]) for k in x)  # epoch 2 trained
     assert rollout(two, 1) == rollout(straight, 1)
+
+    import aifeedback.stages.rl as stage
+
+    def no_load(*a, **k):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(stage, "load_pipeline", no_load)
+    # one process cannot continue a 2-process run: refused before any model loads
+    with pytest.raises(AifError, match="written by a run with 2 processes; resume it with the same number"):
+        STAGES["rl"].run(build_config(RLConfig, dict(ARGS, prompts=str(prompts), out=str(two), epochs=3,
+                                                     progress=False)))

@@ -107,6 +107,8 @@ class RLRecipe:
         cfg.processes = acc.num_processes  # the optimizer steps per epoch (the lr schedule's length) depend on it
         self.main, self.device = acc.is_main_process, acc.device
         self.resume_from = self._setup_run_folder()
+        if self.resume_from is not None:  # before any model loads
+            rl_rollout.check_resume_processes(self.resume_from, ck.read_state(self.resume_from), acc.num_processes)
         set_seed(cfg.seed, device_specific=True)
         self.pipe = load_pipeline(cfg.model, "float32", "cpu")
         self.family = detect(self.pipe)
@@ -192,10 +194,6 @@ class RLRecipe:
         if self.resume_from is not None:
             state = ck.read_state(self.resume_from)
             acc = self.accelerator
-            if state.get("processes", acc.num_processes) != acc.num_processes:  # batches and RNGs depend on it
-                raise AifError(f"{self.resume_from} was written by a run with {state['processes']} processes; resume "
-                               f"it with the same number (this one has {acc.num_processes}), or start a new run "
-                               "with another --out")
             load_train_state(acc, self.resume_from, self.sharded, None if self.sharded else self.optimizer,
                              self.lr_sched, acc.process_index,
                              lambda: load_weights(acc.unwrap_model(self.model), self.resume_from, self.lora,

@@ -90,6 +90,13 @@ def process_share(prompts_per_epoch: int, rank: int, processes: int) -> range:
     return range(rank * share, (rank + 1) * share)
 
 
+def check_resume_processes(checkpoint: Any, state: dict[str, Any], processes: int) -> None:
+    """A checkpoint resumes with the number of processes that wrote it (its optimizer steps and RNGs depend on it)."""
+    if state.get("processes", processes) != processes:
+        raise AifError(f"{checkpoint} was written by a run with {state['processes']} processes; resume it with the "
+                       f"same number (this one has {processes}), or start a new run with another --out")
+
+
 def group_generator(seed: int, epoch: int, index: int) -> torch.Generator:
     """The generator of every random draw of the epoch's index-th prompt's group: seeded by (seed, epoch, index),
     not by the process, so a group's images are the same whichever process samples it."""
