@@ -17,8 +17,9 @@ from aifeedback.stages.rl_rollout import process_share
 from tests.launch import accelerate_launch, run_group
 
 ROOT = Path(__file__).resolve().parents[1]
-ARGS = dict(model="tiny-sd3", prompts_per_epoch=2, group_size=2, steps=3, reward="redness", lora_rank=2,
-            batch_size=2, resolution=32, lr=1e-2)
+# two rewards (each z-scored over the epoch) and --global-std: advantages that depend on every process's rewards
+ARGS = dict(model="tiny-sd3", prompts_per_epoch=2, group_size=2, steps=3, reward="redness:1,brightness:-0.5",
+            lora_rank=2, batch_size=2, resolution=32, lr=1e-2)
 
 
 def test_each_process_gets_a_consecutive_share_of_whole_groups_and_an_uneven_split_is_refused():
@@ -43,7 +44,7 @@ def test_deepspeed_is_refused_with_the_reason_and_ddp_fsdp_pass():
 def launch(prompts, out, processes, epochs):
     args = [f"--{k.replace('_', '-')}={v}" for k, v in dict(ARGS, prompts=prompts, out=out, epochs=epochs).items()]
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
-    cmd = [*accelerate_launch(processes), "rl", *args, "--no-progress"]
+    cmd = [*accelerate_launch(processes), "rl", *args, "--global-std", "--no-progress"]
     res = run_group(cmd, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     return res
@@ -77,13 +78,14 @@ def test_two_processes_sample_the_groups_one_process_would_write_its_files_and_r
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red apple\na blue car\na green tree\n")
     one = STAGES["rl"].run(build_config(RLConfig, dict(ARGS, prompts=str(prompts), out=str(tmp_path / "one"),
-                                                       epochs=1, progress=False)))
+                                                       epochs=1, progress=False, global_std=True)))
     two = tmp_path / "two"
     res = launch(prompts, two, 2, epochs=1)
     assert "2 processes" in res.stderr
     assert files(two) == files(one)  # the main process alone writes the run folder
-    # groups are seeded by (seed, epoch, prompt index), not by the process, and rewards are gathered before the
-    # advantages: the same images, rewards and advantages as one process sampling every group
+    # groups are seeded by (seed, epoch, prompt index), not by the process, and rewards are gathered before they
+    # are combined and the advantages computed: the same images, rewards and advantages as one process
+    # sampling every group
     a, b = rollout(one, 0), rollout(two, 0)
     assert [r["prompt"] for r in b] == ["a red apple"] * 2 + ["a blue car"] * 2
     for x, y in zip(a, b, strict=True):
@@ -117,4 +119,4 @@ def test_two_processes_sample_the_groups_one_process_would_write_its_files_and_r
     # one process cannot continue a 2-process run: refused before any model loads
     with pytest.raises(AifError, match="written by a run with 2 processes; resume it with the same number"):
         STAGES["rl"].run(build_config(RLConfig, dict(ARGS, prompts=str(prompts), out=str(two), epochs=3,
-                                                     progress=False)))
+                                                     progress=False, global_std=True)))
