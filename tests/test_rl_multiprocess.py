@@ -2,6 +2,7 @@
 rewards are gathered before the advantages, the main process writes the files, and a rerun resumes exactly; and
 the split of the epoch's prompts over processes."""
 
+import dataclasses
 import io
 import json
 import os
@@ -12,7 +13,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from aifeedback.config import build_config
 from aifeedback.errors import AifError
+from aifeedback.stages.rl_config import RLConfig
 from aifeedback.stages.rl_rollout import process_share
 from tests.launch import accelerate_launch, run_group
 
@@ -22,12 +25,20 @@ ARGS = dict(model="tiny-sd3", prompts_per_epoch=2, group_size=2, steps=3, reward
             lora_rank=2, batch_size=2, resolution=32, lr=1e-2)
 
 
-def test_each_process_gets_a_consecutive_share_of_whole_groups_and_an_uneven_split_is_refused():
+def test_each_process_gets_a_consecutive_share_of_whole_groups():
     assert [list(process_share(6, rank, 3)) for rank in range(3)] == [[0, 1], [2, 3], [4, 5]]
     assert list(process_share(4, 0, 1)) == [0, 1, 2, 3]
-    with pytest.raises(AifError, match=r"--prompts-per-epoch 5 cannot be split into whole groups over 2 processes.*"
-                                        r"multiple of 2 \(e.g. 4 or 6\)"):
-        process_share(5, 0, 2)
+
+
+def test_a_launch_that_cannot_split_the_groups_or_fit_the_warmup_is_refused_with_the_numbers():
+    cfg = build_config(RLConfig, dict(prompts_per_epoch=5, group_size=2, batch_size=2, epochs=2, warmup_steps=6))
+    assert cfg.launch_problems(1) == []  # 2 epochs x 5 optimizer steps
+    (split,) = cfg.launch_problems(2)
+    assert "--prompts-per-epoch 5 cannot be split into whole groups over 2 processes" in split
+    assert "multiple of 2 (e.g. 4 or 6)" in split
+    # 4 prompts on 2 processes: each process steps over 2 groups of 2 images, 2 steps per epoch, 4 in all
+    (warmup,) = dataclasses.replace(cfg, prompts_per_epoch=4).launch_problems(2)
+    assert "--warmup-steps 6 exceeds the run's 4 optimizer steps on 2 processes" in warmup and "at most 4" in warmup
 
 
 def test_deepspeed_is_refused_with_the_reason_and_ddp_fsdp_pass():
@@ -71,9 +82,7 @@ def lora(out, epoch):
 @pytest.mark.slow  # four runs, three of them under accelerate launch (~2 min of CPU)
 def test_two_processes_sample_the_groups_one_process_would_write_its_files_and_resume_exactly(tmp_path,
                                                                                              monkeypatch):
-    from aifeedback.config import build_config
     from aifeedback.stages import STAGES
-    from aifeedback.stages.rl_config import RLConfig
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red apple\na blue car\na green tree\n")

@@ -39,7 +39,7 @@ import torch
 from accelerate.utils import set_seed
 from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 
-from aifeedback.config import identity_dict, save_config, to_dict
+from aifeedback.config import ConfigError, identity_dict, save_config, to_dict
 from aifeedback.console import finish, note, progress, quiet_libraries
 from aifeedback.data.prompts import load_prompts, prompt_id
 from aifeedback.dist import sharded
@@ -102,7 +102,9 @@ class RLRecipe:
     def setup(self) -> None:
         cfg = self.cfg
         self.accelerator = acc = make_accelerator(cfg, self.out)
-        rl_rollout.process_share(cfg.prompts_per_epoch, acc.process_index, acc.num_processes)  # P splits, or refused
+        problems = cfg.launch_problems(acc.num_processes)  # P splits into whole groups; the warmup fits
+        if problems:
+            raise ConfigError(problems, f"aif rl on {acc.num_processes} processes")
         rl_update.check_distribution(acc.distributed_type)
         cfg.processes = acc.num_processes  # the optimizer steps per epoch (the lr schedule's length) depend on it
         self.main, self.device = acc.is_main_process, acc.device

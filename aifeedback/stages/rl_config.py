@@ -213,8 +213,11 @@ class RLConfig(RewardServerOptions):
 
     @property
     def updates_per_epoch(self) -> int:
-        """Optimizer steps per epoch: each process steps over its own P / processes groups."""
-        share = self.prompts_per_epoch // self.processes * self.group_size
+        return self.updates_on(self.processes)
+
+    def updates_on(self, processes: int) -> int:
+        """Optimizer steps per epoch on `processes` processes: each steps over its own P / processes groups."""
+        share = self.prompts_per_epoch // processes * self.group_size
         return self.inner_epochs * -(-share // self.batch_size)
 
     @property
@@ -246,6 +249,21 @@ class RLConfig(RewardServerOptions):
             problems.append(f"timestep_fraction {self.timestep_fraction:g} of {count} steps trains no step; "
                             f"raise it to at least {1 / count:g}")
         return problems
+
+    def launch_problems(self, processes: int) -> list[str]:
+        """What a launch on `processes` processes cannot run: P not split into whole groups, a warmup longer than
+        the run's optimizer steps there (each process steps over its own P / processes groups)."""
+        if self.prompts_per_epoch % processes:
+            low = self.prompts_per_epoch - self.prompts_per_epoch % processes
+            return [f"--prompts-per-epoch {self.prompts_per_epoch} cannot be split into whole groups over "
+                    f"{processes} processes: each process samples the same number of prompts. Fix: use a multiple of "
+                    f"{processes} (e.g. {low or processes} or {low + processes}), or launch a number of processes "
+                    f"that divides {self.prompts_per_epoch}"]
+        steps = self.epochs * self.updates_on(processes)
+        if self.warmup_steps > steps:
+            return [f"--warmup-steps {self.warmup_steps} exceeds the run's {steps} optimizer steps on {processes} "
+                    f"processes (each steps over its P / {processes} groups); lower it to at most {steps}"]
+        return []
 
     def preflight(self) -> None:
         """Fail fast, before torch is imported: the rewards, the model and whether the algorithm supports its

@@ -79,13 +79,9 @@ def epoch_prompts(r: Any, epoch: int) -> list[str]:
 
 def process_share(prompts_per_epoch: int, rank: int, processes: int) -> range:
     """The epoch's prompt indices (whole groups) that process `rank` of `processes` samples: the rank-th of
-    `processes` consecutive equal shares. P not divisible by the number of processes is refused."""
-    if prompts_per_epoch % processes:
-        low = prompts_per_epoch - prompts_per_epoch % processes
-        raise AifError(f"--prompts-per-epoch {prompts_per_epoch} cannot be split into whole groups over {processes} "
-                       f"processes: each process samples the same number of prompts. Fix: use a multiple of "
-                       f"{processes} (e.g. {low or processes} or {low + processes}), or launch a number of processes "
-                       f"that divides {prompts_per_epoch}")
+    `processes` consecutive equal shares."""
+    if prompts_per_epoch % processes:  # RLRecipe.setup refuses it first (RLConfig.launch_problems)
+        raise AifError(f"--prompts-per-epoch {prompts_per_epoch} is not a multiple of the {processes} processes")
     share = prompts_per_epoch // processes
     return range(rank * share, (rank + 1) * share)
 
