@@ -134,6 +134,7 @@ def test_a_zero_noise_level_is_refused_by_the_config():
     (dict(sampler="ode"), "--sampler ode with --algorithm grpo"),
     (dict(algorithm="nft", nft_beta=0), "nft_beta 0"),
     (dict(steps=3, timestep_fraction=0.3), "trains no step; raise it to at least 0.333333"),
+    (dict(lora_rank=0, base_quantization="int8"), "lora_rank is 0 .a full fine-tune"),  # a quantized base is frozen
 ])
 def test_the_config_refuses_settings_that_cannot_train(kw, error):
     with pytest.raises(AifError, match=error):

@@ -14,14 +14,19 @@ and inputs: grpo's and awm's ratio is exactly 1 (`ratio_dev_first` = 0 in metric
 (`v_dev_first` = 0), the check that sampling and training see the same policy.
 
 So far: flow families (SD3, FLUX layout through `Family.predict`) and the text-to-image UNet families (SD1.5, SDXL:
-size and crop time ids of an uncropped image at the resolution), LoRA, CFG while sampling (`--guidance-scale`), an
-ODE evaluation pass (`--eval-steps`), one process. Run folder: config.yaml, manifest.json, metrics.jsonl (one line
-per epoch), rollouts/ (each epoch's prompts, images, rewards and advantages as Parquet: `write_rollout`), pairs/
-(each group's best vs worst image, what `aif train --data ai` reads: stages/rl_rollouts.py), report.json +
-report.html (stages/rl_report.py), checkpoints/checkpoint-NNNNNN (NNNNNN = the epoch; the same files as `aif
-train`'s, so `aif export` reads them). A rerun of the same command continues from the latest checkpoint: epoch e
-samples (and chooses its trained steps and forward-process noise) from a generator seeded by (seed, e), and the
-weights, optimizer and RNGs are restored exactly.
+size and crop time ids of an uncropped image at the resolution), LoRA or the whole denoiser (`--lora-rank 0`, as aif
+train: the KL reference is then a frozen copy), CFG while sampling (`--guidance-scale`), an ODE evaluation pass
+(`--eval-steps`), several processes (`accelerate launch`, DDP): each samples its share of whole groups (P divisible
+by the number of processes), the rewards of every process are gathered before the advantages (stages/rl_rollout.py),
+the main process writes the files from the gathered data. FSDP goes through the trainer's sharded checkpoint code,
+untested (accelerate refuses FSDP on CPU; no EMA there); DeepSpeed is refused (rl_update.check_distribution). Run
+folder: config.yaml, manifest.json, metrics.jsonl (one line per epoch), rollouts/ (each epoch's prompts, images,
+rewards and advantages as Parquet: `write_rollout`), pairs/ (each group's best vs worst image, what `aif train
+--data ai` reads: stages/rl_rollouts.py), report.json + report.html (stages/rl_report.py),
+checkpoints/checkpoint-NNNNNN (NNNNNN = the epoch; the same files as `aif train`'s, so `aif export` reads them). A
+rerun of the same command continues from the latest checkpoint (with the same number of processes): epoch e's group
+of prompt i samples (and chooses its trained steps and forward-process noise) from a generator seeded by (seed, e,
+i), and the weights, optimizer and RNGs are restored exactly.
 """
 
 from __future__ import annotations
@@ -36,10 +41,11 @@ import torch
 from accelerate.utils import set_seed
 from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 
-from aifeedback.config import identity_dict, save_config, to_dict
+from aifeedback.config import ConfigError, identity_dict, save_config, to_dict
 from aifeedback.console import finish, note, progress, quiet_libraries
 from aifeedback.data.labels import RL_PAIRS_DIR
 from aifeedback.data.prompts import load_prompts, prompt_id
+from aifeedback.dist import sharded
 from aifeedback.errors import AifError
 from aifeedback.families import detect
 from aifeedback.families.base import time_ids
@@ -87,21 +93,28 @@ def run(cfg: RLConfig) -> Path:
 
 
 class RLRecipe:
-    """Online RL (grpo, nft, awm) of one denoiser with LoRA, one process: setup() then train()."""
+    """Online RL (grpo, nft, awm) of one denoiser, LoRA or full, on one or several processes: setup() then
+    train()."""
 
     def __init__(self, cfg: RLConfig):
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.weights = reward_weights(cfg.reward)
+        self.lora = cfg.lora_rank > 0
         self.loss_fn = ALGORITHMS[cfg.algorithm].function()
 
     def setup(self) -> None:
         cfg = self.cfg
         self.accelerator = acc = make_accelerator(cfg, self.out)
-        if acc.num_processes > 1:
-            raise AifError("aif rl runs in one process so far (issue 22); run it without accelerate launch")
+        problems = cfg.launch_problems(acc.num_processes)  # P splits into whole groups; the warmup fits
+        if problems:
+            raise ConfigError(problems, f"aif rl on {acc.num_processes} processes")
+        rl_update.check_distribution(acc.distributed_type)
+        cfg.processes = acc.num_processes  # the optimizer steps per epoch (the lr schedule's length) depend on it
         self.main, self.device = acc.is_main_process, acc.device
         self.resume_from = self._setup_run_folder()
+        if self.resume_from is not None:  # before any model loads
+            rl_rollout.check_resume_processes(self.resume_from, ck.read_state(self.resume_from), acc.num_processes)
         set_seed(cfg.seed, device_specific=True)
         dtype = quantized_base_dtype(cfg.base_quantization, acc.mixed_precision, self.device.type, "float32")
         self.pipe = load_pipeline(cfg.model, dtype, "cpu", quantization=cfg.base_quantization)
@@ -114,11 +127,14 @@ class RLRecipe:
         self.resolution = cfg.resolution or model_defaults(cfg.model).resolution or self.family.resolution
         self.weight_dtype = WEIGHT_DTYPES[acc.mixed_precision]
         self.text, self.vae = frozen_parts(self.pipe, self.family, self.device, self.weight_dtype, False)
-        self.model, _ = denoisers(self.pipe, self.family, cfg, self.device, self.weight_dtype, needs_ref=False)
+        # a full fine-tune's KL reference is a frozen copy; LoRA's is the network with its adapters disabled
+        self.model, self.ref = denoisers(self.pipe, self.family, cfg, self.device, self.weight_dtype,
+                                         needs_ref=not self.lora and cfg.kl_beta > 0)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer, self.lr_sched = make_optimizer(cfg, self.params, cfg.lr)
-        self.model, self.optimizer = acc.prepare(self.model, optimizer)
-        self.ema = make_ema(self.params, cfg.ema_decay, sharded=False)
+        self.model, self.optimizer = acc.prepare(self.model, optimizer)  # DDP / FSDP wrapping
+        self.sharded = sharded(acc)  # FSDP/DeepSpeed: the model's and optimizer's state is accelerate's
+        self.ema = make_ema(self.params, cfg.ema_decay, self.sharded)
         self.scorers = {spec: load_scorer(served, str(self.device))  # --reward-url: NAME:URL
                         for spec, served in zip(self.weights, cfg.served(self.weights, "--reward"))}
         self.monitors = {spec: load_scorer(spec, str(self.device)) for spec in monitor_specs(cfg.monitor)}
@@ -188,16 +204,24 @@ class RLRecipe:
         if self.resume_from is not None:
             state = ck.read_state(self.resume_from)
             acc = self.accelerator
-            load_train_state(acc, self.resume_from, False, self.optimizer, self.lr_sched, 0,
-                             lambda: load_weights(acc.unwrap_model(self.model), self.resume_from, True, self.family))
+            load_train_state(acc, self.resume_from, self.sharded, None if self.sharded else self.optimizer,
+                             self.lr_sched, acc.process_index,
+                             lambda: load_weights(acc.unwrap_model(self.model), self.resume_from, self.lora,
+                                                  self.family))
             if self.ema is not None:
                 folder = self.resume_from / ck.EMA_DIR
-                self.ema.load(lambda: load_weights(acc.unwrap_model(self.model), folder, True, self.family),
+                self.ema.load(lambda: load_weights(acc.unwrap_model(self.model), folder, self.lora, self.family),
                               state[EMA_STEPS])
             self._say(f"resuming from {self.resume_from} (epoch {state['epoch']})")
         if self.main:
             truncate_metrics(self.out / "metrics.jsonl", state["step"])
         return state
+
+    @property
+    def trained(self) -> str:
+        """What the run trains, for the start line."""
+        what = f"LoRA r={self.cfg.lora_rank}" if self.lora else f"full {self.family.denoiser}"
+        return what + (f", {self.accelerator.num_processes} processes" if self.accelerator.num_processes > 1 else "")
 
     def _say(self, msg: str) -> None:
         if self.main:
@@ -207,7 +231,7 @@ class RLRecipe:
 
     def train(self) -> None:
         cfg = self.cfg
-        self._say(f"rl {cfg.algorithm} on {self.family.name} LoRA r={cfg.lora_rank}: {cfg.prompts_per_epoch} prompts "
+        self._say(f"rl {cfg.algorithm} on {self.family.name} {self.trained}: {cfg.prompts_per_epoch} prompts "
                   f"x {cfg.group_size} images per epoch, {cfg.steps} steps, reward {cfg.reward}")
         bar = progress(total=cfg.epochs, initial=self.state["epoch"], desc="rl", unit="epoch",
                        enabled=cfg.progress and self.main)
@@ -267,7 +291,7 @@ class RLRecipe:
         check_finite_weights(acc, self.params, self.out, self.state["step"])
         final = self.out / "checkpoints" / ck.checkpoint_name(epoch)
         state = dict(self.state, processes=acc.num_processes)
-        if write_checkpoint(acc, final, self.model, lora=True, family=self.family, sharded=False,
+        if write_checkpoint(acc, final, self.model, lora=self.lora, family=self.family, sharded=self.sharded,
                             optimizer=self.optimizer, lr_sched=self.lr_sched, ema=self.ema, state=state):
             ck.prune(self.out, self.cfg.keep_checkpoints)
             self._say(f"epoch {epoch}: wrote checkpoint {final}")

@@ -13,7 +13,7 @@ from typing import Literal, Optional
 
 from aifeedback.config import input_paths, option, side_problems
 from aifeedback.errors import AifError
-from aifeedback.families.quantize import QUANTIZATION_CHOICES, QUANTIZATION_HELP
+from aifeedback.families.quantize import QUANTIZATION_CHOICES, QUANTIZATION_HELP, quantization_problems
 from aifeedback.rl import ALGORITHMS, AWM_WEIGHTINGS
 from aifeedback.stages.reward_options import RewardServerOptions
 
@@ -139,7 +139,9 @@ class RLConfig(RewardServerOptions):
     # training (aif train's names and meaning)
     epochs: int = option(100, "epochs (sample, score, update) to run; a resumed run may extend it", min=1,
                          identity=False)
-    lora_rank: int = option(32, "LoRA rank on the denoiser's attention projections (the family's targets)", min=1)
+    lora_rank: int = option(32, "LoRA rank on the denoiser's attention projections (the family's targets); 0 = "
+                                "train the whole denoiser (full fine-tuning, as aif train; the KL reference is then a "
+                                "frozen copy)", min=0)
     base_quantization: Literal[QUANTIZATION_CHOICES] = option("none", QUANTIZATION_HELP)
     lora_alpha: Optional[float] = option(None, "LoRA alpha; null = the rank (scale 1)", min=0.0)
     lr: float = option(3e-4, "learning rate (Flow-GRPO LoRA: 3e-4)", min=0.0)
@@ -155,7 +157,8 @@ class RLConfig(RewardServerOptions):
                                  min=0)
     mixed_precision: Literal["no", "fp16", "bf16"] = option("no", "autocast dtype; frozen parts are stored in it")
     gradient_checkpointing: bool = option(False, "recompute denoiser activations in backward (saves memory)")
-    seed: int = option(0, "run seed (LoRA init; epoch e samples from a generator seeded by (seed, e))", min=0)
+    seed: int = option(0, "run seed (LoRA init; epoch e's group of prompt i samples from a generator seeded by "
+                                 "(seed, e, i))", min=0)
     # output
     out: str = option("outputs/rl", "run folder: config.yaml, manifest.json, metrics.jsonl (one line per epoch), "
                                     "rollouts/, pairs/ (aif train --data ai reads them), report.json + report.html, "
@@ -169,6 +172,7 @@ class RLConfig(RewardServerOptions):
     progress: bool = option(True, "show a progress bar", identity=False)
 
     grad_accum = 1  # the trainer's accumulation (train_setup.make_accelerator); rl accumulates over denoising steps
+    processes = 1  # the run's processes: RLRecipe.setup sets it (each samples and steps over P / processes groups)
 
     @property
     def stochastic(self) -> bool:
@@ -220,7 +224,12 @@ class RLConfig(RewardServerOptions):
 
     @property
     def updates_per_epoch(self) -> int:
-        return self.inner_epochs * -(-self.prompts_per_epoch * self.group_size // self.batch_size)
+        return self.updates_on(self.processes)
+
+    def updates_on(self, processes: int) -> int:
+        """Optimizer steps per epoch on `processes` processes: each steps over its own P / processes groups."""
+        share = self.prompts_per_epoch // processes * self.group_size
+        return self.inner_epochs * -(-share // self.batch_size)
 
     @property
     def max_steps(self) -> int:
@@ -241,6 +250,7 @@ class RLConfig(RewardServerOptions):
             problems.append(f"warmup_steps ({self.warmup_steps}) exceeds the run's {self.max_steps} optimizer steps")
         if self.ema_decay >= 1:
             problems.append(f"ema_decay {self.ema_decay:g} would never move the average; use a decay below 1")
+        problems += quantization_problems(self.base_quantization, self.lora_rank)
         if self.stochastic and self.noise_level == 0:
             problems.append("noise_level 0 makes flow sampling deterministic: its steps have no log-prob to train "
                             "(DDPO's UNet sampling ignores it); use a level above 0, e.g. 0.7")
@@ -255,6 +265,21 @@ class RLConfig(RewardServerOptions):
             problems.append(f"timestep_fraction {self.timestep_fraction:g} of {count} steps trains no step; "
                             f"raise it to at least {1 / count:g}")
         return problems
+
+    def launch_problems(self, processes: int) -> list[str]:
+        """What a launch on `processes` processes cannot run: P not split into whole groups, a warmup longer than
+        the run's optimizer steps there (each process steps over its own P / processes groups)."""
+        if self.prompts_per_epoch % processes:
+            low = self.prompts_per_epoch - self.prompts_per_epoch % processes
+            return [f"--prompts-per-epoch {self.prompts_per_epoch} cannot be split into whole groups over "
+                    f"{processes} processes: each process samples the same number of prompts. Fix: use a multiple of "
+                    f"{processes} (e.g. {low or processes} or {low + processes}), or launch a number of processes "
+                    f"that divides {self.prompts_per_epoch}"]
+        steps = self.epochs * self.updates_on(processes)
+        if self.warmup_steps > steps:
+            return [f"--warmup-steps {self.warmup_steps} exceeds the run's {steps} optimizer steps on {processes} "
+                    f"processes (each steps over its P / {processes} groups); lower it to at most {steps}"]
+        return []
 
     def preflight(self) -> None:
         """Fail fast, before torch is imported: the rewards, the model and whether the algorithm supports its

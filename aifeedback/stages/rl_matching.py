@@ -20,7 +20,7 @@ import torch
 
 from aifeedback.losses.base import LossOutput
 from aifeedback.rl.objectives import ddpm_x0_coefficients, flow_x0_coefficients, matching_log_prob
-from aifeedback.stages.rl_rollout import Rollout, predict, rows
+from aifeedback.stages.rl_rollout import Rollout, predict, reference, rows
 
 
 def forward_process(r: Any, x0: torch.Tensor, k: torch.Tensor, noise: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -56,11 +56,13 @@ def _old_value(r: Any, f: dict[str, torch.Tensor], pred: torch.Tensor) -> torch.
 
 
 @torch.no_grad()
-def prepare(r: Any, rollout: Rollout, gen: torch.Generator) -> None:
-    """Draw the forward-process noise of every (trajectory, trained step) from `gen` and store the sampling
-    policy's value there (`Rollout.train_noise`, `Rollout.old`)."""
+def prepare(r: Any, rollout: Rollout, gens: list[torch.Generator]) -> None:
+    """Draw the forward-process noise of every (trajectory, trained step) from its group's generator (`gens`, one
+    per group of this process's trajectories, rl_rollout.group_generator) and store the sampling policy's value
+    there (`Rollout.train_noise`, `Rollout.old`)."""
     n, steps = rollout.train_steps.shape
-    rollout.train_noise = torch.randn((n, steps, *rollout.latents.shape[2:]), generator=gen, dtype=torch.float32)
+    shape = (n // len(gens), steps, *rollout.latents.shape[2:])
+    rollout.train_noise = torch.cat([torch.randn(shape, generator=g, dtype=torch.float32) for g in gens])
     old = []
     for i in range(0, n, r.cfg.batch_size):
         cond = rows(r, rollout.conditioning, i)
@@ -74,13 +76,9 @@ def prepare(r: Any, rollout: Rollout, gen: torch.Generator) -> None:
 
 @torch.no_grad()
 def _reference(r: Any, f: dict[str, torch.Tensor], cond: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The reference's prediction (the network with its LoRA adapters disabled) at the same input."""
-    base = r.accelerator.unwrap_model(r.model)
-    base.disable_adapters()
-    try:
-        return predict(r, f["x_t"], f["t"], cond)
-    finally:
-        base.enable_adapters()
+    """The reference's prediction (the base model: rl_rollout.reference) at the same input."""
+    with reference(r) as model:
+        return predict(r, f["x_t"], f["t"], cond, model)
 
 
 def term(r: Any, rollout: Rollout, i: int, j: int, cond: dict[str, torch.Tensor], adv: torch.Tensor) -> LossOutput:
