@@ -238,8 +238,8 @@ class RLRecipe:
         while self.state["epoch"] < cfg.epochs:
             t0 = time.perf_counter()
             rollout = self.sample(self.state["epoch"])
-            rollout.monitor = monitor_scores(self.monitors, rollout.images, rollout.prompts)
-            if self.main:
+            if self.main:  # the images and rewards are every process's (gathered): the main process writes them
+                rollout.monitor = monitor_scores(self.monitors, rollout.images, rollout.prompts)
                 write_rollout(self.out, self.state["epoch"], rollout)
                 write_pairs(self.out, self.state["epoch"], rollout.prompts, rollout.images, rollout.rewards.tolist(),
                             cfg.group_size, cfg.reward)
