@@ -49,7 +49,7 @@ TRAIN_STEP = Fault("aifeedback.losses.base:denoising_mse", 7)  # mid-step: befor
 CHECKPOINT_SAVE = Fault("safetensors.torch:save_file", 5, "*.safetensors")
 CHECKPOINT_PUBLISH = Fault("aifeedback.storage.publish:publish", 2, "checkpoint-*")  # 2nd checkpoint, not renamed
 # aif rl (tests/test_rl_faults.py): 2 updates an epoch, a checkpoint after each epoch
-RL_SAMPLING = Fault("aifeedback.families.sampling:decode_latents", 2)  # sampling epoch 2, after checkpoint 1
+RL_SAMPLING = Fault("aifeedback.families.sampling:decode_latents", 3)  # epoch 2 sampling (2 minibatches an epoch)
 RL_UPDATE = Fault("accelerate.accelerator:Accelerator.clip_grad_norm_", 4)  # epoch 2's 2nd update: one step taken
 RL_REPORT = Fault("aifeedback.stages.rl_report:write_rl_report")  # every epoch and checkpoint done, not the report
 
