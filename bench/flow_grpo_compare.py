@@ -185,6 +185,8 @@ def reward_cost(flow_grpo: Path) -> None:
 
 def main() -> None:
     args = parse_args()
+    if args.epochs < 2:
+        sys.exit("--epochs must be 2 or more: the first epoch is a warm-up, not timed")
     if args.batch_size % args.group_size or (args.prompts_per_epoch * args.group_size) % args.batch_size:
         sys.exit("--batch-size must be a multiple of --group-size and divide prompts x group (flow_grpo's sampler "
                  "puts whole groups in one sampling batch)")
