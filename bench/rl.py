@@ -50,6 +50,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--kl-beta", type=float, default=0.01, help="Flow-GRPO PickScore: 0.01 (a reference forward)")
     p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no")
     p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--guidance-scale", type=float, default=1.0, help="CFG in sampling and the update (Flow-GRPO: 4.5)")
+    p.add_argument("--t5-length", type=int, default=None, help="pad T5 prompts to this many tokens instead of the "
+                   "family's (SD3: 256; flow_grpo's train_sd3.py: 128)")
     return p.parse_args()
 
 
@@ -74,6 +77,11 @@ def main() -> None:
 
     import aifeedback.families.loading as loading
 
+    if args.t5_length:
+        if args.family not in ("sd3", "sd35m", "sd35l"):
+            sys.exit(f"--t5-length is for the SD3 families, not {args.family}")
+        from aifeedback.families.sd3 import SD3
+        SD3.t5_length = args.t5_length
     device = "cuda" if args.random_weights and torch.cuda.is_available() else "cpu"
     model = (TINY if args.tiny else REAL)[args.family]
     if args.random_weights:  # before the stage imports load_pipeline: it gets the random-weight pipeline
@@ -89,7 +97,7 @@ def main() -> None:
         cfg = build_config(RLConfig, dict(
             model=model, prompts=str(prompts), prompts_per_epoch=args.prompts_per_epoch, group_size=args.group_size,
             algorithm=args.algorithm, steps=args.steps, batch_size=args.batch_size, epochs=args.epochs,
-            lora_rank=args.lora_rank, kl_beta=args.kl_beta, reward="redness",
+            lora_rank=args.lora_rank, kl_beta=args.kl_beta, reward="redness", guidance_scale=args.guidance_scale,
             resolution=args.resolution or (32 if args.tiny else 512),
             mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
             out=str(Path(tmp) / "run"), progress=False, keep_checkpoints=1))
@@ -110,6 +118,7 @@ def main() -> None:
               "algorithm": args.algorithm,
               "resolution": cfg.resolution, "group": f"{args.prompts_per_epoch} x {args.group_size}",
               "steps": args.steps, "batch_size": args.batch_size, "lora_rank": args.lora_rank,
+              "guidance_scale": args.guidance_scale,
               "mixed_precision": args.mixed_precision, "epochs_timed": len(timed), "images_per_s": round(images, 3),
               "s_per_image": round(1 / images, 4), "updates_per_s": round(updates, 3),
               "s_per_update": round(1 / updates, 4), "wall_s": round(time.perf_counter() - START, 1)}

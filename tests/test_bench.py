@@ -35,6 +35,9 @@ CASES = {
                    "--warmup", "1", "--mixed-precision", "no"],
     # aif rl's epochs (bench/rl.py) on tiny-sd3, and the real-size path gpu.sh takes, shrunk: SD1.5 at 64 px
     "rl": ["--tiny", "--family", "sd3", "--steps", "2", "--epochs", "2"],
+    # flow_grpo_compare.py's side of aif rl: CFG in sampling and the update, T5 padded to flow_grpo's 128 tokens
+    "rl-flow-grpo-work": ["--tiny", "--family", "sd3", "--steps", "2", "--epochs", "2", "--guidance-scale", "4.5",
+                          "--t5-length", "128", "--lora-rank", "32"],
     "rl-random-weights": ["--random-weights", "--family", "sd15", "--resolution", "64", "--steps", "1",
                           "--group-size", "2", "--prompts-per-epoch", "1", "--batch-size", "2", "--epochs", "1",
                           "--lora-rank", "2"],
