@@ -26,12 +26,13 @@ RL = dict(prompts_per_epoch=8, group_size=8, steps=10, resolution=SIZE, lora_ran
 # per (model, algorithm): found by the runs bench/RESULTS.md lists ("aif rl in the toy world"); 6 epochs x 64 = 384
 # sampled images, the budget of `aif loop`'s defaults (3 rounds x 4 images x 32 captions)
 SETTINGS = {
-    ("toy-sd3", "grpo"): dict(lr=3e-3, clip_range=0.2, steps=6, epochs=6),
+    ("toy-sd3", "grpo"): dict(lr=6e-3, clip_range=0.2, steps=6, epochs=6),
     ("toy-sd3", "nft"): dict(lr=1e-2, nft_beta=0.1, epochs=6),
-    ("toy-sd3", "awm"): dict(lr=3e-3, epochs=6),
-    ("toy-sd15", "grpo"): dict(lr=2e-3, clip_range=0.2, epochs=6),
-    ("toy-sd15", "nft"): dict(lr=1e-2, epochs=6),
-    ("toy-sd15", "awm"): dict(lr=3e-3, epochs=6),
+    ("toy-sd3", "awm"): dict(lr=6e-3, epochs=6),
+    # toy-sd15: the best found, below 90% held-out wins (bench/RESULTS.md); not in the test
+    ("toy-sd15", "grpo"): dict(lr=4e-3, clip_range=0.2, epochs=6),
+    ("toy-sd15", "nft"): dict(lr=1e-3, nft_beta=0.1, epochs=6),
+    ("toy-sd15", "awm"): dict(lr=1e-3, epochs=6),
 }
 TRAIN_CAPTIONS, EVAL_CAPTIONS, EVAL_SEEDS = 32, 32, 4
 
