@@ -11,6 +11,10 @@ from bench.rl_compare import SETTINGS, rl_vs_base
 pytestmark = pytest.mark.slow
 
 
+# nft at the bench's 6 epochs (384 images) passes at run seed 0, but at seed 1 its redness:-1 run is still redder on
+# 16.4% of twins (bench/RESULTS.md); with 8 epochs both seeds win 100% and lose 0%
+MORE = {("toy-sd3", "nft"): dict(epochs=8)}
+
 
 def described(r):
     red, fid = r["redness"], r["fidelity"]
@@ -22,10 +26,11 @@ def described(r):
 @pytest.mark.parametrize(("model", "algorithm"), [k for k in SETTINGS if k[0] == "toy-sd3"])
 def test_rl_on_redness_beats_the_base_and_on_negated_redness_loses(model, algorithm, tmp_path, request):
     request.getfixturevalue(model.replace("-", "_"))  # the toy model, built once into the shared cache
-    up = rl_vs_base(model, algorithm, tmp_path / "up")
+    more = MORE.get((model, algorithm), {})
+    up = rl_vs_base(model, algorithm, tmp_path / "up", **more)
     print(f"{model} {algorithm} redness: {described(up)}")
     assert up["redness"]["n"] >= 64
     assert up["redness"]["win_rate"] >= 0.9, described(up)
-    down = rl_vs_base(model, algorithm, tmp_path / "down", reward="redness:-1")
+    down = rl_vs_base(model, algorithm, tmp_path / "down", reward="redness:-1", **more)
     print(f"{model} {algorithm} redness:-1: {described(down)}")
     assert down["redness"]["win_rate"] <= 0.1, described(down)
