@@ -1,15 +1,13 @@
 """`aif rl --lora-rank 0`: full fine-tuning of the whole denoiser (as aif train), with a frozen copy as the KL
 reference and EMA; its checkpoints resume exactly and `aif export` reads them."""
 
-import json
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from aifeedback.config import build_config
-from aifeedback.stages import STAGES
-from aifeedback.stages.rl_config import RLConfig
+from tests.rl_helpers import metrics, prompt_file, run_rl, same_weights
 
 TINY = dict(prompts_per_epoch=2, group_size=2, steps=3, reward="redness", lora_rank=0, batch_size=2, resolution=32,
             progress=False, lr=1e-3)
@@ -17,26 +15,16 @@ TINY = dict(prompts_per_epoch=2, group_size=2, steps=3, reward="redness", lora_r
 
 @pytest.fixture()
 def prompts(tmp_path):
-    path = tmp_path / "prompts.txt"
-    path.write_text("a red apple\na blue car\na green tree\n")
-    return path
+    return prompt_file(tmp_path)
 
 
 def rl(prompts, out, **kw):
-    return STAGES["rl"].run(build_config(RLConfig, dict(TINY, prompts=str(prompts), out=str(out), **kw)))
-
-
-def metrics(out):
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return run_rl(TINY, prompts, out, **kw)
 
 
 def weights(out, epoch, denoiser, sub=""):
     folder = out / "checkpoints" / f"checkpoint-{epoch:06d}" / sub / denoiser
     return load_file(next(folder.glob("*.safetensors")))
-
-
-def same(a, b):
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.parametrize("model, denoiser, kw, check, kl", [
@@ -60,14 +48,14 @@ def test_full_fine_tuning_trains_the_whole_denoiser_resumes_exactly_and_exports(
     exported = trained
     if kw.get("ema_decay"):
         exported = weights(straight, 2, denoiser, "ema")  # aif export takes the moving average
-        assert not same(exported, trained) and not same(exported, base)
+        assert not same_weights(exported, trained) and not same_weights(exported, base)
 
     resumed = tmp_path / "resumed"
     rl(prompts, resumed, model=model, epochs=1, **kw)
     rl(prompts, resumed, model=model, epochs=2, **kw)
-    assert same(weights(resumed, 2, denoiser), trained)
+    assert same_weights(weights(resumed, 2, denoiser), trained)
     if kw.get("ema_decay"):
-        assert same(weights(resumed, 2, denoiser, "ema"), exported)
+        assert same_weights(weights(resumed, 2, denoiser, "ema"), exported)
     assert [r["loss"] for r in metrics(resumed)] == [r["loss"] for r in m]
 
     from aifeedback.stages.export import ExportConfig, run
@@ -75,4 +63,4 @@ def test_full_fine_tuning_trains_the_whole_denoiser_resumes_exactly_and_exports(
     out = run(build_config(ExportConfig, dict(checkpoint=str(straight), out=str(tmp_path / "export"))))
     pipe = load_pipeline(model)
     loaded = type(getattr(pipe, denoiser)).from_pretrained(out, subfolder=denoiser)
-    assert same(loaded.state_dict(), exported)
+    assert same_weights(loaded.state_dict(), exported)

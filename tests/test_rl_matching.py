@@ -1,15 +1,11 @@
 """`aif rl --algorithm nft | awm` end to end on tiny flow and UNet families (LoRA, one process): the first-update
 checks, the weights moving, exact resume, and the forward process checked by hand."""
 
-import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from aifeedback.config import build_config
-from aifeedback.stages import STAGES
-from aifeedback.stages.rl_config import RLConfig
+from tests.rl_helpers import lora, metrics, prompt_file, run_rl
 
 TINY = dict(prompts_per_epoch=2, group_size=2, steps=3, reward="redness", lora_rank=2, batch_size=2, resolution=32,
             progress=False, lr=1e-3)
@@ -17,21 +13,11 @@ TINY = dict(prompts_per_epoch=2, group_size=2, steps=3, reward="redness", lora_r
 
 @pytest.fixture()
 def prompts(tmp_path):
-    path = tmp_path / "prompts.txt"
-    path.write_text("a red apple\na blue car\na green tree\n")
-    return path
+    return prompt_file(tmp_path)
 
 
 def rl(prompts, out, **kw):
-    return STAGES["rl"].run(build_config(RLConfig, dict(TINY, prompts=str(prompts), out=str(out), **kw)))
-
-
-def metrics(out):
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-def lora(out, epoch):
-    return load_file(out / "checkpoints" / f"checkpoint-{epoch:06d}" / "pytorch_lora_weights.safetensors")
+    return run_rl(TINY, prompts, out, **kw)
 
 
 CHECK = {"nft": "v_dev_first", "awm": "ratio_dev_first"}

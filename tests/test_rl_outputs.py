@@ -5,12 +5,12 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
-from safetensors.torch import load_file
 
 from aifeedback.config import build_config
 from aifeedback.errors import AifError
 from aifeedback.stages import STAGES
 from aifeedback.stages.rl_config import RLConfig
+from tests.rl_helpers import lora, metrics, prompt_file, run_rl, same_weights
 
 TINY = dict(model="tiny-sd3", prompts_per_epoch=2, group_size=3, steps=2, reward="redness", lora_rank=2, batch_size=3,
             resolution=32, progress=False, lr=1e-2)
@@ -18,27 +18,13 @@ MONITOR = "toy-fidelity,brightness"
 
 
 @pytest.fixture()
-def prompts(tmp_path):
-    path = tmp_path / "prompts.txt"
-    path.write_text("a red disc on a blue background\na green disc on a yellow background\n"
-                    "a blue disc on a red background\n")  # toy captions: what toy-fidelity scores
-    return path
+def prompts(tmp_path):  # toy captions: what toy-fidelity scores
+    return prompt_file(tmp_path, "a red disc on a blue background\na green disc on a yellow background\n"
+                       "a blue disc on a red background\n")
 
 
 def rl(prompts, out, **kw):
-    return STAGES["rl"].run(build_config(RLConfig, dict(TINY, prompts=str(prompts), out=str(out), **kw)))
-
-
-def metrics(out):
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-def lora(out, epoch):
-    return load_file(out / "checkpoints" / f"checkpoint-{epoch:06d}" / "pytorch_lora_weights.safetensors")
-
-
-def same_weights(a, b):
-    return a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    return run_rl(TINY, prompts, out, **kw)
 
 
 def test_monitor_rewards_are_logged_never_trained_on_and_the_report_survives_a_resume(prompts, tmp_path):

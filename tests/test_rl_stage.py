@@ -3,20 +3,18 @@ before any model loads."""
 
 import dataclasses
 import io
-import json
 
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from aifeedback.cli import app
 from aifeedback.config import build_config
 from aifeedback.errors import AifError
 from aifeedback.rl import ALGORITHMS
-from aifeedback.stages import STAGES
 from aifeedback.stages.rl_config import RLConfig, reward_weights
+from tests.rl_helpers import lora, metrics, prompt_file, run_rl
 
 TINY = dict(model="tiny-sd3", prompts_per_epoch=2, group_size=2, steps=3, reward="redness", lora_rank=2, batch_size=2,
             resolution=32, progress=False)
@@ -24,21 +22,11 @@ TINY = dict(model="tiny-sd3", prompts_per_epoch=2, group_size=2, steps=3, reward
 
 @pytest.fixture()
 def prompts(tmp_path):
-    path = tmp_path / "prompts.txt"
-    path.write_text("a red apple\na blue car\na green tree\n")
-    return path
+    return prompt_file(tmp_path)
 
 
 def rl(prompts, out, **kw):
-    return STAGES["rl"].run(build_config(RLConfig, dict(TINY, prompts=str(prompts), out=str(out), **kw)))
-
-
-def metrics(out):
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-def lora(out, epoch):
-    return load_file(out / "checkpoints" / f"checkpoint-{epoch:06d}" / "pytorch_lora_weights.safetensors")
+    return run_rl(TINY, prompts, out, **kw)
 
 
 def test_grpo_on_tiny_sd3_runs_logs_the_ratio_check_and_resumes_bitwise(prompts, tmp_path):
