@@ -106,9 +106,10 @@ def sample(r: Any, epoch: int, prepare: Optional[Callable[[Any, Rollout, list[to
     group advantages; for nft / awm the forward-process inputs and the sampling policy's values there (`prepare`:
     stages/rl_matching.py's, for nft and awm)."""
     cfg, acc = r.cfg, r.accelerator
-    everyone = [p for p in epoch_prompts(r, epoch) for _ in range(cfg.group_size)]
+    epoch_list = epoch_prompts(r, epoch)
+    everyone = [p for p in epoch_list for _ in range(cfg.group_size)]
     share = process_share(cfg.prompts_per_epoch, acc.process_index, acc.num_processes)
-    mine = [epoch_prompts(r, epoch)[i] for i in share]
+    mine = [epoch_list[i] for i in share]
     prompts = [p for p in mine for _ in range(cfg.group_size)]
     cond = {k: v.repeat_interleave(cfg.group_size, dim=0) for k, v in encode_alone(r, mine).items()}
     gens = [group_generator(cfg.seed, epoch, i) for i in share]
@@ -193,11 +194,11 @@ def predict(r: Any, x: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tens
 
 
 def policy_step(r: Any, x: torch.Tensor, k: int | torch.Tensor, cond: dict[str, torch.Tensor],
-                stochastic: bool = True, model: Any = None, **kwargs):
-    """Denoising step k (an index, or one per row) of the sampler from x with its log-prob: the flow SDE step
-    (rl.sde.flow_sde_step) or DDIM with eta = 1 (rl.sde.ddim_step); without `stochastic`, the Euler ODE step or
-    DDIM with eta = 0 (log_prob None)."""
-    sampler = r.sampler
+                stochastic: bool = True, model: Any = None, sampler: Any = None, **kwargs):
+    """Denoising step k (an index, or one per row) of `sampler` (default: the training one, `r.sampler`) from x with
+    its log-prob: the flow SDE step (rl.sde.flow_sde_step) or DDIM with eta = 1 (rl.sde.ddim_step); without
+    `stochastic`, the Euler ODE step or DDIM with eta = 0 (log_prob None)."""
+    sampler = r.sampler if sampler is None else sampler
     k = torch.as_tensor(k).expand(len(x))
     t = sampler.timesteps[k]
     out = predict(r, x, t, cond, model)
@@ -207,7 +208,7 @@ def policy_step(r: Any, x: torch.Tensor, k: int | torch.Tensor, cond: dict[str, 
             return flow_ode_step(out, x, sigmas[k], sigmas[k + 1])
         return flow_sde_step(out, x, sigmas[k], sigmas[k + 1], sigmas[1].item(), r.cfg.noise_level, **kwargs)
     clip = sampler.config.clip_sample_range if sampler.config.clip_sample else None
-    return ddim_step(out, x, t, sampler.alphas_cumprod, r.cfg.steps, eta=1.0 if stochastic else 0.0,
+    return ddim_step(out, x, t, sampler.alphas_cumprod, len(sampler.timesteps), eta=1.0 if stochastic else 0.0,
                      prediction_type=sampler.config.prediction_type, clip_sample=clip, **kwargs)
 
 
@@ -224,15 +225,8 @@ def evaluate(r: Any) -> dict[str, float]:
     x = torch.randn(shape, generator=torch.Generator().manual_seed(cfg.seed), dtype=torch.float32).to(r.device)
     if r.kind == "unet":
         x = x * sampler.init_noise_sigma
-    clip = sampler.config.get("clip_sample_range") if sampler.config.get("clip_sample") else None
     for k in range(cfg.eval_steps):
-        t = sampler.timesteps[k].expand(len(x))
-        out = predict(r, x, t, cond)
-        if r.kind == "flow":
-            x = flow_ode_step(out, x, sampler.sigmas[k], sampler.sigmas[k + 1]).prev_sample
-        else:
-            x = ddim_step(out, x, t, sampler.alphas_cumprod, cfg.eval_steps, eta=0.0,
-                          prediction_type=sampler.config.prediction_type, clip_sample=clip).prev_sample
+        x = policy_step(r, x, k, cond, stochastic=False, sampler=sampler).prev_sample
     images = decode_latents(r.pipe, x.to(r.weight_dtype))
     means = {spec: sum(scorer.score(images, prompts)) / len(images) for spec, scorer in r.scorers.items()}
     return {"eval/reward": sum(r.weights[spec] * m for spec, m in means.items()),
