@@ -104,3 +104,12 @@ def test_overwrite_leaves_no_pairs_or_report_of_the_old_run(prompts, tmp_path):
     rl(prompts, out, epochs=1, overwrite=True, seed=1)
     assert [p.name for p in sorted((out / "pairs" / "data").iterdir())] == ["train-00000.parquet"]
     assert len(json.loads((out / "report.json").read_text())["epochs"]) == 1
+
+
+def test_rollout_k_is_the_index_in_its_group_when_the_prompt_list_cycles(prompts, tmp_path):
+    """P = 4 prompts of a 3-prompt list: the first prompt is sampled twice in the epoch, as two groups of G = 3.
+    Seen failing before: k was taken modulo the prompt's count in the epoch (6), not the group size."""
+    out = rl(prompts, tmp_path / "run", epochs=1, prompts_per_epoch=4, batch_size=3)
+    rollout = pq.read_table(out / "rollouts" / "data" / "train-00000.parquet").to_pydict()
+    assert rollout["k"] == [0, 1, 2] * 4
+    assert rollout["prompt"][0] == rollout["prompt"][9] != rollout["prompt"][3]

@@ -328,7 +328,7 @@ def _open_output(target: str, how: Opening) -> PairTable:
     """An `aif score` output: its pairs are data/train-*.parquet (not image_scores/); --split does not apply."""
     path = Path(target).expanduser()
     stage = read_json(path / MANIFEST).get("stage")
-    if stage == "rl":  # an `aif rl` run: the best-vs-worst pair of each epoch's groups (stages/rl_rollouts.py)
+    if stage == "rl":  # an `aif rl` run: the best-vs-worst pair of each epoch's groups (stages/rl_outputs.py)
         files = shard_files(path / RL_PAIRS_DIR)
         if not files:
             raise DataError(f"{path} has no {RL_PAIRS_DIR}/data/train-*.parquet shards: the `aif rl` run finished no "

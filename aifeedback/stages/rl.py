@@ -21,8 +21,8 @@ by the number of processes), the rewards of every process are gathered before th
 the main process writes the files from the gathered data. FSDP goes through the trainer's sharded checkpoint code,
 untested (accelerate refuses FSDP on CPU; no EMA there); DeepSpeed is refused (rl_update.check_distribution). Run
 folder: config.yaml, manifest.json, metrics.jsonl (one line per epoch), rollouts/ (each epoch's prompts, images,
-rewards and advantages as Parquet: `write_rollout`), pairs/ (each group's best vs worst image, what `aif train
---data ai` reads: stages/rl_rollouts.py), report.json + report.html (stages/rl_report.py),
+rewards and advantages as Parquet), pairs/ (each group's best vs worst image, what `aif train --data ai`
+reads; both: stages/rl_outputs.py), report.json + report.html (stages/rl_report.py),
 checkpoints/checkpoint-NNNNNN (NNNNNN = the epoch; the same files as `aif train`'s, so `aif export` reads them). A
 rerun of the same command continues from the latest checkpoint (with the same number of processes): epoch e's group
 of prompt i samples (and chooses its trained steps and forward-process noise) from a generator seeded by (seed, e,
@@ -44,7 +44,7 @@ from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 from aifeedback.config import ConfigError, identity_dict, save_config, to_dict
 from aifeedback.console import finish, note, progress, quiet_libraries
 from aifeedback.data.labels import RL_PAIRS_DIR
-from aifeedback.data.prompts import load_prompts, prompt_id
+from aifeedback.data.prompts import load_prompts
 from aifeedback.dist import sharded
 from aifeedback.errors import AifError
 from aifeedback.families import detect
@@ -53,15 +53,14 @@ from aifeedback.families.flow import FlowFamily
 from aifeedback.families.loading import load_pipeline
 from aifeedback.families.quantize import quantized_base_dtype
 from aifeedback.families.resolve import model_defaults
-from aifeedback.families.sampling import encode_image
 from aifeedback.rl import ALGORITHMS
 from aifeedback.rl.advantages import all_equal_share
 from aifeedback.scoring.scorers import load_scorer
 from aifeedback.stages import rl_matching, rl_rollout, rl_update
 from aifeedback.stages.rl_config import RLConfig, monitor_specs, reward_weights
-from aifeedback.stages.rl_report import ROLLOUTS, write_rl_report
+from aifeedback.stages.rl_outputs import ROLLOUTS, epoch_extras, monitor_scores, write_pairs, write_rollout
+from aifeedback.stages.rl_report import write_rl_report
 from aifeedback.stages.rl_rollout import Rollout
-from aifeedback.stages.rl_rollouts import epoch_extras, monitor_scores, write_pairs
 from aifeedback.stages.train_checkpoint import load_train_state, load_weights, write_checkpoint
 from aifeedback.stages.train_ema import STATE_KEY as EMA_STEPS
 from aifeedback.stages.train_guard import check_finite_weights
@@ -78,7 +77,6 @@ from aifeedback.stages.train_setup import (
 from aifeedback.storage import checkpoints as ck
 from aifeedback.storage.files import read_json
 from aifeedback.storage.manifest import finish_output, prepare_output
-from aifeedback.storage.shards import write_shard
 
 
 def run(cfg: RLConfig) -> Path:
@@ -240,7 +238,7 @@ class RLRecipe:
             rollout = self.sample(self.state["epoch"])
             if self.main:  # the images and rewards are every process's (gathered): the main process writes them
                 rollout.monitor = monitor_scores(self.monitors, rollout.images, rollout.prompts)
-                write_rollout(self.out, self.state["epoch"], rollout)
+                write_rollout(self.out, self.state["epoch"], rollout, cfg.group_size)
                 write_pairs(self.out, self.state["epoch"], rollout.prompts, rollout.images, rollout.rewards.tolist(),
                             cfg.group_size, cfg.reward)
             t1 = time.perf_counter()
@@ -302,17 +300,3 @@ class RLRecipe:
             tracker.finish()
         self.accelerator.wait_for_everyone()
 
-
-def write_rollout(out: Path, epoch: int, rollout: Rollout) -> Path:
-    """Epoch `epoch`'s samples as Parquet shard OUT/rollouts/data/train-NNNNN.parquet (NNNNN = the epoch): one row
-    per image with generate's columns (prompt_id, prompt, k, image as PNG bytes, width, height), the epoch, the
-    combined reward, the advantage and each reward's score (`reward_SPEC`); `datasets` reads the folder."""
-    g = rollout.prompts.count(rollout.prompts[0]) if rollout.prompts else 1
-    rows = []
-    for i, (text, image) in enumerate(zip(rollout.prompts, rollout.images, strict=True)):
-        rows.append({"epoch": epoch, "prompt_id": prompt_id(text), "prompt": text, "k": i % g,
-                     "image": encode_image(image, "png"), "width": image.width, "height": image.height,
-                     "reward": float(rollout.rewards[i]), "advantage": float(rollout.advantages[i]),
-                     **{f"reward_{spec}": float(r[i]) for spec, r in rollout.raw.items()},
-                     **{f"monitor_{spec}": float(m[i]) for spec, m in rollout.monitor.items()}})
-    return write_shard(out / ROLLOUTS, epoch, rows)

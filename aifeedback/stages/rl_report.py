@@ -20,10 +20,10 @@ from typing import Any
 from aifeedback.evaluation.report import _html_table, figure_card, image_grid, render_template
 from aifeedback.evaluation.rounds import DIVERSITY, Series, line_chart
 from aifeedback.stages.rl_config import RLConfig, monitor_specs
+from aifeedback.stages.rl_outputs import ROLLOUTS
 from aifeedback.storage.files import atomic_write_text, write_json
 from aifeedback.storage.shards import shard_path
 
-ROLLOUTS = "rollouts"  # OUT/rollouts/data/train-NNNNN.parquet: epoch NNNNN's samples (stages/rl.write_rollout)
 TIMINGS = ("images_per_s", "updates_per_s")  # not in the report: they differ between runs of the same work
 GRID_PROMPTS, GRID_IMAGES = 2, 6  # each epoch's grid: up to 6 images of each of the first 2 prompts
 MAX_GRIDS = 24  # a long run's page shows the grids of at most this many epochs, evenly spaced, first and last kept

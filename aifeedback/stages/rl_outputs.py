@@ -1,5 +1,6 @@
-"""What `aif rl` keeps of each epoch's samples besides the rollouts: the held-out monitor rewards, the groups'
-diversity, and the best-vs-worst pair of every group as training data for `aif train --data ai`.
+"""What `aif rl` writes of each epoch's samples: the rollouts (OUT/rollouts/data/train-NNNNN.parquet, every image with
+its rewards and advantage), the held-out monitor rewards, the groups' diversity, and the best-vs-worst pair of every
+group as training data for `aif train --data ai`.
 
 Monitor rewards (`--monitor`) score the same images as the reward but never enter the advantages: a reward that
 rises while they fall is reward hacking. Diversity is `evaluation.diversity`'s measure over each group (one
@@ -19,7 +20,25 @@ from aifeedback.data.prompts import prompt_id
 from aifeedback.evaluation.diversity import diversity, pixels
 from aifeedback.families.sampling import encode_image
 from aifeedback.scoring.pairing import label, select_pairs
+from aifeedback.stages.rl_rollout import Rollout
 from aifeedback.storage.shards import write_shard
+
+ROLLOUTS = "rollouts"  # OUT/rollouts/data/train-NNNNN.parquet: epoch NNNNN's samples (write_rollout)
+
+
+def write_rollout(out: Path, epoch: int, rollout: Rollout, group_size: int) -> Path:
+    """Epoch `epoch`'s samples as Parquet shard OUT/rollouts/data/train-NNNNN.parquet (NNNNN = the epoch): one row
+    per image with generate's columns (prompt_id, prompt, k = its index in its group, image as PNG bytes, width,
+    height), the epoch, the combined reward, the advantage, each reward's score (`reward_SPEC`) and each monitor
+    reward's (`monitor_SPEC`); `datasets` reads the folder."""
+    rows = []
+    for i, (text, image) in enumerate(zip(rollout.prompts, rollout.images, strict=True)):
+        rows.append({"epoch": epoch, "prompt_id": prompt_id(text), "prompt": text, "k": i % group_size,
+                     "image": encode_image(image, "png"), "width": image.width, "height": image.height,
+                     "reward": float(rollout.rewards[i]), "advantage": float(rollout.advantages[i]),
+                     **{f"reward_{spec}": float(r[i]) for spec, r in rollout.raw.items()},
+                     **{f"monitor_{spec}": float(m[i]) for spec, m in rollout.monitor.items()}})
+    return write_shard(out / ROLLOUTS, epoch, rows)
 
 
 def monitor_scores(scorers: dict[str, Any], images: list, prompts: list[str]) -> dict[str, list[float]]:
