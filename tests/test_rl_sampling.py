@@ -53,21 +53,39 @@ def test_sde_window_samples_ode_steps_outside_it_and_trains_only_inside(tmp_path
     assert sums["ratio_dev_first"] == 0.0  # the window step's log-prob recomputed exactly
 
 
-def test_timestep_fraction_chooses_steps_per_trajectory_from_the_generator():
-    cfg = build_config(RLConfig, dict(steps=10, timestep_fraction=0.99))  # Flow-GRPO: 9 of 10 steps
-    assert cfg.train_steps == 9
-    a = choose_train_steps(cfg, 4, torch.Generator().manual_seed(3))
-    b = choose_train_steps(cfg, 4, torch.Generator().manual_seed(3))
-    assert torch.equal(a, b) and a.shape == (4, 9)
-    assert all(len(set(row.tolist())) == 9 and set(row.tolist()) <= set(range(10)) for row in a)
-    assert len({tuple(row.tolist()) for row in a}) > 1  # a choice per trajectory
-    full = choose_train_steps(build_config(RLConfig, dict(steps=4)), 2, torch.Generator())
+@pytest.mark.parametrize("steps", [1, 3, 10, 16, 40])
+@pytest.mark.parametrize("fraction", [0.3, 0.5, 0.9, 0.99, 1.0])
+def test_grpo_trains_the_first_steps_in_order_as_flow_grpo(steps, fraction):
+    # flow_grpo scripts/train_sd3.py: num_train_timesteps = int(config.sample.num_steps * timestep_fraction), then
+    # `for j in range(num_train_timesteps)` for every sample of the batch
+    upstream = list(range(int(steps * fraction)))
+    if not upstream:  # a fraction that trains no step is refused
+        with pytest.raises(AifError, match="trains no step"):
+            build_config(RLConfig, dict(steps=steps, timestep_fraction=fraction))
+        return
+    cfg = build_config(RLConfig, dict(steps=steps, timestep_fraction=fraction))
+    rows = choose_train_steps(cfg, 5, torch.Generator().manual_seed(3))
+    assert rows.tolist() == [upstream] * 5
+
+
+def test_nft_and_awm_choose_steps_per_trajectory_from_the_generator():
+    for algorithm in ("nft", "awm"):
+        cfg = build_config(RLConfig, dict(steps=10, timestep_fraction=0.99, algorithm=algorithm))  # 9 of 10 steps
+        assert cfg.train_steps == 9
+        a = choose_train_steps(cfg, 4, torch.Generator().manual_seed(3))
+        b = choose_train_steps(cfg, 4, torch.Generator().manual_seed(3))
+        assert torch.equal(a, b) and a.shape == (4, 9)
+        assert all(len(set(row.tolist())) == 9 and set(row.tolist()) <= set(range(10)) for row in a)
+        assert len({tuple(row.tolist()) for row in a}) > 1  # a choice per trajectory
+    full = choose_train_steps(build_config(RLConfig, dict(steps=4, algorithm="nft")), 2, torch.Generator())
     assert full.tolist() == [[0, 1, 2, 3]] * 2  # fraction 1: every step, in order
-    window = build_config(RLConfig, dict(steps=6, sde_window="2:5", timestep_fraction=0.67))
-    rows = choose_train_steps(window, 3, torch.Generator().manual_seed(0))
-    assert rows.shape == (3, 2) and set(rows.flatten().tolist()) <= {2, 3, 4}
     nft = build_config(RLConfig, dict(steps=6, algorithm="nft", timestep_fraction=0.5))
     assert nft.train_steps == 3 and nft.trainable_steps == list(range(6))
+
+
+def test_grpo_with_an_sde_window_trains_the_first_steps_of_the_window():
+    window = build_config(RLConfig, dict(steps=6, sde_window="2:5", timestep_fraction=0.67))
+    assert choose_train_steps(window, 3, torch.Generator().manual_seed(0)).tolist() == [[2, 3]] * 3
 
 
 def test_grpo_with_a_timestep_fraction_trains_the_chosen_steps_of_the_stored_trajectory(tmp_path):
@@ -158,3 +176,4 @@ def test_eval_steps_logs_the_ode_reward_of_fixed_prompts_without_touching_traini
     images = decode_latents(r.pipe, x)
     want = sum(load_scorer("redness", "cpu").score(images, ["a red apple", "a blue car"])) / 2
     assert m[1]["eval/reward"] == pytest.approx(want, rel=1e-4)
+

@@ -96,8 +96,9 @@ class RLConfig(RewardServerOptions):
               "every step")
     timestep_fraction: float = option(
         1.0, "fraction of the steps trained per trajectory (grpo: of its stochastic steps, nft / awm: of all "
-             "sampling steps): int(count * fraction) of them, the first of a random permutation per trajectory "
-             "drawn from the epoch's generator after the sampling noise (all, in order, when that is every one). "
+             "sampling steps): k = int(count * fraction) of them; grpo: the first k in order (Flow-GRPO's rule: "
+             "at 10 steps, 0.99 leaves out the last step, the least noisy, whose log-prob's gradient is the "
+             "largest); nft / awm: the first k of a random permutation per trajectory (DiffusionNFT's). "
              "Upstream: 0.99 (Flow-GRPO, DiffusionNFT config/base.py), 0.9 (AWM config/dgx_awm.py)",
         min=0.0, max=1.0)
     eval_steps: int = option(0, "evaluation: every --eval-every epochs, sample one image per evaluation prompt with "

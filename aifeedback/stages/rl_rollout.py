@@ -88,13 +88,15 @@ def rows(r: Any, cond: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tenso
 
 
 def choose_train_steps(cfg: Any, n: int, gen: torch.Generator) -> torch.Tensor:
-    """(n, train_steps) step indices per trajectory, out of `cfg.trainable_steps`: all of them in order when all are
-    trained, else the first int(count * timestep_fraction) of a random permutation per trajectory (Flow-GRPO's and
-    DiffusionNFT's rule), drawn from the epoch's generator after the sampling noise, so a resumed epoch chooses the
-    same steps and the trajectories do not depend on the fraction."""
+    """(n, train_steps) step indices per trajectory, out of `cfg.trainable_steps`, k = int(count * timestep_fraction)
+    of them. grpo: the first k, in order, for every trajectory (flow_grpo scripts/train_sd3.py since 2d76907,
+    2025-07-15: `range(num_train_timesteps)`; at 10 steps and 0.99 the last, nearly noiseless step is not trained).
+    nft, awm: the first k of a random permutation per trajectory (DiffusionNFT scripts/train_nft_sd3.py), drawn from
+    the epoch's generator after the sampling noise, so a resumed epoch chooses the same steps and the trajectories
+    do not depend on the fraction. All of them, in order, when k is every one."""
     steps = torch.tensor(cfg.trainable_steps, dtype=torch.long)
-    if cfg.train_steps == len(steps):
-        return steps.expand(n, -1).clone()
+    if cfg.train_steps == len(steps) or cfg.algorithm == "grpo":
+        return steps[:cfg.train_steps].expand(n, -1).clone()
     return torch.stack([steps[torch.randperm(len(steps), generator=gen)[:cfg.train_steps]] for _ in range(n)])
 
 
