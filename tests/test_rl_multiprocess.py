@@ -20,9 +20,10 @@ from aifeedback.stages.rl_rollout import process_share
 from tests.launch import accelerate_launch, run_group
 
 ROOT = Path(__file__).resolve().parents[1]
-# two rewards (each z-scored over the epoch) and --global-std: advantages that depend on every process's rewards
+# two rewards (each z-scored over the epoch) and --global-std: advantages that depend on every process's rewards;
+# an evaluation pass of 3 prompts in batches of 2, which the processes share unevenly
 ARGS = dict(model="tiny-sd3", prompts_per_epoch=2, group_size=2, steps=3, reward="redness:1,brightness:-0.5",
-            lora_rank=2, batch_size=2, resolution=32, lr=1e-2)
+            lora_rank=2, batch_size=2, resolution=32, lr=1e-2, eval_steps=2, eval_every=1, eval_prompts=3)
 
 
 def test_each_process_gets_a_consecutive_share_of_whole_groups():
@@ -102,6 +103,7 @@ def test_two_processes_sample_the_groups_one_process_would_write_its_files_and_r
         assert (torch.tensor(list(Image.open(io.BytesIO(x["image"])).getdata())) ==
                 torch.tensor(list(Image.open(io.BytesIO(y["image"])).getdata()))).all()
     assert metrics(two)[0]["reward_mean"] == metrics(one)[0]["reward_mean"]
+    assert "eval/reward" in metrics(two)[0]  # the evaluation pass, shared by the processes and gathered
 
     launch(prompts, two, 2, epochs=2)  # resumed from checkpoint-000001
     straight = tmp_path / "straight"

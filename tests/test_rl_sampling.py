@@ -9,7 +9,7 @@ from aifeedback.errors import AifError
 from aifeedback.families.base import vae_factor
 from aifeedback.stages.rl import RLRecipe
 from aifeedback.stages.rl_config import RLConfig
-from aifeedback.stages.rl_rollout import choose_train_steps, predict
+from aifeedback.stages.rl_rollout import choose_train_steps, evaluate, evaluation_share, predict
 
 TINY = dict(prompts_per_epoch=2, group_size=2, steps=3, reward="redness", lora_rank=2, batch_size=4, resolution=32,
             progress=False, epochs=1)
@@ -177,3 +177,16 @@ def test_eval_steps_logs_the_ode_reward_of_fixed_prompts_without_touching_traini
     want = sum(load_scorer("redness", "cpu").score(images, ["a red apple", "a blue car"])) / 2
     assert m[1]["eval/reward"] == pytest.approx(want, rel=1e-4)
 
+
+def test_processes_share_the_evaluation_pass_and_gather_the_scores_of_one_process(tmp_path):
+    # 5 prompts (the list cycles) in batches of 2: batch b is process b mod W's, each row from its own noise
+    r = recipe(tmp_path, model="tiny-sd15", eval_steps=2, eval_prompts=5, batch_size=2, reward="redness:1,brightness:2")
+    one = evaluation_share(r, 0, 1)
+    first, second = evaluation_share(r, 0, 2), evaluation_share(r, 1, 2)
+    assert [i for i, _ in first] == [0, 1, 4] and [i for i, _ in second] == [2, 3]
+    assert sorted(first + second, key=lambda item: item[0]) == one  # exactly: the same batches, the same noise rows
+    assert len({scores["redness"] for _, scores in one}) > 1
+    got = evaluate(r)
+    for spec in ("redness", "brightness"):
+        assert got[f"eval/reward/{spec}"] == pytest.approx(sum(s[spec] for _, s in one) / 5, rel=1e-6)
+    assert got["eval/reward"] == pytest.approx(got["eval/reward/redness"] + 2 * got["eval/reward/brightness"])

@@ -214,22 +214,46 @@ def policy_step(r: Any, x: torch.Tensor, k: int | torch.Tensor, cond: dict[str, 
                      prediction_type=sampler.config.prediction_type, clip_sample=clip, **kwargs)
 
 
-@torch.no_grad()
 def evaluate(r: Any) -> dict[str, float]:
     """--eval-steps pass: one image for each of the first --eval-prompts prompts, from fixed noise (a generator
     seeded by --seed alone, so every evaluation starts from the same noise), sampled with the ODE (Euler / DDIM
     eta 0) over `r.eval_sampler`'s --eval-steps steps with the current (not EMA) weights and --guidance-scale,
-    scored: `eval/reward` = sum of weight x mean score, and each reward's mean as `eval/reward/SPEC`."""
-    cfg, sampler = r.cfg, r.eval_sampler
-    prompts = [r.prompts[i % len(r.prompts)] for i in range(cfg.eval_prompts)]
-    cond = r.family.encode_prompts(r.text, prompts)
-    shape = (len(prompts), *r.family.latent_shape(r.vae.config, r.resolution))
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(cfg.seed), dtype=torch.float32).to(r.device)
-    if r.kind == "unet":
-        x = x * sampler.init_noise_sigma
-    for k in range(cfg.eval_steps):
-        x = policy_step(r, x, k, cond, stochastic=False, sampler=sampler).prev_sample
-    images = decode_latents(r.pipe, x.to(r.weight_dtype))
-    means = {spec: sum(scorer.score(images, prompts)) / len(images) for spec, scorer in r.scorers.items()}
+    scored: `eval/reward` = sum of weight x mean score, and each reward's mean as `eval/reward/SPEC`.
+
+    Several processes share the pass (`evaluation_share`) and gather the scores, so each evaluates its part and all
+    log the same means, those of one process. A sharded model (FSDP) needs every process in each forward, so there
+    every process runs the whole pass."""
+    acc = r.accelerator
+    rank, processes = (0, 1) if r.sharded else (acc.process_index, acc.num_processes)
+    scored = evaluation_share(r, rank, processes)
+    if processes > 1:
+        scored = sorted(gather_object(scored), key=lambda item: item[0])
+    means = {spec: sum(scores[spec] for _, scores in scored) / len(scored) for spec in r.scorers}
     return {"eval/reward": sum(r.weights[spec] * m for spec, m in means.items()),
             **{f"eval/reward/{spec}": m for spec, m in means.items()}}
+
+
+@torch.no_grad()
+def evaluation_share(r: Any, rank: int, processes: int) -> list[tuple[int, dict[str, float]]]:
+    """Process `rank`'s part of the --eval-steps pass: the evaluation prompts in batches of --batch-size, batch b
+    sampled by process b mod `processes`, each row from its own rows of the whole pass's noise, so an image does not
+    depend on the number of processes; (prompt index, {reward: score}) per image. The denoiser is called unwrapped
+    (no DDP collective: the processes run different numbers of batches)."""
+    cfg, sampler, size = r.cfg, r.eval_sampler, r.cfg.batch_size
+    prompts = [r.prompts[i % len(r.prompts)] for i in range(cfg.eval_prompts)]
+    shape = (len(prompts), *r.family.latent_shape(r.vae.config, r.resolution))
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(cfg.seed), dtype=torch.float32)
+    model = r.model if r.sharded else r.accelerator.unwrap_model(r.model)
+    scored = []
+    for first in range(rank * size, len(prompts), processes * size):
+        batch = prompts[first:first + size]
+        cond = r.family.encode_prompts(r.text, batch)
+        x = noise[first:first + len(batch)].to(r.device)
+        if r.kind == "unet":
+            x = x * sampler.init_noise_sigma
+        for k in range(cfg.eval_steps):
+            x = policy_step(r, x, k, cond, stochastic=False, model=model, sampler=sampler).prev_sample
+        images = decode_latents(r.pipe, x.to(r.weight_dtype))
+        scores = {spec: scorer.score(images, batch) for spec, scorer in r.scorers.items()}
+        scored += [(first + j, {spec: s[j] for spec, s in scores.items()}) for j in range(len(batch))]
+    return scored
