@@ -69,6 +69,11 @@ def test_ddpo_on_unet_families_samples_with_ddim_and_passes_the_ratio_check(prom
     assert (out / "checkpoints" / "checkpoint-000002" / "pytorch_lora_weights.safetensors").is_file()
 
 
+def test_the_closing_hint_samples_the_policy_at_the_guidance_it_trained_with(prompts, tmp_path, capsys):
+    out = rl(prompts, tmp_path / "run", epochs=1, guidance_scale=4.5)
+    assert f"next: aif sample --model tiny-sd3 --tuned {out} --guidance 4.5" in capsys.readouterr().out
+
+
 def test_kl_beta_adds_the_kl_to_the_reference(prompts, tmp_path):
     m = metrics(rl(prompts, tmp_path / "kl", epochs=2, kl_beta=0.5, lr=1e-2))
     # the first update starts from the reference (LoRA B = 0): KL 0; later ones have moved away from it

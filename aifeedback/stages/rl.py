@@ -254,7 +254,9 @@ class RLRecipe:
             finish_output(self.out, read_json(self.out / "manifest.json"), epochs=self.state["epoch"],
                           steps=self.state["step"])
             finish("rl", self.out, f"{self.state['epoch']} {cfg.algorithm} epochs, checkpoints in "
-                   f"{self.out / 'checkpoints'}", f"aif sample --model {cfg.model} --tuned {self.out}")
+                   f"{self.out / 'checkpoints'}",
+                   # the policy is the sampler at the guidance it trained with (bench/RESULTS.md, toy-sd15)
+                   f"aif sample --model {cfg.model} --tuned {self.out} --guidance {cfg.guidance_scale:g}")
 
     def sample(self, epoch: int) -> Rollout:
         return rl_rollout.sample(self, epoch, rl_matching.prepare if self.cfg.algorithm in ("nft", "awm") else None)
