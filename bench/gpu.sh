@@ -79,11 +79,15 @@ step 120 train-qwen-image-lora $T2 --family qwen-image --lora-rank 16  # ~45 s (
 step 90 train-z-image-lora $T2 --family z-image --lora-rank 16  # ~25 s (~1 s a pair)
 step 120 train-sd35l-lora $T --family sd35l --lora-rank 16  # ~30 s
 step 90 train-sd35m-lora $T --family sd35m --lora-rank 16  # ~20 s
-# aif rl (issue 22): GRPO, then DiffusionNFT, epochs of SD3.5 medium LoRA at 512 px, random weights, run by the stage itself
+# aif rl (issue 22): GRPO, DiffusionNFT and AWM epochs of SD3.5 medium LoRA at 512 px, random weights, run by the stage itself
 # (bench/rl.py): 1 prompt x 24 images, 10 SDE steps, the KL's reference forward, 6 updates of 4 images each; the
 # first epoch warms up. Reports s per sampled image, s per update and peak memory.
 step 180 rl-grpo-sd35m-lora python3 bench/rl.py --random-weights --family sd35m --resolution 512 --prompts-per-epoch 1 --group-size 24 --steps 10 --batch-size 4 --epochs 2 --lora-rank 32 --mixed-precision bf16 --gradient-checkpointing  # ~90 s on paper
 step 180 rl-nft-sd35m-lora python3 bench/rl.py --algorithm nft --random-weights --family sd35m --resolution 512 --prompts-per-epoch 1 --group-size 24 --steps 10 --batch-size 4 --epochs 2 --lora-rank 32 --mixed-precision bf16 --gradient-checkpointing  # ~60 s on paper (ODE sampling, no log-probs)
+step 180 rl-awm-sd35m-lora python3 bench/rl.py --algorithm awm --random-weights --family sd35m --resolution 512 --prompts-per-epoch 1 --group-size 24 --steps 10 --batch-size 4 --epochs 2 --lora-rank 32 --mixed-precision bf16 --gradient-checkpointing  # ~60 s on paper (as nft)
+# the UNet form (DDPO's DDIM, eta 1) on SDXL at 1024 px: 1 prompt x 8 images, 10 steps (the first 9 trained,
+# Flow-GRPO's rule at fraction 0.9), updates of 2 images
+step 180 rl-grpo-sdxl-lora python3 bench/rl.py --random-weights --family sdxl --resolution 1024 --prompts-per-epoch 1 --group-size 8 --steps 10 --batch-size 2 --epochs 2 --lora-rank 32 --mixed-precision bf16 --gradient-checkpointing --timestep-fraction 0.9  # ~90 s on paper
 # ~180 s (compiling)
 step 240 generate-compiled $G --compile --compile-mode default --channels-last --fuse-qkv
 # ~30 s each

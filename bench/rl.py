@@ -51,6 +51,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no")
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--guidance-scale", type=float, default=1.0, help="CFG in sampling and the update (Flow-GRPO: 4.5)")
+    p.add_argument("--timestep-fraction", type=float, default=1.0, help="fraction of the steps trained (grpo: the "
+                   "first ones; Flow-GRPO: 0.99)")
     p.add_argument("--t5-length", type=int, default=None, help="pad T5 prompts to this many tokens instead of the "
                    "family's (SD3: 256; flow_grpo's train_sd3.py: 128)")
     return p.parse_args()
@@ -98,6 +100,7 @@ def main() -> None:
             model=model, prompts=str(prompts), prompts_per_epoch=args.prompts_per_epoch, group_size=args.group_size,
             algorithm=args.algorithm, steps=args.steps, batch_size=args.batch_size, epochs=args.epochs,
             lora_rank=args.lora_rank, kl_beta=args.kl_beta, reward="redness", guidance_scale=args.guidance_scale,
+            timestep_fraction=args.timestep_fraction,
             resolution=args.resolution or (32 if args.tiny else 512),
             mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
             out=str(Path(tmp) / "run"), progress=False, keep_checkpoints=1))
@@ -118,7 +121,7 @@ def main() -> None:
               "algorithm": args.algorithm,
               "resolution": cfg.resolution, "group": f"{args.prompts_per_epoch} x {args.group_size}",
               "steps": args.steps, "batch_size": args.batch_size, "lora_rank": args.lora_rank,
-              "guidance_scale": args.guidance_scale,
+              "guidance_scale": args.guidance_scale, "timestep_fraction": args.timestep_fraction,
               "mixed_precision": args.mixed_precision, "epochs_timed": len(timed), "images_per_s": round(images, 3),
               "s_per_image": round(1 / images, 4), "updates_per_s": round(updates, 3),
               "s_per_update": round(1 / updates, 4), "wall_s": round(time.perf_counter() - START, 1)}

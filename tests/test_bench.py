@@ -38,6 +38,9 @@ CASES = {
     # flow_grpo_compare.py's side of aif rl: CFG in sampling and the update, T5 padded to flow_grpo's 128 tokens
     "rl-flow-grpo-work": ["--tiny", "--family", "sd3", "--steps", "2", "--epochs", "2", "--guidance-scale", "4.5",
                           "--t5-length", "128", "--lora-rank", "32"],
+    # gpu.sh's UNet rl step (DDPO's DDIM), on tiny-sdxl: the first of 2 steps trained
+    "rl-unet-fraction": ["--tiny", "--family", "sdxl", "--steps", "2", "--epochs", "1", "--group-size", "2",
+                         "--prompts-per-epoch", "1", "--batch-size", "2", "--timestep-fraction", "0.5"],
     "rl-random-weights": ["--random-weights", "--family", "sd15", "--resolution", "64", "--steps", "1",
                           "--group-size", "2", "--prompts-per-epoch", "1", "--batch-size", "2", "--epochs", "1",
                           "--lora-rank", "2"],
