@@ -202,7 +202,7 @@ class RLRecipe:
         if self.resume_from is not None:
             state = ck.read_state(self.resume_from)
             acc = self.accelerator
-            load_train_state(acc, self.resume_from, self.sharded, None if self.sharded else self.optimizer,
+            load_train_state(acc, self.resume_from, self.sharded, self.optimizer,
                              self.lr_sched, acc.process_index,
                              lambda: load_weights(acc.unwrap_model(self.model), self.resume_from, self.lora,
                                                   self.family))

@@ -12,6 +12,21 @@ import torch
 from aifeedback.stages.train_resume import nonfinite_error
 
 
+def clip_gradients(accelerator: Any, model: Any, params: list, max_norm: float) -> torch.Tensor:
+    """Clip the gradients of the trained `params` of the prepared `model` to `max_norm` (inf: none); returns their
+    norm over every process. Under FSDP1 this is the FSDP model's own clip_grad_norm_ (its flat shards hold the
+    trained parameters and the frozen ones, which have no gradient): accelerate uses that only when it is given
+    every parameter of the model, and with a subset (LoRA) it clips each process's shard by that shard's norm, so
+    the norm would be one process's and the clipping would differ from DDP's."""
+    from accelerate.utils import DistributedType
+
+    acc = accelerator
+    if acc.distributed_type == DistributedType.FSDP and not acc.is_fsdp2:
+        acc.unscale_gradients()
+        return model.clip_grad_norm_(max_norm)
+    return acc.clip_grad_norm_(params, max_norm)
+
+
 def finite_update(accelerator: Any, grad_norm: torch.Tensor, losses_finite: bool, state: dict[str, Any], step: int,
                   skip_limit: int, out: Path, say: Callable[[str], None]) -> bool:
     """Whether this optimizer step's loss (every micro-step, every process) and gradient are finite. If not, the
