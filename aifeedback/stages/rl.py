@@ -18,8 +18,9 @@ size and crop time ids of an uncropped image at the resolution), LoRA or the who
 train: the KL reference is then a frozen copy), CFG while sampling (`--guidance-scale`), an ODE evaluation pass
 (`--eval-steps`), several processes (`accelerate launch`, DDP): each samples its share of whole groups (P divisible
 by the number of processes), the rewards of every process are gathered before the advantages (stages/rl_rollout.py),
-the main process writes the files from the gathered data. FSDP goes through the trainer's sharded checkpoint code,
-untested (accelerate refuses FSDP on CPU; no EMA there); DeepSpeed is refused (rl_update.check_distribution). Run
+the main process writes the files from the gathered data. FSDP goes through the trainer's sharded checkpoint code
+(no EMA there; tested on 2 CPU processes against DDP: tests/test_rl_fsdp.py); DeepSpeed is refused
+(rl_update.check_distribution). Run
 folder: config.yaml, manifest.json, metrics.jsonl (one line per epoch), rollouts/ (each epoch's prompts, images,
 rewards and advantages as Parquet), pairs/ (each group's best vs worst image, what `aif train --data ai`
 reads; both: stages/rl_outputs.py), report.json + report.html (stages/rl_report.py),
