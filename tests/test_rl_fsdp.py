@@ -3,7 +3,8 @@
 only on an accelerator, and that module's docstring says what its test-only patch changes and why. Each run is
 compared with the same run under DDP (tests/test_rl_multiprocess.py shows DDP equals one process): the same
 rollouts, metrics and weights, bitwise; every process runs the same number of denoiser forwards (each is a
-collective under FSDP); a rerun resumes from accelerate's sharded checkpoint exactly."""
+collective under FSDP); a rerun resumes from accelerate's sharded checkpoint exactly. And `aif train`, which
+shares the checkpoint, resume and clipping pieces, the same way."""
 
 import json
 import os
@@ -90,3 +91,30 @@ def test_nft_full_fine_tune_under_fsdp_equals_ddp(tmp_path, prompts):
     assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
     config = json.loads((fsdp / "checkpoints" / "checkpoint-000001" / "transformer" / "config.json").read_text())
     assert config["_class_name"] == "SD3Transformer2DModel"
+
+
+@pytest.mark.slow  # three launches of 2 processes (~40 s of CPU)
+def test_train_lora_under_fsdp_resumes_to_the_ddp_run(tmp_path):
+    """`aif train` shares the checkpoint, resume and clipping pieces: a LoRA DPO run under FSDP (the shipped
+    fsdp_8gpu.yaml around the tiny SD1.5 UNet), resumed from its sharded checkpoint at step 2, equals a straight DDP
+    run bitwise (losses, gradient norms, LoRA at steps 2 and 4)."""
+    from tests.pairs_fixtures import pickapic_rows, read_metrics, write_pickapic
+
+    data = write_pickapic(tmp_path / "pairs", pickapic_rows(8))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
+    args = ["train", "--dataset", str(data), "--model", "tiny-sd15", "--resolution", "16", "--batch-size", "1",
+            "--lora-rank", "2", "--checkpoint-every", "2", "--validation-every", "0", "--num-workers", "0",
+            "--trackers", "none"]
+    fsdp, ddp = tmp_path / "fsdp", tmp_path / "ddp"
+    config = ROOT / "recipes" / "accelerate" / "fsdp_8gpu.yaml"
+    for launcher, out, steps in [(accelerate_launch_fsdp, fsdp, 2), (accelerate_launch_fsdp, fsdp, 4), (None, ddp, 4)]:
+        prefix = launcher(2, config) if launcher else accelerate_launch(2)
+        res = run_group([*prefix, *args, "--max-steps", str(steps), "--out", str(out)], env=env, timeout=600)
+        assert res.returncode == 0, res.stderr[-3000:]
+    assert sharded(fsdp, 2) and sharded(fsdp, 4)
+    for x, y in zip(read_metrics(fsdp), read_metrics(ddp), strict=True):
+        assert (x["step"], x["loss"]) == (y["step"], y["loss"])
+        assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-6)  # one process's shard norm, before
+    for step in (2, 4):
+        x, y = lora(fsdp, step), lora(ddp, step)
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
