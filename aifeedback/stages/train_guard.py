@@ -1,6 +1,7 @@
 """The non-finite guard of a training run: an update whose loss or gradient is NaN/inf is skipped (--skip-nonfinite
 allows it so many times) or stops the run with the last good checkpoint, and weights grown non-finite are never
-written to a checkpoint. Every process takes the same decision from the same all-reduced flags."""
+written to a checkpoint. Every process takes the same decision from the same all-reduced flags. And the gradient
+clipping whose norm the guard checks (`clip_gradients`: the norm over every process, FSDP included)."""
 
 from __future__ import annotations
 
