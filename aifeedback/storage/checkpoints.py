@@ -180,10 +180,10 @@ FSDP_PREFIX = "_fsdp_wrapped_module."  # in the module names of a model whose bl
 def _adapter_layers(model: Any, state_dict: dict | None, peft_state_dict: Any) -> dict:
     """The adapter's entries of `state_dict` (the model's own when None), keyed as peft keys them.
 
-    peft (>= 0.19) picks them by the model's module names; in a model whose blocks are FSDP units those carry FSDP's
-    prefix, while the full state dict gathered from the shards does not (FSDP strips it), so nothing would match and
-    an empty LoRA would be refused. The gathered entries are keyed by the module names for peft, and the prefix is
-    taken out of what it returns."""
+    peft (0.21, the version installed here) picks them by the model's module names; in a model whose blocks are FSDP
+    units those carry FSDP's prefix, while the full state dict gathered from the shards does not (FSDP strips it), so
+    nothing would match and an empty LoRA would be refused. The gathered entries are keyed by the module names for
+    peft, and the prefix is taken out of what it returns."""
     modules = {name.replace(FSDP_PREFIX, ""): name for name, _ in model.named_modules() if FSDP_PREFIX in name}
     if state_dict is None or not modules:
         return peft_state_dict(model, state_dict=state_dict)
