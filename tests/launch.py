@@ -150,3 +150,12 @@ from aifeedback.cli import main
 
 main()
 """
+
+
+def accelerate_launch_fsdp(n: int, config: Path) -> list[str]:
+    """The prefix of an FSDP `accelerate launch` of the `aif` CLI with n processes on a machine without a GPU:
+    `config` (an FSDP accelerate config) through tests/fsdp_cpu.py, which explains why a patch is needed and why
+    `--fsdp_sync_module_states false`."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--num_processes",
+            str(n), "--fsdp_sync_module_states", "false", "--main_process_port", str(free_port()), "-m",
+            "tests.fsdp_cpu"]

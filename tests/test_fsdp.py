@@ -1,6 +1,7 @@
 """FSDP without a GPU: accelerate refuses FSDP on a CPU, so the trainer's validation and LoRA reference pass are
 driven here by hand under torch's FSDP (gloo, 2 CPU processes) around the tiny SD1.5 UNet, wrapped as the shipped
-recipes/accelerate/fsdp_8gpu.yaml wraps it. Every process must join every forward of the sharded model."""
+recipes/accelerate/fsdp_8gpu.yaml wraps it. Every process must join every forward of the sharded model. And a LoRA
+gathered from FSDP shards, written by save_lora (tests/test_rl_fsdp.py runs whole stages under accelerate's FSDP)."""
 
 import json
 import os
@@ -130,3 +131,46 @@ def test_fsdp_validation_and_lora_reference_run_on_every_process(tmp_path, tiny_
     for step in (0, 1):  # the same weights at both: each grid is the unsharded one
         sharded = np.asarray(Image.open(tmp_path / f"fsdp0/validation/step-00000{step}.png"), dtype=np.int16)
         assert np.abs(sharded - plain).max() <= 2  # up to rounding to 8 bits of tiny float drift
+
+
+def _lora_save_worker(rank: int, port: int, out: str) -> None:
+    """One gloo process: tiny-sd3's transformer with a LoRA, written by save_lora unwrapped, and again from the full
+    state dict gathered from FSDP (one unit per JointTransformerBlock, as fsdp_sd35_8gpu.yaml wraps it)."""
+    from diffusers.models.attention import JointTransformerBlock
+    from peft import LoraConfig
+    from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    from aifeedback.families import detect
+    from aifeedback.families.loading import load_pipeline
+    from aifeedback.storage.checkpoints import save_lora
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=1, timeout=timedelta(seconds=60))
+    pipe = load_pipeline("tiny-sd3")
+    fam, model = detect(pipe), pipe.transformer.requires_grad_(False)
+    torch.manual_seed(0)
+    model.add_adapter(LoraConfig(r=2, lora_alpha=2, init_lora_weights="gaussian",
+                                 target_modules=fam.lora_target_modules(model)))
+    save_lora(model, Path(out) / "plain", fam.lora_pipeline, denoiser=fam.denoiser)
+    wrapped = FSDP(model, device_id=torch.device("cpu"), use_orig_params=True,
+                   auto_wrap_policy=ModuleWrapPolicy({JointTransformerBlock}))
+    with FSDP.state_dict_type(wrapped, StateDictType.FULL_STATE_DICT, FullStateDictConfig(rank0_only=True)):
+        sd = wrapped.state_dict()  # what accelerate's get_state_dict gathers
+    assert any("_fsdp_wrapped_module." in name for name, _ in wrapped.module.named_modules())
+    save_lora(wrapped.module, Path(out) / "fsdp", fam.lora_pipeline, state_dict=sd, denoiser=fam.denoiser)
+    dist.destroy_process_group()
+
+
+def test_a_lora_gathered_from_fsdp_shards_is_written_as_the_unwrapped_one(tmp_path, aif_cache):
+    """peft picks the adapter's entries by the model's module names, which carry FSDP's prefix inside an FSDP model
+    while the gathered state dict's keys do not: save_lora keys them for peft (an empty LoRA, refused, before)."""
+    from safetensors.torch import load_file
+
+    from aifeedback.storage.checkpoints import LORA_FILE
+
+    mp.spawn(_lora_save_worker, args=(free_port(), str(tmp_path)), nprocs=1)
+    plain, fsdp = load_file(tmp_path / "plain" / LORA_FILE), load_file(tmp_path / "fsdp" / LORA_FILE)
+    assert plain and plain.keys() == fsdp.keys() and all(torch.equal(plain[k], fsdp[k]) for k in plain)

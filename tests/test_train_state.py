@@ -238,14 +238,17 @@ def test_a_sharded_resume_checks_accelerates_files_before_loading_them(tmp_path)
     are checked before accelerate's load_state reads any of them, and a crafted one stops the resume there."""
     from types import SimpleNamespace
 
+    from accelerate.utils import DistributedType
+
     from aifeedback.stages.train import TrainRecipe
 
     _, opt, sched, _ = _saved(tmp_path)
     torch.save({"state": {}, "param_groups": []}, tmp_path / "optimizer_0.bin")
     loaded = []
     recipe = TrainRecipe.__new__(TrainRecipe)
-    recipe.accelerator = SimpleNamespace(load_state=loaded.append, scaler=None, step=0)
-    recipe.sharded, recipe.lr_sched, recipe.rank = True, sched, 0
+    recipe.accelerator = SimpleNamespace(load_state=loaded.append, scaler=None, step=0,
+                                         distributed_type=DistributedType.FSDP)
+    recipe.sharded, recipe.lr_sched, recipe.rank, recipe.optimizer = True, sched, 0, opt
     recipe._load_train_state(tmp_path)
     assert loaded == [str(tmp_path)] and recipe.accelerator.step == 6
     marker = tmp_path / "ran"
@@ -253,3 +256,22 @@ def test_a_sharded_resume_checks_accelerates_files_before_loading_them(tmp_path)
     with pytest.raises(CheckpointError, match=r"optimizer_0.bin: refused: it holds a Python object \(io.open\)"):
         recipe._load_train_state(tmp_path)
     assert loaded == [str(tmp_path)] and not marker.exists()  # accelerate was not asked to load it
+
+
+def test_a_fresh_optimizer_gets_its_state_before_a_sharded_load_and_its_weights_do_not_move():
+    """accelerate's FSDP1 load_state fills the keys of the live optimizer's state dict: a fresh optimizer's are none,
+    and the resumed Adam would silently restart (tests/test_rl_fsdp.py shows the resumed run then differs)."""
+    from aifeedback.stages.train_checkpoint import materialize_optimizer_state
+
+    torch.manual_seed(0)
+    trained, frozen, empty = torch.nn.Parameter(torch.randn(3, 2)), torch.nn.Parameter(torch.randn(2)), \
+        torch.nn.Parameter(torch.zeros(0))  # an FSDP shard can be empty on a process
+    frozen.requires_grad_(False)
+    before = trained.detach().clone()
+    opt = torch.optim.AdamW([trained, frozen, empty], lr=0.1, weight_decay=0.5)
+    materialize_optimizer_state(opt)
+    assert set(opt.state) == {trained} and float(opt.state[trained]["step"]) == 1
+    assert torch.equal(trained, before) and trained.grad is None and opt.param_groups[0]["lr"] == 0.1
+    state = {k: v.clone() for k, v in opt.state[trained].items()}
+    materialize_optimizer_state(opt)  # an optimizer that has state is left alone
+    assert all(torch.equal(state[k], v) for k, v in opt.state[trained].items())

@@ -18,8 +18,9 @@ size and crop time ids of an uncropped image at the resolution), LoRA or the who
 train: the KL reference is then a frozen copy), CFG while sampling (`--guidance-scale`), an ODE evaluation pass
 (`--eval-steps`), several processes (`accelerate launch`, DDP): each samples its share of whole groups (P divisible
 by the number of processes), the rewards of every process are gathered before the advantages (stages/rl_rollout.py),
-the main process writes the files from the gathered data. FSDP goes through the trainer's sharded checkpoint code,
-untested (accelerate refuses FSDP on CPU; no EMA there); DeepSpeed is refused (rl_update.check_distribution). Run
+the main process writes the files from the gathered data. FSDP goes through the trainer's sharded checkpoint code
+(no EMA there; tested on 2 CPU processes against DDP: tests/test_rl_fsdp.py); DeepSpeed is refused
+(rl_update.check_distribution). Run
 folder: config.yaml, manifest.json, metrics.jsonl (one line per epoch), rollouts/ (each epoch's prompts, images,
 rewards and advantages as Parquet), pairs/ (each group's best vs worst image, what `aif train --data ai`
 reads; both: stages/rl_outputs.py), report.json + report.html (stages/rl_report.py),
@@ -202,7 +203,7 @@ class RLRecipe:
         if self.resume_from is not None:
             state = ck.read_state(self.resume_from)
             acc = self.accelerator
-            load_train_state(acc, self.resume_from, self.sharded, None if self.sharded else self.optimizer,
+            load_train_state(acc, self.resume_from, self.sharded, self.optimizer,
                              self.lr_sched, acc.process_index,
                              lambda: load_weights(acc.unwrap_model(self.model), self.resume_from, self.lora,
                                                   self.family))

@@ -20,7 +20,7 @@ from aifeedback.errors import AifError
 from aifeedback.losses.base import LossOutput
 from aifeedback.stages import rl_matching
 from aifeedback.stages.rl_rollout import Rollout, policy_step, reference, rows
-from aifeedback.stages.train_guard import finite_update
+from aifeedback.stages.train_guard import clip_gradients, finite_update
 
 # the metric whose value at the first update of an epoch must be exactly 0 (logged as NAME_first)
 FIRST_CHECK = {"grpo": "ratio_dev", "nft": "v_dev", "awm": "ratio_dev"}
@@ -114,7 +114,7 @@ def optimizer_step(r: Any, rollout: Rollout, i: int) -> tuple[dict[str, float], 
         for key, value in m.items():
             v = value.item()
             metrics[key] = max(metrics.get(key, 0.0), v) if key.endswith("_dev") else metrics.get(key, 0.0) + v / n
-    norm = acc.clip_grad_norm_(r.params, cfg.max_grad_norm or math.inf)
+    norm = clip_gradients(acc, r.model, r.params, cfg.max_grad_norm or math.inf)
     if finite_update(acc, norm, finite, r.state, r.state["step"] + 1, cfg.skip_nonfinite, r.out, r._say):
         r.optimizer.step()
     r.optimizer.zero_grad(set_to_none=True)

@@ -47,7 +47,7 @@ from aifeedback.losses.base import denoising_mse
 from aifeedback.stages.train_checkpoint import load_train_state, load_weights, write_checkpoint
 from aifeedback.stages.train_config import TrainConfig
 from aifeedback.stages.train_ema import STATE_KEY as EMA_STEPS
-from aifeedback.stages.train_guard import check_finite_weights, finite_update
+from aifeedback.stages.train_guard import check_finite_weights, clip_gradients, finite_update
 from aifeedback.stages.train_resume import finished_step, input_fingerprint, resume_point, truncate_metrics
 from aifeedback.stages.train_setup import (
     WEIGHT_DTYPES,
@@ -375,7 +375,8 @@ class TrainRecipe:
                     loss, metrics = self.loss_fn(*model_err.chunk(2), ref_w, ref_l, self.cfg.beta)
             self.losses_finite &= bool(torch.isfinite(loss.detach()))
             acc.backward(loss)
-            norm = acc.clip_grad_norm_(self.params, self.cfg.max_grad_norm or math.inf) if acc.sync_gradients else None
+            norm = (clip_gradients(acc, self.model, self.params, self.cfg.max_grad_norm or math.inf)
+                    if acc.sync_gradients else None)
             if norm is None or finite_update(acc, norm, self.losses_finite, self.state, self.step + 1,
                                              self.cfg.skip_nonfinite, self.out, self._say):
                 self.optimizer.step()
@@ -440,7 +441,7 @@ class TrainRecipe:
 
     def _load_train_state(self, folder: Path) -> None:
         """A checkpoint's weights and train state, strictly; nothing unpickled beyond plain data."""
-        load_train_state(self.accelerator, folder, self.sharded, None if self.sharded else self.optimizer,
+        load_train_state(self.accelerator, folder, self.sharded, self.optimizer,
                          self.lr_sched, self.rank,
                          lambda: self._load_weights(self.accelerator.unwrap_model(self.model), folder))
 

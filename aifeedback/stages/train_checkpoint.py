@@ -8,6 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import torch
+from accelerate.utils import DistributedType
+
 from aifeedback.families.base import Family
 from aifeedback.stages.train_ema import STATE_KEY as EMA_STEPS
 from aifeedback.stages.train_ema import WeightsEMA
@@ -19,11 +22,19 @@ from aifeedback.storage.train_state import check_format, load_state, save_state
 
 
 def save_weights(model: Any, folder: Path, sd: Optional[dict], lora: bool, family: Family) -> None:
-    """The model's weights in the diffusers format: a LoRA file, or the denoiser's folder."""
+    """The model's weights in the diffusers format: a LoRA file, or the denoiser's folder (as save_pretrained writes
+    it). sd: the full state dict when it had to be gathered from shards (FSDP, ZeRO-3), written by the main process
+    alone; the unwrapped model's own state_dict() would then gather again, a collective the others never join."""
     if lora:
         ck.save_lora(model, folder, family.lora_pipeline, state_dict=sd, denoiser=family.denoiser)
-    else:
-        model.save_pretrained(folder / family.denoiser, state_dict=sd, safe_serialization=True)
+    elif sd is None:
+        model.save_pretrained(folder / family.denoiser, safe_serialization=True)
+    else:  # gathered from shards: diffusers' save_pretrained would ignore sd and call state_dict(), a collective
+        from huggingface_hub import save_torch_state_dict
+
+        model.save_config(folder / family.denoiser)
+        save_torch_state_dict(sd, folder / family.denoiser, max_shard_size="10GB",  # save_pretrained's files
+                              filename_pattern="diffusion_pytorch_model{suffix}.safetensors")
 
 
 def load_weights(model: Any, folder: Path, lora: bool, family: Family) -> None:
@@ -55,10 +66,32 @@ def load_train_state(accelerator: Any, folder: Path, sharded: bool, optimizer: A
     check_format(folder)
     if sharded:
         check_sharded_files(folder)
+        if acc.distributed_type == DistributedType.FSDP:
+            materialize_optimizer_state(optimizer)
         acc.load_state(str(folder))  # the sharded model and optimizer
     else:
         load_model_weights()
     acc.step = load_state(folder, None if sharded else optimizer, lr_sched, acc.scaler, rank)
+
+
+def materialize_optimizer_state(optimizer: Any) -> None:
+    """Give a fresh optimizer its state (one step with zero gradients at learning rate 0: the weights do not move),
+    so that accelerate's FSDP load_state fills it. accelerate (1.x, FSDP1) reads the sharded optimizer files into the
+    keys of the live optimizer's state dict, and a fresh optimizer has none, so its moments and step counts would be
+    left empty (silently: the resumed run's Adam restarts). Does nothing to an optimizer that has stepped."""
+    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps the torch one
+    if inner.state:
+        return
+    params = [p for group in inner.param_groups for p in group["params"] if p.requires_grad and p.numel() > 0]
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    lrs = [group["lr"] for group in inner.param_groups]
+    for group in inner.param_groups:
+        group["lr"] = 0.0
+    inner.step()
+    for group, lr in zip(inner.param_groups, lrs):
+        group["lr"] = lr
+    inner.zero_grad(set_to_none=True)
 
 
 def write_checkpoint(accelerator: Any, final: Path, model: Any, *, lora: bool, family: Family, sharded: bool,

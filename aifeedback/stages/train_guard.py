@@ -1,6 +1,7 @@
 """The non-finite guard of a training run: an update whose loss or gradient is NaN/inf is skipped (--skip-nonfinite
 allows it so many times) or stops the run with the last good checkpoint, and weights grown non-finite are never
-written to a checkpoint. Every process takes the same decision from the same all-reduced flags."""
+written to a checkpoint. Every process takes the same decision from the same all-reduced flags. And the gradient
+clipping whose norm the guard checks (`clip_gradients`: the norm over every process, FSDP included)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,21 @@ from typing import Any, Callable
 import torch
 
 from aifeedback.stages.train_resume import nonfinite_error
+
+
+def clip_gradients(accelerator: Any, model: Any, params: list, max_norm: float) -> torch.Tensor:
+    """Clip the gradients of the trained `params` of the prepared `model` to `max_norm` (inf: none); returns their
+    norm over every process. Under FSDP1 this is the FSDP model's own clip_grad_norm_ (its flat shards hold the
+    trained parameters and the frozen ones, which have no gradient): accelerate uses that only when it is given
+    every parameter of the model, and with a subset (LoRA) it clips each process's shard by that shard's norm, so
+    the norm would be one process's and the clipping would differ from DDP's."""
+    from accelerate.utils import DistributedType
+
+    acc = accelerator
+    if acc.distributed_type == DistributedType.FSDP and not acc.is_fsdp2:
+        acc.unscale_gradients()
+        return model.clip_grad_norm_(max_norm)
+    return acc.clip_grad_norm_(params, max_norm)
 
 
 def finite_update(accelerator: Any, grad_norm: torch.Tensor, losses_finite: bool, state: dict[str, Any], step: int,

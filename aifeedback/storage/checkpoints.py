@@ -161,7 +161,7 @@ def save_lora(model: Any, out_dir: str | Path, pipeline_cls: Any, state_dict: di
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
-    layers = get_peft_model_state_dict(model, state_dict=state_dict)
+    layers = _adapter_layers(model, state_dict, get_peft_model_state_dict)
     if denoiser == "unet":
         layers = convert_state_dict_to_diffusers(layers)
     pipeline_cls.save_lora_weights(
@@ -172,6 +172,26 @@ def save_lora(model: Any, out_dir: str | Path, pipeline_cls: Any, state_dict: di
     path = Path(out_dir) / LORA_FILE
     _sort_header_metadata(path)
     return path
+
+
+FSDP_PREFIX = "_fsdp_wrapped_module."  # in the module names of a model whose blocks torch's FSDP1 wrapped
+
+
+def _adapter_layers(model: Any, state_dict: dict | None, peft_state_dict: Any) -> dict:
+    """The adapter's entries of `state_dict` (the model's own when None), keyed as peft keys them.
+
+    peft (0.21, the version installed here) picks them by the model's module names; in a model whose blocks are FSDP
+    units those carry FSDP's prefix, while the full state dict gathered from the shards does not (FSDP strips it), so
+    nothing would match and an empty LoRA would be refused. The gathered entries are keyed by the module names for
+    peft, and the prefix is taken out of what it returns."""
+    modules = {name.replace(FSDP_PREFIX, ""): name for name, _ in model.named_modules() if FSDP_PREFIX in name}
+    if state_dict is None or not modules:
+        return peft_state_dict(model, state_dict=state_dict)
+    live = {}
+    for key, value in state_dict.items():
+        owner, _, leaf = key.rpartition(".")
+        live[f"{modules[owner]}.{leaf}" if owner in modules else key] = value
+    return {k.replace(FSDP_PREFIX, ""): v for k, v in peft_state_dict(model, state_dict=live).items()}
 
 
 def _sorted_sets(value: Any) -> Any:
