@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional
 import typer
 
 from aifeedback.config import _unwrap_optional, fields, type_name
+from aifeedback.console import skip_exit_collection
 from aifeedback.errors import AifError, write_error
 from aifeedback.recipe import list_recipes, load_stage_config
 from aifeedback.stages import STAGES, Stage
@@ -176,6 +177,7 @@ _register_stages()
 def main() -> None:
     """Console entry point."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    skip_exit_collection()
     app(prog_name="aif")
 
 

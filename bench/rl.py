@@ -73,6 +73,9 @@ def random_pipeline(family: str, device: str):
 
 def main() -> None:
     args = parse_args()
+    from aifeedback.console import skip_exit_collection
+
+    skip_exit_collection()  # as `aif` does (cli.main): the process is timed to its exit
     import torch
 
     import aifeedback.families.loading as loading
