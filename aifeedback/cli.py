@@ -14,8 +14,8 @@ from typing import Any, Callable, Optional
 
 import typer
 
+from aifeedback.collection import skip_exit_collection
 from aifeedback.config import _unwrap_optional, fields, type_name
-from aifeedback.console import skip_exit_collection
 from aifeedback.errors import AifError, write_error
 from aifeedback.recipe import list_recipes, load_stage_config
 from aifeedback.stages import STAGES, Stage

@@ -6,15 +6,11 @@
   CI), one plain line at most every AIF_PROGRESS_INTERVAL seconds (default 30) and no carriage returns.
 - `note(msg)`: a line on stderr that does not break a running bar.
 - `finish(...)`: the closing paragraph naming the output, its counts and the natural next command(s), on stdout.
-- `skip_exit_collection()`: the process exits without the interpreter's final garbage collections (about 1 s
-  once torch, diffusers and transformers are imported).
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import gc
 import logging
 import os
 import sys
@@ -33,16 +29,6 @@ _nested = 0  # > 0 while a stage runs inside another (eval's generate, the demo'
 def verbose() -> bool:
     """True when AIF_VERBOSE asks for the third-party libraries' own logging and bars."""
     return os.environ.get(VERBOSE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def skip_exit_collection() -> None:
-    """Let the process exit without the garbage collections the interpreter runs while it tears its modules down:
-    `gc.freeze()` as an exit handler, so they skip every object alive by then. With torch, diffusers and
-    transformers imported they take about 1 s of CPU at every exit (bench/RESULTS.md, "flow_grpo"), for memory the
-    OS takes back anyway. Exit handlers still all run (trackers, logging, temporary folders, worker processes), in
-    any order around this one; only objects in reference cycles that are still alive at exit lose their
-    finalizers, which the interpreter does not promise to run at exit either, and aif closes its files itself."""
-    atexit.register(gc.freeze)
 
 
 def quiet_libraries() -> None:

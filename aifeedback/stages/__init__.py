@@ -12,6 +12,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
+from aifeedback.collection import uncollected
 from aifeedback.preflight import check_output
 from aifeedback.registry import Registry
 from aifeedback.stages.cache_config import CacheConfig
@@ -43,7 +44,9 @@ class Stage:
         check_output(cfg.out)  # every stage writes a folder: a file or a read-only disk there fails first
         cfg.preflight()  # writes nothing: a typo leaves no folder behind
         with output_lock(cfg.out):
-            return importlib.import_module(self.module).run(cfg)
+            with uncollected():  # torch, diffusers, ...: no collections while they import (aifeedback/collection.py)
+                module = importlib.import_module(self.module)
+            return module.run(cfg)
 
 
 STAGES: Registry[Stage] = Registry("stage", [
