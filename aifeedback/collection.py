@@ -1,11 +1,12 @@
 """The garbage collector in an aif process. Importing torch, diffusers and transformers (and loading a pipeline)
 leaves a few million objects alive for the whole process, and Python's full collections walk every one of them:
-nine of them while a stage imports its libraries (about 1 s on the CPU), another during the run, and the ones the
-interpreter runs while it exits (about 1.1 s): bench/RESULTS.md, "flow_grpo".
+nine of them while a stage imports its libraries (about 1 s on the CPU) and the ones the interpreter runs while it
+exits (about 1.1 s): bench/RESULTS.md, "flow_grpo".
 
-- `uncollected()`: a block (the stage's imports, `aif rl`'s model setup) run without collections, whose objects are
-  then frozen (`gc.freeze`): later collections skip them. They live until the process ends anyway; the few cycles
-  that became garbage inside the block stay in memory.
+- `uncollected()`: a block (a stage's imports: `Stage.run` of the outermost stage) run without collections, whose
+  objects are then frozen (`gc.freeze`): later collections skip them. The garbage of before the block is collected
+  first (cheap at the start of a process), so only what is alive is frozen; modules live until the process ends
+  anyway, and the few cycles that become garbage inside the block stay in memory.
 - `skip_exit_collection()`: the process exits without its final collections.
 """
 
@@ -19,9 +20,10 @@ from typing import Iterator
 
 @contextmanager
 def uncollected() -> Iterator[None]:
-    """Run the block with the collector paused, then freeze every object alive (the collector is left as it was:
-    paused if it was)."""
+    """Collect, run the block with the collector paused, then freeze every object alive (the collector is left as it
+    was: paused if it was)."""
     enabled = gc.isenabled()
+    gc.collect()
     gc.disable()
     try:
         yield

@@ -108,8 +108,7 @@ def main() -> None:
         if args.tiny:
             cfg.preflight()
         recipe = RLRecipe(cfg)
-        with uncollected():  # as stages/rl.py's run sets the recipe up
-            recipe.setup()
+        recipe.setup()
         if device == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()

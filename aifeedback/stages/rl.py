@@ -41,7 +41,6 @@ import torch
 from accelerate.utils import set_seed
 from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 
-from aifeedback.collection import uncollected
 from aifeedback.config import ConfigError, identity_dict, save_config, to_dict
 from aifeedback.console import finish, note, progress, quiet_libraries
 from aifeedback.data.labels import RL_PAIRS_DIR
@@ -85,8 +84,7 @@ def run(cfg: RLConfig) -> Path:
     cfg.preflight()
     quiet_libraries()
     recipe = RLRecipe(cfg)
-    with uncollected():  # the models live for the whole run: later collections skip them
-        recipe.setup()
+    recipe.setup()
     recipe.train()
     recipe.cleanup()
     return recipe.out
