@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional
 
 import typer
 
+from aifeedback.collection import skip_exit_collection
 from aifeedback.config import _unwrap_optional, fields, type_name
 from aifeedback.errors import AifError, write_error
 from aifeedback.recipe import list_recipes, load_stage_config
@@ -176,6 +177,7 @@ _register_stages()
 def main() -> None:
     """Console entry point."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    skip_exit_collection()
     app(prog_name="aif")
 
 

@@ -122,6 +122,11 @@ def nested() -> Iterator[None]:
         _nested -= 1
 
 
+def running_nested() -> bool:
+    """Whether a stage runs inside another now (`nested`)."""
+    return _nested > 0
+
+
 def finish(stage: str, out: Path | str, what: str, *next_steps: str) -> str:
     """Print and return the closing paragraph: 'STAGE: WHAT -> OUT' and, unless nested, the next command(s)."""
     lines = [f"aif {stage} done: {what} -> {out}"]

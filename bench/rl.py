@@ -75,24 +75,28 @@ def random_pipeline(family: str, device: str):
 
 def main() -> None:
     args = parse_args()
-    import torch
+    from aifeedback.collection import skip_exit_collection, uncollected
 
-    import aifeedback.families.loading as loading
+    skip_exit_collection()  # as `aif` does (cli.main): the process is timed to its exit
+    with uncollected():  # the stage's imports, as Stage.run imports a stage (stages/__init__.py)
+        import torch
 
-    if args.t5_length:
-        if args.family not in ("sd3", "sd35m", "sd35l"):
-            sys.exit(f"--t5-length is for the SD3 families, not {args.family}")
-        from aifeedback.families.sd3 import SD3
-        SD3.t5_length = args.t5_length
+        import aifeedback.families.loading as loading
+
+        if args.t5_length:
+            if args.family not in ("sd3", "sd35m", "sd35l"):
+                sys.exit(f"--t5-length is for the SD3 families, not {args.family}")
+            from aifeedback.families.sd3 import SD3
+            SD3.t5_length = args.t5_length
     device = "cuda" if args.random_weights and torch.cuda.is_available() else "cpu"
     model = (TINY if args.tiny else REAL)[args.family]
     if args.random_weights:  # before the stage imports load_pipeline: it gets the random-weight pipeline
         pipe = random_pipeline(args.family, device)
         loading.load_pipeline = lambda *a, **k: pipe
-    from aifeedback.config import build_config
-    from aifeedback.stages.rl import RLRecipe
-    from aifeedback.stages.rl_config import RLConfig
-
+    with uncollected():
+        from aifeedback.config import build_config
+        from aifeedback.stages.rl import RLRecipe
+        from aifeedback.stages.rl_config import RLConfig
     with tempfile.TemporaryDirectory() as tmp:
         prompts = Path(tmp) / "prompts.txt"
         prompts.write_text("\n".join(f"a red object number {i}" for i in range(args.prompts_per_epoch)) + "\n")

@@ -1,5 +1,6 @@
 """The `aif` CLI: every command present with documented options; config errors exit cleanly."""
 
+import subprocess
 import sys
 
 import pytest
@@ -174,3 +175,20 @@ def test_wandb_extra_is_declared():
 
     project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]
     assert any(req.startswith("wandb") for req in project["optional-dependencies"]["wandb"])
+
+
+# Runs `aif --version` with an exit handler registered before it, so it runs after aif's: whether the objects alive at
+# exit were frozen (the interpreter's final garbage collections skip them).
+_REPORT_FROZEN_AT_EXIT = """
+import atexit, gc, sys
+atexit.register(lambda: print("frozen at exit:", gc.get_freeze_count() > 0))
+from aifeedback.cli import main
+sys.argv = ["aif", "--version"]
+main()
+"""
+
+
+def test_aif_exits_without_the_final_garbage_collections():
+    out = subprocess.run([sys.executable, "-c", _REPORT_FROZEN_AT_EXIT], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "frozen at exit: True" in out.stdout

@@ -9,7 +9,7 @@ from aifeedback.errors import AifError
 from aifeedback.families.base import vae_factor
 from aifeedback.stages.rl import RLRecipe
 from aifeedback.stages.rl_config import RLConfig
-from aifeedback.stages.rl_rollout import choose_train_steps, evaluate, evaluation_share, predict
+from aifeedback.stages.rl_rollout import choose_train_steps, evaluate, evaluation_share, predict, reference
 
 TINY = dict(prompts_per_epoch=2, group_size=2, steps=3, reward="redness", lora_rank=2, batch_size=4, resolution=32,
             progress=False, epochs=1)
@@ -190,3 +190,38 @@ def test_processes_share_the_evaluation_pass_and_gather_the_scores_of_one_proces
     for spec in ("redness", "brightness"):
         assert got[f"eval/reward/{spec}"] == pytest.approx(sum(s[spec] for _, s in one) / 5, rel=1e-6)
     assert got["eval/reward"] == pytest.approx(got["eval/reward/redness"] + 2 * got["eval/reward/brightness"])
+
+
+def test_the_lora_reference_is_the_base_and_switching_to_it_walks_no_modules(tmp_path, monkeypatch):
+    # the KL's reference forward runs once per trained step: switching the adapters off and on around it used to
+    # walk every module of the network twice (diffusers' disable_adapters / enable_adapters) each time
+    r = recipe(tmp_path, model="tiny-sd3", kl_beta=0.01)
+    base = r.accelerator.unwrap_model(r.model)
+    lora = [p for name, p in base.named_parameters() if "lora_" in name]
+    with torch.no_grad():
+        for p in lora:
+            p.add_(0.05)  # a policy away from the base (lora_B starts at 0)
+    cond = r.family.encode_prompts(r.text, ["a red apple"])
+    x = torch.randn(1, *r.family.latent_shape(r.vae.config, r.resolution), generator=torch.Generator().manual_seed(0))
+    t = r.sampler.timesteps[:1]
+    with torch.no_grad():
+        policy = predict(r, x, t, cond)
+        base.disable_adapters()
+        expected = predict(r, x, t, cond)
+        base.enable_adapters()
+        with reference(r) as model:
+            assert not any(p.requires_grad for p in lora)
+            ref = predict(r, x, t, cond, model)
+        again = predict(r, x, t, cond)
+    assert torch.equal(ref, expected) and not torch.equal(ref, policy) and torch.equal(again, policy)
+    assert all(p.requires_grad for p in lora)
+    # switching off and back on (no forward in between) walks at most the LoRA layers' own few modules (peft's
+    # per-layer switch does), not the network's
+    inside = {id(m) for layer in r.adapters for m in layer.modules()}
+    walks = []
+    named_modules = torch.nn.Module.named_modules
+    monkeypatch.setattr(torch.nn.Module, "named_modules",
+                        lambda self, *a, **k: walks.append(self) or named_modules(self, *a, **k))
+    with reference(r):
+        pass
+    assert [type(m).__name__ for m in walks if id(m) not in inside] == []

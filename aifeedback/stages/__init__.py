@@ -9,9 +9,13 @@ imports. To add a stage, write the two files and register it here.
 from __future__ import annotations
 
 import importlib
+import sys
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
+from aifeedback.collection import uncollected
+from aifeedback.console import running_nested
 from aifeedback.preflight import check_output
 from aifeedback.registry import Registry
 from aifeedback.stages.cache_config import CacheConfig
@@ -43,7 +47,12 @@ class Stage:
         check_output(cfg.out)  # every stage writes a folder: a file or a read-only disk there fails first
         cfg.preflight()  # writes nothing: a typo leaves no folder behind
         with output_lock(cfg.out):
-            return importlib.import_module(self.module).run(cfg)
+            # torch, diffusers, ...: no collections while they import (aifeedback/collection.py); a stage inside
+            # another (aif loop's rounds) freezes nothing of the outer one's
+            first = self.module not in sys.modules and not running_nested()
+            with uncollected() if first else nullcontext():
+                module = importlib.import_module(self.module)
+            return module.run(cfg)
 
 
 STAGES: Registry[Stage] = Registry("stage", [

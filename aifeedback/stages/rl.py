@@ -132,6 +132,7 @@ class RLRecipe:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer, self.lr_sched = make_optimizer(cfg, self.params, cfg.lr)
         self.model, self.optimizer = acc.prepare(self.model, optimizer)  # DDP / FSDP wrapping
+        self.adapters = rl_rollout.adapter_layers(acc.unwrap_model(self.model)) if self.lora else []
         self.sharded = sharded(acc)  # FSDP/DeepSpeed: the model's and optimizer's state is accelerate's
         self.ema = make_ema(self.params, cfg.ema_decay, self.sharded)
         self.scorers = {spec: load_scorer(served, str(self.device))  # --reward-url: NAME:URL
